@@ -1,0 +1,1 @@
+"""hftfarm control plane: config, CLI, controller, supervisor, stage runner (cold path)."""

@@ -1,0 +1,60 @@
+"""Command-line interface: ``python run.py <command> ...`` (runs in the operator's shell).
+
+Cold path. Each command lives in its own module under ``pipeline/commands/`` and exposes
+``register(subparsers)``, which adds one subparser whose ``func(args) -> int`` does the work.
+Registration must stay cheap (no numba, no numpy imports at module level) so that ``--help``
+and usage errors answer at once; handlers import what they need.
+
+Exit codes used across commands: 0 ok, 1 failure (or "already running"), 2 usage or config
+error, 3 "not running" for the control commands.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+
+class CliError(Exception):
+    """A clean, user-facing failure: printed as ``error: <message>`` with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="hftfarm: a low-latency trading pipeline of pinned processes joined by "
+        "shared-memory rings. The default config trades simulated venues only.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    import pipeline.commands as commands_pkg
+
+    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"pipeline.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits 2 on usage errors, with the usage line
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

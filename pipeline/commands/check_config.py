@@ -1,0 +1,24 @@
+"""``run.py check-config [--config F]``: validate a config without starting anything."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check-config", help="validate a config file; exit 2 naming each problem")
+    p.add_argument("--config", default=None, help="config file (default: config.toml)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    print(f"{cfg.source}: ok ({len(cfg.venues)} venues, {len(cfg.instruments)} instruments, "
+          f"{len(cfg.strategies)} strategies)")
+    return 0

@@ -1,0 +1,396 @@
+"""config.toml -> frozen, validated dataclasses. Cold path (controller, CLI, backtest).
+
+Every error names the key path and the bad value, e.g.
+``config.toml: risk.max_order_qty_lots = -5: must be > 0``. Unknown keys are rejected (a typo
+in a risk limit must not silently fall back to a default). All errors are collected and reported
+together, so one ``python run.py check-config`` run shows every problem.
+
+Sections are plain dataclasses; ``load_section`` reads any of them, so a package can define its
+own section type (e.g. a strategy's parameters) and validate it with the same messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(Exception):
+    """One or more config problems; ``problems`` lists them, each naming key and value."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = list(problems)
+        self.source = source
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+
+class _Problems:
+    def __init__(self):
+        self.items: list[str] = []
+
+    def add(self, path: str, value: Any, why: str) -> None:
+        self.items.append(f"{path} = {value!r}: {why}")
+
+
+# ------------------------------------------------------------------------------------------
+# Generic dataclass reader
+# ------------------------------------------------------------------------------------------
+def _check_meta(f: dataclasses.Field, path: str, value: Any, problems: _Problems) -> None:
+    meta = f.metadata
+    if "gt" in meta and not value > meta["gt"]:
+        problems.add(path, value, f"must be > {meta['gt']}")
+    if "ge" in meta and not value >= meta["ge"]:
+        problems.add(path, value, f"must be >= {meta['ge']}")
+    if "le" in meta and not value <= meta["le"]:
+        problems.add(path, value, f"must be <= {meta['le']}")
+    if "lt" in meta and not value < meta["lt"]:
+        problems.add(path, value, f"must be < {meta['lt']}")
+    if "choices" in meta and value not in meta["choices"]:
+        problems.add(path, value, f"must be one of {', '.join(map(str, meta['choices']))}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], str(value)):
+        problems.add(path, value, f"must match {meta['pattern']}")
+
+
+def _convert(tp: Any, value: Any, path: str, problems: _Problems) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, path, problems)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.add(path, value, "must be a table")
+            return None
+        return _read(tp, value, path, problems)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            problems.add(path, value, "must be a list")
+            return ()
+        item_t = args[0] if args else Any
+        return tuple(_convert(item_t, v, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.add(path, value, "must be a table")
+            return {}
+        val_t = args[1] if len(args) > 1 else Any
+        return {k: _convert(val_t, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.add(path, value, "must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.add(path, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.add(path, value, "must be a number")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.add(path, value, "must be a string")
+        return value
+    if tp is Decimal:
+        # Decimals (tick and lot sizes) must be written as strings: a TOML float has already
+        # gone through binary floating point by the time we see it.
+        if not isinstance(value, str):
+            problems.add(path, value, 'must be a decimal string such as "0.01"')
+            return Decimal(0)
+        try:
+            d = Decimal(value)
+        except InvalidOperation:
+            problems.add(path, value, "is not a decimal number")
+            return Decimal(0)
+        if not d.is_finite() or d <= 0:
+            problems.add(path, value, "must be a positive decimal")
+        return d
+    return value
+
+
+def _read(cls, data: dict, path: str, problems: _Problems):
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.add(f"{path}.{key}" if path else key, data[key],
+                         f"unknown key (known keys: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        kpath = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.items.append(f"{kpath}: missing (required)")
+            continue
+        before = len(problems.items)
+        value = _convert(hints[name], data[name], kpath, problems)
+        if len(problems.items) == before and value is not None:
+            _check_meta(f, kpath, value, problems)
+        kwargs[name] = value
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        problems.items.append(f"{path or '<top>'}: {exc}")
+        return None
+    check = getattr(obj, "validate", None)
+    if check is not None and len(problems.items) == 0:
+        for msg in check() or ():
+            problems.items.append(f"{path}: {msg}" if path else msg)
+    return obj
+
+
+def load_section(cls, data: dict, path: str = "", source: str = "config"):
+    """Read ``data`` into dataclass ``cls``; raise ConfigError naming every bad key and value."""
+    problems = _Problems()
+    obj = _read(cls, data, path, problems)
+    if problems.items:
+        raise ConfigError(problems.items, source)
+    return obj
+
+
+def opt(default, doc: str = "", **checks):
+    """A dataclass field with a default, a doc string and checks (gt, ge, le, lt, choices...)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **checks})
+    return field(default=default, metadata={"doc": doc, **checks})
+
+
+def req(doc: str = "", **checks):
+    """A required dataclass field with a doc string and checks."""
+    return field(metadata={"doc": doc, **checks})
+
+
+# ------------------------------------------------------------------------------------------
+# Sections
+# ------------------------------------------------------------------------------------------
+IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
+VENUE_KINDS = ("sim", "binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
+NAME_RE = r"[A-Za-z][A-Za-z0-9_\-]{0,31}"
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    name: str = opt("default", "instance name; shared-memory segments are /hftfarm.<name>.*",
+                    pattern=r"[A-Za-z0-9_\-]{1,24}")
+    run_dir: str = opt("runs", "where journals, latency dumps and reports go (per instance)")
+    socket: str = opt("", "control socket path; default <run_dir>/<name>/control.sock")
+    allow_live: bool = opt(False, "must be true before any stage connects to a real venue")
+    lock_memory: bool = opt(False, "mlockall() in every stage (reported, not fatal, if denied)")
+    realtime_priority: int = opt(0, "SCHED_FIFO priority for stages; 0 = normal scheduling",
+                                 ge=0, le=99)
+
+
+@dataclass(frozen=True)
+class VenueConfig:
+    name: str = req("venue name used by instruments and strategies", pattern=NAME_RE)
+    kind: str = req("sim (simulated, default) or a live adapter", choices=VENUE_KINDS)
+    maker_fee_bps: float = opt(-0.5, "maker fee in basis points of notional (negative = rebate)")
+    taker_fee_bps: float = opt(2.0, "taker fee in basis points of notional")
+    md_latency_us: float = opt(50.0, "market-data latency, constant part (microseconds)", ge=0)
+    md_jitter_us: float = opt(20.0, "market-data latency, mean of the exponential jitter", ge=0)
+    order_latency_us: float = opt(100.0, "order-entry latency, constant part (microseconds)", ge=0)
+    order_jitter_us: float = opt(30.0, "order-entry latency, mean of the exponential jitter", ge=0)
+    rate_limit_per_s: int = opt(100, "orders per second the router sends to this venue", gt=0)
+    ws_url: str = opt("", "websocket endpoint (live kinds only)")
+    rest_url: str = opt("", "REST endpoint for snapshots (live kinds only)")
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    symbol: str = req("symbol as the venue writes it, e.g. BTC-USD or BTCUSDT")
+    venue: str = req("name of a [[venues]] entry")
+    tick_size: Decimal = req('price increment as a decimal string, e.g. "0.01"')
+    lot_size: Decimal = req('quantity increment as a decimal string, e.g. "0.0001"')
+    group: str = opt("", "asset group: the same asset on several venues shares a group")
+    start_price: str = opt("100", "simulated venues: the latent price at start (decimal string)")
+    volatility_bps: float = opt(2.0, "simulated venues: latent price volatility per second, bps",
+                                ge=0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.symbol}@{self.venue}"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int = opt(42, "seed of the simulated order flow; same seed, same events", ge=0)
+    event_rate_per_s: float = opt(20000.0, "background events per second per venue (live sim)",
+                                  gt=0)
+    duration_s: float = opt(1800.0, "backtest: simulated seconds", gt=0)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = req("instance name, unique", pattern=NAME_RE)
+    kind: str = req("a registered strategy, e.g. market_making (see strategies/)")
+    instruments: tuple[str, ...] = req("instrument keys SYMBOL@VENUE this strategy trades")
+    params: dict[str, Any] = opt({}, "the strategy's own parameters (validated by the strategy)")
+    cpu: Optional[int] = opt(None, "CPU this strategy's process is pinned to (None: any)", ge=0)
+    idle: str = opt("backoff", "idle strategy of this strategy's process", choices=IDLE_CHOICES)
+    enabled: bool = opt(True, "false keeps the entry but does not start it")
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    max_order_qty_lots: int = opt(1_000_000, "largest single order, lots", gt=0)
+    max_notional: float = opt(1_000_000.0, "largest single order notional, quote currency", gt=0)
+    max_position_lots: int = opt(10_000_000, "largest absolute position per strategy and "
+                                 "instrument, lots", gt=0)
+    price_band_bps: float = opt(500.0, "limit price at most this far from the reference "
+                                "(mid), basis points", gt=0)
+    max_open_orders: int = opt(50, "open orders per strategy", gt=0)
+    max_orders_per_s: int = opt(200, "new orders per strategy per second", gt=0)
+    max_cancels_per_s: int = opt(200, "cancels and replaces per strategy per second", gt=0)
+    max_order_to_trade: float = opt(0.0, "orders per fill over the window; 0 = off", ge=0)
+    daily_loss_limit: float = opt(50_000.0, "realized + unrealized loss per day (quote) that "
+                                  "halts trading", gt=0)
+    max_drawdown: float = opt(100_000.0, "drop from peak equity (quote) that halts trading", gt=0)
+    reducing_at_fraction: float = opt(0.8, "enter REDUCING at this fraction of the loss or "
+                                      "drawdown limit", gt=0, le=1)
+    self_trade_prevention: bool = opt(True, "reject orders that would cross our own resting "
+                                      "orders")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    cpu: Optional[int] = opt(None, "CPU to pin this stage to (None: any)", ge=0)
+    idle: str = opt("backoff", "idle strategy", choices=IDLE_CHOICES)
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    venue: StageConfig = opt(StageConfig(), "simulated venues / feed")
+    risk_gate: StageConfig = opt(StageConfig(), "pre-trade risk gate")
+    order_router: StageConfig = opt(StageConfig(), "order router")
+    journal: StageConfig = opt(StageConfig(), "journal")
+    heartbeat_timeout_ms: int = opt(100, "a stage silent this long is declared dead", gt=0)
+    restart_limit: int = opt(5, "restarts per stage before the controller gives up", ge=0)
+
+
+@dataclass(frozen=True)
+class RingsConfig:
+    market_capacity: int = opt(1 << 16, "records per market-data broadcast ring (power of 2)",
+                               gt=0)
+    order_capacity: int = opt(1 << 12, "records per order-path SPSC ring (power of 2)", gt=0)
+
+    def validate(self):
+        for name in ("market_capacity", "order_capacity"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                yield f"rings.{name} = {v}: must be a power of two"
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    enabled: bool = opt(True, "journal every order-path record")
+    market_data: bool = opt(False, "journal market data too")
+    flush_records: int = opt(4096, "records buffered in memory before a write", gt=0)
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    queue_model: str = opt("conservative", "passive fills on recorded data",
+                           choices=("conservative", "probabilistic"))
+    initial_cash: float = opt(1_000_000.0, "starting equity, quote currency", gt=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    instance: InstanceConfig = opt(InstanceConfig(), "this instance")
+    venues: tuple[VenueConfig, ...] = opt((), "venues, simulated or live (at least one)")
+    instruments: tuple[InstrumentConfig, ...] = opt((), "tradable instruments (at least one)")
+    strategies: tuple[StrategyConfig, ...] = opt((), "strategy instances, one process each")
+    risk: RiskConfig = opt(RiskConfig(), "pre-trade risk limits")
+    sim: SimConfig = opt(SimConfig(), "simulated venues")
+    stages: StagesConfig = opt(StagesConfig(), "pinning and idling of the fixed stages")
+    rings: RingsConfig = opt(RingsConfig(), "ring sizes")
+    journal: JournalConfig = opt(JournalConfig(), "the order-path journal")
+    backtest: BacktestConfig = opt(BacktestConfig(), "backtest defaults")
+    source: str = field(default="config", compare=False)
+
+    def validate(self):
+        if not self.venues:
+            yield "venues: at least one [[venues]] entry is required"
+        if not self.instruments:
+            yield "instruments: at least one [[instruments]] entry is required"
+        venue_names = [v.name for v in self.venues]
+        for dup in {n for n in venue_names if venue_names.count(n) > 1}:
+            yield f"venues: name {dup!r} appears more than once"
+        keys = [i.key for i in self.instruments]
+        for dup in {k for k in keys if keys.count(k) > 1}:
+            yield f"instruments: {dup!r} appears more than once"
+        for n, inst in enumerate(self.instruments):
+            if inst.venue not in venue_names:
+                yield (f"instruments[{n}].venue = {inst.venue!r}: no such venue "
+                       f"(venues: {', '.join(venue_names)})")
+        names = [s.name for s in self.strategies]
+        for dup in {n for n in names if names.count(n) > 1}:
+            yield f"strategies: name {dup!r} appears more than once"
+        for n, strat in enumerate(self.strategies):
+            for key in strat.instruments:
+                if key not in keys:
+                    yield (f"strategies[{n}].instruments: {key!r} is not a configured "
+                           f"instrument (SYMBOL@VENUE; known: {', '.join(keys)})")
+        live = [v.name for v in self.venues if v.kind != "sim"]
+        if live and not self.instance.allow_live:
+            yield (f"venues {', '.join(live)} are live venues but instance.allow_live is false: "
+                   "nothing connects to a real venue unless you set it")
+        ncpu = os.cpu_count() or 1
+        for path, cpu in self.pinned_cpus():
+            if cpu >= ncpu:
+                yield f"{path} = {cpu}: this machine has CPUs 0..{ncpu - 1}"
+
+    def pinned_cpus(self):
+        for stage in ("venue", "risk_gate", "order_router", "journal"):
+            cpu = getattr(self.stages, stage).cpu
+            if cpu is not None:
+                yield f"stages.{stage}.cpu", cpu
+        for n, s in enumerate(self.strategies):
+            if s.cpu is not None:
+                yield f"strategies[{n}].cpu", s.cpu
+
+    def instrument(self, key: str) -> InstrumentConfig:
+        for inst in self.instruments:
+            if inst.key == key:
+                return inst
+        raise KeyError(key)
+
+    def venue(self, name: str) -> VenueConfig:
+        for v in self.venues:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def parse_config(text: str, source: str = "config") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], source) from None
+    cfg = load_section(Config, data, "", source)
+    return dataclasses.replace(cfg, source=source)
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a config file (default: the repository's config.toml)."""
+    p = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"no such file: {p}"], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(p)) from None
+    return parse_config(text, str(p))

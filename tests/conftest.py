@@ -1,0 +1,44 @@
+"""Shared fixtures: a unique shared-memory prefix per test and a leak check after each test."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run full-size stress tests")
+
+
+@pytest.fixture
+def run_slow(request) -> bool:
+    return bool(request.config.getoption("--run-slow"))
+
+
+@pytest.fixture
+def shm_prefix():
+    """A unique instance name; asserts that the test left no segment with it behind."""
+    name = f"t{os.getpid()}x{uuid.uuid4().hex[:8]}"
+    yield name
+    left = [f for f in os.listdir("/dev/shm") if name in f]
+    for f in left:  # clean up so one failure does not cascade, then fail loudly
+        try:
+            os.unlink(os.path.join("/dev/shm", f))
+        except OSError:
+            pass
+    assert not left, f"test leaked shared-memory segments: {left}"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"recorded data not found at {SHARED_DATA}")
+    return SHARED_DATA
