@@ -1,0 +1,362 @@
+"""Ring objects over shared memory: SpscRing and BroadcastRing, their writer and reader ends.
+
+Cold path (create / attach / close / stats); the ends' ``publish`` / ``poll`` are one Python
+call per batch into the @njit kernels of shm/ringops.py. A stage that needs more speed runs its
+whole loop in @njit and calls the kernels itself with ``end.st`` and ``end.slots``.
+
+    ring = SpscRing.create(instance, "intents.mm1", ORDER_DTYPE, capacity=4096)
+    w = ring.writer()                       # exactly one writer process
+    r = SpscRing.attach(instance, "intents.mm1", ORDER_DTYPE).reader()
+
+A ring's segment carries its record size, capacity and a hash plus the text of the record
+layout; attaching with a different dtype raises RingLayoutError saying which fields differ.
+Each reader of a ring has a POSIX semaphore (``sem.hftfarm.<instance>.<name>.r<i>``) used only
+by the blocking idle strategy; it is unlinked with the ring.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import posix_ipc
+
+from shm import ringops as ops
+from shm.records import dtype_name, layout_description, layout_diff, layout_hash
+from shm.segment import MODE, Segment, SegmentError, segment_name
+
+KIND_SPSC = "spsc"
+KIND_BROADCAST = "broadcast"
+FLAG_WAKEUPS = 1
+
+
+class RingLayoutError(SegmentError):
+    """Attaching with a record layout, size or ring kind other than the ring was made with."""
+
+
+def _content_size(record_size: int, capacity: int, n_readers: int) -> int:
+    return ops.BLOCK * (1 + n_readers) + record_size * capacity
+
+
+class _Ring:
+    kind = ""
+
+    def __init__(self, seg: Segment, dtype: np.dtype, instance: str, name: str):
+        self.seg = seg
+        self.dtype = np.dtype(dtype)
+        self.instance = instance
+        self.name = name
+        h = seg.header
+        self.capacity = int(h["capacity"])
+        self.n_readers = int(h["n_readers"])
+        self.record_size = int(h["record_size"])
+        self.words = self.record_size // 8
+        self.wakeups = bool(int(h["flags"]) & FLAG_WAKEUPS)
+        base = seg.data_addr
+        self.head_addr = base
+        self.reader_block_addr = base + ops.BLOCK
+        self.slots_offset = ops.BLOCK * (1 + self.n_readers)
+        self.slots_addr = base + self.slots_offset
+        raw = seg.data[self.slots_offset: self.slots_offset + self.record_size * self.capacity]
+        self.slots = raw.view(np.int64).reshape(self.capacity, self.words)
+        self._ctrl = seg.data[: self.slots_offset].view(np.int64)
+        self._ends: list = []
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def _create(cls, instance, name, dtype, capacity, n_readers, wakeups):
+        dtype = np.dtype(dtype)
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ValueError(f"ring {name}: capacity {capacity} is not a power of two")
+        if dtype.itemsize % 64 or dtype.names is None or dtype.names[0] != "ring_seq":
+            raise ValueError(f"ring {name}: {dtype_name(dtype)} record must be a multiple of "
+                             "64 bytes and start with the ring_seq word")
+        seg = Segment.create(
+            instance, name, _content_size(dtype.itemsize, capacity, n_readers), cls.kind,
+            layout_hash=layout_hash(dtype), layout_text=layout_description(dtype),
+            record_size=dtype.itemsize, capacity=capacity, n_readers=n_readers,
+            flags=FLAG_WAKEUPS if wakeups else 0)
+        try:
+            for i in range(n_readers):
+                sem = posix_ipc.Semaphore(_sem_name(instance, name, i), posix_ipc.O_CREX,
+                                          mode=MODE, initial_value=0)
+                sem.close()
+        except Exception:
+            _unlink_sems(instance, name, n_readers)
+            seg.unlink()
+            seg.close()
+            raise
+        seg.mark_ready()
+        return cls(seg, dtype, instance, name)
+
+    @classmethod
+    def attach(cls, instance: str, name: str, dtype, *, timeout_s: float = 2.0):
+        """Attach to an existing ring; RingLayoutError if kind or record layout differ."""
+        dtype = np.dtype(dtype)
+        seg = Segment.attach(instance, name, timeout_s=timeout_s)
+        problems = []
+        if seg.kind != cls.kind:
+            problems.append(f"it is a {seg.kind!r} ring, not {cls.kind!r}")
+        if int(seg.header["record_size"]) != dtype.itemsize:
+            problems.append(f"record size {int(seg.header['record_size'])} bytes in the "
+                            f"segment, {dtype.itemsize} expected")
+        if int(seg.header["layout_hash"]) != layout_hash(dtype):
+            problems.append("record layout differs: " + layout_diff(dtype, seg.layout_text))
+        if problems:
+            shm_name = seg.shm_name
+            seg.close()
+            raise RingLayoutError(f"cannot attach ring {shm_name} as {dtype_name(dtype)} "
+                                  f"records: " + "; ".join(problems))
+        return cls(seg, dtype, instance, name)
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        for end in self._ends:
+            end._drop()
+        self._ends.clear()
+        self.slots = None
+        self._ctrl = None
+        self.seg.close()
+
+    def unlink(self) -> None:
+        """Remove the segment and its semaphores (mapped views stay valid until closed)."""
+        self.seg.unlink()
+        _unlink_sems(self.instance, self.name, self.n_readers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- monitoring -----------------------------------------------------------------------
+    def head(self) -> int:
+        return int(self._ctrl[0])
+
+    def reader_cursor(self, i: int) -> int:
+        return int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_CURSOR) // 8])
+
+    def reader_lost(self, i: int) -> int:
+        return int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_LOST) // 8])
+
+    def stats(self) -> dict:
+        head = self.head()
+        readers = []
+        for i in range(self.n_readers):
+            cur = self.reader_cursor(i)
+            readers.append(dict(index=i, cursor=cur, lag=max(0, head - cur),
+                                lost=self.reader_lost(i),
+                                pid=int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_PID) // 8])))
+        return dict(name=self.seg.shm_name, kind=self.kind, record=dtype_name(self.dtype),
+                    capacity=self.capacity, head=head, readers=readers)
+
+    # -- ends -----------------------------------------------------------------------------
+    def _state(self) -> np.ndarray:
+        st = ops.new_state()
+        st[ops.ST_SLOTS_ADDR] = self.slots_addr
+        st[ops.ST_HEAD_ADDR] = self.head_addr
+        st[ops.ST_CAPACITY] = self.capacity
+        st[ops.ST_MASK] = self.capacity - 1
+        st[ops.ST_WORDS] = self.words
+        st[ops.ST_N_READERS] = self.n_readers
+        st[ops.ST_READER0_ADDR] = self.reader_block_addr
+        st[ops.ST_WAKEUPS] = 1 if self.wakeups else 0
+        return st
+
+    def _reader_block(self, i: int) -> int:
+        if not 0 <= i < self.n_readers:
+            raise ValueError(f"ring {self.seg.shm_name}: reader index {i} out of range "
+                             f"0..{self.n_readers - 1}")
+        return self.reader_block_addr + ops.BLOCK * i
+
+    def _writer_start(self) -> int:
+        # A restarted writer resumes after the last record it committed, which may be past the
+        # head it published (head is stored once per batch; a crash can fall in between).
+        pos = self.head()
+        while True:
+            c = int(self.slots[pos & (self.capacity - 1), 0])
+            if c != pos + 1:
+                return pos
+            pos += 1
+
+
+def _sem_name(instance: str, name: str, i: int) -> str:
+    return segment_name(instance, name) + f".r{i}"
+
+
+def _unlink_sems(instance: str, name: str, n: int) -> None:
+    for i in range(n):
+        try:
+            posix_ipc.unlink_semaphore(_sem_name(instance, name, i))
+        except posix_ipc.ExistentialError:
+            pass
+
+
+class _End:
+    def __init__(self, ring: _Ring, st: np.ndarray):
+        self.ring = ring
+        self.st = st
+        self.slots = ring.slots
+        self.words = ring.words
+        self.dtype = ring.dtype
+        ring._ends.append(self)
+
+    def _drop(self):
+        self.slots = None
+
+    def _view(self, records: np.ndarray) -> np.ndarray:
+        if records.dtype != self.dtype:
+            raise TypeError(f"ring {self.ring.seg.shm_name} carries {dtype_name(self.dtype)} "
+                            f"records, got an array of {dtype_name(records.dtype)}")
+        return records.view(np.int64).reshape(-1, self.words)
+
+
+class RingWriter(_End):
+    """The one writer of a ring."""
+
+    def __init__(self, ring: _Ring):
+        st = ring._state()
+        st[ops.ST_POS] = ring._writer_start()
+        if ring.kind == KIND_SPSC:
+            st[ops.ST_CURSOR_ADDR] = ring.reader_block_addr + ops.RB_CURSOR
+            st[ops.ST_CACHED] = ring.reader_cursor(0)
+        super().__init__(ring, st)
+        self._publish = ops.spsc_publish if ring.kind == KIND_SPSC else ops.bcast_publish
+        self._sems: dict[int, posix_ipc.Semaphore] = {}
+
+    def publish(self, records: np.ndarray) -> int:
+        """Append records; returns how many were taken (SPSC: fewer = full, keep the rest)."""
+        n = self._publish(self.st, self.slots, self._view(records), len(records))
+        if self.st[ops.ST_WAKE]:
+            self.wake_readers()
+        return n
+
+    def wake_readers(self) -> None:
+        """Post the semaphore of each parked reader (blocking idle strategy)."""
+        self.st[ops.ST_WAKE] = 0
+        for i in range(self.ring.n_readers):
+            parked = self.ring._ctrl[(ops.BLOCK * (1 + i) + ops.RB_PARKED) // 8]
+            if parked:
+                sem = self._sems.get(i)
+                if sem is None:
+                    sem = self._sems[i] = posix_ipc.Semaphore(
+                        _sem_name(self.ring.instance, self.ring.name, i))
+                sem.release()
+
+    @property
+    def position(self) -> int:
+        return int(self.st[ops.ST_POS])
+
+    def _drop(self):
+        super()._drop()
+        for sem in self._sems.values():
+            sem.close()
+        self._sems.clear()
+
+
+class RingReader(_End):
+    """One reader of a ring (SPSC: the only one; broadcast: reader ``index``)."""
+
+    def __init__(self, ring: _Ring, index: int, from_start: bool):
+        st = ring._state()
+        blk = ring._reader_block(index)
+        st[ops.ST_CURSOR_ADDR] = blk + ops.RB_CURSOR
+        st[ops.ST_PARKED_ADDR] = blk + ops.RB_PARKED
+        st[ops.ST_LOST_ADDR] = blk + ops.RB_LOST
+        ctrl = ring._ctrl
+        if ring.kind == KIND_SPSC or from_start:
+            # SPSC: resume where the previous reader left (a restarted stage loses nothing).
+            st[ops.ST_POS] = ring.reader_cursor(index)
+        else:
+            st[ops.ST_POS] = ring.head()  # a broadcast reader joins the live stream
+        st[ops.READER_LOST] = ring.reader_lost(index)
+        ctrl[(blk - ring.head_addr + ops.RB_CURSOR) // 8] = st[ops.ST_POS]
+        ctrl[(blk - ring.head_addr + ops.RB_PID) // 8] = os.getpid()
+        super().__init__(ring, st)
+        self.index = index
+        if ring.kind == KIND_SPSC:
+            self._poll, self._avail = ops.spsc_poll, ops.spsc_available
+        else:
+            self._poll, self._avail = ops.bcast_poll, ops.bcast_available
+        self._sem = None
+
+    def poll(self, out: np.ndarray) -> int:
+        """Copy up to len(out) records into out[:n]; returns n."""
+        return self._poll(self.st, self.slots, self._view(out), len(out))
+
+    def available(self) -> bool:
+        return bool(self._avail(self.st, self.slots))
+
+    @property
+    def lost(self) -> int:
+        return int(self.st[ops.READER_LOST])
+
+    @property
+    def position(self) -> int:
+        return int(self.st[ops.ST_POS])
+
+    def pending(self) -> int:
+        return max(0, self.ring.head() - self.position)
+
+    def park(self, timeout_s: float) -> bool:
+        """Sleep until the writer posts or ``timeout_s`` passes; False on timeout.
+
+        Announce first, then look once more: a record published between our last poll and
+        the announcement would otherwise go unnoticed until the timeout.
+        """
+        if self._sem is None:
+            self._sem = posix_ipc.Semaphore(_sem_name(self.ring.instance, self.ring.name,
+                                                      self.index))
+        ops.set_parked(self.st, 1)
+        try:
+            if self.available():
+                return True
+            try:
+                self._sem.acquire(timeout_s)
+                return True
+            except posix_ipc.BusyError:
+                return False
+        finally:
+            ops.set_parked(self.st, 0)
+
+    def _drop(self):
+        super()._drop()
+        if self._sem is not None:
+            self._sem.close()
+            self._sem = None
+
+
+class SpscRing(_Ring):
+    """One writer, one reader, lossless: a full ring pushes back, nothing is overwritten."""
+
+    kind = KIND_SPSC
+
+    @classmethod
+    def create(cls, instance: str, name: str, dtype, capacity: int, *,
+               wakeups: bool = False) -> "SpscRing":
+        return cls._create(instance, name, dtype, capacity, 1, wakeups)
+
+    def writer(self) -> RingWriter:
+        return RingWriter(self)
+
+    def reader(self) -> RingReader:
+        return RingReader(self, 0, True)
+
+
+class BroadcastRing(_Ring):
+    """One writer, up to ``max_readers`` readers with their own cursors; the writer never
+    waits, a lapped reader learns exactly how many records it lost."""
+
+    kind = KIND_BROADCAST
+
+    @classmethod
+    def create(cls, instance: str, name: str, dtype, capacity: int, max_readers: int, *,
+               wakeups: bool = False) -> "BroadcastRing":
+        if max_readers < 1:
+            raise ValueError(f"ring {name}: max_readers must be >= 1")
+        return cls._create(instance, name, dtype, capacity, max_readers, wakeups)
+
+    def writer(self) -> RingWriter:
+        return RingWriter(self)
+
+    def reader(self, index: int, *, from_start: bool = False) -> RingReader:
+        return RingReader(self, index, from_start)
