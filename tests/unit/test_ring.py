@@ -1,0 +1,172 @@
+"""Ring behaviour within one process: push-back, lapping, layouts, permissions, clean-up."""
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from shm import ringops as ops
+from shm.records import CONTROL_DTYPE, EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
+from shm.ring import BroadcastRing, RingLayoutError, SpscRing
+from shm.segment import SegmentError, list_segments, unlink_instance
+
+
+def _records(dtype, start, n):
+    r = np.zeros(n, dtype)
+    r["px_ticks"] = np.arange(start, start + n)
+    return r
+
+
+@pytest.fixture
+def spsc(shm_prefix):
+    ring = SpscRing.create(shm_prefix, "r", MARKET_DTYPE, 16)
+    yield ring
+    ring.unlink()
+    ring.close()
+
+
+def test_full_spsc_ring_pushes_back_and_overwrites_nothing(spsc):
+    w, r = spsc.writer(), spsc.reader()
+    assert w.publish(_records(MARKET_DTYPE, 0, 20)) == 16      # 4 refused: ring full
+    assert w.publish(_records(MARKET_DTYPE, 16, 4)) == 0
+    out = np.zeros(32, MARKET_DTYPE)
+    assert r.poll(out[:5]) == 5
+    assert w.publish(_records(MARKET_DTYPE, 16, 4)) == 4       # room again after the read
+    n = r.poll(out)
+    assert n == 15
+    assert list(out["px_ticks"][:n]) == list(range(5, 20))
+    assert list(out["ring_seq"][:n]) == list(range(5, 20))
+    assert r.poll(out) == 0
+
+
+def test_spsc_reader_restarted_resumes_where_the_last_one_stopped(spsc):
+    w = spsc.writer()
+    w.publish(_records(MARKET_DTYPE, 0, 10))
+    out = np.zeros(4, MARKET_DTYPE)
+    spsc.reader().poll(out)
+    again = spsc.reader()
+    assert again.poll(out) == 4 and list(out["px_ticks"]) == [4, 5, 6, 7]
+
+
+def test_spsc_writer_restarted_resumes_after_its_last_committed_record(spsc):
+    w = spsc.writer()
+    w.publish(_records(MARKET_DTYPE, 0, 3))
+    # simulate a crash between the last commit and the head store of a batch
+    spsc._ctrl[0] = 1
+    w2 = spsc.writer()
+    assert w2.position == 3
+    w2.publish(_records(MARKET_DTYPE, 3, 2))
+    out = np.zeros(8, MARKET_DTYPE)
+    assert spsc.reader().poll(out) == 5 and list(out["px_ticks"][:5]) == [0, 1, 2, 3, 4]
+
+
+def test_reader_lapped_by_writer_reports_exactly_how_many_records_it_lost(shm_prefix):
+    cap = 64
+    ring = BroadcastRing.create(shm_prefix, "b", MARKET_DTYPE, cap, 2)
+    try:
+        w, slow, fast = ring.writer(), ring.reader(0), ring.reader(1)
+        out = np.zeros(1000, MARKET_DTYPE)
+        total = 1000
+        for start in range(0, total, 50):
+            w.publish(_records(MARKET_DTYPE, start, 50))
+            assert fast.poll(out) == 50                     # keeps up: loses nothing
+        assert fast.lost == 0
+        n = slow.poll(out)
+        # the slow reader jumps to head - capacity + capacity/4 and counts what it skipped
+        assert slow.lost == total - cap + cap // 4
+        assert n == cap - cap // 4
+        assert list(out["px_ticks"][:n]) == list(range(total - n, total))
+        assert ring.stats()["readers"][0]["lost"] == slow.lost
+    finally:
+        ring.unlink()
+        ring.close()
+
+
+def test_broadcast_writer_never_waits_for_readers(shm_prefix):
+    ring = BroadcastRing.create(shm_prefix, "b", MARKET_DTYPE, 8, 1)
+    try:
+        w = ring.writer()
+        ring.reader(0)
+        assert w.publish(_records(MARKET_DTYPE, 0, 100)) == 100
+        assert ring.head() == 100
+    finally:
+        ring.unlink()
+        ring.close()
+
+
+def test_attaching_with_another_record_layout_names_the_fields_that_differ(spsc, shm_prefix):
+    with pytest.raises(RingLayoutError) as err:
+        SpscRing.attach(shm_prefix, "r", ORDER_DTYPE)
+    msg = str(err.value)
+    assert "client_order_id@16" in msg and "exch_ts_ns@16" in msg and "order records" in msg
+    with pytest.raises(RingLayoutError, match="record size 64 bytes in the segment, 128"):
+        SpscRing.attach(shm_prefix, "r", EXEC_DTYPE)
+    with pytest.raises(RingLayoutError, match="'spsc' ring, not 'broadcast'"):
+        BroadcastRing.attach(shm_prefix, "r", MARKET_DTYPE)
+    custom = np.dtype([("ring_seq", "<i8"), ("x", "<i8"), ("pad", "<i8", (6,))], align=True)
+    with pytest.raises(RingLayoutError, match="layout differs"):
+        SpscRing.attach(shm_prefix, "r", custom)
+
+
+def test_attaching_a_missing_ring_says_which(shm_prefix):
+    with pytest.raises(SegmentError, match=f"hftfarm.{shm_prefix}.nope does not exist"):
+        SpscRing.attach(shm_prefix, "nope", MARKET_DTYPE, timeout_s=0)
+
+
+def test_creating_a_ring_twice_is_refused_with_a_hint(spsc, shm_prefix):
+    with pytest.raises(SegmentError, match="already exists"):
+        SpscRing.create(shm_prefix, "r", MARKET_DTYPE, 16)
+
+
+def test_ring_rejects_bad_capacity_and_wrong_record_array(shm_prefix, spsc):
+    with pytest.raises(ValueError, match="power of two"):
+        SpscRing.create(shm_prefix, "x", MARKET_DTYPE, 12)
+    with pytest.raises(TypeError, match="carries market records, got an array of control"):
+        spsc.writer().publish(np.zeros(1, CONTROL_DTYPE))
+
+
+def test_segments_are_owner_only_and_listed_with_their_kind(spsc, shm_prefix):
+    ring = BroadcastRing.create(shm_prefix, "b", MARKET_DTYPE, 8, 2)
+    try:
+        mode = stat.S_IMODE(os.stat(f"/dev/shm/hftfarm.{shm_prefix}.r").st_mode)
+        assert mode == 0o600
+        sem_mode = stat.S_IMODE(os.stat(f"/dev/shm/sem.hftfarm.{shm_prefix}.b.r1").st_mode)
+        assert sem_mode == 0o600
+        infos = {i.name: i for i in list_segments(shm_prefix)}
+        assert infos[f"hftfarm.{shm_prefix}.r"].kind == "spsc"
+        assert infos[f"hftfarm.{shm_prefix}.b"].kind == "broadcast"
+        assert infos[f"hftfarm.{shm_prefix}.b"].alive
+        assert f"sem.hftfarm.{shm_prefix}.b.r0" in infos
+    finally:
+        ring.close()
+        unlink_instance(shm_prefix)
+    assert list_segments(shm_prefix) == []
+
+
+def test_blocking_reader_is_woken_by_the_writer_only_when_parked(shm_prefix):
+    import threading
+    import time
+
+    ring = SpscRing.create(shm_prefix, "blk", MARKET_DTYPE, 16, wakeups=True)
+    try:
+        w, r = ring.writer(), ring.reader()
+        assert r.park(0.001) is False                         # nothing: times out
+        w.publish(_records(MARKET_DTYPE, 0, 1))
+        assert w.st[ops.ST_WAKE] == 0                         # nobody parked: no post
+        assert r.park(5.0) is True                            # data already there: no sleep
+        out = np.zeros(4, MARKET_DTYPE)
+        assert r.poll(out) == 1
+        woke = []
+        t = threading.Thread(target=lambda: woke.append(r.park(5.0)))
+        t.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        w.publish(_records(MARKET_DTYPE, 1, 1))
+        t.join(5)
+        assert woke == [True] and time.monotonic() - t0 < 4.0
+        assert r.poll(out) == 1 and out["px_ticks"][0] == 1
+    finally:
+        ring.unlink()
+        ring.close()
