@@ -1,0 +1,200 @@
+"""Instrument metadata for feed handlers: from config, or derived from a recording. Cold path.
+
+The shared recordings trade symbols that config.toml does not list, so their tick and lot sizes
+are derived from the data itself: for each symbol, the tick is ``10**-d`` where ``d`` is the
+largest number of *significant* fractional digits (trailing zeros dropped) seen in any price,
+and the lot likewise from the quantities. Binance pads every number to 8 decimals, so padding
+is ignored; the derived step is never coarser than any value seen, so every value converts
+exactly (a finer step than the venue's real one costs nothing but larger integers). All of it
+on the decimal text, never through float.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import orjson
+
+from feeds.decimal import Scale, frac_digits, step_for_digits
+from feeds.handler import FeedInstrument
+from feeds.recording import KIND_REST, KIND_WS, Frame
+
+VENUES = ("binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
+_KRAKEN_V2_NUM = re.compile(rb'"(price|qty)":(-?[0-9][0-9.eE+\-]*)')
+
+
+def quote_kraken_v2_numbers(frame) -> bytes:
+    """Kraken v2 sends prices and quantities as JSON numbers at full precision; quote them so
+    the JSON decoder hands over their exact text instead of a float."""
+    if isinstance(frame, str):
+        frame = frame.encode()
+    return _KRAKEN_V2_NUM.sub(rb'"\1":"\2"', frame)
+
+
+def _pairs_binance(msg):
+    d = msg.get("data", msg) if isinstance(msg, dict) else None
+    if not isinstance(d, dict):
+        return
+    s = d.get("s")
+    e = d.get("e")
+    if e == "depthUpdate":
+        for lv in d.get("b", []) + d.get("a", []):
+            yield s, lv[0], lv[1]
+    elif e in ("trade", "aggTrade"):
+        yield s, d.get("p"), d.get("q")
+    elif e is None and "B" in d:
+        yield s, d.get("b"), d.get("B")
+        yield s, d.get("a"), d.get("A")
+
+
+def _pairs_binance_rest(url, msg):
+    from feeds.binance import _query_param
+    s = (_query_param(url, "symbol") or "").upper()
+    for lv in msg.get("bids", []) + msg.get("asks", []):
+        yield s, lv[0], lv[1]
+
+
+def _pairs_coinbase(msg):
+    if not isinstance(msg, dict):
+        return
+    t = msg.get("type")
+    s = msg.get("product_id")
+    if t == "snapshot":
+        for lv in msg.get("bids", []) + msg.get("asks", []):
+            yield s, lv[0], lv[1]
+    elif t == "l2update":
+        for ch in msg.get("changes", []):
+            yield s, ch[1], ch[2]
+    elif t in ("match", "last_match"):
+        yield s, msg.get("price"), msg.get("size")
+    elif t == "ticker":
+        yield s, msg.get("price"), msg.get("last_size")
+        yield s, msg.get("best_bid"), None
+        yield s, msg.get("best_ask"), None
+
+
+def _pairs_coinbase_at(msg):
+    if not isinstance(msg, dict):
+        return
+    ch = msg.get("channel")
+    for ev in msg.get("events", []) or []:
+        if ch == "l2_data":
+            s = ev.get("product_id")
+            for u in ev.get("updates", []):
+                yield s, u.get("price_level"), u.get("new_quantity")
+        elif ch == "market_trades":
+            for t in ev.get("trades", []):
+                yield t.get("product_id"), t.get("price"), t.get("size")
+        elif ch == "ticker":
+            for t in ev.get("tickers", []):
+                yield t.get("product_id"), t.get("price"), None
+                yield t.get("product_id"), t.get("best_bid"), t.get("best_bid_quantity")
+                yield t.get("product_id"), t.get("best_ask"), t.get("best_ask_quantity")
+
+
+def _pairs_kraken_v1(msg):
+    if not isinstance(msg, list) or len(msg) < 4:
+        return
+    pair = msg[-1]
+    name = msg[-2]
+    if isinstance(name, str) and name.startswith("book"):
+        for part in msg[1:-2]:
+            for key in ("as", "bs", "a", "b"):
+                for lv in part.get(key, []):
+                    yield pair, lv[0], lv[1]
+    elif name == "trade":
+        for t in msg[1]:
+            yield pair, t[0], t[1]
+    elif name == "ticker":
+        yield pair, msg[1]["a"][0], msg[1]["a"][2]
+        yield pair, msg[1]["b"][0], msg[1]["b"][2]
+
+
+def _pairs_kraken_v2(msg):
+    if not isinstance(msg, dict):
+        return
+    ch = msg.get("channel")
+    for d in msg.get("data", []) or []:
+        if ch == "book":
+            for lv in d.get("bids", []) + d.get("asks", []):
+                yield d.get("symbol"), lv.get("price"), lv.get("qty")
+        elif ch == "trade":
+            yield d.get("symbol"), d.get("price"), d.get("qty")
+
+
+def derive_instruments(venue: str, frames: Iterable[Frame]) -> dict[str, FeedInstrument]:
+    """Scan recorded frames; return {symbol: FeedInstrument} with derived tick and lot sizes.
+    Malformed frames are skipped here (the handler counts them when it replays them)."""
+    if venue not in VENUES:
+        raise ValueError(f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
+    px_digits: dict[str, int] = {}
+    qty_digits: dict[str, int] = {}
+    for fr in frames:
+        if fr.kind not in (KIND_WS, KIND_REST):
+            continue
+        try:
+            data = fr.data
+            if venue == "kraken":
+                data = quote_kraken_v2_numbers(data)
+            msg = orjson.loads(data)
+            if venue == "binance":
+                pairs = _pairs_binance_rest(fr.url, msg) if fr.kind == KIND_REST \
+                    else _pairs_binance(msg)
+            elif venue == "coinbase":
+                pairs = _pairs_coinbase(msg)
+            elif venue == "coinbase-at":
+                pairs = _pairs_coinbase_at(msg)
+            elif venue == "kraken":
+                pairs = _pairs_kraken_v2(msg)
+            else:
+                pairs = _pairs_kraken_v1(msg)
+            for sym, p, q in pairs:
+                if not isinstance(sym, str) or not sym:
+                    continue
+                if isinstance(p, str):
+                    px_digits[sym] = max(px_digits.get(sym, 0), frac_digits(p))
+                if isinstance(q, str):
+                    qty_digits[sym] = max(qty_digits.get(sym, 0), frac_digits(q))
+        except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, AttributeError,
+                ValueError):
+            continue
+    out = {}
+    for n, sym in enumerate(sorted(set(px_digits) | set(qty_digits)), 1):
+        out[sym] = FeedInstrument(sym, n, Scale(step_for_digits(px_digits.get(sym, 0))),
+                                  Scale(step_for_digits(qty_digits.get(sym, 0))))
+    return out
+
+
+def instruments_from_config(config_path: str | None, venue: str) -> dict[str, FeedInstrument]:
+    """Instruments of every configured venue whose kind is ``venue``, ids as in the table."""
+    from pipeline.config import load_config
+    from shm.instruments import InstrumentTable
+
+    cfg = load_config(config_path)
+    kinds = {v.name: v.kind for v in cfg.venues}
+    out = {}
+    for inst in InstrumentTable.from_config(cfg):
+        if kinds.get(inst.venue) == venue:
+            out[inst.symbol] = FeedInstrument(inst.symbol, inst.instrument_id,
+                                              Scale(inst.tick_size), Scale(inst.lot_size))
+    return out
+
+
+def make_handler(venue: str, instruments: dict[str, FeedInstrument], **kw):
+    """The handler class for a venue name (the CLI's --venue values)."""
+    if venue == "binance":
+        from feeds.binance import BinanceHandler
+        return BinanceHandler(instruments, **kw)
+    if venue == "coinbase":
+        from feeds.coinbase import CoinbaseHandler
+        return CoinbaseHandler(instruments, **kw)
+    if venue == "coinbase-at":
+        from feeds.coinbase import CoinbaseAdvancedHandler
+        return CoinbaseAdvancedHandler(instruments, **kw)
+    if venue == "kraken":
+        from feeds.kraken import KrakenV2Handler
+        return KrakenV2Handler(instruments, **kw)
+    if venue == "kraken-v1":
+        from feeds.kraken import KrakenV1Handler
+        return KrakenV1Handler(instruments, **kw)
+    raise ValueError(f"unknown venue {venue!r} (known: {', '.join(VENUES)})")
