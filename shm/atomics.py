@@ -141,7 +141,17 @@ def cpu_relax(typingctx):
     return types.void(), codegen
 
 
+import ctypes as _ctypes
+
+_libc = _ctypes.CDLL(None, use_errno=True)
+#: sched_yield(2), callable from @njit code (numba calls ctypes function pointers directly):
+#: lets a spinning loop give its core away without returning to Python (~0.8 us).
+sched_yield = _libc.sched_yield
+sched_yield.restype = _ctypes.c_int
+sched_yield.argtypes = []
+
 __all__ = [
+    "sched_yield",
     "load_acquire", "load_relaxed", "store_release", "store_relaxed", "fence_acquire",
     "fence_release", "fence_seq_cst", "cas", "fetch_add", "cpu_relax", "cgutils",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from shm import ringops as ops
-from shm.atomics import load_acquire
+from shm.atomics import load_acquire, sched_yield
 from shm.records import MARKET_DTYPE
 from shm.ring import BroadcastRing, SpscRing
 
@@ -86,6 +86,7 @@ def produce_bcast(st, slots, buf, buf64, total, reader_block0, n_readers, max_la
                         slowest = c
                 if i - slowest <= max_lag:
                     break
+                sched_yield()  # more processes than cores here: let the readers run
         n = min(BATCH, total - i)
         fill(buf, i, n)
         ops.bcast_publish(st, slots, buf64, n)
@@ -105,6 +106,7 @@ def consume(st, slots, buf, buf64, is_bcast, expect_next, max_polls, stats):
             n = ops.spsc_poll(st, slots, buf64, BATCH)
         if n == 0:
             stats[4] += 1
+            sched_yield()
             continue
         for k in range(n):
             rec = buf[k]
