@@ -251,7 +251,8 @@ class BinanceHandler(FeedHandler):
         bp, bq, ap, aq = ps(d["b"]), qs(d["B"]), ps(d["a"]), qs(d["A"])
         if type(u) is not int or min(bp, bq, ap, aq) < 0:
             raise ValueError
-        self._rec(MSG_TOP, 0, 2, inst.instrument_id, 0, recv, bp, bq, ap, aq)
+        if self.emit_tops:
+            self._rec(MSG_TOP, 0, 2, inst.instrument_id, 0, recv, bp, bq, ap, aq)
         self.stats.tops += 1
         book = self.books.get(sym)
         if book is not None and book.valid and book.update_id == u:

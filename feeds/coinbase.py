@@ -167,8 +167,9 @@ class CoinbaseHandler(_CoinbaseBase):
         aq = qs(m["best_ask_size"]) if "best_ask_size" in m else 0
         if min(bp, ap, bq, aq) < 0:
             raise ValueError
-        self._rec(MSG_TOP, _EX_SIDE.get(m.get("side"), 0), 2, inst.instrument_id,
-                  iso_to_ns(m.get("time") or ""), recv, bp, bq, ap, aq)
+        if self.emit_tops:
+            self._rec(MSG_TOP, _EX_SIDE.get(m.get("side"), 0), 2, inst.instrument_id,
+                      iso_to_ns(m.get("time") or ""), recv, bp, bq, ap, aq)
         self.stats.tops += 1
 
 
@@ -308,5 +309,6 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
 
     def _on_tickers(self, tops, recv, exch):
         for iid, bp, bq, ap, aq in tops:
-            self._rec(MSG_TOP, 0, 2, iid, exch, recv, bp, bq, ap, aq)
+            if self.emit_tops:
+                self._rec(MSG_TOP, 0, 2, iid, exch, recv, bp, bq, ap, aq)
             self.stats.tops += 1

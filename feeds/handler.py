@@ -84,7 +84,8 @@ class FeedHandler:
     venue = "?"
 
     def __init__(self, instruments: dict[str, FeedInstrument], capacity: int = DEFAULT_CAPACITY,
-                 stale_ns: int = DEFAULT_STALE_NS, replay: bool = False):
+                 stale_ns: int = DEFAULT_STALE_NS, replay: bool = False,
+                 emit_tops: bool = False):
         self.instruments = dict(instruments)
         self.capacity = int(capacity)
         self.out = np.zeros(self.capacity, dtype=MARKET_DTYPE)
@@ -94,6 +95,11 @@ class FeedHandler:
         self.stats = FeedStats()
         self.stale_ns = int(stale_ns)
         self.base_flags = 4 if replay else 0   # MFLAG_REPLAY
+        # Ticker streams are not synchronised with the depth stream, and market/book.py
+        # applies MSG_TOP records to the book (it trims levels better than the top), so a
+        # ticker published next to level records would corrupt consumers' books: off unless
+        # asked for (a feed without depth, or a consumer that keeps tops apart).
+        self.emit_tops = emit_tops
         self.books: dict[str, Book] = {}
         self._resync: dict[str, int] = {}      # symbol -> reason
 

@@ -208,7 +208,8 @@ class KrakenV1Handler(_KrakenBase):
         ap, aq = ps(d["a"][0]), qs(d["a"][2])
         if min(bp, bq, ap, aq) < 0:
             raise ValueError
-        self._rec(MSG_TOP, 0, 2, inst.instrument_id, 0, recv, bp, bq, ap, aq)
+        if self.emit_tops:
+            self._rec(MSG_TOP, 0, 2, inst.instrument_id, 0, recv, bp, bq, ap, aq)
         self.stats.tops += 1
 
 
