@@ -141,14 +141,19 @@ def cpu_relax(typingctx):
     return types.void(), codegen
 
 
-import ctypes as _ctypes
+@intrinsic
+def sched_yield(typingctx):
+    """sched_yield(2) from @njit code: a spinning loop gives its core away without returning
+    to Python (~0.8 us). Declared as the external libc symbol by name (not a ctypes pointer),
+    so functions using it stay cacheable on disk."""
 
-_libc = _ctypes.CDLL(None, use_errno=True)
-#: sched_yield(2), callable from @njit code (numba calls ctypes function pointers directly):
-#: lets a spinning loop give its core away without returning to Python (~0.8 us).
-sched_yield = _libc.sched_yield
-sched_yield.restype = _ctypes.c_int
-sched_yield.argtypes = []
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
+        return builder.call(fn, [])
+
+    return types.int32(), codegen
+
 
 __all__ = [
     "sched_yield",
