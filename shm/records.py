@@ -81,6 +81,8 @@ STATUS_FEED_UP = 3
 STATUS_FEED_DOWN = 4
 STATUS_HALTED = 5
 STATUS_TRADING = 6
+STATUS_UNCHANGED = 7    # a venue event that changed nothing visible (e.g. a LOBSTER message
+                        # below the recorded depth): marks the end of its batch
 
 REASON_NONE = 0
 REASON_GAP = 1            # sequence / update-id gap
