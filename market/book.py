@@ -24,6 +24,8 @@ Kernels take the tuple ``(px, qty, meta)`` unpacked, then the instrument id:
     imbalance(qty, meta, inst, levels) -> float64 (bid - ask) / (bid + ask) over the top levels
     cross_state(px, meta, inst) -> CROSS_NONE | CROSS_LOCKED | CROSS_CROSSED
     is_crossed (bid > ask), is_locked (bid == ask), is_valid (META_VALID set and neither)
+    book_rows_after_batches(px, qty, meta, md, inst, levels, px_scale, rows, dummy_ask,
+                            dummy_bid) -> int   the book after every batch, LOBSTER row layout
 
 Record semantics (MARKET_DTYPE kinds, ``side`` SIDE_BUY -> bid, SIDE_SELL -> ask):
 
@@ -50,8 +52,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shm.records import (MSG_CLEAR, MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_STATUS,
-                         MSG_TOP, MSG_TRADE, SIDE_BUY, SIDE_SELL, STATUS_BOOK_INVALID,
+from shm.records import (MFLAG_LAST_IN_BATCH, MSG_CLEAR, MSG_LEVEL, MSG_SNAP_END,
+                         MSG_SNAP_START, MSG_STATUS, MSG_TOP, MSG_TRADE, SIDE_BUY, SIDE_SELL, STATUS_BOOK_INVALID,
                          STATUS_BOOK_VALID, STATUS_HALTED, STATUS_TRADING)
 
 BID = 0
@@ -364,6 +366,36 @@ def is_locked(px, meta, inst):
 def is_valid(px, meta, inst):
     """The venue said the book is complete and it is neither crossed nor locked."""
     return meta[inst, META_VALID] == 1 and cross_state(px, meta, inst) == CROSS_NONE
+
+
+@njit(cache=True)
+def book_rows_after_batches(px, qty, meta, md, inst, levels, px_scale, rows, dummy_ask,
+                            dummy_bid):
+    """Apply md and write instrument inst's top ``levels`` after each record flagged
+    MFLAG_LAST_IN_BATCH into rows (ask px, ask qty, bid px, bid qty per level, LOBSTER's
+    layout; prices x px_scale, empty levels dummy_ask/dummy_bid with qty 0). Returns rows."""
+    r = 0
+    for i in range(md.shape[0]):
+        book_apply_market(px, qty, meta, md[i])
+        if (md[i].flags & MFLAG_LAST_IN_BATCH) == 0 or md[i].instrument_id != inst:
+            continue
+        if r >= rows.shape[0]:
+            break
+        for lvl in range(levels):
+            if lvl < meta[inst, META_N_ASK]:
+                rows[r, 4 * lvl] = px[inst, ASK, lvl] * px_scale
+                rows[r, 4 * lvl + 1] = qty[inst, ASK, lvl]
+            else:
+                rows[r, 4 * lvl] = dummy_ask
+                rows[r, 4 * lvl + 1] = 0
+            if lvl < meta[inst, META_N_BID]:
+                rows[r, 4 * lvl + 2] = px[inst, BID, lvl] * px_scale
+                rows[r, 4 * lvl + 3] = qty[inst, BID, lvl]
+            else:
+                rows[r, 4 * lvl + 2] = dummy_bid
+                rows[r, 4 * lvl + 3] = 0
+        r += 1
+    return r
 
 
 def bench_book_maintenance(records: np.ndarray, n_instruments: int, levels: int,

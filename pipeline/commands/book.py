@@ -1,0 +1,59 @@
+"""``run.py book --data F --levels N --csv OUT``: the L2 book after every event batch, as CSV.
+
+Cold path, operator's shell (the book itself is market.book's @njit kernels). Rows are in
+LOBSTER's order book layout: ask px, ask size, bid px, bid size per level, level 1 first;
+prices in units of 0.0001 (LOBSTER's USD x 10000), sizes in lots; empty levels hold the dummy
+prices 9999999999 / -9999999999 with size 0, as LOBSTER's read-me says. One row per record
+flagged MFLAG_LAST_IN_BATCH of the chosen instrument.
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("book", help="write the book after every event batch of a record file as "
+                       "LOBSTER-layout CSV")
+    p.add_argument("--data", required=True, help="record file of market records")
+    p.add_argument("--levels", type=int, required=True, help="levels per side in each row")
+    p.add_argument("--csv", required=True, help="CSV file to write")
+    p.add_argument("--instrument", type=int, default=None,
+                   help="instrument id (default: the file's only instrument)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from decimal import Decimal
+
+    import numpy as np
+
+    from market.lobster import book_rows
+    from market.recordfile import RecordFileError, open_record_file
+    from pipeline.cli import EXIT_USAGE, CliError
+    from shm.records import MARKET_DTYPE
+
+    if args.levels < 1:
+        raise CliError(f"--levels must be >= 1, got {args.levels}", EXIT_USAGE)
+    try:
+        header, records = open_record_file(args.data, MARKET_DTYPE)
+    except RecordFileError as exc:
+        raise CliError(str(exc)) from None
+    insts = {int(d["instrument_id"]): d for d in header["instruments"]}
+    ins = args.instrument
+    if ins is None:
+        if len(insts) != 1:
+            names = ", ".join(f"{k}={v['symbol']}@{v['venue']}" for k, v in insts.items())
+            raise CliError(f"{args.data} holds {len(insts)} instruments ({names}); choose one "
+                           f"with --instrument", EXIT_USAGE)
+        ins = next(iter(insts))
+    if ins not in insts:
+        raise CliError(f"{args.data} has no instrument {ins} (ids: {sorted(insts)})", EXIT_USAGE)
+    scale = Decimal(insts[ins]["tick_size"]) * 10000
+    if scale != scale.to_integral_value():
+        raise CliError(f"{insts[ins]['symbol']}: tick size {insts[ins]['tick_size']} is finer "
+                       f"than LOBSTER's price unit 0.0001")
+    rows = book_rows(np.asarray(records), ins, args.levels, int(scale))
+    with open(args.csv, "w") as f:
+        f.write("\n".join(",".join(map(str, r)) for r in rows.tolist()))
+        if len(rows):
+            f.write("\n")
+    print(f"{args.csv}: {len(rows)} rows x {args.levels} levels")
+    return 0
