@@ -40,6 +40,12 @@ class BinanceHandler(FeedHandler):
         self._fresh: set[str] = set()            # symbols whose next diff is the first applied
         self._tickers: dict[str, deque] = {}     # symbol -> bookTickers waiting for their id
 
+    def on_new_connection(self) -> None:
+        # diffs and tickers of a previous connection say nothing about the new stream
+        self._diffs.clear()
+        self._fresh.clear()
+        self._tickers.clear()
+
     # ---- input ---------------------------------------------------------------------------
     def feed(self, frame, recv_ts_ns: int) -> int:
         self.n = 0

@@ -207,6 +207,9 @@ class FeedHandler:
         self._resync = {}
         return out
 
+    def wants_resync(self) -> bool:
+        return bool(self._resync)
+
     def pending_resyncs(self) -> dict[str, int]:
         return dict(self._resync)
 

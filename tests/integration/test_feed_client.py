@@ -1,0 +1,119 @@
+"""The real client path against the local replay server on 127.0.0.1 (ephemeral port):
+connect, subscribe, REST snapshot with a rate-limit answer, get dropped, reconnect, resync."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from feeds.client import FeedClient, LiveConnectionRefused, check_endpoint
+from feeds.meta import derive_instruments, make_handler
+from feeds.recording import Recorder, read_recording, read_recordings
+from feeds.server import ReplayServer
+from shm.records import (MSG_STATUS, REASON_RECONNECT, REASON_SNAPSHOT, STATUS_BOOK_INVALID,
+                         STATUS_BOOK_VALID)
+
+
+async def _run_until(client, done, timeout_s=30.0):
+    task = asyncio.ensure_future(client.run())
+    t0 = time.monotonic()
+    try:
+        while not done():
+            if time.monotonic() - t0 > timeout_s:
+                raise AssertionError(f"timed out; client stats {client.stats}, handler "
+                                     f"{client.handler.stats}")
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def _statuses(batches):
+    recs = np.concatenate(batches) if batches else np.zeros(0)
+    st = recs[recs["kind"] == MSG_STATUS] if len(recs) else recs
+    return [(int(r["aux0"]), int(r["aux1"])) for r in st]
+
+
+def test_binance_client_is_dropped_reconnects_and_resyncs_from_rest(shared_data, tmp_path):
+    files = [str(shared_data / "binance/BINANCE.ws.1.0"),
+             str(shared_data / "binance/BINANCE.http.0.0")]
+    inst = derive_instruments("binance", read_recordings(files))
+    handler = make_handler("binance", inst)
+    batches = []
+
+    async def main():
+        srv = ReplayServer(files, drop_after=150, drops=1, rest_429=1)
+        await srv.start()
+        rec = Recorder(tmp_path / "rec.jsonl")
+        client = FeedClient("binance", handler, sorted(inst), srv.ws_url, srv.rest_url,
+                            on_records=lambda r: batches.append(r.copy()), recorder=rec,
+                            backoff_initial_s=0.05, backoff_max_s=0.2,
+                            snapshot_min_interval_s=0.0, stale_check_s=0.2)
+        total = len(srv.ws_frames)
+        try:
+            await _run_until(client, lambda: client.stats.connects >= 2
+                             and client.stats.frames >= 150 + total
+                             and all(b.valid for b in handler.books.values())
+                             and len(handler.books) == 4)
+        finally:
+            rec.close()
+            await srv.stop()
+        return srv, client
+
+    srv, client = asyncio.run(main())
+    assert srv.stats.connections == 2 and srv.stats.drops == 1
+    assert client.stats.disconnects == 1
+    assert srv.stats.rest_429 == 1 and client.stats.rest_retries >= 1
+    assert client.stats.rest_snapshots >= 8          # 4 symbols, once per connection
+    st = handler.stats
+    assert st.resyncs >= 1 and st.gaps == 0 and st.parse_errors == 0
+    assert st.oracle_mismatch == 0 and st.oracle_match > 0
+    statuses = _statuses(batches)
+    assert (STATUS_BOOK_INVALID, REASON_RECONNECT) in statuses
+    last_invalid = max(i for i, s in enumerate(statuses) if s[0] == STATUS_BOOK_INVALID)
+    assert statuses[last_invalid + 1:].count((STATUS_BOOK_VALID, REASON_SNAPSHOT)) >= 4
+    # the recorder kept every frame and snapshot, in the hftfarm format
+    frames = list(read_recording(tmp_path / "rec.jsonl"))
+    assert sum(f.kind == "ws" for f in frames) == client.stats.frames
+    assert sum(f.kind == "rest" for f in frames) == client.stats.rest_snapshots
+
+
+def test_kraken_v1_client_resyncs_from_the_snapshot_of_a_new_subscription(shared_data):
+    files = [str(shared_data / "kraken/KRAKEN.ws.50.0")]
+    inst = derive_instruments("kraken-v1", read_recordings(files))
+    handler = make_handler("kraken-v1", inst)
+
+    async def main():
+        srv = ReplayServer(files, drop_after=400, drops=1)
+        await srv.start()
+        client = FeedClient("kraken-v1", handler, sorted(inst), srv.ws_url, depth=1000,
+                            backoff_initial_s=0.05, backoff_max_s=0.2)
+        total = len(srv.ws_frames)
+        try:
+            await _run_until(client, lambda: client.stats.frames >= 400 + total)
+        finally:
+            await srv.stop()
+        return srv, client
+
+    srv, client = asyncio.run(main())
+    assert client.stats.connects == 2
+    assert any(b"subscribe" in m.encode() if isinstance(m, str) else b"subscribe" in m
+               for m in srv.stats.received)
+    st = handler.stats
+    assert st.checksum_fail == 0 and st.checksum_ok > 4269 and st.resyncs >= 1
+    assert all(b.valid for b in handler.books.values()) and len(handler.books) == 10
+
+
+def test_client_refuses_a_real_venue_without_allow_live():
+    with pytest.raises(LiveConnectionRefused, match="allow_live"):
+        FeedClient("binance", make_handler("binance", {}), ["BTCUSDT"],
+                   "wss://stream.binance.com:9443", "https://api.binance.com")
+    with pytest.raises(LiveConnectionRefused):
+        check_endpoint("http://10.0.0.1:8080/api", allow_live=False)
+    check_endpoint("ws://127.0.0.1:9/", allow_live=False)
+    check_endpoint("ws://[::1]:9/", allow_live=False)
+    check_endpoint("wss://stream.binance.com:9443", allow_live=True)   # checks only, no socket
