@@ -1,0 +1,75 @@
+"""``run.py run [--config F] [--duration S] [--json]``: run the pipeline in the foreground for S
+seconds (or until Ctrl-C / SIGTERM), stop gracefully, print the final report: orders, fills,
+rejects by reason, PnL per strategy, latency percentiles, records lost. Cold path; the
+controller runs in this process. ``make run`` runs this on config.toml."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run in the foreground for --duration seconds, then report")
+    p.add_argument("--config", default=None, help="config file (default: config.toml)")
+    p.add_argument("--duration", type=float, default=20.0,
+                   help="seconds to trade before the graceful stop (default 20; 0 = until "
+                        "Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.config import DEFAULT_CONFIG
+    from pipeline.control import load_config_or_exit, lock_held
+    from pipeline.controller import Controller, ControllerError
+
+    if args.duration < 0:
+        raise CliError(f"--duration {args.duration}: must be >= 0", EXIT_USAGE)
+    cfg = load_config_or_exit(args.config)
+    if lock_held(cfg):
+        raise CliError(f"instance {cfg.instance.name!r} is already running (stop it with "
+                       "`run.py stop`)", 1)
+    ctl = Controller(cfg, str(Path(args.config or DEFAULT_CONFIG).resolve()),
+                     duration_s=args.duration or None)
+    try:
+        rc = ctl.run()
+    except ControllerError as exc:
+        raise CliError(str(exc), 1) from None
+    if ctl.report:
+        print(json.dumps(ctl.report, indent=2) if args.json else format_report(ctl.report))
+    return rc
+
+
+def format_report(r: dict) -> str:
+    from pipeline.commands.latency import format_latency
+
+    lines = [f"=== hftfarm final report: instance {r['instance']}, {r['duration_s']} s ===",
+             f"run dir: {r['run_dir']}", ""]
+    o = r.get("orders") or {}
+    risk = r["risk"]
+    if "error" in o:
+        lines.append(f"journal: could not be read ({o['error']})")
+    elif o:
+        lines.append(f"orders: {o['new_orders']} new intents, {o['approved_new']} approved, "
+                     f"{o['intents']} intents in all (new/cancel/replace); "
+                     f"{o['exec_reports']} execution reports, {o['fills']} fills; "
+                     f"approved without a final state: {o['approved_without_final']}")
+        rej = o.get("rejects_by_reason") or {}
+        lines.append("rejects by reason: " + (", ".join(f"{k} {v}" for k, v in
+                                                          sorted(rej.items())) or "none"))
+    else:
+        lines.append(f"orders: {risk['approved']} approved, {risk['rejected']} denied, "
+                     f"{risk['orders_sent']} sent, {risk['fills']} fills (journal disabled)")
+    lines += ["", "PnL per strategy (quote currency):"]
+    for name, st in risk["strategies"].items():
+        pos = ", ".join(f"{k} {v:+d}" for k, v in st["positions_lots"].items()) or "flat"
+        lines.append(f"  {name:<16} {st['pnl']:+12.2f}  realized {st['realized_pnl']:+.2f}  "
+                     f"unrealized {st['unrealized_pnl']:+.2f}  fees {st['fees']:.2f}  "
+                     f"positions (lots): {pos}")
+    lines += ["", "latency:", format_latency(r["latency"]), "",
+              f"market records lost (lapped readers): {r['records_lost']}",
+              f"risk state at stop: {risk['state']}"]
+    if r.get("events"):
+        lines += ["events:"] + [f"  {e}" for e in r["events"]]
+    return "\n".join(lines)

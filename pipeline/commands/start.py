@@ -1,0 +1,87 @@
+"""``run.py start [--config F] [--foreground]``: start the pipeline (cold, operator's shell).
+
+Background by default: the controller is started as a daemon (``python -m
+pipeline.controller``, own session, log in <run_dir>/<instance>/controller.log); this command
+returns 0 once every stage is RUNNING, or prints the error and returns 1. ``--foreground``
+runs the controller in this process until ``run.py stop``, SIGTERM or Ctrl-C (what systemd's
+Type=notify unit uses).
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("start", help="start every stage; return once all are RUNNING")
+    p.add_argument("--config", default=None, help="config file (default: config.toml)")
+    p.add_argument("--foreground", action="store_true",
+                   help="run the controller in this process (systemd, debugging)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for every stage to come up (default 300)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from pipeline.cli import CliError
+    from pipeline.config import DEFAULT_CONFIG
+    from pipeline.control import load_config_or_exit, lock_held
+    from pipeline.controller import instance_dir
+
+    cfg = load_config_or_exit(args.config)
+    config_path = str(Path(args.config or DEFAULT_CONFIG).resolve())
+    if lock_held(cfg):
+        raise CliError(f"instance {cfg.instance.name!r} is already running (see "
+                       f"`run.py status`; stop it with `run.py stop`)", 1)
+    if args.foreground:
+        from pipeline.controller import Controller, ControllerError
+        from pipeline.sdnotify import SdNotifier
+
+        try:
+            return Controller(cfg, config_path, notifier=SdNotifier()).run()
+        except ControllerError as exc:
+            raise CliError(str(exc), 1) from None
+    idir = instance_dir(cfg)
+    idir.mkdir(parents=True, exist_ok=True)
+    state_file = idir / "controller.state"
+    if state_file.exists():
+        state_file.unlink()
+    log_path = idir / "controller.log"
+    root = Path(__file__).resolve().parent.parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.controller", "--config",
+                                 config_path], cwd=str(root), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        state = {}
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            pass
+        if state.get("state") == "running":
+            print(f"instance {cfg.instance.name} started (controller pid {proc.pid}; "
+                  f"log {log_path})")
+            return 0
+        if state.get("state") == "failed" or proc.poll() is not None:
+            detail = state.get("detail") or _tail(log_path)
+            proc.wait()
+            raise CliError(f"instance {cfg.instance.name!r} failed to start: {detail}", 1)
+        if time.monotonic() > deadline:
+            raise CliError(f"instance {cfg.instance.name!r} not up after {args.timeout:.0f} s "
+                           f"(controller pid {proc.pid} still starting; see {log_path})", 1)
+        time.sleep(0.05)
+
+
+def _tail(path, n: int = 12) -> str:
+    try:
+        return "\n".join(open(path, errors="replace").read().splitlines()[-n:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,54 @@
+"""``run.py status [--json] [--config F]``: stage table, risk state, positions and PnL per
+strategy (cold, operator's shell; one request to the controller's socket)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="stage table, risk state, positions and PnL")
+    p.add_argument("--config", default=None, help="config file (default: config.toml)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from pipeline.control import client_request, load_config_or_exit
+
+    cfg = load_config_or_exit(args.config)
+    reply = client_request(cfg, {"cmd": "status"})
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    print(format_status(reply))
+    return 0
+
+
+def format_status(s: dict) -> str:
+    lines = [f"instance {s['instance']}  controller pid {s['pid']}  up {s['uptime_s']} s  "
+             f"run dir {s['run_dir']}", ""]
+    hdr = ("stage", "state", "pid", "cpu", "hb ms", "in", "out", "lag", "lost", "err", "rst")
+    rows = [hdr]
+    for r in s["stages"]:
+        rows.append((r["stage"], r["state"], str(r["pid"]),
+                     "-" if r["cpu"] is None else str(r["cpu"]),
+                     "-" if r["heartbeat_age_ms"] is None else f"{r['heartbeat_age_ms']:.0f}",
+                     str(r["records_in"]), str(r["records_out"]), str(r["ring_lag"]),
+                     str(r["records_lost"]), str(r["errors"]), str(r["restarts"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(hdr))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+    risk = s["risk"]
+    lines += ["", f"risk: {risk['state']}" + (f" ({risk['halted_reason']})"
+                                             if risk["halted_reason"] else "")
+              + f"  approved {risk['approved']}  denied {risk['rejected']}  sent "
+              f"{risk['orders_sent']}  fills {risk['fills']}  open {risk['open_orders']}"]
+    for name, st in risk["strategies"].items():
+        pos = ", ".join(f"{k} {v:+d}" for k, v in st["positions_lots"].items()) or "flat"
+        lines.append(f"  {name:<16} pnl {st['pnl']:+.2f} (realized {st['realized_pnl']:+.2f}, "
+                     f"unrealized {st['unrealized_pnl']:+.2f}, fees {st['fees']:.2f})  "
+                     f"open {st['open_orders']}  positions (lots): {pos}")
+    if s.get("events"):
+        lines += ["", "events:"] + [f"  {e}" for e in s["events"]]
+    return "\n".join(lines)

@@ -1,0 +1,361 @@
+"""The controller's control socket: JSON requests and replies over a Unix stream socket.
+
+Cold path, off the data path: the server side runs in the controller's supervision loop (one
+request per connection, answered synchronously; every request is small), the client side in
+the CLI (`run.py status|stop|kill|latency`). The socket is created with mode 0600 (umask around
+bind, then chmod) so only the instance's user can drive it.
+
+Wire format: one JSON object per line each way. Requests ``{"cmd": "status", ...}``; replies
+``{"ok": true, ...}`` or ``{"ok": false, "error": "<message>"}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+MAX_REQUEST = 1 << 20
+
+
+class NotRunning(Exception):
+    """No controller answers on the socket (absent, refused, or stale)."""
+
+
+class ControlServer:
+    def __init__(self, path: str | os.PathLike, handler):
+        self.path = str(path)
+        self.handler = handler
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # stale from a crashed run: the caller checked nobody answers
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        sock.setblocking(False)
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def handle_one(self) -> None:
+        """Accept one pending connection and answer it (called when the socket is readable)."""
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                data = b""
+                while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    req = json.loads(data or b"{}")
+                    if not isinstance(req, dict):
+                        raise ValueError("request must be a JSON object")
+                    reply = self.handler(req)
+                except Exception as exc:  # a bad request must never take the controller down
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                conn.sendall(json.dumps(reply, default=_jsonable).encode() + b"\n")
+            except OSError:
+                pass  # client went away
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def request(path: str | os.PathLike, req: dict, timeout_s: float = 10.0) -> dict:
+    """Send one request, return the reply; NotRunning if no controller listens at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotRunning(f"no controller at {path} ({exc.strerror})") from None
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    if not data:
+        raise NotRunning(f"controller at {path} closed the connection without a reply")
+    return json.loads(data)
+
+
+def is_running(path: str | os.PathLike) -> bool:
+    try:
+        return bool(request(path, {"cmd": "ping"}, timeout_s=3.0).get("ok"))
+    except (NotRunning, OSError, ValueError):
+        return False
+
+
+# =============================================================================================
+# Controller side: request handlers and the snapshots they return (run in the controller)
+# =============================================================================================
+PERCENTILES = (50, 90, 99, 99.9, 99.99)
+
+
+def stage_table(ctl) -> list[dict]:
+    import time as _time
+
+    from pipeline.status import STATE_NAMES
+
+    now = _time.monotonic_ns()
+    rows = []
+    for spec in ctl.topology.stages:
+        b = ctl.status.read(spec.slot)
+        hb = b["heartbeat_ns"]
+        rows.append({
+            "stage": spec.name, "role": spec.role, "state": STATE_NAMES.get(b["state"], "?"),
+            "pid": b["pid"], "cpu": None if b["cpu"] < 0 else b["cpu"],
+            "configured_cpu": spec.cpu,
+            "heartbeat_age_ms": round((now - hb) / 1e6, 1) if hb else None,
+            "records_in": b["records_in"], "records_out": b["records_out"],
+            "ring_lag": b["ring_lag"], "records_lost": b["records_lost"],
+            "errors": b["errors"], "restarts": b["restarts"]})
+    return rows
+
+
+def risk_snapshot(ctl) -> dict:
+    from shm.records import RISK_STATE_NAMES
+    from stages.riskview import (G_APPROVED, G_REJECTED, G_STATE, PNL_FEES, PNL_REALIZED,
+                                 PNL_UNREALIZED, R_FILLS, R_HALTED, R_OPEN, R_SENT)
+
+    rv = ctl.riskview
+    insts = list(ctl.cfg.instruments)
+    strategies = {}
+    for spec in ctl.topology.strategies():
+        sid = spec.strategy_id
+        pos = {insts[i - 1].key: int(rv.gate_pos[sid, i]) for i in range(1, len(insts) + 1)
+               if rv.gate_pos[sid, i] or rv.router_pos[sid, i]}
+        pnl = rv.gate_pnl[sid]
+        strategies[spec.strategy.name] = {
+            "strategy_id": sid, "positions_lots": pos,
+            "venue_positions_lots": {insts[i - 1].key: int(rv.router_pos[sid, i])
+                                     for i in range(1, len(insts) + 1) if rv.router_pos[sid, i]},
+            "open_orders": int(rv.router_open[sid]),
+            "realized_pnl": float(pnl[PNL_REALIZED]), "unrealized_pnl": float(pnl[PNL_UNREALIZED]),
+            "fees": float(pnl[PNL_FEES]),
+            "pnl": float(pnl[PNL_REALIZED] + pnl[PNL_UNREALIZED] - pnl[PNL_FEES])}
+    return {"state": RISK_STATE_NAMES.get(int(rv.gate[G_STATE]), "?"),
+            "halted_reason": ctl.halted_reason, "reconciling": sorted(ctl.reconciling),
+            "approved": int(rv.gate[G_APPROVED]), "rejected": int(rv.gate[G_REJECTED]),
+            "router_halted": bool(rv.router[R_HALTED]), "open_orders": int(rv.router[R_OPEN]),
+            "orders_sent": int(rv.router[R_SENT]), "fills": int(rv.router[R_FILLS]),
+            "strategies": strategies}
+
+
+def positions_reconciled(rv) -> tuple[bool, str]:
+    """Gate positions == venue-reported positions, gate ready, and no order open."""
+    import numpy as np
+
+    from stages.riskview import G_READY, R_OPEN
+
+    if not rv.gate[G_READY]:
+        return False, "risk gate has not finished rebuilding from the journal"
+    if rv.router[R_OPEN]:
+        return False, f"{int(rv.router[R_OPEN])} order(s) still open at the venue"
+    diff = np.argwhere(rv.gate_pos != rv.router_pos)
+    if len(diff):
+        s, i = diff[0]
+        return False, (f"strategy {s} instrument {i}: gate has {int(rv.gate_pos[s, i])} lots, "
+                       f"the venue {int(rv.router_pos[s, i])}")
+    return True, ""
+
+
+def wait_orders_closed(ctl, timeout_s: float) -> bool:
+    import time as _time
+
+    from stages.riskview import R_OPEN
+
+    deadline = _time.monotonic() + timeout_s
+    while _time.monotonic() < deadline:
+        if ctl.riskview.router[R_OPEN] == 0:
+            return True
+        _time.sleep(0.01)
+    return False
+
+
+def latency_summary(ctl, baseline: dict | None = None) -> dict:
+    out = {}
+    titles = dict(ctl.topology.histograms())
+    for name, h in ctl.hists.items():
+        snap = h.snapshot()
+        if baseline and name in baseline:
+            snap = h.delta(baseline[name])
+        s = snap.summary()
+        s["title"] = titles.get(name, name)
+        out[name] = s
+    return out
+
+
+def dump_latency(ctl, out_dir, baseline: dict | None = None) -> list[str]:
+    """One .hgrm (percentile distribution, us) and one .hlog (interval log) per histogram."""
+    from shm.histogram import IntervalLog
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, h in ctl.hists.items():
+        snap = h.snapshot()
+        if baseline and name in baseline:
+            snap = h.delta(baseline[name])
+        p = out_dir / f"{name}.hgrm"
+        snap.write_hgrm(str(p))
+        written.append(str(p))
+        lp = out_dir / f"{name}.hlog"
+        log = IntervalLog(str(lp), snap, comment=f"hftfarm {ctl.instance} {name}")
+        log.close()
+        written.append(str(lp))
+    return written
+
+
+def handle_request(ctl, req: dict) -> dict:
+    from shm.records import CTRL_KILL, CTRL_RESUME
+
+    cmd = req.get("cmd")
+    if cmd == "ping":
+        return {"ok": True, "pid": os.getpid(), "instance": ctl.instance}
+    if cmd == "status":
+        return {"ok": True, "instance": ctl.instance, "pid": os.getpid(),
+                "run_dir": str(ctl.run_dir), "uptime_s": round(time_since(ctl.started_at), 1),
+                "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
+                "events": ctl.events[-20:]}
+    if cmd == "stop":
+        ctl.stop_requested = True
+        return {"ok": True, "pid": os.getpid()}
+    if cmd == "kill":
+        flatten = bool(req.get("flatten"))
+        ctl.halted_reason = "kill switch" + (" (flatten)" if flatten else "")
+        acked = [s for s in ("risk_gate", "order_router")
+                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_KILL, int(flatten), wait_s=1.0)]
+        return {"ok": True, "halted": acked, "flatten": flatten}
+    if cmd == "resume":
+        acked = [s for s in ("order_router", "risk_gate")
+                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_RESUME, wait_s=1.0)]
+        ctl.halted_reason = ""
+        return {"ok": True, "resumed": acked}
+    if cmd == "latency":
+        baseline = getattr(ctl, "latency_baseline", None)
+        reply = {"ok": True, "histograms": latency_summary(ctl, baseline)}
+        if req.get("dump"):
+            reply["files"] = dump_latency(ctl, req["dump"], baseline)
+        if req.get("reset"):
+            # the stages own their histograms; a reset is a new baseline for our reads
+            ctl.latency_baseline = {n: h.snapshot() for n, h in ctl.hists.items()}
+        return reply
+    return {"ok": False, "error": f"unknown command {cmd!r} (ping, status, stop, kill, resume, "
+                                  "latency)"}
+
+
+def time_since(t: float) -> float:
+    import time as _time
+
+    return _time.time() - t
+
+
+def collect_report(ctl, before_stop: bool = False) -> dict:
+    rows = stage_table(ctl)
+    return {"instance": ctl.instance, "run_dir": str(ctl.run_dir),
+            "duration_s": round(time_since(ctl.started_at), 2),
+            "stages": rows, "risk": risk_snapshot(ctl),
+            "records_lost": sum(r["records_lost"] for r in rows),
+            "latency": latency_summary(ctl), "events": list(ctl.events)}
+
+
+def finish_report(ctl) -> None:
+    """After the stages stopped: order-path counts from the journal, latency dumps, report."""
+    report = ctl.report or collect_report(ctl)
+    report["latency_files"] = dump_latency(ctl, ctl.run_dir / "latency")
+    if ctl.topology.journal:
+        try:
+            from stages.journal import summarize_journal
+
+            report["orders"] = summarize_journal(ctl.run_dir / "journal")
+        except Exception as exc:  # the report must not hide the rest because of one part
+            report["orders"] = {"error": f"{type(exc).__name__}: {exc}"}
+    ctl.report = report
+    (ctl.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+
+
+# =============================================================================================
+# CLI side helpers (run in the operator's shell)
+# =============================================================================================
+def load_config_or_exit(path):
+    """The validated config, or CliError(exit 2) listing every problem."""
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError("invalid config:\n  " + "\n  ".join(
+            f"{exc.source}: {p}" for p in exc.problems), EXIT_USAGE) from None
+
+
+def lock_held(cfg) -> bool:
+    """True if a controller of this instance holds its lock (starting or running)."""
+    import fcntl
+
+    from pipeline.controller import instance_dir
+
+    path = instance_dir(cfg) / "controller.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock if we got it
+    return False
+
+
+def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
+    """Send ``req`` to the instance's controller; CliError(exit 3) if it is not running."""
+    from pipeline.cli import EXIT_NOT_RUNNING, CliError
+    from pipeline.controller import socket_path
+
+    try:
+        reply = request(socket_path(cfg), req, timeout_s)
+    except NotRunning:
+        raise CliError(f"instance {cfg.instance.name!r} is not running (no controller at "
+                       f"{socket_path(cfg)})", EXIT_NOT_RUNNING) from None
+    if not reply.get("ok"):
+        from pipeline.cli import CliError as _E
+
+        raise _E(f"controller: {reply.get('error', 'request failed')}")
+    return reply

@@ -1,0 +1,390 @@
+"""The controller: topology, segments, ordered start and stop, supervision, control socket.
+
+Runs in the controller process (``run.py start`` daemonises it, ``start --foreground`` and
+``run.py run`` keep it in the operator's process). Cold path only: it never touches a data
+ring; it creates every segment, spawns the stages (pipeline.supervisor), then sleeps in a
+selector on its control socket and the stages' pidfds, waking every ``TICK_S`` to check
+heartbeats, drive reconciliation and feed the systemd watchdog.
+
+Failure policy (issue 4): a strategy, the venue or the journal that dies or goes silent is
+restarted (a strategy's orphaned orders are cancelled at the venue first). If the risk gate or
+the router dies, trading halts: the surviving one is told CTRL_KILL (router: cancel every open
+order at the venue), the journal is flushed, the dead stage restarts with ``--reconcile``
+(rebuilds positions from the journal), and trading resumes only when the gate's positions
+equal the router's (venue-reported) positions and no order is open.
+
+Segments are always unlinked on the way out (``finally`` + ``unlink_instance``), crash or not.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import control as ops
+from pipeline.status import ST_RUNNING, STATE_NAMES, StatusTable, W_CTRL_ACK, W_STATE
+from pipeline.supervisor import StageStartError, Supervisor
+from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
+from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
+                             build_topology)
+
+TICK_S = 0.02
+
+
+class ControllerError(Exception):
+    pass
+
+
+def instance_dir(cfg) -> Path:
+    return Path(cfg.instance.run_dir).resolve() / cfg.instance.name
+
+
+def socket_path(cfg) -> Path:
+    return Path(cfg.instance.socket).resolve() if cfg.instance.socket else \
+        instance_dir(cfg) / "control.sock"
+
+
+class Controller:
+    def __init__(self, cfg, config_path: str, duration_s: float | None = None,
+                 notifier=None, log=None):
+        self.cfg = cfg
+        self.config_path = str(Path(config_path).resolve())
+        self.instance = cfg.instance.name
+        self.topology = build_topology(cfg)
+        self.inst_dir = instance_dir(cfg)
+        self.run_dir = self.inst_dir / time.strftime("run-%Y%m%d-%H%M%S")
+        self.duration_s = duration_s
+        self.notifier = notifier
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.stop_requested = False
+        self.status = None
+        self.riskview = None
+        self.rings: dict = {}
+        self.ctl_writers: dict = {}
+        self.ctl_seq = 0
+        self.hists: dict = {}
+        self.supervisor = None
+        self.server = None
+        self.lock_fd = -1
+        self.reconciling: dict[str, float] = {}   # stage -> deadline
+        self.halted_reason = ""
+        self.events: list[str] = []
+        self.started_at = time.time()
+        self.report: dict = {}
+
+    # ---------------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """One controller per instance: an flock on <run_dir>/<name>/controller.lock."""
+        self.inst_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.inst_dir / "controller.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ControllerError(f"instance {self.instance!r} is already running "
+                                  f"(lock {self.inst_dir / 'controller.lock'} is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def create_segments(self) -> None:
+        from shm.histogram import LatencyHistogram
+        from shm.records import RECORD_DTYPES
+        from shm.ring import BroadcastRing, SpscRing
+        from shm.segment import list_segments, unlink_instance
+        from stages.riskview import RiskView
+
+        stale = list_segments(self.instance)
+        if stale:  # we hold the instance lock, so their creator is gone: a crash left them
+            self.log(f"removing {len(stale)} stale segment(s) of instance {self.instance}")
+            unlink_instance(self.instance)
+        topo = self.topology
+        self.status = StatusTable.create(self.instance, len(topo.stages))
+        self.riskview = RiskView.create(self.instance, len(topo.strategies()),
+                                        len(self.cfg.instruments))
+        for r in topo.rings:
+            dt = RECORD_DTYPES[r.dtype]
+            if r.kind == "broadcast":
+                self.rings[r.name] = BroadcastRing.create(self.instance, r.name, dt, r.capacity,
+                                                          r.max_readers)
+            else:
+                self.rings[r.name] = SpscRing.create(self.instance, r.name, dt, r.capacity)
+        for s in topo.stages:
+            self.ctl_writers[s.name] = self.rings[f"ctl-{s.name}"].writer()
+        for name, _title in topo.histograms():
+            self.hists[name] = LatencyHistogram.create(self.instance, name)
+
+    # -- control commands to stages ----------------------------------------------------
+    def send(self, stage: str, kind: int, arg0: int = 0, arg1: int = 0,
+             wait_s: float = 0.0) -> bool:
+        """Send a control record; with ``wait_s`` wait until the stage acknowledged it."""
+        spec = self.topology.stage(stage)
+        self.ctl_seq += 1
+        rec = np.zeros(1, dtype=CONTROL_DTYPE)
+        rec["kind"] = kind
+        rec["stage_id"] = spec.slot
+        rec["arg_u4"] = self.ctl_seq
+        rec["ts_ns"] = time.time_ns()
+        rec["arg0"] = arg0
+        rec["arg1"] = arg1
+        if self.ctl_writers[stage].publish(rec) != 1:
+            self.log(f"control ring of {stage} is full: command {kind} dropped")
+            return False
+        if wait_s <= 0:
+            return True
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.status.read_word(spec.slot, W_CTRL_ACK) >= self.ctl_seq:
+                return True
+            if stage not in self.supervisor.procs:
+                return False
+            time.sleep(0.002)
+        return False
+
+    def alive(self, stage: str) -> bool:
+        spec = self.topology.stage(stage)
+        return (stage in self.supervisor.procs
+                and self.status.read_word(spec.slot, W_STATE) == ST_RUNNING)
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        latest = self.inst_dir / "latest"
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(self.run_dir.name)
+        stages_cfg = self.cfg.stages
+        self.supervisor = Supervisor(self.instance, self.config_path, self.run_dir,
+                                     self.topology, self.status,
+                                     stages_cfg.heartbeat_timeout_ms, stages_cfg.restart_limit)
+        tiers = [[s for s in self.topology.start_order() if s.role not in (ROLE_GATE,
+                                                                            ROLE_STRATEGY)],
+                 [s for s in self.topology.stages if s.role == ROLE_GATE],
+                 self.topology.strategies()]
+        for tier in tiers:
+            for spec in tier:
+                self.supervisor.spawn(spec)
+            self.supervisor.wait_running([s.name for s in tier],
+                                         should_abort=lambda: self.stop_requested)
+        self.log(f"instance {self.instance}: {len(self.topology.stages)} stages RUNNING "
+                 f"(run dir {self.run_dir})")
+
+    # -- supervision ------------------------------------------------------------------------
+    def on_failure(self, name: str, why: str) -> None:
+        spec = self.topology.stage(name)
+        self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
+        self.log(f"stage {name} {why}")
+        self.supervisor.reap(name)
+        if not self.supervisor.can_restart(name):
+            self.log(f"stage {name}: restart limit {self.cfg.stages.restart_limit} reached; "
+                     "halting trading and leaving it down")
+            self.halt(f"{name} failed permanently")
+            return
+        if spec.role == ROLE_STRATEGY:
+            # its open orders are orphans now: cancel them at the venue before it comes back
+            if self.alive("order_router"):
+                self.send("order_router", CTRL_CANCEL_ALL, spec.strategy_id)
+            self.supervisor.restart(spec)
+        elif spec.role in (ROLE_GATE, ROLE_ROUTER):
+            self.halt(f"{name} {why}")
+            self.flush_journal()
+            self.supervisor.restart(spec, reconcile=True)
+            self.reconciling[name] = time.monotonic() + 60.0
+        else:
+            self.supervisor.restart(spec)
+
+    def halt(self, reason: str) -> None:
+        self.halted_reason = reason
+        for stage in ("risk_gate", "order_router"):
+            if stage in self.supervisor.procs:
+                self.send(stage, CTRL_KILL, 0, wait_s=0.5)
+
+    def flush_journal(self) -> None:
+        if self.topology.journal and self.alive("journal"):
+            if not self.send("journal", CTRL_RECONCILE, wait_s=2.0):
+                self.log("journal did not confirm its flush within 2 s")
+
+    def drive_reconciliation(self) -> None:
+        if not self.reconciling:
+            return
+        if not all(self.alive(s) for s in ("risk_gate", "order_router")):
+            return
+        ok, why = ops.positions_reconciled(self.riskview)
+        if ok:
+            self.send("order_router", CTRL_RESUME, wait_s=0.5)
+            self.send("risk_gate", CTRL_RESUME, wait_s=0.5)
+            self.log(f"reconciled after {', '.join(self.reconciling)} restart: "
+                     "positions match the venue, no open orders; trading resumed")
+            self.events.append(f"{time.strftime('%H:%M:%S')} reconciled, trading resumed")
+            self.reconciling.clear()
+            self.halted_reason = ""
+            return
+        for name, deadline in list(self.reconciling.items()):
+            if time.monotonic() > deadline:
+                self.log(f"reconciliation after {name} restart failed: {why}; staying HALTED")
+                del self.reconciling[name]
+
+    # -- main loop ----------------------------------------------------------------------
+    def serve(self) -> None:
+        from pipeline.control import ControlServer
+        from pipeline.sdnotify import watchdog_interval_s
+
+        self.server = ControlServer(socket_path(self.cfg), self.handle_request)
+        if self.notifier is not None:
+            self.notifier.ready(f"{len(self.topology.stages)} stages running")
+        wd_every = watchdog_interval_s(1.0)
+        next_wd = 0.0
+        end = time.monotonic() + self.duration_s if self.duration_s else None
+        sel = selectors.DefaultSelector()
+        sel.register(self.server.fileno(), selectors.EVENT_READ, "ctl")
+        watched: dict[int, str] = {}
+        while not self.stop_requested:
+            fds = self.supervisor.pidfds()
+            if fds.keys() != watched.keys():
+                for fd in watched.keys() - fds.keys():
+                    try:
+                        sel.unregister(fd)
+                    except (KeyError, ValueError):
+                        pass
+                for fd in fds.keys() - watched.keys():
+                    sel.register(fd, selectors.EVENT_READ, "pid")
+                watched = fds
+            for key, _ in sel.select(TICK_S):
+                if key.data == "ctl":
+                    self.server.handle_one()
+            for name, why in self.supervisor.check():
+                self.on_failure(name, why)
+            self.drive_reconciliation()
+            now = time.monotonic()
+            if self.notifier is not None and now >= next_wd:
+                self.notifier.watchdog()
+                next_wd = now + wd_every
+            if end is not None and now >= end:
+                break
+        sel.close()
+
+    def handle_request(self, req: dict) -> dict:
+        return ops.handle_request(self, req)
+
+    # -- stop -------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Strategies first, cancel open orders, drain, then gate, router, venue, journal."""
+        if self.notifier is not None:
+            self.notifier.stopping()
+        sup = self.supervisor
+        if sup is None:
+            return
+        sup.stop([s.name for s in self.topology.strategies()])
+        if self.alive("order_router"):
+            self.send("order_router", CTRL_CANCEL_ALL, 0, wait_s=1.0)
+            ops.wait_orders_closed(self, timeout_s=2.0)
+        self.report = ops.collect_report(self, before_stop=True)
+        for name in ("risk_gate", "order_router", "venue", "journal"):
+            if name in sup.procs:
+                sup.stop([name])
+        ops.finish_report(self)
+
+    def close(self) -> None:
+        """Release everything; safe to call after any failure, and more than once."""
+        from shm.segment import unlink_instance
+
+        try:
+            if self.supervisor is not None:
+                self.supervisor.kill_all()
+        finally:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
+            for w in self.ctl_writers.values():
+                w._drop()
+            self.ctl_writers.clear()
+            for ring in self.rings.values():
+                ring.close()
+            self.rings.clear()
+            for h in self.hists.values():
+                h.close()
+            self.hists.clear()
+            for obj in (self.status, self.riskview):
+                if obj is not None:
+                    obj.close()
+            self.status = self.riskview = None
+            unlink_instance(self.instance)
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+                self.lock_fd = -1
+
+    def run(self, on_started=None) -> int:
+        """The whole life: lock, segments, start, serve, stop, unlink. Returns an exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.acquire_lock()
+        try:
+            self.create_segments()
+            self.start()
+            if on_started is not None:
+                on_started(self)
+            self.serve()
+            self.shutdown()
+            return 0
+        except StageStartError as exc:
+            self.log(f"error: {exc}")
+            if on_started is not None:
+                on_started(self, error=str(exc))
+            return 1
+        finally:
+            self.close()
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+
+
+def write_state(path: Path, state: str, detail: str = "") -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"state": state, "detail": detail, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    """``python -m pipeline.controller --config F``: the daemon body of ``run.py start``."""
+    import argparse
+
+    from pipeline.config import load_config
+    from pipeline.sdnotify import SdNotifier
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.controller")
+    ap.add_argument("--config", required=True)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    state_file = instance_dir(cfg) / "controller.state"
+    instance_dir(cfg).mkdir(parents=True, exist_ok=True)
+
+    def on_started(ctl, error=None):
+        write_state(state_file, "failed" if error else "running", error or "")
+
+    ctl = Controller(cfg, args.config, notifier=SdNotifier())
+    try:
+        write_state(state_file, "starting")
+        rc = ctl.run(on_started)
+    except ControllerError as exc:
+        write_state(state_file, "failed", str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        write_state(state_file, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    write_state(state_file, "stopped" if rc == 0 else "failed",
+                "" if rc == 0 else "see controller.log")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Entry point of one stage process: ``python -m pipeline.stage_main --stage NAME ...``.
+
+Runs in each stage process (started by pipeline.supervisor). Cold start-up: load and validate
+the config, derive the topology, pin to the configured CPU, optionally take SCHED_FIFO and
+mlockall (reported on stderr, never fatal: an unprivileged user still gets a working
+pipeline), attach the status block and the stage's control ring, then hand over to the
+StageRunner, whose loop is the stage's hot path.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+
+def _apply_os_settings(cpu, cfg, name: str) -> int | None:
+    """Pin, real-time priority, mlockall; returns the CPU pinned to (None: not pinned)."""
+    pinned = None
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            pinned = cpu
+        except OSError as exc:
+            print(f"{name}: cannot pin to CPU {cpu}: {exc.strerror} (running unpinned)",
+                  file=sys.stderr)
+    prio = cfg.instance.realtime_priority
+    if prio:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+        except (OSError, AttributeError) as exc:
+            print(f"{name}: SCHED_FIFO {prio} refused ({exc}); normal scheduling",
+                  file=sys.stderr)
+    if cfg.instance.lock_memory:
+        libc = ctypes.CDLL(None, use_errno=True)
+        MCL_CURRENT, MCL_FUTURE = 1, 2
+        if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+            err = ctypes.get_errno()
+            print(f"{name}: mlockall refused ({os.strerror(err)}; raise LimitMEMLOCK); "
+                  "pages may be swapped", file=sys.stderr)
+    return pinned
+
+
+def make_stage(spec):
+    from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
+                                 ROLE_VENUE)
+
+    if spec.role == ROLE_VENUE:
+        from stages.venue_sim import SimVenueStage
+        return SimVenueStage()
+    if spec.role == ROLE_STRATEGY:
+        from stages.strategy_host import StrategyHostStage
+        return StrategyHostStage()
+    if spec.role == ROLE_GATE:
+        from stages.risk_gate import RiskGateStage
+        return RiskGateStage()
+    if spec.role == ROLE_ROUTER:
+        from stages.order_router import OrderRouterStage
+        return OrderRouterStage()
+    if spec.role == ROLE_JOURNAL:
+        from stages.journal import JournalStage
+        return JournalStage()
+    raise ValueError(f"no stage class for role {spec.role!r}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.stage_main")
+    ap.add_argument("--instance", required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--restarts", type=int, default=0)
+    ap.add_argument("--reconcile", action="store_true",
+                    help="restarted after a crash: rebuild state from the journal first")
+    args = ap.parse_args(argv)
+
+    from pipeline.config import load_config
+    from pipeline.idle import make_idle
+    from pipeline.runner import StageRunner
+    from pipeline.status import StatusTable
+    from shm.records import CONTROL_DTYPE
+    from shm.ring import SpscRing
+    from stages.base import StageContext
+    from stages.topology import build_topology
+
+    cfg = load_config(args.config)
+    cfg = cfg.__class__(**{**cfg.__dict__, "instance": cfg.instance.__class__(
+        **{**cfg.instance.__dict__, "name": args.instance})})
+    topo = build_topology(cfg)
+    spec = topo.stage(args.stage)
+    cpu = _apply_os_settings(spec.cpu, cfg, spec.name)
+    status = StatusTable.attach(args.instance, timeout_s=5.0)
+    control_ring = SpscRing.attach(args.instance, f"ctl-{spec.name}", CONTROL_DTYPE)
+    ctx = StageContext(instance=args.instance, name=spec.name, role=spec.role, config=cfg,
+                       topology=topo, run_dir=Path(args.run_dir), slot=spec.slot, cpu=cpu,
+                       restarts=args.restarts, extra={"spec": spec,
+                                                      "reconcile": args.reconcile})
+    stage = make_stage(spec)
+    runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
+                         make_idle(spec.idle))
+    runner.install_signals()
+    try:
+        return runner.run()
+    finally:
+        control_ring.close()
+        status.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Spawning and watching stage processes: one OS process per stage. Runs in the controller.
+
+Cold path. Each stage is ``python -m pipeline.stage_main ...`` started with subprocess (a fresh
+interpreter: no forked numba/LLVM state, no inherited locks), its own session (a Ctrl-C in the
+operator's terminal reaches the controller, which stops stages in order, not every process at
+once), stdout/stderr appended to ``<run_dir>/logs/<stage>.log``. The stage pins itself
+(sched_setaffinity) and applies real-time priority / mlockall before it reports RUNNING.
+
+Death is noticed through a pidfd per child (readable the moment the process exits: the
+controller's selector wakes at once, no polling) and silence through the heartbeat word of the
+stage's status block (older than ``heartbeat_timeout_ms`` while RUNNING).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.status import (ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING, ST_STOPPED,
+                             STATE_NAMES, W_HEARTBEAT_NS, W_RESTARTS, W_STATE)
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 180.0   # first start compiles numba kernels: minutes on a busy 2-core box
+
+
+class StageStartError(Exception):
+    """A stage exited or timed out before it reported RUNNING; names it and quotes its log."""
+
+
+class StageProcess:
+    def __init__(self, spec, popen: subprocess.Popen, log_path: Path):
+        self.spec = spec
+        self.popen = popen
+        self.pid = popen.pid
+        self.log_path = log_path
+        self.started_mono = time.monotonic()
+        self.pidfd = -1
+        try:
+            self.pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            pass  # old kernel: the controller's periodic poll() still notices the exit
+
+    def exited(self) -> int | None:
+        return self.popen.poll()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+class Supervisor:
+    def __init__(self, instance: str, config_path: str, run_dir: Path, topology, status,
+                 heartbeat_timeout_ms: int, restart_limit: int):
+        self.instance = instance
+        self.config_path = str(config_path)
+        self.run_dir = Path(run_dir)
+        self.log_dir = self.run_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.topology = topology
+        self.status = status
+        self.heartbeat_timeout_ns = int(heartbeat_timeout_ms) * 1_000_000
+        self.restart_limit = restart_limit
+        self.procs: dict[str, StageProcess] = {}
+        self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
+
+    # -- spawning -------------------------------------------------------------------------
+    def spawn(self, spec, *, reconcile: bool = False) -> StageProcess:
+        log_path = self.log_dir / f"{spec.name}.log"
+        cmd = [sys.executable, "-m", "pipeline.stage_main", "--instance", self.instance,
+               "--config", self.config_path, "--run-dir", str(self.run_dir),
+               "--stage", spec.name, "--restarts", str(self.restarts[spec.name])]
+        if reconcile:
+            cmd.append("--reconcile")
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the controller talks to systemd
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.status.set_word(spec.slot, W_STATE, ST_RESTARTING if self.restarts[spec.name]
+                             else 0)
+        self.status.set_word(spec.slot, W_RESTARTS, self.restarts[spec.name])
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(cmd, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     close_fds=True)
+        proc = StageProcess(spec, popen, log_path)
+        self.procs[spec.name] = proc
+        return proc
+
+    def wait_running(self, names, timeout_s: float = START_TIMEOUT_S, should_abort=None) -> None:
+        """Block until every named stage reports RUNNING; StageStartError if one dies first."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(names)
+        while pending:
+            for name in list(pending):
+                proc = self.procs[name]
+                rc = proc.exited()
+                if rc is not None:
+                    raise StageStartError(
+                        f"stage {name} exited with code {rc} during start-up; last lines of "
+                        f"{proc.log_path}:\n{log_tail(proc.log_path)}")
+                if self.status.read_word(proc.spec.slot, W_STATE) == ST_RUNNING:
+                    pending.remove(name)
+            if not pending:
+                return
+            if should_abort is not None and should_abort():
+                raise StageStartError("start-up interrupted")
+            if time.monotonic() > deadline:
+                raise StageStartError(
+                    f"stage(s) {', '.join(pending)} not RUNNING after {timeout_s:.0f} s; see "
+                    f"{self.log_dir}")
+            time.sleep(0.01)
+
+    # -- watching -------------------------------------------------------------------------
+    def pidfds(self) -> dict[int, str]:
+        return {p.pidfd: name for name, p in self.procs.items() if p.pidfd >= 0}
+
+    def check(self) -> list[tuple[str, str]]:
+        """(stage, why) for each stage that died or went silent since the last check."""
+        out = []
+        now = time.monotonic_ns()
+        for name, proc in list(self.procs.items()):
+            rc = proc.exited()
+            if rc is not None:
+                out.append((name, f"exited with code {rc}"))
+                continue
+            slot = proc.spec.slot
+            if self.status.read_word(slot, W_STATE) != ST_RUNNING:
+                continue
+            age = now - self.status.read_word(slot, W_HEARTBEAT_NS)
+            if age > self.heartbeat_timeout_ns:
+                out.append((name, f"silent for {age / 1e6:.0f} ms"))
+        return out
+
+    def reap(self, name: str, state: int = ST_DEAD) -> None:
+        """Make sure the process is gone (SIGKILL if silent) and forget it."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.exited() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.popen.wait()
+        proc.close()
+        self.status.set_word(proc.spec.slot, W_STATE, state)
+
+    def can_restart(self, name: str) -> bool:
+        return self.restarts[name] < self.restart_limit
+
+    def restart(self, spec, **kw) -> StageProcess:
+        self.restarts[spec.name] += 1
+        return self.spawn(spec, **kw)
+
+    # -- stopping -------------------------------------------------------------------------
+    def stop(self, names, timeout_s: float = 10.0) -> None:
+        """SIGTERM (the runner drains and exits cleanly), SIGKILL after ``timeout_s``."""
+        procs = [self.procs[n] for n in names if n in self.procs]
+        for p in procs:
+            if p.exited() is None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                p.popen.wait(left)
+            except subprocess.TimeoutExpired:
+                print(f"stage {p.spec.name} ignored SIGTERM for {timeout_s:.0f} s: SIGKILL",
+                      file=sys.stderr)
+            self.reap(p.spec.name, ST_STOPPED)
+
+    def kill_all(self) -> None:
+        for name in list(self.procs):
+            self.reap(name, ST_FAILED)
+
+    def state_name(self, slot: int) -> str:
+        return STATE_NAMES.get(self.status.read_word(slot, W_STATE), "?")

@@ -1,0 +1,179 @@
+"""Order-router stage: approved orders to the venues with per-venue rate limits; execution
+reports fanned out to the strategy, the risk gate and the journal; every order tracked to a
+final state. Runs in the ``order_router`` process.
+
+``poll`` is one call of ``router_step`` (@njit, HOT PATH) over whole batches. Control records
+(cold): CTRL_KILL halts (new orders rejected with REJECT_HALTED) and cancels every open order at
+the venues (arg0 = 1: then flatten positions with market orders); CTRL_CANCEL_ALL cancels one
+strategy's orders (arg0 = strategy id, 0 = all); CTRL_RESUME lifts the halt.
+
+After a crash the controller restarts the router with ``--reconcile``: it starts HALTED,
+rebuilds the venue-reported positions from the journal, asks every venue to cancel all of our
+orders (INTENT_CANCEL_ALL), and waits for the controller's CTRL_RESUME.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shm.records import (CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RESUME, EXEC_DTYPE, INTENT_CANCEL_ALL,
+                         OFLAG_RISK_SYSTEM, ORDER_DTYPE)
+from stages import router_kernels as rk
+from stages.base import Stage, stack_states
+from stages.riskview import R_FILLS, R_HALTED, R_OPEN, R_RATE_REJECTS, R_SEQ, R_SENT
+
+BATCH = 512
+
+
+class OrderRouterStage(Stage):
+    role = "order_router"
+
+    def on_start(self, ctx) -> None:
+        from shm.histogram import LatencyHistogram
+        from shm.ring import SpscRing
+        from stages.clock import TscClock
+        from stages.riskview import RiskView
+        from stages.topology import HIST_ROUTER, HIST_T2T, HIST_VENUE_ACK
+
+        self.ctx = ctx
+        cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
+        self._rings = []
+
+        def att(name, dt):
+            r = SpscRing.attach(inst, name, dt)
+            self._rings.append(r)
+            return r
+
+        self.appr = att("approved", ORDER_DTYPE).reader()
+        self.ven_in = [att(f"vexec-{v}", EXEC_DTYPE).reader() for v in topo.venues]
+        self.ven_out = [att(f"vorder-{v}", ORDER_DTYPE).writer() for v in topo.venues]
+        strats = topo.strategies()
+        self.strat_out = [att(f"exec-{s.strategy.name}", EXEC_DTYPE).writer() for s in strats]
+        self.gate_out = att("exec-gate", EXEC_DTYPE).writer()
+        self.has_journal = topo.journal
+        self.j_out = att("jexec", EXEC_DTYPE).writer() if topo.journal else self.gate_out
+
+        self.ven_in_sts = stack_states(self.ven_in)
+        self.ven_out_sts = stack_states(self.ven_out)
+        self.strat_sts = stack_states(self.strat_out) if strats else np.zeros((0, 16), np.int64)
+        self.ven_in_slots = tuple(r.slots for r in self.ven_in)
+        self.ven_out_slots = tuple(w.slots for w in self.ven_out)
+        self.strat_slots = tuple(w.slots for w in self.strat_out) if strats else \
+            (np.zeros((1, 16), np.int64),)
+
+        self.rv = RiskView.attach(inst)
+        self.hists = [LatencyHistogram.attach(inst, h[0]) for h in (HIST_ROUTER, HIST_T2T,
+                                                                   HIST_VENUE_ACK)]
+        self.clock = TscClock()
+        n_strat = len(strats)
+        self.tab = np.zeros((n_strat + 1, rk.TAB_SLOTS, rk.T_WORDS), dtype=np.int64)
+        self.ctl = np.zeros(rk.CTL_WORDS, dtype=np.int64)
+        self.ctl[rk.C_SEQ] = time.time_ns()
+        self.tokens = np.zeros((len(topo.venues), 3), dtype=np.float64)
+        now = self.clock.now_ns()
+        for i, vname in enumerate(topo.venues):
+            rate = float(cfg.venue(vname).rate_limit_per_s)
+            self.tokens[i] = (rate, now, rate)
+        venue_idx = {v: i for i, v in enumerate(topo.venues)}
+        self.inst_venue = np.zeros(len(cfg.instruments) + 1, dtype=np.int64)
+        for i, ic in enumerate(cfg.instruments):
+            self.inst_venue[i + 1] = venue_idx[ic.venue]
+        self.abuf = np.zeros(BATCH, dtype=ORDER_DTYPE)
+        self.ebuf = np.zeros(BATCH, dtype=EXEC_DTYPE)
+        self.one = np.zeros(1, dtype=EXEC_DTYPE)
+        self.obuf = np.zeros(1, dtype=ORDER_DTYPE)
+        self.abuf_i = self.abuf.view(np.int64).reshape(BATCH, -1)
+        self.ebuf_i = self.ebuf.view(np.int64).reshape(BATCH, -1)
+        self.one_i = self.one.view(np.int64).reshape(1, -1)
+        self.obuf_i = self.obuf.view(np.int64).reshape(1, -1)
+        self.flatten_coid = 1 << 40
+
+        self.rv.router_pos[:] = 0
+        self.rv.router_open[:] = 0
+        if ctx.extra.get("reconcile") or ctx.restarts:
+            self.ctl[rk.C_HALTED] = 1
+            self._rebuild_from_journal()
+            self._venue_cancel_all()
+        self.poll()  # compile (or load from cache) before reporting RUNNING
+
+    def _rebuild_from_journal(self) -> None:
+        from stages.journal import read_journal_exec
+
+        ex = read_journal_exec(self.ctx.run_dir / "journal")
+        pos = self.rv.router_pos
+        from shm.records import EXEC_FILL, EXEC_PARTIAL, SIDE_BUY
+        for e in ex:
+            if e["kind"] in (EXEC_FILL, EXEC_PARTIAL):
+                sid, inst = int(e["strategy_id"]), int(e["instrument_id"])
+                if 0 < sid < pos.shape[0] and 0 < inst < pos.shape[1]:
+                    pos[sid, inst] += int(e["qty_lots"]) * (1 if e["side"] == SIDE_BUY else -1)
+        if len(ex):
+            self.ctl[rk.C_SEQ] = max(self.ctl[rk.C_SEQ], int(ex["reserved"].max()) + 1)
+
+    def _venue_cancel_all(self) -> None:
+        # we lost our order table: ask each venue to cancel every order of ours it holds
+        for i, w in enumerate(self.ven_out):
+            o = self.obuf
+            o[:] = 0
+            o["kind"] = INTENT_CANCEL_ALL
+            o["flags"] = OFLAG_RISK_SYSTEM
+            o["venue_id"] = i + 1
+            o["send_ts_ns"] = self.clock.now_ns()
+            w.publish(o)
+
+    def poll(self) -> int:
+        h = self.hists
+        return rk.router_step(
+            self.ctl, self.clock.cal, self.tab, self.rv.router_pos, self.rv.router_open,
+            self.tokens, self.appr.st, self.appr.slots, self.abuf, self.abuf_i,
+            self.ven_in_sts, self.ven_in_slots, self.ven_out_sts, self.ven_out_slots,
+            self.ebuf, self.ebuf_i, self.strat_sts, self.strat_slots, self.gate_out.st,
+            self.gate_out.slots, self.j_out.st, self.j_out.slots, self.has_journal,
+            self.one, self.one_i, h[0].array, h[1].array, h[2].array)
+
+    def on_control(self, kind: int, rec) -> None:
+        if kind == CTRL_KILL:
+            self.ctl[rk.C_HALTED] = 1
+            self._cancel_all(0)
+            if int(rec["arg0"]) == 1:
+                self.flatten_coid += 1000
+                rk.router_flatten(self.rv.router_pos, self.inst_venue, self.ven_out_sts,
+                                  self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal,
+                                  self.flatten_coid)
+        elif kind == CTRL_CANCEL_ALL:
+            self._cancel_all(int(rec["arg0"]))
+        elif kind == CTRL_RESUME:
+            self.ctl[rk.C_HALTED] = 0
+
+    def _cancel_all(self, sid: int) -> int:
+        return rk.router_cancel_all(self.tab, sid, self.ven_out_sts, self.ven_out_slots,
+                                    self.obuf, self.obuf_i, self.clock.cal)
+
+    def drain(self) -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if self.poll() == 0 and self.ctl[rk.C_OPEN] <= 0:
+                break
+            time.sleep(0.0005)
+
+    def fill_status(self, values) -> None:
+        self.clock.recalibrate()
+        c = self.ctl
+        self.records_in, self.records_out = int(c[rk.C_IN]), int(c[rk.C_OUT])
+        self.ring_lag = self.appr.pending() + sum(r.pending() for r in self.ven_in)
+        r = self.rv.router
+        r[R_HALTED], r[R_OPEN], r[R_SENT] = c[rk.C_HALTED], c[rk.C_OPEN], c[rk.C_SENT]
+        r[R_FILLS], r[R_SEQ], r[R_RATE_REJECTS] = c[rk.C_FILLS], c[rk.C_SEQ], c[rk.C_RATE_REJ]
+        super().fill_status(values)
+        from pipeline.status import W_X0, W_X1, W_X2, W_X3
+        values[W_X0], values[W_X1] = c[rk.C_HALTED], c[rk.C_OPEN]
+        values[W_X2], values[W_X3] = c[rk.C_DROP_STRAT], c[rk.C_DROP_GATE]
+
+    def on_stop(self) -> None:
+        for h in self.hists:
+            h.close()
+        self.rv.close()
+        for r in self._rings:
+            r.close()
+

@@ -1,0 +1,183 @@
+"""Strategy-host stage: one process per [[strategies]] entry. Runs in ``strategy-<name>``.
+
+``poll`` is one call of ``host_step`` (HOT PATH, @njit): poll the market-data broadcast rings of
+the strategy's venues into one batch (recording md receive -> strategy read latency), poll the
+execution reports (router) and denials (risk gate), run ``strategies.host.run_strategy_batch``
+(books, then the strategy's kernel: the same code as the backtest), stamp and publish the
+intents to the gate. A timer tick (a kernel call with no input) runs every ``TIMER_NS``.
+
+Push-back: if the intent ring is full (the gate is down or slow), the intents that did not fit
+are answered to the kernel on the next batch as EXEC_REJECT / EXEC_CANCEL_REJECT with
+REJECT_HALTED, so the strategy's own order table stays true without any waiting.
+
+A lapped market-data reader (records lost) clears the books of that venue's instruments; they
+become valid again with the venue's next periodic snapshot.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit
+
+from shm.histogram import hist_record
+from shm.records import (EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_REJECT, INTENT_NEW,
+                         MARKET_DTYPE, ORDER_DTYPE, REJECT_HALTED)
+from shm.ringops import bcast_poll, spsc_poll, spsc_publish
+from stages.base import Stage, stack_states
+from stages.clock import clock_now_ns
+from strategies.host import run_strategy_batch
+
+BATCH_MD = 2048
+BATCH_EX = 256
+MAX_INTENTS = 256
+TIMER_NS = 1_000_000
+
+# hctl words
+H_NEXT_TIMER, H_FB_N, H_MD_IN, H_EX_IN, H_OUT, H_PUSHBACK, H_CALLS = 0, 1, 2, 3, 4, 5, 6
+
+
+@njit(cache=False)
+def host_step(kernel, state, px, qty, meta, hctl, cal, md_sts, md_slots, md, md_i,
+              ex_sts, ex_slots, ex, ex_i, fb, out, out_i, in_st, in_slots, h_md):
+    now = clock_now_ns(cal)
+    n_md = 0
+    for r in range(md_sts.shape[0]):
+        n_md += bcast_poll(md_sts[r], md_slots[r], md_i[n_md:], md.shape[0] - n_md)
+    for j in range(n_md):
+        hist_record(h_md, now - md[j].recv_ts_ns)
+    n_ex = 0
+    nfb = hctl[H_FB_N]
+    for j in range(nfb):
+        ex[n_ex] = fb[j]
+        n_ex += 1
+    hctl[H_FB_N] = 0
+    for r in range(ex_sts.shape[0]):
+        n_ex += spsc_poll(ex_sts[r], ex_slots[r], ex_i[n_ex:], ex.shape[0] - n_ex)
+    if n_md == 0 and n_ex == 0:
+        if now < hctl[H_NEXT_TIMER]:
+            return 0
+    hctl[H_NEXT_TIMER] = now + TIMER_NS
+    hctl[H_MD_IN] += n_md
+    hctl[H_EX_IN] += n_ex - nfb
+    hctl[H_CALLS] += 1
+    k = run_strategy_batch(kernel, state, px, qty, meta, md, n_md, ex, n_ex, now, out)
+    if k > 0:
+        t = clock_now_ns(cal)
+        for j in range(k):
+            out[j].send_ts_ns = t
+        sent = spsc_publish(in_st, in_slots, out_i, k)
+        hctl[H_OUT] += sent
+        for j in range(sent, k):   # push-back: tell the kernel these never left
+            o = out[j]
+            if hctl[H_FB_N] >= fb.shape[0]:
+                break
+            f = fb[hctl[H_FB_N]]
+            hctl[H_FB_N] += 1
+            hctl[H_PUSHBACK] += 1
+            f.kind = EXEC_REJECT if o.kind == INTENT_NEW else EXEC_CANCEL_REJECT
+            f.side = o.side
+            f.instrument_id = o.instrument_id
+            f.client_order_id = o.client_order_id
+            f.px_ticks = o.px_ticks
+            f.qty_lots = o.qty_lots
+            f.leaves_lots = 0
+            f.strategy_id = o.strategy_id
+            f.reject_code = REJECT_HALTED
+            f.venue_id = o.venue_id
+            f.send_ts_ns = t
+    return n_md + n_ex + k
+
+
+class StrategyHostStage(Stage):
+    role = "strategy"
+
+    def on_start(self, ctx) -> None:
+        from market.book import L2Book
+        from shm.histogram import LatencyHistogram
+        from shm.instruments import InstrumentTable
+        from shm.ring import BroadcastRing, SpscRing
+        from stages.clock import TscClock
+        from strategies.registry import make_strategy
+
+        spec = ctx.extra["spec"]
+        cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
+        sc = spec.strategy
+        table = InstrumentTable.from_config(cfg)
+        instruments = [table.by_key(k) for k in sc.instruments]
+        self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id)
+        self.kernel = type(self.strategy).kernel
+        self.state = self.strategy.make_state()
+        self.book = L2Book(len(table), 64)
+        self.px, self.qty, self.meta = self.book.arrays
+        self._rings = []
+        venues = sorted({i.venue for i in instruments}, key=topo.venues.index)
+        self.md_r = []
+        self.venue_insts = []
+        for v in venues:
+            ring = BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE)
+            self._rings.append(ring)
+            self.md_r.append(ring.reader(topo.md_readers[v][spec.name]))
+            self.venue_insts.append([i.instrument_id for i in table if i.venue == v])
+        ex_rings = [SpscRing.attach(inst, f"exec-{sc.name}", EXEC_DTYPE),
+                    SpscRing.attach(inst, f"reject-{sc.name}", EXEC_DTYPE)]
+        intent_ring = SpscRing.attach(inst, f"intent-{sc.name}", ORDER_DTYPE)
+        self._rings += ex_rings + [intent_ring]
+        self.ex_r = [r.reader() for r in ex_rings]
+        self.intent_w = intent_ring.writer()
+        self.md_sts, self.md_slots = stack_states(self.md_r), tuple(r.slots for r in self.md_r)
+        self.ex_sts, self.ex_slots = stack_states(self.ex_r), tuple(r.slots for r in self.ex_r)
+        self.md = np.zeros(BATCH_MD, dtype=MARKET_DTYPE)
+        self.md_i = self.md.view(np.int64).reshape(BATCH_MD, -1)
+        self.ex = np.zeros(BATCH_EX + MAX_INTENTS, dtype=EXEC_DTYPE)
+        self.ex_i = self.ex.view(np.int64).reshape(len(self.ex), -1)
+        self.fb = np.zeros(MAX_INTENTS, dtype=EXEC_DTYPE)
+        self.out = np.zeros(MAX_INTENTS, dtype=ORDER_DTYPE)
+        self.out_i = self.out.view(np.int64).reshape(MAX_INTENTS, -1)
+        self.hctl = np.zeros(8, dtype=np.int64)
+        self.hist = LatencyHistogram.attach(inst, f"md_to_{spec.name}")
+        self.clock = TscClock()
+        self.lost_seen = [r.lost for r in self.md_r]
+        self.book_clears = 0
+        self.poll()  # compile the kernel specialisation before reporting RUNNING
+
+    def poll(self) -> int:
+        return host_step(self.kernel, self.state, self.px, self.qty, self.meta, self.hctl,
+                         self.clock.cal, self.md_sts, self.md_slots, self.md, self.md_i,
+                         self.ex_sts, self.ex_slots, self.ex, self.ex_i, self.fb, self.out,
+                         self.out_i, self.intent_w.st, self.intent_w.slots, self.hist.array)
+
+    def check_lapped(self) -> None:
+        from market.book import book_clear
+
+        for i, r in enumerate(self.md_r):
+            lost = r.lost
+            if lost != self.lost_seen[i]:
+                self.lost_seen[i] = lost
+                self.book_clears += 1
+                for ins in self.venue_insts[i]:
+                    book_clear(self.px, self.qty, self.meta, ins)
+
+    def fill_status(self, values) -> None:
+        from pipeline.status import W_X0, W_X1, W_X2
+
+        self.clock.recalibrate()
+        self.check_lapped()
+        h = self.hctl
+        self.records_in = int(h[H_MD_IN] + h[H_EX_IN])
+        self.records_out = int(h[H_OUT])
+        self.records_lost = sum(r.lost for r in self.md_r)
+        self.ring_lag = sum(r.pending() for r in self.md_r) + sum(r.pending() for r in self.ex_r)
+        super().fill_status(values)
+        values[W_X0] = h[H_PUSHBACK]
+        values[W_X1] = self.book_clears
+        values[W_X2] = h[H_CALLS]
+
+    def drain(self) -> None:
+        pass  # a stopping strategy sends nothing more; the router cancels its orders
+
+    def on_stop(self) -> None:
+        self.hist.close()
+        for r in self._rings:
+            r.close()
+        time.sleep(0)

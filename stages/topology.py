@@ -1,0 +1,144 @@
+"""The pipeline's topology, derived deterministically from config. Cold path.
+
+Computed the same way by the controller (which creates every segment) and by each stage process
+(which attaches the ones it needs), so nothing but the config path crosses the process boundary.
+
+Rings (segment names under the instance prefix; one writer each, see CONVENTIONS.md):
+
+  md-<venue>        Broadcast MARKET   venue -> strategies on it, risk gate, (journal)
+  intent-<strat>    SPSC ORDER         strategy -> risk gate
+  reject-<strat>    SPSC EXEC          risk gate -> strategy (denials, EFLAG_FROM_RISK)
+  exec-<strat>      SPSC EXEC          router -> strategy
+  approved          SPSC ORDER         risk gate -> router
+  exec-gate         SPSC EXEC          router -> risk gate
+  jorder            SPSC ORDER         risk gate -> journal (every intent + its decision)
+  jexec             SPSC EXEC          router -> journal (every execution report)
+  vorder-<venue>    SPSC ORDER         router -> venue
+  vexec-<venue>     SPSC EXEC          venue -> router
+  ctl-<stage>       SPSC CONTROL       controller -> stage
+  status, riskview, hist-*             status blocks, risk snapshot, latency histograms
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLE_VENUE = "venue"
+ROLE_JOURNAL = "journal"
+ROLE_ROUTER = "order_router"
+ROLE_GATE = "risk_gate"
+ROLE_STRATEGY = "strategy"
+
+# latency histograms: (segment name, title)
+HIST_GATE = ("intent_to_gate", "intent -> gate read")
+HIST_ROUTER = ("approval_to_router", "approval -> router read")
+HIST_VENUE_ACK = ("router_to_venue_ack", "router -> venue ack")
+HIST_T2T = ("tick_to_trade", "tick-to-trade (market recv -> order to venue)")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str                 # unique stage name; also its control ring suffix
+    role: str
+    slot: int                 # status block index
+    cpu: int | None
+    idle: str
+    strategy: object = None   # StrategyConfig for strategy hosts
+    strategy_id: int = 0
+    restartable: bool = True  # strategies and feeds restart; gate/router restart with a halt
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    name: str
+    kind: str                 # "spsc" | "broadcast"
+    dtype: str                # "market" | "order" | "exec" | "control"
+    capacity: int
+    max_readers: int = 1
+
+
+@dataclass
+class Topology:
+    stages: list[StageSpec]
+    rings: list[RingSpec]
+    venues: list[str]
+    md_readers: dict[str, dict[str, int]] = field(default_factory=dict)  # venue -> stage -> idx
+    journal: bool = True
+    journal_md: bool = False
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
+
+    def strategies(self) -> list[StageSpec]:
+        return [s for s in self.stages if s.role == ROLE_STRATEGY]
+
+    def start_order(self) -> list[StageSpec]:
+        rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_ROUTER: 2, ROLE_GATE: 3, ROLE_STRATEGY: 4}
+        return sorted(self.stages, key=lambda s: (rank[s.role], s.slot))
+
+    def histograms(self) -> list[tuple[str, str]]:
+        out = [HIST_GATE, HIST_ROUTER, HIST_VENUE_ACK, HIST_T2T]
+        for s in self.strategies():
+            out.append((f"md_to_{s.name}", f"md recv -> {s.name} read"))
+        return out
+
+
+def build_topology(cfg) -> Topology:
+    st = cfg.stages
+    stages: list[StageSpec] = []
+    slot = 0
+
+    def add(name, role, sc, **kw):
+        nonlocal slot
+        stages.append(StageSpec(name, role, slot, sc.cpu, sc.idle, **kw))
+        slot += 1
+
+    journal = bool(cfg.journal.enabled)
+    journal_md = journal and bool(cfg.journal.market_data)
+    if journal:
+        add("journal", ROLE_JOURNAL, st.journal)
+    add("venue", ROLE_VENUE, st.venue)
+    add("order_router", ROLE_ROUTER, st.order_router, restartable=False)
+    add("risk_gate", ROLE_GATE, st.risk_gate, restartable=False)
+    sid = 0
+    for s in cfg.strategies:
+        if not s.enabled:
+            continue
+        sid += 1
+        stages.append(StageSpec(f"strategy-{s.name}", ROLE_STRATEGY, slot, s.cpu, s.idle,
+                                strategy=s, strategy_id=sid))
+        slot += 1
+
+    venues = [v.name for v in cfg.venues]
+    md_readers: dict[str, dict[str, int]] = {v: {} for v in venues}
+    for spec in stages:
+        if spec.role == ROLE_STRATEGY:
+            for key in spec.strategy.instruments:
+                v = cfg.instrument(key).venue
+                md_readers[v].setdefault(spec.name, len(md_readers[v]))
+    for v in venues:
+        md_readers[v]["risk_gate"] = len(md_readers[v])
+        if journal_md:
+            md_readers[v]["journal"] = len(md_readers[v])
+
+    mc, oc = cfg.rings.market_capacity, cfg.rings.order_capacity
+    rings = [RingSpec(f"md-{v}", "broadcast", "market", mc, len(md_readers[v])) for v in venues]
+    for spec in stages:
+        if spec.role == ROLE_STRATEGY:
+            n = spec.strategy.name
+            rings += [RingSpec(f"intent-{n}", "spsc", "order", oc),
+                      RingSpec(f"reject-{n}", "spsc", "exec", oc),
+                      RingSpec(f"exec-{n}", "spsc", "exec", oc)]
+    rings += [RingSpec("approved", "spsc", "order", oc), RingSpec("exec-gate", "spsc", "exec", oc)]
+    if journal:
+        # the journal sees every record of the order path: give it room to lag a flush
+        rings += [RingSpec("jorder", "spsc", "order", oc * 4),
+                  RingSpec("jexec", "spsc", "exec", oc * 4)]
+    for v in venues:
+        rings += [RingSpec(f"vorder-{v}", "spsc", "order", oc),
+                  RingSpec(f"vexec-{v}", "spsc", "exec", oc * 4)]
+    for spec in stages:
+        rings.append(RingSpec(f"ctl-{spec.name}", "spsc", "control", 64))
+    return Topology(stages, rings, venues, md_readers, journal, journal_md)

@@ -1,0 +1,153 @@
+"""Simulated-venue stage: market/sim.py's SimVenue driven by the wall clock. Runs in the
+``venue`` process.
+
+Each poll (HOT PATH apart from one Python call per incoming order): take the router's orders
+from every ``vorder-<venue>`` ring into the simulator (they reach the matching engine after the
+venue's order latency), advance the simulator to the wall clock (background flow at
+``sim.event_rate_per_s`` per venue), publish the market records each venue delivered by now to
+its ``md-<venue>`` broadcast ring and the execution reports to ``vexec-<venue>``.
+
+The simulator's clock starts at the wall clock (``t0_ns = time.time_ns()``), so the receive
+times it stamps are comparable with every other process's clock (tick-to-trade is real).
+
+Every ``SNAPSHOT_EVERY_NS`` each instrument's whole book is published again (SNAP_START ..
+SNAP_END): readers that joined late (a restarted strategy starts at the ring's head) or were
+lapped get a complete book back within that period.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit
+
+from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
+from shm.ringops import bcast_publish, spsc_publish
+from stages.base import Stage, stack_states
+
+BATCH_MD = 8192
+BATCH_EX = 1024
+SNAPSHOT_EVERY_NS = 1_000_000_000
+
+
+@njit(cache=True)
+def split_publish_md(md, n, inst_venue, sts, slots, tmp, tmp_i, counts):
+    """Publish md[0:n] to the broadcast ring of each record's venue (order kept per venue)."""
+    for v in range(sts.shape[0]):
+        k = 0
+        for j in range(n):
+            if inst_venue[md[j].instrument_id] == v:
+                tmp[k] = md[j]
+                k += 1
+        if k > 0:
+            bcast_publish(sts[v], slots[v], tmp_i, k)
+            counts[v] += k
+
+
+@njit(cache=True)
+def split_publish_ex(ex, n, sts, slots, one_i, ex_i, dropped):
+    """Reports to the router, one SPSC ring per venue (venue_id is 1-based)."""
+    for j in range(n):
+        v = np.int64(ex[j].venue_id) - 1
+        if v < 0 or v >= sts.shape[0]:
+            v = 0
+        if spsc_publish(sts[v], slots[v], ex_i[j:j + 1], 1) != 1:
+            dropped[0] += 1
+
+
+class SimVenueStage(Stage):
+    role = "venue"
+
+    def on_start(self, ctx) -> None:
+        from market.sim import SimVenue
+        from shm.instruments import InstrumentTable
+        from shm.ring import BroadcastRing, SpscRing
+
+        cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
+        table = InstrumentTable.from_config(cfg)
+        self.venue = SimVenue(cfg, list(table), t0_ns=time.time_ns())
+        self._rings = []
+        md_rings = [BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE) for v in topo.venues]
+        in_rings = [SpscRing.attach(inst, f"vorder-{v}", ORDER_DTYPE) for v in topo.venues]
+        out_rings = [SpscRing.attach(inst, f"vexec-{v}", EXEC_DTYPE) for v in topo.venues]
+        self._rings = md_rings + in_rings + out_rings
+        self.md_w = [r.writer() for r in md_rings]
+        self.in_r = [r.reader() for r in in_rings]
+        self.out_w = [r.writer() for r in out_rings]
+        self.md_sts, self.md_slots = stack_states(self.md_w), tuple(w.slots for w in self.md_w)
+        self.out_sts, self.out_slots = stack_states(self.out_w), tuple(w.slots for w in self.out_w)
+        venue_idx = {v: i for i, v in enumerate(topo.venues)}
+        self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
+        for i in table:
+            self.inst_venue[i.instrument_id] = venue_idx[i.venue]
+        self.instrument_ids = [i.instrument_id for i in table]
+        self.md = np.zeros(BATCH_MD, dtype=MARKET_DTYPE)
+        self.tmp = np.zeros(BATCH_MD + 4096, dtype=MARKET_DTYPE)
+        self.tmp_i = self.tmp.view(np.int64).reshape(len(self.tmp), -1)
+        self.ex = np.zeros(BATCH_EX, dtype=EXEC_DTYPE)
+        self.ex_i = self.ex.view(np.int64).reshape(BATCH_EX, -1)
+        self.one_i = self.ex_i[:1]
+        self.orders = np.zeros(256, dtype=ORDER_DTYPE)
+        self.counts = np.zeros(len(topo.venues), dtype=np.int64)
+        self.dropped = np.zeros(1, dtype=np.int64)
+        self.snap = np.zeros(4096, dtype=MARKET_DTYPE)
+        self.next_snapshot = 0
+        self.poll()
+
+    def publish_snapshots(self, now_ns: int) -> None:
+        from market.matching import engine_snapshot
+
+        for ins in self.instrument_ids:
+            k = engine_snapshot(self.venue.eng, ins, self.snap, 0, now_ns)
+            self.snap["recv_ts_ns"][:k] = now_ns
+            split_publish_md(self.snap, k, self.inst_venue, self.md_sts, self.md_slots,
+                             self.tmp, self.tmp_i, self.counts)
+            self.records_out += k
+
+    def poll(self) -> int:
+        work = 0
+        venue = self.venue
+        for r in self.in_r:
+            n = r.poll(self.orders)
+            for j in range(n):
+                o = self.orders[j:j + 1]
+                venue.submit(o[0], int(o["send_ts_ns"][0]))
+            work += n
+            self.records_in += n
+        now = time.time_ns()
+        n_md, n_ex = venue.step_until(now, self.md, self.ex)
+        if n_md:
+            split_publish_md(self.md, n_md, self.inst_venue, self.md_sts, self.md_slots,
+                             self.tmp, self.tmp_i, self.counts)
+        if n_ex:
+            split_publish_ex(self.ex, n_ex, self.out_sts, self.out_slots, self.one_i,
+                             self.ex_i, self.dropped)
+        if now >= self.next_snapshot:
+            self.next_snapshot = now + SNAPSHOT_EVERY_NS
+            self.publish_snapshots(now)
+        self.records_out += n_md + n_ex
+        return work + n_md + n_ex
+
+    def fill_status(self, values) -> None:
+        from pipeline.status import W_X0, W_X1, W_X2
+
+        c = self.venue.counters()
+        self.ring_lag = sum(r.pending() for r in self.in_r)
+        self.errors = int(self.dropped[0]) + c["md_dropped"]
+        super().fill_status(values)
+        values[W_X0] = c["events"]
+        values[W_X1] = max(0, time.time_ns() - venue_now(self.venue))   # sim behind wall clock
+        values[W_X2] = c["strategy_orders"]
+
+    def drain(self) -> None:
+        for _ in range(50):
+            if self.poll() == 0:
+                break
+
+    def on_stop(self) -> None:
+        for r in self._rings:
+            r.close()
+
+
+def venue_now(venue) -> int:
+    return venue.now_ns
