@@ -63,7 +63,9 @@ def convert_recording(venue: str, files: list[str], out: str,
     pending: list[np.ndarray] = []
     held = 0
     written = 0
-    writer = RecordFileWriter(out, MARKET_DTYPE, table)
+    writer = RecordFileWriter(out, MARKET_DTYPE, table, meta={
+        "source": "feeds.convert", "venue": venue, "files": [Path(f).name for f in files],
+        "instrument_source": source})
     try:
         def on_records(recs):
             nonlocal held, written
@@ -94,8 +96,8 @@ def convert_recording(venue: str, files: list[str], out: str,
         "frames": frames,
         "records": written,
         "by_kind": {MARKET_KIND_NAMES.get(k, str(k)): int(kinds[k]) for k in np.nonzero(kinds)[0]},
-        "instruments": {s: {"id": i.instrument_id, "tick": str(i.price.step),
-                            "lot": str(i.qty.step)} for s, i in sorted(instruments.items())},
+        "instruments": {s: {"id": i.instrument_id, "tick": f"{i.price.step:f}",
+                            "lot": f"{i.qty.step:f}"} for s, i in sorted(instruments.items())},
         "instrument_source": source,
         "stats": handler.stats.as_dict(),
     }

@@ -89,7 +89,7 @@ def frac_digits(s: str) -> int:
 
 def step_for_digits(n: int) -> Decimal:
     """10**-n as an exact Decimal (the finest step that writes n fractional digits)."""
-    return Decimal(1).scaleb(-n)
+    return Decimal("0." + "0" * (n - 1) + "1") if n > 0 else Decimal(1)
 
 
 def checksum_fragment(s: str) -> str:
