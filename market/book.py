@@ -53,8 +53,8 @@ import numpy as np
 from numba import njit
 
 from shm.records import (MFLAG_LAST_IN_BATCH, MSG_CLEAR, MSG_LEVEL, MSG_SNAP_END,
-                         MSG_SNAP_START, MSG_STATUS, MSG_TOP, MSG_TRADE, SIDE_BUY, SIDE_SELL, STATUS_BOOK_INVALID,
-                         STATUS_BOOK_VALID, STATUS_HALTED, STATUS_TRADING)
+                         MSG_SNAP_START, MSG_STATUS, MSG_TOP, MSG_TRADE, SIDE_BUY, SIDE_SELL,
+                         STATUS_BOOK_INVALID, STATUS_BOOK_VALID, STATUS_HALTED, STATUS_TRADING)
 
 BID = 0
 ASK = 1

@@ -2,8 +2,9 @@
 
 Runs wherever a MatchingEngine runs (simulated venue, backtest). All @njit functions are HOT
 PATH; ``make_engine_arrays`` is cold. ``market.matching`` is the only intended caller of the
-mutating functions; the query functions (``l3_best_px``, ``l3_level_qty``, ``l3_queue_ahead``,
-``l3_order_slot``) are for the backtest's queue model and for tests.
+mutating functions and of the output writers (``write_md*``, ``write_ex*``); the queries
+(``l3_best_px``, ``l3_level_qty``, ``l3_queue_ahead``, ``l3_order_slot``, ``l3_depth``) are for
+the backtest's queue model and for tests.
 
 State is one tuple of arrays, ``eng``::
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from shm.records import LIQ_NONE, MSG_LEVEL
 
 O_NEXT = 0
 O_PREV = 1
@@ -277,6 +280,86 @@ def free_order(eng, o):
     orders[o, O_ACTIVE] = 0
     ofree[st[S_OFREE_N]] = o
     st[S_OFREE_N] += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Output writers for the engine: bounds-checked, they count what does not fit the caller's
+# array (st[S_EX_DROPPED] / st[S_MD_DROPPED]) instead of failing.
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def write_md(eng, md, k, kind, side, ins, px, qty, aux0, aux1, now):
+    if k >= md.shape[0]:
+        eng[6][S_MD_DROPPED] += 1
+        return k
+    r = md[k]
+    r.ring_seq = 0
+    r.kind = kind
+    r.side = side
+    r.flags = 0
+    r.instrument_id = ins
+    r.exch_ts_ns = now
+    r.recv_ts_ns = now
+    r.px_ticks = px
+    r.qty_lots = qty
+    r.aux0 = aux0
+    r.aux1 = aux1
+    return k + 1
+
+
+@njit(cache=True)
+def write_md_level(eng, md, k, ins, side, px, qty, now):
+    inst = eng[3]
+    inst[ins, I_UPDATE_ID] += 1
+    return write_md(eng, md, k, MSG_LEVEL, side + 1, ins, px, qty, inst[ins, I_UPDATE_ID], -1,
+                    now)
+
+
+@njit(cache=True)
+def write_ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, order_px, px,
+             qty, leaves, cum, liq, fee, trade_id, reject, now):
+    if k >= ex.shape[0]:
+        eng[6][S_EX_DROPPED] += 1
+        return k
+    r = ex[k]
+    r.ring_seq = 0
+    r.kind = kind
+    r.side = side
+    r.liquidity = liq
+    r.flags = 0
+    r.instrument_id = ins
+    r.client_order_id = client
+    r.venue_order_id = venue_oid
+    r.px_ticks = px
+    r.qty_lots = qty
+    r.leaves_lots = leaves
+    r.cum_qty_lots = cum
+    r.venue_ts_ns = now
+    r.cause_recv_ts_ns = cause_ts
+    r.send_ts_ns = 0
+    r.fee_e9 = fee
+    r.strategy_id = owner
+    r.reject_code = reject
+    r.venue_id = eng[6][S_VENUE_ID]
+    r.order_px_ticks = order_px
+    r.trade_id = trade_id
+    r.reserved = 0
+    return k + 1
+
+
+@njit(cache=True)
+def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now):
+    orders = eng[0]
+    return write_ex(eng, ex, k, kind, orders[o, O_SIDE] + 1, orders[o, O_INST],
+                    orders[o, O_CLIENT], orders[o, O_VENUE_OID], orders[o, O_OWNER],
+                    orders[o, O_CAUSE_TS], orders[o, O_PX], px, qty, orders[o, O_LEAVES],
+                    orders[o, O_CUM], liq, fee, trade_id, reject, now)
+
+
+@njit(cache=True)
+def write_ex_input(eng, ex, k, rec, kind, reject, now):
+    return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, 0,
+                    rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks,
+                    rec.qty_lots, 0, 0, LIQ_NONE, 0, 0, reject, now)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,18 +47,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from market.l3book import (I_N_TRADES, I_UPDATE_ID, LV_HEAD, LV_PX, LV_QTY, NIL, O_ACTIVE, O_LEVEL,
-                           O_CAUSE_TS, O_CLIENT, O_CUM, O_ENTRY_TS, O_INST, O_LEAVES, O_NEXT,
-                           O_ORIG_QTY, O_OWNER, O_PX, O_SIDE, O_TYPE, O_VENUE_OID, S_EX_DROPPED,
-                           S_MD_DROPPED, S_NEXT_TRADE_ID, S_NEXT_VENUE_OID, S_OPEN_ORDERS,
-                           S_STP_MODE, S_VENUE_ID, alloc_order, append_order, free_order,
-                           get_or_add_level, h_delete, h_find, h_insert, l3_best_px, l3_depth,
-                           make_engine_arrays, unlink_order)
+from market.l3book import (I_N_TRADES, I_UPDATE_ID, LV_HEAD, LV_PX, LV_QTY, NIL, O_ACTIVE,
+                           O_CAUSE_TS, O_CLIENT, O_CUM, O_ENTRY_TS, O_INST, O_LEAVES, O_LEVEL,
+                           O_NEXT, O_ORIG_QTY, O_OWNER, O_PX, O_SIDE, O_TYPE, O_VENUE_OID,
+                           S_EX_DROPPED, S_MD_DROPPED, S_NEXT_TRADE_ID, S_NEXT_VENUE_OID,
+                           S_OPEN_ORDERS, S_STP_MODE, S_VENUE_ID, alloc_order, append_order,
+                           free_order, get_or_add_level, h_delete, h_find, h_insert, l3_best_px,
+                           l3_depth, make_engine_arrays, unlink_order, write_ex_input,
+                           write_ex_slot, write_md, write_md_level)
 from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_DTYPE,
                          EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK,
                          INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
                          LIQ_NONE, LIQ_TAKER, MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MFLAG_SNAPSHOT,
-                         MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_TRADE, ORD_FOK, ORD_IOC,
+                         MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_TRADE, ORD_FOK,
                          ORD_LIMIT, ORD_MARKET, ORD_POST_ONLY, REJECT_FOK, REJECT_INVALID,
                          REJECT_MAX_OPEN_ORDERS, REJECT_NO_LIQUIDITY, REJECT_NONE,
                          REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER, SIDE_BUY,
@@ -71,84 +72,6 @@ STP_MODES = {"none": STP_NONE, "cancel_newest": STP_CANCEL_NEWEST, "reject": STP
 
 OUT_MARGIN = 192
 _MARKET_BUY_PX = np.int64(1) << 62   # a market order's limit: beyond any price
-
-
-# --------------------------------------------------------------------------------------------
-# Output writers: bounds-checked, count what does not fit.
-# --------------------------------------------------------------------------------------------
-@njit(cache=True)
-def _md(eng, md, k, kind, side, ins, px, qty, aux0, aux1, now):
-    if k >= md.shape[0]:
-        eng[6][S_MD_DROPPED] += 1
-        return k
-    r = md[k]
-    r.ring_seq = 0
-    r.kind = kind
-    r.side = side
-    r.flags = 0
-    r.instrument_id = ins
-    r.exch_ts_ns = now
-    r.recv_ts_ns = now
-    r.px_ticks = px
-    r.qty_lots = qty
-    r.aux0 = aux0
-    r.aux1 = aux1
-    return k + 1
-
-
-@njit(cache=True)
-def _md_level(eng, md, k, ins, side, px, qty, now):
-    inst = eng[3]
-    inst[ins, I_UPDATE_ID] += 1
-    return _md(eng, md, k, MSG_LEVEL, side + 1, ins, px, qty, inst[ins, I_UPDATE_ID], -1, now)
-
-
-@njit(cache=True)
-def _ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, order_px, px, qty,
-        leaves, cum, liq, fee, trade_id, reject, now):
-    if k >= ex.shape[0]:
-        eng[6][S_EX_DROPPED] += 1
-        return k
-    r = ex[k]
-    r.ring_seq = 0
-    r.kind = kind
-    r.side = side
-    r.liquidity = liq
-    r.flags = 0
-    r.instrument_id = ins
-    r.client_order_id = client
-    r.venue_order_id = venue_oid
-    r.px_ticks = px
-    r.qty_lots = qty
-    r.leaves_lots = leaves
-    r.cum_qty_lots = cum
-    r.venue_ts_ns = now
-    r.cause_recv_ts_ns = cause_ts
-    r.send_ts_ns = 0
-    r.fee_e9 = fee
-    r.strategy_id = owner
-    r.reject_code = reject
-    r.venue_id = eng[6][S_VENUE_ID]
-    r.order_px_ticks = order_px
-    r.trade_id = trade_id
-    r.reserved = 0
-    return k + 1
-
-
-@njit(cache=True)
-def _ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now):
-    orders = eng[0]
-    return _ex(eng, ex, k, kind, orders[o, O_SIDE] + 1, orders[o, O_INST], orders[o, O_CLIENT],
-               orders[o, O_VENUE_OID], orders[o, O_OWNER], orders[o, O_CAUSE_TS],
-               orders[o, O_PX], px, qty, orders[o, O_LEAVES], orders[o, O_CUM], liq, fee,
-               trade_id, reject, now)
-
-
-@njit(cache=True)
-def _ex_input(eng, ex, k, rec, kind, reject, now):
-    return _ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, 0,
-               rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks, rec.qty_lots,
-               0, 0, LIQ_NONE, 0, 0, reject, now)
 
 
 @njit(cache=True)
@@ -221,12 +144,12 @@ def _match(eng, o, limit, ex, kx, md, km, now):
             orders[o, O_LEAVES] -= q
             orders[o, O_CUM] += q
             left = levels[lv, LV_QTY]
-            km = _md(eng, md, km, MSG_TRADE, side + 1, ins, lpx, q, tid, 0, now)
+            km = write_md(eng, md, km, MSG_TRADE, side + 1, ins, lpx, q, tid, 0, now)
             mk = EXEC_FILL if orders[m, O_LEAVES] == 0 else EXEC_PARTIAL
-            kx = _ex_slot(eng, ex, kx, m, mk, lpx, q, LIQ_MAKER, _fee(eng, ins, 0, lpx, q),
+            kx = write_ex_slot(eng, ex, kx, m, mk, lpx, q, LIQ_MAKER, _fee(eng, ins, 0, lpx, q),
                           tid, REJECT_NONE, now)
             tk = EXEC_FILL if orders[o, O_LEAVES] == 0 else EXEC_PARTIAL
-            kx = _ex_slot(eng, ex, kx, o, tk, lpx, q, LIQ_TAKER, _fee(eng, ins, 1, lpx, q),
+            kx = write_ex_slot(eng, ex, kx, o, tk, lpx, q, LIQ_TAKER, _fee(eng, ins, 1, lpx, q),
                           tid, REJECT_NONE, now)
             if orders[m, O_LEAVES] == 0:
                 left = unlink_order(eng, m)   # may drop the level; lv is not used after that
@@ -234,7 +157,7 @@ def _match(eng, o, limit, ex, kx, md, km, now):
                 free_order(eng, m)
                 st[S_OPEN_ORDERS] -= 1
             m = nxt
-        km = _md_level(eng, md, km, ins, opp, lpx, left, now)
+        km = write_md_level(eng, md, km, ins, opp, lpx, left, now)
         if stp_hit:
             return kx, km, True
     return kx, km, False
@@ -249,7 +172,7 @@ def _after_match(eng, o, ex, kx, md, km, stp_hit, now):
     elif stp_hit:
         left = orders[o, O_LEAVES]
         orders[o, O_LEAVES] = 0
-        kx = _ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], left, LIQ_NONE, 0, 0,
+        kx = write_ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], left, LIQ_NONE, 0, 0,
                       REJECT_SELF_TRADE, now)
     elif orders[o, O_TYPE] == ORD_LIMIT or orders[o, O_TYPE] == ORD_POST_ONLY:
         ins = orders[o, O_INST]
@@ -258,16 +181,16 @@ def _after_match(eng, o, ex, kx, md, km, stp_hit, now):
         if lv != NIL:
             append_order(eng, o, lv)
             st[S_OPEN_ORDERS] += 1
-            km = _md_level(eng, md, km, ins, side, orders[o, O_PX], eng[1][lv, LV_QTY], now)
+            km = write_md_level(eng, md, km, ins, side, orders[o, O_PX], eng[1][lv, LV_QTY], now)
             return kx, km
         left = orders[o, O_LEAVES]
         orders[o, O_LEAVES] = 0
-        kx = _ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], left, LIQ_NONE, 0, 0,
+        kx = write_ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], left, LIQ_NONE, 0, 0,
                       REJECT_MAX_OPEN_ORDERS, now)
     else:
         left = orders[o, O_LEAVES]
         orders[o, O_LEAVES] = 0
-        kx = _ex_slot(eng, ex, kx, o, EXEC_EXPIRED, orders[o, O_PX], left, LIQ_NONE, 0, 0,
+        kx = write_ex_slot(eng, ex, kx, o, EXEC_EXPIRED, orders[o, O_PX], left, LIQ_NONE, 0, 0,
                       REJECT_NONE, now)
     h_delete(eng[5], st, orders[o, O_CLIENT])
     free_order(eng, o)
@@ -284,25 +207,25 @@ def _new(eng, rec, ex, kx, md, km, now):
         ins < inst.shape[0] and qty > 0 and otype >= ORD_LIMIT and otype <= ORD_POST_ONLY and \
         (otype == ORD_MARKET or rec.px_ticks > 0)
     if not ok or h_find(eng[5], st, rec.client_order_id) != NIL:
-        return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_INVALID, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_INVALID, now), km
     side = np.int64(rec.side) - 1
     opp_best = l3_best_px(eng, ins, 1 - side)
     limit = rec.px_ticks
     if otype == ORD_MARKET:
         if opp_best == 0:
-            return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_NO_LIQUIDITY, now), km
+            return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_NO_LIQUIDITY, now), km
         limit = _MARKET_BUY_PX if side == 0 else np.int64(1)
     if otype == ORD_POST_ONLY and opp_best != 0 and _crosses(side, limit, opp_best):
-        return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_POST_ONLY, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_POST_ONLY, now), km
     if otype == ORD_FOK or (st[S_STP_MODE] == STP_REJECT and rec.strategy_id != 0):
         avail, own = _walk(eng, ins, side, limit, qty, np.int64(rec.strategy_id))
         if own and st[S_STP_MODE] == STP_REJECT:
-            return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_SELF_TRADE, now), km
+            return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_SELF_TRADE, now), km
         if otype == ORD_FOK and avail < qty:
-            return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_FOK, now), km
+            return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_FOK, now), km
     o = alloc_order(eng)
     if o == NIL:
-        return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_MAX_OPEN_ORDERS, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_MAX_OPEN_ORDERS, now), km
     orders[o, O_PX] = limit if otype != ORD_MARKET else 0
     orders[o, O_LEAVES] = qty
     orders[o, O_CUM] = 0
@@ -318,7 +241,7 @@ def _new(eng, rec, ex, kx, md, km, now):
     orders[o, O_CAUSE_TS] = rec.cause_recv_ts_ns
     orders[o, O_ENTRY_TS] = now
     h_insert(eng[5], st, rec.client_order_id, o)
-    kx = _ex_slot(eng, ex, kx, o, EXEC_ACK, orders[o, O_PX], qty, LIQ_NONE, 0, 0, REJECT_NONE,
+    kx = write_ex_slot(eng, ex, kx, o, EXEC_ACK, orders[o, O_PX], qty, LIQ_NONE, 0, 0, REJECT_NONE,
                   now)
     kx, km, stp_hit = _match(eng, o, limit, ex, kx, md, km, now)
     return _after_match(eng, o, ex, kx, md, km, stp_hit, now)
@@ -328,10 +251,11 @@ def _new(eng, rec, ex, kx, md, km, now):
 def _cancel_slot(eng, o, ex, kx, md, km, now):
     orders, st = eng[0], eng[6]
     left = unlink_order(eng, o)
-    km = _md_level(eng, md, km, orders[o, O_INST], orders[o, O_SIDE], orders[o, O_PX], left, now)
+    km = write_md_level(eng, md, km, orders[o, O_INST], orders[o, O_SIDE], orders[o, O_PX], left,
+                        now)
     qty = orders[o, O_LEAVES]
     orders[o, O_LEAVES] = 0
-    kx = _ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], qty, LIQ_NONE, 0, 0,
+    kx = write_ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], qty, LIQ_NONE, 0, 0,
                   REJECT_NONE, now)
     h_delete(eng[5], st, orders[o, O_CLIENT])
     free_order(eng, o)
@@ -352,11 +276,11 @@ def _replace(eng, rec, ex, kx, md, km, now):
     orders, st = eng[0], eng[6]
     o = _find_own(eng, rec)
     if o == NIL:
-        return _ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_UNKNOWN_ORDER, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_UNKNOWN_ORDER, now), km
     new_px = rec.px_ticks if rec.px_ticks != 0 else orders[o, O_PX]
     new_qty = rec.qty_lots
     if new_qty <= 0 or new_px < 0:
-        return _ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_INVALID, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_INVALID, now), km
     ins = orders[o, O_INST]
     side = orders[o, O_SIDE]
     if new_px == orders[o, O_PX] and new_qty <= orders[o, O_LEAVES]:
@@ -365,24 +289,24 @@ def _replace(eng, rec, ex, kx, md, km, now):
         eng[1][lv, LV_QTY] -= orders[o, O_LEAVES] - new_qty
         orders[o, O_LEAVES] = new_qty
         orders[o, O_ORIG_QTY] = orders[o, O_CUM] + new_qty
-        kx = _ex_slot(eng, ex, kx, o, EXEC_REPLACE_ACK, new_px, new_qty, LIQ_NONE, 0, 0,
+        kx = write_ex_slot(eng, ex, kx, o, EXEC_REPLACE_ACK, new_px, new_qty, LIQ_NONE, 0, 0,
                       REJECT_NONE, now)
-        km = _md_level(eng, md, km, ins, side, new_px, eng[1][lv, LV_QTY], now)
+        km = write_md_level(eng, md, km, ins, side, new_px, eng[1][lv, LV_QTY], now)
         return kx, km
     opp_best = l3_best_px(eng, ins, 1 - side)
     if orders[o, O_TYPE] == ORD_POST_ONLY and opp_best != 0 and _crosses(side, new_px, opp_best):
-        return _ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_POST_ONLY, now), km
+        return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_POST_ONLY, now), km
     if st[S_STP_MODE] == STP_REJECT and orders[o, O_OWNER] != 0:
         avail, own = _walk(eng, ins, side, new_px, new_qty, orders[o, O_OWNER])
         if own:
-            return _ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_SELF_TRADE, now), km
+            return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_SELF_TRADE, now), km
     left = unlink_order(eng, o)
     st[S_OPEN_ORDERS] -= 1
-    km = _md_level(eng, md, km, ins, side, orders[o, O_PX], left, now)
+    km = write_md_level(eng, md, km, ins, side, orders[o, O_PX], left, now)
     orders[o, O_PX] = new_px
     orders[o, O_LEAVES] = new_qty
     orders[o, O_ORIG_QTY] = orders[o, O_CUM] + new_qty
-    kx = _ex_slot(eng, ex, kx, o, EXEC_REPLACE_ACK, new_px, new_qty, LIQ_NONE, 0, 0,
+    kx = write_ex_slot(eng, ex, kx, o, EXEC_REPLACE_ACK, new_px, new_qty, LIQ_NONE, 0, 0,
                   REJECT_NONE, now)
     kx, km, stp_hit = _match(eng, o, new_px, ex, kx, md, km, now)
     return _after_match(eng, o, ex, kx, md, km, stp_hit, now)
@@ -396,7 +320,8 @@ def _process_one(eng, rec, ex, kx, md, km, now):
     if kind == INTENT_CANCEL:
         o = _find_own(eng, rec)
         if o == NIL:
-            return _ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_UNKNOWN_ORDER, now), km
+            return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_UNKNOWN_ORDER,
+                                  now), km
         return _cancel_slot(eng, o, ex, kx, md, km, now)
     if kind == INTENT_REPLACE:
         return _replace(eng, rec, ex, kx, md, km, now)
@@ -407,7 +332,7 @@ def _process_one(eng, rec, ex, kx, md, km, now):
                     (rec.instrument_id == 0 or orders[o, O_INST] == rec.instrument_id):
                 kx, km = _cancel_slot(eng, o, ex, kx, md, km, now)
         return kx, km
-    return _ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_INVALID, now), km
+    return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_INVALID, now), km
 
 
 @njit(cache=True)
@@ -432,15 +357,15 @@ def engine_snapshot(eng, ins, md, k, now_ns):
     """Write the instrument's whole L2 book as SNAP_START, levels, SNAP_END into md[k:]."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
     uid = inst[ins, I_UPDATE_ID]
-    k = _md(eng, md, k, MSG_SNAP_START, 0, ins, 0, 0, uid, inst[ins, 0] + inst[ins, 1], now_ns)
+    k = write_md(eng, md, k, MSG_SNAP_START, 0, ins, 0, 0, uid, inst[ins, 0] + inst[ins, 1], now_ns)
     for side in range(2):
         for i in range(inst[ins, side]):
             lv = sidelv[ins, side, i]
-            k = _md(eng, md, k, MSG_LEVEL, side + 1, ins, levels[lv, LV_PX], levels[lv, LV_QTY],
-                    uid, i, now_ns)
+            k = write_md(eng, md, k, MSG_LEVEL, side + 1, ins, levels[lv, LV_PX],
+                         levels[lv, LV_QTY], uid, i, now_ns)
             if k > 0:
                 md[k - 1].flags = MFLAG_SNAPSHOT
-    k = _md(eng, md, k, MSG_SNAP_END, 0, ins, 0, 0, uid, 0, now_ns)
+    k = write_md(eng, md, k, MSG_SNAP_END, 0, ins, 0, 0, uid, 0, now_ns)
     if k > 0:
         md[k - 1].flags = MFLAG_LAST_IN_BATCH
     return k
