@@ -18,17 +18,20 @@ Book sync (PROTOCOLS.md 1.4), per symbol:
 """
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 import orjson
 
-from feeds.handler import FeedHandler
+from feeds.handler import FeedHandler, ok_id, ok_ms
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
 MAX_BUFFERED_DIFFS = 10_000
 MAX_PENDING_TICKERS = 256
 _JSONError = orjson.JSONDecodeError
-_ERRORS = (TypeError, KeyError, IndexError, ValueError, AttributeError)
+# struct.error is the last line of defence (a value that slipped past validation); every
+# other error is raised by validation, before the first mutation
+_ERRORS = (TypeError, KeyError, IndexError, ValueError, AttributeError, struct.error)
 
 
 class BinanceHandler(FeedHandler):
@@ -117,7 +120,7 @@ class BinanceHandler(FeedHandler):
         U = d["U"]
         u = d["u"]
         E = d["E"]
-        if type(U) is not int or type(u) is not int or type(E) is not int or U > u:
+        if not (ok_id(U) and ok_id(u) and ok_ms(E)) or U > u:
             raise TypeError
         ps = inst.price.units
         qs = inst.qty.units
@@ -183,15 +186,19 @@ class BinanceHandler(FeedHandler):
             self.stats.unknown_symbol += 1
             return
         last_id = d["lastUpdateId"]
-        if type(last_id) is not int:
+        if not ok_id(last_id):
             raise TypeError
         ps = inst.price.units
         qs = inst.qty.units
         bids = self._levels(d["bids"], ps, qs)
         asks = self._levels(d["asks"], ps, qs)
         book = self.book(sym)
-        buffered = self._diffs.pop(sym, None) or ()
+        buffered = self._diffs.get(sym) or ()
         pending = [ev for ev in buffered if ev[1] > last_id]
+        need = len(bids) + len(asks) + 6 + sum(len(ev[3]) + len(ev[4]) + 2 for ev in pending)
+        if need > self.room():
+            raise ValueError("oversized: snapshot plus buffered diffs exceed the output array")
+        self._diffs.pop(sym, None)
         self.stats.dropped_stale_diffs += len(buffered) - len(pending)
         if pending and pending[0][0] > last_id + 1:
             # events between the snapshot and the buffer are missing: this snapshot is too old
@@ -237,8 +244,7 @@ class BinanceHandler(FeedHandler):
         qty = inst.qty.units(d["q"])
         t = d["T"]
         m = d["m"]
-        if px < 0 or qty < 0 or type(t) is not int or type(m) is not bool \
-                or type(trade_id) is not int:
+        if px < 0 or qty < 0 or not ok_ms(t) or type(m) is not bool or not ok_id(trade_id):
             raise ValueError
         # m: the buyer is the maker, so the aggressor sold
         self._rec(MSG_TRADE, 2 if m else 1, 2, inst.instrument_id, t * 1_000_000, recv, px, qty,
@@ -255,7 +261,7 @@ class BinanceHandler(FeedHandler):
         ps = inst.price.units
         qs = inst.qty.units
         bp, bq, ap, aq = ps(d["b"]), qs(d["B"]), ps(d["a"]), qs(d["A"])
-        if type(u) is not int or min(bp, bq, ap, aq) < 0:
+        if not ok_id(u) or min(bp, bq, ap, aq) < 0:
             raise ValueError
         if self.emit_tops:
             self._rec(MSG_TOP, 0, 2, inst.instrument_id, 0, recv, bp, bq, ap, aq)

@@ -18,13 +18,16 @@ Exchange feed) says how to read it.
 """
 from __future__ import annotations
 
+import struct
+
 import orjson
 
-from feeds.handler import FeedHandler, iso_to_ns
+from feeds.handler import FeedHandler, iso_to_ns, ok_id
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
 _JSONError = orjson.JSONDecodeError
-_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError)
+_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError,
+           struct.error)
 _EX_SIDE = {"buy": 1, "sell": 2}
 _AT_SIDE = {"bid": 1, "offer": 2}
 
@@ -50,6 +53,13 @@ class _CoinbaseBase(FeedHandler):
             book.asks.set(px, qty)
         self.emit_snapshot(book, recv, exch, 0, MSG_LEVEL)
         self.check_crossed(book, recv, exch)
+
+    def _room_for(self, work) -> bool:
+        need = 0
+        for fn, args in work:
+            if fn is not None:
+                need += 8 + sum(len(a) for a in args if isinstance(a, list))
+        return need <= self.room()
 
     def _apply(self, book, changes, recv, exch):
         """changes: validated [(side, px, qty)]; only called on a valid book."""
@@ -126,6 +136,8 @@ class CoinbaseHandler(_CoinbaseBase):
             return
         ps, qs = inst.price.units, inst.qty.units
         changes = []
+        if len(m["changes"]) > self.capacity - 8:
+            raise ValueError("oversized")
         for side, p, q in m["changes"]:
             s = _EX_SIDE[side]
             px = ps(p)
@@ -148,7 +160,7 @@ class CoinbaseHandler(_CoinbaseBase):
         qty = inst.qty.units(m["size"])
         maker = _EX_SIDE[m["side"]]
         tid = m["trade_id"]
-        if px < 0 or qty < 0 or type(tid) is not int:
+        if px < 0 or qty < 0 or not ok_id(tid):
             raise ValueError
         self._rec(MSG_TRADE, 3 - maker, 2, inst.instrument_id, iso_to_ns(m.get("time") or ""),
                   recv, px, qty, tid, 0)
@@ -195,7 +207,7 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
             seq = msg["sequence_num"]
             ch = msg["channel"]
             events = msg["events"]
-            if type(seq) is not int or type(events) is not list:
+            if not ok_id(seq) or type(events) is not list:
                 raise TypeError
             if seq == 0:
                 self.on_new_connection()
@@ -216,6 +228,8 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
                 self.touch(recv_ts_ns)
             else:
                 st.ignored += 1                # subscriptions, candles, status, ...
+            if not self._room_for(work):
+                raise ValueError("oversized")
         except _ERRORS:
             st.parse_errors += 1
             self.n = 0
@@ -279,7 +293,7 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
             qty = inst.qty.units(t["size"])
             side = {"BUY": 1, "SELL": 2}[t["side"]]
             tid = int(t["trade_id"])
-            if px < 0 or qty < 0:
+            if px < 0 or qty < 0 or not ok_id(tid):
                 raise ValueError
             aggressor = 3 - side if self.trade_side_is_maker else side
             out.append((inst.instrument_id, aggressor, px, qty, tid,

@@ -38,6 +38,17 @@ assert [MARKET_DTYPE.fields[n][1] for n in MARKET_DTYPE.names] == [0, 8, 9, 10, 
                                                                      40, 48, 56]
 DEFAULT_CAPACITY = 1 << 16     # records per feed() call: a 5,000-level Binance snapshot fits
 DEFAULT_STALE_NS = 10_000_000_000
+INT64_MAX = (1 << 63) - 1
+MS_MAX = INT64_MAX // 1_000_000      # largest millisecond time that fits ns in int64
+
+
+def ok_id(x) -> bool:
+    """A venue id / sequence that fits a record's int64 field (bool is not an int here)."""
+    return type(x) is int and 0 <= x <= INT64_MAX
+
+
+def ok_ms(x) -> bool:
+    return type(x) is int and 0 <= x <= MS_MAX
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,8 @@ _DAY_CACHE: dict[str, int] = {}
 def iso_to_ns(s: str) -> int:
     """RFC 3339 UTC time ('2021-04-17T16:43:37.077621Z', up to 9 fractional digits) -> epoch
     ns, exactly; 0 if it does not parse (timestamps are informational, never fatal)."""
+    if type(s) is not str or len(s) > 40:
+        return 0
     try:
         day = _DAY_CACHE.get(s[:10])
         if day is None:
@@ -265,6 +278,7 @@ def epoch_text_to_ns(s: str) -> int:
         if d < 0:
             return int(s) * 1_000_000_000
         frac = s[d + 1:d + 10]
-        return int(s[:d]) * 1_000_000_000 + int(frac.ljust(9, "0"))
-    except ValueError:
+        v = int(s[:d]) * 1_000_000_000 + int(frac.ljust(9, "0"))
+        return v if 0 <= v <= INT64_MAX else 0
+    except (ValueError, TypeError, AttributeError):
         return 0

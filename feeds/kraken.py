@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import zlib
 
+import struct
+
 import orjson
 
 from feeds.decimal import checksum_fragment
-from feeds.handler import FeedHandler, epoch_text_to_ns, iso_to_ns
+from feeds.handler import FeedHandler, epoch_text_to_ns, iso_to_ns, ok_id
 from feeds.meta import quote_kraken_v2_numbers
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_CHECKSUM
 
 _JSONError = orjson.JSONDecodeError
-_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError)
+_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError,
+           struct.error)
 CHECKSUM_LEVELS = 10
 V2_DEPTHS = (10, 25, 100, 500, 1000)
 
@@ -93,6 +96,8 @@ class _KrakenBase(FeedHandler):
         self.check_crossed(book, recv, exch)
 
     def _update(self, book, levels, checksum, recv, exch) -> None:
+        if 2 * len(levels) + 4 > self.room():
+            raise ValueError("oversized")         # checked before the first level is applied
         if not book.valid:
             self.stats.ignored += 1        # waiting for the resubscribe snapshot
             return
@@ -228,6 +233,8 @@ class KrakenV2Handler(_KrakenBase):
                 if typ != "snapshot" and typ != "update":
                     raise ValueError
                 work = [self._parse_book(d) for d in msg["data"]]
+                if sum(2 * len(w[1] or ()) + 4 for w in work) > self.capacity:
+                    raise ValueError("oversized")
                 for book, levels, checksum, exch in work:
                     if book is None:
                         continue
@@ -296,7 +303,7 @@ class KrakenV2Handler(_KrakenBase):
             qty = inst.qty.units(t["qty"])
             side = {"buy": 1, "sell": 2}[t["side"]]     # the taker's side
             tid = t["trade_id"]
-            if px < 0 or qty < 0 or type(tid) is not int:
+            if px < 0 or qty < 0 or not ok_id(tid):
                 raise ValueError
             ts = t.get("timestamp")
             out.append((inst.instrument_id, side, px, qty, tid,
