@@ -26,6 +26,19 @@ arbitrage is capped by ``max_legging_lots``, the most that can be left legged.
 
 Lawful: only marketable IOC orders, never resting; the two legs are on different venues, so the
 strategy cannot trade with itself.
+
+Parameters (``[strategies].params``):
+  taker_fee_bps_a, taker_fee_bps_b  taker fees of the first and second instrument's venue in
+                       basis points (set them to the venues' ``taker_fee_bps``)
+  slippage_ticks       expected slippage per leg, added to the cost twice; also how far
+                       through the touch a timed-out unwind reaches
+  threshold_ticks      edge per lot required beyond fees and slippage
+  max_qty_lots         largest arbitrage per leg
+  max_legging_lots     most lots that can be left legged: caps one arbitrage
+  max_leg_loss_ticks   loss bound per lot while flattening before the timeout
+  leg_timeout_ms       how long a legged exposure may wait for a price inside the bound
+  max_book_age_ms      a book whose last record is older is not used (0 = no age limit)
+  min_interval_ms      minimum time between two arbitrages
 """
 from __future__ import annotations
 

@@ -29,6 +29,24 @@ every ``min_requote_interval_ms`` per side (no quote stuffing); no new request w
 flight; quotes never cross the opposite touch (post-only, no self-trade: our bid is always below
 our ask). At |inventory| >= ``max_inventory_lots`` the side that would add is pulled. When the
 book is invalid, crossed, locked, halted or one-sided every quote is cancelled and none is sent.
+
+Parameters (``[strategies].params``; units in the names):
+  gamma                    risk aversion, 1/tick: larger -> stronger inventory skew, and the
+                           spread trades the risk term against the intensity term
+  horizon_s                tau = T - t of the model, held constant (rolling horizon)
+  order_qty_lots           size of each quote; inventory q is measured in these units
+  max_inventory_lots       at |position| >= this the quote that would add is pulled
+  max_skew_ticks           cap on |r - s|, so a large inventory cannot push quotes off-market
+  min_half_spread_ticks    floor on delta/2 (the model spread can fall below a tick)
+  requote_threshold_ticks  a quote is replaced only when its price moves at least this much
+  min_requote_interval_ms  at most one new/replace per side per this interval
+  sigma_sample_ms          mid sampling interval of the volatility estimator
+  sigma_halflife_samples   EWMA half-life of the squared mid changes, in samples
+  sigma_init_ticks         prior sigma (ticks per sqrt(s)); 0 = none, wait for data
+  min_sigma_samples        without a prior, samples needed before quoting (``warm_up`` can
+                           supply them from recorded data)
+  k_init                   prior k (1/tick) the trade-distance EWMA starts from
+  k_halflife_trades        EWMA half-life of trade distances, in trades
 """
 from __future__ import annotations
 
