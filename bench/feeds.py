@@ -134,6 +134,17 @@ def bench_ours(venue: str, frames, min_s: float) -> dict:
         wall += time.perf_counter() - t0
         passes += 1
     out = _summary(times, wall, len(work), passes)
+    # calibration: the same frames through orjson.loads alone (C code, no handler), so
+    # figures from a loaded or slow machine can be read relative to it
+    import orjson
+    ws = [w[2] for w in work if w[0] == "ws"]
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < min(0.5, min_s):
+        for data in ws:
+            orjson.loads(data)
+        n += len(ws)
+    out["orjson_loads_per_s"] = round(n / (time.perf_counter() - t0))
     st = h.stats
     out["check"] = {"gaps": st.gaps, "checksum_ok": st.checksum_ok,
                     "checksum_fail": st.checksum_fail, "parse_errors": st.parse_errors,
@@ -297,6 +308,9 @@ def main(args) -> int:
                 print(f"{venue:10s} {impl:10s} not run: {r['not_run']}")
                 continue
             dt = r.get("depth_trade", {})
+            if "orjson_loads_per_s" in r:
+                print(f"{venue:10s} calibration: orjson.loads alone on these frames "
+                      f"{r['orjson_loads_per_s']:,}/s")
             print(f"{venue:10s} {impl:10s} loop {r['loop_frames_per_s']:>9,} frames/s   "
                   f"depth+trade {dt.get('msgs_per_s', 0):>9,} msg/s  p50 "
                   f"{dt.get('p50_us', 0):7.2f} us  p99 {dt.get('p99_us', 0):7.2f} us")

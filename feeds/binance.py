@@ -99,14 +99,26 @@ class BinanceHandler(FeedHandler):
         return self.n
 
     # ---- depth ---------------------------------------------------------------------------
-    def _levels(self, lst, scale_p, scale_q):
+    def _levels(self, lst, inst):
+        """[[price, qty], ...] -> [(px_ticks, qty_lots)], all validated before any is used."""
+        price = inst.price
+        qscale = inst.qty
+        pc = price.cache
+        qc = qscale.cache
         out = []
-        for lv in lst:
-            px = scale_p(lv[0])
-            qty = scale_q(lv[1])
-            if px < 0 or qty < 0:
-                raise ValueError
-            out.append((px, qty))
+        append = out.append
+        for p, q in lst:
+            px = pc.get(p)
+            if px is None:
+                px = price.units_cached(p)
+                if px < 0:
+                    raise ValueError
+            qty = qc.get(q)
+            if qty is None:
+                qty = qscale.units_cached(q)
+                if qty < 0:
+                    raise ValueError
+            append((px, qty))
         if len(out) > self.capacity - 8:
             raise ValueError("oversized")
         return out
@@ -122,10 +134,8 @@ class BinanceHandler(FeedHandler):
         E = d["E"]
         if not (ok_id(U) and ok_id(u) and ok_ms(E)) or U > u:
             raise TypeError
-        ps = inst.price.units
-        qs = inst.qty.units
-        bids = self._levels(d["b"], ps, qs)
-        asks = self._levels(d["a"], ps, qs)
+        bids = self._levels(d["b"], inst)
+        asks = self._levels(d["a"], inst)
         book = self.book(sym)
         if book.valid:
             self._apply(book, U, u, E * 1_000_000, bids, asks, recv)
@@ -156,21 +166,24 @@ class BinanceHandler(FeedHandler):
             self._buffer(sym, (U, u, exch, bids, asks))
             return
         self._fresh.discard(sym)
-        start = self.n
-        rec = self._rec
+        # the record writes are inlined (no _rec call per level): this loop is the hot spot
+        start = n = self.n
+        pack = self._pack
+        buf = self._buf
+        fl = self.base_flags
         iid = book.instrument_id
-        changed = 0
-        side = book.bids
+        side_set = book.bids.set
         for px, qty in bids:
-            if side.set(px, qty):
-                rec(MSG_LEVEL, 1, 0, iid, exch, recv, px, qty, u, -1)
-                changed += 1
-        side = book.asks
+            if side_set(px, qty):
+                pack(buf, n << 6, 0, MSG_LEVEL, 1, fl, iid, exch, recv, px, qty, u, -1)
+                n += 1
+        side_set = book.asks.set
         for px, qty in asks:
-            if side.set(px, qty):
-                rec(MSG_LEVEL, 2, 0, iid, exch, recv, px, qty, u, -1)
-                changed += 1
-        self.stats.book_updates += changed
+            if side_set(px, qty):
+                pack(buf, n << 6, 0, MSG_LEVEL, 2, fl, iid, exch, recv, px, qty, u, -1)
+                n += 1
+        self.n = n
+        self.stats.book_updates += n - start
         book.update_id = u
         book.last_rx_ns = recv
         self._end_batch(start)
@@ -188,10 +201,8 @@ class BinanceHandler(FeedHandler):
         last_id = d["lastUpdateId"]
         if not ok_id(last_id):
             raise TypeError
-        ps = inst.price.units
-        qs = inst.qty.units
-        bids = self._levels(d["bids"], ps, qs)
-        asks = self._levels(d["asks"], ps, qs)
+        bids = self._levels(d["bids"], inst)
+        asks = self._levels(d["asks"], inst)
         book = self.book(sym)
         buffered = self._diffs.get(sym) or ()
         pending = [ev for ev in buffered if ev[1] > last_id]
@@ -206,11 +217,8 @@ class BinanceHandler(FeedHandler):
             self.invalidate(book, REASON_GAP, recv)
             self._diffs[sym] = deque(pending, maxlen=MAX_BUFFERED_DIFFS)
             return
-        book.clear()
-        for px, qty in bids:
-            book.bids.set(px, qty)
-        for px, qty in asks:
-            book.asks.set(px, qty)
+        book.bids.load(bids)
+        book.asks.load(asks)
         book.update_id = last_id
         self._fresh.add(sym)
         self.emit_snapshot(book, recv, 0, last_id, MSG_LEVEL)
@@ -240,8 +248,8 @@ class BinanceHandler(FeedHandler):
         if inst is None:
             self.stats.unknown_symbol += 1
             return
-        px = inst.price.units(d["p"])
-        qty = inst.qty.units(d["q"])
+        px = inst.price.units_cached(d["p"])
+        qty = inst.qty.units_cached(d["q"])
         t = d["T"]
         m = d["m"]
         if px < 0 or qty < 0 or not ok_ms(t) or type(m) is not bool or not ok_id(trade_id):
@@ -258,8 +266,8 @@ class BinanceHandler(FeedHandler):
             self.stats.unknown_symbol += 1
             return
         u = d["u"]
-        ps = inst.price.units
-        qs = inst.qty.units
+        ps = inst.price.units_cached
+        qs = inst.qty.units_cached
         bp, bq, ap, aq = ps(d["b"]), qs(d["B"]), ps(d["a"]), qs(d["A"])
         if not ok_id(u) or min(bp, bq, ap, aq) < 0:
             raise ValueError

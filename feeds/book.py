@@ -51,6 +51,17 @@ class BookSide:
         q[k] = qty
         return True
 
+    def load(self, levels) -> None:
+        """Replace the side by ``levels`` [(px, qty)] (a snapshot): one sort, no inserts.
+        A price given twice keeps its last quantity; qty 0 entries are skipped."""
+        sign = self.sign
+        q = {px * sign: qty for px, qty in levels}
+        for k in [k for k, v in q.items() if v == 0]:
+            del q[k]
+        self.qty = q
+        self.keys = sorted(q)
+        self.frag = {}
+
     def set_text(self, px: int, qty: int, frag: str) -> None:
         """As ``set``, also remembering the checksum text of the level."""
         self.set(px, qty)

@@ -46,11 +46,9 @@ class _CoinbaseBase(FeedHandler):
     def _install(self, book, bids, asks, recv, exch):
         if len(bids) + len(asks) > self.capacity - 8:
             raise ValueError("oversized snapshot")
-        book.clear()
-        for px, qty in bids:
-            book.bids.set(px, qty)
-        for px, qty in asks:
-            book.asks.set(px, qty)
+        book.bids.load(bids)
+        book.asks.load(asks)
+        book.update_id = 0
         self.emit_snapshot(book, recv, exch, 0, MSG_LEVEL)
         self.check_crossed(book, recv, exch)
 
@@ -63,15 +61,19 @@ class _CoinbaseBase(FeedHandler):
 
     def _apply(self, book, changes, recv, exch):
         """changes: validated [(side, px, qty)]; only called on a valid book."""
-        start = self.n
-        rec = self._rec
+        start = n = self.n
+        pack = self._pack
+        buf = self._buf
+        fl = self.base_flags
         iid = book.instrument_id
-        n = 0
+        bset = book.bids.set
+        aset = book.asks.set
         for side, px, qty in changes:
-            if (book.bids if side == 1 else book.asks).set(px, qty):
-                rec(MSG_LEVEL, side, 0, iid, exch, recv, px, qty, 0, -1)
+            if (bset if side == 1 else aset)(px, qty):
+                pack(buf, n << 6, 0, MSG_LEVEL, side, fl, iid, exch, recv, px, qty, 0, -1)
                 n += 1
-        self.stats.book_updates += n
+        self.n = n
+        self.stats.book_updates += n - start
         book.last_rx_ns = recv
         self._end_batch(start)
         self.check_crossed(book, recv, exch)
@@ -123,7 +125,7 @@ class CoinbaseHandler(_CoinbaseBase):
         if inst is None:
             self.stats.unknown_symbol += 1
             return
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         bids = self._levels_pairs(m["bids"], ps, qs)
         asks = self._levels_pairs(m["asks"], ps, qs)
         self._install(self.book(sym), bids, asks, recv, 0)
@@ -134,7 +136,7 @@ class CoinbaseHandler(_CoinbaseBase):
         if inst is None:
             self.stats.unknown_symbol += 1
             return
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         changes = []
         if len(m["changes"]) > self.capacity - 8:
             raise ValueError("oversized")
@@ -156,8 +158,8 @@ class CoinbaseHandler(_CoinbaseBase):
         if inst is None:
             self.stats.unknown_symbol += 1
             return
-        px = inst.price.units(m["price"])
-        qty = inst.qty.units(m["size"])
+        px = inst.price.units_cached(m["price"])
+        qty = inst.qty.units_cached(m["size"])
         maker = _EX_SIDE[m["side"]]
         tid = m["trade_id"]
         if px < 0 or qty < 0 or not ok_id(tid):
@@ -171,7 +173,7 @@ class CoinbaseHandler(_CoinbaseBase):
         if inst is None:
             self.stats.unknown_symbol += 1
             return
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         bp = ps(m["best_bid"])
         ap = ps(m["best_ask"])
         # best_*_size appeared on the feed after 2021; absent means unknown (0)
@@ -255,7 +257,7 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
         if inst is None:
             self.stats.unknown_symbol += 1
             return None, ()
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         changes = []
         for u in ev["updates"]:
             side = _AT_SIDE[u["side"]]
@@ -289,8 +291,8 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
             if inst is None:
                 self.stats.unknown_symbol += 1
                 continue
-            px = inst.price.units(t["price"])
-            qty = inst.qty.units(t["size"])
+            px = inst.price.units_cached(t["price"])
+            qty = inst.qty.units_cached(t["size"])
             side = {"BUY": 1, "SELL": 2}[t["side"]]
             tid = int(t["trade_id"])
             if px < 0 or qty < 0 or not ok_id(tid):
@@ -312,7 +314,7 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
             if inst is None:
                 self.stats.unknown_symbol += 1
                 continue
-            ps, qs = inst.price.units, inst.qty.units
+            ps, qs = inst.price.units_cached, inst.qty.units_cached
             bp, ap = ps(t["best_bid"]), ps(t["best_ask"])
             bq = qs(t["best_bid_quantity"]) if "best_bid_quantity" in t else 0
             aq = qs(t["best_ask_quantity"]) if "best_ask_quantity" in t else 0

@@ -21,12 +21,13 @@ BAD = -1
 MAX_FRAC_DIGITS = 18
 MAX_DIGITS = 36             # longer digit strings cannot fit int64 after scaling anyway
 INT64_MAX = (1 << 63) - 1
+CACHE_MAX = 8192            # text -> units memo per scale; prices near the touch repeat a lot
 
 
 class Scale:
     """Decimal text <-> integer units of ``step`` (a tick size or a lot size)."""
 
-    __slots__ = ("step", "mant", "exp", "_mul", "_div")
+    __slots__ = ("step", "mant", "exp", "_mul", "_div", "cache")
 
     def __init__(self, step: str | Decimal):
         try:
@@ -47,6 +48,10 @@ class Scale:
                 div.append(self.mant * 10 ** (k - self.exp))
         self._mul = tuple(mul)
         self._div = tuple(div)
+        # Handlers look a text up here before calling units(): a dict hit costs ~40 ns
+        # against ~400 ns for the conversion. Only valid results are stored, and only while
+        # the memo is below CACHE_MAX entries (bounded memory, no eviction work).
+        self.cache: dict[str, int] = {}
 
     def units(self, s: str) -> int:
         """Exact integer units of ``s``, or BAD (-1)."""
@@ -70,6 +75,14 @@ class Scale:
                 return BAD
             v = q
         return v if v <= INT64_MAX else BAD
+
+    def units_cached(self, s: str) -> int:
+        v = self.cache.get(s)
+        if v is None:
+            v = self.units(s)
+            if v >= 0 and len(self.cache) < CACHE_MAX:
+                self.cache[s] = v
+        return v
 
     def text(self, units: int) -> str:
         """Units back to a canonical decimal string (cold path: tests, reports)."""

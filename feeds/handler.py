@@ -162,12 +162,18 @@ class FeedHandler:
         iid = book.instrument_id
         nlev = len(book.bids) + len(book.asks)
         self._rec(MSG_SNAP_START, 0, 1, iid, exch_ns, recv_ns, 0, 0, update_id, nlev)
-        rec = self._rec
+        pack = self._pack
+        buf = self._buf
+        fl = 1 | self.base_flags            # MFLAG_SNAPSHOT
+        n = self.n
         for side, s in ((1, book.bids), (2, book.asks)):
             sign = s.sign
             q = s.qty
             for i, k in enumerate(s.keys):
-                rec(level_kind, side, 1, iid, exch_ns, recv_ns, k * sign, q[k], update_id, i)
+                pack(buf, n << 6, 0, level_kind, side, fl, iid, exch_ns, recv_ns, k * sign, q[k],
+                     update_id, i)
+                n += 1
+        self.n = n
         self._rec(MSG_SNAP_END, 0, 1, iid, exch_ns, recv_ns, 0, 0, update_id, 0)
         self.mark_valid(book, recv_ns, exch_ns)
 

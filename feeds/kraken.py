@@ -51,7 +51,7 @@ class _KrakenBase(FeedHandler):
         return self.depth
 
     def _parse_levels(self, inst, lst, side, out):
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         for p, q in lst:
             if type(p) is not str or type(q) is not str:
                 raise TypeError
@@ -192,8 +192,8 @@ class KrakenV1Handler(_KrakenBase):
             return
         out = []
         for t in msg[1]:
-            px = inst.price.units(t[0])
-            qty = inst.qty.units(t[1])
+            px = inst.price.units_cached(t[0])
+            qty = inst.qty.units_cached(t[1])
             side = {"b": 1, "s": 2}[t[3]]            # the taker's side
             if px < 0 or qty < 0:
                 raise ValueError
@@ -208,7 +208,7 @@ class KrakenV1Handler(_KrakenBase):
             self.stats.unknown_symbol += 1
             return
         d = msg[1]
-        ps, qs = inst.price.units, inst.qty.units
+        ps, qs = inst.price.units_cached, inst.qty.units_cached
         bp, bq = ps(d["b"][0]), qs(d["b"][2])
         ap, aq = ps(d["a"][0]), qs(d["a"][2])
         if min(bp, bq, ap, aq) < 0:
@@ -299,8 +299,8 @@ class KrakenV2Handler(_KrakenBase):
             if inst is None:
                 self.stats.unknown_symbol += 1
                 continue
-            px = inst.price.units(t["price"])
-            qty = inst.qty.units(t["qty"])
+            px = inst.price.units_cached(t["price"])
+            qty = inst.qty.units_cached(t["qty"])
             side = {"buy": 1, "sell": 2}[t["side"]]     # the taker's side
             tid = t["trade_id"]
             if px < 0 or qty < 0 or not ok_id(tid):
