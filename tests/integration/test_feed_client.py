@@ -117,3 +117,43 @@ def test_client_refuses_a_real_venue_without_allow_live():
     check_endpoint("ws://127.0.0.1:9/", allow_live=False)
     check_endpoint("ws://[::1]:9/", allow_live=False)
     check_endpoint("wss://stream.binance.com:9443", allow_live=True)   # checks only, no socket
+
+
+def test_rest_get_reads_chunked_bodies_and_backs_off_on_rate_limits():
+    from feeds.http import HttpError, get_with_backoff
+
+    answers = [b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n",
+               b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
+               b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\n{\"a\":\r\n3;x=1\r\n12}\r\n0\r\n\r\n",
+               b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"]
+    seen = []
+
+    async def handle(reader, writer):
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        writer.write(answers[len(seen) - 1])
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        sleeps, retries = [], []
+
+        async def fake_sleep(s):
+            sleeps.append(s)
+
+        body = await get_with_backoff(f"http://127.0.0.1:{port}/api/v3/depth?symbol=X",
+                                      initial_s=0.25, sleep=fake_sleep,
+                                      on_retry=lambda a, e: retries.append(e))
+        with pytest.raises(HttpError, match="404"):
+            await get_with_backoff(f"http://127.0.0.1:{port}/x", sleep=fake_sleep)
+        srv.close()
+        await srv.wait_closed()
+        return body, sleeps, retries
+
+    body, sleeps, retries = asyncio.run(main())
+    assert body == b'{"a":12}'
+    assert sleeps == [0.0, 0.5]        # Retry-After first, then the exponential backoff
+    assert [getattr(e, "status", None) for e in retries] == [429, 503]
+    assert seen[0] == b"GET /api/v3/depth?symbol=X HTTP/1.1"
