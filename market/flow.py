@@ -1,0 +1,382 @@
+"""Latent prices and background order flow of the simulated venues (the market model).
+
+Runs inside the simulator (``market/sim.py``: the backtest process, or the live pipeline's venue
+stage). Everything @njit is HOT PATH (one call per simulated event, no allocation);
+``FlowModel`` is cold and builds the arrays from config.
+
+The model, in log prices, for groups g (an asset: BTC, ETH; the same group on several venues
+shares one latent price) and instruments i (a group on one venue):
+
+    F(t)        common factor: Brownian motion, sigma_F = volatility of the leader group
+                (the group of the first configured instrument), times the regime multiplier
+    x_lead(t)   = log p0_lead + F + J_lead
+    x_g(t)      = log p0_g + beta_g F + u_g         (g not the leader)
+                beta_g = vol_g / vol_lead, so each group has its configured volatility, and
+                u_g is an Ornstein-Uhlenbeck spread (half-life SPREAD_HALF_LIFE_S): x_g and
+                x_lead are COINTEGRATED (x_g - beta_g x_lead is stationary) and their returns
+                correlated (about 1 / sqrt(1 + IDIO_VOL_FRACTION^2) over short horizons)
+    latent_i    = x_g + d_i, d_i a per-venue DISLOCATION: a fast OU (half-life
+                DISLOC_HALF_LIFE_S) kicked by shocks of DISLOC_SHOCK_BPS at rate DISLOC_RATE_HZ,
+                so the same asset on two venues drifts apart by a few bps for a few hundred ms
+
+Volatility regimes: a two-state Markov chain (calm / volatile, volatility x VOL_REGIME_MULT and
+event rate x RATE_REGIME_MULT), switching at rates CALM_TO_VOL_HZ / VOL_TO_CALM_HZ.
+Jumps: per group at JUMP_RATE_HZ, normal size JUMP_BPS; half of them market-wide (in F), the
+others idiosyncratic (permanent for the leader, into u_g, and so mean-reverting, for the
+others); a fraction NEWS_PROB of jumps is announced by a MSG_NEWS record at the jump time
+(instrument = first instrument of the group, qty_lots = sentiment x 1e4 in [-1e4, 1e4] with
+the jump's sign, aux0 = headline id).
+
+Background orders, per venue event (Poisson, ``event_rate_per_s`` per venue): an instrument of
+the venue uniformly; then a limit order (prob P_LIMIT) on a random side at
+latent -/+ (HALF_SPREAD_BPS + Exp(DEPTH_BPS)) on a price grid of GRID_BPS (marketable when the
+book lags the latent price: that is how books follow it), a cancel of a random resting
+background order (P_CANCEL), or a market order (the rest). Bursts of one-sided flow: per
+instrument at BURST_RATE_HZ, lasting Exp(BURST_S), during which P_BURST_MARKET of events are
+market orders on the burst's side. Sizes are exponential with mean ORDER_NOTIONAL quote units.
+"""
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import numpy as np
+from numba import njit
+
+from market.latency import rng_below, rng_exp, rng_normal, rng_uniform
+from shm.records import MSG_NEWS, SIDE_BUY, SIDE_SELL
+
+NS = 1_000_000_000
+
+# --- model constants (documented in the module docstring) -----------------------------------
+IDIO_VOL_FRACTION = 0.5
+SPREAD_HALF_LIFE_S = 60.0
+DISLOC_HALF_LIFE_S = 0.25
+DISLOC_NOISE_BPS = 0.3          # stationary std of d_i between shocks
+DISLOC_RATE_HZ = 1.0 / 8.0
+DISLOC_SHOCK_BPS = 4.0          # mean absolute shock (uniform in [0.5, 1.5] x this)
+VOL_REGIME_MULT = 3.0
+RATE_REGIME_MULT = 1.5
+CALM_TO_VOL_HZ = 1.0 / 300.0
+VOL_TO_CALM_HZ = 1.0 / 60.0
+JUMP_RATE_HZ = 1.0 / 120.0
+JUMP_BPS = 25.0
+NEWS_PROB = 0.6
+GRID_BPS = 0.1
+HALF_SPREAD_BPS = 0.3
+DEPTH_BPS = 3.0
+P_LIMIT = 0.50
+P_CANCEL = 0.40
+BURST_RATE_HZ = 1.0 / 30.0
+BURST_S = 1.5
+P_BURST_MARKET = 0.5
+ORDER_NOTIONAL = 2000.0
+MARKET_NOTIONAL = 1000.0
+
+# --- flow actions ----------------------------------------------------------------------------
+ACT_NONE = 0
+ACT_LIMIT = 1
+ACT_MARKET = 2
+ACT_CANCEL = 3
+
+# per-instrument parameters ip[i, IP_*] (float64)
+IP_GROUP = 0
+IP_VENUE = 1
+IP_TICK = 2          # quote units per tick
+IP_GRID = 3          # price grid of background orders, ticks
+IP_HALF_SPREAD = 4   # relative (fraction of price)
+IP_DEPTH = 5         # relative
+IP_LIMIT_LOTS = 6    # mean size of limit orders, lots
+IP_MARKET_LOTS = 7
+IP_WORDS = 8
+# per-instrument state is_[i, IS_*] (float64)
+IS_DISLOC = 0
+IS_T_DISLOC = 1      # ns since start of the last update of d_i
+IS_NEXT_SHOCK = 2
+IS_BURST_SIDE = 3    # 0 none, else SIDE_*
+IS_BURST_END = 4
+IS_NEXT_BURST = 5
+IS_WORDS = 6
+# per-group parameters gp[g, GP_*] and state gs[g, GS_*]
+GP_LOGP0 = 0
+GP_BETA = 1
+GP_SIGMA_U = 2       # per sqrt(second)
+GP_LEADER = 3
+GP_FIRST_INST = 4
+GP_WORDS = 5
+GS_U = 0
+GS_J = 1
+GS_T = 2
+GS_NEXT_JUMP = 3
+GS_WORDS = 4
+# global state gl[GL_*]
+GL_F = 0
+GL_T = 1
+GL_REGIME = 2        # 0 calm, 1 volatile
+GL_NEXT_SWITCH = 3
+GL_SIGMA_F = 4
+GL_HEADLINES = 5
+GL_JUMPS = 6
+GL_WORDS = 7
+
+
+class FlowModel:
+    """Arrays of the market model for every instrument of the given (simulated) venues.
+
+    ``arrays`` -> (ip, is_, gp, gs, gl); times inside are float ns since the simulation
+    start (exact below 2**53 ns, about 104 days of simulated time).
+    """
+
+    def __init__(self, cfg, instruments):
+        self.instruments = list(instruments)
+        n = max(i.instrument_id for i in self.instruments)
+        groups: dict[str, int] = {}
+        for inst in self.instruments:
+            groups.setdefault(inst.group or inst.symbol, len(groups))
+        self.groups = groups
+        self.ip = np.zeros((n + 1, IP_WORDS))
+        self.is_ = np.zeros((n + 1, IS_WORDS))
+        self.gp = np.zeros((len(groups), GP_WORDS))
+        self.gs = np.zeros((len(groups), GS_WORDS))
+        self.gl = np.zeros(GL_WORDS)
+        by_key = {ic.key: ic for ic in cfg.instruments}
+        first_of_group: dict[int, tuple] = {}
+        for inst in self.instruments:
+            ic = by_key[inst.key]
+            g = groups[inst.group or inst.symbol]
+            p0 = Decimal(ic.start_price)
+            if p0 <= 0:
+                raise ValueError(f"instrument {inst.key}: start_price {ic.start_price} must be > 0")
+            row = self.ip[inst.instrument_id]
+            tick = float(inst.tick_size)
+            price_ticks = float(p0 / inst.tick_size)
+            row[IP_GROUP] = g
+            row[IP_VENUE] = inst.venue_id
+            row[IP_TICK] = tick
+            row[IP_GRID] = max(1.0, round(price_ticks * GRID_BPS * 1e-4))
+            row[IP_HALF_SPREAD] = HALF_SPREAD_BPS * 1e-4
+            row[IP_DEPTH] = DEPTH_BPS * 1e-4
+            lot_value = float(p0 * inst.lot_size)
+            row[IP_LIMIT_LOTS] = max(1.0, ORDER_NOTIONAL / lot_value)
+            row[IP_MARKET_LOTS] = max(1.0, MARKET_NOTIONAL / lot_value)
+            if g not in first_of_group:
+                first_of_group[g] = (inst.instrument_id, math.log(float(p0)),
+                                     ic.volatility_bps * 1e-4)
+        lead_vol = first_of_group[0][2]
+        for g, (first_id, logp0, vol) in first_of_group.items():
+            self.gp[g, GP_LOGP0] = logp0
+            self.gp[g, GP_FIRST_INST] = first_id
+            self.gp[g, GP_LEADER] = 1.0 if g == 0 else 0.0
+            self.gp[g, GP_BETA] = 1.0 if g == 0 else (vol / lead_vol if lead_vol > 0 else 0.0)
+            self.gp[g, GP_SIGMA_U] = 0.0 if g == 0 else IDIO_VOL_FRACTION * vol
+        self.gl[GL_SIGMA_F] = lead_vol
+
+    @property
+    def arrays(self):
+        return self.ip, self.is_, self.gp, self.gs, self.gl
+
+
+# ------------------------------------------------------------------------------------------
+# Latent prices (hot path)
+# ------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _ou_step(x, dt_s, half_life_s, sigma, rng, stream):
+    """Exact OU transition over dt: mean reversion to 0 with the given half-life, diffusion
+    sigma per sqrt(second)."""
+    if dt_s <= 0.0:
+        return x
+    k = 0.6931471805599453 / half_life_s
+    a = math.exp(-k * dt_s)
+    sd = sigma * math.sqrt((1.0 - a * a) / (2.0 * k))
+    return x * a + sd * rng_normal(rng, stream)
+
+
+@njit(cache=True)
+def flow_init(ip, is_, gp, gs, gl, rng, stream):
+    """Draw the first scheduled times (regime switch, jumps, shocks, bursts) at t = 0."""
+    gl[GL_T] = 0.0
+    gl[GL_REGIME] = 0.0
+    gl[GL_NEXT_SWITCH] = rng_exp(rng, stream, NS / CALM_TO_VOL_HZ)
+    for g in range(gs.shape[0]):
+        gs[g, GS_NEXT_JUMP] = rng_exp(rng, stream, NS / JUMP_RATE_HZ)
+    for i in range(1, ip.shape[0]):
+        if ip[i, IP_TICK] == 0.0:
+            continue
+        is_[i, IS_NEXT_SHOCK] = rng_exp(rng, stream, NS / DISLOC_RATE_HZ)
+        is_[i, IS_NEXT_BURST] = rng_exp(rng, stream, NS / BURST_RATE_HZ)
+
+
+@njit(cache=True)
+def _advance_factor(gl, t, rng, stream):
+    dt = (t - gl[GL_T]) * 1e-9
+    if dt > 0.0:
+        mult = VOL_REGIME_MULT if gl[GL_REGIME] > 0.0 else 1.0
+        gl[GL_F] += gl[GL_SIGMA_F] * mult * math.sqrt(dt) * rng_normal(rng, stream)
+        gl[GL_T] = t
+
+
+@njit(cache=True)
+def _advance_group(gp, gs, gl, g, t, rng, stream):
+    dt = (t - gs[g, GS_T]) * 1e-9
+    if dt > 0.0:
+        if gp[g, GP_SIGMA_U] > 0.0:
+            mult = VOL_REGIME_MULT if gl[GL_REGIME] > 0.0 else 1.0
+            gs[g, GS_U] = _ou_step(gs[g, GS_U], dt, SPREAD_HALF_LIFE_S,
+                                   gp[g, GP_SIGMA_U] * mult, rng, stream)
+        gs[g, GS_T] = t
+
+
+@njit(cache=True)
+def _advance_disloc(is_, i, t, rng, stream):
+    dt = (t - is_[i, IS_T_DISLOC]) * 1e-9
+    if dt > 0.0:
+        sigma = DISLOC_NOISE_BPS * 1e-4 * math.sqrt(2.0 * 0.6931471805599453 / DISLOC_HALF_LIFE_S)
+        is_[i, IS_DISLOC] = _ou_step(is_[i, IS_DISLOC], dt, DISLOC_HALF_LIFE_S, sigma, rng,
+                                     stream)
+        is_[i, IS_T_DISLOC] = t
+
+
+@njit(cache=True)
+def group_log_price(gp, gs, gl, g):
+    """x_g at the time of the last advance (no draw)."""
+    x = gp[g, GP_LOGP0] + gp[g, GP_BETA] * gl[GL_F] + gs[g, GS_U]
+    if gp[g, GP_LEADER] > 0.0:
+        x += gs[g, GS_J]
+    return x
+
+
+@njit(cache=True)
+def latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream):
+    """Latent price of instrument i at time t (float ticks); advances the model to t."""
+    g = np.int64(ip[i, IP_GROUP])
+    _advance_factor(gl, t, rng, stream)
+    _advance_group(gp, gs, gl, g, t, rng, stream)
+    _advance_disloc(is_, i, t, rng, stream)
+    return math.exp(group_log_price(gp, gs, gl, g) + is_[i, IS_DISLOC]) / ip[i, IP_TICK]
+
+
+@njit(cache=True)
+def next_scheduled_ns(ip, is_, gs, gl):
+    """The earliest scheduled model event (regime switch, jump, shock, burst start)."""
+    t = gl[GL_NEXT_SWITCH]
+    for g in range(gs.shape[0]):
+        t = min(t, gs[g, GS_NEXT_JUMP])
+    for i in range(1, ip.shape[0]):
+        if ip[i, IP_TICK] != 0.0:
+            t = min(t, is_[i, IS_NEXT_SHOCK], is_[i, IS_NEXT_BURST])
+    return t
+
+
+@njit(cache=True)
+def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
+    """Apply every scheduled model event at or before t (in time order); write MSG_NEWS
+    records (exch_ts relative ns, to be shifted by the caller) into news[n_news:].
+    Returns the new n_news."""
+    while True:
+        te = next_scheduled_ns(ip, is_, gs, gl)
+        if te > t:
+            return n_news
+        if te == gl[GL_NEXT_SWITCH]:
+            _advance_factor(gl, te, rng, stream)
+            for g in range(gs.shape[0]):
+                _advance_group(gp, gs, gl, g, te, rng, stream)
+            if gl[GL_REGIME] > 0.0:
+                gl[GL_REGIME] = 0.0
+                gl[GL_NEXT_SWITCH] = te + rng_exp(rng, stream, NS / CALM_TO_VOL_HZ)
+            else:
+                gl[GL_REGIME] = 1.0
+                gl[GL_NEXT_SWITCH] = te + rng_exp(rng, stream, NS / VOL_TO_CALM_HZ)
+            continue
+        done = False
+        for g in range(gs.shape[0]):
+            if gs[g, GS_NEXT_JUMP] == te:
+                _advance_factor(gl, te, rng, stream)
+                _advance_group(gp, gs, gl, g, te, rng, stream)
+                size = JUMP_BPS * 1e-4 * rng_normal(rng, stream)
+                if rng_uniform(rng, stream) < 0.5:
+                    gl[GL_F] += size          # market-wide: every group moves (beta_g)
+                elif gp[g, GP_LEADER] > 0.0:
+                    gs[g, GS_J] += size       # leader: permanent
+                else:
+                    gs[g, GS_U] += size       # others: into the cointegration spread
+                gl[GL_JUMPS] += 1.0
+                if rng_uniform(rng, stream) < NEWS_PROB and n_news < news.shape[0]:
+                    gl[GL_HEADLINES] += 1.0
+                    sent = size / (2.0 * JUMP_BPS * 1e-4)
+                    sent = max(-1.0, min(1.0, sent))
+                    rec = news[n_news]
+                    rec.kind = MSG_NEWS
+                    rec.instrument_id = np.uint32(gp[g, GP_FIRST_INST])
+                    rec.exch_ts_ns = np.int64(te)
+                    rec.qty_lots = np.int64(round(sent * 1e4))
+                    rec.aux0 = np.int64(gl[GL_HEADLINES])
+                    n_news += 1
+                gs[g, GS_NEXT_JUMP] = te + rng_exp(rng, stream, NS / JUMP_RATE_HZ)
+                done = True
+                break
+        if done:
+            continue
+        for i in range(1, ip.shape[0]):
+            if ip[i, IP_TICK] == 0.0:
+                continue
+            if is_[i, IS_NEXT_SHOCK] == te:
+                _advance_disloc(is_, i, te, rng, stream)
+                shock = DISLOC_SHOCK_BPS * 1e-4 * (0.5 + rng_uniform(rng, stream))
+                if rng_uniform(rng, stream) < 0.5:
+                    shock = -shock
+                is_[i, IS_DISLOC] += shock
+                is_[i, IS_NEXT_SHOCK] = te + rng_exp(rng, stream, NS / DISLOC_RATE_HZ)
+                break
+            if is_[i, IS_NEXT_BURST] == te:
+                is_[i, IS_BURST_SIDE] = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
+                is_[i, IS_BURST_END] = te + rng_exp(rng, stream, BURST_S * NS)
+                is_[i, IS_NEXT_BURST] = te + rng_exp(rng, stream, NS / BURST_RATE_HZ)
+                break
+
+
+@njit(cache=True)
+def event_rate_mult(gl):
+    return RATE_REGIME_MULT if gl[GL_REGIME] > 0.0 else 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# Background orders (hot path)
+# ------------------------------------------------------------------------------------------
+@njit(cache=True)
+def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream, out):
+    """Decide one background event of a venue at time t. ``out`` int64[4] receives
+    (instrument id, side, price ticks, qty lots); returns ACT_*. For ACT_CANCEL the caller
+    picks the order (from its own pool) with the venue's stream."""
+    i = venue_insts[rng_below(rng, stream, n_venue_insts)]
+    out[0] = i
+    u = rng_uniform(rng, stream)
+    burst = is_[i, IS_BURST_SIDE]
+    if burst != 0.0 and t >= is_[i, IS_BURST_END]:
+        is_[i, IS_BURST_SIDE] = 0.0
+        burst = 0.0
+    if burst != 0.0 and u < P_BURST_MARKET:
+        out[1] = np.int64(burst)
+        out[2] = 0
+        out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_MARKET_LOTS]))
+        return ACT_MARKET
+    if burst != 0.0:
+        u = (u - P_BURST_MARKET) / (1.0 - P_BURST_MARKET)
+    if u < P_LIMIT:
+        p = latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream)
+        off = p * (ip[i, IP_HALF_SPREAD] + rng_exp(rng, stream, ip[i, IP_DEPTH]))
+        grid = ip[i, IP_GRID]
+        if rng_uniform(rng, stream) < 0.5:
+            out[1] = SIDE_BUY
+            px = np.int64(math.floor((p - off) / grid)) * np.int64(grid)
+        else:
+            out[1] = SIDE_SELL
+            px = np.int64(math.ceil((p + off) / grid)) * np.int64(grid)
+        out[2] = max(np.int64(1), px)
+        out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_LIMIT_LOTS]))
+        return ACT_LIMIT
+    if u < P_LIMIT + P_CANCEL:
+        return ACT_CANCEL
+    out[1] = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
+    out[2] = 0
+    out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_MARKET_LOTS]))
+    return ACT_MARKET
