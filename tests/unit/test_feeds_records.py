@@ -4,6 +4,7 @@ staleness watchdog."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +114,11 @@ def test_feed_check_cli_reports_and_exits_by_verdict(shared_data, capsys):
     assert main(["feed", "check", "--venue", "binance", "--file", files[0]]) == 1
     assert "NOT CLEAN" in capsys.readouterr().out
     assert main(["feed", "check", "--venue", "binance", "--file", "/nonexistent"]) == 2
+    capsys.readouterr()
+    fixture = Path(__file__).resolve().parent.parent / "fixtures/feeds_kraken_v2_xmrusd.jsonl"
+    assert main(["feed", "check", "--venue", "kraken", "--file", str(fixture), "--json"]) == 0
+    v2 = json.loads(capsys.readouterr().out)
+    assert v2["stats"]["checksum_ok"] == 120 and v2["stats"]["checksum_fail"] == 0
 
 
 def test_stale_books_are_invalidated_and_heartbeats_keep_them_alive(shared_data):
