@@ -36,6 +36,7 @@ _ERRORS = (TypeError, KeyError, IndexError, ValueError, AttributeError, struct.e
 
 class BinanceHandler(FeedHandler):
     venue = "binance"
+    stale_by_connection = True
 
     def __init__(self, instruments, **kw):
         super().__init__(instruments, **kw)
@@ -54,6 +55,7 @@ class BinanceHandler(FeedHandler):
         self.n = 0
         st = self.stats
         st.messages += 1
+        self.last_frame_ns = recv_ts_ns
         try:
             msg = orjson.loads(frame)
             data = msg.get("data")

@@ -93,6 +93,9 @@ class FeedHandler:
     """Base class: instruments, books, record output, counters, invalidation and resync."""
 
     venue = "?"
+    # True where any frame on the connection proves the feed alive (Binance: no heartbeat
+    # messages, and a quiet symbol's depth stream can be silent for seconds)
+    stale_by_connection = False
 
     def __init__(self, instruments: dict[str, FeedInstrument], capacity: int = DEFAULT_CAPACITY,
                  stale_ns: int = DEFAULT_STALE_NS, replay: bool = False,
@@ -113,6 +116,7 @@ class FeedHandler:
         self.emit_tops = emit_tops
         self.books: dict[str, Book] = {}
         self._resync: dict[str, int] = {}      # symbol -> reason
+        self.last_frame_ns = 0
 
     # ---- output --------------------------------------------------------------------------
     def _rec(self, kind, side, flags, iid, exch_ns, recv_ns, px, qty, aux0, aux1) -> None:
@@ -201,8 +205,9 @@ class FeedHandler:
         """Invalidate valid books with no message for ``stale_ns``; returns records written."""
         from shm.records import REASON_STALE
         self.n = 0
+        conn = self.last_frame_ns if self.stale_by_connection else 0
         for book in self.books.values():
-            if book.valid and now_ns - book.last_rx_ns > self.stale_ns:
+            if book.valid and now_ns - max(book.last_rx_ns, conn) > self.stale_ns:
                 self.stats.stale += 1
                 self.invalidate(book, REASON_STALE, now_ns)
         return self.n

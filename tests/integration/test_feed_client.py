@@ -157,3 +157,38 @@ def test_rest_get_reads_chunked_bodies_and_backs_off_on_rate_limits():
     assert sleeps == [0.0, 0.5]        # Retry-After first, then the exponential backoff
     assert [getattr(e, "status", None) for e in retries] == [429, 503]
     assert seen[0] == b"GET /api/v3/depth?symbol=X HTTP/1.1"
+
+
+def test_client_reconnects_on_its_own_when_the_connection_reaches_its_age_limit(shared_data):
+    """The Binance 24 h rule, with the limit shortened to 0.3 s."""
+    files = [str(shared_data / "kraken/KRAKEN.ws.48.0")]
+    inst = derive_instruments("kraken-v1", read_recordings(files))
+    handler = make_handler("kraken-v1", inst)
+
+    async def main():
+        srv = ReplayServer(files)
+        await srv.start()
+        client = FeedClient("kraken-v1", handler, sorted(inst), srv.ws_url,
+                            max_connection_s=0.3, backoff_initial_s=0.01, backoff_max_s=0.02)
+        try:
+            await _run_until(client, lambda: client.stats.connects >= 3)
+        finally:
+            await srv.stop()
+        return client
+
+    client = asyncio.run(main())
+    assert client.stats.scheduled_reconnects >= 2
+    assert handler.stats.trades >= 20 and handler.stats.parse_errors == 0
+
+
+def test_binance_staleness_is_judged_by_the_connection_not_one_quiet_symbol():
+    from feeds.decimal import Scale
+    from feeds.handler import FeedInstrument
+
+    inst = {"BTCUSDT": FeedInstrument("BTCUSDT", 1, Scale("0.01"), Scale("0.00001"))}
+    h = make_handler("binance", inst, stale_ns=1_000)
+    h.feed_rest("http://127.0.0.1/api/v3/depth?symbol=BTCUSDT",
+                '{"lastUpdateId":1,"bids":[["1.00","1"]],"asks":[["2.00","1"]]}', 0)
+    h.feed('{"stream":"ethusdt@trade","data":{"e":"kline"}}', 900)   # some other stream
+    assert h.check_stale(1_500) == 0
+    assert h.check_stale(2_000) == 1 and h.stats.stale == 1

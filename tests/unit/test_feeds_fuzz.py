@@ -2,6 +2,8 @@
 they never crash a handler and never change a valid book."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,15 +12,17 @@ from hypothesis import strategies as st
 from feeds.meta import derive_instruments, make_handler
 from feeds.recording import KIND_WS, feed_frames, read_recordings
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SOURCES = {
     "binance": (["binance/BINANCE.ws.1.0", "binance/BINANCE.http.0.0"], None),
     "coinbase": (["coinbase/COINBASE.ws.28.0"], 400),
     "kraken-v1": (["kraken/KRAKEN.ws.50.0"], 400),
+    "kraken": ([str(FIXTURES / "feeds_kraken_v2_xmrusd.jsonl")], None),
 }
 # dict keys whose values the handlers validate (prices, sizes, ids, checksums)
 TYPED_KEYS = {"p", "q", "b", "B", "a", "A", "U", "u", "E", "T", "t", "lastUpdateId", "price",
               "size", "trade_id", "best_bid", "best_ask", "c", "product_id", "s", "type", "e",
-              "changes", "bids", "asks"}
+              "changes", "bids", "asks", "qty", "symbol", "channel", "data"}
 WRONG = [1.5, 7, None, [], {}, True, "x", [[1, 2]], -3]
 _cache: dict = {}
 
