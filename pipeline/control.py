@@ -132,10 +132,10 @@ def stage_table(ctl) -> list[dict]:
 
     from pipeline.status import STATE_NAMES
 
-    now = _time.monotonic_ns()
     rows = []
     for spec in ctl.topology.stages:
         b = ctl.status.read(spec.slot)
+        now = _time.monotonic_ns()
         hb = b["heartbeat_ns"]
         rows.append({
             "stage": spec.name, "role": spec.role, "state": STATE_NAMES.get(b["state"], "?"),

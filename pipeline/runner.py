@@ -54,8 +54,9 @@ class StageRunner:
         v[W_STATE] = state
         v[W_PID] = os.getpid()
         v[W_CPU] = self.ctx.cpu if self.ctx.cpu is not None else -1
-        self.stage.fill_status(v)
-        v[W_ERRORS] = self.stage.errors
+        if state != ST_STARTING:  # counters exist once on_start has built the stage
+            self.stage.fill_status(v)
+            v[W_ERRORS] = self.stage.errors
         self.status.publish(time.monotonic_ns())
 
     def handle_control(self) -> None:

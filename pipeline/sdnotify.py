@@ -21,7 +21,10 @@ class SdNotifier:
             if addr[0] not in ("/", "@"):
                 raise ValueError(f"NOTIFY_SOCKET={addr!r}: must be a path or an @abstract name")
             self._target = "\0" + addr[1:] if addr[0] == "@" else addr
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # non-blocking: if the receiver stops reading, a full queue must drop a watchdog
+            # ping, never stall the controller's supervision loop
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                       | socket.SOCK_NONBLOCK)
 
     @property
     def enabled(self) -> bool:
@@ -34,7 +37,7 @@ class SdNotifier:
         msg = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
             self._sock.sendto(msg, self._target)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False  # systemd gone or socket full: never fatal for the trading process
         return True
 

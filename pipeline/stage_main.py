@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def _apply_os_settings(cpu, cfg, name: str) -> int | None:
             print(f"{name}: mlockall refused ({os.strerror(err)}; raise LimitMEMLOCK); "
                   "pages may be swapped", file=sys.stderr)
     return pinned
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGTERM us when the controller dies (even by SIGKILL): no orphaned stage keeps trading.
+    The getppid check closes the race of a parent that died before prctl ran."""
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if parent_pid and os.getppid() != parent_pid:
+        sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
 def make_stage(spec):
@@ -73,7 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--restarts", type=int, default=0)
     ap.add_argument("--reconcile", action="store_true",
                     help="restarted after a crash: rebuild state from the journal first")
+    ap.add_argument("--parent-pid", type=int, default=0)
     args = ap.parse_args(argv)
+    _die_with_parent(args.parent_pid)
 
     from pipeline.config import load_config
     from pipeline.idle import make_idle
@@ -84,9 +100,12 @@ def main(argv=None) -> int:
     from stages.base import StageContext
     from stages.topology import build_topology
 
+    import dataclasses
+
     cfg = load_config(args.config)
-    cfg = cfg.__class__(**{**cfg.__dict__, "instance": cfg.instance.__class__(
-        **{**cfg.instance.__dict__, "name": args.instance})})
+    if cfg.instance.name != args.instance:
+        cfg = dataclasses.replace(cfg, instance=dataclasses.replace(cfg.instance,
+                                                                     name=args.instance))
     topo = build_topology(cfg)
     spec = topo.stage(args.stage)
     cpu = _apply_os_settings(spec.cpu, cfg, spec.name)

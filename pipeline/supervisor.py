@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.status import (ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING, ST_STOPPED,
-                             STATE_NAMES, W_HEARTBEAT_NS, W_RESTARTS, W_STATE)
+                             STATE_NAMES, W_HEARTBEAT_NS, W_PID, W_RESTARTS, W_STATE)
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0   # first start compiles numba kernels: minutes on a busy 2-core box
@@ -80,7 +80,8 @@ class Supervisor:
         log_path = self.log_dir / f"{spec.name}.log"
         cmd = [sys.executable, "-m", "pipeline.stage_main", "--instance", self.instance,
                "--config", self.config_path, "--run-dir", str(self.run_dir),
-               "--stage", spec.name, "--restarts", str(self.restarts[spec.name])]
+               "--stage", spec.name, "--restarts", str(self.restarts[spec.name]),
+               "--parent-pid", str(os.getpid())]
         if reconcile:
             cmd.append("--reconcile")
         env = dict(os.environ)
@@ -94,6 +95,8 @@ class Supervisor:
                                      stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                      close_fds=True)
         proc = StageProcess(spec, popen, log_path)
+        # the pid is known now; the stage itself confirms it with its first heartbeat
+        self.status.set_word(spec.slot, W_PID, popen.pid)
         self.procs[spec.name] = proc
         return proc
 

@@ -84,3 +84,19 @@ def stack_states(ends):
     for i, e in enumerate(ends):
         e.st = sts[i]
     return sts
+
+
+def rejoin_live(reader, lost_before: int) -> None:
+    """Put a broadcast reader back at the ring's live head after a warm-up (the first poll
+    JIT-compiles for seconds while the writer runs on), without counting the warm-up as lost:
+    the stage was not live yet, and a restarted reader joins the live stream anyway."""
+    from shm import ringops as ops
+
+    ring = reader.ring
+    st = reader.st
+    st[ops.ST_POS] = ring.head()
+    st[ops.READER_LOST] = lost_before
+    ctrl = ring._ctrl
+    blk = (ring._reader_block(reader.index) - ring.head_addr) // 8
+    ctrl[blk + ops.RB_CURSOR // 8] = st[ops.ST_POS]
+    ctrl[blk + ops.RB_LOST // 8] = lost_before

@@ -19,7 +19,7 @@ import numpy as np
 
 from shm.records import CTRL_KILL, CTRL_RESUME, EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE, RISK_ACTIVE
 from stages import gate_kernels as gk
-from stages.base import Stage, stack_states
+from stages.base import Stage, rejoin_live, stack_states
 from stages.riskview import (G_APPROVED, G_FILLS, G_READY, G_REJECTED, G_SEQ, G_STATE,
                              PNL_FEES, PNL_PEAK, PNL_REALIZED, PNL_UNREALIZED)
 
@@ -92,8 +92,11 @@ class RiskGateStage(Stage):
             set_kill(self.rstate, 1)   # fail closed until the controller says positions match
             self.rebuild_from_journal()
         self.publish_view()
+        lost_before = [r.lost for r in self.md_r]
+        self.poll()   # compile / load kernels, then join the market data live
+        for r, lost in zip(self.md_r, lost_before):
+            rejoin_live(r, lost)
         self.rv.gate[G_READY] = 1
-        self.poll()
 
     def rebuild_from_journal(self) -> None:
         from market.risk import on_accept, on_exec
@@ -134,7 +137,11 @@ class RiskGateStage(Stage):
             set_mode(self.rstate, RISK_ACTIVE)
 
     def publish_view(self) -> None:
-        from market.risk import GF_PEAK, SP_COST, SP_FEES, SP_REALIZED, risk_mode
+        from market.risk import GF_PEAK, risk_mode
+        try:  # the per-strategy PnL words live with the risk state layout
+            from market.risk_state import SP_COST, SP_FEES, SP_REALIZED
+        except ImportError:
+            from market.risk import SP_COST, SP_FEES, SP_REALIZED
 
         lf = self.limits[0]
         pos, spf, marks = self.rstate[2], self.rstate[10], self.rstate[12]

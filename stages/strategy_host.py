@@ -24,7 +24,7 @@ from shm.histogram import hist_record
 from shm.records import (EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_REJECT, INTENT_NEW,
                          MARKET_DTYPE, ORDER_DTYPE, REJECT_HALTED)
 from shm.ringops import bcast_poll, spsc_poll, spsc_publish
-from stages.base import Stage, stack_states
+from stages.base import Stage, rejoin_live, stack_states
 from stages.clock import clock_now_ns
 from strategies.host import run_strategy_batch
 
@@ -137,9 +137,16 @@ class StrategyHostStage(Stage):
         self.hctl = np.zeros(8, dtype=np.int64)
         self.hist = LatencyHistogram.attach(inst, f"md_to_{spec.name}")
         self.clock = TscClock()
-        self.lost_seen = [r.lost for r in self.md_r]
         self.book_clears = 0
+        lost_before = [r.lost for r in self.md_r]
         self.poll()  # compile the kernel specialisation before reporting RUNNING
+        from market.book import book_clear
+
+        for r, lost in zip(self.md_r, lost_before):
+            rejoin_live(r, lost)
+        for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
+            book_clear(self.px, self.qty, self.meta, ins)
+        self.lost_seen = [r.lost for r in self.md_r]
 
     def poll(self) -> int:
         return host_step(self.kernel, self.state, self.px, self.qty, self.meta, self.hctl,

@@ -60,3 +60,15 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch):
     assert watchdog_interval_s() == 1.5
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval_s(2.0) == 2.0
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(tmp_path):
+    path = str(tmp_path / "full.sock")
+    srv = _listener(path)
+    try:
+        n = SdNotifier(path)
+        results = [n.watchdog() for _ in range(5000)]   # far more than the queue holds
+        assert results[0] is True and results[-1] is False
+        n.close()
+    finally:
+        srv.close()

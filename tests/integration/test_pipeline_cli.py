@@ -1,0 +1,66 @@
+"""The controller CLI's documented errors, without a running instance (real `run.py` processes)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_py(*args, timeout=120):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_config(path: Path, instance: str, run_dir: Path, extra: str = "") -> Path:
+    text = (ROOT / "config.toml").read_text()
+    text = text.replace('name = "default"', f'name = "{instance}"', 1)
+    text = text.replace('run_dir = "runs"', f'run_dir = "{run_dir}"', 1)
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.mark.parametrize("cmd", ["status", "stop", "latency", "kill"])
+def test_control_commands_exit_3_with_a_clear_message_when_not_running(cmd, tmp_path,
+                                                                        shm_prefix):
+    cfg = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs")
+    r = run_py(cmd, "--config", str(cfg))
+    assert r.returncode == 3, r.stderr
+    assert f"instance '{shm_prefix}' is not running" in r.stderr
+
+
+def test_start_with_a_bad_config_exits_2_naming_each_problem_and_spawns_nothing(tmp_path,
+                                                                               shm_prefix):
+    cfg = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs",
+                       "\n[journal]\nflush_recordz = 5\n")
+    text = cfg.read_text().replace("max_open_orders = 40", "max_open_orders = -1")
+    cfg.write_text(text.replace("[journal]\nenabled = true\nmarket_data = false\n", ""))
+    r = run_py("start", "--config", str(cfg))
+    assert r.returncode == 2
+    assert "risk.max_open_orders = -1: must be > 0" in r.stderr
+    assert "journal.flush_recordz" in r.stderr and "unknown key" in r.stderr
+    assert not (tmp_path / "runs" / shm_prefix / "controller.log").exists()
+
+
+def test_run_with_a_missing_config_file_exits_2(tmp_path):
+    r = run_py("run", "--config", str(tmp_path / "nope.toml"), "--duration", "1")
+    assert r.returncode == 2
+    assert "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["start", "--bogus"], ["status", "extra"],
+                                  ["run", "--duration", "soon"], ["latency", "--dump"]])
+def test_bad_cli_usage_exits_2_with_the_usage_line(argv):
+    r = run_py(*argv)
+    assert r.returncode == 2
+    assert "usage:" in r.stderr
+
+
+def test_run_refuses_a_negative_duration(tmp_path, shm_prefix):
+    cfg = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs")
+    r = run_py("run", "--config", str(cfg), "--duration", "-1")
+    assert r.returncode == 2
+    assert "--duration -1" in r.stderr

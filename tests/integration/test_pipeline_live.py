@@ -1,0 +1,235 @@
+"""The live pipeline with real processes: one instance started for the module (as systemd
+would: `run.py start --foreground` with NOTIFY_SOCKET), then status, order flow, crashes of a
+strategy and of the risk gate, the kill switch and the graceful stop, in that order.
+
+Timeouts below are generous ceilings for a loaded 2-core machine, not performance claims;
+`run.py bench pipeline` reports speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_pipeline_cli import ROOT, run_py, write_config
+
+START_TIMEOUT_S = 300
+
+
+def _status(cfg) -> dict:
+    r = run_py("status", "--json", "--config", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _wait(pred, timeout_s, what, step=0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _stage(st, name):
+    return next(s for s in st["stages"] if s["stage"] == name)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from shm.segment import list_segments, unlink_instance
+
+    tmp = tmp_path_factory.mktemp("live")
+    instance = f"t{os.getpid()}L{uuid.uuid4().hex[:6]}"
+    ncpu = os.cpu_count() or 1
+    cfg = write_config(tmp / "c.toml", instance, tmp / "runs")
+    text = cfg.read_text()
+    # pin every stage (status must show the configured CPU); calmer flow and a silence limit
+    # that tolerates a 2-core machine shared with other work
+    text = text.replace("event_rate_per_s = 20000", "event_rate_per_s = 3000")
+    text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
+    for i, stage in enumerate(("venue", "risk_gate", "order_router", "journal")):
+        text = text.replace(f'{stage} = {{ idle = "backoff" }}',
+                            f'{stage} = {{ idle = "backoff", cpu = {i % ncpu} }}')
+    for i, name in enumerate(("mm_btc", "pairs_btc_eth", "arb_btc")):
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\ncpu = {(i + 1) % ncpu}\n')
+    cfg.write_text(text)
+    notify_path = str(tmp / "notify.sock")
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sd.bind(notify_path)
+    sd.settimeout(START_TIMEOUT_S)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="200000")
+    log = open(tmp / "foreground.log", "wb")
+    proc = subprocess.Popen([sys.executable, "run.py", "start", "--foreground", "--config",
+                             str(cfg)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    messages = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not any(m.startswith(b"READY=1") for m in messages):
+            assert proc.poll() is None, (tmp / "foreground.log").read_text()
+            assert time.monotonic() < deadline, "no READY=1"
+            messages.append(sd.recv(4096))
+        sd.settimeout(5)
+        while b"WATCHDOG=1" not in messages:
+            messages.append(sd.recv(4096))
+        yield {"cfg": cfg, "instance": instance, "proc": proc, "notify": messages,
+               "tmp": tmp}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        sd.close()
+        log.close()
+        leaked = [s.name for s in list_segments(instance)]
+        unlink_instance(instance)
+        assert not leaked, f"segments left behind: {leaked}"
+
+
+def test_systemd_notify_socket_receives_ready_and_watchdog(live):
+    assert any(m.startswith(b"READY=1") for m in live["notify"])
+    assert b"WATCHDOG=1" in live["notify"]
+
+
+def test_status_shows_every_stage_running_on_its_configured_cpu(live):
+    st = _status(live["cfg"])
+    names = {s["stage"] for s in st["stages"]}
+    assert names == {"journal", "venue", "order_router", "risk_gate", "strategy-mm_btc",
+                     "strategy-pairs_btc_eth", "strategy-arb_btc"}
+    for s in st["stages"]:
+        assert s["state"] == "RUNNING", s
+        assert s["cpu"] == s["configured_cpu"] is not None, s
+        assert os.sched_getaffinity(s["pid"]) == {s["cpu"]}
+    assert st["risk"]["state"] == "ACTIVE"
+
+
+def test_start_while_running_exits_1_with_a_clear_message(live):
+    r = run_py("start", "--config", str(live["cfg"]))
+    assert r.returncode == 1
+    assert "already running" in r.stderr
+
+
+def test_orders_flow_and_fills_come_back(live):
+    st = _wait(lambda: (lambda s: s if s["risk"]["fills"] > 0 else None)(_status(live["cfg"])),
+               60, "a fill")
+    assert st["risk"]["orders_sent"] > 0
+    assert st["risk"]["approved"] > 0
+    r = run_py("latency", "--json", "--dump", str(live["tmp"] / "lat"), "--config",
+               str(live["cfg"]))
+    assert r.returncode == 0, r.stderr
+    hist = json.loads(r.stdout)["histograms"]
+    assert hist["tick_to_trade"]["count"] > 0 and hist["intent_to_gate"]["count"] > 0
+    assert (live["tmp"] / "lat" / "tick_to_trade.hgrm").read_text().startswith("       Value")
+    assert (live["tmp"] / "lat" / "tick_to_trade.hlog").exists()
+
+
+def test_kill_9_of_a_strategy_restarts_it_and_leaves_the_others_running(live):
+    from pipeline.status import STATE_NAMES, W_PID, W_RESTARTS, W_STATE, StatusTable
+
+    before = {s["stage"]: s for s in _status(live["cfg"])["stages"]}
+    victim = before["strategy-mm_btc"]
+    table = StatusTable.attach(live["instance"])
+    slot = [s["stage"] for s in _status(live["cfg"])["stages"]].index("strategy-mm_btc")
+    try:
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        # read the status block directly: a `run.py status` process takes ~1 s to start here
+        new_pid = _wait(lambda: (lambda p: p if p not in (0, victim["pid"]) else None)(
+            table.read_word(slot, W_PID)), 10, "a new strategy process", step=0.001)
+        respawn_s = time.monotonic() - killed_at
+        assert respawn_s < 1.0, f"respawned after {respawn_s:.2f} s"
+        assert table.read_word(slot, W_RESTARTS) == victim["restarts"] + 1
+        assert STATE_NAMES[table.read_word(slot, W_STATE)] in ("RESTARTING", "STARTING",
+                                                               "RUNNING")
+        assert Path(f"/proc/{new_pid}").exists()
+    finally:
+        table.close()
+    # RUNNING follows once the new interpreter has imported and compiled (seconds, load-bound)
+    _wait(lambda: _stage(_status(live["cfg"]), "strategy-mm_btc")["state"] == "RUNNING", 120,
+          "the restarted strategy to run")
+    after = {s["stage"]: s for s in _status(live["cfg"])["stages"]}
+    for name, s in before.items():
+        if name != "strategy-mm_btc":
+            assert after[name]["pid"] == s["pid"] and after[name]["state"] == "RUNNING", name
+
+
+def test_kill_9_of_the_risk_gate_halts_trading_until_it_restarts_and_reconciles(live):
+    from pipeline.config import load_config
+    from stages.riskview import R_SENT, RiskView
+
+    cfg = load_config(live["cfg"])
+    st = _status(live["cfg"])
+    gate = _stage(st, "risk_gate")
+    rv = RiskView.attach(cfg.instance.name)
+    try:
+        os.kill(gate["pid"], signal.SIGKILL)
+        # while the gate is down the router is halted: no new order reaches the venue
+        _wait(lambda: _status(live["cfg"])["risk"]["router_halted"], 10, "router halted")
+        sent_halted = int(rv.router[R_SENT])
+        def back():
+            s = _status(live["cfg"])
+            g = _stage(s, "risk_gate")
+            if g["pid"] != gate["pid"] and g["state"] == "RUNNING":
+                return s
+            assert int(rv.router[R_SENT]) == sent_halted, "an order reached the venue"
+            return None
+
+        _wait(back, 120, "the restarted risk gate")
+        s = _wait(lambda: (lambda x: x if not x["risk"]["reconciling"]
+                           and not x["risk"]["router_halted"] else None)(
+            _status(live["cfg"])), 30, "reconciliation")
+        assert s["risk"]["state"] == "ACTIVE"
+        # the controller resumes only once gate positions == venue positions, none open
+        assert any("reconciled" in e for e in s["events"])
+    finally:
+        rv.close()
+
+
+def test_kill_switch_halts_and_cancels_every_open_order(live):
+    r = run_py("kill", "--config", str(live["cfg"]))
+    assert r.returncode == 0, r.stderr
+    s = _wait(lambda: (lambda x: x if x["risk"]["open_orders"] == 0 else None)(
+        _status(live["cfg"])), 10, "no open order")
+    assert s["risk"]["state"] == "HALTED"
+    assert s["risk"]["router_halted"]
+
+
+def test_stop_leaves_no_process_and_no_segment_and_every_approved_order_is_final(live):
+    from shm.segment import list_segments
+    from stages.journal import read_journal_exec, read_journal_orders
+    from shm.records import EXEC_FINAL_KINDS, INTENT_NEW
+
+    pids = [s["pid"] for s in _status(live["cfg"])["stages"]]
+    r = run_py("stop", "--config", str(live["cfg"]))
+    assert r.returncode == 0, r.stderr
+    live["proc"].wait(30)
+    assert live["proc"].returncode == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), pid
+    assert list_segments(live["instance"]) == []
+    run_dir = Path(live["tmp"]) / "runs" / live["instance"] / "latest"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (run_dir / "latency" / "tick_to_trade.hgrm").exists()
+    orders = read_journal_orders(run_dir / "journal")
+    execs = read_journal_exec(run_dir / "journal")
+    approved = orders[(orders["kind"] == INTENT_NEW) & (orders["reject_code"] == 0)]
+    finals = execs[[k in EXEC_FINAL_KINDS for k in execs["kind"]]]
+    final_count: dict[int, int] = {}
+    for c in finals["client_order_id"]:
+        final_count[int(c)] = final_count.get(int(c), 0) + 1
+    assert len(approved) > 0
+    bad = [int(c) for c in approved["client_order_id"] if final_count.get(int(c), 0) != 1]
+    assert bad == [], f"{len(bad)} approved orders without exactly one final outcome"
+    assert report["orders"]["approved_without_final"] == 0
