@@ -30,6 +30,10 @@ from numba import njit
 
 from shm.records import LIQ_NONE, MSG_LEVEL
 
+# Hot kernels run without numba's reference counting (NRT): they never allocate, and with NRT
+# every array that crosses a call costs an atomic incref/decref pair (measured here: a call
+# taking the 9-array engine tuple 150 ns with NRT, 1 ns without; numba issue #2345).
+
 O_NEXT = 0
 O_PREV = 1
 O_LEVEL = 2
@@ -108,13 +112,13 @@ def make_engine_arrays(n_instruments: int, max_orders: int = 1 << 16, max_levels
 # client_order_id -> slot: open addressing, linear probing, backward-shift deletion (no
 # tombstones, so probe lengths stay short under constant churn).
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _hash(key, hbits):
     x = np.uint64(key) * np.uint64(11400714819323198485)  # Fibonacci hashing
     return np.int64(x >> np.uint64(64 - hbits))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def h_find(htab, st, key):
     mask = htab.shape[0] - 1
     i = _hash(key, st[S_HBITS])
@@ -125,7 +129,7 @@ def h_find(htab, st, key):
     return NIL
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def h_insert(htab, st, key, slot):
     """False if the key is already present."""
     mask = htab.shape[0] - 1
@@ -139,7 +143,7 @@ def h_insert(htab, st, key, slot):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def h_delete(htab, st, key):
     mask = htab.shape[0] - 1
     hbits = st[S_HBITS]
@@ -166,7 +170,7 @@ def h_delete(htab, st, key):
 # --------------------------------------------------------------------------------------------
 # Levels and FIFOs
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def better(side, a, b):
     """Price a is strictly better than b for resting orders on this side."""
     if side == 0:
@@ -174,7 +178,7 @@ def better(side, a, b):
     return a < b
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def level_position(eng, ins, side, px):
     """(position, found): where px is or would be inserted in the side's sorted level array."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
@@ -186,7 +190,7 @@ def level_position(eng, ins, side, px):
     return i, found
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def get_or_add_level(eng, ins, side, px):
     """Level slot for px, created if absent; NIL when the side or the level pool is full."""
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
@@ -210,7 +214,7 @@ def get_or_add_level(eng, ins, side, px):
     return lv
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _drop_level(eng, ins, side, lv):
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
     pos, found = level_position(eng, ins, side, levels[lv, LV_PX])
@@ -223,7 +227,7 @@ def _drop_level(eng, ins, side, lv):
     st[S_LFREE_N] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def append_order(eng, o, lv):
     """Put order slot o at the back of level lv's FIFO (time priority: last)."""
     orders, levels = eng[0], eng[1]
@@ -240,7 +244,7 @@ def append_order(eng, o, lv):
     levels[lv, LV_COUNT] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def unlink_order(eng, o):
     """Take order o out of its level; returns the level's remaining qty (0: level removed)."""
     orders, levels = eng[0], eng[1]
@@ -265,7 +269,7 @@ def unlink_order(eng, o):
     return left
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def alloc_order(eng):
     st, ofree = eng[6], eng[7]
     if st[S_OFREE_N] == 0:
@@ -274,7 +278,7 @@ def alloc_order(eng):
     return ofree[st[S_OFREE_N]]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def free_order(eng, o):
     orders, st, ofree = eng[0], eng[6], eng[7]
     orders[o, O_ACTIVE] = 0
@@ -286,7 +290,7 @@ def free_order(eng, o):
 # Output writers for the engine: bounds-checked, they count what does not fit the caller's
 # array (st[S_EX_DROPPED] / st[S_MD_DROPPED]) instead of failing.
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_md(eng, md, k, kind, side, ins, px, qty, aux0, aux1, now):
     if k >= md.shape[0]:
         eng[6][S_MD_DROPPED] += 1
@@ -306,7 +310,7 @@ def write_md(eng, md, k, kind, side, ins, px, qty, aux0, aux1, now):
     return k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_md_level(eng, md, k, ins, side, px, qty, now):
     inst = eng[3]
     inst[ins, I_UPDATE_ID] += 1
@@ -314,7 +318,7 @@ def write_md_level(eng, md, k, ins, side, px, qty, now):
                     now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, order_px, px,
              qty, leaves, cum, liq, fee, trade_id, reject, now):
     if k >= ex.shape[0]:
@@ -346,7 +350,7 @@ def write_ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, or
     return k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now):
     orders = eng[0]
     return write_ex(eng, ex, k, kind, orders[o, O_SIDE] + 1, orders[o, O_INST],
@@ -355,7 +359,7 @@ def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now)
                     orders[o, O_CUM], liq, fee, trade_id, reject, now)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def write_ex_input(eng, ex, k, rec, kind, reject, now):
     return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, 0,
                     rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks,
@@ -365,7 +369,7 @@ def write_ex_input(eng, ex, k, rec, kind, reject, now):
 # --------------------------------------------------------------------------------------------
 # Queries
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def l3_best_px(eng, ins, side):
     """Best price of a side, 0 when it is empty."""
     if eng[3][ins, side] == 0:
@@ -373,7 +377,7 @@ def l3_best_px(eng, ins, side):
     return eng[1][eng[2][ins, side, 0], LV_PX]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def l3_level_qty(eng, ins, side, px):
     pos, found = level_position(eng, ins, side, px)
     if not found:
@@ -381,12 +385,12 @@ def l3_level_qty(eng, ins, side, px):
     return eng[1][eng[2][ins, side, pos], LV_QTY]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def l3_order_slot(eng, client_order_id):
     return h_find(eng[5], eng[6], client_order_id)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def l3_queue_ahead(eng, client_order_id):
     """Quantity resting ahead of an order at its level (time priority); -1 if not resting."""
     orders = eng[0]
@@ -401,7 +405,7 @@ def l3_queue_ahead(eng, client_order_id):
     return ahead
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def l3_depth(eng, ins, side, px_out, qty_out):
     """Copy the side's levels (best first) into px_out / qty_out; returns how many."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
