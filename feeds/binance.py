@@ -23,7 +23,7 @@ from collections import deque
 
 import orjson
 
-from feeds.handler import FeedHandler, ok_id, ok_ms
+from feeds.handler import INT64_MAX, MS_MAX, FeedHandler, ok_id, ok_ms
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
 MAX_BUFFERED_DIFFS = 10_000
@@ -134,11 +134,13 @@ class BinanceHandler(FeedHandler):
         U = d["U"]
         u = d["u"]
         E = d["E"]
-        if not (ok_id(U) and ok_id(u) and ok_ms(E)) or U > u:
+        # ok_id/ok_ms inlined: three calls per message are measurable here
+        if type(U) is not int or type(u) is not int or type(E) is not int \
+                or not 0 <= U <= u <= INT64_MAX or not 0 <= E <= MS_MAX:
             raise TypeError
         bids = self._levels(d["b"], inst)
         asks = self._levels(d["a"], inst)
-        book = self.book(sym)
+        book = self.books.get(sym) or self.book(sym)
         if book.valid:
             self._apply(book, U, u, E * 1_000_000, bids, asks, recv)
         else:
@@ -188,8 +190,11 @@ class BinanceHandler(FeedHandler):
         self.stats.book_updates += n - start
         book.update_id = u
         book.last_rx_ns = recv
-        self._end_batch(start)
-        if self.check_crossed(book, recv, exch):
+        if n > start:
+            self._end_batch(start)
+        kb = book.bids.keys
+        ka = book.asks.keys
+        if kb and ka and -kb[0] >= ka[0] and self.check_crossed(book, recv, exch):
             self._diffs.pop(sym, None)
             return
         if sym in self._tickers:
