@@ -136,3 +136,22 @@ def test_stale_books_are_invalidated_and_heartbeats_keep_them_alive(shared_data)
     assert (r["aux1"] == REASON_STALE).all()
     assert set(h.take_resync_requests()) == set(inst)
     assert np.all(~np.array([b.valid for b in h.books.values()]))
+
+
+def test_instruments_come_from_config_when_given(shared_data, tmp_path):
+    cfg = tmp_path / "feeds.toml"
+    body = ['[instance]', 'allow_live = true   # only so the config validates; nothing connects',
+            '[[venues]]', 'name = "bn"', 'kind = "binance"']
+    for sym, tick, lot in [("NKNUSDT", "0.00001", "0.1"), ("BLZETH", "0.00000001", "1"),
+                           ("LRCBTC", "0.00000001", "1"), ("RUNEEUR", "0.01", "0.01")]:
+        body += ["[[instruments]]", f'symbol = "{sym}"', 'venue = "bn"',
+                 f'tick_size = "{tick}"', f'lot_size = "{lot}"']
+    cfg.write_text("\n".join(body) + "\n")
+    files = [str(shared_data / f) for f in CASES["binance"]]
+    r = check_recordings("binance", files, str(cfg))
+    assert r["instrument_source"] == "config"
+    assert r["instruments"]["NKNUSDT"] == {"id": 1, "tick": "0.00001", "lot": "0.1"}
+    # RUNEEUR prices have 3 decimals: a 0.01 tick cannot hold them exactly, so those frames
+    # are refused (counted), never rounded
+    assert r["stats"]["parse_errors"] > 0 and not r["clean"]
+    assert r["books"]["NKNUSDT"]["valid"]
