@@ -24,7 +24,7 @@ from collections import deque
 import orjson
 
 from feeds.handler import INT64_MAX, MS_MAX, FeedHandler, ok_id, ok_ms
-from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
+from shm.records import MFLAG_LAST_IN_BATCH, MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
 MAX_BUFFERED_DIFFS = 10_000
 MAX_PENDING_TICKERS = 256
@@ -159,17 +159,17 @@ class BinanceHandler(FeedHandler):
             self.stats.dropped_stale_diffs += 1
             return
         sym = book.symbol
-        if sym in self._fresh:
+        fresh = self._fresh
+        if sym in fresh:
             ok = U <= bid_id + 1
+            fresh.discard(sym)
         else:
             ok = U == bid_id + 1
         if not ok:
             self.stats.gaps += 1
             self.invalidate(book, REASON_GAP, recv, exch)
-            self._fresh.discard(sym)
             self._buffer(sym, (U, u, exch, bids, asks))
             return
-        self._fresh.discard(sym)
         # the record writes are inlined (no _rec call per level): this loop is the hot spot
         start = n = self.n
         pack = self._pack
@@ -191,13 +191,14 @@ class BinanceHandler(FeedHandler):
         book.update_id = u
         book.last_rx_ns = recv
         if n > start:
-            self._end_batch(start)
+            i = ((n - 1) << 6) + 10               # flags low byte of the last record
+            buf[i] = buf[i] | MFLAG_LAST_IN_BATCH
         kb = book.bids.keys
         ka = book.asks.keys
         if kb and ka and -kb[0] >= ka[0] and self.check_crossed(book, recv, exch):
             self._diffs.pop(sym, None)
             return
-        if sym in self._tickers:
+        if self._tickers.get(sym):
             self._check_waiting_tickers(book)
 
     def _on_snapshot(self, sym, d, recv):
