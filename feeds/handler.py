@@ -27,8 +27,8 @@ import numpy as np
 from feeds.book import Book
 from feeds.decimal import Scale
 from shm.records import (
-    MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MSG_SNAP_END, MSG_SNAP_START, MSG_STATUS, REASON_SNAPSHOT,
-    STATUS_BOOK_INVALID, STATUS_BOOK_VALID,
+    MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MSG_SNAP_END, MSG_SNAP_START, MSG_STATUS, REASON_CROSSED,
+    REASON_RECONNECT, REASON_SNAPSHOT, REASON_STALE, STATUS_BOOK_INVALID, STATUS_BOOK_VALID,
 )
 
 # ring_seq kind side flags instrument_id exch_ts recv_ts px qty aux0 aux1
@@ -195,7 +195,6 @@ class FeedHandler:
     def check_crossed(self, book: Book, recv_ns: int, exch_ns: int) -> bool:
         if book.crossed():
             self.stats.crossed += 1
-            from shm.records import REASON_CROSSED
             self.invalidate(book, REASON_CROSSED, recv_ns, exch_ns)
             return True
         return False
@@ -203,7 +202,6 @@ class FeedHandler:
     # ---- control -------------------------------------------------------------------------
     def check_stale(self, now_ns: int) -> int:
         """Invalidate valid books with no message for ``stale_ns``; returns records written."""
-        from shm.records import REASON_STALE
         self.n = 0
         conn = self.last_frame_ns if self.stale_by_connection else 0
         for book in self.books.values():
@@ -214,7 +212,6 @@ class FeedHandler:
 
     def connection_lost(self, now_ns: int) -> int:
         """The connection dropped: every book is invalid until its next snapshot."""
-        from shm.records import REASON_RECONNECT
         self.n = 0
         for book in self.books.values():
             self.invalidate(book, REASON_RECONNECT, now_ns)
