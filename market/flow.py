@@ -33,7 +33,9 @@ latent -/+ (HALF_SPREAD_BPS + Exp(DEPTH_BPS)) on a price grid of GRID_BPS (marke
 book lags the latent price: that is how books follow it), a cancel of a random resting
 background order (P_CANCEL), or a market order (the rest). Bursts of one-sided flow: per
 instrument at BURST_RATE_HZ, lasting Exp(BURST_S), during which P_BURST_MARKET of events are
-market orders on the burst's side. Sizes are exponential with mean ORDER_NOTIONAL quote units.
+market orders on the burst's side. Sizes are exponential with mean ORDER_NOTIONAL quote units. Liquidity
+providers refill a thin book: while a side has fewer than MIN_LEVELS levels (after a jump
+swept it), the venue's next event is a limit order on that side (``market.sim``).
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ BURST_RATE_HZ = 1.0 / 30.0
 BURST_S = 1.5
 P_BURST_MARKET = 0.5
 ORDER_NOTIONAL = 2000.0
+MIN_LEVELS = 5
 MARKET_NOTIONAL = 1000.0
 
 # --- flow actions ----------------------------------------------------------------------------
@@ -362,17 +365,8 @@ def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream,
     if burst != 0.0:
         u = (u - P_BURST_MARKET) / (1.0 - P_BURST_MARKET)
     if u < P_LIMIT:
-        p = latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream)
-        off = p * (ip[i, IP_HALF_SPREAD] + rng_exp(rng, stream, ip[i, IP_DEPTH]))
-        grid = ip[i, IP_GRID]
-        if rng_uniform(rng, stream) < 0.5:
-            out[1] = SIDE_BUY
-            px = np.int64(math.floor((p - off) / grid)) * np.int64(grid)
-        else:
-            out[1] = SIDE_SELL
-            px = np.int64(math.ceil((p + off) / grid)) * np.int64(grid)
-        out[2] = max(np.int64(1), px)
-        out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_LIMIT_LOTS]))
+        side = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
+        draw_limit(ip, is_, gp, gs, gl, i, side, t, rng, stream, out)
         return ACT_LIMIT
     if u < P_LIMIT + P_CANCEL:
         return ACT_CANCEL
@@ -380,3 +374,20 @@ def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream,
     out[2] = 0
     out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_MARKET_LOTS]))
     return ACT_MARKET
+
+
+@njit(cache=True)
+def draw_limit(ip, is_, gp, gs, gl, i, side, t, rng, stream, out):
+    """A background limit order of instrument i on ``side`` at time t into out (see
+    ``draw_action``): latent -/+ (half spread + Exp(depth)), on the instrument's price grid."""
+    p = latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream)
+    off = p * (ip[i, IP_HALF_SPREAD] + rng_exp(rng, stream, ip[i, IP_DEPTH]))
+    grid = ip[i, IP_GRID]
+    out[0] = i
+    out[1] = side
+    if side == SIDE_BUY:
+        px = np.int64(math.floor((p - off) / grid)) * np.int64(grid)
+    else:
+        px = np.int64(math.ceil((p + off) / grid)) * np.int64(grid)
+    out[2] = max(np.int64(1), px)
+    out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_LIMIT_LOTS]))

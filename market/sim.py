@@ -28,15 +28,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from market.flow import (ACT_CANCEL, ACT_LIMIT, NS, FlowModel, draw_action,
-                         event_rate_mult, flow_init, run_scheduled)
+from market.flow import (ACT_CANCEL, ACT_LIMIT, MIN_LEVELS, NS, FlowModel, draw_action,
+                         draw_limit, event_rate_mult, flow_init, run_scheduled)
 from market.l3book import S_VENUE_ID, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
                             rng_seed, sample_latency_ns)
 from market.matching import STP_CANCEL_NEWEST, engine_process, engine_set_fees, engine_snapshot
 from market.venuequeue import NEVER, make_queue, q_drain_due, q_min, q_next_ns, q_push, q_remove
-from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE, ORD_LIMIT,
-                         ORD_MARKET, ORDER_DTYPE)
+from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
+                         ORD_LIMIT, ORD_MARKET, ORDER_DTYPE, SIDE_BUY, SIDE_SELL)
 
 DEFAULT_T0_NS = 1_767_225_600_000_000_000   # 2026-01-01T00:00:00Z: backtests start here
 POOL = 400               # resting background orders kept per instrument (bounds book depth)
@@ -259,6 +259,13 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
                       act_out)
     inst = act_out[0]
     st[ST_EVENTS] += 1
+    n_bid = eng[3][inst, 0]
+    n_ask = eng[3][inst, 1]
+    if min(n_bid, n_ask) < MIN_LEVELS:
+        # liquidity providers refill the thin side first (see market.flow)
+        draw_limit(ip, is_, gp, gs, gl, inst, SIDE_BUY if n_bid < n_ask else SIDE_SELL,
+                   float(t - t0), rng, v, act_out)
+        act = ACT_LIMIT
     if act == ACT_CANCEL:
         if pool_n[inst] > 0:
             j = rng_below(rng, v, pool_n[inst])
