@@ -358,20 +358,23 @@ def engine_process(eng, orders_in, n, ex, md, now_ns):
 
 @njit(cache=True, _nrt=False)
 def engine_snapshot(eng, ins, md, k, now_ns):
-    """Write the instrument's whole L2 book as SNAP_START, levels, SNAP_END into md[k:]."""
+    """Write the instrument's whole L2 book as SNAP_START, levels, SNAP_END into md[k:];
+    returns the new k. Writes nothing (and returns k) when the snapshot does not fit."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
+    n_levels = inst[ins, 0] + inst[ins, 1]
+    if md.shape[0] - k < n_levels + 2:
+        eng[6][S_MD_DROPPED] += n_levels + 2
+        return k
     uid = inst[ins, I_UPDATE_ID]
-    k = write_md(eng, md, k, MSG_SNAP_START, 0, ins, 0, 0, uid, inst[ins, 0] + inst[ins, 1], now_ns)
+    k = write_md(eng, md, k, MSG_SNAP_START, 0, ins, 0, 0, uid, n_levels, now_ns)
     for side in range(2):
         for i in range(inst[ins, side]):
             lv = sidelv[ins, side, i]
             k = write_md(eng, md, k, MSG_LEVEL, side + 1, ins, levels[lv, LV_PX],
                          levels[lv, LV_QTY], uid, i, now_ns)
-            if k > 0:
-                md[k - 1].flags = MFLAG_SNAPSHOT
+            md[k - 1].flags = MFLAG_SNAPSHOT
     k = write_md(eng, md, k, MSG_SNAP_END, 0, ins, 0, 0, uid, 0, now_ns)
-    if k > 0:
-        md[k - 1].flags = MFLAG_LAST_IN_BATCH
+    md[k - 1].flags = MFLAG_LAST_IN_BATCH
     return k
 
 

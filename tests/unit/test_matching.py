@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market.book import L2Book
+from market.book import L2Book, is_valid
 from market.matching import MatchingEngine
 from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED,
                          EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL,
@@ -251,6 +251,16 @@ def test_random_streams_match_the_reference_model_and_keep_the_invariants(ops, s
                 sell_vol += int(f["qty_lots"])
         trades = md[md["kind"] == MSG_TRADE]
         assert trades["qty_lots"].sum() * 2 == fills["qty_lots"].sum()
+        for tid in np.unique(fills["trade_id"]):
+            pair = fills[fills["trade_id"] == tid]
+            maker = pair[pair["liquidity"] == LIQ_MAKER]
+            taker = pair[pair["liquidity"] == LIQ_TAKER]
+            assert len(maker) == len(taker) == 1 and maker["side"][0] != taker["side"][0]
+            assert maker["qty_lots"][0] == taker["qty_lots"][0]
+            # post-only orders never take; self-trade prevention never lets an owner meet itself
+            assert limits[int(taker["client_order_id"][0])][2] != ORD_POST_ONLY
+            if stp != "none" and taker["strategy_id"][0] != 0:
+                assert maker["strategy_id"][0] != taker["strategy_id"][0]
     assert buy_vol == sell_vol
     # Volume conserved per order, from the engine's reports alone: what is still open
     # (ordered - filled - cancelled/expired/replaced away) is exactly what rests in its book.
@@ -280,3 +290,15 @@ def _account(accounts, ex):
             a["gone"] += a["ordered"] - a["filled"] - a["gone"]
             a["ordered"] += q
             a["key"] = key
+
+
+def test_snapshot_rebuilds_the_engine_book_in_an_l2_book_and_makes_it_valid():
+    e = MatchingEngine(1)
+    e.submit(np.concatenate([new(1, S, 101, 2), new(2, S, 103, 1), new(3, B, 99, 4),
+                             new(4, B, 99, 1), new(5, B, 97, 6)]))
+    snap = e.snapshot(1, now_ns=123)
+    book = L2Book(1, 8)
+    book.apply(snap)
+    assert book.levels(1, 0) == e.depth(1, 0) == [(99, 5), (97, 6)]
+    assert book.levels(1, 1) == e.depth(1, 1) == [(101, 2), (103, 1)]
+    assert is_valid(book.px, book.meta, 1)
