@@ -103,7 +103,7 @@ class FeedClient:
                  max_connection_s: float | None = None, stale_check_s: float = 1.0,
                  snapshot_limit: int = 1000, depth: int = 10, ping_interval_s: float = 20.0,
                  ping_timeout_s: float = 60.0, rest_attempts: int = 6,
-                 snapshot_min_interval_s: float = 1.0):
+                 snapshot_min_interval_s: float = 1.0, close_timeout_s: float = 1.0):
         self.venue = venue
         self.handler = handler
         self.symbols = list(symbols)
@@ -113,6 +113,7 @@ class FeedClient:
         self.rest_url = rest_url.rstrip("/")
         check_endpoint(self.ws_url, allow_live)
         check_endpoint(self.rest_url, allow_live)
+        self.allow_live = allow_live
         self.on_records = on_records
         self.recorder = recorder
         self.backoff_initial_s = backoff_initial_s
@@ -125,6 +126,7 @@ class FeedClient:
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.rest_attempts = rest_attempts
+        self.close_timeout_s = close_timeout_s
         # a snapshot older than the live stream asks for another one at once: space them out
         # so a resync loop cannot exceed the venue's request weight
         self.snapshot_min_interval_s = snapshot_min_interval_s
@@ -163,6 +165,9 @@ class FeedClient:
                 try:
                     async with connect(self.ws_url, proxy=None, max_size=None,
                                        compression=None, open_timeout=10,
+                                       # frames queued unread pause reading, so the peer's
+                                       # close frame may never be seen: bound the wait
+                                       close_timeout=self.close_timeout_s,
                                        ping_interval=self.ping_interval_s,
                                        ping_timeout=self.ping_timeout_s) as ws:
                         self._ws = ws
@@ -253,7 +258,8 @@ class FeedClient:
             self._last_fetch[symbol] = time.monotonic()
             body = await get_with_backoff(url, attempts=self.rest_attempts,
                                           initial_s=self.backoff_initial_s,
-                                          max_s=self.backoff_max_s, on_retry=on_retry)
+                                          max_s=self.backoff_max_s, on_retry=on_retry,
+                                          allow_live=self.allow_live)
             now = time.time_ns()
             self.stats.rest_snapshots += 1
             if self.recorder is not None:

@@ -21,13 +21,19 @@ class HttpError(Exception):
         self.retry_after = retry_after
 
 
-async def http_get(url: str, timeout: float = 10.0,
-                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def http_get(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None,
+                   allow_live: bool = False) -> tuple[int, dict[str, str], bytes]:
     """GET ``url``; returns (status, lower-cased headers, body). Raises OSError / TimeoutError
-    on transport problems and ValueError on a malformed response."""
+    on transport problems and ValueError on a malformed response. Refuses (PermissionError)
+    a non-loopback host unless ``allow_live``."""
+    from feeds.server import is_loopback_host
+
     u = urlsplit(url)
     if u.scheme not in ("http", "https"):
         raise ValueError(f"not an http(s) URL: {url!r}")
+    if not allow_live and not is_loopback_host(u.hostname or ""):
+        raise PermissionError(f"refusing GET {url}: not a loopback address and allow_live is "
+                              "false")
     port = u.port or (443 if u.scheme == "https" else 80)
     ctx = ssl.create_default_context() if u.scheme == "https" else None
     path = (u.path or "/") + ("?" + u.query if u.query else "")
@@ -83,14 +89,14 @@ async def http_get(url: str, timeout: float = 10.0,
 
 async def get_with_backoff(url: str, attempts: int = 6, initial_s: float = 0.5,
                            max_s: float = 30.0, timeout: float = 10.0, sleep=asyncio.sleep,
-                           on_retry=None) -> bytes:
+                           on_retry=None, allow_live: bool = False) -> bytes:
     """GET with retries: 429/418 (rate limit / ban warning) wait Retry-After, else an
     exponential backoff; 5xx and transport errors back off too; other 4xx fail at once."""
     delay = initial_s
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            status, hdrs, body = await http_get(url, timeout)
+            status, hdrs, body = await http_get(url, timeout, allow_live=allow_live)
             if status == 200:
                 return body
             retry_after = None

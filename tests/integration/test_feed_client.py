@@ -117,6 +117,9 @@ def test_client_refuses_a_real_venue_without_allow_live():
     check_endpoint("ws://127.0.0.1:9/", allow_live=False)
     check_endpoint("ws://[::1]:9/", allow_live=False)
     check_endpoint("wss://stream.binance.com:9443", allow_live=True)   # checks only, no socket
+    from feeds.http import http_get
+    with pytest.raises(PermissionError, match="allow_live"):
+        asyncio.run(http_get("https://api.binance.com/api/v3/depth?symbol=BTCUSDT"))
 
 
 def test_rest_get_reads_chunked_bodies_and_backs_off_on_rate_limits():
