@@ -263,8 +263,10 @@ class LatencyHistogram:
     def percentiles(self, ps) -> dict[float, int]:
         """{p: value_ns}: the p-th percentile is the smallest recorded value with at least
         ceil(p/100 * count) records at or below it (numpy's ``inverted_cdf``), reported as the
-        highest value of its slot, as HdrHistogram does (an upper bound, within 0.78 %)."""
+        highest value of its slot, as HdrHistogram does (an upper bound, within 0.78 %), but
+        never above the exact maximum (so p99.9 <= max in every report)."""
         counts = np.array(self.counts)  # one copy so every percentile sees the same data
+        top = int(self.array[H_MAX])
         cum = np.cumsum(counts)
         total = int(cum[-1])
         out = {}
@@ -276,7 +278,7 @@ class LatencyHistogram:
                 continue
             rank = max(1, math.ceil(Fraction(str(p)) * total / 100))  # exact, no float ties
             slot = int(np.searchsorted(cum, rank, side="left"))
-            out[p] = int(BUCKET_HIGH[slot])
+            out[p] = min(int(BUCKET_HIGH[slot]), top)
         return out
 
     def percentile(self, p: float) -> int:

@@ -107,6 +107,7 @@ def test_count_min_max_mean_are_exact_and_empty_histogram_answers_zero():
     h.record_many(x)
     assert (h.count, h.min, h.max) == (4, 5, 42_000_000_000)
     assert h.mean == x.sum() / 4
+    assert h.percentile(100) == h.max  # the slot's upper bound is capped by the exact max
     with pytest.raises(ValueError, match="101"):
         h.percentile(101)
 
@@ -290,5 +291,8 @@ def test_interval_log_reads_back_with_hdrhistogram_log_reader(tmp_path):
     assert reader.get_next_interval_histogram() is None
     reader.close()
     assert first.get_total_count() == 300 and second.get_total_count() == 200
-    assert first.get_value_at_percentile(50) == h.percentiles([10])[10]
-    assert second.get_value_at_percentile(50) == h.percentile(90)
+    assert first.get_value_at_percentile(50) == h.percentile(10) == BUCKET_HIGH[
+        int(np.searchsorted(BUCKET_HIGH, 1_500))]
+    slot = int(np.searchsorted(BUCKET_HIGH, 9_000_000))
+    assert second.get_value_at_percentile(50) == BUCKET_HIGH[slot]
+    assert h.percentile(90) == 9_000_000  # ours: the same slot, capped by the exact max
