@@ -12,7 +12,9 @@ handler call per frame is the hot part).
 * On every (re)connection the handler is told (``connection_lost``: books invalid, status
   records); Binance books resync from REST snapshots (``/api/v3/depth``, fetched with
   rate-limit backoff), the other venues from the snapshot their subscription sends. A gap or
-  checksum failure on Coinbase/Kraken is repaired by reconnecting (a fresh subscription).
+  checksum failure on Coinbase/Kraken resubscribes the affected books (unsubscribe +
+  subscribe: a fresh snapshot); if they are still invalid after ``resync_timeout_s`` the
+  client reconnects.
 * A staleness watchdog calls ``handler.check_stale`` every ``stale_check_s``.
 * ``recorder`` (feeds.recording.Recorder) gets every received frame and REST body.
 """
@@ -75,6 +77,29 @@ def subscriptions(venue: str, symbols: list[str], depth: int = 10) -> list[str]:
     return []
 
 
+def resubscribe_frames(venue: str, symbols: list[str], depth: int = 10) -> list[str]:
+    """Unsubscribe + subscribe the book channel of ``symbols``: the venue answers with a fresh
+    snapshot (Kraken v1/v2, Coinbase Exchange). Advanced Trade's sequence_num is per
+    connection, so a gap there resubscribes level2 for every product."""
+    if venue == "kraken":
+        return [orjson.dumps({"method": m, "params": {"channel": "book", "symbol": symbols,
+                                                     **extra}}).decode()
+                for m, extra in (("unsubscribe", {"depth": depth}),
+                                 ("subscribe", {"depth": depth, "snapshot": True}))]
+    if venue == "kraken-v1":
+        return [orjson.dumps({"event": e, "pair": symbols,
+                              "subscription": {"name": "book", "depth": depth}}).decode()
+                for e in ("unsubscribe", "subscribe")]
+    if venue == "coinbase":
+        return [orjson.dumps({"type": t, "product_ids": symbols,
+                              "channels": ["level2_batch"]}).decode()
+                for t in ("unsubscribe", "subscribe")]
+    if venue == "coinbase-at":
+        return [orjson.dumps({"type": t, "product_ids": symbols, "channel": "level2"}).decode()
+                for t in ("unsubscribe", "subscribe")]
+    return []
+
+
 def binance_stream_path(symbols: list[str]) -> str:
     streams = []
     for s in symbols:
@@ -91,6 +116,7 @@ class ClientStats:
     rest_snapshots: int = 0
     rest_retries: int = 0
     rest_failures: int = 0
+    resubscribes: int = 0
     resync_reconnects: int = 0
     scheduled_reconnects: int = 0
     errors: list = field(default_factory=list)
@@ -103,7 +129,8 @@ class FeedClient:
                  max_connection_s: float | None = None, stale_check_s: float = 1.0,
                  snapshot_limit: int = 1000, depth: int = 10, ping_interval_s: float = 20.0,
                  ping_timeout_s: float = 60.0, rest_attempts: int = 6,
-                 snapshot_min_interval_s: float = 1.0, close_timeout_s: float = 1.0):
+                 snapshot_min_interval_s: float = 1.0, close_timeout_s: float = 1.0,
+                 resync_timeout_s: float = 10.0):
         self.venue = venue
         self.handler = handler
         self.symbols = list(symbols)
@@ -127,6 +154,8 @@ class FeedClient:
         self.ping_timeout_s = ping_timeout_s
         self.rest_attempts = rest_attempts
         self.close_timeout_s = close_timeout_s
+        self.resync_timeout_s = resync_timeout_s
+        self._resync_deadline: dict[str, float] = {}
         # a snapshot older than the live stream asks for another one at once: space them out
         # so a resync loop cannot exceed the venue's request weight
         self.snapshot_min_interval_s = snapshot_min_interval_s
@@ -185,6 +214,7 @@ class FeedClient:
                 self.stats.disconnects += 1
                 self._emit(self.handler.connection_lost(time.time_ns()))
                 self.handler.take_resync_requests()   # a new connection resyncs everything
+                self._resync_deadline.clear()
                 attempt = 0 if self.stats.frames > frames_before else attempt + 1
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.backoff_delay(attempt))
@@ -231,9 +261,28 @@ class FeedClient:
             for sym in wanted:
                 self._fetch_snapshot(sym)
         elif wanted and self._ws is not None:
-            # Coinbase / Kraken resend a snapshot on a fresh subscription: reconnect
-            self.stats.resync_reconnects += 1
-            await self._ws.close()
+            # Coinbase / Kraken send a fresh snapshot on a new subscription: resubscribe the
+            # affected books; the watchdog reconnects if they are still invalid after
+            # resync_timeout_s (a venue that ignored us, or a subscription that failed)
+            syms = sorted(self.symbols if self.venue == "coinbase-at" else wanted)
+            for frame in resubscribe_frames(self.venue, syms, self.depth):
+                await self._ws.send(frame)
+            self.stats.resubscribes += 1
+            deadline = time.monotonic() + self.resync_timeout_s
+            for sym in syms:
+                self._resync_deadline.setdefault(sym, deadline)
+
+    def _check_resync_deadlines(self) -> bool:
+        """True when a resubscribed book missed its deadline (the caller reconnects)."""
+        now = time.monotonic()
+        late = False
+        for sym, deadline in list(self._resync_deadline.items()):
+            book = self.handler.books.get(sym)
+            if book is not None and book.valid:
+                del self._resync_deadline[sym]
+            elif now > deadline:
+                late = True
+        return late
 
     # ---- REST snapshots (Binance) --------------------------------------------------------
     def _fetch_snapshot(self, symbol: str) -> None:
@@ -280,6 +329,11 @@ class FeedClient:
             self._emit(self.handler.check_stale(time.time_ns()))
             if self.handler.wants_resync() and self._ws is not None:
                 await self._resync()
+            if self._resync_deadline and self._check_resync_deadlines() \
+                    and self._ws is not None:
+                self.stats.resync_reconnects += 1
+                self._resync_deadline.clear()
+                await self._ws.close()
 
 
 def client_from_config(cfg, venue_name: str, handler, **kw) -> FeedClient:

@@ -12,7 +12,9 @@ sends strings; v2 sends JSON numbers at full precision, which are quoted *before
 fragment, so a checksum costs a join of 20 short strings and one zlib.crc32.
 
 A mismatch marks the book invalid (REASON_CHECKSUM) and asks for a resubscribe; updates are
-ignored until a fresh snapshot arrives. Levels dropped by truncation are published as qty 0
+ignored until a fresh snapshot arrives. A book message that fails to parse for a known book
+invalidates it too (REASON_GAP): an update we could not apply is a lost update, and a lost
+update below the top 10 would stay invisible to the checksum. Levels dropped by truncation are published as qty 0
 level records, so a consumer mirroring the records holds the same book.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import orjson
 from feeds.decimal import checksum_fragment
 from feeds.handler import FeedHandler, epoch_text_to_ns, iso_to_ns, ok_id
 from feeds.meta import quote_kraken_v2_numbers
-from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_CHECKSUM
+from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_CHECKSUM, REASON_GAP
 
 _JSONError = orjson.JSONDecodeError
 _ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError,
@@ -124,6 +126,7 @@ class KrakenV1Handler(_KrakenBase):
         self.n = 0
         st = self.stats
         st.messages += 1
+        msg = None
         try:
             msg = orjson.loads(frame)
             if type(msg) is list:
@@ -146,9 +149,19 @@ class KrakenV1Handler(_KrakenBase):
         except _ERRORS:
             st.parse_errors += 1
             self.n = 0
-            return 0
+            self._lost_update(msg, recv_ts_ns)
+            return self.n
         st.records += self.n
         return self.n
+
+    def _lost_update(self, msg, recv):
+        # A book message we could not apply leaves the book behind the venue; the next
+        # checksum would probably notice, but do not wait for it.
+        if type(msg) is list and len(msg) >= 4 and type(msg[-2]) is str \
+                and msg[-2].startswith("book") and type(msg[-1]) is str:
+            book = self.books.get(msg[-1])
+            if book is not None:
+                self.invalidate(book, REASON_GAP, recv)
 
     def _on_book(self, msg, name, recv):
         pair = msg[-1]
@@ -225,6 +238,7 @@ class KrakenV2Handler(_KrakenBase):
         self.n = 0
         st = self.stats
         st.messages += 1
+        msg = None
         try:
             msg = orjson.loads(quote_kraken_v2_numbers(frame))
             ch = msg.get("channel")
@@ -254,9 +268,18 @@ class KrakenV2Handler(_KrakenBase):
         except _ERRORS:
             st.parse_errors += 1
             self.n = 0
-            return 0
+            self._lost_update(msg, recv_ts_ns)
+            return self.n
         st.records += self.n
         return self.n
+
+    def _lost_update(self, msg, recv):
+        if type(msg) is dict and msg.get("channel") == "book" and type(msg.get("data")) is list:
+            for d in msg["data"]:
+                book = self.books.get(d.get("symbol")) if type(d) is dict \
+                    and type(d.get("symbol")) is str else None
+                if book is not None:
+                    self.invalidate(book, REASON_GAP, recv)
 
     def _on_ack(self, msg):
         res = msg.get("result") or {}

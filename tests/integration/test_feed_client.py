@@ -195,3 +195,41 @@ def test_binance_staleness_is_judged_by_the_connection_not_one_quiet_symbol():
     h.feed('{"stream":"ethusdt@trade","data":{"e":"kline"}}', 900)   # some other stream
     assert h.check_stale(1_500) == 0
     assert h.check_stale(2_000) == 1 and h.stats.stale == 1
+
+
+def test_kraken_checksum_failure_resubscribes_then_reconnects_if_the_venue_ignores_it(
+        shared_data, tmp_path):
+    """One corrupted checksum: the client unsubscribes+subscribes that pair; the replay server
+    ignores subscriptions, so after resync_timeout_s the client reconnects and the fresh
+    stream's snapshot makes the book valid again."""
+    src = (shared_data / "kraken/KRAKEN.ws.50.0").read_text().splitlines(keepends=True)
+    idx = next(i for i, line in enumerate(src) if i > 100 and '"c":"' in line
+               and '"XMR/USD"' in line)
+    head, _, tail = src[idx].partition('"c":"')
+    value, _, rest = tail.partition('"')
+    src[idx] = f'{head}"c":"{(int(value) + 1) % (1 << 32)}"{rest}'    # a wrong checksum
+    path = tmp_path / "KRAKEN.ws.50.0.bad"
+    path.write_text("".join(src[:idx + 200]))
+    files = [str(path)]
+    inst = derive_instruments("kraken-v1", read_recordings(files))
+    handler = make_handler("kraken-v1", inst)
+
+    async def main():
+        srv = ReplayServer(files)
+        await srv.start()
+        client = FeedClient("kraken-v1", handler, sorted(inst), srv.ws_url, depth=1000,
+                            backoff_initial_s=0.01, backoff_max_s=0.02, stale_check_s=0.05,
+                            resync_timeout_s=0.3)
+        try:
+            # every connection replays the same bad frame, so stop after the first recovery
+            await _run_until(client, lambda: client.stats.resync_reconnects >= 1
+                             and handler.stats.resyncs >= 1)
+        finally:
+            await srv.stop()
+        return srv, client
+
+    srv, client = asyncio.run(main())
+    assert handler.stats.checksum_fail >= 1 and handler.stats.parse_errors == 0
+    unsub = [m for m in srv.stats.received if '"unsubscribe"' in m]
+    assert unsub and '"XMR/USD"' in unsub[0] and client.stats.resubscribes >= 1
+    assert client.stats.resync_reconnects >= 1

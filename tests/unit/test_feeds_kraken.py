@@ -14,7 +14,8 @@ from feeds.handler import FeedInstrument
 from feeds.kraken import KrakenV1Handler, KrakenV2Handler
 from feeds.meta import derive_instruments
 from feeds.recording import KIND_WS, feed_frames, read_recordings
-from shm.records import MSG_LEVEL, MSG_STATUS, REASON_CHECKSUM, STATUS_BOOK_INVALID
+from shm.records import (MSG_LEVEL, MSG_STATUS, REASON_CHECKSUM, REASON_GAP,
+                         STATUS_BOOK_INVALID)
 
 
 def ref_checksum(asks: dict[str, str], bids: dict[str, str]) -> int:
@@ -243,3 +244,17 @@ def test_v2_trades_heartbeat_and_status_frames():
     h.feed('{"channel":"status","type":"update","data":[{"version":"2.0.10","system":"online",'
            '"api_version":"v2","connection_id":3007355780899554854}]}', 7)
     assert h.stats.parse_errors == 0 and h.stats.ignored == 1
+
+
+def test_a_malformed_book_update_for_a_known_pair_invalidates_that_book(v1_frames):
+    frames = v1_frames[:60]
+    inst = derive_instruments("kraken-v1", frames)
+    h = KrakenV1Handler(inst, depth=1000)
+    feed_frames(h, frames)
+    assert h.books["XMR/USD"].valid
+    n = h.feed('[992,{"b":[["354.15000000",5.0,"1618678133.365913"]],"c":"1"},"book-1000",'
+               '"XMR/USD"]', 1)
+    r = h.records()[:n]
+    assert h.stats.parse_errors == 1 and not h.books["XMR/USD"].valid
+    assert n == 1 and r[0]["aux0"] == STATUS_BOOK_INVALID and r[0]["aux1"] == REASON_GAP
+    assert all(b.valid for s, b in h.books.items() if s != "XMR/USD")
