@@ -1,0 +1,198 @@
+"""market.backtest / market.replayvenue / market.report: metrics, queue models, determinism."""
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from market.report import build_report, max_drawdown, profit_factor, sharpe, win_rate
+from market.replayvenue import ReplayVenue, replay_advance, replay_submit
+from pipeline.config import load_config
+from shm.instruments import Instrument
+from shm.records import (EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL, INTENT_NEW,
+                         MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MSG_LEVEL, MSG_SNAP_END,
+                         MSG_SNAP_START, MSG_TRADE, ORD_LIMIT, ORDER_DTYPE, SIDE_BUY, SIDE_SELL)
+
+MS = 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Report metrics on scripted curves
+# ---------------------------------------------------------------------------------------------
+def test_max_drawdown_is_the_largest_drop_from_a_running_peak():
+    eq = [100, 110, 105, 120, 90, 95, 130, 125]
+    dd, frac = max_drawdown(eq)
+    assert dd == 30 and frac == pytest.approx(30 / 120)
+    assert max_drawdown([1, 2, 3]) == (0.0, 0.0)
+
+
+def test_profit_factor_and_win_rate_of_scripted_trades():
+    pnls = [10.0, -5.0, 20.0, -15.0, 0.0]
+    assert profit_factor(pnls) == pytest.approx(30 / 20)
+    assert win_rate(pnls) == pytest.approx(2 / 5)           # a flat trade is not a win
+    assert profit_factor([1.0, 2.0]) == math.inf
+    assert math.isnan(profit_factor([]))
+
+
+def test_sharpe_annualises_per_period_returns_and_is_zero_without_variance():
+    eq = [100.0, 101.0, 100.0, 101.0, 100.0]
+    r = np.diff(eq) / np.array(eq[:-1])
+    want = r.mean() / r.std(ddof=1) * math.sqrt(365 * 86400 / 60.0)
+    assert sharpe(eq, 60.0) == pytest.approx(want)
+    assert sharpe([100.0] * 10, 1.0) == 0.0
+
+
+def test_report_adds_up_pnl_inventory_and_fill_rate():
+    t = np.arange(0, 5_000_000_000, 1_000_000_000, dtype=np.int64)
+    curve = {"t_ns": t, "equity": np.array([1000.0, 1010, 1005, 1020, 1015]),
+             "realized": np.array([0.0, 5, 5, 12, 12]), "unrealized": np.array([0.0, 6, 1, 9, 4]),
+             "fees": np.array([0.0, 1, 1, 1, 1]), "abs_pos": np.array([0.0, 10, 10, 0, 20])}
+    rep = build_report(curve=curve, trade_pnls=[5.0, 7.0, -1.0], queue_times_ns=[2 * MS, 4 * MS],
+                       counters={"fills": 3, "orders_acked": 4, "orders_filled": 2,
+                                 "qty_sent": 40, "qty_filled": 10, "max_abs_pos": 25},
+                       initial_cash=1000.0)
+    assert rep["pnl"]["total"] == 15.0
+    assert rep["pnl"]["realized"] - rep["pnl"]["fees"] + rep["pnl"]["unrealized"] == 15.0
+    assert rep["max_drawdown"] == 5.0
+    assert rep["fill_rate"] == 0.5 and rep["fill_rate_qty"] == 0.25
+    assert rep["inventory_lots"]["max_abs"] == 25
+    assert rep["inventory_lots"]["time_weighted_abs"] == pytest.approx((0 + 10 + 10 + 0) / 4)
+    assert rep["time_in_queue_ms"]["mean"] == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue-position models on scripted recorded data
+# ---------------------------------------------------------------------------------------------
+INST = [Instrument(1, "TEST", "REC", 1, Decimal("0.01"), Decimal("1"))]
+
+
+def _rec(t, kind, side=0, px=0, qty=0):
+    r = np.zeros(1, dtype=MARKET_DTYPE)[0]
+    r["kind"], r["side"], r["instrument_id"] = kind, side, 1
+    r["exch_ts_ns"] = r["recv_ts_ns"] = t
+    r["px_ticks"], r["qty_lots"] = px, qty
+    r["flags"] = MFLAG_LAST_IN_BATCH
+    return r
+
+
+def _book_then(events):
+    recs = [_rec(1 * MS, MSG_SNAP_START), _rec(1 * MS, MSG_LEVEL, SIDE_BUY, 1000, 100),
+            _rec(1 * MS, MSG_LEVEL, SIDE_SELL, 1010, 50), _rec(1 * MS, MSG_SNAP_END)]
+    for t, kind, side, px, qty in events:
+        recs.append(_rec(t * MS, kind, side, px, qty))
+    return np.array(recs, dtype=MARKET_DTYPE)
+
+
+def _run_replay(records, model, order_at_ms=10, px=1000, qty=10):
+    cfg = load_config()
+    rv = ReplayVenue(records, INST, cfg, queue_model=model, seed=1)
+    o = np.zeros(1, dtype=ORDER_DTYPE)[0]
+    o["kind"], o["side"], o["order_type"] = INTENT_NEW, SIDE_BUY, ORD_LIMIT
+    o["instrument_id"], o["client_order_id"], o["strategy_id"] = 1, (1 << 48) | 1, 1
+    o["px_ticks"], o["qty_lots"] = px, qty
+    out_md = np.zeros(256, dtype=MARKET_DTYPE)
+    out_ex = np.zeros(64, dtype=EXEC_DTYPE)
+    reports = []
+    sent = False
+    t = 0
+    while t < rv.end_ns + 10 * MS:
+        if not sent and t >= order_at_ms * MS:
+            replay_submit(rv.state, o, np.int64(t))
+            sent = True
+        _n_md, n_ex, t = replay_advance(rv.state, np.int64(t + MS), out_md, 0, out_ex, 0, False)
+        reports.extend(out_ex[:n_ex].copy())
+    return reports
+
+
+def _fills(reports):
+    return [(int(e["venue_ts_ns"]) // MS, int(e["qty_lots"])) for e in reports
+            if e["kind"] in (EXEC_PARTIAL, EXEC_FILL)]
+
+
+def test_conservative_queue_fills_only_after_the_volume_ahead_has_traded():
+    trade = SIDE_SELL   # sell aggressors hit our bid level
+    recs = _book_then([(20, MSG_TRADE, trade, 1000, 60), (20, MSG_LEVEL, SIDE_BUY, 1000, 40),
+                       (30, MSG_TRADE, trade, 1000, 30), (30, MSG_LEVEL, SIDE_BUY, 1000, 10),
+                       (40, MSG_TRADE, trade, 1000, 15), (40, MSG_LEVEL, SIDE_BUY, 1000, 0),
+                       (50, MSG_TRADE, trade, 1000, 20)])
+    reps = _run_replay(recs, "conservative")
+    assert int(reps[0]["kind"]) == EXEC_ACK
+    # 100 ahead: 60 + 30 traded leave 10 ahead; the 15 fill 5 of ours; the next trade the rest
+    assert _fills(reps) == [(40, 5), (50, 5)]
+    assert int(reps[-1]["kind"]) == EXEC_FILL and int(reps[-1]["px_ticks"]) == 1000
+
+
+def test_trades_at_other_prices_do_not_advance_the_queue():
+    recs = _book_then([(20, MSG_TRADE, SIDE_SELL, 1001, 500), (30, MSG_TRADE, SIDE_BUY, 1000, 500)])
+    assert _fills(_run_replay(recs, "conservative")) == []
+
+
+def test_a_trade_through_our_price_fills_what_is_left():
+    recs = _book_then([(20, MSG_TRADE, SIDE_SELL, 999, 1)])
+    assert _fills(_run_replay(recs, "conservative")) == [(20, 10)]
+
+
+def test_probabilistic_queue_counts_some_cancels_ahead_and_conservative_none():
+    events = [(20, MSG_LEVEL, SIDE_BUY, 1000, 200),      # 100 join behind us
+              (30, MSG_LEVEL, SIDE_BUY, 1000, 140),      # 60 cancelled, ahead or behind?
+              (40, MSG_TRADE, SIDE_SELL, 1000, 80), (40, MSG_LEVEL, SIDE_BUY, 1000, 60)]
+    recs = _book_then(events)
+    # conservative: still 100 ahead, 80 traded: no fill; probabilistic (power 3, 100 ahead and
+    # 100 behind): half the cancels were ahead, 70 ahead, so 10 of the 80 reach us
+    assert _fills(_run_replay(recs, "conservative")) == []
+    assert _fills(_run_replay(recs, "probabilistic")) == [(40, 10)]
+
+
+def test_a_marketable_order_takes_the_displayed_levels_at_arrival():
+    recs = _book_then([(50, MSG_TRADE, SIDE_SELL, 1000, 1)])
+    reps = _run_replay(recs, "conservative", px=1010, qty=30)
+    assert _fills(reps)[0][1] == 30 and int(reps[1]["liquidity"]) == 2   # taker at 1010
+    assert int(reps[1]["px_ticks"]) == 1010 and int(reps[1]["fee_e9"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole backtests
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config()
+
+
+def _comparable(rep):
+    rep = dict(rep)
+    rep["counters"] = {k: v for k, v in rep["counters"].items()
+                       if k not in ("wall_s", "compile_s")}
+    return rep
+
+
+def test_backtest_on_sim_is_deterministic_and_its_equity_adds_up(cfg):
+    from market.backtest import run_backtest
+
+    a = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0)
+    b = run_backtest(cfg, "market_making", duration_s=8.0, event_rate_per_s=300.0)
+    assert _comparable(a.report) == _comparable(b.report)
+    for k in a.curve:
+        assert a.curve[k].tobytes() == b.curve[k].tobytes()
+    assert a.counters["fills"] > 0 and a.counters["orders_sent"] > 0
+    c = a.curve
+    np.testing.assert_allclose(c["equity"], cfg.backtest.initial_cash + c["realized"]
+                               + c["unrealized"] - c["fees"])
+    assert a.report["pnl"]["fees"] == pytest.approx(c["fees"][-1])
+    assert len(a.trade_pnls) == a.report["closed_trades"]
+
+
+def test_backtest_replays_a_lobster_recording_through_the_queue_model(cfg, shared_data,
+                                                                      tmp_path):
+    from market.backtest import run_backtest
+    from market.lobster import convert_to_file
+
+    d = shared_data / "lobster"
+    path = tmp_path / "aapl.rec"
+    n = convert_to_file(d / "AAPL_2012-06-21_34200000_57600000_message_10.csv",
+                        d / "AAPL_2012-06-21_34200000_57600000_orderbook_10.csv", 10, path)
+    res = run_backtest(cfg, "mm_btc", data=path, queue_model="conservative")
+    assert res.counters["md_records"] == n               # every record reached the strategy
+    assert res.report["strategy"]["instruments"] == ["AAPL@LOBSTER"]
+    assert res.counters["orders_sent"] > 0
