@@ -5,13 +5,13 @@ and ``make_risk_state`` are cold.
 
     limits = (lf float64[LF_INST_VALUE + n + 1], li int64[n + 1, LI_WORDS])
     rstate = (g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, oo, spf, agg,
-              marks)                               (index constants R_* below)
+              marks, oo_hash, oo_free, oo_list, oo_count)   (index constants R_* below)
 
 PnL is in quote currency (float64; it never goes into a record): realized on the average-cost
 method, fees from the reports' fee_e9, unrealized against the last reference mid per
 instrument. Peak equity and the day's starting equity are kept for drawdown and daily loss.
-Open orders sit in an open-addressing hash table on client_order_id (linear probing with
-backward-shift deletion, so there are no tombstones and lookups stay short).
+Open orders sit in slab rows found through an open-addressing hash on client_order_id and are
+listed per instrument (see the open-order section).
 """
 
 from __future__ import annotations
@@ -48,15 +48,15 @@ GF_WORDS = 5
 SC_ORDERS, SC_FILLS, SC_ORDER_HEAD, SC_CANCEL_HEAD = 0, 1, 2, 3         # per strategy
 SC_WORDS = 4
 OO_COID, OO_STRAT, OO_INST, OO_SIDE, OO_PX, OO_LEAVES, OO_STATE = 0, 1, 2, 3, 4, 5, 6
-OO_NEW_PX, OO_NEW_QTY, OO_PEND_INC = 7, 8, 9
-OO_WORDS = 10
+OO_NEW_PX, OO_NEW_QTY, OO_PEND_INC, OO_LIST_POS = 7, 8, 9, 10
+OO_WORDS = 11
 OOS_FREE, OOS_PENDING, OOS_LIVE, OOS_REPLACING = 0, 1, 2, 3
 SP_COST, SP_REALIZED, SP_FEES = 0, 1, 2   # per strategy x instrument; cost in ticks*lots
 SP_WORDS = 3
 AG_POS, AG_COST = 0, 1                    # per instrument, summed over strategies
 AG_WORDS = 2
 (R_G, R_GF, R_POS, R_OPEN_BUY, R_OPEN_SELL, R_N_OPEN, R_SC, R_ORDER_TS, R_CANCEL_TS, R_OO, R_SPF,
- R_AGG, R_MARKS) = range(13)               # positions of the arrays in the rstate tuple
+ R_AGG, R_MARKS, R_OO_HASH, R_OO_FREE, R_OO_LIST, R_OO_COUNT) = range(17)   # rstate positions
 
 
 def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: int = 100,
@@ -101,25 +101,39 @@ def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: in
 
 
 def make_risk_state(limits, open_order_capacity: int = 0):
-    """Cold: zeroed risk state sized for ``limits`` (strategies, instruments, rate windows)."""
+    """Cold: zeroed risk state sized for ``limits`` (strategies, instruments, rate windows).
+
+    Open-order capacity: max_open_orders for each of up to 16 strategies unless given."""
     lf, li = limits
     n = int(lf[LF_N_INST]) + 1
     s = int(lf[LF_N_STRAT]) + 1
-    need = open_order_capacity or int(lf[LF_MAX_OPEN_ORDERS]) * min(s, 16) * 2
-    cap = 1
-    while cap < max(need, 64):
-        cap <<= 1
+    cap = max(open_order_capacity or int(lf[LF_MAX_OPEN_ORDERS]) * min(s - 1, 16), 16)
+    hcap = 1
+    while hcap < 2 * cap:
+        hcap <<= 1
+    ofree = np.zeros(cap + 1, np.int64)
+    ofree[:cap] = np.arange(cap)[::-1]   # pops row 0 first
+    ofree[cap] = cap
     return (np.zeros(G_WORDS, np.int64), np.zeros(GF_WORDS, np.float64),
             np.zeros((s, n), np.int64), np.zeros((s, n), np.int64), np.zeros((s, n), np.int64),
             np.zeros(s, np.int64), np.zeros((s, SC_WORDS), np.int64),
             np.zeros((s, max(1, int(lf[LF_MAX_ORDERS_PER_S]))), np.int64),
             np.zeros((s, max(1, int(lf[LF_MAX_CANCELS_PER_S]))), np.int64),
             np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n, SP_WORDS), np.float64),
-            np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64))
+            np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64),
+            np.zeros((hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
+            np.zeros(n, np.int64))
 
 
 # =============================================================================================
-# Open-order table: open addressing on client_order_id, linear probing, backward-shift delete
+# Open orders: rows of a slab (stable while the order lives), found by client_order_id through
+# an open-addressing hash (linear probing, backward-shift delete: no tombstones), and listed per
+# instrument so self-trade prevention scans only that instrument's own orders.
+#   od = rstate[9]   int64[cap, OO_WORDS]   the rows (OO_COID == 0: free)
+#   oh = rstate[13]  int64[hcap, 2]         (client_order_id, row + 1); hcap = 2 * cap, a power of 2
+#   ofree = rstate[14] int64[cap + 1]       stack of free rows; ofree[cap] = how many
+#   ilist = rstate[15] int64[n + 1, cap]    rows of each instrument's open orders (OO_LIST_POS)
+#   icnt = rstate[16]  int64[n + 1]
 # =============================================================================================
 @njit(cache=True, inline="always")
 def _home(coid, mask):
@@ -127,11 +141,11 @@ def _home(coid, mask):
 
 
 @njit(cache=True)
-def oo_find(oo, coid):
-    mask = oo.shape[0] - 1
+def _h_slot(oh, coid):
+    mask = oh.shape[0] - 1
     i = _home(coid, mask)
-    for _ in range(oo.shape[0]):
-        c = oo[i, OO_COID]
+    for _ in range(oh.shape[0]):
+        c = oh[i, 0]
         if c == coid:
             return i
         if c == 0:
@@ -141,135 +155,176 @@ def oo_find(oo, coid):
 
 
 @njit(cache=True)
-def _oo_insert(oo, coid):
-    mask = oo.shape[0] - 1
-    i = _home(coid, mask)
-    for _ in range(oo.shape[0]):
-        if oo[i, OO_COID] == 0:
-            oo[i, OO_COID] = coid
-            return i
-        i = (i + 1) & mask
-    return -1
+def row_of(oh, coid):
+    """Slab row of the open order ``coid``, or -1 (hash ``oh`` = rstate[R_OO_HASH])."""
+    if coid == 0:
+        return -1
+    i = _h_slot(oh, coid)
+    return -1 if i < 0 else oh[i, 1] - 1
+
+
+def oo_find(rstate, coid) -> int:
+    """Cold convenience (tests, views): slab row of the open order ``coid``, or -1."""
+    return int(row_of(rstate[R_OO_HASH], coid))
 
 
 @njit(cache=True)
-def _oo_delete(oo, i):
-    mask = oo.shape[0] - 1
+def _h_delete(oh, i):
+    mask = oh.shape[0] - 1
     j = i
     while True:
         j = (j + 1) & mask
-        if oo[j, OO_COID] == 0:
+        if oh[j, 0] == 0:
             break
-        h = _home(oo[j, OO_COID], mask)
+        h = _home(oh[j, 0], mask)
         # move j back into the hole at i unless its home lies cyclically in (i, j]
         if (i <= j and (h <= i or h > j)) or (i > j and (h <= i and h > j)):
-            oo[i, :] = oo[j, :]
+            oh[i, 0] = oh[j, 0]
+            oh[i, 1] = oh[j, 1]
             i = j
-    oo[i, :] = 0
+    oh[i, 0] = 0
+    oh[i, 1] = 0
+
+
+@njit(cache=True)
+def _oo_add(od, oh, ofree, ilist, icnt, coid, inst):
+    """A free row for a new order (hash entry and instrument list too); -1 if full."""
+    cap = od.shape[0]
+    if coid == 0 or ofree[cap] == 0 or _h_slot(oh, coid) >= 0:
+        return -1
+    ofree[cap] -= 1
+    row = ofree[ofree[cap]]
+    mask = oh.shape[0] - 1
+    i = _home(coid, mask)
+    while oh[i, 0] != 0:   # hcap >= 2 * cap: a free slot always exists
+        i = (i + 1) & mask
+    oh[i, 0] = coid
+    oh[i, 1] = row + 1
+    od[row, OO_COID] = coid
+    od[row, OO_INST] = inst
+    od[row, OO_LIST_POS] = icnt[inst]
+    ilist[inst, icnt[inst]] = row
+    icnt[inst] += 1
+    return row
+
+
+@njit(cache=True)
+def _oo_drop(od, oh, ofree, ilist, icnt, row):
+    inst = od[row, OO_INST]
+    last = icnt[inst] - 1
+    p = od[row, OO_LIST_POS]
+    moved = ilist[inst, last]
+    ilist[inst, p] = moved
+    od[moved, OO_LIST_POS] = p
+    icnt[inst] = last
+    i = _h_slot(oh, od[row, OO_COID])
+    if i >= 0:
+        _h_delete(oh, i)
+    od[row, :] = 0
+    cap = od.shape[0]
+    ofree[ofree[cap]] = row
+    ofree[cap] += 1
+
+
+# =============================================================================================
+# State updates. Public entry points take (limits, rstate) and unpack them ONCE; the cores take
+# plain arrays. (Pulling arrays out of the rstate tuple inside many small functions made numba
+# emit a reference-count pair per array per call: ~100 atomic operations per check.)
+# =============================================================================================
+@njit(cache=True)
+def equity_of(gf):
+    return gf[GF_REALIZED] - gf[GF_FEES] + gf[GF_UNREAL]
 
 
 @njit(cache=True)
 def equity(lf, rstate):
-    gf = rstate[1]
-    return gf[GF_REALIZED] - gf[GF_FEES] + gf[GF_UNREAL]
-
-
-# =============================================================================================
-# State updates
-# =============================================================================================
-@njit(cache=True)
-def _push_time(times, sc, s, head_word, now_ns):
-    times[s, sc[s, head_word] % times.shape[1]] = now_ns
-    sc[s, head_word] += 1
+    """Realized - fees + unrealized over the instance, quote currency."""
+    return equity_of(rstate[R_GF])
 
 
 @njit(cache=True)
-def _add_open(rstate, s, inst, side, delta):
+def _add_open(open_buy, open_sell, s, inst, side, delta):
     if side == SIDE_BUY:
-        rstate[3][s, inst] += delta
+        open_buy[s, inst] += delta
     else:
-        rstate[4][s, inst] += delta
+        open_sell[s, inst] += delta
 
 
 @njit(cache=True)
-def _remove(rstate, j):
-    g, n_open, oo = rstate[0], rstate[5], rstate[9]
-    s = oo[j, OO_STRAT]
-    _add_open(rstate, s, oo[j, OO_INST], oo[j, OO_SIDE], -(oo[j, OO_LEAVES] + oo[j, OO_PEND_INC]))
+def _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j):
+    s = od[j, OO_STRAT]
+    _add_open(open_buy, open_sell, s, od[j, OO_INST], od[j, OO_SIDE],
+              -(od[j, OO_LEAVES] + od[j, OO_PEND_INC]))
     n_open[s] -= 1
     g[G_OPEN_TOTAL] -= 1
-    _oo_delete(oo, j)
+    _oo_drop(od, oh, ofree, ilist, icnt, j)
+
+
+@njit(cache=True)
+def _accept(g, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, od, oh, ofree, ilist, icnt,
+            rec, now_ns):
+    s = np.int64(rec.strategy_id)
+    kind = rec.kind
+    system = (rec.flags & OFLAG_RISK_SYSTEM) != 0
+    if kind == INTENT_NEW:
+        j = _oo_add(od, oh, ofree, ilist, icnt, rec.client_order_id, np.int64(rec.instrument_id))
+        if j < 0:
+            g[G_TABLE_FULL] += 1
+            return
+        od[j, OO_STRAT] = s
+        od[j, OO_SIDE] = rec.side
+        od[j, OO_PX] = rec.px_ticks
+        od[j, OO_LEAVES] = rec.qty_lots
+        od[j, OO_STATE] = OOS_PENDING
+        n_open[s] += 1
+        g[G_OPEN_TOTAL] += 1
+        _add_open(open_buy, open_sell, s, np.int64(rec.instrument_id), rec.side, rec.qty_lots)
+        if not system:
+            order_ts[s, sc[s, SC_ORDER_HEAD] % order_ts.shape[1]] = now_ns
+            sc[s, SC_ORDER_HEAD] += 1
+            sc[s, SC_ORDERS] += 1
+    elif kind == INTENT_CANCEL or kind == INTENT_REPLACE:
+        if not system:
+            cancel_ts[s, sc[s, SC_CANCEL_HEAD] % cancel_ts.shape[1]] = now_ns
+            sc[s, SC_CANCEL_HEAD] += 1
+        if kind == INTENT_REPLACE:
+            j = row_of(oh, rec.client_order_id)
+            if j >= 0:
+                # exposure grows at once (worst case) and shrinks only when the venue confirms
+                inc = max(rec.qty_lots - od[j, OO_LEAVES], 0)
+                od[j, OO_PEND_INC] = inc
+                od[j, OO_NEW_PX] = rec.px_ticks
+                od[j, OO_NEW_QTY] = rec.qty_lots
+                od[j, OO_STATE] = OOS_REPLACING
+                _add_open(open_buy, open_sell, s, od[j, OO_INST], od[j, OO_SIDE], inc)
 
 
 @njit(cache=True)
 def on_accept(limits, rstate, rec, now_ns):
     """The gate approved ``rec`` (check_order returned 0) and sends it on: record it."""
-    lf = limits[0]
-    g, n_open, sc, order_ts, cancel_ts, oo = (rstate[0], rstate[5], rstate[6], rstate[7],
-                                              rstate[8], rstate[9])
-    s = np.int64(rec.strategy_id)
-    kind = rec.kind
-    if kind == INTENT_NEW:
-        j = _oo_insert(oo, rec.client_order_id)
-        if j < 0:
-            g[G_TABLE_FULL] += 1
-            return
-        oo[j, OO_STRAT] = s
-        oo[j, OO_INST] = rec.instrument_id
-        oo[j, OO_SIDE] = rec.side
-        oo[j, OO_PX] = rec.px_ticks
-        oo[j, OO_LEAVES] = rec.qty_lots
-        oo[j, OO_STATE] = OOS_PENDING
-        n_open[s] += 1
-        g[G_OPEN_TOTAL] += 1
-        _add_open(rstate, s, rec.instrument_id, rec.side, rec.qty_lots)
-        if (rec.flags & OFLAG_RISK_SYSTEM) == 0:
-            _push_time(order_ts, sc, s, SC_ORDER_HEAD, now_ns)
-            sc[s, SC_ORDERS] += 1
-    elif kind == INTENT_CANCEL or kind == INTENT_REPLACE:
-        if (rec.flags & OFLAG_RISK_SYSTEM) == 0:
-            _push_time(cancel_ts, sc, s, SC_CANCEL_HEAD, now_ns)
-        if kind == INTENT_REPLACE:
-            j = oo_find(oo, rec.client_order_id)
-            if j >= 0:
-                # exposure grows at once (worst case) and shrinks only when the venue confirms
-                inc = max(rec.qty_lots - oo[j, OO_LEAVES], 0)
-                oo[j, OO_PEND_INC] = inc
-                oo[j, OO_NEW_PX] = rec.px_ticks
-                oo[j, OO_NEW_QTY] = rec.qty_lots
-                oo[j, OO_STATE] = OOS_REPLACING
-                _add_open(rstate, s, oo[j, OO_INST], oo[j, OO_SIDE], inc)
+    _accept(rstate[R_G], rstate[R_OPEN_BUY], rstate[R_OPEN_SELL], rstate[R_N_OPEN], rstate[R_SC],
+            rstate[R_ORDER_TS], rstate[R_CANCEL_TS], rstate[R_OO], rstate[R_OO_HASH],
+            rstate[R_OO_FREE], rstate[R_OO_LIST], rstate[R_OO_COUNT], rec, now_ns)
 
 
 @njit(cache=True)
-def _unrealized(lf, rstate, inst):
-    agg, marks = rstate[11], rstate[12]
+def _unrealized(lf, agg, marks, inst):
     if marks[inst] <= 0:
         return 0.0
     return (agg[inst, AG_POS] * marks[inst] * 0.5 - agg[inst, AG_COST]) * lf[LF_INST_VALUE + inst]
 
 
 @njit(cache=True)
-def _after_pnl_change(lf, rstate):
-    gf = rstate[1]
-    eq = equity(lf, rstate)
-    if eq > gf[GF_PEAK]:
-        gf[GF_PEAK] = eq
-
-
-@njit(cache=True)
-def on_fill(limits, rstate, e):
-    """A PARTIAL or FILL report: position, open exposure, realized PnL (average cost) and fees."""
-    lf = limits[0]
-    g, gf, pos, sc, oo, spf, agg = (rstate[0], rstate[1], rstate[2], rstate[6], rstate[9],
-                                    rstate[10], rstate[11])
+def _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist, icnt, spf, agg,
+          marks, e):
+    """PARTIAL / FILL: position, open exposure, realized PnL (average cost) and fees."""
     s = np.int64(e.strategy_id)
     inst = np.int64(e.instrument_id)
     if s <= 0 or s > lf[LF_N_STRAT] or inst <= 0 or inst > lf[LF_N_INST]:
         return
     q = e.qty_lots
     signed = q if e.side == SIDE_BUY else -q
-    before = _unrealized(lf, rstate, inst)
+    before = _unrealized(lf, agg, marks, inst)
     p = pos[s, inst]
     value = lf[LF_INST_VALUE + inst]
     if p == 0 or (p > 0) == (signed > 0):
@@ -281,9 +336,8 @@ def on_fill(limits, rstate, e):
         pnl_tl = closed * (e.px_ticks - avg) if p > 0 else closed * (avg - e.px_ticks)
         spf[s, inst, SP_REALIZED] += pnl_tl * value
         gf[GF_REALIZED] += pnl_tl * value
-        dcost = -closed * avg if p > 0 else closed * avg
+        new_cost = spf[s, inst, SP_COST] + (-closed * avg if p > 0 else closed * avg)
         rest = q - closed
-        new_cost = spf[s, inst, SP_COST] + dcost
         if rest > 0:   # flipped through zero: the remainder opens at the fill price
             new_cost = (rest if signed > 0 else -rest) * e.px_ticks
         agg[inst, AG_COST] += new_cost - spf[s, inst, SP_COST]
@@ -296,104 +350,110 @@ def on_fill(limits, rstate, e):
     fee = e.fee_e9 / 1e9
     spf[s, inst, SP_FEES] += fee
     gf[GF_FEES] += fee
-    gf[GF_UNREAL] += _unrealized(lf, rstate, inst) - before
+    gf[GF_UNREAL] += _unrealized(lf, agg, marks, inst) - before
     sc[s, SC_FILLS] += 1
-    j = oo_find(oo, e.client_order_id)
+    j = row_of(oh, e.client_order_id)
     if j >= 0:
         leaves = e.leaves_lots if e.kind == EXEC_PARTIAL else 0
-        _add_open(rstate, s, inst, oo[j, OO_SIDE], leaves - oo[j, OO_LEAVES])
-        oo[j, OO_LEAVES] = leaves
-        if oo[j, OO_STATE] == OOS_PENDING:
-            oo[j, OO_STATE] = OOS_LIVE
+        _add_open(open_buy, open_sell, s, inst, od[j, OO_SIDE], leaves - od[j, OO_LEAVES])
+        od[j, OO_LEAVES] = leaves
+        if od[j, OO_STATE] == OOS_PENDING:
+            od[j, OO_STATE] = OOS_LIVE
         if leaves <= 0:
-            _remove(rstate, j)
-    _after_pnl_change(lf, rstate)
+            _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
+    eq = equity_of(gf)
+    if eq > gf[GF_PEAK]:
+        gf[GF_PEAK] = eq
 
 
 @njit(cache=True)
-def on_ack(limits, rstate, e):
-    oo = rstate[9]
-    j = oo_find(oo, e.client_order_id)
+def _report(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist, icnt, spf,
+            agg, marks, e):
+    kind = e.kind
+    if kind == EXEC_PARTIAL or kind == EXEC_FILL:
+        _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist, icnt, spf,
+              agg, marks, e)
+        return
+    j = row_of(oh, e.client_order_id)
     if j < 0:
         return
-    if e.kind == EXEC_REPLACE_ACK and oo[j, OO_STATE] == OOS_REPLACING:
-        new_leaves = e.leaves_lots if e.leaves_lots > 0 else oo[j, OO_NEW_QTY]
-        _add_open(rstate, oo[j, OO_STRAT], oo[j, OO_INST], oo[j, OO_SIDE],
-                  new_leaves - oo[j, OO_LEAVES] - oo[j, OO_PEND_INC])
-        oo[j, OO_LEAVES] = new_leaves
-        oo[j, OO_PX] = oo[j, OO_NEW_PX]
-        oo[j, OO_PEND_INC] = 0
-        oo[j, OO_STATE] = OOS_LIVE
-    elif oo[j, OO_STATE] == OOS_PENDING:
-        oo[j, OO_STATE] = OOS_LIVE
-
-
-@njit(cache=True)
-def on_cancel(limits, rstate, e):
-    """CANCEL_ACK or EXPIRED: the order is gone."""
-    j = oo_find(rstate[9], e.client_order_id)
-    if j >= 0:
-        _remove(rstate, j)
-
-
-@njit(cache=True)
-def on_reject(limits, rstate, e):
-    """REJECT or CANCEL_REJECT from the venue: a pending new order is gone; a refused replace
-    leaves the order as it was."""
-    oo = rstate[9]
-    j = oo_find(oo, e.client_order_id)
-    if j < 0:
-        return
-    if oo[j, OO_STATE] == OOS_REPLACING:
-        _add_open(rstate, oo[j, OO_STRAT], oo[j, OO_INST], oo[j, OO_SIDE], -oo[j, OO_PEND_INC])
-        oo[j, OO_PEND_INC] = 0
-        oo[j, OO_STATE] = OOS_LIVE
-    elif e.kind == EXEC_REJECT and oo[j, OO_STATE] == OOS_PENDING:
-        _remove(rstate, j)
+    st = od[j, OO_STATE]
+    if kind == EXEC_ACK:
+        if st == OOS_PENDING:
+            od[j, OO_STATE] = OOS_LIVE
+    elif kind == EXEC_REPLACE_ACK:
+        if st == OOS_REPLACING:
+            new_leaves = e.leaves_lots if e.leaves_lots > 0 else od[j, OO_NEW_QTY]
+            _add_open(open_buy, open_sell, od[j, OO_STRAT], od[j, OO_INST], od[j, OO_SIDE],
+                      new_leaves - od[j, OO_LEAVES] - od[j, OO_PEND_INC])
+            od[j, OO_LEAVES] = new_leaves
+            od[j, OO_PX] = od[j, OO_NEW_PX]
+            od[j, OO_PEND_INC] = 0
+            od[j, OO_STATE] = OOS_LIVE
+    elif kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
+        _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
+    elif kind == EXEC_REJECT or kind == EXEC_CANCEL_REJECT:
+        # a refused replace leaves the order as it was; a refused new order is gone
+        if st == OOS_REPLACING:
+            _add_open(open_buy, open_sell, od[j, OO_STRAT], od[j, OO_INST], od[j, OO_SIDE],
+                      -od[j, OO_PEND_INC])
+            od[j, OO_PEND_INC] = 0
+            od[j, OO_STATE] = OOS_LIVE
+        elif kind == EXEC_REJECT and st == OOS_PENDING:
+            _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
 
 
 @njit(cache=True)
 def on_exec(limits, rstate, e, now_ns):
-    """Dispatch one EXEC_DTYPE report to the update it calls for."""
-    kind = e.kind
-    if kind == EXEC_PARTIAL or kind == EXEC_FILL:
-        on_fill(limits, rstate, e)
-    elif kind == EXEC_ACK or kind == EXEC_REPLACE_ACK:
-        on_ack(limits, rstate, e)
-    elif kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
-        on_cancel(limits, rstate, e)
-    elif kind == EXEC_REJECT or kind == EXEC_CANCEL_REJECT:
-        on_reject(limits, rstate, e)
+    """One EXEC_DTYPE report: acks, fills (positions, PnL, fees), cancels, expiries, rejects."""
+    _report(limits[0], rstate[R_G], rstate[R_GF], rstate[R_POS], rstate[R_OPEN_BUY],
+            rstate[R_OPEN_SELL], rstate[R_N_OPEN], rstate[R_SC], rstate[R_OO],
+            rstate[R_OO_HASH], rstate[R_OO_FREE], rstate[R_OO_LIST], rstate[R_OO_COUNT],
+            rstate[R_SPF], rstate[R_AGG], rstate[R_MARKS], e)
+
+
+# The per-kind names of the brief; each is on_exec (which dispatches on e.kind).
+on_fill = on_exec
+on_ack = on_exec
+on_cancel = on_exec
+on_reject = on_exec
+
+
+@njit(cache=True)
+def _mark(lf, gf, agg, marks, inst, mid_x2):
+    if mid_x2 <= 0 or inst <= 0 or inst > lf[LF_N_INST]:
+        return
+    before = _unrealized(lf, agg, marks, inst)
+    marks[inst] = mid_x2
+    gf[GF_UNREAL] += _unrealized(lf, agg, marks, inst) - before
+    eq = equity_of(gf)
+    if eq > gf[GF_PEAK]:
+        gf[GF_PEAK] = eq
 
 
 @njit(cache=True)
 def mark_to_market(limits, rstate, inst, mid_x2):
     """New reference price for ``inst`` (bid + ask, ticks): unrealized PnL, peak, drawdown."""
-    lf = limits[0]
-    if mid_x2 <= 0 or inst <= 0 or inst > lf[LF_N_INST]:
-        return
-    before = _unrealized(lf, rstate, inst)
-    rstate[12][inst] = mid_x2
-    rstate[1][GF_UNREAL] += _unrealized(lf, rstate, inst) - before
-    _after_pnl_change(lf, rstate)
+    _mark(limits[0], rstate[R_GF], rstate[R_AGG], rstate[R_MARKS], inst, mid_x2)
 
 
 @njit(cache=True)
 def set_kill(rstate, on):
-    rstate[0][G_KILL] = 1 if on else 0
+    rstate[R_G][G_KILL] = 1 if on else 0
 
 
 @njit(cache=True)
 def set_mode(rstate, mode):
     """Operator mode: RISK_ACTIVE, RISK_REDUCING or RISK_HALTED (risk_mode may be stricter)."""
-    rstate[0][G_MODE] = mode
+    rstate[R_G][G_MODE] = mode
 
 
 @njit(cache=True)
 def reset_day(limits, rstate):
     """Start a new trading day: loss counts from current equity; order-to-trade counters zero."""
-    rstate[1][GF_DAY_START] = equity(limits[0], rstate)
-    sc = rstate[6]
+    gf = rstate[R_GF]
+    gf[GF_DAY_START] = equity_of(gf)
+    sc = rstate[R_SC]
     for s in range(sc.shape[0]):
         sc[s, SC_ORDERS] = 0
         sc[s, SC_FILLS] = 0

@@ -286,6 +286,9 @@ def test_self_trade_prevention_rejects_an_order_that_would_cross_our_own_resting
     # across strategies of the instance too (a wash trade either way)
     assert check(limits, rs, order(SIDE_BUY, px=10_005, strat=2)) == REJECT_SELF_TRADE
     assert check(limits, rs, order(SIDE_BUY, px=0, otype=ORD_MARKET)) == REJECT_SELF_TRADE
+    assert check(limits, rs, order(SIDE_BUY, px=10_005, inst=BTC), ref=2 * 10_005) == 0
+    feed(limits, rs, exec_for(ask, EXEC_CANCEL_ACK))
+    assert check(limits, rs, order(SIDE_BUY, px=10_005, strat=1)) == 0
     limits_off, rs_off = make(self_trade_prevention=False)
     accept(limits_off, rs_off, order(SIDE_SELL, px=10_005))
     assert check(limits_off, rs_off, order(SIDE_BUY, px=10_005)) == 0
@@ -319,7 +322,7 @@ def test_replace_is_checked_on_its_new_size_and_exposure_follows_the_venue():
     feed(limits, rs, exec_for(rec, EXEC_PARTIAL, qty=2, leaves=3))
     assert rs[3][1, UNIT] == 3 and rs[2][1, UNIT] == 2
     feed(limits, rs, exec_for(rec, EXEC_FILL, qty=3))
-    assert rs[3][1, UNIT] == 0 and rs[5][1] == 0 and risk.oo_find(rs[9], coid) == -1
+    assert rs[3][1, UNIT] == 0 and rs[5][1] == 0 and risk.oo_find(rs, coid) == -1
 
 
 def test_realized_pnl_uses_average_cost_and_subtracts_fees():
@@ -349,7 +352,7 @@ def test_open_order_table_stays_consistent_under_random_inserts_and_deletes():
     rng = np.random.default_rng(7)
     live: dict[int, np.ndarray] = {}
     for step in range(3_000):
-        if live and (len(live) > 200 or rng.random() < 0.45):
+        if live and (len(live) >= 200 or rng.random() < 0.45):
             coid = int(rng.choice(list(live)))
             feed(limits, rs, exec_for(live.pop(coid), EXEC_CANCEL_ACK))
         else:
@@ -360,8 +363,12 @@ def test_open_order_table_stays_consistent_under_random_inserts_and_deletes():
             live[int(rec[0]["client_order_id"])] = rec
     oo = rs[9]
     assert sorted(int(c) for c in oo[:, risk.OO_COID] if c) == sorted(live)
-    for coid in live:
-        assert risk.oo_find(oo, coid) >= 0
+    for coid, rec in live.items():
+        row = risk.oo_find(rs, coid)
+        assert row >= 0 and oo[row, risk.OO_PX] == rec[0]["px_ticks"]
+    listed = rs[risk.R_OO_LIST][UNIT, :rs[risk.R_OO_COUNT][UNIT]]
+    assert sorted(int(oo[r, risk.OO_COID]) for r in listed) == sorted(live)
+    assert risk.oo_find(rs, 1 << 41) == -1
     assert rs[5][1] == len(live) and rs[0][risk.G_OPEN_TOTAL] == len(live)
     assert rs[3][1, UNIT] == len(live)
 
