@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
@@ -119,7 +120,7 @@ class ClientStats:
     resubscribes: int = 0
     resync_reconnects: int = 0
     scheduled_reconnects: int = 0
-    errors: list = field(default_factory=list)
+    errors: deque = field(default_factory=lambda: deque(maxlen=64))   # the latest only
 
 
 class FeedClient:
