@@ -33,7 +33,7 @@ from pipeline.status import ST_RUNNING, STATE_NAMES, StatusTable, W_CTRL_ACK, W_
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
 from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
-                             build_topology)
+                             ROLE_VENUE, build_topology)
 
 TICK_S = 0.02
 
@@ -74,6 +74,7 @@ class Controller:
         self.server = None
         self.lock_fd = -1
         self.reconciling: dict[str, float] = {}   # stage -> deadline
+        self.restarting: dict[str, float] = {}    # stage -> when its failure was noticed
         self.halted_reason = ""
         self.events: list[str] = []
         self.started_at = time.time()
@@ -182,6 +183,7 @@ class Controller:
         self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
         self.log(f"stage {name} {why}")
         self.supervisor.reap(name)
+        self.restarting[name] = time.monotonic()
         if not self.supervisor.can_restart(name):
             self.log(f"stage {name}: restart limit {self.cfg.stages.restart_limit} reached; "
                      "halting trading and leaving it down")
@@ -198,6 +200,9 @@ class Controller:
             self.supervisor.restart(spec, reconcile=True)
             self.reconciling[name] = time.monotonic() + 60.0
         else:
+            if spec.role == ROLE_VENUE and self.alive("order_router"):
+                # a new simulator starts with empty books: our orders there are gone
+                self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
             self.supervisor.restart(spec)
 
     def halt(self, reason: str) -> None:
@@ -211,7 +216,19 @@ class Controller:
             if not self.send("journal", CTRL_RECONCILE, wait_s=2.0):
                 self.log("journal did not confirm its flush within 2 s")
 
+    def note_restarts_running(self) -> None:
+        for name, t0 in list(self.restarting.items()):
+            proc = self.supervisor.procs.get(name)
+            if proc is None:
+                del self.restarting[name]
+            elif self.status.read_word(proc.spec.slot, W_STATE) == ST_RUNNING:
+                del self.restarting[name]
+                self.events.append(f"{time.strftime('%H:%M:%S')} {name} restarted (pid "
+                                   f"{proc.pid}), RUNNING {time.monotonic() - t0:.1f} s after "
+                                   "the failure was noticed")
+
     def drive_reconciliation(self) -> None:
+        self.note_restarts_running()
         if not self.reconciling:
             return
         if not all(self.alive(s) for s in ("risk_gate", "order_router")):
@@ -245,6 +262,7 @@ class Controller:
         sel = selectors.DefaultSelector()
         sel.register(self.server.fileno(), selectors.EVENT_READ, "ctl")
         watched: dict[int, str] = {}
+        last_tick = time.monotonic()
         while not self.stop_requested:
             fds = self.supervisor.pidfds()
             if fds.keys() != watched.keys():
@@ -259,7 +277,13 @@ class Controller:
             for key, _ in sel.select(TICK_S):
                 if key.data == "ctl":
                     self.server.handle_one()
-            for name, why in self.supervisor.check():
+            # If this loop itself woke far too late, the whole machine stalled (swap, a
+            # hypervisor pause, an overloaded box): heartbeats are stale for the same reason,
+            # so judge silence only on the next, punctual tick. Deaths still count.
+            t = time.monotonic()
+            punctual = t - last_tick < TICK_S + self.cfg.stages.heartbeat_timeout_ms / 2000
+            last_tick = t
+            for name, why in self.supervisor.check(silence=punctual):
                 self.on_failure(name, why)
             self.drive_reconciliation()
             now = time.monotonic()

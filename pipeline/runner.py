@@ -54,7 +54,7 @@ class StageRunner:
         v[W_STATE] = state
         v[W_PID] = os.getpid()
         v[W_CPU] = self.ctx.cpu if self.ctx.cpu is not None else -1
-        if state != ST_STARTING:  # counters exist once on_start has built the stage
+        if state not in (ST_STARTING, ST_STOPPED):  # counters live between on_start/on_stop
             self.stage.fill_status(v)
             v[W_ERRORS] = self.stage.errors
         self.status.publish(time.monotonic_ns())

@@ -8,7 +8,8 @@ once), stdout/stderr appended to ``<run_dir>/logs/<stage>.log``. The stage pins 
 
 Death is noticed through a pidfd per child (readable the moment the process exits: the
 controller's selector wakes at once, no polling) and silence through the heartbeat word of the
-stage's status block (older than ``heartbeat_timeout_ms`` while RUNNING).
+stage's status block (older than ``heartbeat_timeout_ms`` while RUNNING), unless the kernel's
+run-queue accounting shows the stage was waiting for a CPU (see ``_starved``).
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ class Supervisor:
         self.heartbeat_timeout_ns = int(heartbeat_timeout_ms) * 1_000_000
         self.restart_limit = restart_limit
         self.procs: dict[str, StageProcess] = {}
+        self._sched: dict[int, tuple[int, int]] = {}   # pid -> (when, run-queue wait ns)
+        self.starved_ticks = 0
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
 
     # -- spawning -------------------------------------------------------------------------
@@ -114,6 +117,9 @@ class Supervisor:
                         f"{proc.log_path}:\n{log_tail(proc.log_path)}")
                 if self.status.read_word(proc.spec.slot, W_STATE) == ST_RUNNING:
                     pending.remove(name)
+                    print(f"stage {name} RUNNING after "
+                          f"{time.monotonic() - proc.started_mono:.1f} s", file=sys.stderr,
+                          flush=True)
             if not pending:
                 return
             if should_abort is not None and should_abort():
@@ -128,7 +134,7 @@ class Supervisor:
     def pidfds(self) -> dict[int, str]:
         return {p.pidfd: name for name, p in self.procs.items() if p.pidfd >= 0}
 
-    def check(self) -> list[tuple[str, str]]:
+    def check(self, silence: bool = True) -> list[tuple[str, str]]:
         """(stage, why) for each stage that died or went silent since the last check."""
         out = []
         now = time.monotonic_ns()
@@ -138,12 +144,35 @@ class Supervisor:
                 out.append((name, f"exited with code {rc}"))
                 continue
             slot = proc.spec.slot
-            if self.status.read_word(slot, W_STATE) != ST_RUNNING:
+            if not silence or self.status.read_word(slot, W_STATE) != ST_RUNNING:
                 continue
             age = now - self.status.read_word(slot, W_HEARTBEAT_NS)
-            if age > self.heartbeat_timeout_ns:
-                out.append((name, f"silent for {age / 1e6:.0f} ms"))
+            if age <= self.heartbeat_timeout_ns:
+                self._sched.pop(proc.pid, None)
+                continue
+            if self._starved(proc.pid, now):
+                self.starved_ticks += 1
+                continue
+            out.append((name, f"silent for {age / 1e6:.0f} ms"))
         return out
+
+    def _starved(self, pid: int, now_ns: int) -> bool:
+        """Stale heartbeat, but is the process merely waiting for a CPU? /proc/<pid>/schedstat
+        gives its time waiting on a run queue: a stage that spent most of the last interval
+        runnable-but-not-running (an overloaded machine) is slow, not stuck. A stage spinning
+        without heartbeats gets CPU and a blocked one does not queue: both count as silent.
+        The first stale look only takes a sample and decides on the next tick."""
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                wait_ns = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        prev = self._sched.get(pid)
+        self._sched[pid] = (now_ns, wait_ns)
+        if prev is None:
+            return True
+        dt = now_ns - prev[0]
+        return dt > 0 and (wait_ns - prev[1]) > dt // 4
 
     def reap(self, name: str, state: int = ST_DEAD) -> None:
         """Make sure the process is gone (SIGKILL if silent) and forget it."""

@@ -5,7 +5,8 @@ final state. Runs in the ``order_router`` process.
 ``poll`` is one call of ``router_step`` (@njit, HOT PATH) over whole batches. Control records
 (cold): CTRL_KILL halts (new orders rejected with REJECT_HALTED) and cancels every open order at
 the venues (arg0 = 1: then flatten positions with market orders); CTRL_CANCEL_ALL cancels one
-strategy's orders (arg0 = strategy id, 0 = all); CTRL_RESUME lifts the halt.
+strategy's orders (arg0 = strategy id, 0 = all); CTRL_RESUME lifts the halt; CTRL_RECONCILE
+(the venue process restarted with empty books) closes every open order with a CANCEL_ACK.
 
 After a crash the controller restarts the router with ``--reconcile``: it starts HALTED,
 rebuilds the venue-reported positions from the journal, asks every venue to cancel all of our
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from shm.records import (CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RESUME, EXEC_DTYPE, INTENT_CANCEL_ALL,
+from shm.records import (CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME, EXEC_DTYPE, INTENT_CANCEL_ALL,
                          OFLAG_RISK_SYSTEM, ORDER_DTYPE)
 from stages import router_kernels as rk
 from stages.base import Stage, stack_states
@@ -112,15 +113,17 @@ class OrderRouterStage(Stage):
             self.ctl[rk.C_SEQ] = max(self.ctl[rk.C_SEQ], int(ex["reserved"].max()) + 1)
 
     def _venue_cancel_all(self) -> None:
-        # we lost our order table: ask each venue to cancel every order of ours it holds
+        # we lost our order table: ask each venue to cancel every order of every strategy
         for i, w in enumerate(self.ven_out):
-            o = self.obuf
-            o[:] = 0
-            o["kind"] = INTENT_CANCEL_ALL
-            o["flags"] = OFLAG_RISK_SYSTEM
-            o["venue_id"] = i + 1
-            o["send_ts_ns"] = self.clock.now_ns()
-            w.publish(o)
+            for sid in range(1, self.tab.shape[0]):
+                o = self.obuf
+                o[:] = 0
+                o["kind"] = INTENT_CANCEL_ALL
+                o["flags"] = OFLAG_RISK_SYSTEM
+                o["strategy_id"] = sid
+                o["venue_id"] = i + 1
+                o["send_ts_ns"] = self.clock.now_ns()
+                w.publish(o)
 
     def poll(self) -> int:
         h = self.hists
@@ -145,6 +148,11 @@ class OrderRouterStage(Stage):
             self._cancel_all(int(rec["arg0"]))
         elif kind == CTRL_RESUME:
             self.ctl[rk.C_HALTED] = 0
+        elif kind == CTRL_RECONCILE:   # the venue restarted: our orders there are gone
+            rk.router_forget_venue_orders(
+                self.ctl, self.tab, self.rv.router_open, self.clock.cal, self.obuf, self.one,
+                self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st,
+                self.gate_out.slots, self.j_out.st, self.j_out.slots, self.has_journal)
 
     def _cancel_all(self, sid: int) -> int:
         return rk.router_cancel_all(self.tab, sid, self.ven_out_sts, self.ven_out_slots,

@@ -19,7 +19,7 @@ from numba import njit
 
 from shm.atomics import load_acquire
 from shm.histogram import hist_record
-from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED,
+from shm.records import (EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED,
                          EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK,
                          INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
                          ORD_MARKET, OFLAG_RISK_SYSTEM, REJECT_HALTED, REJECT_RATE_LIMIT,
@@ -66,12 +66,12 @@ def _emit(ctl, one, one_i, strat_sts, strat_slots, gate_st, gate_slots, j_st, j_
 
 @njit(cache=True)
 def _reject(ctl, o, code, kind, one, one_i, strat_sts, strat_slots, gate_st, gate_slots,
-            j_st, j_slots, has_journal, now):
+            j_st, j_slots, has_journal, now, flags=0):
     r = one[0]
     r.kind = kind
     r.side = o.side
     r.liquidity = 0
-    r.flags = 0
+    r.flags = flags
     r.instrument_id = o.instrument_id
     r.client_order_id = o.client_order_id
     r.venue_order_id = 0
@@ -292,3 +292,34 @@ def router_flatten(pos, inst_venue, ven_out_sts, ven_out_slots, obuf, obuf_i, ca
             if spsc_publish(ven_out_sts[v], ven_out_slots[v], obuf_i, 1) == 1:
                 sent += 1
     return sent
+
+
+@njit(cache=True)
+def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_sts, strat_slots, gate_st,
+                               gate_slots, j_st, j_slots, has_journal):
+    """The venue process restarted and lost its books: every order we had open there is gone.
+    Report each as EXEC_CANCEL_ACK (flag EFLAG_RECONCILE) so strategy, gate and journal all
+    close it; returns how many."""
+    now = clock_now_ns(cal)
+    n = 0
+    for sid in range(1, tab.shape[0]):
+        for row in range(tab.shape[1]):
+            if tab[sid, row, T_COID] == 0 or tab[sid, row, T_STATE] == OS_FREE:
+                continue
+            o = obuf[0]
+            o.side = tab[sid, row, T_SIDE]
+            o.instrument_id = tab[sid, row, T_INST]
+            o.client_order_id = tab[sid, row, T_COID]
+            o.px_ticks = tab[sid, row, T_PX]
+            o.qty_lots = tab[sid, row, T_LEAVES]
+            o.cause_recv_ts_ns = 0
+            o.strategy_id = sid
+            o.venue_id = tab[sid, row, T_VENUE] + 1
+            _reject(ctl, o, 0, EXEC_CANCEL_ACK, one, one_i, strat_sts, strat_slots, gate_st,
+                    gate_slots, j_st, j_slots, has_journal, now, EFLAG_RECONCILE)
+            tab[sid, row, T_COID] = 0
+            tab[sid, row, T_STATE] = OS_FREE
+            open_n[sid] -= 1
+            ctl[C_OPEN] -= 1
+            n += 1
+    return n

@@ -1,9 +1,10 @@
 """Strategy-host stage: one process per [[strategies]] entry. Runs in ``strategy-<name>``.
 
-``poll`` is one call of ``host_step`` (HOT PATH, @njit): poll the market-data broadcast rings of
+``poll`` is one call of ``host_step`` (HOT PATH, @njit, generated per strategy kind so that
+numba can cache it: stages/host_codegen.py): poll the market-data broadcast rings of
 the strategy's venues into one batch (recording md receive -> strategy read latency), poll the
-execution reports (router) and denials (risk gate), run ``strategies.host.run_strategy_batch``
-(books, then the strategy's kernel: the same code as the backtest), stamp and publish the
+execution reports (router) and denials (risk gate), apply the batch to the books and run the
+strategy's kernel (as ``strategies.host.run_strategy_batch`` does in the backtest), stamp and publish the
 intents to the gate. A timer tick (a kernel call with no input) runs every ``TIMER_NS``.
 
 Push-back: if the intent ring is full (the gate is down or slow), the intents that did not fit
@@ -18,75 +19,18 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from numba import njit
 
-from shm.histogram import hist_record
-from shm.records import (EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_REJECT, INTENT_NEW,
-                         MARKET_DTYPE, ORDER_DTYPE, REJECT_HALTED)
-from shm.ringops import bcast_poll, spsc_poll, spsc_publish
+from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage, rejoin_live, stack_states
-from stages.clock import clock_now_ns
-from strategies.host import run_strategy_batch
+from stages.host_codegen import host_step_for
 
 BATCH_MD = 2048
 BATCH_EX = 256
 MAX_INTENTS = 256
 TIMER_NS = 1_000_000
 
-# hctl words
+# hctl words (the generated host_step uses the same indices)
 H_NEXT_TIMER, H_FB_N, H_MD_IN, H_EX_IN, H_OUT, H_PUSHBACK, H_CALLS = 0, 1, 2, 3, 4, 5, 6
-
-
-@njit(cache=False)
-def host_step(kernel, state, px, qty, meta, hctl, cal, md_sts, md_slots, md, md_i,
-              ex_sts, ex_slots, ex, ex_i, fb, out, out_i, in_st, in_slots, h_md):
-    now = clock_now_ns(cal)
-    n_md = 0
-    for r in range(md_sts.shape[0]):
-        n_md += bcast_poll(md_sts[r], md_slots[r], md_i[n_md:], md.shape[0] - n_md)
-    for j in range(n_md):
-        hist_record(h_md, now - md[j].recv_ts_ns)
-    n_ex = 0
-    nfb = hctl[H_FB_N]
-    for j in range(nfb):
-        ex[n_ex] = fb[j]
-        n_ex += 1
-    hctl[H_FB_N] = 0
-    for r in range(ex_sts.shape[0]):
-        n_ex += spsc_poll(ex_sts[r], ex_slots[r], ex_i[n_ex:], ex.shape[0] - n_ex)
-    if n_md == 0 and n_ex == 0:
-        if now < hctl[H_NEXT_TIMER]:
-            return 0
-    hctl[H_NEXT_TIMER] = now + TIMER_NS
-    hctl[H_MD_IN] += n_md
-    hctl[H_EX_IN] += n_ex - nfb
-    hctl[H_CALLS] += 1
-    k = run_strategy_batch(kernel, state, px, qty, meta, md, n_md, ex, n_ex, now, out)
-    if k > 0:
-        t = clock_now_ns(cal)
-        for j in range(k):
-            out[j].send_ts_ns = t
-        sent = spsc_publish(in_st, in_slots, out_i, k)
-        hctl[H_OUT] += sent
-        for j in range(sent, k):   # push-back: tell the kernel these never left
-            o = out[j]
-            if hctl[H_FB_N] >= fb.shape[0]:
-                break
-            f = fb[hctl[H_FB_N]]
-            hctl[H_FB_N] += 1
-            hctl[H_PUSHBACK] += 1
-            f.kind = EXEC_REJECT if o.kind == INTENT_NEW else EXEC_CANCEL_REJECT
-            f.side = o.side
-            f.instrument_id = o.instrument_id
-            f.client_order_id = o.client_order_id
-            f.px_ticks = o.px_ticks
-            f.qty_lots = o.qty_lots
-            f.leaves_lots = 0
-            f.strategy_id = o.strategy_id
-            f.reject_code = REJECT_HALTED
-            f.venue_id = o.venue_id
-            f.send_ts_ns = t
-    return n_md + n_ex + k
 
 
 class StrategyHostStage(Stage):
@@ -106,8 +50,13 @@ class StrategyHostStage(Stage):
         table = InstrumentTable.from_config(cfg)
         instruments = [table.by_key(k) for k in sc.instruments]
         self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id)
-        self.kernel = type(self.strategy).kernel
+        self.host_step = host_step_for(sc.kind, TIMER_NS)
         self.state = self.strategy.make_state()
+        # client order ids must stay unique across restarts of this strategy: every
+        # incarnation counts from its own block of 2**36 ids
+        from strategies.base import CTL_NEXT_COID
+
+        self.state[0][CTL_NEXT_COID] = (ctx.restarts << 36) | 1
         self.book = L2Book(len(table), 64)
         self.px, self.qty, self.meta = self.book.arrays
         self._rings = []
@@ -149,7 +98,7 @@ class StrategyHostStage(Stage):
         self.lost_seen = [r.lost for r in self.md_r]
 
     def poll(self) -> int:
-        return host_step(self.kernel, self.state, self.px, self.qty, self.meta, self.hctl,
+        return self.host_step(self.state, self.px, self.qty, self.meta, self.hctl,
                          self.clock.cal, self.md_sts, self.md_slots, self.md, self.md_i,
                          self.ex_sts, self.ex_slots, self.ex, self.ex_i, self.fb, self.out,
                          self.out_i, self.intent_w.st, self.intent_w.slots, self.hist.array)

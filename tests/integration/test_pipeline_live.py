@@ -217,7 +217,9 @@ def test_stop_leaves_no_process_and_no_segment_and_every_approved_order_is_final
     live["proc"].wait(30)
     assert live["proc"].returncode == 0
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists(), pid
+        p = Path(f"/proc/{pid}")
+        assert not p.exists(), (pid, p.joinpath("cmdline").read_bytes() if p.exists() else b"",
+                                p.joinpath("stat").read_text() if p.exists() else "")
     assert list_segments(live["instance"]) == []
     run_dir = Path(live["tmp"]) / "runs" / live["instance"] / "latest"
     report = json.loads((run_dir / "report.json").read_text())
