@@ -30,6 +30,12 @@ from numba import njit
 
 from shm.records import LIQ_NONE, MSG_LEVEL
 
+# int64, not Python ints: numba would compile one specialisation per literal value passed on
+# (see market.matching).
+LIQ_NONE, MSG_LEVEL = np.int64(LIQ_NONE), np.int64(MSG_LEVEL)
+_Z = np.int64(0)
+_M1 = np.int64(-1)
+
 # Hot kernels run without numba's reference counting (NRT): they never allocate, and with NRT
 # every array that crosses a call costs an atomic incref/decref pair (measured here: a call
 # taking the 9-array engine tuple 150 ns with NRT, 1 ns without; numba issue #2345).
@@ -314,7 +320,7 @@ def write_md(eng, md, k, kind, side, ins, px, qty, aux0, aux1, now):
 def write_md_level(eng, md, k, ins, side, px, qty, now):
     inst = eng[3]
     inst[ins, I_UPDATE_ID] += 1
-    return write_md(eng, md, k, MSG_LEVEL, side + 1, ins, px, qty, inst[ins, I_UPDATE_ID], -1,
+    return write_md(eng, md, k, MSG_LEVEL, side + 1, ins, px, qty, inst[ins, I_UPDATE_ID], _M1,
                     now)
 
 
@@ -361,9 +367,9 @@ def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now)
 
 @njit(cache=True, _nrt=False)
 def write_ex_input(eng, ex, k, rec, kind, reject, now):
-    return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, 0,
+    return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, _Z,
                     rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks,
-                    rec.qty_lots, 0, 0, LIQ_NONE, 0, 0, reject, now)
+                    rec.qty_lots, _Z, _Z, LIQ_NONE, _Z, _Z, reject, now)
 
 
 # --------------------------------------------------------------------------------------------
