@@ -2,8 +2,9 @@
 
 Cold path, operator's shell (the book itself is market.book's @njit kernels). Rows are in
 LOBSTER's order book layout: ask px, ask size, bid px, bid size per level, level 1 first;
-prices in units of 0.0001 (LOBSTER's USD x 10000), sizes in lots; empty levels hold the dummy
-prices 9999999999 / -9999999999 with size 0, as LOBSTER's read-me says. One row per record
+prices in units of 0.0001 (LOBSTER's USD x 10000), sizes in lots (``--units ticks`` / ``decimal``
+for instruments with finer ticks); empty levels hold the dummy prices 9999999999 /
+-9999999999 with size 0, as LOBSTER's read-me says. One row per record
 flagged MFLAG_LAST_IN_BATCH of the chosen instrument.
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--csv", required=True, help="CSV file to write")
     p.add_argument("--instrument", type=int, default=None,
                    help="instrument id (default: the file's only instrument)")
+    p.add_argument("--units", choices=("lobster", "ticks", "decimal"), default="lobster",
+                   help="lobster (default): prices x 10000 and sizes in lots, as LOBSTER; "
+                   "ticks: px_ticks and qty_lots; decimal: exact decimal price and quantity")
     p.set_defaults(func=run)
 
 
@@ -46,14 +50,26 @@ def run(args) -> int:
         ins = next(iter(insts))
     if ins not in insts:
         raise CliError(f"{args.data} has no instrument {ins} (ids: {sorted(insts)})", EXIT_USAGE)
-    scale = Decimal(insts[ins]["tick_size"]) * 10000
+    tick, lot = Decimal(insts[ins]["tick_size"]), Decimal(insts[ins]["lot_size"])
+    scale = tick * 10000 if args.units == "lobster" else Decimal(1)
     if scale != scale.to_integral_value():
-        raise CliError(f"{insts[ins]['symbol']}: tick size {insts[ins]['tick_size']} is finer "
-                       f"than LOBSTER's price unit 0.0001")
+        raise CliError(f"{insts[ins]['symbol']}: tick size {tick} is finer than LOBSTER's price "
+                       f"unit 0.0001; use --units ticks or --units decimal", EXIT_USAGE)
     rows = book_rows(np.asarray(records), ins, args.levels, int(scale))
     with open(args.csv, "w") as f:
-        f.write("\n".join(",".join(map(str, r)) for r in rows.tolist()))
-        if len(rows):
+        for r in rows.tolist():
+            if args.units == "decimal":
+                r = [_decimal(v, tick if k % 2 == 0 else lot, k % 2 == 0)
+                     for k, v in enumerate(r)]
+            f.write(",".join(map(str, r)))
             f.write("\n")
     print(f"{args.csv}: {len(rows)} rows x {args.levels} levels")
     return 0
+
+
+def _decimal(v: int, step, is_price: bool) -> str:
+    from market.lobster import DUMMY_ASK_PX, DUMMY_BID_PX
+
+    if is_price and v in (DUMMY_ASK_PX, DUMMY_BID_PX):
+        return str(v)   # LOBSTER's empty-level markers stay as they are
+    return format(step * v, "f")

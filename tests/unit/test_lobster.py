@@ -162,3 +162,18 @@ def test_mismatched_files_and_missing_feeds_give_clean_errors(tmp_path, capsys):
     assert cli_main(["replay", "kraken", "--file", str(tmp_path / "nope"), "--out",
                      str(tmp_path / "k.rec")]) == 1
     assert "replay kraken" in capsys.readouterr().err
+
+
+def test_book_command_writes_ticks_or_exact_decimals_on_request(tmp_path):
+    m, o = _write_pair(tmp_path, ["34200.5,1,1,10,1000100,-1", "34200.6,1,2,5,999900,1"],
+                       [[1000100, 10, DUMMY_BID_PX, 0], [1000100, 10, 999900, 5]], 1)
+    rec = tmp_path / "t.rec"
+    assert cli_main(["replay", "lobster", "--message", str(m), "--orderbook", str(o),
+                     "--levels", "1", "--out", str(rec)]) == 0
+    want = {"ticks": ["1000100,10,-9999999999,0", "1000100,10,999900,5"],
+            "decimal": ["100.0100,10,-9999999999,0", "100.0100,10,99.9900,5"]}
+    for units, rows in want.items():
+        out = tmp_path / f"{units}.csv"
+        assert cli_main(["book", "--data", str(rec), "--levels", "1", "--csv", str(out),
+                         "--units", units]) == 0
+        assert out.read_text().splitlines() == rows
