@@ -39,6 +39,9 @@ class _Peer:
         """Consumer side of the throughput run: a list of one or more messages."""
         return [recv()]
 
+    def finish(self) -> None:
+        """Child, before it exits: flush what its library still buffers (os._exit would not)."""
+
     def close(self) -> None:
         pass
 
@@ -54,10 +57,21 @@ class MpQueue(_Peer):
         a, b = (self.ping, self.pong) if side == "parent" else (self.pong, self.ping)
         return a.put, b.get
 
-    def close(self):
-        for q in (self.ping, self.pong):
-            q.cancel_join_thread()  # a killed child may leave items: do not block our exit
+    def finish(self):
+        for q in (self.ping, self.pong):  # the last put may still sit in the feeder thread
             q.close()
+            q.join_thread()
+
+    def close(self):
+        # Join the feeder threads before anything else is forked: a fork taken while a
+        # feeder thread holds a lock leaves the child hung before it runs a line. The
+        # children are gone by now, so pending writes fail fast (EPIPE) instead of blocking;
+        # those failures are expected and kept off stderr.
+        for q in (self.ping, self.pong):
+            q._on_queue_feeder_error = lambda exc, obj: None
+            q.close()
+        for q in (self.ping, self.pong):
+            q.join_thread()
 
 
 class MpPipe(_Peer):
@@ -146,6 +160,11 @@ class ZmqIpc(_Peer):
         (self._sock.bind if side == "parent" else self._sock.connect)(self.addr)
         return self._sock.send, self._sock.recv
 
+    def finish(self):
+        self._sock.close(linger=10_000)  # sends go through zmq's I/O thread: let them out
+        self._ctx.term()
+        self._sock = None
+
     def close(self):
         if self._sock is not None:
             self._sock.close(0)
@@ -162,6 +181,7 @@ def _child_pong(peer, n, ready):
     ready[0] = 1
     for _ in range(n):
         send(recv())
+    peer.finish()
 
 
 def _child_consume(peer, results):
@@ -176,6 +196,7 @@ def _child_consume(peer, results):
         count += len(msgs)
     results[1] = time.perf_counter_ns()
     results[2] = count
+    peer.finish()
 
 
 # -- measurements -----------------------------------------------------------------------------

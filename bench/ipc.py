@@ -62,6 +62,29 @@ def _measure(name, inst, ctx, size, tick_ns):
     return lat, thr, lost
 
 
+class _watchdog:
+    """SIGALRM after ``seconds``: raises TimeoutError in the parent even inside a blocking
+    receive of a peer library whose other end died (the finally blocks then clean up)."""
+
+    def __init__(self, name, seconds):
+        self.name, self.seconds = name, seconds
+
+    def _fire(self, *_):
+        raise TimeoutError(f"{self.name}: still running after {self.seconds:.0f}s")
+
+    def __enter__(self):
+        import signal
+
+        self._old = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._old)
+
+
 def _row(name, lat, thr, lost):
     from shm.histogram import LatencyHistogram
 
@@ -97,7 +120,8 @@ def run_all(names, quick, progress) -> tuple[dict, list[dict]]:
         for name in names:
             progress(f"{name} ...")
             try:
-                results.append(_row(name, *_measure(name, inst, ctx, size, tick_ns)))
+                with _watchdog(name, 4 * size["budget_s"] + 60):
+                    results.append(_row(name, *_measure(name, inst, ctx, size, tick_ns)))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 results.append({"transport": name, "p50_ns": None, "p99_ns": None,
                                 "p999_ns": None, "max_ns": None, "throughput_rps": None,
