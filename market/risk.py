@@ -27,24 +27,28 @@ price and size, cancel rate. CANCEL_ALL always passes.
 """
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 from numba import njit
 
 from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives in one place)
-    AG_COST, AG_POS, G_KILL, G_MODE, G_OPEN_TOTAL, G_TABLE_FULL, GF_DAY_START, GF_FEES, GF_PEAK,
-    GF_REALIZED, GF_UNREAL, LF_DAILY_LOSS, LF_INST_VALUE, LF_MAX_CANCELS_PER_S,
-    LF_MAX_DRAWDOWN, LF_MAX_OPEN_ORDERS, LF_MAX_ORDER_QTY, LF_MAX_ORDERS_PER_S, LF_MAX_OTR,
-    LF_MAX_POSITION, LF_N_INST, LF_N_STRAT, LF_OTR_MIN_ORDERS, LF_PRICE_BAND_BPS,
-    LF_REDUCING_FRACTION, LF_STP, LF_WINDOW_NS, LI_NOTIONAL_UNITS, LI_VALUE_MANT, OO_COID,
-    OO_INST, OO_LEAVES, OO_PX, OO_SIDE, OO_STATE, OO_STRAT, OOS_REPLACING, R_AGG, R_CANCEL_TS,
-    R_G, R_GF, R_MARKS, R_N_OPEN, R_OO, R_OO_COUNT, R_OO_FREE, R_OO_HASH, R_OO_LIST,
-    R_OPEN_BUY, R_OPEN_SELL, R_ORDER_TS, R_POS, R_SC, R_SPF, SC_CANCEL_HEAD, SC_FILLS,
-    SC_ORDER_HEAD, SC_ORDERS, SP_COST, SP_FEES, SP_REALIZED, SP_WORDS, build_limits, equity,
-    equity_of, make_risk_state, mark_to_market, on_accept, on_ack, on_cancel, on_exec, on_fill,
+    AG_COST, AG_POS, AG_WORDS, G_KILL, G_MODE, G_OPEN_TOTAL, G_TABLE_FULL, G_WORDS, GF_DAY_START,
+    GF_FEES, GF_PEAK, GF_REALIZED, GF_UNREAL, GF_WORDS, LF_DAILY_LOSS, LF_INST_VALUE,
+    LF_MAX_CANCELS_PER_S, LF_MAX_DRAWDOWN, LF_MAX_OPEN_ORDERS, LF_MAX_ORDER_QTY,
+    LF_MAX_ORDERS_PER_S, LF_MAX_OTR, LF_MAX_POSITION, LF_N_INST, LF_N_STRAT, LF_OTR_MIN_ORDERS,
+    LF_PRICE_BAND_BPS, LF_REDUCING_FRACTION, LF_STP, LF_WINDOW_NS, LI_NOTIONAL_UNITS,
+    LI_VALUE_MANT, LI_WORDS, OO_COID, OO_INST, OO_LEAVES, OO_PX, OO_SIDE, OO_STATE, OO_STRAT,
+    OO_WORDS, OOS_REPLACING, R_AGG, R_CANCEL_TS, R_G, R_GF, R_MARKS, R_N_OPEN, R_OO, R_OO_COUNT,
+    R_OO_FREE, R_OO_HASH, R_OO_LIST, R_OPEN_BUY, R_OPEN_SELL, R_ORDER_TS, R_POS, R_SC, R_SPF,
+    SC_CANCEL_HEAD, SC_FILLS, SC_ORDER_HEAD, SC_ORDERS, SC_WORDS, SP_COST, SP_FEES, SP_REALIZED,
+    SP_WORDS, equity, equity_of, mark_to_market, on_accept, on_ack, on_cancel, on_exec, on_fill,
     on_reject, oo_find, reset_day, row_of, set_kill, set_mode,
 )
+from shm.instruments import InstrumentTable
 from shm.records import (
-    INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE, OFLAG_RISK_SYSTEM, ORD_LIMIT,
+    INSTRUMENT_DTYPE, INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
+    OFLAG_RISK_SYSTEM, ORD_LIMIT,
     ORD_MARKET, ORD_POST_ONLY, REJECT_CANCEL_RATE, REJECT_DAILY_LOSS, REJECT_DRAWDOWN,
     REJECT_HALTED, REJECT_INVALID, REJECT_KILL_SWITCH, REJECT_MAX_NOTIONAL,
     REJECT_MAX_OPEN_ORDERS, REJECT_MAX_ORDER_QTY, REJECT_MAX_POSITION, REJECT_NO_REFERENCE,
@@ -291,3 +295,72 @@ def check_order(limits, rstate, rec, ref_mid_x2, now_ns):
                   rstate[R_OPEN_BUY], rstate[R_OPEN_SELL], rstate[R_N_OPEN], rstate[R_SC],
                   rstate[R_ORDER_TS], rstate[R_CANCEL_TS], rstate[R_OO], rstate[R_OO_HASH],
                   rstate[R_OO_LIST], rstate[R_OO_COUNT], rec, ref_mid_x2, now_ns)
+
+
+# =============================================================================================
+# Cold builders
+# =============================================================================================
+def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: int = 100,
+                 window_ns: int = 1_000_000_000):
+    """Cold: limits from a ``RiskConfig`` and the instruments (INSTRUMENT_DTYPE array, an
+    InstrumentTable or a list of Instrument). ``otr_min_orders``: the order-to-trade ratio is
+    enforced only after this many orders (a new strategy has no fills yet)."""
+    if isinstance(instruments, np.ndarray) and instruments.dtype == INSTRUMENT_DTYPE:
+        arr = instruments
+    else:
+        table = instruments if isinstance(instruments, InstrumentTable) else \
+            InstrumentTable(list(instruments))
+        arr = table.to_array()
+    n = int(arr["instrument_id"].max()) if len(arr) else 0
+    lf = np.zeros(LF_INST_VALUE + n + 1, dtype=np.float64)
+    li = np.zeros((n + 1, LI_WORDS), dtype=np.int64)
+    lf[LF_MAX_ORDER_QTY] = risk.max_order_qty_lots
+    lf[LF_MAX_POSITION] = risk.max_position_lots
+    lf[LF_PRICE_BAND_BPS] = risk.price_band_bps
+    lf[LF_MAX_OPEN_ORDERS] = risk.max_open_orders
+    lf[LF_MAX_ORDERS_PER_S] = risk.max_orders_per_s
+    lf[LF_MAX_CANCELS_PER_S] = risk.max_cancels_per_s
+    lf[LF_MAX_OTR] = risk.max_order_to_trade
+    lf[LF_OTR_MIN_ORDERS] = otr_min_orders
+    lf[LF_DAILY_LOSS] = risk.daily_loss_limit
+    lf[LF_MAX_DRAWDOWN] = risk.max_drawdown
+    lf[LF_REDUCING_FRACTION] = risk.reducing_at_fraction
+    lf[LF_STP] = 1.0 if risk.self_trade_prevention else 0.0
+    lf[LF_WINDOW_NS] = window_ns
+    lf[LF_N_INST] = n
+    lf[LF_N_STRAT] = max_strategies
+    limit = Decimal(repr(float(risk.max_notional)))
+    for row in arr:
+        i = int(row["instrument_id"])
+        mant = int(row["tick_mant"]) * int(row["lot_mant"])
+        exp = int(row["tick_exp"]) + int(row["lot_exp"])
+        li[i, LI_VALUE_MANT] = mant
+        units = int((limit * (Decimal(10) ** exp)).to_integral_value(rounding="ROUND_FLOOR"))
+        li[i, LI_NOTIONAL_UNITS] = min(units, 2 ** 61)   # beyond: unreachable with sane orders
+        lf[LF_INST_VALUE + i] = float(Decimal(mant) / (Decimal(10) ** exp))
+    return lf, li
+
+
+def make_risk_state(limits, open_order_capacity: int = 0):
+    """Cold: zeroed risk state sized for ``limits`` (strategies, instruments, rate windows).
+
+    Open-order capacity: max_open_orders for each of up to 16 strategies unless given."""
+    lf, li = limits
+    n = int(lf[LF_N_INST]) + 1
+    s = int(lf[LF_N_STRAT]) + 1
+    cap = max(open_order_capacity or int(lf[LF_MAX_OPEN_ORDERS]) * min(s - 1, 16), 16)
+    hcap = 1
+    while hcap < 2 * cap:
+        hcap <<= 1
+    ofree = np.zeros(cap + 1, np.int64)
+    ofree[:cap] = np.arange(cap)[::-1]   # pops row 0 first
+    ofree[cap] = cap
+    return (np.zeros(G_WORDS, np.int64), np.zeros(GF_WORDS, np.float64),
+            np.zeros((s, n), np.int64), np.zeros((s, n), np.int64), np.zeros((s, n), np.int64),
+            np.zeros(s, np.int64), np.zeros((s, SC_WORDS), np.int64),
+            np.zeros((s, max(1, int(lf[LF_MAX_ORDERS_PER_S]))), np.int64),
+            np.zeros((s, max(1, int(lf[LF_MAX_CANCELS_PER_S]))), np.int64),
+            np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n, SP_WORDS), np.float64),
+            np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64),
+            np.zeros((hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
+            np.zeros(n, np.int64))

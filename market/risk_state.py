@@ -1,7 +1,7 @@
 """Risk state for the pre-trade checks: limit arrays, the open-order table, positions, PnL and
 the updates that execution reports make. Used by the backtest and the risk-gate stage through
-market/risk.py (which re-exports this API). Every @njit function is HOT PATH; ``build_limits``
-and ``make_risk_state`` are cold.
+market/risk.py (which re-exports this API and holds the cold builders ``build_limits`` and
+``make_risk_state``). Every @njit function here is HOT PATH.
 
     limits = (lf float64[LF_INST_VALUE + n + 1], li int64[n + 1, LI_WORDS])
     rstate = (g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, oo, spf, agg,
@@ -16,15 +16,12 @@ listed per instrument (see the open-order section).
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import numpy as np
 from numba import njit
 
-from shm.instruments import InstrumentTable
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
-    EXEC_REJECT, EXEC_REPLACE_ACK, INSTRUMENT_DTYPE, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE,
+    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE,
     OFLAG_RISK_SYSTEM, SIDE_BUY,
 )
 
@@ -57,72 +54,6 @@ AG_POS, AG_COST = 0, 1                    # per instrument, summed over strategi
 AG_WORDS = 2
 (R_G, R_GF, R_POS, R_OPEN_BUY, R_OPEN_SELL, R_N_OPEN, R_SC, R_ORDER_TS, R_CANCEL_TS, R_OO, R_SPF,
  R_AGG, R_MARKS, R_OO_HASH, R_OO_FREE, R_OO_LIST, R_OO_COUNT) = range(17)   # rstate positions
-
-
-def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: int = 100,
-                 window_ns: int = 1_000_000_000):
-    """Cold: limits from a ``RiskConfig`` and the instruments (INSTRUMENT_DTYPE array, an
-    InstrumentTable or a list of Instrument). ``otr_min_orders``: the order-to-trade ratio is
-    enforced only after this many orders (a new strategy has no fills yet)."""
-    if isinstance(instruments, np.ndarray) and instruments.dtype == INSTRUMENT_DTYPE:
-        arr = instruments
-    else:
-        table = instruments if isinstance(instruments, InstrumentTable) else \
-            InstrumentTable(list(instruments))
-        arr = table.to_array()
-    n = int(arr["instrument_id"].max()) if len(arr) else 0
-    lf = np.zeros(LF_INST_VALUE + n + 1, dtype=np.float64)
-    li = np.zeros((n + 1, LI_WORDS), dtype=np.int64)
-    lf[LF_MAX_ORDER_QTY] = risk.max_order_qty_lots
-    lf[LF_MAX_POSITION] = risk.max_position_lots
-    lf[LF_PRICE_BAND_BPS] = risk.price_band_bps
-    lf[LF_MAX_OPEN_ORDERS] = risk.max_open_orders
-    lf[LF_MAX_ORDERS_PER_S] = risk.max_orders_per_s
-    lf[LF_MAX_CANCELS_PER_S] = risk.max_cancels_per_s
-    lf[LF_MAX_OTR] = risk.max_order_to_trade
-    lf[LF_OTR_MIN_ORDERS] = otr_min_orders
-    lf[LF_DAILY_LOSS] = risk.daily_loss_limit
-    lf[LF_MAX_DRAWDOWN] = risk.max_drawdown
-    lf[LF_REDUCING_FRACTION] = risk.reducing_at_fraction
-    lf[LF_STP] = 1.0 if risk.self_trade_prevention else 0.0
-    lf[LF_WINDOW_NS] = window_ns
-    lf[LF_N_INST] = n
-    lf[LF_N_STRAT] = max_strategies
-    limit = Decimal(repr(float(risk.max_notional)))
-    for row in arr:
-        i = int(row["instrument_id"])
-        mant = int(row["tick_mant"]) * int(row["lot_mant"])
-        exp = int(row["tick_exp"]) + int(row["lot_exp"])
-        li[i, LI_VALUE_MANT] = mant
-        units = int((limit * (Decimal(10) ** exp)).to_integral_value(rounding="ROUND_FLOOR"))
-        li[i, LI_NOTIONAL_UNITS] = min(units, 2 ** 61)   # beyond: unreachable with sane orders
-        lf[LF_INST_VALUE + i] = float(Decimal(mant) / (Decimal(10) ** exp))
-    return lf, li
-
-
-def make_risk_state(limits, open_order_capacity: int = 0):
-    """Cold: zeroed risk state sized for ``limits`` (strategies, instruments, rate windows).
-
-    Open-order capacity: max_open_orders for each of up to 16 strategies unless given."""
-    lf, li = limits
-    n = int(lf[LF_N_INST]) + 1
-    s = int(lf[LF_N_STRAT]) + 1
-    cap = max(open_order_capacity or int(lf[LF_MAX_OPEN_ORDERS]) * min(s - 1, 16), 16)
-    hcap = 1
-    while hcap < 2 * cap:
-        hcap <<= 1
-    ofree = np.zeros(cap + 1, np.int64)
-    ofree[:cap] = np.arange(cap)[::-1]   # pops row 0 first
-    ofree[cap] = cap
-    return (np.zeros(G_WORDS, np.int64), np.zeros(GF_WORDS, np.float64),
-            np.zeros((s, n), np.int64), np.zeros((s, n), np.int64), np.zeros((s, n), np.int64),
-            np.zeros(s, np.int64), np.zeros((s, SC_WORDS), np.int64),
-            np.zeros((s, max(1, int(lf[LF_MAX_ORDERS_PER_S]))), np.int64),
-            np.zeros((s, max(1, int(lf[LF_MAX_CANCELS_PER_S]))), np.int64),
-            np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n, SP_WORDS), np.float64),
-            np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64),
-            np.zeros((hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
-            np.zeros(n, np.int64))
 
 
 # =============================================================================================

@@ -153,30 +153,27 @@ def mm_observe_trade(fp, est, trade_px, ref_mid2):
 def mm_quotes(fp, est, mid2, inventory_lots):
     """Avellaneda-Stoikov quotes (bid, ask) in ticks for the current estimates; 0, 0 if sigma is
     not known yet. Also stores r, delta, sigma^2, k in est."""
-    sample_s = fp[F_SAMPLE_NS] * 1e-9
-    if est[E_N_SAMPLES] < fp[F_MIN_SAMPLES]:
-        return np.int64(0), np.int64(0)
-    sigma2 = est[E_VAR] / sample_s
-    k = 1.0 / est[E_DIST]
-    gamma = fp[F_GAMMA]
-    tau = fp[F_TAU]
-    s = mid2 * 0.5
-    q = inventory_lots / fp[F_QTY]
-    skew = q * gamma * sigma2 * tau
-    if skew > fp[F_MAX_SKEW]:
-        skew = fp[F_MAX_SKEW]
-    elif skew < -fp[F_MAX_SKEW]:
-        skew = -fp[F_MAX_SKEW]
-    r = s - skew
-    delta = gamma * sigma2 * tau + (2.0 / gamma) * math.log(1.0 + gamma / k)
-    half = delta * 0.5
-    if half < fp[F_MIN_HALF]:
-        half = fp[F_MIN_HALF]
-    est[E_R] = r
-    est[E_DELTA] = delta
-    est[E_SIGMA2] = sigma2
-    est[E_K] = k
-    return np.int64(math.floor(r - half)), np.int64(math.ceil(r + half))
+    # Single exit in the kernels below: with early returns numba's reference-count pruning
+    # gives up and each array argument costs an atomic incref/decref pair per call.
+    bid = np.int64(0)
+    ask = np.int64(0)
+    if est[E_N_SAMPLES] >= fp[F_MIN_SAMPLES]:
+        sigma2 = est[E_VAR] / (fp[F_SAMPLE_NS] * 1e-9)
+        k = 1.0 / est[E_DIST]
+        gamma = fp[F_GAMMA]
+        tau = fp[F_TAU]
+        skew = inventory_lots / fp[F_QTY] * gamma * sigma2 * tau
+        skew = min(max(skew, -fp[F_MAX_SKEW]), fp[F_MAX_SKEW])
+        r = mid2 * 0.5 - skew
+        delta = gamma * sigma2 * tau + (2.0 / gamma) * math.log(1.0 + gamma / k)
+        half = max(delta * 0.5, fp[F_MIN_HALF])
+        est[E_R] = r
+        est[E_DELTA] = delta
+        est[E_SIGMA2] = sigma2
+        est[E_K] = k
+        bid = np.int64(math.floor(r - half))
+        ask = np.int64(math.ceil(r + half))
+    return bid, ask
 
 
 @njit(cache=True)
@@ -191,15 +188,13 @@ def _manage_side(out, k, ctl, orders, iw, coid_word, sent_word, side, want_px, w
             if s >= 0:
                 iw[coid_word] = orders[s, OS_COID]
                 iw[sent_word] = now_ns
-        return k
-    if orders[s, OS_STATE] != OST_LIVE:
-        return k  # a request is in flight: wait for its answer
-    if want_px <= 0 or want_qty <= 0:
-        return send_cancel(out, k, ctl, orders, s, now_ns)
-    moved = abs(want_px - orders[s, OS_PX]) >= fp[F_REQUOTE]
-    if (moved or want_qty != orders[s, OS_LEAVES]) and can_send:
-        k = send_replace(out, k, ctl, orders, s, want_px, want_qty, now_ns)
-        iw[sent_word] = now_ns
+    elif orders[s, OS_STATE] == OST_LIVE:   # otherwise a request is in flight: wait for it
+        if want_px <= 0 or want_qty <= 0:
+            k = send_cancel(out, k, ctl, orders, s, now_ns)
+        elif ((abs(want_px - orders[s, OS_PX]) >= fp[F_REQUOTE]
+               or want_qty != orders[s, OS_LEAVES]) and can_send):
+            k = send_replace(out, k, ctl, orders, s, want_px, want_qty, now_ns)
+            iw[sent_word] = now_ns
     return k
 
 
@@ -216,32 +211,34 @@ def mm_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     k = 0
     ok = is_valid(px, meta, inst) and meta[inst, META_HALTED] == 0
     mid2 = mid_x2(px, meta, inst) if ok else 0
-    if mid2 <= 0:
-        # Invalid, crossed, locked, halted or one-sided book: we cannot price, so we do not quote.
-        est[E_LAST_MID_X2] = 0.0
-        return cancel_all(out, k, ctl, orders, now_ns)
-    mm_observe_mid(fp, est, mid2, now_ns)
-    est[E_LAST_MID_X2] = mid2
+    bid = np.int64(0)
+    ask = np.int64(0)
     inv = pos[0, PS_POS]
-    bid, ask = mm_quotes(fp, est, mid2, inv)
+    if mid2 > 0:
+        mm_observe_mid(fp, est, mid2, now_ns)
+        bid, ask = mm_quotes(fp, est, mid2, inv)
+    est[E_LAST_MID_X2] = mid2
     if bid <= 0 or ask <= 0:
-        return cancel_all(out, k, ctl, orders, now_ns)
-    best_bid = best_bid_px(px, meta, inst)
-    best_ask = best_ask_px(px, meta, inst)
-    if bid >= best_ask:   # post-only would be rejected: join one tick inside the touch
-        bid = best_ask - 1
-    if ask <= best_bid:
-        ask = best_bid + 1
-    qty_q = np.int64(fp[F_QTY])
-    max_inv = fp[F_MAX_INV]
-    bid_qty = min(qty_q, np.int64(max_inv - inv)) if inv < max_inv else 0
-    ask_qty = min(qty_q, np.int64(max_inv + inv)) if inv > -max_inv else 0
-    est[E_BID] = bid
-    est[E_ASK] = ask
-    k = _manage_side(out, k, ctl, orders, iw, I_COID_BID, I_SENT_BID, SIDE_BUY, bid, bid_qty,
-                     fp, now_ns)
-    k = _manage_side(out, k, ctl, orders, iw, I_COID_ASK, I_SENT_ASK, SIDE_SELL, ask, ask_qty,
-                     fp, now_ns)
+        # Invalid, crossed, locked, halted or one-sided book, or no volatility estimate yet:
+        # we cannot price, so nothing of ours rests in the book.
+        k = cancel_all(out, k, ctl, orders, now_ns)
+    else:
+        best_bid = best_bid_px(px, meta, inst)
+        best_ask = best_ask_px(px, meta, inst)
+        if bid >= best_ask:   # post-only would be rejected: join one tick inside the touch
+            bid = best_ask - 1
+        if ask <= best_bid:
+            ask = best_bid + 1
+        qty_q = np.int64(fp[F_QTY])
+        max_inv = fp[F_MAX_INV]
+        bid_qty = min(qty_q, np.int64(max_inv - inv)) if inv < max_inv else 0
+        ask_qty = min(qty_q, np.int64(max_inv + inv)) if inv > -max_inv else 0
+        est[E_BID] = bid
+        est[E_ASK] = ask
+        k = _manage_side(out, k, ctl, orders, iw, I_COID_BID, I_SENT_BID, SIDE_BUY, bid,
+                         bid_qty, fp, now_ns)
+        k = _manage_side(out, k, ctl, orders, iw, I_COID_ASK, I_SENT_ASK, SIDE_SELL, ask,
+                         ask_qty, fp, now_ns)
     return k
 
 
