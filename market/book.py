@@ -60,8 +60,9 @@ from shm.records import (MFLAG_LAST_IN_BATCH, MSG_CLEAR, MSG_LEVEL, MSG_SNAP_END
 # every array that crosses a call costs an atomic incref/decref pair (measured here: a call
 # taking the 9-array engine tuple 150 ns with NRT, 1 ns without; numba issue #2345).
 
-BID = 0
-ASK = 1
+# int64, not Python ints: numba would compile one specialisation per literal side passed on.
+BID = np.int64(0)
+ASK = np.int64(1)
 EMPTY_PX = 0
 
 META_N_BID = 0
