@@ -15,7 +15,10 @@ Kernel API::
 reports go to ``ex`` (EXEC_DTYPE), market data to ``md`` (MARKET_DTYPE), both caller-owned.
 Processing stops early, before an order, when fewer than ``OUT_MARGIN`` free slots remain in
 either output; ``n_done`` says how many orders were consumed. Records that still do not fit
-(a sweep through more than OUT_MARGIN/3 orders) are counted in st[S_EX_DROPPED/S_MD_DROPPED].
+(one order sweeping more than about 90 resting orders: two reports per fill) are counted in
+st[S_EX_DROPPED] / st[S_MD_DROPPED]; the book itself stays correct. State words (STP mode,
+venue id, counters) are ``st = eng[6]`` indexed by l3book.S_*; set the STP mode with
+``eng[6][S_STP_MODE] = STP_CANCEL_NEWEST | STP_REJECT | STP_NONE``.
 
 Semantics:
 - Owner = ``strategy_id``; 0 means anonymous (background flow) and is never self-trade checked.
