@@ -70,14 +70,14 @@ COUNTER_NAMES = ("md_records", "exec_reports", "strategy_calls", "intents", "ord
                  "risk_rejects", "venue_rejects", "orders_acked", "fills", "orders_filled",
                  "qty_sent", "qty_filled", "max_abs_pos", "curve_points", "closed_trades",
                  "queue_samples", "maker_fills", "dropped_denials")
-ACK_RING = 1024
+ACK_RING = 1024   # power of two (direct-mapped on client_order_id)
 # Background events per second per simulated venue in backtests. The config's
 # sim.event_rate_per_s (20000) is the live simulator's rate; a 30-minute, 2-venue backtest at
 # that rate is 72 M matching-engine events, so backtests default to this rate (--event-rate).
 BACKTEST_EVENT_RATE = 1000.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _account_fill(acct, e, trades, cnt):
     """Average-cost accounting of one fill; a fill that reduces a position closes a trade
     whose PnL (realized - this fill's fee) goes to trades[]."""
@@ -111,7 +111,7 @@ def _account_fill(acct, e, trades, cnt):
         cnt[C_N_TRADES] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _equity_parts(acct):
     realized = 0.0
     fees = 0.0
@@ -127,7 +127,7 @@ def _equity_parts(acct):
     return realized, fees, unreal, abs_pos
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sample(acct, curve, cnt, t, initial_cash):
     n = cnt[C_N_CURVE]
     if n >= curve.shape[0]:
@@ -142,7 +142,7 @@ def _sample(acct, curve, cnt, t, initial_cash):
     cnt[C_N_CURVE] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
     for j in range(n_ex):
         e = ex[j]
@@ -152,12 +152,9 @@ def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
         if kind == EXEC_ACK or kind == EXEC_REPLACE_ACK:
             if kind == EXEC_ACK:
                 cnt[C_ACKS] += 1
-            slot = (cnt[C_ACKS] + cnt[C_CALLS]) % acks.shape[0]
-            # remember when the order (re)joined a queue: time in queue starts there
-            for k in range(acks.shape[0]):
-                if acks[k, 0] == e.client_order_id:
-                    slot = k
-                    break
+            # when the order (re)joined a queue: time in queue starts there. Client order ids
+            # are per-strategy counters, so the low bits index a direct-mapped table.
+            slot = e.client_order_id & (acks.shape[0] - 1)
             acks[slot, 0] = e.client_order_id
             acks[slot, 1] = e.venue_ts_ns
         elif kind == EXEC_PARTIAL or kind == EXEC_FILL:
@@ -171,18 +168,16 @@ def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
                 cnt[C_MAX_ABS_POS] = ap
             if e.liquidity == LIQ_MAKER:
                 cnt[C_MAKER_FILLS] += 1
-                for k in range(acks.shape[0]):
-                    if acks[k, 0] == e.client_order_id:
-                        nq = cnt[C_N_QUEUE]
-                        if nq < qtimes.shape[0]:
-                            qtimes[nq] = e.venue_ts_ns - acks[k, 1]
-                            cnt[C_N_QUEUE] = nq + 1
-                        break
+                slot = e.client_order_id & (acks.shape[0] - 1)
+                nq = cnt[C_N_QUEUE]
+                if acks[slot, 0] == e.client_order_id and nq < qtimes.shape[0]:
+                    qtimes[nq] = e.venue_ts_ns - acks[slot, 1]
+                    cnt[C_N_QUEUE] = nq + 1
         elif kind == EXEC_REJECT and (e.flags & EFLAG_FROM_RISK) == 0:
             cnt[C_VENUE_REJECTS] += 1
 
 
-@njit(cache=False)
+@njit(cache=False, _nrt=False)
 def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rstate, acct,
                   curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, t_start,
                   t_end, timer_ns, sample_ns, initial_cash):
@@ -368,10 +363,13 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
     cnt[:] = 0
     curve[:] = 0.0
     wall = time.perf_counter()
+    cpu = time.thread_time()
     backtest_loop(*args, np.int64(t_end), *tail)
+    cpu = time.thread_time() - cpu
     wall = time.perf_counter() - wall
     counters = {name: int(cnt[i]) for i, name in enumerate(COUNTER_NAMES)}
     counters["wall_s"] = wall
+    counters["cpu_s"] = cpu          # this thread's CPU time: the figure on a shared machine
     counters["compile_s"] = compile_s
     counters["events"] = counters["md_records"] + counters["exec_reports"]
     counters["simulated_s"] = (t_end - t_start) / 1e9

@@ -182,7 +182,7 @@ class FlowModel:
 # ------------------------------------------------------------------------------------------
 # Latent prices (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _ou_step(x, dt_s, half_life_s, sigma, rng, stream):
     """Exact OU transition over dt: mean reversion to 0 with the given half-life, diffusion
     sigma per sqrt(second)."""
@@ -194,7 +194,7 @@ def _ou_step(x, dt_s, half_life_s, sigma, rng, stream):
     return x * a + sd * rng_normal(rng, stream)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def flow_init(ip, is_, gp, gs, gl, rng, stream):
     """Draw the first scheduled times (regime switch, jumps, shocks, bursts) at t = 0."""
     gl[GL_T] = 0.0
@@ -209,7 +209,7 @@ def flow_init(ip, is_, gp, gs, gl, rng, stream):
         is_[i, IS_NEXT_BURST] = rng_exp(rng, stream, NS / BURST_RATE_HZ)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _advance_factor(gl, t, rng, stream):
     dt = (t - gl[GL_T]) * 1e-9
     if dt > 0.0:
@@ -218,7 +218,7 @@ def _advance_factor(gl, t, rng, stream):
         gl[GL_T] = t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _advance_group(gp, gs, gl, g, t, rng, stream):
     dt = (t - gs[g, GS_T]) * 1e-9
     if dt > 0.0:
@@ -229,7 +229,7 @@ def _advance_group(gp, gs, gl, g, t, rng, stream):
         gs[g, GS_T] = t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _advance_disloc(is_, i, t, rng, stream):
     dt = (t - is_[i, IS_T_DISLOC]) * 1e-9
     if dt > 0.0:
@@ -239,7 +239,7 @@ def _advance_disloc(is_, i, t, rng, stream):
         is_[i, IS_T_DISLOC] = t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def group_log_price(gp, gs, gl, g):
     """x_g at the time of the last advance (no draw)."""
     x = gp[g, GP_LOGP0] + gp[g, GP_BETA] * gl[GL_F] + gs[g, GS_U]
@@ -248,7 +248,7 @@ def group_log_price(gp, gs, gl, g):
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream):
     """Latent price of instrument i at time t (float ticks); advances the model to t."""
     g = np.int64(ip[i, IP_GROUP])
@@ -258,7 +258,7 @@ def latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream):
     return math.exp(group_log_price(gp, gs, gl, g) + is_[i, IS_DISLOC]) / ip[i, IP_TICK]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def next_scheduled_ns(ip, is_, gs, gl):
     """The earliest scheduled model event (regime switch, jump, shock, burst start)."""
     t = gl[GL_NEXT_SWITCH]
@@ -270,7 +270,7 @@ def next_scheduled_ns(ip, is_, gs, gl):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
     """Apply every scheduled model event at or before t (in time order); write MSG_NEWS
     records (exch_ts relative ns, to be shifted by the caller) into news[n_news:].
@@ -337,7 +337,7 @@ def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
                 break
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def event_rate_mult(gl):
     return RATE_REGIME_MULT if gl[GL_REGIME] > 0.0 else 1.0
 
@@ -345,7 +345,7 @@ def event_rate_mult(gl):
 # ------------------------------------------------------------------------------------------
 # Background orders (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream, out):
     """Decide one background event of a venue at time t. ``out`` int64[4] receives
     (instrument id, side, price ticks, qty lots); returns ACT_*. For ACT_CANCEL the caller
@@ -376,7 +376,7 @@ def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream,
     return ACT_MARKET
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def draw_limit(ip, is_, gp, gs, gl, i, side, t, rng, stream, out):
     """A background limit order of instrument i on ``side`` at time t into out (see
     ``draw_action``): latent -/+ (half spread + Exp(depth)), on the instrument's price grid."""

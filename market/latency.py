@@ -37,7 +37,7 @@ _U53 = 1.0 / 9007199254740992.0  # 2**-53
 # ------------------------------------------------------------------------------------------
 # Random streams (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def splitmix64(x):
     """One splitmix64 output for state ``x`` (uint64); used only to seed streams."""
     z = x + np.uint64(0x9E3779B97F4A7C15)
@@ -46,7 +46,7 @@ def splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rng_seed(streams, seed):
     """Seed every stream of ``streams`` (uint64 array) from one integer seed."""
     x = np.uint64(seed) * np.uint64(0x2545F4914F6CDD1D) + np.uint64(0x632BE59BD9B4E019)
@@ -55,7 +55,7 @@ def rng_seed(streams, seed):
         streams[i] = x if x != np.uint64(0) else np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def rng_next(streams, i):
     """Next 64-bit output of stream ``i`` (xorshift64*)."""
     x = streams[i]
@@ -66,18 +66,18 @@ def rng_next(streams, i):
     return x * np.uint64(0x2545F4914F6CDD1D)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def rng_uniform(streams, i):
     """Uniform in the open interval (0, 1): never 0, so log() is always finite."""
     return (float(rng_next(streams, i) >> np.uint64(11)) + 0.5) * _U53
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def rng_exp(streams, i, mean):
     return -np.log(rng_uniform(streams, i)) * mean
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def rng_normal(streams, i):
     """Standard normal (Box-Muller; the second value is dropped to keep the state one word)."""
     u1 = rng_uniform(streams, i)
@@ -85,7 +85,7 @@ def rng_normal(streams, i):
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(6.283185307179586 * u2)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def rng_below(streams, i, n):
     """Uniform integer in [0, n) for n >= 1 (the bias is below 2**-53 * n)."""
     return np.int64(rng_uniform(streams, i) * n)
@@ -94,7 +94,7 @@ def rng_below(streams, i, n):
 # ------------------------------------------------------------------------------------------
 # Latency draws (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sample_latency_ns(params, hist, hist_n, streams, stream, venue, channel):
     """One latency in ns for ``venue`` / ``channel``: a histogram draw if the channel has
     samples, else constant + exponential jitter."""
@@ -108,7 +108,7 @@ def sample_latency_ns(params, hist, hist_n, streams, stream, venue, channel):
     return np.int64(lat)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def fifo_arrival(last_arrival, slot, send_ns, latency_ns):
     """Arrival time on a FIFO channel: send + latency, but never before the previous message
     of the same channel (``last_arrival[slot]``, updated here)."""
@@ -119,7 +119,7 @@ def fifo_arrival(last_arrival, slot, send_ns, latency_ns):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sample_many_ns(params, hist, hist_n, streams, stream, venue, channel, out):
     for k in range(out.shape[0]):
         out[k] = sample_latency_ns(params, hist, hist_n, streams, stream, venue, channel)

@@ -64,6 +64,7 @@ RS_MODEL = 5
 RS_N_OPEN = 6
 RS_MAKER_FILLS = 7
 RS_TAKER_FILLS = 8
+RS_HI = 9           # 1 + highest order slot in use: scans stop there
 RS_WORDS = 10
 # ords[k, Q_*]
 Q_ACTIVE, Q_COID, Q_INST, Q_SIDE, Q_PX, Q_LEAVES, Q_CUM, Q_STRAT, Q_VOID, Q_CAUSE, Q_TYPE = \
@@ -129,7 +130,7 @@ class ReplayVenue:
         return int(self.records["recv_ts_ns"].max()) if len(self.records) else 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def stamp_receive_times(recs, params, hist, hist_n, rng, inst_venue, fifo):
     """recv_ts = exch_ts + market-data latency (FIFO per venue, one draw per venue message:
     records up to MFLAG_LAST_IN_BATCH share it) where the recording has no later receive time."""
@@ -150,7 +151,7 @@ def stamp_receive_times(recs, params, hist, hist_n, rng, inst_venue, fifo):
 # ------------------------------------------------------------------------------------------
 # Kernels (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _level_qty(vpx, vqty, vmeta, inst, side, px):
     n = vmeta[inst, META_N_BID + side]
     for i in range(n):
@@ -159,7 +160,7 @@ def _level_qty(vpx, vqty, vmeta, inst, side, px):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _report(rv, k, kind, px, qty, liq, reject, t):
     """Queue an exec report about order slot k (or k < 0: the scratch order in ords[-1])."""
     st, ords, outbox, fee, inst_venue, lat, rng, fifo = (rv[0], rv[5], rv[8], rv[9], rv[10],
@@ -199,7 +200,7 @@ def _report(rv, k, kind, px, qty, liq, reject, t):
     e.reserved = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fill(rv, k, px, q, liq, t):
     ords = rv[5]
     ords[k, Q_LEAVES] -= q
@@ -214,14 +215,17 @@ def _fill(rv, k, px, q, liq, t):
         _close(rv, k)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _close(rv, k):
-    if rv[5][k, Q_ACTIVE] != 0:
-        rv[5][k, Q_ACTIVE] = 0
-        rv[0][RS_N_OPEN] -= 1
+    st, ords = rv[0], rv[5]
+    if ords[k, Q_ACTIVE] != 0:
+        ords[k, Q_ACTIVE] = 0
+        st[RS_N_OPEN] -= 1
+        while st[RS_HI] > 0 and ords[st[RS_HI] - 1, Q_ACTIVE] == 0:
+            st[RS_HI] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _take(rv, k, limit, t):
     """Take the displayed opposite levels up to ``limit`` (never changing the recorded book)."""
     vpx, vqty, vmeta, ords = rv[2], rv[3], rv[4], rv[5]
@@ -237,7 +241,7 @@ def _take(rv, k, limit, t):
         _fill(rv, k, lpx, min(ords[k, Q_LEAVES], vqty[inst, opp, i]), LIQ_TAKER, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _available(rv, inst, side, limit):
     vpx, vqty, vmeta = rv[2], rv[3], rv[4]
     opp = 1 - side
@@ -250,15 +254,15 @@ def _available(rv, inst, side, limit):
     return avail
 
 
-@njit(cache=True)
-def _find(ords, coid, strat):
-    for k in range(ords.shape[0]):
+@njit(cache=True, _nrt=False)
+def _find(ords, hi, coid, strat):
+    for k in range(hi):
         if ords[k, Q_ACTIVE] != 0 and ords[k, Q_COID] == coid and ords[k, Q_STRAT] == strat:
             return k
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rest_or_take(rv, k, t):
     """A (re)priced order at the venue: take what crosses, then rest (joining the queue) or
     expire according to its type."""
@@ -282,7 +286,7 @@ def _rest_or_take(rv, k, t):
     _close(rv, k)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _order_arrives(rv, rec, t):
     st, vmeta, ords = rv[0], rv[4], rv[5]
     kind = rec.kind
@@ -328,12 +332,13 @@ def _order_arrives(rv, rec, t):
             return
         ords[k, Q_ACTIVE] = 1
         st[RS_N_OPEN] += 1
+        st[RS_HI] = max(st[RS_HI], k + 1)
         ords[k, Q_VOID] = st[RS_NEXT_VOID]
         st[RS_NEXT_VOID] += 1
         _report(rv, k, EXEC_ACK, rec.px_ticks, rec.qty_lots, LIQ_NONE, 0, t)
         _rest_or_take(rv, k, t)
     elif kind == INTENT_CANCEL or kind == INTENT_REPLACE:
-        k = _find(ords, rec.client_order_id, rec.strategy_id)
+        k = _find(ords, st[RS_HI], rec.client_order_id, rec.strategy_id)
         if k < 0:
             ords[scratch, :] = 0
             ords[scratch, Q_COID] = rec.client_order_id
@@ -366,7 +371,7 @@ def _order_arrives(rv, rec, t):
         if not keep:
             _rest_or_take(rv, k, t)   # a new price loses its place in the queue
     elif kind == INTENT_CANCEL_ALL:
-        for k in range(ords.shape[0] - 1):
+        for k in range(st[RS_HI]):
             if ords[k, Q_ACTIVE] != 0 and ords[k, Q_STRAT] == rec.strategy_id and \
                     (rec.instrument_id == 0 or ords[k, Q_INST] == rec.instrument_id):
                 left = ords[k, Q_LEAVES]
@@ -375,12 +380,12 @@ def _order_arrives(rv, rec, t):
                 _close(rv, k)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _on_trade(rv, rec, t):
-    ords, qf = rv[5], rv[6]
+    st, ords, qf = rv[0], rv[5], rv[6]
     inst = rec.instrument_id
     maker_side = SIDE_SELL if rec.side == SIDE_BUY else SIDE_BUY
-    for k in range(ords.shape[0] - 1):
+    for k in range(st[RS_HI]):
         if ords[k, Q_ACTIVE] == 0 or ords[k, Q_INST] != inst or ords[k, Q_SIDE] != maker_side:
             continue
         px = ords[k, Q_PX]
@@ -400,12 +405,12 @@ def _on_trade(rv, rec, t):
                 qf[k, QF_AHEAD] -= vol
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _on_level(rv, rec, prev, t):
     st, ords, qf = rv[0], rv[5], rv[6]
     inst = rec.instrument_id
     new = rec.qty_lots
-    for k in range(ords.shape[0] - 1):
+    for k in range(st[RS_HI]):
         if ords[k, Q_ACTIVE] == 0 or ords[k, Q_INST] != inst:
             continue
         px = ords[k, Q_PX]
@@ -430,7 +435,7 @@ def _on_level(rv, rec, prev, t):
                 _fill(rv, k, px, min(ords[k, Q_LEAVES], new - prev), LIQ_MAKER, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _apply_record(rv, rec, t):
     st, vpx, vqty, vmeta = rv[0], rv[2], rv[3], rv[4]
     if st[RS_N_OPEN] > 0 and rec.kind == MSG_LEVEL and (rec.side == SIDE_BUY or
@@ -445,7 +450,7 @@ def _apply_record(rv, rec, t):
         _on_trade(rv, rec, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def replay_next_ns(rv):
     st, recs, pend, outbox = rv[0], rv[1], rv[7], rv[8]
     t = NEVER
@@ -457,7 +462,7 @@ def replay_next_ns(rv):
     return min(t, q_next_ns(outbox[1], outbox[2], outbox[3]))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def replay_advance(rv, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
     """Same contract as ``market.sim.sim_advance``: returns (n_md, n_ex, time reached)."""
     st, recs, pend, outbox = rv[0], rv[1], rv[7], rv[8]
@@ -493,7 +498,7 @@ def replay_advance(rv, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
             st[RS_EXCH] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def replay_submit(rv, order, send_ns):
     pend, inst_venue, lat, rng, fifo = rv[7], rv[10], rv[11], rv[12], rv[13]
     inst = order.instrument_id

@@ -166,7 +166,7 @@ class SimVenue:
 # ------------------------------------------------------------------------------------------
 # Kernels (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
     """Queue recs[0:n] (one venue message) for delivery: one latency draw for the message."""
     if n == 0:
@@ -187,7 +187,7 @@ def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
         st[ST_MD_OUT] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
     """Strategy-owned reports of one venue message into the outbox (background ones are the
     flow's own business and dropped)."""
@@ -205,7 +205,7 @@ def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
         q_push(recs, q_t, q_seq, q_st, ex[k], due)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, order, t):
     o1, ex, md = scratch[0], scratch[1], scratch[2]
     o1[0] = order
@@ -215,7 +215,7 @@ def _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scr
     _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _bg_order(o, kind, inst, side, otype, px, qty, coid):
     o.kind = kind
     o.side = side
@@ -227,7 +227,7 @@ def _bg_order(o, kind, inst, side, otype, px, qty, coid):
     o.strategy_id = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, pool,
                pool_n, inst, j, stream, t):
     coid = pool[inst, j]
@@ -242,7 +242,7 @@ def _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scra
     _publish(st, lat, rng, md_ring, md_ht, fifo, inst_venue[inst], scratch[2], km, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, pool, pool_n,
                       md_ring, md_ht, fifo, outbox, scratch, v, t):
     ip, is_, gp, gs, gl = fm
@@ -290,7 +290,7 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
     _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, rec[0], t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_start(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
               pool_n, md_ring, md_ht, fifo, pend, outbox, scratch):
     """Seed the model, fill each book with INITIAL_ORDERS background limit orders, publish a
@@ -321,7 +321,7 @@ def sim_start(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, ra
             vnext[v] = t0 + np.int64(rng_exp(rng, v, NS / rates[v])) + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _next_md_venue(md_ring, md_ht):
     best = -1
     best_t = NEVER
@@ -335,7 +335,7 @@ def _next_md_venue(md_ring, md_ht):
     return best, best_t
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_next_ns(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
                 pool_n, md_ring, md_ht, fifo, pend, outbox, scratch):
     """The earliest time anything happens: a venue event, an order arrival or a delivery."""
@@ -348,7 +348,7 @@ def sim_next_ns(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
     return min(t, tm)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _deliver(md_ring, md_ht, outbox, t, out_md, n_md, out_ex, n_ex):
     cap = md_ring.shape[1]
     while n_md < out_md.shape[0]:
@@ -362,7 +362,7 @@ def _deliver(md_ring, md_ht, outbox, t, out_md, n_md, out_ex, n_ex):
     return n_md, n_ex
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
                 pool_n, md_ring, md_ht, fifo, pend, outbox, scratch, t_limit, out_md, n_md,
                 out_ex, n_ex, stop_at_delivery):
@@ -406,7 +406,7 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
                pool_n, md_ring, md_ht, fifo, pend, outbox, scratch, order, send_ns):
     """A strategy order sent at send_ns: it reaches its venue after the order latency."""
@@ -420,7 +420,7 @@ def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, r
     return q_push(pend[0], pend[1], pend[2], pend[3], order, due)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
     """``sim_advance`` on the state tuple (the backtest's venue interface)."""
     return sim_advance(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11],
@@ -428,7 +428,7 @@ def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
                        n_ex, stop_at_delivery)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sim_submit_state(s, order, send_ns):
     return sim_submit(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11],
                       s[12], s[13], s[14], s[15], s[16], s[17], order, send_ns)

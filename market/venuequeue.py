@@ -30,7 +30,7 @@ def make_queue(dtype, cap: int):
             np.zeros(cap, dtype=np.int64), np.zeros(QS_WORDS, dtype=np.int64))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_push(recs, q_t, q_seq, q_st, rec, due_ns):
     """Copy ``rec`` in, due at ``due_ns``. Returns the slot, or -1 when full (counted)."""
     n = q_st[QS_N]
@@ -45,7 +45,7 @@ def q_push(recs, q_t, q_seq, q_st, rec, due_ns):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_push_slot(recs, q_t, q_seq, q_st, due_ns):
     """Reserve a slot due at ``due_ns`` for the caller to fill; -1 when full (counted)."""
     n = q_st[QS_N]
@@ -59,7 +59,7 @@ def q_push_slot(recs, q_t, q_seq, q_st, due_ns):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_min(q_t, q_seq, q_st):
     """Index of the earliest entry, or -1 when empty."""
     best = -1
@@ -69,13 +69,13 @@ def q_min(q_t, q_seq, q_st):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_next_ns(q_t, q_seq, q_st):
     j = q_min(q_t, q_seq, q_st)
     return NEVER if j < 0 else q_t[j]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_remove(recs, q_t, q_seq, q_st, j):
     """Remove entry j (order among the rest is kept by their sequence numbers)."""
     last = q_st[QS_N] - 1
@@ -86,7 +86,7 @@ def q_remove(recs, q_t, q_seq, q_st, j):
     q_st[QS_N] = last
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def q_drain_due(recs, q_t, q_seq, q_st, t_ns, out, n_out):
     """Move every entry due at or before t_ns into out[n_out:], earliest first; stops when
     out is full. Returns the new n_out."""

@@ -163,7 +163,7 @@ def cfg():
 def _comparable(rep):
     rep = dict(rep)
     rep["counters"] = {k: v for k, v in rep["counters"].items()
-                       if k not in ("wall_s", "compile_s")}
+                       if k not in ("wall_s", "cpu_s", "compile_s")}
     return rep
 
 
