@@ -53,7 +53,8 @@ def socket_path(cfg) -> Path:
 
 class Controller:
     def __init__(self, cfg, config_path: str, duration_s: float | None = None,
-                 notifier=None, log=None):
+                 notifier=None, log=None, replay: str | None = None,
+                 replay_speed: float = 1.0):
         self.cfg = cfg
         self.config_path = str(Path(config_path).resolve())
         self.instance = cfg.instance.name
@@ -61,6 +62,8 @@ class Controller:
         self.inst_dir = instance_dir(cfg)
         self.run_dir = self.inst_dir / time.strftime("run-%Y%m%d-%H%M%S")
         self.duration_s = duration_s
+        self.replay = str(Path(replay).resolve()) if replay else None
+        self.replay_speed = float(replay_speed)
         self.notifier = notifier
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_requested = False
@@ -165,6 +168,9 @@ class Controller:
         self.supervisor = Supervisor(self.instance, self.config_path, self.run_dir,
                                      self.topology, self.status,
                                      stages_cfg.heartbeat_timeout_ms, stages_cfg.restart_limit)
+        if self.replay:
+            self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
+                                                      str(self.replay_speed)]
         tiers = [[s for s in self.topology.start_order() if s.role not in (ROLE_GATE,
                                                                             ROLE_STRATEGY)],
                  [s for s in self.topology.stages if s.role == ROLE_GATE],
@@ -386,6 +392,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.controller")
     ap.add_argument("--config", required=True)
+    ap.add_argument("--replay", default=None)
+    ap.add_argument("--replay-speed", type=float, default=1.0)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     state_file = instance_dir(cfg) / "controller.state"
@@ -394,7 +402,8 @@ def main(argv=None) -> int:
     def on_started(ctl, error=None):
         write_state(state_file, "failed" if error else "running", error or "")
 
-    ctl = Controller(cfg, args.config, notifier=SdNotifier())
+    ctl = Controller(cfg, args.config, notifier=SdNotifier(), replay=args.replay,
+                     replay_speed=args.replay_speed)
     try:
         write_state(state_file, "starting")
         rc = ctl.run(on_started)

@@ -56,10 +56,13 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
-def make_stage(spec):
+def make_stage(spec, replay: str | None = None):
     from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                                  ROLE_VENUE)
 
+    if spec.role == ROLE_VENUE and replay:
+        from stages.feed_replay import FeedReplayStage
+        return FeedReplayStage()
     if spec.role == ROLE_VENUE:
         from stages.venue_sim import SimVenueStage
         return SimVenueStage()
@@ -88,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reconcile", action="store_true",
                     help="restarted after a crash: rebuild state from the journal first")
     ap.add_argument("--parent-pid", type=int, default=0)
+    ap.add_argument("--replay", default=None, help="venue stage: replay this record file")
+    ap.add_argument("--replay-speed", type=float, default=1.0)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
 
@@ -114,8 +119,10 @@ def main(argv=None) -> int:
     ctx = StageContext(instance=args.instance, name=spec.name, role=spec.role, config=cfg,
                        topology=topo, run_dir=Path(args.run_dir), slot=spec.slot, cpu=cpu,
                        restarts=args.restarts, extra={"spec": spec,
-                                                      "reconcile": args.reconcile})
-    stage = make_stage(spec)
+                                                      "reconcile": args.reconcile,
+                                                      "replay": args.replay,
+                                                      "replay_speed": args.replay_speed})
+    stage = make_stage(spec, args.replay)
     runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
                          make_idle(spec.idle))
     runner.install_signals()

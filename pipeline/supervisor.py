@@ -76,6 +76,7 @@ class Supervisor:
         self.procs: dict[str, StageProcess] = {}
         self._sched: dict[int, tuple[int, int]] = {}   # pid -> (when, run-queue wait ns)
         self.starved_ticks = 0
+        self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
 
     # -- spawning -------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Supervisor:
                "--parent-pid", str(os.getpid())]
         if reconcile:
             cmd.append("--reconcile")
+        cmd += self.stage_args.get(spec.role, [])
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # only the controller talks to systemd
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -12,6 +12,11 @@ def register(sub) -> None:
                    help="seconds to trade before the graceful stop (default 20; 0 = until "
                         "Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--replay", metavar="FILE", default=None,
+                   help="publish this market-data record file instead of simulating venues")
+    p.add_argument("--replay-speed", type=float, default=1.0,
+                   help="with --replay: 1 = recorded pace, 2 = twice as fast, 0 = as fast as "
+                        "possible")
     p.set_defaults(func=run)
 
 
@@ -27,11 +32,13 @@ def run(args) -> int:
     if args.duration < 0:
         raise CliError(f"--duration {args.duration}: must be >= 0", EXIT_USAGE)
     cfg = load_config_or_exit(args.config)
+    _check_replay(args)
     if lock_held(cfg):
         raise CliError(f"instance {cfg.instance.name!r} is already running (stop it with "
                        "`run.py stop`)", 1)
     ctl = Controller(cfg, str(Path(args.config or DEFAULT_CONFIG).resolve()),
-                     duration_s=args.duration or None)
+                     duration_s=args.duration or None, replay=args.replay,
+                     replay_speed=args.replay_speed)
     try:
         rc = ctl.run()
     except ControllerError as exc:
@@ -61,15 +68,30 @@ def format_report(r: dict) -> str:
     else:
         lines.append(f"orders: {risk['approved']} approved, {risk['rejected']} denied, "
                      f"{risk['orders_sent']} sent, {risk['fills']} fills (journal disabled)")
-    lines += ["", "PnL per strategy (quote currency):"]
+    lines += ["", "per strategy (PnL in quote currency):"]
+    per = {int(k): v for k, v in (o.get("per_strategy") or {}).items()}
     for name, st in risk["strategies"].items():
         pos = ", ".join(f"{k} {v:+d}" for k, v in st["positions_lots"].items()) or "flat"
-        lines.append(f"  {name:<16} {st['pnl']:+12.2f}  realized {st['realized_pnl']:+.2f}  "
-                     f"unrealized {st['unrealized_pnl']:+.2f}  fees {st['fees']:.2f}  "
-                     f"positions (lots): {pos}")
+        c = per.get(st["strategy_id"], {})
+        counts = (f"orders {c.get('new_orders', 0)}, fills {c.get('fills', 0)}  "
+                  if o and "error" not in o else "")
+        lines.append(f"  {name:<16} {counts}PnL {st['pnl']:+.2f} (realized "
+                     f"{st['realized_pnl']:+.2f}, unrealized {st['unrealized_pnl']:+.2f}, fees "
+                     f"{st['fees']:.2f})  positions (lots): {pos}")
     lines += ["", "latency:", format_latency(r["latency"]), "",
               f"market records lost (lapped readers): {r['records_lost']}",
               f"risk state at stop: {risk['state']}"]
     if r.get("events"):
         lines += ["events:"] + [f"  {e}" for e in r["events"]]
     return "\n".join(lines)
+
+
+def _check_replay(args) -> None:
+    from pathlib import Path
+
+    from pipeline.cli import EXIT_USAGE, CliError
+
+    if args.replay_speed < 0:
+        raise CliError(f"--replay-speed {args.replay_speed}: must be >= 0", EXIT_USAGE)
+    if args.replay and not Path(args.replay).is_file():
+        raise CliError(f"--replay {args.replay}: no such file", EXIT_USAGE)

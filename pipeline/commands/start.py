@@ -16,6 +16,11 @@ def register(sub) -> None:
                    help="run the controller in this process (systemd, debugging)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for every stage to come up (default 300)")
+    p.add_argument("--replay", metavar="FILE", default=None,
+                   help="publish this market-data record file instead of simulating venues")
+    p.add_argument("--replay-speed", type=float, default=1.0,
+                   help="with --replay: 1 = recorded pace, 2 = twice as fast, 0 = as fast as "
+                        "possible")
     p.set_defaults(func=run)
 
 
@@ -32,7 +37,10 @@ def run(args) -> int:
     from pipeline.control import load_config_or_exit, lock_held
     from pipeline.controller import instance_dir
 
+    from pipeline.commands.run import _check_replay
+
     cfg = load_config_or_exit(args.config)
+    _check_replay(args)
     config_path = str(Path(args.config or DEFAULT_CONFIG).resolve())
     if lock_held(cfg):
         raise CliError(f"instance {cfg.instance.name!r} is already running (see "
@@ -42,7 +50,8 @@ def run(args) -> int:
         from pipeline.sdnotify import SdNotifier
 
         try:
-            return Controller(cfg, config_path, notifier=SdNotifier()).run()
+            return Controller(cfg, config_path, notifier=SdNotifier(), replay=args.replay,
+                              replay_speed=args.replay_speed).run()
         except ControllerError as exc:
             raise CliError(str(exc), 1) from None
     idir = instance_dir(cfg)
@@ -55,8 +64,10 @@ def run(args) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     with open(log_path, "ab") as log:
+        extra = ["--replay", str(Path(args.replay).resolve()), "--replay-speed",
+                 str(args.replay_speed)] if args.replay else []
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.controller", "--config",
-                                 config_path], cwd=str(root), stdin=subprocess.DEVNULL,
+                                 config_path, *extra], cwd=str(root), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=env)
     deadline = time.monotonic() + args.timeout

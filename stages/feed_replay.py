@@ -1,0 +1,145 @@
+"""Replay-feed stage: a market-data record file (market/recordfile.py format: a journal's
+``md-*.rec``, a converted LOBSTER or venue recording) published to the ``md-<venue>`` rings at
+the recorded pace (``--replay-speed 1``), faster or slower (any factor), or as fast as the
+readers allow (``--replay-speed 0``). Runs in the ``venue`` process instead of the simulator
+(``run.py run|start --replay FILE``).
+
+Instruments are matched by SYMBOL@VENUE between the file's header and the config; records of
+instruments the config does not name are skipped (counted). Each published record gets
+``recv_ts_ns`` = now (so latency is measured from publication) and MFLAG_REPLAY; the original
+receive time stays in ``exch_ts_ns`` when the file had none. There is no matching engine behind a
+replay: orders the router sends are answered with EXEC_REJECT / REJECT_VENUE_DOWN.
+
+Memory stays bounded: the file is memory-mapped and read one batch at a time. The pacing index
+is computed once (cold) from the file's receive (or exchange) times.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shm.records import (EXEC_DTYPE, EXEC_REJECT, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE,
+                         REJECT_VENUE_DOWN)
+from stages.base import Stage, stack_states
+from stages.venue_sim import split_publish_md
+
+BATCH = 4096
+
+
+class FeedReplayStage(Stage):
+    role = "venue"
+
+    def on_start(self, ctx) -> None:
+        from market.recordfile import instruments_from_header, open_record_file
+        from shm.instruments import InstrumentTable
+        from shm.ring import BroadcastRing, SpscRing
+
+        cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
+        path = ctx.extra["replay"]
+        self.speed = float(ctx.extra.get("replay_speed", 1.0))
+        header, self.recs = open_record_file(path, MARKET_DTYPE)
+        table = InstrumentTable.from_config(cfg)
+        self.remap = np.zeros(max([i.instrument_id for i in instruments_from_header(header)]
+                                  + [0]) + 1, dtype=np.int64)
+        for fi in instruments_from_header(header):
+            try:
+                self.remap[fi.instrument_id] = table.by_key(fi.key).instrument_id
+            except KeyError:
+                pass   # not traded by this config: its records are skipped
+        if not self.remap.any():
+            raise ValueError(f"{path}: none of its instruments is in the config "
+                             f"({', '.join(i.key for i in instruments_from_header(header))})")
+        ts = self.recs["recv_ts_ns"] if len(self.recs) and self.recs["recv_ts_ns"].any() \
+            else self.recs["exch_ts_ns"]
+        self.rel_ns = (ts - ts[0]).astype(np.int64) if len(ts) else np.zeros(0, np.int64)
+        self._rings = []
+        md_rings = [BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE) for v in topo.venues]
+        in_rings = [SpscRing.attach(inst, f"vorder-{v}", ORDER_DTYPE) for v in topo.venues]
+        out_rings = [SpscRing.attach(inst, f"vexec-{v}", EXEC_DTYPE) for v in topo.venues]
+        self._rings = md_rings + in_rings + out_rings
+        self.md_w = [r.writer() for r in md_rings]
+        self.in_r = [r.reader() for r in in_rings]
+        self.out_w = [r.writer() for r in out_rings]
+        self.md_sts, self.md_slots = stack_states(self.md_w), tuple(w.slots for w in self.md_w)
+        venue_idx = {v: i for i, v in enumerate(topo.venues)}
+        self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
+        for i in table:
+            self.inst_venue[i.instrument_id] = venue_idx[i.venue]
+        self.buf = np.zeros(BATCH, dtype=MARKET_DTYPE)
+        self.tmp = np.zeros(BATCH, dtype=MARKET_DTYPE)
+        self.tmp_i = self.tmp.view(np.int64).reshape(BATCH, -1)
+        self.counts = np.zeros(len(topo.venues), dtype=np.int64)
+        self.orders = np.zeros(64, dtype=ORDER_DTYPE)
+        self.rej = np.zeros(64, dtype=EXEC_DTYPE)
+        self.pos = 0
+        self.skipped = 0
+        self.start_ns = time.monotonic_ns()
+        split_publish_md(self.buf, 0, self.inst_venue, self.md_sts, self.md_slots, self.tmp,
+                         self.tmp_i, self.counts)   # compile before RUNNING
+
+    def poll(self) -> int:
+        work = self._answer_orders()
+        n_total = len(self.recs)
+        if self.pos >= n_total:
+            return work
+        end = min(self.pos + BATCH, n_total)
+        if self.speed > 0:
+            due = int((time.monotonic_ns() - self.start_ns) * self.speed)
+            end = min(end, int(np.searchsorted(self.rel_ns, due, side="right")))
+            if end <= self.pos:
+                return work
+        chunk = self.recs[self.pos:end]
+        n = end - self.pos
+        buf = self.buf[:n]
+        buf[:] = chunk
+        ids = buf["instrument_id"].astype(np.int64)
+        ids[ids >= len(self.remap)] = 0
+        buf["instrument_id"] = self.remap[ids]
+        keep = buf["instrument_id"] != 0
+        kept = int(keep.sum())
+        self.skipped += n - kept
+        if kept != n:
+            buf[:kept] = buf[keep]
+        no_exch = buf["exch_ts_ns"][:kept] == 0
+        buf["exch_ts_ns"][:kept][no_exch] = buf["recv_ts_ns"][:kept][no_exch]
+        buf["recv_ts_ns"][:kept] = time.time_ns()
+        buf["flags"][:kept] |= MFLAG_REPLAY
+        buf["ring_seq"][:kept] = 0
+        split_publish_md(self.buf, kept, self.inst_venue, self.md_sts, self.md_slots, self.tmp,
+                         self.tmp_i, self.counts)
+        self.pos = end
+        self.records_in += n
+        self.records_out += kept
+        return work + n
+
+    def _answer_orders(self) -> int:
+        work = 0
+        for i, r in enumerate(self.in_r):
+            n = r.poll(self.orders)
+            if not n:
+                continue
+            work += n
+            o, e = self.orders[:n], self.rej[:n]
+            e[:] = 0
+            e["kind"] = EXEC_REJECT
+            for f in ("side", "instrument_id", "client_order_id", "px_ticks", "qty_lots",
+                      "cause_recv_ts_ns", "strategy_id", "venue_id"):
+                e[f] = o[f]
+            e["order_px_ticks"] = o["px_ticks"]
+            e["reject_code"] = REJECT_VENUE_DOWN
+            e["venue_ts_ns"] = time.time_ns()
+            self.out_w[i].publish(e)
+        return work
+
+    def fill_status(self, values) -> None:
+        from pipeline.status import W_X0, W_X1
+
+        super().fill_status(values)
+        values[W_X0] = self.pos
+        values[W_X1] = self.skipped
+
+    def on_stop(self) -> None:
+        self.recs = None
+        for r in self._rings:
+            r.close()
