@@ -311,15 +311,24 @@ class Controller:
         sup = self.supervisor
         if sup is None:
             return
+        t0 = time.monotonic()
+
+        def phase(what):
+            self.log(f"stop: {what} (+{time.monotonic() - t0:.2f} s)")
+
         sup.stop([s.name for s in self.topology.strategies()])
+        phase("strategies stopped")
         if self.alive("order_router"):
             self.send("order_router", CTRL_CANCEL_ALL, 0, wait_s=1.0)
-            ops.wait_orders_closed(self, timeout_s=2.0)
+            closed = ops.wait_orders_closed(self, timeout_s=2.0)
+            phase("open orders cancelled" if closed else "orders still open after 2 s")
         self.report = ops.collect_report(self, before_stop=True)
         for name in ("risk_gate", "order_router", "venue", "journal"):
             if name in sup.procs:
                 sup.stop([name])
+                phase(f"{name} stopped")
         ops.finish_report(self)
+        phase("report written")
 
     def close(self) -> None:
         """Release everything; safe to call after any failure, and more than once."""
