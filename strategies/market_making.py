@@ -61,9 +61,9 @@ from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_app
 from pipeline.config import opt
 from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
 from strategies.base import (
-    OS_COID, OS_LEAVES, OS_PX, OS_STATE, OST_LIVE, PS_POS, Strategy, apply_execs, cancel_all,
-    find_order, inst_id, make_ctl, make_orders, make_positions, note_market, send_cancel,
-    send_new, send_replace,
+    OS_COID, OS_LEAVES, OS_NEW_PX, OS_PX, OS_SIDE, OS_STATE, OST_FREE, OST_LIVE, PS_POS,
+    Strategy, apply_execs, cancel_all, find_order, inst_id, make_ctl, make_orders,
+    make_positions, note_market, send_cancel, send_new, send_replace,
 )
 
 
@@ -235,11 +235,28 @@ def mm_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
         ask_qty = min(qty_q, np.int64(max_inv + inv)) if inv > -max_inv else 0
         est[E_BID] = bid
         est[E_ASK] = ask
-        k = _manage_side(out, k, ctl, orders, iw, I_COID_BID, I_SENT_BID, SIDE_BUY, bid,
-                         bid_qty, fp, now_ns)
-        k = _manage_side(out, k, ctl, orders, iw, I_COID_ASK, I_SENT_ASK, SIDE_SELL, ask,
-                         ask_qty, fp, now_ns)
+        # Never cross our own resting order (self-trade): a quote that would reach our other
+        # side's old or pending price waits until that side has moved away (next call).
+        if bid_qty <= 0 or bid < _own_extreme(orders, SIDE_SELL):
+            k = _manage_side(out, k, ctl, orders, iw, I_COID_BID, I_SENT_BID, SIDE_BUY, bid,
+                             bid_qty, fp, now_ns)
+        if ask_qty <= 0 or ask > _own_extreme(orders, SIDE_BUY):
+            k = _manage_side(out, k, ctl, orders, iw, I_COID_ASK, I_SENT_ASK, SIDE_SELL, ask,
+                             ask_qty, fp, now_ns)
     return k
+
+
+@njit(cache=True)
+def _own_extreme(orders, side):
+    """Highest price of our buy orders / lowest of our sells, counting both the working and a
+    pending replace price; 0 (buys) or a huge value (sells) when there is none."""
+    best = np.int64(0) if side == SIDE_BUY else np.int64(1 << 62)
+    for s in range(orders.shape[0]):
+        if orders[s, OS_STATE] != OST_FREE and orders[s, OS_SIDE] == side:
+            for p in (orders[s, OS_PX], orders[s, OS_NEW_PX]):
+                if (side == SIDE_BUY and p > best) or (side == SIDE_SELL and 0 < p < best):
+                    best = p
+    return best
 
 
 @njit(cache=True)

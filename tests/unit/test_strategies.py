@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from shm.records import (
-    INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_IOC, ORD_POST_ONLY, SIDE_BUY,
+    EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_IOC, ORD_POST_ONLY, SIDE_BUY,
     SIDE_SELL,
 )
 from strategies import cross_venue_arb as arb
@@ -18,7 +18,7 @@ from strategies.base import CTL_UNKNOWN_EXEC
 from strategies.host import HostedStrategy
 from strategies.registry import make_strategy
 from tests.unit.scenario_records import (
-    ack, execs, expired, fill, instrument, invalidate, snapshot, top, trade,
+    ack, execs, expired, fill, instrument, invalidate, report, snapshot, top, trade,
 )
 
 MS = 1_000_000
@@ -138,6 +138,19 @@ def test_min_requote_interval_limits_replaces():
     assert len(h.step(top(1, 99_995, 50, 100_015, 50, 2_000), now_ns=2_000)) == 0
     out = h.step(top(1, 99_995, 50, 100_015, 50, 10 * MS + 1_000), now_ns=10 * MS + 1_000)
     assert len(out) == 2
+
+
+def test_a_jump_through_our_own_ask_moves_the_ask_first_and_the_bid_after_its_ack():
+    h = mm_host()
+    out = start_quoting(h)
+    bid0, ask0 = quotes(out)
+    out = h.step(top(1, 100_040, 50, 100_060, 50, 5_000), now_ns=5_000).copy()
+    assert len(out) == 1 and out[0]["side"] == SIDE_SELL and out[0]["kind"] == INTENT_REPLACE
+    assert h.step(top(1, 100_040, 50, 100_060, 50, 6_000), now_ns=6_000).size == 0   # waits
+    rep_ack = report(out[0], EXEC_REPLACE_ACK, leaves=int(out[0]["qty_lots"]))
+    out2 = h.step(ex=rep_ack, now_ns=7_000)
+    assert len(out2) == 1 and out2[0]["side"] == SIDE_BUY and out2[0]["kind"] == INTENT_REPLACE
+    assert out2[0]["px_ticks"] > ask0["px_ticks"] and out2[0]["px_ticks"] < out[0]["px_ticks"]
 
 
 def test_inventory_at_the_limit_pulls_the_quote_that_would_add():
