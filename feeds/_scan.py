@@ -1,0 +1,406 @@
+"""Raw-bytes JSON scanning and exact decimal parsing in numba, for the Binance fast path.
+
+Feed process, HOT PATH: every function is @njit, allocates nothing and reports by return code.
+
+The scanner is deliberately narrower than JSON. It accepts a frame only when it is *certain*
+orjson would read it the same way, and otherwise declines (returns a negative value) so the
+caller hands the frame to the exact Python path, which then decides (parse error, ignored, ...).
+It declines: backslash escapes, bytes >= 0x80 or control bytes inside strings, numbers with a
+fraction or an exponent or more than 18 digits, nesting deeper than 62, and a tracked key that
+occurs twice in one object (orjson keeps the last one; declining is simpler than mimicking it).
+Everything it accepts is strictly valid JSON, so an accepted frame never hides a syntax error.
+
+``scan_object`` records, for the keys the Binance messages use, where each value lies, in
+``FIELD_WORDS`` int64 words per key inside a caller-supplied int64 array ``A`` (the handler's
+arena): [generation, type, start, end]. A slot counts as present only when its generation equals
+the current one, so slots never need clearing between frames.
+
+``units`` turns decimal text into integer ticks or lots exactly, with the same acceptance rules
+as feeds/decimal.Scale.units (digits and at most one dot, 1..36 digits, at most 18 fractional
+digits, a whole number of steps, fits int64) from a per-scale table of 19 multipliers and 19
+divisors (k fractional digits -> ``D * mul[k] / div[k]``). Where the integer arithmetic would
+overflow int64 (or a table entry does not fit), it declines rather than guess.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+INT64_MAX = (1 << 63) - 1
+MAX_FRAC = 18
+SCALE_WORDS = 2 * (MAX_FRAC + 1)     # mul[0..18], div[0..18]
+
+# value types recorded per key
+T_STR, T_NUM, T_OBJ, T_ARR, T_TRUE, T_FALSE, T_NULL = 1, 2, 3, 4, 5, 6, 7
+FIELD_WORDS = 4
+
+# tracked keys -> slot numbers
+SL_DATA, SL_STREAM, SL_E, SL_EE, SL_S, SL_UU, SL_U, SL_B, SL_A = 0, 1, 2, 3, 4, 5, 6, 7, 8
+SL_P, SL_Q, SL_TT, SL_M, SL_T, SL_BB, SL_AA, SL_LAST, SL_BIDS, SL_ASKS = \
+    9, 10, 11, 12, 13, 14, 15, 16, 17, 18
+N_SLOTS = 19
+
+_KEY1 = np.full(128, -1, dtype=np.int64)
+for _c, _s in (("e", SL_E), ("E", SL_EE), ("s", SL_S), ("U", SL_UU), ("u", SL_U), ("b", SL_B),
+               ("a", SL_A), ("p", SL_P), ("q", SL_Q), ("T", SL_TT), ("m", SL_M), ("t", SL_T),
+               ("B", SL_BB), ("A", SL_AA)):
+    _KEY1[ord(_c)] = _s
+_K_DATA = np.frombuffer(b"data", dtype=np.uint8).copy()
+_K_BIDS = np.frombuffer(b"bids", dtype=np.uint8).copy()
+_K_ASKS = np.frombuffer(b"asks", dtype=np.uint8).copy()
+_K_STREAM = np.frombuffer(b"stream", dtype=np.uint8).copy()
+_K_LAST = np.frombuffer(b"lastUpdateId", dtype=np.uint8).copy()
+_L_TRUE = np.frombuffer(b"true", dtype=np.uint8).copy()
+_L_FALSE = np.frombuffer(b"false", dtype=np.uint8).copy()
+_L_NULL = np.frombuffer(b"null", dtype=np.uint8).copy()
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def ws(b, i, n):
+    """Index of the first non-whitespace byte at or after i (n if none)."""
+    while i < n:
+        c = b[i]
+        if c != 32 and c != 10 and c != 13 and c != 9:
+            break
+        i += 1
+    return i
+
+
+@njit(cache=True, _nrt=False)
+def eq(b, s, e, lit):
+    """b[s:e] == lit (a uint8 array)."""
+    if e - s != len(lit):
+        return False
+    for j in range(e - s):
+        if b[s + j] != lit[j]:
+            return False
+    return True
+
+
+@njit(cache=True, _nrt=False)
+def string_end(b, i, n):
+    """b[i] is an opening quote: index of the closing quote, or -1 (escape, control or
+    non-ASCII byte, or no closing quote)."""
+    i += 1
+    while i < n:
+        c = b[i]
+        if c == 34:
+            return i
+        if c == 92 or c < 32 or c >= 128:
+            return -1
+        i += 1
+    return -1
+
+
+@njit(cache=True, _nrt=False)
+def int_end(b, i, n):
+    """A JSON integer at b[i] (optional '-', no leading zeros, <= 18 digits): index after it;
+    -1 for anything else, fractions and exponents included."""
+    if i < n and b[i] == 45:
+        i += 1
+    s = i
+    while i < n and 48 <= b[i] <= 57:
+        i += 1
+    nd = i - s
+    if nd == 0 or nd > 18 or (nd > 1 and b[s] == 48):
+        return -1
+    if i < n and (b[i] == 46 or b[i] == 101 or b[i] == 69):
+        return -1
+    return i
+
+
+@njit(cache=True, _nrt=False)
+def uint_value(b, s, e):
+    """Value of a non-negative integer token b[s:e] already checked by int_end, or -1."""
+    if e <= s or b[s] == 45:
+        return -1
+    v = 0
+    for j in range(s, e):
+        v = v * 10 + (b[j] - 48)
+    return v
+
+
+@njit(cache=True, _nrt=False)
+def _literal_end(b, i, n, lit):
+    e = i + len(lit)
+    if e > n or not eq(b, i, e, lit):
+        return -1
+    return e
+
+
+@njit(cache=True, _nrt=False)
+def _key_colon(b, i, n):
+    """At a key: checks `"key" :` and returns the index after the colon, or -1."""
+    if i >= n or b[i] != 34:
+        return -1
+    e = string_end(b, i, n)
+    if e < 0:
+        return -1
+    i = ws(b, e + 1, n)
+    if i >= n or b[i] != 58:
+        return -1
+    return i + 1
+
+
+@njit(cache=True, _nrt=False)
+def _scalar_end(b, i, n):
+    """End of a string, integer or literal starting at b[i], or -1."""
+    c = b[i]
+    if c == 34:
+        e = string_end(b, i, n)
+        return e + 1 if e >= 0 else -1
+    if c == 45 or 48 <= c <= 57:
+        return int_end(b, i, n)
+    if c == 116:
+        return _literal_end(b, i, n, _L_TRUE)
+    if c == 102:
+        return _literal_end(b, i, n, _L_FALSE)
+    if c == 110:
+        return _literal_end(b, i, n, _L_NULL)
+    return -1
+
+
+@njit(cache=True, _nrt=False)
+def skip_value(b, i, n):
+    """Validate the JSON value at b[i] (any nesting, iteratively: one bit per open container
+    says object or array); index after it, or -1."""
+    depth = 0
+    stack = 0
+    while True:
+        i = ws(b, i, n)
+        if i >= n:
+            return -1
+        c = b[i]
+        if c == 123 or c == 91:
+            if depth >= 62:
+                return -1
+            is_obj = 1 if c == 123 else 0
+            stack = (stack << 1) | is_obj
+            depth += 1
+            i = ws(b, i + 1, n)
+            if i >= n:
+                return -1
+            if b[i] == (125 if is_obj else 93):
+                i += 1
+                depth -= 1
+                stack >>= 1
+            else:
+                if is_obj:
+                    i = _key_colon(b, i, n)
+                    if i < 0:
+                        return -1
+                continue
+        else:
+            i = _scalar_end(b, i, n)
+            if i < 0:
+                return -1
+        # after a complete value: close containers or move to the next member
+        while True:
+            if depth == 0:
+                return i
+            i = ws(b, i, n)
+            if i >= n:
+                return -1
+            c = b[i]
+            if c == 44:
+                i += 1
+                if stack & 1:
+                    i = _key_colon(b, ws(b, i, n), n)
+                    if i < 0:
+                        return -1
+                break
+            if c == (125 if stack & 1 else 93):
+                i += 1
+                depth -= 1
+                stack >>= 1
+                continue
+            return -1
+
+
+@njit(cache=True, _nrt=False)
+def key_slot(b, s, e):
+    """Slot number of the key text b[s:e], or -1 if the key is not tracked."""
+    ln = e - s
+    if ln == 1:
+        c = b[s]
+        return _KEY1[c] if c < 128 else -1
+    if ln == 4:
+        if eq(b, s, e, _K_DATA):
+            return SL_DATA
+        if eq(b, s, e, _K_BIDS):
+            return SL_BIDS
+        if eq(b, s, e, _K_ASKS):
+            return SL_ASKS
+        return -1
+    if ln == 6 and eq(b, s, e, _K_STREAM):
+        return SL_STREAM
+    if ln == 12 and eq(b, s, e, _K_LAST):
+        return SL_LAST
+    return -1
+
+
+@njit(cache=True, _nrt=False)
+def scan_object(b, i, n, A, fbase, gen):
+    """Validate the object at b[i] ('{'); record tracked keys at A[fbase + slot*4 ...] as
+    [gen, type, start, end] (a string's start/end exclude its quotes; others span the token).
+    Returns the index after the object, or -1."""
+    i = ws(b, i + 1, n)
+    if i < n and b[i] == 125:
+        return i + 1
+    while True:
+        if i >= n or b[i] != 34:
+            return -1
+        ke = string_end(b, i, n)
+        if ke < 0:
+            return -1
+        slot = key_slot(b, i + 1, ke)
+        i = ws(b, ke + 1, n)
+        if i >= n or b[i] != 58:
+            return -1
+        i = ws(b, i + 1, n)
+        if i >= n:
+            return -1
+        vs = i
+        c = b[i]
+        if c == 34:
+            typ = T_STR
+            e = string_end(b, i, n)
+            if e < 0:
+                return -1
+            i = e + 1
+            vs += 1
+        else:
+            if c == 123:
+                typ = T_OBJ
+                i = skip_value(b, i, n)
+            elif c == 91:
+                typ = T_ARR
+                i = skip_value(b, i, n)
+            else:
+                typ = T_NUM if (c == 45 or 48 <= c <= 57) else \
+                    (T_TRUE if c == 116 else (T_FALSE if c == 102 else T_NULL))
+                i = _scalar_end(b, i, n)
+            if i < 0:
+                return -1
+            e = i
+        if slot >= 0:
+            o = fbase + slot * FIELD_WORDS
+            if A[o] == gen:
+                return -1                      # duplicate tracked key: orjson keeps the last
+            A[o] = gen
+            A[o + 1] = typ
+            A[o + 2] = vs
+            A[o + 3] = e
+        i = ws(b, i, n)
+        if i >= n:
+            return -1
+        if b[i] == 44:
+            i = ws(b, i + 1, n)
+            continue
+        if b[i] == 125:
+            return i + 1
+        return -1
+
+
+@njit(cache=True, _nrt=False)
+def units(b, s, e, A, tab):
+    """Exact integer units of the decimal text b[s:e] with the scale table at A[tab:], or -1
+    (not a plain decimal, too many digits, inexact, or beyond int64: the caller declines)."""
+    d = 0
+    nd = 0
+    dot = -1
+    for j in range(s, e):
+        c = b[j]
+        if 48 <= c <= 57:
+            if d > 922337203685477579:          # d*10 + 9 could pass INT64_MAX
+                return -1
+            d = d * 10 + (c - 48)
+            nd += 1
+        elif c == 46 and dot < 0:
+            dot = j
+        else:
+            return -1
+    if nd == 0 or nd > 36:
+        return -1
+    k = 0 if dot < 0 else e - dot - 1
+    if k > MAX_FRAC:
+        return -1
+    mul = A[tab + k]
+    div = A[tab + MAX_FRAC + 1 + k]
+    if mul <= 0 or div <= 0:
+        return -1
+    if mul > 1:
+        if d > INT64_MAX // mul:
+            return -1
+        d *= mul
+    if div > 1:
+        if d % div != 0:
+            return -1
+        d //= div
+    return d
+
+
+@njit(cache=True, _nrt=False)
+def parse_levels(b, i, end, A, out, pt, qt, maxn):
+    """The array of [price, qty] string pairs at b[i:end] -> A[out + 2j] = px, A[out + 2j + 1]
+    = qty. Returns the number of levels, or -1 for any other shape or value."""
+    i = ws(b, i + 1, end)
+    if i < end and b[i] == 93:
+        return 0
+    n = 0
+    while True:
+        if i >= end or b[i] != 91:
+            return -1
+        i = ws(b, i + 1, end)
+        if i >= end or b[i] != 34:
+            return -1
+        e = string_end(b, i, end)
+        if e < 0:
+            return -1
+        px = units(b, i + 1, e, A, pt)
+        i = ws(b, e + 1, end)
+        if px < 0 or i >= end or b[i] != 44:
+            return -1
+        i = ws(b, i + 1, end)
+        if i >= end or b[i] != 34:
+            return -1
+        e = string_end(b, i, end)
+        if e < 0:
+            return -1
+        qty = units(b, i + 1, e, A, qt)
+        i = ws(b, e + 1, end)
+        if qty < 0 or i >= end or b[i] != 93 or n >= maxn:
+            return -1
+        A[out + 2 * n] = px
+        A[out + 2 * n + 1] = qty
+        n += 1
+        i = ws(b, i + 1, end)
+        if i >= end:
+            return -1
+        if b[i] == 44:
+            i = ws(b, i + 1, end)
+            continue
+        if b[i] == 93:
+            return n
+        return -1
+
+
+@njit(cache=True, _nrt=False)
+def symbol_hash(b, s, e):
+    """FNV-1a over b[s:e] (wrapping int64 arithmetic), folded to a non-negative value."""
+    h = 1469598103934665603
+    for j in range(s, e):
+        h = (h ^ b[j]) * 1099511628211
+    return (h ^ (h >> 29)) & 0x3FFFFFFFFFFFFFFF
+
+
+def scale_table(scale) -> np.ndarray:
+    """feeds.decimal.Scale -> the 38-word table ``units`` reads (0 where a factor does not fit
+    int64, so that digit count declines to the exact Python path)."""
+    t = np.zeros(SCALE_WORDS, dtype=np.int64)
+    for k in range(MAX_FRAC + 1):
+        mul, div = scale._mul[k], scale._div[k]
+        if mul <= INT64_MAX and div <= INT64_MAX:
+            t[k] = mul
+            t[MAX_FRAC + 1 + k] = div
+    return t
