@@ -62,8 +62,15 @@ def tsc_ns_per_tick(window_s: float = 0.05) -> float:
 
 
 # -- cores ----------------------------------------------------------------------------------
+_CORES: list[int] = []
+
+
 def cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+    """The cores this benchmark may use, as found before anything was pinned (the parent
+    pins itself to the first one, after which its own affinity names only that core)."""
+    if not _CORES:
+        _CORES.extend(sorted(os.sched_getaffinity(0)))
+    return list(_CORES)
 
 
 def core_for(k: int, parent_core: int | None = None) -> int | None:
