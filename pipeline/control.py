@@ -258,11 +258,13 @@ def handle_request(ctl, req: dict) -> dict:
         return {"ok": True, "pid": os.getpid()}
     if cmd == "kill":
         flatten = bool(req.get("flatten"))
+        ctl.kill_switch = True
         ctl.halted_reason = "kill switch" + (" (flatten)" if flatten else "")
         acked = [s for s in ("risk_gate", "order_router")
                  if s in ctl.supervisor.procs and ctl.send(s, CTRL_KILL, int(flatten), wait_s=1.0)]
         return {"ok": True, "halted": acked, "flatten": flatten}
     if cmd == "resume":
+        ctl.kill_switch = False
         acked = [s for s in ("order_router", "risk_gate")
                  if s in ctl.supervisor.procs and ctl.send(s, CTRL_RESUME, wait_s=1.0)]
         ctl.halted_reason = ""

@@ -79,6 +79,7 @@ class Controller:
         self.reconciling: dict[str, float] = {}   # stage -> deadline
         self.restarting: dict[str, float] = {}    # stage -> when its failure was noticed
         self.halted_reason = ""
+        self.kill_switch = False   # set by `run.py kill`; only a restart of the instance clears it
         self.events: list[str] = []
         self.started_at = time.time()
         self.report: dict = {}
@@ -240,6 +241,12 @@ class Controller:
         if not all(self.alive(s) for s in ("risk_gate", "order_router")):
             return
         ok, why = ops.positions_reconciled(self.riskview)
+        if ok and self.kill_switch:
+            self.log(f"reconciled after {', '.join(self.reconciling)} restart; the kill switch "
+                     "is engaged, so trading stays HALTED")
+            self.events.append(f"{time.strftime('%H:%M:%S')} reconciled, HALTED (kill switch)")
+            self.reconciling.clear()
+            return
         if ok:
             self.send("order_router", CTRL_RESUME, wait_s=0.5)
             self.send("risk_gate", CTRL_RESUME, wait_s=0.5)

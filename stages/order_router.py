@@ -97,6 +97,16 @@ class OrderRouterStage(Stage):
             self._rebuild_from_journal()
             self._venue_cancel_all()
         self.poll()  # compile (or load from cache) before reporting RUNNING
+        # the control-path kernels too: a first-time compile inside a kill switch would
+        # silence the router for seconds exactly when it must act (matches no order: sid -1)
+        rk.router_cancel_all(self.tab, -1, self.ven_out_sts, self.ven_out_slots, self.obuf,
+                             self.obuf_i, self.clock.cal)
+        rk.router_flatten(np.zeros((1, 1), np.int64), self.inst_venue, self.ven_out_sts,
+                          self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal, 0)
+        rk.router_forget_venue_orders(
+            self.ctl, self.tab[:0], self.rv.router_open, self.clock.cal, self.obuf, self.one,
+            self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st, self.gate_out.slots,
+            self.j_out.st, self.j_out.slots, self.has_journal)
 
     def _rebuild_from_journal(self) -> None:
         from stages.journal import read_journal_exec

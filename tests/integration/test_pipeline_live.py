@@ -197,11 +197,19 @@ def test_kill_9_of_the_risk_gate_halts_trading_until_it_restarts_and_reconciles(
         rv.close()
 
 
-def test_kill_switch_halts_and_cancels_every_open_order(live):
-    r = run_py("kill", "--config", str(live["cfg"]))
+def test_kill_switch_with_flatten_halts_cancels_every_order_and_flattens(live):
+    r = run_py("kill", "--flatten", "--config", str(live["cfg"]))
     assert r.returncode == 0, r.stderr
-    s = _wait(lambda: (lambda x: x if x["risk"]["open_orders"] == 0 else None)(
-        _status(live["cfg"])), 10, "no open order")
+
+    def flat_and_closed():
+        x = _status(live["cfg"])
+        strategies = x["risk"]["strategies"].values()
+        if x["risk"]["open_orders"] == 0 and all(
+                not any(st["positions_lots"].values()) for st in strategies):
+            return x
+        return None
+
+    s = _wait(flat_and_closed, 20, "no open order and flat positions")
     assert s["risk"]["state"] == "HALTED"
     assert s["risk"]["router_halted"]
 
