@@ -146,7 +146,12 @@ class Supervisor:
                 out.append((name, f"exited with code {rc}"))
                 continue
             slot = proc.spec.slot
-            if not silence or self.status.read_word(slot, W_STATE) != ST_RUNNING:
+            if self.status.read_word(slot, W_STATE) != ST_RUNNING:
+                waited = time.monotonic() - proc.started_mono
+                if waited > START_TIMEOUT_S:
+                    out.append((name, f"not RUNNING {waited:.0f} s after it was started"))
+                continue
+            if not silence:
                 continue
             age = now - self.status.read_word(slot, W_HEARTBEAT_NS)
             if age <= self.heartbeat_timeout_ns:
