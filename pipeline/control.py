@@ -354,6 +354,10 @@ def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
     try:
         reply = request(socket_path(cfg), req, timeout_s)
     except NotRunning:
+        if lock_held(cfg):
+            raise CliError(f"instance {cfg.instance.name!r} is starting (its controller does "
+                           "not answer until every stage is up); try again shortly",
+                           EXIT_NOT_RUNNING) from None
         raise CliError(f"instance {cfg.instance.name!r} is not running (no controller at "
                        f"{socket_path(cfg)})", EXIT_NOT_RUNNING) from None
     if not reply.get("ok"):
