@@ -5,8 +5,9 @@ Why: numba specialises a function per dispatcher passed as an argument and canno
 specialisation on disk, so a host step taking the kernel as a parameter is recompiled by every
 strategy process (about 20 s on a loaded 2-core machine: every start and every restart). A
 module whose global ``kernel`` *is* the strategy's dispatcher compiles to an ordinary cached
-function. The module is written to ``~/.cache/hftfarm/hostgen/host_<kind>.py`` (rewritten only
-when the template changes, so numba's cache next to it stays valid) and imported from there.
+function. The module is written to ``~/.cache/hftfarm/hostgen/host_<kind>.py`` (or
+$HFTFARM_HOSTGEN_DIR; a private temp directory if neither is writable), rewritten only when the
+template changes so numba's cache next to it stays valid, and imported from there.
 
 The body applies the batch to the books and then calls the kernel exactly as
 ``strategies.host.run_strategy_batch`` does (the backtest's path); keep the two in step.
@@ -97,8 +98,15 @@ def host_step_for(kind: str, timer_ns: int):
     """The cached host_step whose kernel is the strategy ``kind``'s (generated on first use)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", kind):
         raise ValueError(f"strategy kind {kind!r} is not a Python identifier")
-    GEN_DIR.mkdir(parents=True, exist_ok=True)
-    path = GEN_DIR / f"host_{kind}.py"
+    gen_dir = GEN_DIR
+    try:
+        gen_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:   # no writable home (a service user): a private temp directory instead
+        import tempfile
+
+        gen_dir = Path(tempfile.gettempdir()) / f"hftfarm-hostgen-{os.getuid()}"
+        gen_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = gen_dir / f"host_{kind}.py"
     text = TEMPLATE.format(kind=kind, timer_ns=int(timer_ns))
     try:
         current = path.read_text()
