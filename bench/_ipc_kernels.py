@@ -167,6 +167,7 @@ def floor_ping(line_out, line_in, prog, n, rtt, stop_tick):
             spins += 1
             if spins > SPIN:
                 return 0
+            cpu_relax()  # PAUSE: leaving a spin without it costs a memory-order pipeline flush
     return 1
 
 
@@ -182,6 +183,7 @@ def floor_pong(line_in, line_out, prog, n):
             spins += 1
             if spins > SPIN:
                 return 0
+            cpu_relax()  # PAUSE: leaving a spin without it costs a memory-order pipeline flush
     return 1
 
 

@@ -117,7 +117,13 @@ def run_all(names, quick, progress) -> tuple[dict, list[dict]]:
         _procs.pin(_procs.cores()[0] if len(_procs.cores()) > 1 else None)
         tick_ns = _procs.tsc_ns_per_tick()
         machine["tsc_ns_per_tick"] = round(tick_ns, 6)
-        for name in names:
+        # The floor is the reference and a VM's vCPUs can move between host cores (same or
+        # another CCX: 2-4x apart), so it is measured first and last and the lower p50 kept;
+        # both runs are listed under machine.floor_p50_runs_ns.
+        order = [t for t in names if t != "cacheline-floor"]
+        if "cacheline-floor" in names:
+            order = ["cacheline-floor"] + order + ["cacheline-floor"]
+        for name in order:
             progress(f"{name} ...")
             try:
                 with _watchdog(name, 4 * size["budget_s"] + 60):
@@ -127,6 +133,13 @@ def run_all(names, quick, progress) -> tuple[dict, list[dict]]:
                                 "p999_ns": None, "max_ns": None, "throughput_rps": None,
                                 "error": str(exc)})
     finally:
+        floors = [r for r in results if r["transport"] == "cacheline-floor"]
+        if len(floors) > 1:
+            machine["floor_p50_runs_ns"] = [r["p50_ns"] for r in floors]
+            ok = [r for r in floors if r["p50_ns"] is not None] or floors
+            keep = min(ok, key=lambda r: r["p50_ns"] or 0)
+            results = [r for r in results if r["transport"] != "cacheline-floor"] + [keep]
+        results.sort(key=lambda r: TRANSPORTS.index(r["transport"]))
         os.sched_setaffinity(0, saved)
         left = unlink_instance(inst)  # nothing should be left; this covers a crash mid-create
         if left:
