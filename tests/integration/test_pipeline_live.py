@@ -165,6 +165,27 @@ def test_kill_9_of_a_strategy_restarts_it_and_leaves_the_others_running(live):
             assert after[name]["pid"] == s["pid"] and after[name]["state"] == "RUNNING", name
 
 
+def test_a_silent_strategy_is_noticed_by_its_heartbeat_and_replaced(live):
+    st = _status(live["cfg"])
+    victim = _stage(st, "strategy-pairs_btc_eth")
+    os.kill(victim["pid"], signal.SIGSTOP)   # alive, but it never heartbeats again
+    try:
+        new = _wait(lambda: (lambda s: s if s["pid"] != victim["pid"] else None)(
+            _stage(_status(live["cfg"]), "strategy-pairs_btc_eth")), 30, "a replacement")
+        assert new["restarts"] == victim["restarts"] + 1
+        assert not Path(f"/proc/{victim['pid']}").exists() or \
+            Path(f"/proc/{victim['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        events = _status(live["cfg"])["events"]
+        assert any("strategy-pairs_btc_eth silent for" in e for e in events), events
+    finally:
+        try:
+            os.kill(victim["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    _wait(lambda: _stage(_status(live["cfg"]), "strategy-pairs_btc_eth")["state"] == "RUNNING",
+          120, "the replacement to run")
+
+
 def test_kill_9_of_the_risk_gate_halts_trading_until_it_restarts_and_reconciles(live):
     from pipeline.config import load_config
     from stages.riskview import R_SENT, RiskView
