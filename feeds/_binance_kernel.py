@@ -364,15 +364,14 @@ def feed_kernel(b, A, recv):
     i = ws(b, 0, n)
     if i >= n or b[i] != 123:
         return _code(DECLINE, -1)
-    end = scan_object(b, i, n, A, FT, gen)
+    FD = FT + N_SLOTS * FIELD_WORDS
+    end = scan_object(b, i, n, A, FT, gen, FD)
     if end < 0 or ws(b, end, n) != n:
         return _code(DECLINE, -1)
     F = FT
     td = _type(A, FT, SL_DATA, gen)
     if td == T_OBJ:
-        F = FT + N_SLOTS * FIELD_WORDS
-        if scan_object(b, A[FT + SL_DATA * FIELD_WORDS + 2], n, A, F, gen) < 0:
-            return _code(DECLINE, -1)
+        F = FD
     elif td != 0 and td != T_NULL:
         return _code(DECLINE, -1)          # "data" that is not an object: a parse error
     te = _type(A, F, SL_E, gen)

@@ -50,9 +50,6 @@ _K_BIDS = np.frombuffer(b"bids", dtype=np.uint8).copy()
 _K_ASKS = np.frombuffer(b"asks", dtype=np.uint8).copy()
 _K_STREAM = np.frombuffer(b"stream", dtype=np.uint8).copy()
 _K_LAST = np.frombuffer(b"lastUpdateId", dtype=np.uint8).copy()
-_L_TRUE = np.frombuffer(b"true", dtype=np.uint8).copy()
-_L_FALSE = np.frombuffer(b"false", dtype=np.uint8).copy()
-_L_NULL = np.frombuffer(b"null", dtype=np.uint8).copy()
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -121,11 +118,21 @@ def uint_value(b, s, e):
 
 
 @njit(cache=True, _nrt=False)
-def _literal_end(b, i, n, lit):
-    e = i + len(lit)
-    if e > n or not eq(b, i, e, lit):
-        return -1
-    return e
+def _literal_end(b, i, n):
+    """End of true / false / null at b[i], or -1 (bytes compared inline: cheaper here than
+    comparing against constant arrays)."""
+    c = b[i]
+    if c == 116:
+        if i + 4 <= n and b[i + 1] == 114 and b[i + 2] == 117 and b[i + 3] == 101:
+            return i + 4
+    elif c == 102:
+        if i + 5 <= n and b[i + 1] == 97 and b[i + 2] == 108 and b[i + 3] == 115 \
+                and b[i + 4] == 101:
+            return i + 5
+    elif c == 110:
+        if i + 4 <= n and b[i + 1] == 117 and b[i + 2] == 108 and b[i + 3] == 108:
+            return i + 4
+    return -1
 
 
 @njit(cache=True, _nrt=False)
@@ -151,13 +158,7 @@ def _scalar_end(b, i, n):
         return e + 1 if e >= 0 else -1
     if c == 45 or 48 <= c <= 57:
         return int_end(b, i, n)
-    if c == 116:
-        return _literal_end(b, i, n, _L_TRUE)
-    if c == 102:
-        return _literal_end(b, i, n, _L_FALSE)
-    if c == 110:
-        return _literal_end(b, i, n, _L_NULL)
-    return -1
+    return _literal_end(b, i, n)
 
 
 @njit(cache=True, _nrt=False)
@@ -240,10 +241,15 @@ def key_slot(b, s, e):
 
 
 @njit(cache=True, _nrt=False)
-def scan_object(b, i, n, A, fbase, gen):
+def scan_object(b, i, n, A, fbase, gen, dbase):
     """Validate the object at b[i] ('{'); record tracked keys at A[fbase + slot*4 ...] as
     [gen, type, start, end] (a string's start/end exclude its quotes; others span the token).
+    With dbase >= 0, the members of an object under the key "data" (the combined-stream
+    wrapper) are recorded at dbase in the same single pass, and "data" itself at fbase.
     Returns the index after the object, or -1."""
+    cur = fbase
+    level = 0
+    dstart = 0
     i = ws(b, i + 1, n)
     if i < n and b[i] == 125:
         return i + 1
@@ -262,44 +268,73 @@ def scan_object(b, i, n, A, fbase, gen):
             return -1
         vs = i
         c = b[i]
-        if c == 34:
-            typ = T_STR
-            e = string_end(b, i, n)
-            if e < 0:
+        if level == 0 and slot == SL_DATA and c == 123 and dbase >= 0:
+            if A[fbase + SL_DATA * FIELD_WORDS] == gen:
                 return -1
-            i = e + 1
-            vs += 1
-        else:
-            if c == 123:
-                typ = T_OBJ
-                i = skip_value(b, i, n)
-            elif c == 91:
-                typ = T_ARR
-                i = skip_value(b, i, n)
-            else:
-                typ = T_NUM if (c == 45 or 48 <= c <= 57) else \
-                    (T_TRUE if c == 116 else (T_FALSE if c == 102 else T_NULL))
-                i = _scalar_end(b, i, n)
-            if i < 0:
-                return -1
-            e = i
-        if slot >= 0:
-            o = fbase + slot * FIELD_WORDS
-            if A[o] == gen:
-                return -1                      # duplicate tracked key: orjson keeps the last
-            A[o] = gen
-            A[o + 1] = typ
-            A[o + 2] = vs
-            A[o + 3] = e
-        i = ws(b, i, n)
-        if i >= n:
-            return -1
-        if b[i] == 44:
+            dstart = i
             i = ws(b, i + 1, n)
-            continue
-        if b[i] == 125:
-            return i + 1
-        return -1
+            if i >= n:
+                return -1
+            if b[i] != 125:
+                level = 1                      # descend: members of "data" come next
+                cur = dbase
+                continue
+            i += 1                             # "data":{} - recorded below as closed
+            o = fbase + SL_DATA * FIELD_WORDS
+            A[o] = gen
+            A[o + 1] = T_OBJ
+            A[o + 2] = dstart
+            A[o + 3] = i
+        else:
+            if c == 34:
+                typ = T_STR
+                e = string_end(b, i, n)
+                if e < 0:
+                    return -1
+                i = e + 1
+                vs += 1
+            else:
+                if c == 123:
+                    typ = T_OBJ
+                    i = skip_value(b, i, n)
+                elif c == 91:
+                    typ = T_ARR
+                    i = skip_value(b, i, n)
+                else:
+                    typ = T_NUM if (c == 45 or 48 <= c <= 57) else \
+                        (T_TRUE if c == 116 else (T_FALSE if c == 102 else T_NULL))
+                    i = _scalar_end(b, i, n)
+                if i < 0:
+                    return -1
+                e = i
+            if slot >= 0:
+                o = cur + slot * FIELD_WORDS
+                if A[o] == gen:
+                    return -1                  # duplicate tracked key: orjson keeps the last
+                A[o] = gen
+                A[o + 1] = typ
+                A[o + 2] = vs
+                A[o + 3] = e
+        # after a member: next member, or close this object (and maybe "data")
+        while True:
+            i = ws(b, i, n)
+            if i >= n:
+                return -1
+            if b[i] == 44:
+                i = ws(b, i + 1, n)
+                break
+            if b[i] != 125:
+                return -1
+            i += 1
+            if level == 0:
+                return i
+            level = 0
+            cur = fbase
+            o = fbase + SL_DATA * FIELD_WORDS
+            A[o] = gen
+            A[o + 1] = T_OBJ
+            A[o + 2] = dstart
+            A[o + 3] = i
 
 
 @njit(cache=True, _nrt=False)

@@ -27,7 +27,7 @@ import numpy as np
 
 from feeds import _binance_kernel as K
 from feeds._scan import SCALE_WORDS, scale_table, symbol_hash
-from feeds.binance import MAX_PENDING_TICKERS, BinanceHandler
+from feeds.binance import MAX_PENDING_TICKERS, BinanceHandler, _query_param
 from feeds.handler import FeedStats
 from shm.records import MARKET_DTYPE
 
@@ -40,6 +40,7 @@ class BinanceFastHandler(BinanceHandler):
     def __init__(self, instruments, book_levels: int = DEFAULT_BOOK_LEVELS, **kw):
         super().__init__(instruments, **kw)
         self._target = -1
+        self.adoptions = 0          # books loaded into the arena (once per snapshot, typically)
         self._unfolded = False
         self._n_fast = 0
         self._build_arena(int(book_levels))
@@ -62,6 +63,9 @@ class BinanceFastHandler(BinanceHandler):
             off[name] = pos
             pos += size
         A = np.zeros(pos, dtype=np.int64)
+        # fault every page in now (calloc maps them lazily; with transparent huge pages a first
+        # touch on the hot path zeroes 2 MiB and was measured here at 1-10 ms)
+        A.fill(0)
         A[K.H_NINST], A[K.H_CAP], A[K.H_QCAP], A[K.H_OUTCAP] = n, cap, qcap, outcap
         A[K.H_BASEFL] = self.base_flags
         A[K.H_EMIT_TOPS] = 1 if self.emit_tops else 0
@@ -93,6 +97,7 @@ class BinanceFastHandler(BinanceHandler):
         A[K.H_COMPLETE] = complete
         self._arena = A
         self._syms = syms
+        self._index = {sym: k for k, sym in enumerate(syms)}
         self._cap = cap
         self._inst_off = off["inst"]
         self._book_off = off["book"]
@@ -190,6 +195,16 @@ class BinanceFastHandler(BinanceHandler):
         finally:
             self._target = -1
 
+    def feed_rest(self, url: str, frame, recv_ts_ns: int) -> int:
+        # a snapshot touches the book of its URL's symbol only: the others stay in the arena
+        sym = _query_param(url, "symbol") if type(url) is str else None
+        k = self._index.get(sym.upper(), -1) if sym is not None else -1
+        self._target = k
+        try:
+            return BinanceHandler.feed_rest(self, url, frame, recv_ts_ns)
+        finally:
+            self._target = -1
+
     def _crossed(self, k, recv) -> int:
         # the kernel applied and counted the diff; finish as BinanceHandler._apply does
         A = self._arena
@@ -234,10 +249,10 @@ class BinanceFastHandler(BinanceHandler):
             m = len(keys)
             if m:
                 rev = keys[::-1]
-                A[kb:kb + m] = rev
+                A[kb:kb + m] = np.fromiter(rev, dtype=np.int64, count=m)
                 A[kb:kb + m] *= -1            # arena key = -(signed key): best level last
-                q = bs.qty
-                A[qb:qb + m] = [q[x] for x in rev]
+                A[qb:qb + m] = np.fromiter(map(bs.qty.__getitem__, rev), dtype=np.int64,
+                                           count=m)
             A[I + count] = m
         A[I + K.I_UID] = book.update_id
         A[I + K.I_FRESH] = 1 if sym in self._fresh else 0
@@ -252,6 +267,7 @@ class BinanceFastHandler(BinanceHandler):
         self._fresh.discard(sym)
         A[I + K.I_MODE] = K.MODE_FAST
         self._n_fast += 1
+        self.adoptions += 1
         return True
 
     def _demote(self, k: int) -> None:
