@@ -20,6 +20,7 @@ from shm.records import MARKET_DTYPE
 
 PAYLOAD = np.zeros(1, MARKET_DTYPE).tobytes()
 END = b""
+WINDOW = 65_536  # records in flight at most (far above any queue's own depth here)
 assert len(PAYLOAD) == 64
 
 
@@ -194,6 +195,7 @@ def _child_consume(peer, results):
             count += len(msgs) - 1
             break
         count += len(msgs)
+        results[3] = count  # progress, so the producer never runs more than WINDOW ahead
     results[1] = time.perf_counter_ns()
     results[2] = count
     peer.finish()
@@ -242,9 +244,14 @@ def peer_throughput(name, inst, ctx, n, budget_s):
             sent = n
             for i in range(n):
                 send(PAYLOAD)
-                if (i & 1023) == 0 and time.monotonic() > soft:
-                    sent = i + 1
-                    break
+                if (i & 1023) == 0:
+                    if time.monotonic() > soft:
+                        sent = i + 1
+                        break
+                    # mp.Queue buffers without bound in a feeder thread: without this window
+                    # the budget would stop the sender while minutes of records still queue.
+                    while i - int(results[3]) > WINDOW and time.monotonic() < soft:
+                        time.sleep(0)
             send(END)
             kids.join(name, 60)
         if int(results[2]) != sent:
