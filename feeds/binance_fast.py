@@ -33,6 +33,7 @@ from shm.records import MARKET_DTYPE
 
 DEFAULT_BOOK_LEVELS = 8192      # array book capacity per side; deeper books stay on the exact path
 INT31 = (1 << 31) - 1
+NO_DEMOTION = -2                # ``_target`` while FAST books are known to be read-only
 
 
 class BinanceFastHandler(BinanceHandler):
@@ -130,9 +131,10 @@ class BinanceFastHandler(BinanceHandler):
 
     @property
     def books(self) -> dict:
-        if self._n_fast:
-            if self._target >= 0:
-                self._demote(self._target)
+        t = self._target
+        if self._n_fast and t != NO_DEMOTION:
+            if t >= 0:
+                self._demote(t)
             else:
                 for k in range(len(self._syms)):
                     self._demote(k)
@@ -218,6 +220,25 @@ class BinanceFastHandler(BinanceHandler):
             self._diffs.pop(sym, None)
         self.stats.records += self.n - n
         return self.n
+
+    def check_stale(self, now_ns: int) -> int:
+        # called every stale_check_s: hand back only the books that turn out stale (the
+        # others just get their receive time), so the watchdog costs no re-adoption
+        if self._n_fast:
+            A = self._arena
+            conn = self.last_frame_ns if self.stale_by_connection else 0
+            for k, sym in enumerate(self._syms):
+                I = self._inst_off + k * K.IW
+                if A[I + K.I_MODE] == K.MODE_FAST:
+                    rx = int(A[I + K.I_LASTRX])
+                    self._books[sym].last_rx_ns = rx
+                    if now_ns - max(rx, conn) > self.stale_ns:
+                        self._demote(k)
+        self._target = NO_DEMOTION
+        try:
+            return BinanceHandler.check_stale(self, now_ns)
+        finally:
+            self._target = -1
 
     def on_new_connection(self) -> None:
         self.books                      # noqa: B018 - hands every book back first

@@ -322,3 +322,25 @@ def test_feed_check_through_the_fast_handler_reports_the_same_as_the_exact_one(s
     fast = check.check_recordings("binance", files)
     assert fast == exact and fast["clean"]
     assert fast["book_ticker_oracle"]["matched"] == fast["book_ticker_oracle"]["compared"] == 26
+
+
+def test_the_staleness_watchdog_agrees_and_leaves_fresh_books_on_the_fast_path(shared_data):
+    frames, inst = _recording(shared_data)
+    exact = BinanceHandler(inst, stale_ns=10**9)
+    fast = BinanceFastHandler(inst, stale_ns=10**9)
+    for fr in frames:
+        _feed(exact, fr)
+        _feed(fast, fr)
+    adopted = fast.adoptions
+    last = frames[-1].ts_ns
+    assert fast.check_stale(last + 10**8) == exact.check_stale(last + 10**8) == 0
+    assert fast.check_stale(last + 10**9) == 0         # the connection itself was live then
+    exact.check_stale(last + 10**9)
+    fast.feed(frames[-2].data, last + 10**9)            # a frame refreshes the connection
+    exact.feed(frames[-2].data, last + 10**9)
+    assert fast.adoptions == adopted                   # nothing was handed back and reloaded
+    n = fast.check_stale(last + 3 * 10**9)
+    assert n == exact.check_stale(last + 3 * 10**9) == 4
+    assert fast.records().tobytes() == exact.records().tobytes()
+    assert fast.stats.as_dict() == exact.stats.as_dict()
+    assert _book_state(fast) == _book_state(exact)
