@@ -25,6 +25,8 @@ from stages.base import Stage, stack_states
 from stages.riskview import R_FILLS, R_HALTED, R_OPEN, R_RATE_REJECTS, R_SEQ, R_SENT
 
 BATCH = 512
+FLATTEN_TRIES = 10
+FLATTEN_RETRY_NS = 300_000_000
 
 
 class OrderRouterStage(Stage):
@@ -89,6 +91,8 @@ class OrderRouterStage(Stage):
         self.one_i = self.one.view(np.int64).reshape(1, -1)
         self.obuf_i = self.obuf.view(np.int64).reshape(1, -1)
         self.flatten_coid = 1 << 40
+        self.flatten_tries = 0
+        self.next_flatten_ns = 0
 
         self.rv.router_pos[:] = 0
         self.rv.router_open[:] = 0
@@ -150,10 +154,10 @@ class OrderRouterStage(Stage):
             self.ctl[rk.C_HALTED] = 1
             self._cancel_all(0)
             if int(rec["arg0"]) == 1:
-                self.flatten_coid += 1000
-                rk.router_flatten(self.rv.router_pos, self.inst_venue, self.ven_out_sts,
-                                  self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal,
-                                  self.flatten_coid)
+                # flatten once every cancel is answered: an order filled while its cancel
+                # was in flight changes the position the flatten must close
+                self.flatten_tries = FLATTEN_TRIES
+                self.next_flatten_ns = 0
         elif kind == CTRL_CANCEL_ALL:
             self._cancel_all(int(rec["arg0"]))
         elif kind == CTRL_RESUME:
@@ -175,7 +179,26 @@ class OrderRouterStage(Stage):
                 break
             time.sleep(0.0005)
 
+    def maybe_flatten(self) -> None:
+        """Cold, per heartbeat: market orders for what is left, until flat (bounded retries,
+        spaced so the previous round's reports are in)."""
+        if self.flatten_tries <= 0 or self.ctl[rk.C_OPEN] > 0:
+            return
+        now = time.monotonic_ns()
+        if now < self.next_flatten_ns:
+            return
+        if not self.rv.router_pos.any():
+            self.flatten_tries = 0
+            return
+        self.flatten_tries -= 1
+        self.next_flatten_ns = now + FLATTEN_RETRY_NS
+        self.flatten_coid += 1000
+        rk.router_flatten(self.rv.router_pos, self.inst_venue, self.ven_out_sts,
+                          self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal,
+                          self.flatten_coid)
+
     def fill_status(self, values) -> None:
+        self.maybe_flatten()
         self.clock.recalibrate()
         c = self.ctl
         self.records_in, self.records_out = int(c[rk.C_IN]), int(c[rk.C_OUT])
