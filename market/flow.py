@@ -35,7 +35,10 @@ background order (P_CANCEL), or a market order (the rest). Bursts of one-sided f
 instrument at BURST_RATE_HZ, lasting Exp(BURST_S), during which P_BURST_MARKET of events are
 market orders on the burst's side. Sizes are exponential with mean ORDER_NOTIONAL quote units. Liquidity
 providers refill a thin book: while a side has fewer than MIN_LEVELS levels (after a jump
-swept it), the venue's next event is a limit order on that side (``market.sim``).
+swept it), the venue's next event is a limit order on that side; and informed traders: with
+probability P_INFORMED an order event whose book lags the latent price by more than
+INFORMED_BPS becomes a marketable limit up to the latent price (``market.sim``), so books
+follow their latent price, dislocations included, within a few events.
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ SPREAD_HALF_LIFE_S = 60.0
 DISLOC_HALF_LIFE_S = 0.25
 DISLOC_NOISE_BPS = 0.3          # stationary std of d_i between shocks
 DISLOC_RATE_HZ = 1.0 / 8.0
-DISLOC_SHOCK_BPS = 4.0          # mean absolute shock (uniform in [0.5, 1.5] x this)
+DISLOC_SHOCK_BPS = 6.0          # mean absolute shock (uniform in [0.5, 1.5] x this): above the
+                                # two taker fees at times, so cross-venue arbitrage has chances
 VOL_REGIME_MULT = 3.0
 RATE_REGIME_MULT = 1.5
 CALM_TO_VOL_HZ = 1.0 / 300.0
@@ -74,6 +78,8 @@ BURST_S = 1.5
 P_BURST_MARKET = 0.5
 ORDER_NOTIONAL = 2000.0
 MIN_LEVELS = 5
+P_INFORMED = 0.3
+INFORMED_BPS = 0.5
 MARKET_NOTIONAL = 1000.0
 
 # --- flow actions ----------------------------------------------------------------------------

@@ -28,11 +28,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from market.flow import (ACT_CANCEL, ACT_LIMIT, MIN_LEVELS, NS, FlowModel, draw_action,
-                         draw_limit, event_rate_mult, flow_init, run_scheduled)
-from market.l3book import S_VENUE_ID, make_engine_arrays
+from market.flow import (ACT_CANCEL, ACT_LIMIT, INFORMED_BPS, MIN_LEVELS, NS, P_INFORMED,
+                         FlowModel, draw_action, draw_limit, event_rate_mult, flow_init,
+                         latent_price_ticks, run_scheduled)
+from market.l3book import S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
-                            rng_seed, sample_latency_ns)
+                            rng_seed, rng_uniform, sample_latency_ns)
 from market.matching import STP_CANCEL_NEWEST, engine_process, engine_set_fees, engine_snapshot
 from market.venuequeue import NEVER, make_queue, q_drain_due, q_min, q_next_ns, q_push, q_remove
 from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
@@ -266,6 +267,21 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
         draw_limit(ip, is_, gp, gs, gl, inst, SIDE_BUY if n_bid < n_ask else SIDE_SELL,
                    float(t - t0), rng, v, act_out)
         act = ACT_LIMIT
+    if act != ACT_CANCEL and rng_uniform(rng, v) < P_INFORMED:
+        # informed traders / arbitrageurs: when the book lags the latent price by more than
+        # INFORMED_BPS, take the stale side up to the latent price (a marketable limit)
+        lat_px = latent_price_ticks(ip, is_, gp, gs, gl, inst, float(t - t0), rng, v)
+        ask = l3_best_px(eng, inst, 1)
+        bid = l3_best_px(eng, inst, 0)
+        edge = lat_px * INFORMED_BPS * 1e-4
+        if ask > 0 and lat_px - edge > ask:
+            act_out[1] = SIDE_BUY
+            act_out[2] = np.int64(lat_px - edge)
+            act = ACT_LIMIT
+        elif bid > 0 and lat_px + edge < bid:
+            act_out[1] = SIDE_SELL
+            act_out[2] = np.int64(lat_px + edge) + 1
+            act = ACT_LIMIT
     if act == ACT_CANCEL:
         if pool_n[inst] > 0:
             j = rng_below(rng, v, pool_n[inst])
