@@ -15,6 +15,11 @@ Book sync (PROTOCOLS.md 1.4), per symbol:
   * bookTicker ``u`` is in the depth id space: when the local book stands at update id ``u``
     (after the diff whose final id is ``u``), its best bid/ask must equal the bookTicker's. A
     ticker that arrives before its diff waits (bounded) until the book reaches its id.
+
+This is the exact path and the source of truth for the sync state machine. feeds.binance_fast
+.BinanceFastHandler is a drop-in subclass that first hands each frame to a numba kernel on the
+raw bytes (synced steady state: depth, trades, bookTicker) and gives this class every frame the
+kernel declines; both emit identical records (tests/unit/test_feeds_binance_fast.py).
 """
 from __future__ import annotations
 

@@ -344,3 +344,23 @@ def test_the_staleness_watchdog_agrees_and_leaves_fresh_books_on_the_fast_path(s
     assert fast.records().tobytes() == exact.records().tobytes()
     assert fast.stats.as_dict() == exact.stats.as_dict()
     assert _book_state(fast) == _book_state(exact)
+
+
+def test_raw_stream_frames_without_the_wrapper_give_the_same_records(shared_data):
+    frames, inst = _recording(shared_data)
+
+    def unwrap(fr):
+        d = fr.data
+        if fr.kind != KIND_WS or not d.startswith('{"stream":'):
+            return fr
+        return Frame(fr.ts_ns, fr.kind, fr.url, d[d.index('"data":') + 7:-1])
+
+    raw = [unwrap(fr) for fr in frames]
+    assert sum(fr.data != r.data for fr, r in zip(frames, raw)) > 250
+    fast_raw = _same_run(raw, inst)
+    assert fast_raw.fast_frames() >= len(frames) - 12
+    wrapped = BinanceFastHandler(inst)
+    unwrapped = BinanceFastHandler(inst)
+    for fr, r in zip(frames, raw):
+        assert _feed(wrapped, fr) == _feed(unwrapped, r)
+        assert wrapped.records().tobytes() == unwrapped.records().tobytes()
