@@ -364,3 +364,15 @@ def test_raw_stream_frames_without_the_wrapper_give_the_same_records(shared_data
     for fr, r in zip(frames, raw):
         assert _feed(wrapped, fr) == _feed(unwrapped, r)
         assert wrapped.records().tobytes() == unwrapped.records().tobytes()
+
+
+def test_oversized_diffs_and_tiny_output_arrays_take_the_exact_paths_verdict(shared_data):
+    frames, inst = _recording(shared_data)
+    lv = [["0.35000000", "1.00000000"]] * 5000
+    huge = orjson.dumps({"stream": "x", "data": {"e": "depthUpdate", "E": 1, "s": "NKNUSDT",
+                                                 "U": 499870180, "u": 499870181, "b": lv,
+                                                 "a": []}}).decode()
+    fast = _same_run(frames + [_ws(huge)], inst, capacity=4096)
+    assert fast.stats.parse_errors == 1
+    fast = _same_run(frames + [_ws(huge)], inst, capacity=8192)
+    assert fast.stats.parse_errors == 0 and fast.books["NKNUSDT"].update_id == 499870181
