@@ -48,8 +48,10 @@ CTL_LAST_RECV_TS = 3   # recv_ts_ns of the newest market record seen (cause of t
 CTL_N_INST = 4         # instruments this strategy trades
 CTL_UNKNOWN_EXEC = 5   # exec reports for client order ids we do not know (counted, ignored)
 CTL_FILLS = 6          # fill reports applied
-CTL_INST_BASE = 8      # then n_inst instrument ids, then n_inst venue ids
-CTL_WORDS_FIXED = 8
+CTL_REJECTS = 7        # EXEC_REJECT reports (venue rejects and risk denials)
+CTL_LAST_REJECT = 8    # reject_code of the latest one
+CTL_INST_BASE = 10     # then n_inst instrument ids, then n_inst venue ids
+CTL_WORDS_FIXED = 10
 
 # ---- orders: the strategy's own order table, int64[max_orders, OS_WORDS] ---------------------
 OS_COID = 0        # client_order_id; 0 = free slot
@@ -328,6 +330,8 @@ def apply_execs(ctl, orders, pos, ex, n_ex):
         elif kind == EXEC_FILL or kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
             orders[s, :] = 0
         elif kind == EXEC_REJECT:
+            ctl[CTL_REJECTS] += 1
+            ctl[CTL_LAST_REJECT] = e.reject_code
             st = orders[s, OS_STATE]
             if st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
                 orders[s, OS_STATE] = OST_LIVE   # the request was denied; the order still rests

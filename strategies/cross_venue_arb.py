@@ -38,7 +38,9 @@ Parameters (``[strategies].params``):
   max_leg_loss_ticks   loss bound per lot while flattening before the timeout
   leg_timeout_ms       how long a legged exposure may wait for a price inside the bound
   max_book_age_ms      a book whose last record is older is not used (0 = no age limit)
-  min_interval_ms      minimum time between two arbitrages
+  min_interval_ms      minimum time between two arbitrage or hedge attempts, and the back-off
+                       after a reject (a persisting dislocation must not fire an IOC pair
+                       every millisecond into the gate's order-rate limit)
 """
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ from market.book import (META_HALTED, META_RECV_TS, best_ask_px, best_ask_qty, b
 from pipeline.config import opt
 from shm.records import ORD_IOC, SIDE_BUY, SIDE_SELL
 from strategies.base import (
-    PS_COST, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders, make_positions,
-    note_market, open_count, send_new,
+    CTL_REJECTS, PS_COST, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders,
+    make_positions, note_market, open_count, send_new,
 )
 
 
@@ -76,7 +78,8 @@ class CrossVenueArbParams:
     leg_timeout_ms: float = opt(200.0, "after this long legged, flatten at the touch", ge=0)
     max_book_age_ms: float = opt(500.0, "ignore a book whose last record is older; 0 = off",
                                  ge=0)
-    min_interval_ms: float = opt(1.0, "at least this long between two arbitrages", ge=0)
+    min_interval_ms: float = opt(20.0, "at least this long between two arbitrage or hedge "
+                                 "attempts, and after a reject", ge=0)
 
 
 F_FEE_A, F_FEE_B, F_SLIP, F_THRESH, F_MAX_QTY, F_MAX_LEG, F_LEG_LOSS, F_LEG_TIMEOUT_NS = range(8)
@@ -151,10 +154,15 @@ def _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, n
 def arb_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     ctl, orders, pos, fp, est, iw = state
     note_market(ctl, md, n_md)
+    rejects = ctl[CTL_REJECTS]
     apply_execs(ctl, orders, pos, ex, n_ex)
+    if ctl[CTL_REJECTS] != rejects:
+        iw[I_LAST_ARB_NS] = now_ns   # denied (e.g. a rate limit): back off, do not hammer
     k = 0
     if open_count(orders) > 0:
         return k   # IOC legs still in flight: act on their outcome, not before
+    if iw[I_LAST_ARB_NS] != 0 and now_ns - iw[I_LAST_ARB_NS] < fp[F_MIN_INTERVAL_NS]:
+        return k   # at most one arbitrage or hedge attempt per min_interval_ms
     ia = inst_id(ctl, 0)
     ib = inst_id(ctl, 1)
     ok_a = usable(px, meta, ia, now_ns, fp[F_MAX_AGE_NS])
@@ -163,11 +171,12 @@ def arb_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     if net != 0.0:
         if iw[I_LEG_START_NS] == 0:
             iw[I_LEG_START_NS] = now_ns
-        return _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, now_ns)
+        k = _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, now_ns)
+        if k > 0:
+            iw[I_LAST_ARB_NS] = now_ns
+        return k
     iw[I_LEG_START_NS] = 0
     if not (ok_a and ok_b):
-        return k
-    if iw[I_LAST_ARB_NS] != 0 and now_ns - iw[I_LAST_ARB_NS] < fp[F_MIN_INTERVAL_NS]:
         return k
     bid_a = best_bid_px(px, meta, ia)
     ask_a = best_ask_px(px, meta, ia)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from shm.records import (
-    EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_IOC, ORD_POST_ONLY, SIDE_BUY,
+    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_IOC, ORD_POST_ONLY, SIDE_BUY,
     SIDE_SELL,
 )
 from strategies import cross_venue_arb as arb
@@ -414,6 +414,16 @@ def test_arb_waits_then_unwinds_at_the_touch_after_the_leg_timeout():
     assert len(unwind) == 1 and unwind[0]["instrument_id"] == 1
     assert unwind[0]["side"] == SIDE_BUY and unwind[0]["px_ticks"] == 10_020 + 1
     assert h.state[4][arb.E_N_UNWINDS] == 1
+
+
+def test_arb_backs_off_after_a_denial_instead_of_hammering_the_gate():
+    h = arb_host(threshold_ticks=3.0, min_interval_ms=20.0)
+    md = books(10_005, 10_015, 9_985, 9_995)
+    out = h.step(md, now_ns=1_000).copy()
+    denied = [report(r, EXEC_REJECT) for r in out]
+    assert len(h.step(ex=execs(*denied), now_ns=2_000)) == 0       # same edge, but backing off
+    assert len(h.step(now_ns=2_000 + 20 * MS - 1)) == 0
+    assert len(h.step(top(1, 10_005, 7, 10_015, 7, 2_000 + 20 * MS), now_ns=2_000 + 20 * MS)) == 2
 
 
 def test_arb_sizes_are_capped_by_the_legging_exposure():
