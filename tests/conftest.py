@@ -11,6 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from pipeline import numba_cache  # noqa: E402
+
+numba_cache.configure()  # before any test module imports numba
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
