@@ -14,7 +14,10 @@ Everything lives in one int64 "arena" (one argument to unbox per call: a numba c
                bids, -px for asks, ascending, so the best level is the LAST one and the usual
                near-the-top insert or delete moves few words
     tickers    per instrument QCAP x 5 (u, bid px, bid qty, ask px, ask qty), a ring
-    scratch    2 x out capacity: a diff's levels, all parsed and checked before any is applied
+    raw        8 + 4 x out capacity: "b" and "a" levels as read by the scanner (digits and
+               fraction digits of each number), half the out capacity per side
+    scratch    2 x out capacity: a diff's levels in ticks and lots, all converted and checked
+               before any is applied
     out        the MARKET_DTYPE records (8 words each); the handler's ``out`` is a view of it
 
 Return value: n >= 0 records written (the frame is fully handled and counted), or
@@ -32,7 +35,7 @@ from numba import njit
 from feeds._scan import (FIELD_WORDS, MAX_FRAC, N_SLOTS, SCALE_WORDS, SL_A, SL_AA, SL_B, SL_BB,
                          SL_DATA, SL_E, SL_EE, SL_LAST, SL_M, SL_P, SL_Q, SL_S, SL_T, SL_TT, SL_U,
                          SL_UU, T_ARR, T_FALSE, T_NULL, T_NUM, T_OBJ, T_STR, T_TRUE, eq,
-                         parse_levels, scan_object, symbol_hash, uint_value, units, ws)
+                         scale_raw, scan_object, symbol_hash, uint_value, units, ws)
 from feeds.handler import MS_MAX
 from shm.records import MFLAG_LAST_IN_BATCH, MSG_LEVEL, MSG_TOP, MSG_TRADE
 
@@ -41,7 +44,7 @@ MODE_SLOW, MODE_FAST = 0, 1
 
 (H_NINST, H_CAP, H_QCAP, H_OUTCAP, H_BASEFL, H_EMIT_TOPS, H_HMASK, H_GEN, H_COMPLETE,
  H_RES_N, H_RES_EXCH, H_OFF_CNT, H_OFF_FIELDS, H_OFF_INST, H_OFF_HASH, H_OFF_BOOK, H_OFF_TQ,
- H_OFF_SCR, H_OFF_OUT) = range(19)
+ H_OFF_SCR, H_OFF_OUT, H_OFF_RAW, H_RAWCAP) = range(21)
 HEADER = 32
 
 CNT_FIELDS = ("messages", "book_updates", "trades", "tops", "ignored", "unknown_symbol",
@@ -220,17 +223,25 @@ def _diff(b, A, F, gen, k, recv):
     if U < 0 or u < U or E < 0 or E > MS_MAX or _type(A, F, SL_B, gen) != T_ARR \
             or _type(A, F, SL_A, gen) != T_ARR:
         return _code(DECLINE, k)
-    outcap = A[H_OUTCAP]
+    raw = A[H_OFF_RAW]
+    if A[raw] != gen or A[raw + 1] != F or A[raw + 3] != gen or A[raw + 4] != F:
+        return _code(DECLINE, k)           # "b" / "a" not plain [price, qty] string pairs
+    nb = A[raw + 2]
+    na = A[raw + 5]
+    if nb + na > A[H_OUTCAP] - 8:
+        return _code(DECLINE, k)
     scr = A[H_OFF_SCR]
-    maxlv = outcap - 8
-    ob = F + SL_B * FIELD_WORDS
-    nb = parse_levels(b, A[ob + 2], A[ob + 3], A, scr, I + I_PX, I + I_QTY, maxlv)
-    if nb < 0:
-        return _code(DECLINE, k)
-    oa = F + SL_A * FIELD_WORDS
-    na = parse_levels(b, A[oa + 2], A[oa + 3], A, scr + 2 * nb, I + I_PX, I + I_QTY, maxlv)
-    if na < 0 or nb + na > maxlv:
-        return _code(DECLINE, k)
+    pt = I + I_PX
+    qt = I + I_QTY
+    rawcap = A[H_RAWCAP]
+    for j in range(nb + na):
+        o = raw + 8 + (4 * j if j < nb else 4 * (rawcap + j - nb))
+        px = scale_raw(A[o], A[o + 1], A, pt)
+        qty = scale_raw(A[o + 2], A[o + 3], A, qt)
+        if px < 0 or qty < 0:
+            return _code(DECLINE, k)
+        A[scr + 2 * j] = px
+        A[scr + 2 * j + 1] = qty
     if A[I + I_MODE] != MODE_FAST:
         return _code(ADOPT, k)
     c = A[H_OFF_CNT]
@@ -365,7 +376,7 @@ def feed_kernel(b, A, recv):
     if i >= n or b[i] != 123:
         return _code(DECLINE, -1)
     FD = FT + N_SLOTS * FIELD_WORDS
-    end = scan_object(b, i, n, A, FT, gen, FD)
+    end = scan_object(b, i, n, A, FT, gen, FD, A[H_OFF_RAW], A[H_RAWCAP])
     if end < 0 or ws(b, end, n) != n:
         return _code(DECLINE, -1)
     F = FT

@@ -241,11 +241,14 @@ def key_slot(b, s, e):
 
 
 @njit(cache=True, _nrt=False)
-def scan_object(b, i, n, A, fbase, gen, dbase):
+def scan_object(b, i, n, A, fbase, gen, dbase, raw, rawcap):
     """Validate the object at b[i] ('{'); record tracked keys at A[fbase + slot*4 ...] as
     [gen, type, start, end] (a string's start/end exclude its quotes; others span the token).
     With dbase >= 0, the members of an object under the key "data" (the combined-stream
     wrapper) are recorded at dbase in the same single pass, and "data" itself at fbase.
+    With raw >= 0, "b" and "a" arrays of [price, qty] pairs are read by levels_raw as they are
+    validated (no second pass): side s (0 b, 1 a) gets A[raw + 3s : raw + 3s + 3] = [gen, base
+    of the object it belongs to, count] and its levels at raw + 8 + s * 4 * rawcap.
     Returns the index after the object, or -1."""
     cur = fbase
     level = 0
@@ -299,7 +302,19 @@ def scan_object(b, i, n, A, fbase, gen, dbase):
                     i = skip_value(b, i, n)
                 elif c == 91:
                     typ = T_ARR
-                    i = skip_value(b, i, n)
+                    side = 0 if slot == SL_B else (1 if slot == SL_A else -1)
+                    if raw >= 0 and side >= 0:
+                        e, cnt = levels_raw(b, i, n, A, raw + 8 + side * 4 * rawcap, rawcap)
+                        if e >= 0:
+                            r = raw + 3 * side
+                            A[r] = gen
+                            A[r + 1] = cur
+                            A[r + 2] = cnt
+                            i = e
+                        else:
+                            i = skip_value(b, i, n)
+                    else:
+                        i = skip_value(b, i, n)
                 else:
                     typ = T_NUM if (c == 45 or 48 <= c <= 57) else \
                         (T_TRUE if c == 116 else (T_FALSE if c == 102 else T_NULL))
@@ -338,27 +353,46 @@ def scan_object(b, i, n, A, fbase, gen, dbase):
 
 
 @njit(cache=True, _nrt=False)
-def units(b, s, e, A, tab):
-    """Exact integer units of the decimal text b[s:e] with the scale table at A[tab:], or -1
-    (not a plain decimal, too many digits, inexact, or beyond int64: the caller declines)."""
+def dec_string(b, i, n):
+    """The JSON string at b[i] ('"') read as decimal text in one pass: (index of the closing
+    quote or -1 if the string itself is refused, digits value or -1, fractional digit count or
+    -1). The value is -1 for anything but digits and at most one dot, 0 or more than 36 digits,
+    more than 18 fractional digits, or digits beyond int64."""
+    j = i + 1
     d = 0
     nd = 0
     dot = -1
-    for j in range(s, e):
+    bad = False
+    while j < n:
         c = b[j]
         if 48 <= c <= 57:
             if d > 922337203685477579:          # d*10 + 9 could pass INT64_MAX
-                return -1
-            d = d * 10 + (c - 48)
+                bad = True
+            else:
+                d = d * 10 + (c - 48)
             nd += 1
+        elif c == 34:
+            break
         elif c == 46 and dot < 0:
             dot = j
+        elif c == 92 or c < 32 or c >= 128:
+            return -1, -1, -1
         else:
-            return -1
-    if nd == 0 or nd > 36:
-        return -1
-    k = 0 if dot < 0 else e - dot - 1
-    if k > MAX_FRAC:
+            bad = True
+        j += 1
+    if j >= n:
+        return -1, -1, -1
+    k = 0 if dot < 0 else j - dot - 1
+    if bad or nd == 0 or nd > 36 or k > MAX_FRAC:
+        return j, -1, -1
+    return j, d, k
+
+
+@njit(cache=True, _nrt=False)
+def scale_raw(d, k, A, tab):
+    """Digits value d with k fractional digits -> exact units with the scale table at A[tab:],
+    or -1 (inexact, beyond int64, or already refused by dec_string)."""
+    if d < 0 or k < 0:
         return -1
     mul = A[tab + k]
     div = A[tab + MAX_FRAC + 1 + k]
@@ -376,48 +410,61 @@ def units(b, s, e, A, tab):
 
 
 @njit(cache=True, _nrt=False)
-def parse_levels(b, i, end, A, out, pt, qt, maxn):
-    """The array of [price, qty] string pairs at b[i:end] -> A[out + 2j] = px, A[out + 2j + 1]
-    = qty. Returns the number of levels, or -1 for any other shape or value."""
-    i = ws(b, i + 1, end)
-    if i < end and b[i] == 93:
-        return 0
-    n = 0
+def units(b, s, e, A, tab):
+    """Exact integer units of the decimal text b[s:e] (the content of a string whose closing
+    quote is b[e]), or -1 (the caller declines)."""
+    j, d, k = dec_string(b, s - 1, e + 1)
+    if j != e:
+        return -1
+    return scale_raw(d, k, A, tab)
+
+
+@njit(cache=True, _nrt=False)
+def levels_raw(b, i, n, A, out, maxn):
+    """The array of [price, qty] string pairs at b[i] ('['), validated and read in one pass:
+    A[out + 4j : out + 4j + 4] = price digits, price fraction digits, qty digits, qty fraction
+    digits (dec_string's values, -1 where refused). Returns (index after the array, count), or
+    (-1, 0) for any other shape (the caller then validates it generically and declines)."""
+    i = ws(b, i + 1, n)
+    if i < n and b[i] == 93:
+        return i + 1, 0
+    m = 0
     while True:
-        if i >= end or b[i] != 91:
-            return -1
-        i = ws(b, i + 1, end)
-        if i >= end or b[i] != 34:
-            return -1
-        e = string_end(b, i, end)
+        if i >= n or b[i] != 91 or m >= maxn:
+            return -1, 0
+        i = ws(b, i + 1, n)
+        if i >= n or b[i] != 34:
+            return -1, 0
+        e, dp, kp = dec_string(b, i, n)
         if e < 0:
-            return -1
-        px = units(b, i + 1, e, A, pt)
-        i = ws(b, e + 1, end)
-        if px < 0 or i >= end or b[i] != 44:
-            return -1
-        i = ws(b, i + 1, end)
-        if i >= end or b[i] != 34:
-            return -1
-        e = string_end(b, i, end)
+            return -1, 0
+        i = ws(b, e + 1, n)
+        if i >= n or b[i] != 44:
+            return -1, 0
+        i = ws(b, i + 1, n)
+        if i >= n or b[i] != 34:
+            return -1, 0
+        e, dq, kq = dec_string(b, i, n)
         if e < 0:
-            return -1
-        qty = units(b, i + 1, e, A, qt)
-        i = ws(b, e + 1, end)
-        if qty < 0 or i >= end or b[i] != 93 or n >= maxn:
-            return -1
-        A[out + 2 * n] = px
-        A[out + 2 * n + 1] = qty
-        n += 1
-        i = ws(b, i + 1, end)
-        if i >= end:
-            return -1
+            return -1, 0
+        i = ws(b, e + 1, n)
+        if i >= n or b[i] != 93:
+            return -1, 0
+        o = out + 4 * m
+        A[o] = dp
+        A[o + 1] = kp
+        A[o + 2] = dq
+        A[o + 3] = kq
+        m += 1
+        i = ws(b, i + 1, n)
+        if i >= n:
+            return -1, 0
         if b[i] == 44:
-            i = ws(b, i + 1, end)
+            i = ws(b, i + 1, n)
             continue
         if b[i] == 93:
-            return n
-        return -1
+            return i + 1, m
+        return -1, 0
 
 
 @njit(cache=True, _nrt=False)

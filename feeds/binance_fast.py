@@ -60,7 +60,8 @@ class BinanceFastHandler(BinanceHandler):
         for name, size in (("cnt", K.N_CNT), ("fields", 2 * K.N_SLOTS * 4),
                            ("inst", max(n, 1) * K.IW), ("hash", hsize),
                            ("book", max(n, 1) * 4 * cap), ("tq", max(n, 1) * qcap * 5),
-                           ("scr", 2 * outcap), ("out", 8 * outcap)):
+                           ("raw", 8 + 4 * outcap), ("scr", 2 * outcap),
+                           ("out", 8 * outcap)):
             off[name] = pos
             pos += size
         A = np.zeros(pos, dtype=np.int64)
@@ -73,8 +74,10 @@ class BinanceFastHandler(BinanceHandler):
         A[K.H_HMASK] = hsize - 1
         for h, name in ((K.H_OFF_CNT, "cnt"), (K.H_OFF_FIELDS, "fields"),
                         (K.H_OFF_INST, "inst"), (K.H_OFF_HASH, "hash"), (K.H_OFF_BOOK, "book"),
-                        (K.H_OFF_TQ, "tq"), (K.H_OFF_SCR, "scr"), (K.H_OFF_OUT, "out")):
+                        (K.H_OFF_TQ, "tq"), (K.H_OFF_SCR, "scr"), (K.H_OFF_OUT, "out"),
+                        (K.H_OFF_RAW, "raw")):
             A[h] = off[name]
+        A[K.H_RAWCAP] = outcap // 2
         complete = 1
         for k, sym in enumerate(syms):
             inst = self.instruments[sym]
