@@ -100,3 +100,37 @@ def rejoin_live(reader, lost_before: int) -> None:
     blk = (ring._reader_block(reader.index) - ring.head_addr) // 8
     ctrl[blk + ops.RB_CURSOR // 8] = st[ops.ST_POS]
     ctrl[blk + ops.RB_LOST // 8] = lost_before
+
+
+def refresh_numba_cache(module_file: str, dep_globs: tuple[str, ...]) -> bool:
+    """numba's on-disk cache is keyed on the stamp of the file that defines a function, not on
+    the files its callees live in: after a change to, say, market/risk_state.py a cached
+    gate kernel would keep the old constants. Before a stage's first kernel call, hash the
+    dependencies and, if they changed since the last start, touch ``module_file`` so numba
+    recompiles it. Returns True if it did. Cold path; idempotent across racing processes."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha1()
+    for f in sorted({p for g in dep_globs for p in root.glob(g)}):
+        try:
+            h.update(f.name.encode() + f.read_bytes())
+        except OSError:
+            pass
+    digest = h.hexdigest()
+    src = Path(module_file)
+    stamp = src.parent / "__pycache__" / f"{src.stem}.deps"
+    try:
+        if stamp.read_text() == digest:
+            return False
+    except OSError:
+        pass
+    try:
+        os.utime(src)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        return False
+    return True

@@ -98,14 +98,14 @@ def host_step(state, px, qty, meta, hctl, cal, md_sts, md_slots, md, md_i,
 
 def _fingerprint() -> str:
     """Hash of every source whose numba code ends up inside host_step: the strategies, the
-    market core they use, the ring / histogram / atomics kernels, the clock. numba's on-disk
+    L2 book (the only market module they import), the ring / histogram / atomics kernels, the clock. numba's on-disk
     cache only checks the stamp of the file that defines a function, so without this a changed
     constant in, say, strategies/base.py would keep running inside a stale cached host_step."""
     import hashlib
 
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha1()
-    files = sorted([*root.glob("strategies/*.py"), *root.glob("market/*.py"),
+    files = sorted([*root.glob("strategies/*.py"), root / "market" / "book.py",
                     *(root / "shm" / n for n in ("histogram.py", "ringops.py", "atomics.py",
                                                  "records.py")), root / "stages" / "clock.py"])
     for f in files:
