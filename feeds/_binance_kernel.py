@@ -32,10 +32,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from feeds._scan import (FIELD_WORDS, MAX_FRAC, N_SLOTS, SCALE_WORDS, SL_A, SL_AA, SL_B, SL_BB,
-                         SL_DATA, SL_E, SL_EE, SL_LAST, SL_M, SL_P, SL_Q, SL_S, SL_T, SL_TT, SL_U,
-                         SL_UU, T_ARR, T_FALSE, T_NULL, T_NUM, T_OBJ, T_STR, T_TRUE, eq,
-                         scale_raw, scan_object, symbol_hash, uint_value, units, ws)
+from feeds._numtext import MAX_FRAC, SCALE_WORDS, scale_raw, units, ws
+from feeds._scan import (FIELD_WORDS, N_SLOTS, SL_A, SL_AA, SL_B, SL_BB, SL_DATA, SL_E, SL_EE,
+                         SL_LAST, SL_M, SL_P, SL_Q, SL_S, SL_T, SL_TT, SL_U, SL_UU, T_ARR,
+                         T_FALSE, T_NULL, T_NUM, T_OBJ, T_STR, T_TRUE, eq, scan_object,
+                         symbol_hash, uint_value)
 from feeds.handler import MS_MAX
 from shm.records import MFLAG_LAST_IN_BATCH, MSG_LEVEL, MSG_TOP, MSG_TRADE
 

@@ -26,7 +26,8 @@ from collections import deque
 import numpy as np
 
 from feeds import _binance_kernel as K
-from feeds._scan import SCALE_WORDS, scale_table, symbol_hash
+from feeds._numtext import SCALE_WORDS, scale_table
+from feeds._scan import symbol_hash
 from feeds.binance import MAX_PENDING_TICKERS, BinanceHandler, _query_param
 from feeds.handler import FeedStats
 from shm.records import MARKET_DTYPE

@@ -197,7 +197,7 @@ def test_many_symbols_are_found_and_unknown_ones_counted_by_the_kernel():
 
 # ---- exact decimals ------------------------------------------------------------------------
 def _units_fast(text: str, scale: Scale) -> int:
-    from feeds._scan import scale_table, units
+    from feeds._numtext import scale_table, units
     raw = b'"' + text.encode() + b'"'
     return int(units(raw, 1, len(raw) - 1, scale_table(scale), 0))
 
