@@ -8,6 +8,8 @@ binance, coinbase, kraken). Cold path: recording, meta, check, convert, client, 
     book.py       exact local L2 book (sorted keys + dict; Kraken checksum text per level)
     handler.py    the common handler interface, record writer, counters, invalidate/resync
     binance.py    Binance spot: depth sync (buffer, snapshot, U/u rules), trades, bookTicker
+    binance_fast.py  numba fast path for synced Binance depth/trade/bookTicker frames on raw
+                  bytes (_scan.py JSON scanner, _numtext.py exact decimals, _binance_kernel.py)
     coinbase.py   Coinbase Exchange (level2, matches, ticker) and Advanced Trade (sequence_num)
     kraken.py     Kraken v2 and v1: CRC32 over exact wire text, truncation to depth
     recording.py  hftfarm JSON-lines recorder; readers for it and for cryptofeed's raw format

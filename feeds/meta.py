@@ -183,8 +183,10 @@ def instruments_from_config(config_path: str | None, venue: str) -> dict[str, Fe
 def make_handler(venue: str, instruments: dict[str, FeedInstrument], **kw):
     """The handler class for a venue name (the CLI's --venue values)."""
     if venue == "binance":
-        from feeds.binance import BinanceHandler
-        return BinanceHandler(instruments, **kw)
+        # numba fast path on raw bytes for the synced steady state; the exact Python handler
+        # it subclasses keeps the sync state machine and takes every frame the fast path declines
+        from feeds.binance_fast import BinanceFastHandler
+        return BinanceFastHandler(instruments, **kw)
     if venue == "coinbase":
         from feeds.coinbase import CoinbaseHandler
         return CoinbaseHandler(instruments, **kw)
