@@ -108,7 +108,7 @@ def _rate(n, s):
 def main(args) -> int:
     import numpy as np
 
-    from market.backtest import BACKTEST_EVENT_RATE, run_backtest
+    from market.backtest import run_backtest
     from market.book import bench_book_maintenance
     from market.lobster import convert, lobster_instrument
     from market.recordfile import RecordFileWriter
@@ -145,7 +145,7 @@ def main(args) -> int:
         f"{res['book_sim']['records_per_cpu_s'] / 1e6:.2f} M/CPU-s")
 
     bt = run_backtest(cfg, "mm_btc", duration_s=args.sim_seconds,
-                      event_rate_per_s=BACKTEST_EVENT_RATE)
+                      event_rate_per_s=cfg.backtest.event_rate_per_s)
     c = bt.counters
     res["backtest_sim"] = {"events": c["events"], "venue_events": bt.venue_counters["events"],
                            "wall_s": c["wall_s"], "cpu_s": c["cpu_s"],
@@ -219,7 +219,7 @@ def main(args) -> int:
     if args.long_minutes > 0:
         t0 = time.perf_counter()
         bt = run_backtest(cfg, "mm_btc", duration_s=args.long_minutes * 60.0,
-                          event_rate_per_s=BACKTEST_EVENT_RATE)
+                          event_rate_per_s=cfg.backtest.event_rate_per_s)
         total = time.perf_counter() - t0
         c = bt.counters
         res["sim_long"] = {"simulated_min": args.long_minutes, "wall_s": c["wall_s"],
@@ -227,10 +227,10 @@ def main(args) -> int:
                            "total_with_setup_s": total, "events": c["events"],
                            "venue_events": bt.venue_counters["events"],
                            "instruments": len(table), "venues": len(cfg.venues),
-                           "event_rate_per_venue": BACKTEST_EVENT_RATE}
+                           "event_rate_per_venue": cfg.backtest.event_rate_per_s}
         b = res["sim_long"]
         say(f"{args.long_minutes:g} simulated minutes, {len(table)} instruments on "
-            f"{len(cfg.venues)} venues ({BACKTEST_EVENT_RATE:g} background events/s/venue, "
+            f"{len(cfg.venues)} venues ({cfg.backtest.event_rate_per_s:g} background events/s/venue, "
             f"{b['venue_events']:,} venue events): {b['wall_s']:.2f} s wall, {b['cpu_s']:.2f} "
             f"CPU-s (+{b['compile_s']:.1f} s compile; target < 10 s)")
     res["machine"]["load_avg_1m_end"] = os.getloadavg()[0]

@@ -71,10 +71,9 @@ COUNTER_NAMES = ("md_records", "exec_reports", "strategy_calls", "intents", "ord
                  "qty_sent", "qty_filled", "max_abs_pos", "curve_points", "closed_trades",
                  "queue_samples", "maker_fills", "dropped_denials")
 ACK_RING = 1024   # power of two (direct-mapped on client_order_id)
-# Background events per second per simulated venue in backtests. The config's
-# sim.event_rate_per_s (20000) is the live simulator's rate; a 30-minute, 2-venue backtest at
-# that rate is 72 M matching-engine events, so backtests default to this rate (--event-rate).
-BACKTEST_EVENT_RATE = 1000.0
+# Background events per second per simulated venue in backtests come from
+# backtest.event_rate_per_s (default 1000). sim.event_rate_per_s (20000) is the live
+# simulator's rate; a 30-minute, 2-venue backtest at that rate is 72 M matching-engine events.
 
 
 @njit(cache=True, _nrt=False)
@@ -287,7 +286,7 @@ def _strategy_config(cfg, which: str | None):
 
 
 def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: float | None = None,
-                 seed: int | None = None, event_rate_per_s: float = BACKTEST_EVENT_RATE,
+                 seed: int | None = None, event_rate_per_s: float | None = None,
                  queue_model: str | None = None, timer_ms: float = 100.0,
                  sample_ms: float = 100.0) -> BacktestResult:
     """One strategy instance (by name or kind; default: the first enabled) against the
@@ -303,7 +302,8 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
 
         table = InstrumentTable.from_config(cfg)
         instruments = list(table)
-        venue = SimVenue(cfg, instruments, seed, event_rate_per_s=event_rate_per_s)
+        rate = cfg.backtest.event_rate_per_s if event_rate_per_s is None else event_rate_per_s
+        venue = SimVenue(cfg, instruments, seed, event_rate_per_s=rate)
         advance, submit, vs = sim_advance_state, sim_submit_state, venue.state
         t_start = venue.now_ns
         dur = cfg.sim.duration_s if duration_s is None else duration_s

@@ -305,6 +305,8 @@ class BacktestConfig:
     queue_model: str = opt("conservative", "passive fills on recorded data",
                            choices=("conservative", "probabilistic"))
     initial_cash: float = opt(1_000_000.0, "starting equity, quote currency", gt=0)
+    event_rate_per_s: float = opt(1000.0, "background events per second per venue in sim "
+                                  "backtests (sim.event_rate_per_s is the live simulator's)", gt=0)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ def register(sub) -> None:
                    help="simulated seconds (default: sim.duration_s; with --data: the file)")
     p.add_argument("--seed", type=int, default=None, help="override sim.seed")
     p.add_argument("--event-rate", type=float, default=None,
-                   help="background events per second per simulated venue (default 1000)")
+                   help="background events per second per simulated venue "
+                   "(default: backtest.event_rate_per_s, 1000)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     p.add_argument("--out", default=None, help="output folder (default runs/backtest/<UTC time>)")
     p.set_defaults(func=run)
@@ -52,7 +53,7 @@ def run(args) -> int:
     if args.event_rate is not None and args.event_rate <= 0:
         raise CliError(f"--event-rate {args.event_rate}: must be > 0", EXIT_USAGE)
 
-    from market.backtest import BACKTEST_EVENT_RATE, _strategy_config, run_backtest
+    from market.backtest import _strategy_config, run_backtest
     from market.report import format_text, to_json, write_equity_csv, write_equity_png
 
     if args.strategy is not None:
@@ -71,7 +72,7 @@ def run(args) -> int:
     for name in names:
         try:
             res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
-                               event_rate_per_s=args.event_rate or BACKTEST_EVENT_RATE,
+                               event_rate_per_s=args.event_rate or cfg.backtest.event_rate_per_s,
                                queue_model=args.queue_model)
         except (ValueError, KeyError) as exc:
             raise CliError(f"backtest {name}: {exc}", EXIT_USAGE) from None
