@@ -70,6 +70,7 @@ COUNTER_NAMES = ("md_records", "exec_reports", "strategy_calls", "intents", "ord
                  "risk_rejects", "venue_rejects", "orders_acked", "fills", "orders_filled",
                  "qty_sent", "qty_filled", "max_abs_pos", "curve_points", "closed_trades",
                  "queue_samples", "maker_fills", "dropped_denials")
+MAX_SAME_INSTANT = 8   # denial rounds delivered at one simulated instant before time moves on
 ACK_RING = 1024   # power of two (direct-mapped on client_order_id)
 # Background events per second per simulated venue in backtests come from
 # backtest.event_rate_per_s (default 1000). sim.event_rate_per_s (20000) is the live
@@ -186,14 +187,25 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
     next_sample = t_start
     n_den = 0
     n_inst = acct.shape[0]
+    same_instant = 0   # rounds at one simulated time: a strategy that answers every denial
+    last_now = -1      # with another denied intent must not stop the clock (livelock)
     while True:
-        # Risk denials are answered at once (the gate is in-process): deliver them now.
-        t_lim = now if n_den > 0 else min(t_end, next_timer)
+        # Risk denials are answered at once (the gate is in-process): deliver them now, for
+        # at most MAX_SAME_INSTANT rounds; after that they travel with the next event.
+        if n_den > 0 and same_instant < MAX_SAME_INSTANT:
+            t_lim = now
+        else:
+            t_lim = min(t_end, next_timer)
         for j in range(n_den):
             ex_buf[j] = denials[j]
         n_md, n_ex, t = advance(vs, t_lim, md_buf, 0, ex_buf, n_den, True)
         n_den = 0
         now = t
+        if now == last_now:
+            same_instant += 1
+        else:
+            same_instant = 0
+            last_now = now
         while next_sample <= now and next_sample <= t_end:
             _sample(acct, curve, cnt, next_sample, initial_cash)
             next_sample += sample_ns
@@ -248,7 +260,8 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
                     cnt[C_DROPPED_INTENTS] += 1
         if tick:
             next_timer += timer_ns
-        if now >= t_end and n_den == 0:
+        if now >= t_end and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
+            cnt[C_DROPPED_INTENTS] += n_den
             break
     _sample(acct, curve, cnt, t_end, initial_cash)
 

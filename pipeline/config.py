@@ -276,7 +276,10 @@ class StagesConfig:
     risk_gate: StageConfig = opt(StageConfig(), "pre-trade risk gate")
     order_router: StageConfig = opt(StageConfig(), "order router")
     journal: StageConfig = opt(StageConfig(), "journal")
-    heartbeat_timeout_ms: int = opt(100, "a stage silent this long is declared dead", gt=0)
+    heartbeat_timeout_ms: int = opt(100, "a stage silent this long is reported silent "
+                                    "(death is noticed at once through its pidfd)", gt=0)
+    silent_restart_ms: int = opt(1000, "a stage silent this long is killed and replaced",
+                                 gt=0)
     restart_limit: int = opt(5, "restarts per stage before the controller gives up", ge=0)
 
 

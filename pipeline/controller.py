@@ -168,7 +168,8 @@ class Controller:
         stages_cfg = self.cfg.stages
         self.supervisor = Supervisor(self.instance, self.config_path, self.run_dir,
                                      self.topology, self.status,
-                                     stages_cfg.heartbeat_timeout_ms, stages_cfg.restart_limit)
+                                     stages_cfg.heartbeat_timeout_ms, stages_cfg.restart_limit,
+                                     stages_cfg.silent_restart_ms)
         if self.replay:
             self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
                                                       str(self.replay_speed)]
@@ -298,6 +299,10 @@ class Controller:
             last_tick = t
             for name, why in self.supervisor.check(silence=punctual):
                 self.on_failure(name, why)
+            for name, why in self.supervisor.silent_notices:
+                self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
+                self.log(f"stage {name} {why}")
+            self.supervisor.silent_notices.clear()
             self.drive_reconciliation()
             now = time.monotonic()
             if self.notifier is not None and now >= next_wd:

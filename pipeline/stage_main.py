@@ -56,28 +56,12 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
-# Kernel modules of each role and the sources compiled into them (see refresh_numba_cache):
-# checked before the module is imported, because numba reads the source stamp at import.
-_KERNEL_DEPS = {
-    "risk_gate": [("stages/gate_kernels.py", ("market/risk*.py", "market/book.py", "shm/*.py",
-                                              "stages/clock.py", "stages/router_kernels.py")),
-                  ("stages/router_kernels.py", ("shm/*.py", "stages/clock.py"))],
-    "order_router": [("stages/router_kernels.py", ("shm/*.py", "stages/clock.py"))],
-    "venue": [("stages/venue_sim.py", ("shm/*.py",))],
-}
-
-
 def make_stage(spec, replay: str | None = None):
-    from pathlib import Path
-
-    from stages.base import refresh_numba_cache
     from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                                  ROLE_VENUE)
 
-    root = Path(__file__).resolve().parent.parent
-    for module, deps in _KERNEL_DEPS.get(spec.role, ()):
-        refresh_numba_cache(str(root / module), deps)
-
+    # numba's cache is keyed by the whole source tree (pipeline/numba_cache.py, configured by
+    # run.py and inherited through NUMBA_CACHE_DIR), so no per-module refresh is needed here.
     if spec.role == ROLE_VENUE and replay:
         from stages.feed_replay import FeedReplayStage
         return FeedReplayStage()

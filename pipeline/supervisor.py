@@ -63,7 +63,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 class Supervisor:
     def __init__(self, instance: str, config_path: str, run_dir: Path, topology, status,
-                 heartbeat_timeout_ms: int, restart_limit: int):
+                 heartbeat_timeout_ms: int, restart_limit: int, silent_restart_ms: int = 0):
         self.instance = instance
         self.config_path = str(config_path)
         self.run_dir = Path(run_dir)
@@ -72,6 +72,12 @@ class Supervisor:
         self.topology = topology
         self.status = status
         self.heartbeat_timeout_ns = int(heartbeat_timeout_ms) * 1_000_000
+        # Silence is *noticed* at heartbeat_timeout_ms (reported at once) but a stage is only
+        # killed and replaced once silent for silent_restart_ms: on a machine with fewer cores
+        # than stages a healthy stage can miss one 100 ms beat, and a kill loses its state.
+        self.silent_restart_ns = max(int(silent_restart_ms) * 1_000_000, self.heartbeat_timeout_ns)
+        self.silent_notices: list[tuple[str, str]] = []   # drained by the controller
+        self._silent_noticed: set[str] = set()
         self.restart_limit = restart_limit
         self.procs: dict[str, StageProcess] = {}
         self._sched: dict[int, tuple[int, int]] = {}   # pid -> (when, run-queue wait ns)
@@ -156,10 +162,19 @@ class Supervisor:
             age = now - self.status.read_word(slot, W_HEARTBEAT_NS)
             if age <= self.heartbeat_timeout_ns:
                 self._sched.pop(proc.pid, None)
+                self._silent_noticed.discard(name)
                 continue
             if self._starved(proc.pid, now):
                 self.starved_ticks += 1
                 continue
+            if age <= self.silent_restart_ns:
+                if name not in self._silent_noticed:
+                    self._silent_noticed.add(name)
+                    self.silent_notices.append((name, f"silent for {age / 1e6:.0f} ms "
+                                                f"(replaced if silent for "
+                                                f"{self.silent_restart_ns / 1e6:.0f} ms)"))
+                continue
+            self._silent_noticed.discard(name)
             out.append((name, f"silent for {age / 1e6:.0f} ms"))
         return out
 

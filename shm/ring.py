@@ -297,6 +297,18 @@ class RingReader(_End):
     def pending(self) -> int:
         return max(0, self.ring.head() - self.position)
 
+    def rejoin_live(self, lost: int | None = None) -> None:
+        """Broadcast: jump to the writer's current head, e.g. after a warm-up whose first poll
+        JIT-compiled for seconds while the writer ran on. ``lost`` resets the lost counter
+        (a stage that was not live yet has lost nothing); None keeps it."""
+        ring = self.ring
+        blk = (ring._reader_block(self.index) - ring.head_addr) // 8
+        self.st[ops.ST_POS] = ring.head()
+        if lost is not None:
+            self.st[ops.READER_LOST] = lost
+            ring._ctrl[blk + ops.RB_LOST // 8] = lost
+        ring._ctrl[blk + ops.RB_CURSOR // 8] = self.st[ops.ST_POS]
+
     def park(self, timeout_s: float) -> bool:
         """Sleep until the writer posts or ``timeout_s`` passes; False on timeout.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from shm.records import CTRL_KILL, CTRL_RESUME, EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE, RISK_ACTIVE
 from stages import gate_kernels as gk
-from stages.base import Stage, rejoin_live, stack_states
+from stages.base import Stage, stack_states
 from stages.riskview import (G_APPROVED, G_FILLS, G_READY, G_REJECTED, G_SEQ, G_STATE,
                              PNL_FEES, PNL_PEAK, PNL_REALIZED, PNL_UNREALIZED)
 
@@ -95,7 +95,7 @@ class RiskGateStage(Stage):
         lost_before = [r.lost for r in self.md_r]
         self.poll()   # compile / load kernels, then join the market data live
         for r, lost in zip(self.md_r, lost_before):
-            rejoin_live(r, lost)
+            r.rejoin_live(lost)
         self.rv.gate[G_READY] = 1
 
     def rebuild_from_journal(self) -> None:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
-from stages.base import Stage, rejoin_live, stack_states
+from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
 
 BATCH_MD = 2048
@@ -92,7 +92,7 @@ class StrategyHostStage(Stage):
         from market.book import book_clear
 
         for r, lost in zip(self.md_r, lost_before):
-            rejoin_live(r, lost)
+            r.rejoin_live(lost)
         for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]

@@ -50,6 +50,7 @@ CTL_UNKNOWN_EXEC = 5   # exec reports for client order ids we do not know (count
 CTL_FILLS = 6          # fill reports applied
 CTL_REJECTS = 7        # EXEC_REJECT reports (venue rejects and risk denials)
 CTL_LAST_REJECT = 8    # reject_code of the latest one
+CTL_LAST_REJECT_NS = 9  # venue_ts_ns of the latest reject (a strategy backs off after one)
 CTL_INST_BASE = 10     # then n_inst instrument ids, then n_inst venue ids
 CTL_WORDS_FIXED = 10
 
@@ -332,6 +333,7 @@ def apply_execs(ctl, orders, pos, ex, n_ex):
         elif kind == EXEC_REJECT:
             ctl[CTL_REJECTS] += 1
             ctl[CTL_LAST_REJECT] = e.reject_code
+            ctl[CTL_LAST_REJECT_NS] = e.venue_ts_ns
             st = orders[s, OS_STATE]
             if st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
                 orders[s, OS_STATE] = OST_LIVE   # the request was denied; the order still rests

@@ -22,6 +22,8 @@ need b > 0 (a negative hedge ratio is not a pair).
 Orders: both legs go out together as IOC limits ``slippage_ticks`` through the touch (or market
 orders with ``order_type = "market"``). The kernel trades towards its target position per leg,
 so a partially filled leg is topped up on the next call; a leg with a request in flight waits.
+After a reject or risk denial nothing is sent for ``reject_backoff_ms`` (a denied leg retried at
+once would hammer the gate, and in a backtest would never let simulated time move on).
 No resting orders: nothing to spoof, layer or self-cross.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, mid_x2
 from pipeline.config import opt
 from shm.records import ORD_IOC, ORD_MARKET, SIDE_BUY, SIDE_SELL
 from strategies.base import (
-    OS_INST, OS_STATE, OST_FREE, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders,
+    CTL_LAST_REJECT_NS, OS_INST, OS_STATE, OST_FREE, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders,
     make_positions, note_market, send_new,
 )
 
@@ -53,6 +55,8 @@ class PairsTradingParams:
     slippage_ticks: int = opt(2, "IOC limit this many ticks through the touch", ge=0)
     order_type: str = opt("ioc", "ioc (marketable limit) or market", choices=("ioc", "market"))
     cooldown_ms: float = opt(5_000.0, "no new entry this long after a stop", ge=0)
+    reject_backoff_ms: float = opt(1_000.0, "send nothing this long after a reject or risk "
+                                   "denial (a denied leg is not retried in a tight loop)", ge=0)
 
     def validate(self):
         if not self.exit_z < self.entry_z < self.stop_z:
@@ -61,8 +65,8 @@ class PairsTradingParams:
 
 
 F_WINDOW, F_SAMPLE_NS, F_ENTRY, F_EXIT, F_STOP, F_NOTIONAL, F_SLIP, F_COOLDOWN_NS = range(8)
-F_TICK_Y, F_TICK_X, F_LOT_Y, F_LOT_X, F_MARKET = range(8, 13)
-F_WORDS = 13
+F_TICK_Y, F_TICK_X, F_LOT_Y, F_LOT_X, F_MARKET, F_REJECT_BACKOFF_NS = range(8, 14)
+F_WORDS = 14
 # est: float64 model state (read by tests and reports)
 E_NEXT_SAMPLE_NS, E_N_SAMPLES, E_BETA, E_ALPHA, E_SD, E_Z, E_RESID, E_COOLDOWN_UNTIL = range(8)
 E_TARGET_Y, E_TARGET_X, E_DIR, E_N_ENTRIES, E_N_STOPS = range(8, 13)
@@ -205,8 +209,10 @@ def pairs_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
                 if stop:
                     est[E_COOLDOWN_UNTIL] = now_ns + fp[F_COOLDOWN_NS]
                     est[E_N_STOPS] += 1
-    k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 0, est[E_TARGET_Y], now_ns)
-    k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 1, est[E_TARGET_X], now_ns)
+    last_reject = ctl[CTL_LAST_REJECT_NS]
+    if last_reject == 0 or now_ns - last_reject >= fp[F_REJECT_BACKOFF_NS]:
+        k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 0, est[E_TARGET_Y], now_ns)
+        k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 1, est[E_TARGET_X], now_ns)
     return k
 
 
@@ -241,6 +247,7 @@ class PairsTrading(Strategy):
         fp[F_LOT_Y] = float(y.lot_size)
         fp[F_LOT_X] = float(x.lot_size)
         fp[F_MARKET] = 1.0 if p.order_type == "market" else 0.0
+        fp[F_REJECT_BACKOFF_NS] = p.reject_backoff_ms * 1e6
         ctl = make_ctl(self.strategy_id, self.instruments)
         est = np.zeros(E_WORDS, dtype=np.float64)
         xs = np.zeros(p.window + 1, dtype=np.float64)
