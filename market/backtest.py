@@ -36,6 +36,7 @@ from market.risk import build_limits, check_order, make_risk_state, mark_to_mark
 from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL,
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
                          MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
+from shm.recordops import deny_order
 from strategies.host import run_strategy_batch
 
 # acct[inst, A_*] float64
@@ -241,20 +242,7 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
                         cnt[C_QTY_SENT] += o.qty_lots
                 elif n_den < denials.shape[0]:
                     cnt[C_RISK_REJECTS] += 1
-                    d = denials[n_den]
-                    d.kind = EXEC_REJECT
-                    d.side = o.side
-                    d.flags = EFLAG_FROM_RISK
-                    d.instrument_id = o.instrument_id
-                    d.client_order_id = o.client_order_id
-                    d.px_ticks = o.px_ticks
-                    d.qty_lots = o.qty_lots
-                    d.venue_ts_ns = now
-                    d.cause_recv_ts_ns = o.cause_recv_ts_ns
-                    d.send_ts_ns = now
-                    d.strategy_id = o.strategy_id
-                    d.reject_code = code
-                    d.order_px_ticks = o.px_ticks
+                    deny_order(denials[n_den], o, code, now)
                     n_den += 1
                 else:
                     cnt[C_DROPPED_INTENTS] += 1

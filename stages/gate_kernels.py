@@ -21,7 +21,7 @@ from numba import njit
 from market.book import book_apply_batch, is_valid, mid_x2
 from market.risk import check_order, mark_to_market, on_accept, on_exec
 from shm.histogram import hist_record
-from shm.records import (EFLAG_FROM_RISK, EXEC_CANCEL_REJECT, EXEC_REJECT, INTENT_NEW)
+from shm.recordops import deny_order
 from shm.ringops import bcast_poll, spsc_poll, spsc_publish
 from stages.clock import clock_now_ns
 from stages.router_kernels import spsc_free
@@ -32,28 +32,7 @@ K_WORDS = 8
 
 @njit(cache=True)
 def _deny(rej, k, o, code, now):
-    r = rej[k]
-    r.kind = EXEC_REJECT if o.kind == INTENT_NEW else EXEC_CANCEL_REJECT
-    r.side = o.side
-    r.liquidity = 0
-    r.flags = EFLAG_FROM_RISK
-    r.instrument_id = o.instrument_id
-    r.client_order_id = o.client_order_id
-    r.venue_order_id = 0
-    r.px_ticks = o.px_ticks
-    r.qty_lots = o.qty_lots
-    r.leaves_lots = 0
-    r.cum_qty_lots = 0
-    r.venue_ts_ns = now
-    r.cause_recv_ts_ns = o.cause_recv_ts_ns
-    r.send_ts_ns = now
-    r.fee_e9 = 0
-    r.strategy_id = o.strategy_id
-    r.reject_code = code
-    r.venue_id = o.venue_id
-    r.order_px_ticks = o.px_ticks
-    r.trade_id = 0
-    r.reserved = 0
+    deny_order(rej[k], o, code, now)
 
 
 @njit(cache=True)

@@ -24,6 +24,7 @@ from shm.records import (EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL
                          INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
                          ORD_MARKET, OFLAG_RISK_SYSTEM, REJECT_HALTED, REJECT_RATE_LIMIT,
                          REJECT_UNKNOWN_ORDER, SIDE_BUY, SIDE_SELL)
+from shm.recordops import reply_to_order
 from shm.ringops import (ST_CAPACITY, ST_CURSOR_ADDR, ST_POS, spsc_poll, spsc_publish)
 from stages.clock import clock_now_ns
 
@@ -67,26 +68,7 @@ def _emit(ctl, one, one_i, strat_sts, strat_slots, gate_st, gate_slots, j_st, j_
 @njit(cache=True)
 def _reject(ctl, o, code, kind, one, one_i, strat_sts, strat_slots, gate_st, gate_slots,
             j_st, j_slots, has_journal, now, flags=0):
-    r = one[0]
-    r.kind = kind
-    r.side = o.side
-    r.liquidity = 0
-    r.flags = flags
-    r.instrument_id = o.instrument_id
-    r.client_order_id = o.client_order_id
-    r.venue_order_id = 0
-    r.px_ticks = o.px_ticks
-    r.qty_lots = o.qty_lots
-    r.leaves_lots = 0
-    r.cum_qty_lots = 0
-    r.venue_ts_ns = now
-    r.cause_recv_ts_ns = o.cause_recv_ts_ns
-    r.fee_e9 = 0
-    r.strategy_id = o.strategy_id
-    r.reject_code = code
-    r.venue_id = o.venue_id
-    r.order_px_ticks = o.px_ticks
-    r.trade_id = 0
+    reply_to_order(one[0], o, kind, flags, code, now)
     _emit(ctl, one, one_i, strat_sts, strat_slots, gate_st, gate_slots, j_st, j_slots,
           has_journal, now)
 
