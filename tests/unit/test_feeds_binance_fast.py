@@ -376,3 +376,36 @@ def test_oversized_diffs_and_tiny_output_arrays_take_the_exact_paths_verdict(sha
     assert fast.stats.parse_errors == 1
     fast = _same_run(frames + [_ws(huge)], inst, capacity=8192)
     assert fast.stats.parse_errors == 0 and fast.books["NKNUSDT"].update_id == 499870181
+
+
+def test_a_lost_connection_leaves_every_book_invalid_until_the_new_connections_snapshot():
+    # the book is held in the arena (FAST) when the socket drops; the new connection's diffs
+    # continue its update ids, so a kernel that still held the book would apply them
+    from shm.records import REASON_RECONNECT
+    exact, fast = BinanceHandler(BTC), BinanceFastHandler(BTC)
+
+    def both(step):
+        ne, nf = step(exact), step(fast)
+        assert ne == nf and exact.records().tobytes() == fast.records().tobytes()
+
+    both(lambda h: h.feed_rest(URL, _snap(100, [("100.00", "1")], [("101.00", "2")]), 1))
+    for u in (101, 102, 103):
+        both(lambda h: h.feed(_diff(u, u, bids=[("100.50", str(u - 100))]), 2))
+    assert fast._n_fast == 1 and fast.adoptions == 1
+    both(lambda h: h.connection_lost(3))
+    for h in (exact, fast):
+        assert not h.books["BTCUSDT"].valid
+        assert h.take_resync_requests() == {"BTCUSDT": REASON_RECONNECT}
+        h.on_new_connection()
+    tick = '{"stream":"btcusdt@bookTicker","data":{"u":%d,"s":"BTCUSDT","b":"100.50",' \
+           '"B":"3","a":"101.00","A":"2"}}'
+    for u in range(104, 111):
+        both(lambda h: h.feed(_diff(u, u, asks=[("101.00", str(u - 100))]), 4))
+        both(lambda h: h.feed(tick % u, 4))
+        assert not fast.books["BTCUSDT"].valid and not exact.books["BTCUSDT"].valid
+    assert fast._n_fast == 0 and fast.stats.resyncs == 0
+    both(lambda h: h.feed_rest(URL, _snap(107, [("100.00", "1")], [("101.00", "7")]), 5))
+    both(lambda h: h.feed(_diff(111, 111, bids=[("100.20", "1")]), 6))
+    assert fast.books["BTCUSDT"].valid and fast.books["BTCUSDT"].update_id == 111
+    assert fast.stats.as_dict() == exact.stats.as_dict() and fast.stats.resyncs == 1
+    assert _book_state(fast) == _book_state(exact)
