@@ -117,6 +117,7 @@ class ClientStats:
     rest_snapshots: int = 0
     rest_retries: int = 0
     rest_failures: int = 0
+    rest_stale: int = 0          # snapshots answered after a reconnect (dropped)
     resubscribes: int = 0
     resync_reconnects: int = 0
     scheduled_reconnects: int = 0
@@ -164,7 +165,11 @@ class FeedClient:
         self.stats = ClientStats()
         self._stop = asyncio.Event()
         self._ws = None
-        self._inflight: set[str] = set()
+        # symbol -> connection generation of its snapshot request in flight; the generation
+        # changes on connect and on disconnect, and a snapshot answered in another generation
+        # is dropped: its id may be older than the new stream's first diff
+        self._inflight: dict[str, int] = {}
+        self._gen = 0
         self._tasks: set[asyncio.Task] = set()
 
     # ---- plumbing ------------------------------------------------------------------------
@@ -201,6 +206,7 @@ class FeedClient:
                                        ping_interval=self.ping_interval_s,
                                        ping_timeout=self.ping_timeout_s) as ws:
                         self._ws = ws
+                        self._gen += 1
                         self.stats.connects += 1
                         self.handler.on_new_connection()
                         for sub in subscriptions(self.venue, self.symbols, self.depth):
@@ -213,6 +219,7 @@ class FeedClient:
                 if self._stop.is_set():
                     break
                 self.stats.disconnects += 1
+                self._gen += 1
                 self._emit(self.handler.connection_lost(time.time_ns()))
                 self.handler.take_resync_requests()   # a new connection resyncs everything
                 self._resync_deadline.clear()
@@ -287,14 +294,14 @@ class FeedClient:
 
     # ---- REST snapshots (Binance) --------------------------------------------------------
     def _fetch_snapshot(self, symbol: str) -> None:
-        if symbol in self._inflight or not self.rest_url:
+        if self._inflight.get(symbol) == self._gen or not self.rest_url:
             return
-        self._inflight.add(symbol)
-        t = asyncio.ensure_future(self._snapshot_task(symbol))
+        self._inflight[symbol] = self._gen
+        t = asyncio.ensure_future(self._snapshot_task(symbol, self._gen))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _snapshot_task(self, symbol: str) -> None:
+    async def _snapshot_task(self, symbol: str, gen: int) -> None:
         url = f"{self.rest_url}/api/v3/depth?symbol={symbol}&limit={self.snapshot_limit}"
 
         def on_retry(_attempt, _exc):
@@ -310,6 +317,9 @@ class FeedClient:
                                           initial_s=self.backoff_initial_s,
                                           max_s=self.backoff_max_s, on_retry=on_retry,
                                           allow_live=self.allow_live)
+            if gen != self._gen:
+                self.stats.rest_stale += 1   # requested before a reconnect: never applied
+                return
             now = time.time_ns()
             self.stats.rest_snapshots += 1
             if self.recorder is not None:
@@ -322,7 +332,8 @@ class FeedClient:
             self.stats.rest_failures += 1
             self.stats.errors.append(f"snapshot {symbol}: {type(exc).__name__}: {exc}"[:200])
         finally:
-            self._inflight.discard(symbol)
+            if self._inflight.get(symbol) == gen:
+                del self._inflight[symbol]
 
     async def _watchdog(self) -> None:
         while True:
