@@ -34,5 +34,5 @@ check-config: $(STAMP)
 
 clean:
 	$(PY) run.py shm clean 2>/dev/null || true
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .numba_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
