@@ -21,7 +21,7 @@ import time
 import numpy as np
 from numba import njit
 
-from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
+from shm.records import EXEC_DTYPE, INTENT_CANCEL, MARKET_DTYPE, ORDER_DTYPE
 from shm.ringops import bcast_publish, spsc_publish
 from stages.base import Stage, stack_states
 
@@ -92,7 +92,26 @@ class SimVenueStage(Stage):
         self.dropped = np.zeros(1, dtype=np.int64)
         self.snap = np.zeros(4096, dtype=MARKET_DTYPE)
         self.next_snapshot = 0
+        self._warm_order_path(cfg, table)
         self.poll()
+
+    def _warm_order_path(self, cfg, table) -> None:
+        """Compile the order path before RUNNING, on a scratch venue (nothing reaches the
+        rings): otherwise the first strategy order compiles it inside poll(), seconds on a cold
+        cache, and the supervisor rightly declares the stage silent."""
+        from market.sim import SimVenue
+
+        scratch = SimVenue(cfg, list(table), t0_ns=time.time_ns())
+        warm = np.zeros(1, dtype=ORDER_DTYPE)
+        warm[0]["kind"] = INTENT_CANCEL
+        warm[0]["instrument_id"] = self.instrument_ids[0]
+        warm[0]["client_order_id"] = 1
+        warm[0]["strategy_id"] = 1
+        now = time.time_ns()
+        scratch.submit(warm[0], now)
+        scratch.step_until(now + 1_000_000_000, self.md, self.ex)
+        split_publish_ex(self.ex, 0, self.out_sts, self.out_slots, self.one_i, self.ex_i,
+                         self.dropped)
 
     def publish_snapshots(self, now_ns: int) -> None:
         from market.matching import engine_snapshot
