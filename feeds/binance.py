@@ -23,20 +23,17 @@ kernel declines; both emit identical records (tests/unit/test_feeds_binance_fast
 """
 from __future__ import annotations
 
-import struct
 from collections import deque
 
 import orjson
 
-from feeds.handler import INT64_MAX, MS_MAX, FeedHandler, ok_id, ok_ms
+from feeds.handler import INT64_MAX, MS_MAX, PARSE_ERRORS, FeedHandler, ok_id, ok_ms
 from shm.records import MFLAG_LAST_IN_BATCH, MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
 MAX_BUFFERED_DIFFS = 10_000
 MAX_PENDING_TICKERS = 256
-_JSONError = orjson.JSONDecodeError
 # struct.error is the last line of defence (a value that slipped past validation); every
 # other error is raised by validation, before the first mutation
-_ERRORS = (TypeError, KeyError, IndexError, ValueError, AttributeError, struct.error)
 
 
 class BinanceHandler(FeedHandler):
@@ -80,7 +77,7 @@ class BinanceHandler(FeedHandler):
             else:
                 st.ignored += 1               # kline, serverShutdown, subscribe acks, ...
                 return 0
-        except (_JSONError, *_ERRORS):
+        except PARSE_ERRORS:
             st.parse_errors += 1
             self.n = 0           # validation precedes every mutation: nothing was applied
             return 0
@@ -99,7 +96,7 @@ class BinanceHandler(FeedHandler):
                 st.ignored += 1
                 return 0
             self._on_snapshot(symbol.upper(), data, recv_ts_ns)
-        except (_JSONError, *_ERRORS):
+        except PARSE_ERRORS:
             st.parse_errors += 1
             return 0
         st.records += self.n

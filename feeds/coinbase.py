@@ -18,16 +18,12 @@ Exchange feed) says how to read it.
 """
 from __future__ import annotations
 
-import struct
 
 import orjson
 
-from feeds.handler import FeedHandler, iso_to_ns, ok_id
+from feeds.handler import PARSE_ERRORS, FeedHandler, iso_to_ns, ok_id
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_GAP
 
-_JSONError = orjson.JSONDecodeError
-_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError,
-           struct.error)
 _EX_SIDE = {"buy": 1, "sell": 2}
 _AT_SIDE = {"bid": 1, "offer": 2}
 
@@ -82,34 +78,22 @@ class _CoinbaseBase(FeedHandler):
 class CoinbaseHandler(_CoinbaseBase):
     venue = "coinbase"
 
-    def feed(self, frame, recv_ts_ns: int) -> int:
-        self.n = 0
+    def on_message(self, msg, recv_ts_ns: int) -> None:
         st = self.stats
-        st.messages += 1
-        msg = None
-        try:
-            msg = orjson.loads(frame)
-            t = msg["type"]
-            if t == "l2update":
-                self._on_l2update(msg, recv_ts_ns)
-            elif t == "match" or t == "last_match":
-                self._on_match(msg, recv_ts_ns)
-            elif t == "ticker":
-                self._on_ticker(msg, recv_ts_ns)
-            elif t == "snapshot":
-                self._on_snapshot(msg, recv_ts_ns)
-            elif t == "heartbeat":
-                st.heartbeats += 1
-                self.touch(recv_ts_ns)
-            else:
-                st.ignored += 1            # subscriptions, error, unknown types (must ignore)
-        except _ERRORS:
-            st.parse_errors += 1
-            self.n = 0
-            self._lost_update(msg, recv_ts_ns)
-            return self.n
-        st.records += self.n
-        return self.n
+        t = msg["type"]
+        if t == "l2update":
+            self._on_l2update(msg, recv_ts_ns)
+        elif t == "match" or t == "last_match":
+            self._on_match(msg, recv_ts_ns)
+        elif t == "ticker":
+            self._on_ticker(msg, recv_ts_ns)
+        elif t == "snapshot":
+            self._on_snapshot(msg, recv_ts_ns)
+        elif t == "heartbeat":
+            st.heartbeats += 1
+            self.touch(recv_ts_ns)
+        else:
+            st.ignored += 1            # subscriptions, error, unknown types (must ignore)
 
     def _lost_update(self, msg, recv):
         # An l2update we could not apply leaves its book behind the venue: invalidate it.
@@ -232,7 +216,7 @@ class CoinbaseAdvancedHandler(_CoinbaseBase):
                 st.ignored += 1                # subscriptions, candles, status, ...
             if not self._room_for(work):
                 raise ValueError("oversized")
-        except _ERRORS:
+        except PARSE_ERRORS:
             st.parse_errors += 1
             self.n = 0
             return 0

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, fields
 
 import numpy as np
+import orjson
 
 from feeds.book import Book
 from feeds.decimal import Scale
@@ -41,6 +42,10 @@ DEFAULT_STALE_NS = 10_000_000_000
 INT64_MAX = (1 << 63) - 1
 MS_MAX = INT64_MAX // 1_000_000      # largest millisecond time that fits ns in int64
 
+
+# Everything a malformed frame can raise while parsing or applying (orjson.JSONDecodeError is a
+# ValueError; struct.error comes from packing out-of-range values into records).
+PARSE_ERRORS = (TypeError, KeyError, IndexError, ValueError, AttributeError, struct.error)
 
 def ok_id(x) -> bool:
     """A venue id / sequence that fits a record's int64 field (bool is not an int here)."""
@@ -237,9 +242,35 @@ class FeedHandler:
         for b in self.books.values():
             b.last_rx_ns = recv_ns
 
-    # ---- input (venues implement) --------------------------------------------------------
+    # ---- input ---------------------------------------------------------------------------
     def feed(self, frame, recv_ts_ns: int) -> int:
+        """One wire frame -> records in ``out[:n]``; returns n. A frame that fails anywhere
+        (bad JSON, wrong types, missing keys, oversized) is counted as a parse error and handed
+        to ``_lost_update``; it never raises and never leaves half a message applied as valid.
+        Venues implement ``on_message`` (and ``parse`` / ``_lost_update`` where they differ)."""
+        self.n = 0
+        st = self.stats
+        st.messages += 1
+        msg = None
+        try:
+            msg = self.parse(frame)
+            self.on_message(msg, recv_ts_ns)
+        except PARSE_ERRORS:
+            st.parse_errors += 1
+            self.n = 0
+            self._lost_update(msg, recv_ts_ns)    # may emit a book-invalid status record
+            return self.n
+        st.records += self.n
+        return self.n
+
+    def parse(self, frame):
+        return orjson.loads(frame)
+
+    def on_message(self, msg, recv_ts_ns: int) -> None:
         raise NotImplementedError
+
+    def _lost_update(self, msg, recv_ts_ns: int) -> None:
+        """A message that failed part-way: invalidate the book it may have left behind."""
 
     def feed_rest(self, url: str, frame, recv_ts_ns: int) -> int:
         """REST responses: only venues that sync from REST snapshots use them."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import zlib
 
-import struct
 
 import orjson
 
@@ -30,9 +29,6 @@ from feeds.handler import FeedHandler, epoch_text_to_ns, iso_to_ns, ok_id
 from feeds.meta import quote_kraken_v2_numbers
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_CHECKSUM, REASON_GAP
 
-_JSONError = orjson.JSONDecodeError
-_ERRORS = (_JSONError, TypeError, KeyError, IndexError, ValueError, AttributeError,
-           struct.error)
 CHECKSUM_LEVELS = 10
 V2_DEPTHS = (10, 25, 100, 500, 1000)
 
@@ -122,37 +118,25 @@ class _KrakenBase(FeedHandler):
 class KrakenV1Handler(_KrakenBase):
     venue = "kraken-v1"
 
-    def feed(self, frame, recv_ts_ns: int) -> int:
-        self.n = 0
+    def on_message(self, msg, recv_ts_ns: int) -> None:
         st = self.stats
-        st.messages += 1
-        msg = None
-        try:
-            msg = orjson.loads(frame)
-            if type(msg) is list:
-                name = msg[-2]
-                if type(name) is not str or len(msg) < 4:
-                    raise TypeError
-                if name.startswith("book"):
-                    self._on_book(msg, name, recv_ts_ns)
-                elif name == "trade":
-                    self._on_trades(msg, recv_ts_ns)
-                elif name == "ticker":
-                    self._on_ticker(msg, recv_ts_ns)
-                else:
-                    st.ignored += 1
-            elif msg.get("event") == "heartbeat":
-                st.heartbeats += 1
-                self.touch(recv_ts_ns)
+        if type(msg) is list:
+            name = msg[-2]
+            if type(name) is not str or len(msg) < 4:
+                raise TypeError
+            if name.startswith("book"):
+                self._on_book(msg, name, recv_ts_ns)
+            elif name == "trade":
+                self._on_trades(msg, recv_ts_ns)
+            elif name == "ticker":
+                self._on_ticker(msg, recv_ts_ns)
             else:
-                st.ignored += 1                 # systemStatus, subscriptionStatus, pong
-        except _ERRORS:
-            st.parse_errors += 1
-            self.n = 0
-            self._lost_update(msg, recv_ts_ns)
-            return self.n
-        st.records += self.n
-        return self.n
+                st.ignored += 1
+        elif msg.get("event") == "heartbeat":
+            st.heartbeats += 1
+            self.touch(recv_ts_ns)
+        else:
+            st.ignored += 1                 # systemStatus, subscriptionStatus, pong
 
     def _lost_update(self, msg, recv):
         # A book message we could not apply leaves the book behind the venue; the next
@@ -234,44 +218,35 @@ class KrakenV1Handler(_KrakenBase):
 class KrakenV2Handler(_KrakenBase):
     venue = "kraken"
 
-    def feed(self, frame, recv_ts_ns: int) -> int:
-        self.n = 0
+    def parse(self, frame):
+        return orjson.loads(quote_kraken_v2_numbers(frame))
+
+    def on_message(self, msg, recv_ts_ns: int) -> None:
         st = self.stats
-        st.messages += 1
-        msg = None
-        try:
-            msg = orjson.loads(quote_kraken_v2_numbers(frame))
-            ch = msg.get("channel")
-            if ch == "book":
-                typ = msg["type"]
-                if typ != "snapshot" and typ != "update":
-                    raise ValueError
-                work = [self._parse_book(d) for d in msg["data"]]
-                if sum(2 * len(w[1] or ()) + 4 for w in work) > self.capacity:
-                    raise ValueError("oversized")
-                for book, levels, checksum, exch in work:
-                    if book is None:
-                        continue
-                    if typ == "snapshot":
-                        self._snapshot(book, levels, checksum, recv_ts_ns, exch)
-                    else:
-                        self._update(book, levels, checksum, recv_ts_ns, exch)
-            elif ch == "trade":
-                self._on_trades(msg["data"], recv_ts_ns)
-            elif ch == "heartbeat":
-                st.heartbeats += 1
-                self.touch(recv_ts_ns)
-            elif msg.get("method") == "subscribe":
-                self._on_ack(msg)
-            else:
-                st.ignored += 1                   # status, instrument, pong, ...
-        except _ERRORS:
-            st.parse_errors += 1
-            self.n = 0
-            self._lost_update(msg, recv_ts_ns)
-            return self.n
-        st.records += self.n
-        return self.n
+        ch = msg.get("channel")
+        if ch == "book":
+            typ = msg["type"]
+            if typ != "snapshot" and typ != "update":
+                raise ValueError
+            work = [self._parse_book(d) for d in msg["data"]]
+            if sum(2 * len(w[1] or ()) + 4 for w in work) > self.capacity:
+                raise ValueError("oversized")
+            for book, levels, checksum, exch in work:
+                if book is None:
+                    continue
+                if typ == "snapshot":
+                    self._snapshot(book, levels, checksum, recv_ts_ns, exch)
+                else:
+                    self._update(book, levels, checksum, recv_ts_ns, exch)
+        elif ch == "trade":
+            self._on_trades(msg["data"], recv_ts_ns)
+        elif ch == "heartbeat":
+            st.heartbeats += 1
+            self.touch(recv_ts_ns)
+        elif msg.get("method") == "subscribe":
+            self._on_ack(msg)
+        else:
+            st.ignored += 1                   # status, instrument, pong, ...
 
     def _lost_update(self, msg, recv):
         if type(msg) is dict and msg.get("channel") == "book" and type(msg.get("data")) is list:
