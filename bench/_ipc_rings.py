@@ -75,7 +75,7 @@ def _child_pong_poll(inst, n, ready, hard):
     while done < n:
         k = r.poll(buf)
         if k:
-            w.publish(buf[:k])
+            w.publish(buf, k)
             done += k
             idle = 0
         else:
@@ -260,7 +260,7 @@ def _produce_poll(w, src, n, soft, hard):
     while done < n:
         k = min(len(src), n - done)
         seq[:k, 1] = base[:k] + done
-        got = w.publish(src[:k])
+        got = w.publish(src, k)
         done += got
         batches += 1
         if (batches & 63) == 0 and time.monotonic() > soft:

@@ -79,6 +79,63 @@ def store_relaxed(typingctx, addr, value):
     return types.void(addr, value), codegen
 
 
+@intrinsic
+def peek(typingctx, base, index):
+    """Plain int64 load of word ``index`` at address ``base`` (process-private state only:
+    the compiler may keep it in a register, so never use it on a word another process
+    writes)."""
+    if not isinstance(base, types.Integer) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i = context.cast(builder, args[1], sig.args[1], types.int64)
+        addr = builder.add(args[0], builder.mul(i, ir.Constant(_I64, 8)))
+        return builder.load(_ptr(builder, addr), align=8)
+
+    return types.int64(base, index), codegen
+
+
+@intrinsic
+def poke(typingctx, base, index, value):
+    """Plain int64 store to word ``index`` at address ``base`` (process-private state, or a
+    payload word that a later store_release publishes)."""
+    if not all(isinstance(a, types.Integer) for a in (base, index, value)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i = context.cast(builder, args[1], sig.args[1], types.int64)
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        addr = builder.add(args[0], builder.mul(i, ir.Constant(_I64, 8)))
+        builder.store(val, _ptr(builder, addr), align=8)
+        return context.get_dummy_value()
+
+    return types.void(base, index, value), codegen
+
+
+def _copy(nbytes):
+    @intrinsic
+    def copy(typingctx, dst, src):
+        if not isinstance(dst, types.Integer) or not isinstance(src, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i8p = ir.IntType(8).as_pointer()
+            d = builder.inttoptr(args[0], i8p)
+            s = builder.inttoptr(args[1], i8p)
+            # a constant-size memcpy is expanded inline into a few vector moves
+            cgutils.raw_memcpy(builder, d, s, ir.Constant(_I64, nbytes), 1, align=8)
+            return context.get_dummy_value()
+
+        return types.void(dst, src), codegen
+
+    copy.__doc__ = f"Copy {nbytes} bytes between two 8-byte aligned addresses (plain moves)."
+    return copy
+
+
+copy_56 = _copy(56)   # a 64-byte record's payload after its commit word
+copy_64 = _copy(64)   # each further cache line of a larger record
+
+
 def _fence(ordering):
     @intrinsic
     def fence(typingctx):
@@ -156,7 +213,7 @@ def sched_yield(typingctx):
 
 
 __all__ = [
-    "sched_yield",
+    "sched_yield", "peek", "poke", "copy_56", "copy_64",
     "load_acquire", "load_relaxed", "store_release", "store_relaxed", "fence_acquire",
     "fence_release", "fence_seq_cst", "cas", "fetch_add", "cpu_relax", "cgutils",
 ]

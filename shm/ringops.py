@@ -32,14 +32,22 @@ Ordering, broadcast (writer never waits; a per-slot seqlock instead of a cursor 
 
 Local state ``st`` (int64, process-private, one per ring end) caches addresses and positions, so
 the kernels take (st, slots, buffer, n) and never touch a Python object.
+
+Why every kernel is an address-level core behind a one-line array shim: numba keeps a reference
+count on every array argument, and where its pruning pass cannot match the increments with the
+decrements (a loop with ``break`` is enough) each call pays three to six atomic read-modify-
+writes: ~55 ns for an empty poll on a 2-core EPYC VM, against ~1 ns without them. The cores take
+plain integers (addresses), so there is nothing to count, and Python can call them with a
+cheap all-integer dispatch (ring.py does). ``tests/unit/test_ringops_codegen.py`` checks that no
+kernel's machine code calls into the reference counter.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from shm.atomics import (fence_acquire, fence_release, fence_seq_cst, load_acquire,
-                         load_relaxed, store_relaxed, store_release)
+from shm.atomics import (copy_56, copy_64, fence_acquire, fence_release, fence_seq_cst,
+                         load_acquire, load_relaxed, peek, poke, store_relaxed, store_release)
 
 BLOCK = 128  # bytes per counter block
 
@@ -60,7 +68,9 @@ ST_WAKE = 12            # writer: set to 1 when a parked reader must be woken (c
 ST_LAPS = 13            # reader: number of lapping events
 ST_LOST_ADDR = 14       # reader: its 'lost' word in shared memory (for monitors)
 ST_READER0_ADDR = 15    # writer: address of reader block 0
-ST_SIZE = 16
+ST_BUF_ADDR = 16        # Python ends: address of the bound record buffer (see ring.py)
+ST_BUF_LEN = 17         # ... and its length in records
+ST_SIZE = 24
 
 # reader block word offsets (bytes)
 RB_CURSOR = 0
@@ -70,46 +80,202 @@ RB_PID = 24
 
 
 @njit(cache=True, nogil=True)
-def _check_parked(st):
+def copy_payload(dst, src, rb):
+    """Copy a record of ``rb`` bytes (a multiple of 64) between addresses, except word 0 (the
+    commit word: a writer must never store anything there but the release of the commit)."""
+    copy_56(dst + 8, src + 8)
+    for off in range(64, rb, 64):
+        copy_64(dst + off, src + off)
+
+
+@njit(cache=True, nogil=True)
+def _check_parked(s):
     # Dekker handshake with a parking reader: our commit stores must be globally visible before
     # we read its parked flag (StoreLoad), or both sides could miss each other.
     fence_seq_cst()
-    base = st[ST_READER0_ADDR]
-    for i in range(st[ST_N_READERS]):
+    base = peek(s, ST_READER0_ADDR)
+    for i in range(peek(s, ST_N_READERS)):
         if load_relaxed(base + i * BLOCK + RB_PARKED) != 0:
-            st[ST_WAKE] = 1
+            poke(s, ST_WAKE, 1)
             return
 
 
+# -- address-level cores: s = address of the end's int64 state, src / dst = address of the
+# -- first record of a contiguous buffer of the ring's record type. Not nogil: Python calls
+# -- them per batch, and releasing / re-taking the GIL would cost more than the call itself
+# -- (nogil only changes the Python entry; @njit callers are unaffected).
+@njit(cache=True)
+def spsc_publish_at(s, src, n):
+    pos = peek(s, ST_POS)
+    cap = peek(s, ST_CAPACITY)
+    free = cap - (pos - peek(s, ST_CACHED))
+    if free < n:
+        cached = load_acquire(peek(s, ST_CURSOR_ADDR))
+        poke(s, ST_CACHED, cached)
+        free = cap - (pos - cached)
+        if free <= 0:
+            return 0
+    k = n if n < free else free
+    mask = peek(s, ST_MASK)
+    rb = peek(s, ST_WORDS) * 8
+    base = peek(s, ST_SLOTS_ADDR)
+    for i in range(k):
+        seq = pos + i
+        slot = base + (seq & mask) * rb
+        copy_payload(slot, src + i * rb, rb)
+        store_release(slot, seq + 1)
+    poke(s, ST_POS, pos + k)
+    store_release(peek(s, ST_HEAD_ADDR), pos + k)
+    if peek(s, ST_WAKEUPS) != 0:
+        _check_parked(s)
+    return k
+
+
+@njit(cache=True)
+def spsc_poll_at(s, dst, max_n):
+    pos = peek(s, ST_POS)
+    mask = peek(s, ST_MASK)
+    rb = peek(s, ST_WORDS) * 8
+    base = peek(s, ST_SLOTS_ADDR)
+    n = 0
+    while n < max_n:
+        seq = pos + n
+        slot = base + (seq & mask) * rb
+        if load_acquire(slot) != seq + 1:
+            break
+        out = dst + n * rb
+        copy_payload(out, slot, rb)
+        poke(out, 0, seq)
+        n += 1
+    if n > 0:
+        poke(s, ST_POS, pos + n)
+        store_release(peek(s, ST_CURSOR_ADDR), pos + n)
+    return n
+
+
+@njit(cache=True)
+def spsc_available_at(s):
+    seq = peek(s, ST_POS)
+    slot = peek(s, ST_SLOTS_ADDR) + (seq & peek(s, ST_MASK)) * peek(s, ST_WORDS) * 8
+    return 1 if load_acquire(slot) == seq + 1 else 0
+
+
+@njit(cache=True)
+def bcast_publish_at(s, src, n):
+    pos = peek(s, ST_POS)
+    mask = peek(s, ST_MASK)
+    rb = peek(s, ST_WORDS) * 8
+    base = peek(s, ST_SLOTS_ADDR)
+    for i in range(n):
+        seq = pos + i
+        slot = base + (seq & mask) * rb
+        store_relaxed(slot, -(seq + 1))
+        fence_release()
+        copy_payload(slot, src + i * rb, rb)
+        store_release(slot, seq + 1)
+    poke(s, ST_POS, pos + n)
+    store_release(peek(s, ST_HEAD_ADDR), pos + n)
+    if peek(s, ST_WAKEUPS) != 0:
+        _check_parked(s)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _bcast_skip(s, pos):
+    """Lapped at ``pos``: jump to a position the writer will not reach soon; count the loss."""
+    head = load_acquire(peek(s, ST_HEAD_ADDR))
+    cap = peek(s, ST_CAPACITY)
+    # A quarter ring of slack: records just behind the writer's head are safe for a while, the
+    # oldest ones are about to be overwritten again (and would lap us a second time).
+    new_pos = head - cap + (cap >> 2)
+    if new_pos <= pos:
+        new_pos = pos + 1
+    lost = peek(s, READER_LOST) + new_pos - pos
+    poke(s, READER_LOST, lost)
+    poke(s, ST_LAPS, peek(s, ST_LAPS) + 1)
+    store_relaxed(peek(s, ST_LOST_ADDR), lost)
+    return new_pos
+
+
+@njit(cache=True)
+def bcast_poll_at(s, dst, max_n):
+    pos = peek(s, ST_POS)
+    mask = peek(s, ST_MASK)
+    rb = peek(s, ST_WORDS) * 8
+    base = peek(s, ST_SLOTS_ADDR)
+    n = 0
+    while n < max_n:
+        slot = base + (pos & mask) * rb
+        want = pos + 1
+        c = load_acquire(slot)
+        if c == want:
+            out = dst + n * rb
+            copy_payload(out, slot, rb)
+            fence_acquire()
+            if load_relaxed(slot) != want:
+                pos = _bcast_skip(s, pos)   # overwritten while we copied: discard the copy
+                continue
+            poke(out, 0, pos)
+            n += 1
+            pos += 1
+        elif c > want or -c > want:
+            pos = _bcast_skip(s, pos)
+        else:
+            break  # not written yet (old lap, never written, or being written right now)
+    poke(s, ST_POS, pos)
+    store_relaxed(peek(s, ST_CURSOR_ADDR), pos)
+    return n
+
+
+@njit(cache=True)
+def bcast_available_at(s):
+    pos = peek(s, ST_POS)
+    c = load_acquire(peek(s, ST_SLOTS_ADDR) + (pos & peek(s, ST_MASK)) * peek(s, ST_WORDS) * 8)
+    return 1 if (c == pos + 1 or c > pos + 1 or -c > pos + 1) else 0
+
+
+@njit(cache=True)
+def set_parked_at(s, value):
+    store_relaxed(peek(s, ST_PARKED_ADDR), value)
+    fence_seq_cst()
+
+
+# -- bound-buffer entries for Python ends: the buffer's address and length live in the state
+# -- (set when the caller passes a new buffer), so a call passes one or two integers
+@njit(cache=True)
+def spsc_poll_bound(s):
+    return spsc_poll_at(s, peek(s, ST_BUF_ADDR), peek(s, ST_BUF_LEN))
+
+
+@njit(cache=True)
+def bcast_poll_bound(s):
+    return bcast_poll_at(s, peek(s, ST_BUF_ADDR), peek(s, ST_BUF_LEN))
+
+
+@njit(cache=True)
+def spsc_publish_bound(s, n):
+    """-1: n is outside 0..len(buffer) (the caller raises)."""
+    if n < 0 or n > peek(s, ST_BUF_LEN):
+        return -1
+    return spsc_publish_at(s, peek(s, ST_BUF_ADDR), n)
+
+
+@njit(cache=True)
+def bcast_publish_bound(s, n):
+    if n < 0 or n > peek(s, ST_BUF_LEN):
+        return -1
+    return bcast_publish_at(s, peek(s, ST_BUF_ADDR), n)
+
+
+# -- array shims (what stage kernels call): straight-line, so numba prunes every reference
+# -- count; ``slots`` is kept in the signature for the callers and is not read
 @njit(cache=True, nogil=True)
 def spsc_publish(st, slots, src, n):
     """Copy up to n records (rows of the int64 view ``src``) into the ring; returns how many.
 
     Fewer than n means the ring is full: the caller keeps the rest (push-back, nothing lost).
     """
-    pos = st[ST_POS]
-    cap = st[ST_CAPACITY]
-    free = cap - (pos - st[ST_CACHED])
-    if free < n:
-        st[ST_CACHED] = load_acquire(st[ST_CURSOR_ADDR])
-        free = cap - (pos - st[ST_CACHED])
-        if free <= 0:
-            return 0
-    k = n if n < free else free
-    mask = st[ST_MASK]
-    words = st[ST_WORDS]
-    base = st[ST_SLOTS_ADDR]
-    for i in range(k):
-        seq = pos + i
-        idx = seq & mask
-        for w in range(1, words):
-            slots[idx, w] = src[i, w]
-        store_release(base + idx * words * 8, seq + 1)
-    st[ST_POS] = pos + k
-    store_release(st[ST_HEAD_ADDR], pos + k)
-    if st[ST_WAKEUPS] != 0:
-        _check_parked(st)
-    return k
+    return spsc_publish_at(st.ctypes.data, src.ctypes.data, n)
 
 
 @njit(cache=True, nogil=True)
@@ -118,120 +284,56 @@ def spsc_poll(st, slots, dst, max_n):
 
     ``ring_seq`` of each copied record is set to its sequence number (0-based).
     """
-    pos = st[ST_POS]
-    mask = st[ST_MASK]
-    words = st[ST_WORDS]
-    base = st[ST_SLOTS_ADDR]
-    n = 0
-    while n < max_n:
-        seq = pos + n
-        idx = seq & mask
-        if load_acquire(base + idx * words * 8) != seq + 1:
-            break
-        for w in range(1, words):
-            dst[n, w] = slots[idx, w]
-        dst[n, 0] = seq
-        n += 1
-    if n > 0:
-        st[ST_POS] = pos + n
-        store_release(st[ST_CURSOR_ADDR], pos + n)
-    return n
+    return spsc_poll_at(st.ctypes.data, dst.ctypes.data, max_n)
 
 
 @njit(cache=True, nogil=True)
 def spsc_available(st, slots):
     """1 if at least one record is ready for this reader, else 0 (no state change)."""
-    seq = st[ST_POS]
-    idx = seq & st[ST_MASK]
-    return 1 if load_acquire(st[ST_SLOTS_ADDR] + idx * st[ST_WORDS] * 8) == seq + 1 else 0
+    return spsc_available_at(st.ctypes.data)
 
 
 @njit(cache=True, nogil=True)
 def bcast_publish(st, slots, src, n):
     """Write n records; never waits for readers (a slow reader is lapped and told)."""
-    pos = st[ST_POS]
-    mask = st[ST_MASK]
-    words = st[ST_WORDS]
-    base = st[ST_SLOTS_ADDR]
-    for i in range(n):
-        seq = pos + i
-        idx = seq & mask
-        addr = base + idx * words * 8
-        store_relaxed(addr, -(seq + 1))
-        fence_release()
-        for w in range(1, words):
-            slots[idx, w] = src[i, w]
-        store_release(addr, seq + 1)
-    st[ST_POS] = pos + n
-    store_release(st[ST_HEAD_ADDR], pos + n)
-    if st[ST_WAKEUPS] != 0:
-        _check_parked(st)
-    return n
-
-
-@njit(cache=True, nogil=True)
-def _bcast_skip(st, pos):
-    """Lapped at ``pos``: jump to a position the writer will not reach soon; count the loss."""
-    head = load_acquire(st[ST_HEAD_ADDR])
-    cap = st[ST_CAPACITY]
-    # A quarter ring of slack: records just behind the writer's head are safe for a while, the
-    # oldest ones are about to be overwritten again (and would lap us a second time).
-    new_pos = head - cap + (cap >> 2)
-    if new_pos <= pos:
-        new_pos = pos + 1
-    st[READER_LOST] += new_pos - pos
-    st[ST_LAPS] += 1
-    store_relaxed(st[ST_LOST_ADDR], st[READER_LOST])
-    return new_pos
+    return bcast_publish_at(st.ctypes.data, src.ctypes.data, n)
 
 
 @njit(cache=True, nogil=True)
 def bcast_poll(st, slots, dst, max_n):
     """Copy up to max_n whole records into ``dst``; returns how many. Lapping adds the exact
     number of skipped records to st[READER_LOST] and carries on from a newer position."""
-    pos = st[ST_POS]
-    mask = st[ST_MASK]
-    words = st[ST_WORDS]
-    base = st[ST_SLOTS_ADDR]
-    n = 0
-    while n < max_n:
-        idx = pos & mask
-        addr = base + idx * words * 8
-        want = pos + 1
-        c = load_acquire(addr)
-        if c == want:
-            for w in range(1, words):
-                dst[n, w] = slots[idx, w]
-            fence_acquire()
-            if load_relaxed(addr) != want:
-                pos = _bcast_skip(st, pos)   # overwritten while we copied: discard the copy
-                continue
-            dst[n, 0] = pos
-            n += 1
-            pos += 1
-        elif c > want or -c > want:
-            pos = _bcast_skip(st, pos)
-        else:
-            break  # not written yet (old lap, never written, or being written right now)
-    st[ST_POS] = pos
-    store_relaxed(st[ST_CURSOR_ADDR], pos)
-    return n
+    return bcast_poll_at(st.ctypes.data, dst.ctypes.data, max_n)
 
 
 @njit(cache=True, nogil=True)
 def bcast_available(st, slots):
     """1 if the next record is ready or this reader was lapped (poll will make progress)."""
-    pos = st[ST_POS]
-    idx = pos & st[ST_MASK]
-    c = load_acquire(st[ST_SLOTS_ADDR] + idx * st[ST_WORDS] * 8)
-    return 1 if (c == pos + 1 or c > pos + 1 or -c > pos + 1) else 0
+    return bcast_available_at(st.ctypes.data)
 
 
 @njit(cache=True, nogil=True)
 def set_parked(st, value):
     """Reader: announce (1) or withdraw (0) that it is about to sleep on its semaphore."""
-    store_relaxed(st[ST_PARKED_ADDR], value)
-    fence_seq_cst()
+    set_parked_at(st.ctypes.data, value)
+
+
+def int_entry(kernel, n_args: int):
+    """A callable for Python code that runs ``kernel`` compiled for ``n_args`` int64 arguments.
+
+    A numba dispatcher types every argument on every call (~200 ns per integer on a 2-core
+    EPYC VM); the compiled overload's own entry point only unboxes them (~160 ns for three).
+    Ring ends call the address-level cores once per Python-level poll / publish, so this is
+    most of their cost. Falls back to the dispatcher where a numba version lacks the entry.
+    """
+    from numba import types
+
+    sig = (types.int64,) * n_args
+    kernel.compile(sig)  # from numba's disk cache when it is warm
+    try:
+        return kernel.overloads[sig].entry_point
+    except (AttributeError, KeyError):  # pragma: no cover - numba internals moved
+        return kernel
 
 
 def new_state() -> np.ndarray:

@@ -127,6 +127,45 @@ def test_ring_rejects_bad_capacity_and_wrong_record_array(shm_prefix, spsc):
         spsc.writer().publish(np.zeros(1, CONTROL_DTYPE))
 
 
+def test_python_ends_reuse_one_buffer_publish_its_first_n_and_refuse_bad_ones(spsc):
+    w, r = spsc.writer(), spsc.reader()
+    buf = _records(MARKET_DTYPE, 0, 8)
+    assert w.publish(buf, 3) == 3
+    buf["px_ticks"] = np.arange(100, 108)           # the same buffer, refilled
+    assert w.publish(buf, 2) == 2
+    assert w.publish(buf, 0) == 0
+    out = np.zeros(8, MARKET_DTYPE)
+    assert r.poll(out) == 5
+    assert list(out["px_ticks"][:5]) == [0, 1, 2, 100, 101]
+    with pytest.raises(ValueError, match=r"ring r: publish n=9 outside 0\.\.8"):
+        w.publish(buf, 9)
+    with pytest.raises(ValueError, match="publish n=-1"):
+        w.publish(buf, -1)
+    with pytest.raises(ValueError, match="contiguous 1-D"):
+        w.publish(buf[::2])
+    with pytest.raises(ValueError, match="contiguous 1-D"):
+        r.poll(out[::2])
+    assert r.poll(out) == 0                          # nothing was taken by the refused calls
+
+
+def test_closed_ends_refuse_calls_instead_of_touching_unmapped_memory(shm_prefix):
+    ring = SpscRing.create(shm_prefix, "c", MARKET_DTYPE, 16)
+    w, r = ring.writer(), ring.reader()
+    buf = np.zeros(2, MARKET_DTYPE)
+    w.publish(buf)
+    r.poll(buf)
+    ring.unlink()
+    ring.close()
+    with pytest.raises(ValueError, match="ring c: this writer is closed"):
+        w.publish(buf)
+    with pytest.raises(ValueError, match="ring c: this reader is closed"):
+        r.poll(buf)
+    with pytest.raises(ValueError, match="this reader is closed"):
+        r.available()
+    with pytest.raises(ValueError, match="this reader is closed"):
+        r.park(0.01)
+
+
 def test_segments_are_owner_only_and_listed_with_their_kind(spsc, shm_prefix):
     ring = BroadcastRing.create(shm_prefix, "b", MARKET_DTYPE, 8, 2)
     try:
