@@ -1,10 +1,12 @@
 """``bench ipc`` kernels: @njit ping-pong, produce / consume loops and the cache-line floor.
 
 Benchmark code (not the data path), run inside the forked, pinned processes of
-bench/_ipc_rings.py. Every loop is resumable and bounded: after SPIN empty polls, or once the
+bench/_ipc_rings.py. Every loop is resumable and bounded: after ``spin`` empty polls, or once the
 TSC passes the caller's stop tick, it returns 0 with its progress saved in ``prog``; the Python
-caller then yields the core (a 2-core machine runs up to 4 of these processes) and checks its
-deadline before re-entering. The ring operations are shm.ringops' own kernels, so what is
+caller then yields the core and checks its deadline before re-entering. Where there are more
+processes than cores (3 broadcast readers and a writer on a 2-core machine), ``spin`` is
+SHARED_SPIN: the kernel yields the core itself after that many empty polls, as a stage's
+backoff idle does, so the process it waits for gets to run without a trip through Python. The ring operations are shm.ringops' own kernels, so what is
 measured is exactly what a stage runs.
 """
 from __future__ import annotations
@@ -13,10 +15,12 @@ import numpy as np
 from numba import njit
 
 from bench._procs import rdtsc
-from shm.atomics import cpu_relax, load_acquire, store_release
+from shm.atomics import cpu_relax, load_acquire, sched_yield, store_release
 from shm.ringops import ST_POS, bcast_poll, bcast_publish, spsc_poll, spsc_publish
 
 SPIN = 20_000           # empty polls (~0.5 ms with PAUSE) before a kernel returns to Python to yield
+SHARED_SPIN = 64        # more processes than cores: yield after this many empty polls, in-kernel
+YIELDS = 256            # in-kernel yields before returning to Python (deadline checks)
 SPSC, BCAST = 0, 1
 BATCH = 256
 LAT_CAPACITY = 1024
@@ -40,10 +44,11 @@ def _poll(kind, st, slots, dst, n):
 
 @njit(cache=True, nogil=True)
 def ping_kernel(kind, out_st, out_slots, back_sts, back_slots, src, dst, prog, n, rtt,
-                stop_tick):
+                stop_tick, spin):
     """prog: [next round trip, in flight?, replies so far, t0 ticks]. Returns 1 when done,
     0 after SPIN empty polls or once the TSC passes stop_tick (the caller's time budget)."""
     spins = 0
+    yields = 0
     n_back = len(back_sts)
     while prog[0] < n:
         if prog[1] == 0:
@@ -64,16 +69,23 @@ def ping_kernel(kind, out_st, out_slots, back_sts, back_slots, src, dst, prog, n
                 return 0
         else:
             spins += 1
-            if spins > SPIN:
-                return 0
+            if spins > spin:
+                if spin >= SPIN:
+                    return 0
+                sched_yield()  # cores are shared: let the peer we wait for run
+                spins = 0
+                yields += 1
+                if yields > YIELDS:
+                    return 0
             cpu_relax()
     return 1
 
 
 @njit(cache=True, nogil=True)
-def pong_kernel(kind, in_st, in_slots, back_st, back_slots, buf, prog, n):
+def pong_kernel(kind, in_st, in_slots, back_st, back_slots, buf, prog, n, spin):
     """Send every record straight back; prog[0] counts replies. Returns 1 when done."""
     spins = 0
+    yields = 0
     while prog[0] < n:
         if _poll(kind, in_st, in_slots, buf, 1) == 1:
             while spsc_publish(back_st, back_slots, buf, 1) == 0:
@@ -82,17 +94,24 @@ def pong_kernel(kind, in_st, in_slots, back_st, back_slots, buf, prog, n):
             spins = 0
         else:
             spins += 1
-            if spins > SPIN:
-                return 0
+            if spins > spin:
+                if spin >= SPIN:
+                    return 0
+                sched_yield()  # cores are shared: let the peer we wait for run
+                spins = 0
+                yields += 1
+                if yields > YIELDS:
+                    return 0
             cpu_relax()
     return 1
 
 
 @njit(cache=True, nogil=True)
-def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tick):
+def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tick, spin):
     """Publish records 0..n-1 in batches of len(src); prog[0] = published. The broadcast
     producer waits while its slowest reader (cursor words at pace_addrs) is a ring behind."""
     spins = 0
+    yields = 0
     batch = src.shape[0]
     while prog[0] < n:
         k = min(batch, n - prog[0])
@@ -104,8 +123,14 @@ def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tic
                     slowest = c
             if prog[0] + k - slowest > capacity:
                 spins += 1
-                if spins > SPIN:
-                    return 0
+                if spins > spin:
+                    if spin >= SPIN:
+                        return 0
+                    sched_yield()  # cores are shared: let the peer we wait for run
+                    spins = 0
+                    yields += 1
+                    if yields > YIELDS:
+                        return 0
                 cpu_relax()
                 continue
         for j in range(k):
@@ -113,8 +138,14 @@ def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tic
         got = _pub(kind, st, slots, src, k)
         if got == 0:
             spins += 1
-            if spins > SPIN:
-                return 0
+            if spins > spin:
+                if spin >= SPIN:
+                    return 0
+                sched_yield()  # cores are shared: let the peer we wait for run
+                spins = 0
+                yields += 1
+                if yields > YIELDS:
+                    return 0
             cpu_relax()
             continue
         prog[0] += got
@@ -125,15 +156,22 @@ def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tic
 
 
 @njit(cache=True, nogil=True)
-def consume_kernel(kind, st, slots, dst, prog, n):
+def consume_kernel(kind, st, slots, dst, prog, n, spin):
     """Poll until position n; prog: [received, out-of-order or duplicated records]."""
     spins = 0
+    yields = 0
     while st[ST_POS] < n:
         got = _poll(kind, st, slots, dst, dst.shape[0])
         if got == 0:
             spins += 1
-            if spins > SPIN:
-                return 0
+            if spins > spin:
+                if spin >= SPIN:
+                    return 0
+                sched_yield()  # cores are shared: let the peer we wait for run
+                spins = 0
+                yields += 1
+                if yields > YIELDS:
+                    return 0
             cpu_relax()
             continue
         for j in range(got):
@@ -195,9 +233,9 @@ def warm_up() -> None:
     for kind in (SPSC, BCAST):
         for n_back in (1, 3):
             ping_kernel(kind, st, rows, (st,) * n_back, (rows,) * n_back, rows, rows, prog, 0,
-                        prog, 0)
-        pong_kernel(kind, st, rows, st, rows, rows, prog, 0)
-        produce_kernel(kind, st, rows, rows, prog, 0, np.zeros(0, np.int64), 1, 0)
-        consume_kernel(kind, st, rows, rows, prog, 0)  # st[ST_POS] = 0 >= 0: returns at once
+                        prog, 0, SPIN)
+        pong_kernel(kind, st, rows, st, rows, rows, prog, 0, SPIN)
+        produce_kernel(kind, st, rows, rows, prog, 0, np.zeros(0, np.int64), 1, 0, SPIN)
+        consume_kernel(kind, st, rows, rows, prog, 0, SPIN)  # st[ST_POS] = 0 >= 0: returns at once
     floor_ping(0, 0, prog, 0, prog, 0)
     floor_pong(0, 0, prog, 0)

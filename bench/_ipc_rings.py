@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from bench._ipc_kernels import (BATCH, BCAST, LAT_CAPACITY, SPSC, THR_CAPACITY, consume_kernel,
-                                floor_ping, floor_pong, ping_kernel, pong_kernel,
-                                produce_kernel, warm_up)
-from bench._procs import Children, core_for, read_tsc, shared_int64, wait_until
+from bench._ipc_kernels import (BATCH, BCAST, LAT_CAPACITY, SHARED_SPIN, SPIN, SPSC,
+                                THR_CAPACITY, consume_kernel, floor_ping, floor_pong, ping_kernel,
+                                pong_kernel, produce_kernel, warm_up)
+from bench._procs import Children, core_for, cores, read_tsc, shared_int64, wait_until
 from shm.records import MARKET_DTYPE
 from shm.ring import BroadcastRing, SpscRing
 from shm.ringops import BLOCK, READER_LOST, RB_CURSOR
@@ -48,12 +48,17 @@ def _stop_tick(budget_s, tick_ns):
     return int(read_tsc() + budget_s * 1e9 / tick_ns)
 
 
+def _spin(n_procs):
+    """Empty polls before yielding: spin on dedicated cores, yield soon on shared ones."""
+    return SPIN if n_procs <= max(1, len(cores())) else SHARED_SPIN
+
+
 def _i64(arr):
     return arr.view(np.int64).reshape(len(arr), -1)
 
 
 # -- child bodies (run in forked processes) ---------------------------------------------------
-def _child_pong(kind, inst, index, n, ready, hard):
+def _child_pong(kind, inst, index, n, ready, hard, spin):
     ring_cls = SpscRing if kind == SPSC else BroadcastRing
     out = ring_cls.attach(inst, "lat.out", MARKET_DTYPE)
     back = SpscRing.attach(inst, f"lat.back.{index}", MARKET_DTYPE)
@@ -62,20 +67,21 @@ def _child_pong(kind, inst, index, n, ready, hard):
     buf = _i64(np.zeros(1, MARKET_DTYPE))
     prog = np.zeros(2, np.int64)
     ready[16 * index] = 1  # a plain store: the parent polls it from Python
-    _run(pong_kernel, hard, "pong", kind, r.st, r.slots, w.st, w.slots, buf, prog, n)
+    _run(pong_kernel, hard, "pong", kind, r.st, r.slots, w.st, w.slots, buf, prog, n, spin)
 
 
 def _child_pong_poll(inst, n, ready, hard):
-    """spsc-poll: one Python call per batch, as a stage's loop does."""
+    """spsc-poll: one Python call per batch (a reader's bound poller, a writer's publisher)."""
     r = SpscRing.attach(inst, "lat.out", MARKET_DTYPE).reader()
     w = SpscRing.attach(inst, "lat.back.0", MARKET_DTYPE).writer()
     buf = np.zeros(16, MARKET_DTYPE)
+    poll, publish = r.poller(buf), w.publisher(buf)
     ready[0] = 1
     done, idle = 0, 0
     while done < n:
-        k = r.poll(buf)
+        k = poll()
         if k:
-            w.publish(buf, k)
+            publish(k)
             done += k
             idle = 0
         else:
@@ -87,7 +93,7 @@ def _child_pong_poll(inst, n, ready, hard):
                 os.sched_yield()
 
 
-def _child_consume(kind, inst, index, poll_py, results, target_at, hard):
+def _child_consume(kind, inst, index, poll_py, results, target_at, hard, spin):
     """Consume until the producer's final count (results[target_at], lowered if it stopped
     early); then stamp the end time and what was received, out of order and lost."""
     ring_cls = SpscRing if kind == SPSC else BroadcastRing
@@ -97,11 +103,12 @@ def _child_consume(kind, inst, index, poll_py, results, target_at, hard):
     prog = np.zeros(2, np.int64)
     buf = np.zeros(BATCH, MARKET_DTYPE)
     dst = _i64(buf)
+    poll = r.poller(buf)
     results[slot] = 1  # ready
     target = int(results[target_at])
     while r.position < target:
         if poll_py:
-            k = r.poll(buf)
+            k = poll()
             if k:
                 prog[0] += k
                 prog[1] += np.count_nonzero(dst[:k, 1] != dst[:k, 0])
@@ -111,7 +118,7 @@ def _child_consume(kind, inst, index, poll_py, results, target_at, hard):
                 idle += 1
             if idle < 20_000:
                 continue
-        elif consume_kernel(kind, r.st, r.slots, dst, prog, target):
+        elif consume_kernel(kind, r.st, r.slots, dst, prog, target, spin):
             break
         target = int(results[target_at])
         if time.monotonic() > hard:
@@ -154,12 +161,14 @@ def ring_latency(kind, n_readers, inst, n, warm, tick_ns, budget_s, poll_py=Fals
                  for i in range(n_readers)]
         rings += backs
         ready = shared_int64(16 * n_readers)
+        spin = _spin(n_readers + 1)
         with Children() as kids:
             for i in range(n_readers):
                 if poll_py:
                     kids.start(_child_pong_poll, (inst, total, ready, hard), core_for(i))
                 else:
-                    kids.start(_child_pong, (kind, inst, i, total, ready, hard), core_for(i))
+                    kids.start(_child_pong, (kind, inst, i, total, ready, hard, spin),
+                               core_for(i))
             wait_until(lambda: all(ready[16 * i] for i in range(n_readers)), "ping: readers",
                        30, kids)
             w = out.writer()
@@ -173,7 +182,7 @@ def ring_latency(kind, n_readers, inst, n, warm, tick_ns, budget_s, poll_py=Fals
                 prog = np.zeros(4, np.int64)
                 _run(ping_kernel, hard, "ping", kind, w.st, w.slots,
                      tuple(r.st for r in rs), tuple(r.slots for r in rs), src, dst, prog,
-                     total, rtt, _stop_tick(budget_s, tick_ns), soft=soft)
+                     total, rtt, _stop_tick(budget_s, tick_ns), spin, soft=soft)
                 samples, done = rtt * tick_ns, int(prog[0])
             if done == total:
                 kids.join("ping-pong", 30)
@@ -190,11 +199,12 @@ def _ping_poll(w, r, total, soft, hard):
     buf = np.zeros(16, MARKET_DTYPE)
     out = np.zeros(total, np.int64)
     now = time.perf_counter_ns
+    poll, publish = r.poller(buf), w.publisher(rec)
     for i in range(total):
         t0 = now()
-        w.publish(rec)
+        publish(1)
         spins = 0
-        while r.poll(buf) == 0:
+        while poll() == 0:
             spins += 1
             if spins > 200_000:
                 spins = 0
@@ -220,10 +230,11 @@ def ring_throughput(kind, n_readers, inst, n, tick_ns, budget_s, poll_py=False):
         target_at = 16 * n_readers
         results = shared_int64(16 * (n_readers + 1))
         results[target_at] = n
+        spin = _spin(n_readers + 1)
         with Children() as kids:
             for i in range(n_readers):
-                kids.start(_child_consume, (kind, inst, i, poll_py, results, target_at, hard),
-                           core_for(i))
+                kids.start(_child_consume, (kind, inst, i, poll_py, results, target_at, hard,
+                                            spin), core_for(i))
             wait_until(lambda: all(results[16 * i] for i in range(n_readers)),
                        "throughput: readers", 30, kids)
             w = ring.writer()
@@ -236,7 +247,7 @@ def ring_throughput(kind, n_readers, inst, n, tick_ns, budget_s, poll_py=False):
             else:
                 prog = np.zeros(2, np.int64)
                 _run(produce_kernel, hard, "produce", kind, w.st, w.slots, _i64(src), prog,
-                     n, pace, THR_CAPACITY, _stop_tick(budget_s, tick_ns), soft=soft)
+                     n, pace, THR_CAPACITY, _stop_tick(budget_s, tick_ns), spin, soft=soft)
                 sent = int(prog[0])
             results[target_at] = sent  # consumers re-read it whenever they idle
             kids.join("throughput", max(1.0, hard - time.monotonic()))
@@ -257,10 +268,11 @@ def _produce_poll(w, src, n, soft, hard):
     seq = _i64(src)
     done, spins, batches = 0, 0, 0
     base = np.arange(len(src), dtype=np.int64)
+    publish = w.publisher(src)
     while done < n:
         k = min(len(src), n - done)
         seq[:k, 1] = base[:k] + done
-        got = w.publish(src, k)
+        got = publish(k)
         done += got
         batches += 1
         if (batches & 63) == 0 and time.monotonic() > soft:

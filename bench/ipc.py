@@ -192,6 +192,9 @@ def render_table(machine, results) -> str:
     lines.append("one-way latency = round trip / 2; throughput: 64-byte records, one process "
                  "to another (broadcast-3: to each of 3 readers); floor throughput is a "
                  "one-slot hand-over")
+    lines.append("spsc-njit / broadcast: @njit loops on both sides; spsc-poll: one Python call "
+                 "per batch on both sides (Reader.poller / Writer.publisher); with more "
+                 "processes than cores the kernels yield after a short spin")
     lines.append("* against a short floor measured just before that transport (the vCPUs of a "
                  "VM move between host cores, which changes the floor several-fold)")
     return "\n".join(lines)

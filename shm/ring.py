@@ -15,6 +15,7 @@ by the blocking idle strategy; it is unlinked with the ring.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -224,6 +225,7 @@ class _End:
         self._last_arr = None
         self._sa = 0
         self._st_mv.release()
+        self.st[ops.ST_CLOSED] = 1  # bound pollers / publishers hold the state: they raise
 
     def _closed(self) -> ValueError:
         return ValueError(f"ring {self.ring.name}: this {type(self).__name__[4:].lower()} "
@@ -232,18 +234,32 @@ class _End:
     _last_arr = None
     _last_len = 0
 
+    def _check_buffer(self, records: np.ndarray) -> None:
+        if self._sa == 0:
+            raise self._closed()
+        if not isinstance(records, np.ndarray) or records.dtype != self.dtype:
+            got = dtype_name(records.dtype) if isinstance(records, np.ndarray) else \
+                type(records).__name__
+            raise TypeError(f"ring {self.ring.seg.shm_name} carries {dtype_name(self.dtype)} "
+                            f"records, got an array of {got}")
+        if records.ndim != 1 or not records.flags.c_contiguous:
+            raise ValueError(f"ring {self.ring.seg.shm_name}: the record buffer must be a "
+                             f"contiguous 1-D array (pass a copy, not a strided view)")
+
+    def _bound(self, entry, buf, *args):
+        """A C-level callable over an integer entry point (functools.partial: no Python frame
+        per call). It keeps the state and the buffer alive; after close() the kernel raises."""
+        p = functools.partial(entry, self._sa, *args)
+        p.keep = (self.st, buf)
+        return p
+
     def _bind(self, records: np.ndarray) -> None:
         """Make ``records`` the buffer the kernels copy to / from: its address and length go
         into the state. A stage passes the same preallocated buffer every call, so the dtype
         comparison (~5 us for a structured dtype) and the view happen once per buffer."""
         if self._sa == 0:
             raise self._closed()
-        if records.dtype != self.dtype:
-            raise TypeError(f"ring {self.ring.seg.shm_name} carries {dtype_name(self.dtype)} "
-                            f"records, got an array of {dtype_name(records.dtype)}")
-        if records.ndim != 1 or not records.flags.c_contiguous:
-            raise ValueError(f"ring {self.ring.seg.shm_name}: the record buffer must be a "
-                             f"contiguous 1-D array (pass a copy, not a strided view)")
+        self._check_buffer(records)
         self.st[ops.ST_BUF_ADDR] = records.ctypes.data
         self.st[ops.ST_BUF_LEN] = len(records)
         self._last_arr, self._last_len = records, len(records)
@@ -277,6 +293,25 @@ class RingWriter(_End):
         if self._wakeups and self._st_mv[ST_WAKE]:
             self.wake_readers()
         return got
+
+    def publisher(self, buf: np.ndarray):
+        """``pub = w.publisher(buf)``; ``pub(n)`` publishes ``buf[:n]`` and returns how many were
+        taken, like ``publish(buf, n)`` at about half its cost from Python (no method frame, no
+        buffer check per call). For Python loops that publish from one buffer."""
+        self._check_buffer(buf)
+        entry = _entry(ops.spsc_publish_from if self.ring.kind == KIND_SPSC
+                       else ops.bcast_publish_from, 4)
+        raw = self._bound(entry, buf, buf.ctypes.data, len(buf))
+        if not self._wakeups:
+            return raw
+        st_mv = self._st_mv
+
+        def publish(n):
+            got = raw(n)
+            if st_mv[ST_WAKE]:
+                self.wake_readers()
+            return got
+        return publish
 
     def wake_readers(self) -> None:
         """Post the semaphore of each parked reader (blocking idle strategy)."""
@@ -334,6 +369,15 @@ class RingReader(_End):
         if out is not self._last_arr:
             self._bind(out)
         return self._poll(self._sa)
+
+    def poller(self, out: np.ndarray):
+        """``poll = r.poller(out)``; ``poll()`` copies up to len(out) records into ``out`` and
+        returns how many, like ``poll(out)`` at about half its cost from Python (no method
+        frame, no buffer check per call). For Python loops that poll into one buffer."""
+        self._check_buffer(out)
+        entry = _entry(ops.spsc_poll_into if self.ring.kind == KIND_SPSC
+                       else ops.bcast_poll_into, 3)
+        return self._bound(entry, out, out.ctypes.data, len(out))
 
     def available(self) -> bool:
         if self._sa == 0:

@@ -70,6 +70,7 @@ ST_LOST_ADDR = 14       # reader: its 'lost' word in shared memory (for monitors
 ST_READER0_ADDR = 15    # writer: address of reader block 0
 ST_BUF_ADDR = 16        # Python ends: address of the bound record buffer (see ring.py)
 ST_BUF_LEN = 17         # ... and its length in records
+ST_CLOSED = 18          # Python ends: 1 once the ring is closed (pollers / publishers raise)
 ST_SIZE = 24
 
 # reader block word offsets (bytes)
@@ -265,6 +266,41 @@ def bcast_publish_bound(s, n):
     if n < 0 or n > peek(s, ST_BUF_LEN):
         return -1
     return bcast_publish_at(s, peek(s, ST_BUF_ADDR), n)
+
+
+# -- entries of the bound callables (RingReader.poller / RingWriter.publisher): they outlive no
+# -- check in Python, so the kernel refuses a closed ring (its memory is unmapped) and a count
+# -- outside the buffer
+@njit(cache=True)
+def spsc_poll_into(s, dst, max_n):
+    if peek(s, ST_CLOSED) != 0:
+        raise ValueError("poll on a closed ring")
+    return spsc_poll_at(s, dst, max_n)
+
+
+@njit(cache=True)
+def bcast_poll_into(s, dst, max_n):
+    if peek(s, ST_CLOSED) != 0:
+        raise ValueError("poll on a closed ring")
+    return bcast_poll_at(s, dst, max_n)
+
+
+@njit(cache=True)
+def spsc_publish_from(s, src, cap, n):
+    if peek(s, ST_CLOSED) != 0:
+        raise ValueError("publish on a closed ring")
+    if n < 0 or n > cap:
+        raise ValueError("publish count outside the publisher's buffer")
+    return spsc_publish_at(s, src, n)
+
+
+@njit(cache=True)
+def bcast_publish_from(s, src, cap, n):
+    if peek(s, ST_CLOSED) != 0:
+        raise ValueError("publish on a closed ring")
+    if n < 0 or n > cap:
+        raise ValueError("publish count outside the publisher's buffer")
+    return bcast_publish_at(s, src, n)
 
 
 # -- array shims (what stage kernels call): straight-line, so numba prunes every reference

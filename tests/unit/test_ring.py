@@ -148,6 +148,40 @@ def test_python_ends_reuse_one_buffer_publish_its_first_n_and_refuse_bad_ones(sp
     assert r.poll(out) == 0                          # nothing was taken by the refused calls
 
 
+@pytest.mark.parametrize("kind", ["spsc", "broadcast"])
+def test_bound_poller_and_publisher_move_the_same_records_as_poll_and_publish(shm_prefix, kind):
+    if kind == "spsc":
+        ring = SpscRing.create(shm_prefix, "b", MARKET_DTYPE, 16)
+        r = ring.reader()
+    else:
+        ring = BroadcastRing.create(shm_prefix, "b", MARKET_DTYPE, 16, 1)
+        r = ring.reader(0)
+    try:
+        w = ring.writer()
+        src, out = _records(MARKET_DTYPE, 0, 8), np.zeros(4, MARKET_DTYPE)
+        publish, poll = w.publisher(src), r.poller(out)
+        assert publish(5) == 5
+        assert poll() == 4 and list(out["px_ticks"]) == [0, 1, 2, 3]
+        assert list(out["ring_seq"]) == [0, 1, 2, 3]
+        assert r.poll(out) == 1 and out["px_ticks"][0] == 4      # the method, interleaved
+        src["px_ticks"] = np.arange(50, 58)
+        assert publish(2) == 2 and poll() == 2 and list(out["px_ticks"][:2]) == [50, 51]
+        assert poll() == 0
+        with pytest.raises(ValueError, match="outside the publisher's buffer"):
+            publish(9)
+        with pytest.raises(TypeError, match="carries market records"):
+            r.poller(np.zeros(4, CONTROL_DTYPE))
+        with pytest.raises(ValueError, match="contiguous 1-D"):
+            w.publisher(src[::2])
+    finally:
+        ring.unlink()
+        ring.close()
+    with pytest.raises(ValueError, match="poll on a closed ring"):
+        poll()
+    with pytest.raises(ValueError, match="publish on a closed ring"):
+        publish(1)
+
+
 def test_closed_ends_refuse_calls_instead_of_touching_unmapped_memory(shm_prefix):
     ring = SpscRing.create(shm_prefix, "c", MARKET_DTYPE, 16)
     w, r = ring.writer(), ring.reader()
@@ -206,6 +240,15 @@ def test_blocking_reader_is_woken_by_the_writer_only_when_parked(shm_prefix):
         t.join(5)
         assert woke == [True] and time.monotonic() - t0 < 4.0
         assert r.poll(out) == 1 and out["px_ticks"][0] == 1
+        # a bound publisher wakes a parked reader too
+        publish = w.publisher(_records(MARKET_DTYPE, 2, 1))
+        woke.clear()
+        t = threading.Thread(target=lambda: woke.append(r.park(5.0)))
+        t.start()
+        time.sleep(0.05)
+        assert publish(1) == 1
+        t.join(5)
+        assert woke == [True] and r.poll(out) == 1 and out["px_ticks"][0] == 2
     finally:
         ring.unlink()
         ring.close()
