@@ -7,9 +7,13 @@ repeating until ``--min-seconds``. Reported per venue and per message category: 
 per-message parse+apply latency p50/p99 (perf_counter_ns around each ``feed`` call; the timer
 itself costs ~50-100 ns and is included).
 
-Binance runs twice: "ours" is the exact Python path (feeds.binance.BinanceHandler, orjson) and
-"fast" the numba fast path on the raw bytes (feeds.binance_fast.BinanceFastHandler), which falls
-back to the exact path for snapshots, gaps and anything surprising; both emit identical records.
+Binance runs twice: "fast" is the numba fast path on the raw bytes
+(feeds.binance_fast.BinanceFastHandler, what ``make_handler("binance", ...)`` returns: the
+default), which falls back to the exact path for snapshots, gaps and anything surprising, and
+"exact" the exact Python path alone (feeds.binance.BinanceHandler, orjson; ``exact=True``); both
+emit identical records. In ``--json`` the exact run keeps its historical key "ours" (for the
+other venues "ours" is their only handler, the default) and every run says which handler it
+measured ("handler") and whether it is the factory's default ("default").
 On a loaded machine the per-call timers catch preemptions, so next to the sum-based messages/s
 the best pass's figure is reported too, and every figure can be read against ``orjson.loads``
 alone on the same frames (calibration, and the ratio to it). The fast path loads a book into its
@@ -126,7 +130,7 @@ def bench_ours(venue: str, frames, min_s: float, fast: bool = False) -> dict:
     import time
 
     from feeds.meta import derive_instruments
-    from feeds.meta import make_handler as make_exact
+    from feeds.meta import make_handler as make_default
     from feeds.recording import KIND_REST, KIND_WS
 
     if fast:
@@ -135,7 +139,8 @@ def bench_ours(venue: str, frames, min_s: float, fast: bool = False) -> dict:
         def make_handler(_venue, inst):
             return BinanceFastHandler(inst)
     else:
-        make_handler = make_exact
+        def make_handler(venue, inst):
+            return make_default(venue, inst, exact=True)
     inst = derive_instruments(venue, frames)
     make_handler(venue, inst).feed(b"{}", 0)      # load (or compile) the kernels first
     work = [(f.kind, f.url, f.data, f.ts_ns, _category(venue, f.kind, f.data))
@@ -180,6 +185,8 @@ def bench_ours(venue: str, frames, min_s: float, fast: bool = False) -> dict:
         wall += time.perf_counter() - t0
         passes += 1
     out = _summary(times, wall, len(work), passes)
+    out["handler"] = type(h).__name__
+    out["default"] = type(make_default(venue, inst)) is type(h)
     # calibration: the same frames through orjson.loads alone (C code, no handler), so
     # figures from a loaded or slow machine can be read relative to it
     import numpy as np
@@ -379,23 +386,28 @@ def main(args) -> int:
     print(f"feeds benchmark: python {m['python']}, {m['cpus']} CPUs, load average "
           f"{m['loadavg_1m']} -> {m['loadavg_1m_after']} (one core per run)")
     for venue, entry in res["venues"].items():
-        for impl in ("ours", "fast", "cryptofeed"):
+        for impl in ("fast", "ours", "cryptofeed"):
             if impl not in entry:
                 continue
             r = entry[impl]
+            # the printed label: "exact" where the venue also has a fast path, and which of
+            # them make_handler returns
+            label = "exact" if impl == "ours" and "fast" in entry else impl
+            if r.get("default") and "fast" in entry:
+                label += " (default)"
             if "not_run" in r:
-                print(f"{venue:10s} {impl:10s} not run: {r['not_run']}")
+                print(f"{venue:10s} {label:15s} not run: {r['not_run']}")
                 continue
             dt = r.get("depth_trade", {})
             if "orjson_loads_per_s" in r:
                 print(f"{venue:10s} calibration: orjson.loads alone on these frames "
                       f"{r['orjson_loads_per_s']:,}/s")
-            print(f"{venue:10s} {impl:10s} loop {r['loop_frames_per_s']:>9,} frames/s   "
+            print(f"{venue:10s} {label:15s} loop {r['loop_frames_per_s']:>9,} frames/s   "
                   f"depth+trade {dt.get('msgs_per_s', 0):>9,} msg/s  p50 "
                   f"{dt.get('p50_us', 0):7.2f} us  p99 {dt.get('p99_us', 0):7.2f} us")
             al = r.get("depth_trade_all_frames")
             if al and impl != "ours":
-                print(f"{'':22s}all depth+trade frames {al['msgs_per_s']:>9,} msg/s  p50 "
+                print(f"{'':27s}all depth+trade frames {al['msgs_per_s']:>9,} msg/s  p50 "
                       f"{al['p50_us']:7.2f} us  p99 {al['p99_us']:7.2f} us")
             if "best_pass_msgs_per_s" in dt:
                 ratio = ""
@@ -405,8 +417,8 @@ def main(args) -> int:
                              f"{r['orjson_loads_depth_trade_p50_us']} us): "
                              f"{dt['ratio_to_orjson_loads']} (best pass "
                              f"{dt['best_pass_ratio_to_orjson_loads']})")
-                print(f"{'':22s}best pass {dt['best_pass_msgs_per_s']:>9,} msg/s{ratio}")
+                print(f"{'':27s}best pass {dt['best_pass_msgs_per_s']:>9,} msg/s{ratio}")
             for cat, c in r["by_category"].items():
-                print(f"{'':22s}{cat:20s} {c['messages']:>6} msgs  {c['msgs_per_s']:>9,} msg/s"
+                print(f"{'':27s}{cat:20s} {c['messages']:>6} msgs  {c['msgs_per_s']:>9,} msg/s"
                       f"  p50 {c['p50_us']:8.2f} us  p99 {c['p99_us']:8.2f} us")
     return 0

@@ -19,7 +19,8 @@ Book sync (PROTOCOLS.md 1.4), per symbol:
 This is the exact path and the source of truth for the sync state machine. feeds.binance_fast
 .BinanceFastHandler is a drop-in subclass that first hands each frame to a numba kernel on the
 raw bytes (synced steady state: depth, trades, bookTicker) and gives this class every frame the
-kernel declines; both emit identical records (tests/unit/test_feeds_binance_fast.py).
+kernel declines; both emit identical records (tests/unit/test_feeds_binance_fast.py). The
+factory (feeds.meta.make_handler) returns the fast subclass; ``exact=True`` returns this one.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Binance spot handler with a numba fast path on the raw frame bytes. Feed process, hot path.
 
 ``BinanceFastHandler`` is a drop-in ``BinanceHandler``: same constructor, same ``feed`` /
-``feed_rest`` / counters / books / records, bit for bit. Each frame goes first to one @njit call
-(feeds._binance_kernel.feed_kernel) that scans the bytes, parses decimals to ticks and lots
-exactly and, for a synced book, applies a depthUpdate to an array book, checks waiting
+``feed_rest`` / counters / books / records, bit for bit; it is what ``feeds.meta.make_handler``
+returns for Binance (``exact=True`` gives the exact handler). Each frame goes first to one
+@njit call (feeds._binance_kernel.feed_kernel) that scans the bytes, parses decimals to ticks
+and lots exactly and, for a synced book, applies a depthUpdate to an array book, checks waiting
 bookTickers against it and writes the records. It also handles trade, aggTrade, bookTicker and
 ignored kinds. Anything else (the buffering before a snapshot, the first-event rule's refusals,
 gaps, crossed books, snapshots, malformed or surprising frames) goes to the exact Python path
@@ -46,6 +47,11 @@ class BinanceFastHandler(BinanceHandler):
         self._unfolded = False
         self._n_fast = 0
         self._build_arena(int(book_levels))
+        # compile (or load from the numba cache) the kernel here, not inside the first frame's
+        # feed(): on a cold cache that takes seconds, which a live client would spend with its
+        # event loop blocked (REST snapshots timing out, books going stale). An empty frame is
+        # declined before anything but the arena's frame generation counter is touched.
+        K.feed_kernel(b"", self._arena, 0)
 
     # ---- arena ---------------------------------------------------------------------------
     def _build_arena(self, cap: int) -> None:

@@ -8,6 +8,12 @@ same port answer with the recorded REST body whose path and query match (Binance
 ``/api/v3/depth?symbol=...``; matched on ``symbol`` when the full query differs).
 
 Test hooks: ``drop_after`` closes the first ``drops`` connections after that many frames;
+``drop_when`` (a zero-argument callable, e.g. "the client's books are all valid") makes such a
+drop conditional: once ``drop_after`` frames were sent, the stream holds (polling the predicate
+between event-loop turns, for at most ``drop_wait_s``) and the connection is dropped at the
+first poll where it returns true, so a test's drop lands at a known state of the client instead
+of wherever the race between the stream and the client's REST requests left it. If it never
+returns true, that connection is not dropped (``stats.drops_missed``) and the stream goes on.
 ``rest_429`` answers the first N REST requests with 429 and ``Retry-After: 0``.
 It binds only loopback addresses: a replay server is not a service.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from feeds.recording import KIND_REST, KIND_WS, read_recordings
@@ -35,6 +42,7 @@ class ReplayStats:
     connections: int = 0
     frames_sent: int = 0
     drops: int = 0
+    drops_missed: int = 0        # drops that did not happen: drop_when stayed false
     rest_requests: int = 0
     rest_429: int = 0
     received: list = field(default_factory=list)
@@ -42,14 +50,17 @@ class ReplayStats:
 
 class ReplayServer:
     def __init__(self, files: list[str], host: str = "127.0.0.1", port: int = 0,
-                 rate: float = 0.0, drop_after: int = 0, drops: int = 1, rest_429: int = 0):
+                 rate: float = 0.0, drop_after: int = 0, drops: int = 1, rest_429: int = 0,
+                 drop_when: Callable[[], bool] | None = None, drop_wait_s: float = 10.0):
         if not is_loopback_host(host):
             raise ValueError(f"replay server binds loopback only, not {host!r}")
         self.host = host
         self.port = port
         self.rate = rate
         self.drop_after = drop_after
-        self.drops_left = drops if drop_after else 0
+        self.drop_when = drop_when
+        self.drop_wait_s = drop_wait_s
+        self.drops_left = drops if drop_after or drop_when is not None else 0
         self.rest_429_left = rest_429
         self.ws_frames: list[str] = []
         self.rest: dict[str, str] = {}            # "path?query" -> body
@@ -90,19 +101,22 @@ class ReplayServer:
     # ---- websocket -----------------------------------------------------------------------
     async def _handle(self, ws):
         self.stats.connections += 1
-        drop = 0
+        drop = False
         if self.drops_left > 0:
             self.drops_left -= 1
-            drop = self.drop_after
+            drop = True
         reader = asyncio.ensure_future(self._drain(ws))
         try:
             delay = 1.0 / self.rate if self.rate > 0 else 0.0
             for n, frame in enumerate(self.ws_frames):
-                if drop and n >= drop:
-                    self.stats.drops += 1
-                    # an abrupt drop (no close handshake) is what a venue outage looks like
-                    ws.transport.abort()
-                    return
+                if drop and n >= self.drop_after:
+                    drop = False
+                    if self.drop_when is None or await self._hold_until(ws, self.drop_when):
+                        self.stats.drops += 1
+                        # an abrupt drop (no close handshake) is what a venue outage looks like
+                        ws.transport.abort()
+                        return
+                    self.stats.drops_missed += 1
                 await ws.send(frame)
                 self.stats.frames_sent += 1
                 if delay:
@@ -114,6 +128,19 @@ class ReplayServer:
             return
         finally:
             reader.cancel()
+
+    async def _hold_until(self, ws, predicate) -> bool:
+        """Send nothing until ``predicate()`` is true (True) or ``drop_wait_s`` passed or the
+        connection closed (False)."""
+        from websockets.protocol import State
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drop_wait_s
+        while not predicate():
+            if loop.time() >= deadline or ws.state is not State.OPEN:
+                return False
+            await asyncio.sleep(0.002)
+        return True
 
     async def _drain(self, ws):
         try:

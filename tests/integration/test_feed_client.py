@@ -46,7 +46,14 @@ def test_binance_client_is_dropped_reconnects_and_resyncs_from_rest(shared_data,
     batches = []
 
     async def main():
-        srv = ReplayServer(files, drop_after=150, drops=1, rest_429=1)
+        # the drop comes once every book is valid on the first connection (its REST
+        # snapshots, one answered after a 429, have landed). Without drop_when no snapshot
+        # had been applied yet when frame 150 went out: whether one landed before the client
+        # noticed the drop was a race, lost now and then by either handler, and then no book
+        # had ever been valid and nothing resynced
+        srv = ReplayServer(files, drop_after=150, drops=1, rest_429=1,
+                           drop_when=lambda: len(handler.books) == 4
+                           and all(b.valid for b in handler.books.values()))
         await srv.start()
         rec = Recorder(tmp_path / "rec.jsonl")
         client = FeedClient("binance", handler, sorted(inst), srv.ws_url, srv.rest_url,
@@ -55,7 +62,8 @@ def test_binance_client_is_dropped_reconnects_and_resyncs_from_rest(shared_data,
                             snapshot_min_interval_s=0.0, stale_check_s=0.2)
         total = len(srv.ws_frames)
         try:
-            await _run_until(client, lambda: client.stats.connects >= 2
+            await _run_until(client, lambda: srv.stats.drops_missed > 0    # fails below
+                             or client.stats.connects >= 2
                              and client.stats.frames >= 150 + total
                              and all(b.valid for b in handler.books.values())
                              and len(handler.books) == 4)
@@ -65,13 +73,16 @@ def test_binance_client_is_dropped_reconnects_and_resyncs_from_rest(shared_data,
         return srv, client
 
     srv, client = asyncio.run(main())
-    assert srv.stats.connections == 2 and srv.stats.drops == 1
+    assert srv.stats.drops == 1 and srv.stats.drops_missed == 0, srv.stats
+    assert srv.stats.connections == 2
     assert client.stats.disconnects == 1
     assert srv.stats.rest_429 == 1 and client.stats.rest_retries >= 1
     # 4 symbols, once per connection; a snapshot answered after the drop is not applied
     assert client.stats.rest_snapshots + client.stats.rest_stale >= 8
     st = handler.stats
-    assert st.resyncs >= 1 and st.gaps == 0 and st.parse_errors == 0
+    # all 4 books were valid at the drop, so all 4 resync, each from a fetched snapshot
+    assert st.resyncs >= 4 and st.gaps == 0 and st.parse_errors == 0
+    assert st.snapshots == client.stats.rest_snapshots
     assert st.oracle_mismatch == 0 and st.oracle_match > 0
     statuses = _statuses(batches)
     assert (STATUS_BOOK_INVALID, REASON_RECONNECT) in statuses

@@ -308,17 +308,15 @@ def test_a_junk_frame_never_changes_a_valid_book_on_the_fast_path(shared_data):
     assert (fast.stats.parse_errors, fast.stats.ignored) == (counts[0] + len(bad), counts[1])
 
 
-def test_feed_check_through_the_fast_handler_reports_the_same_as_the_exact_one(shared_data,
-                                                                               monkeypatch):
+def test_feed_check_through_the_fast_handler_reports_the_same_as_the_exact_one(shared_data):
     import feeds.check as check
+    from feeds.meta import make_handler
+
+    # the factory's default for Binance is the fast path; exact=True the exact one
+    assert type(make_handler("binance", {})) is BinanceFastHandler
+    assert type(make_handler("binance", {}, exact=True)) is BinanceHandler
     files = [str(shared_data / WS), str(shared_data / REST)]
-    exact = check.check_recordings("binance", files)
-
-    def make_fast(venue, instruments, **kw):
-        assert venue == "binance"
-        return BinanceFastHandler(instruments, **kw)
-
-    monkeypatch.setattr(check, "make_handler", make_fast)
+    exact = check.check_recordings("binance", files, handler_kw={"exact": True})
     fast = check.check_recordings("binance", files)
     assert fast == exact and fast["clean"]
     assert fast["book_ticker_oracle"]["matched"] == fast["book_ticker_oracle"]["compared"] == 26
