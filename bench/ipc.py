@@ -194,7 +194,8 @@ def render_table(machine, results) -> str:
                  "one-slot hand-over")
     lines.append("spsc-njit / broadcast: @njit loops on both sides; spsc-poll: one Python call "
                  "per batch on both sides (Reader.poller / Writer.publisher); with more "
-                 "processes than cores the kernels yield after a short spin")
+                 "processes than cores (broadcast-3 on 2 cores) the kernels yield after a short "
+                 "spin, and the throughput run lets the readers float between cores")
     lines.append("* against a short floor measured just before that transport (the vCPUs of a "
                  "VM move between host cores, which changes the floor several-fold)")
     return "\n".join(lines)
