@@ -29,6 +29,25 @@ THR_CAPACITY = 16384    # 1 MiB of 64-byte records
 
 
 @njit(cache=True, nogil=True)
+def _idle(spins, yields, spin):
+    """One empty poll: PAUSE, and past ``spin`` of them either stop (dedicated cores: the
+    kernel returns to Python, which yields and checks its deadline) or yield the core here
+    (shared cores: let the peer we wait for run; stop after YIELDS of those).
+    Returns (spins, yields, stop)."""
+    spins += 1
+    if spins > spin:
+        if spin >= SPIN:
+            return spins, yields, True
+        sched_yield()
+        spins = 0
+        yields += 1
+        if yields > YIELDS:
+            return spins, yields, True
+    cpu_relax()  # PAUSE: leaving a spin without it costs a memory-order pipeline flush
+    return spins, yields, False
+
+
+@njit(cache=True, nogil=True)
 def _pub(kind, st, slots, src, n):
     if kind == SPSC:
         return spsc_publish(st, slots, src, n)
@@ -46,7 +65,7 @@ def _poll(kind, st, slots, dst, n):
 def ping_kernel(kind, out_st, out_slots, back_sts, back_slots, src, dst, prog, n, rtt,
                 stop_tick, spin):
     """prog: [next round trip, in flight?, replies so far, t0 ticks]. Returns 1 when done,
-    0 after SPIN empty polls or once the TSC passes stop_tick (the caller's time budget)."""
+    0 when _idle says stop or once the TSC passes stop_tick (the caller's time budget)."""
     spins = 0
     yields = 0
     n_back = len(back_sts)
@@ -68,16 +87,9 @@ def ping_kernel(kind, out_st, out_slots, back_sts, back_slots, src, dst, prog, n
             if t1 > stop_tick:
                 return 0
         else:
-            spins += 1
-            if spins > spin:
-                if spin >= SPIN:
-                    return 0
-                sched_yield()  # cores are shared: let the peer we wait for run
-                spins = 0
-                yields += 1
-                if yields > YIELDS:
-                    return 0
-            cpu_relax()
+            spins, yields, stop = _idle(spins, yields, spin)
+            if stop:
+                return 0
     return 1
 
 
@@ -93,16 +105,9 @@ def pong_kernel(kind, in_st, in_slots, back_st, back_slots, buf, prog, n, spin):
             prog[0] += 1
             spins = 0
         else:
-            spins += 1
-            if spins > spin:
-                if spin >= SPIN:
-                    return 0
-                sched_yield()  # cores are shared: let the peer we wait for run
-                spins = 0
-                yields += 1
-                if yields > YIELDS:
-                    return 0
-            cpu_relax()
+            spins, yields, stop = _idle(spins, yields, spin)
+            if stop:
+                return 0
     return 1
 
 
@@ -122,31 +127,17 @@ def produce_kernel(kind, st, slots, src, prog, n, pace_addrs, capacity, stop_tic
                 if c < slowest:
                     slowest = c
             if prog[0] + k - slowest > capacity:
-                spins += 1
-                if spins > spin:
-                    if spin >= SPIN:
-                        return 0
-                    sched_yield()  # cores are shared: let the peer we wait for run
-                    spins = 0
-                    yields += 1
-                    if yields > YIELDS:
-                        return 0
-                cpu_relax()
+                spins, yields, stop = _idle(spins, yields, spin)
+                if stop:
+                    return 0
                 continue
         for j in range(k):
             src[j, 1] = prog[0] + j
         got = _pub(kind, st, slots, src, k)
         if got == 0:
-            spins += 1
-            if spins > spin:
-                if spin >= SPIN:
-                    return 0
-                sched_yield()  # cores are shared: let the peer we wait for run
-                spins = 0
-                yields += 1
-                if yields > YIELDS:
-                    return 0
-            cpu_relax()
+            spins, yields, stop = _idle(spins, yields, spin)
+            if stop:
+                return 0
             continue
         prog[0] += got
         spins = 0
@@ -163,16 +154,9 @@ def consume_kernel(kind, st, slots, dst, prog, n, spin):
     while st[ST_POS] < n:
         got = _poll(kind, st, slots, dst, dst.shape[0])
         if got == 0:
-            spins += 1
-            if spins > spin:
-                if spin >= SPIN:
-                    return 0
-                sched_yield()  # cores are shared: let the peer we wait for run
-                spins = 0
-                yields += 1
-                if yields > YIELDS:
-                    return 0
-            cpu_relax()
+            spins, yields, stop = _idle(spins, yields, spin)
+            if stop:
+                return 0
             continue
         for j in range(got):
             if dst[j, 1] != dst[j, 0]:  # payload sequence vs. the ring's own position
