@@ -6,8 +6,9 @@ TSC passes the caller's stop tick, it returns 0 with its progress saved in ``pro
 caller then yields the core and checks its deadline before re-entering. Where there are more
 processes than cores (3 broadcast readers and a writer on a 2-core machine), ``spin`` is
 SHARED_SPIN: the kernel yields the core itself after that many empty polls, as a stage's
-backoff idle does, so the process it waits for gets to run without a trip through Python. The ring operations are shm.ringops' own kernels, so what is
-measured is exactly what a stage runs.
+backoff idle does, so the process it waits for gets to run without a trip through Python.
+The ring operations are shm.ringops' own kernels, so what is measured is exactly what a stage
+runs.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bench._procs import rdtsc
 from shm.atomics import cpu_relax, load_acquire, sched_yield, store_release
 from shm.ringops import ST_POS, bcast_poll, bcast_publish, spsc_poll, spsc_publish
 
-SPIN = 20_000           # empty polls (~0.5 ms with PAUSE) before a kernel returns to Python to yield
+SPIN = 20_000           # empty polls (~0.5 ms with PAUSE) before returning to Python to yield
 SHARED_SPIN = 64        # more processes than cores: yield after this many empty polls, in-kernel
 YIELDS = 256            # in-kernel yields before returning to Python (deadline checks)
 SPSC, BCAST = 0, 1

@@ -257,8 +257,6 @@ class _End:
         """Make ``records`` the buffer the kernels copy to / from: its address and length go
         into the state. A stage passes the same preallocated buffer every call, so the dtype
         comparison (~5 us for a structured dtype) and the view happen once per buffer."""
-        if self._sa == 0:
-            raise self._closed()
         self._check_buffer(records)
         self.st[ops.ST_BUF_ADDR] = records.ctypes.data
         self.st[ops.ST_BUF_LEN] = len(records)
@@ -357,7 +355,8 @@ class RingReader(_End):
         super().__init__(ring, st)
         self.index = index
         if ring.kind == KIND_SPSC:
-            self._poll, self._avail = _entry(ops.spsc_poll_bound, 1), _entry(ops.spsc_available_at, 1)
+            self._poll, self._avail = (_entry(ops.spsc_poll_bound, 1),
+                                       _entry(ops.spsc_available_at, 1))
         else:
             self._poll, self._avail = (_entry(ops.bcast_poll_bound, 1),
                                        _entry(ops.bcast_available_at, 1))
