@@ -211,27 +211,44 @@ class _End:
         self.slots = ring.slots
         self.words = ring.words
         self.dtype = ring.dtype
+        ring._ends.append(self)
+
+    @property
+    def st(self) -> np.ndarray:
+        """This end's int64 state. A stage may replace it with a row of a stacked 2-D state
+        (stages.base.stack_states) so its @njit kernels take one array for many ends; the
+        Python-level calls follow, and pollers / publishers bound to the old state raise."""
+        return self._st
+
+    @st.setter
+    def st(self, arr: np.ndarray) -> None:
+        old = getattr(self, "_st", None)
+        if old is not None:
+            arr[:] = old
+            old[ops.ST_CLOSED] = 1
+            self._st_mv.release()
+        self._st = arr
         # Python-level calls go to address-level kernels with integer arguments only, through
-        # the compiled entry point: numba's dispatcher types four arrays in ~1.2 us; one or two
-        # integers straight into the entry point cost ~0.15 us.
-        self._sa = st.ctypes.data
+        # the compiled entry point: numba's dispatcher types four arrays in ~1.2 us; three or
+        # four integers straight into the entry point cost ~0.15 us.
+        self._sa = arr.ctypes.data
         # memoryviews: an item read is a plain load returning an int (~40 ns; numpy's scalar
         # indexing plus int() is ~290 ns here)
-        self._st_mv = memoryview(st)
-        ring._ends.append(self)
+        self._st_mv = memoryview(arr)
 
     def _drop(self):
         self.slots = None
         self._last_arr = None
         self._sa = 0
         self._st_mv.release()
-        self.st[ops.ST_CLOSED] = 1  # bound pollers / publishers hold the state: they raise
+        self._st[ops.ST_CLOSED] = 1  # bound pollers / publishers hold the state: they raise
 
     def _closed(self) -> ValueError:
         return ValueError(f"ring {self.ring.name}: this {type(self).__name__[4:].lower()} "
                           f"is closed")
 
     _last_arr = None
+    _last_addr = 0
     _last_len = 0
 
     def _check_buffer(self, records: np.ndarray) -> None:
@@ -250,17 +267,16 @@ class _End:
         """A C-level callable over an integer entry point (functools.partial: no Python frame
         per call). It keeps the state and the buffer alive; after close() the kernel raises."""
         p = functools.partial(entry, self._sa, *args)
-        p.keep = (self.st, buf)
+        p.keep = (self._st, buf)
         return p
 
     def _bind(self, records: np.ndarray) -> None:
-        """Make ``records`` the buffer the kernels copy to / from: its address and length go
-        into the state. A stage passes the same preallocated buffer every call, so the dtype
-        comparison (~5 us for a structured dtype) and the view happen once per buffer."""
+        """Remember ``records``' address and length. A caller passes the same preallocated
+        buffer every call, so the dtype comparison (~5 us for a structured dtype) and the
+        address lookup happen once per buffer."""
         self._check_buffer(records)
-        self.st[ops.ST_BUF_ADDR] = records.ctypes.data
-        self.st[ops.ST_BUF_LEN] = len(records)
-        self._last_arr, self._last_len = records, len(records)
+        self._last_arr = records
+        self._last_addr, self._last_len = records.ctypes.data, len(records)
 
 
 class RingWriter(_End):
@@ -273,8 +289,8 @@ class RingWriter(_End):
             st[ops.ST_CURSOR_ADDR] = ring.reader_block_addr + ops.RB_CURSOR
             st[ops.ST_CACHED] = ring.reader_cursor(0)
         super().__init__(ring, st)
-        self._publish = _entry(ops.spsc_publish_bound if ring.kind == KIND_SPSC
-                               else ops.bcast_publish_bound, 2)
+        self._publish = _entry(ops.spsc_publish_from if ring.kind == KIND_SPSC
+                               else ops.bcast_publish_from, 4)
         self._sems: dict[int, posix_ipc.Semaphore] = {}
         self._wakeups = ring.wakeups
 
@@ -284,10 +300,12 @@ class RingWriter(_End):
         a fresh ``buf[:n]`` slice, keeps a Python-level publish to one kernel call."""
         if records is not self._last_arr:
             self._bind(records)
-        got = self._publish(self._sa, self._last_len if n is None else n)
-        if got < 0:
+        try:
+            got = self._publish(self._sa, self._last_addr, self._last_len,
+                                self._last_len if n is None else n)
+        except ValueError:  # the count (a closed ring fails in _bind, above)
             raise ValueError(f"ring {self.ring.name}: publish n={n} outside "
-                             f"0..{self._last_len}")
+                             f"0..{self._last_len}") from None
         if self._wakeups and self._st_mv[ST_WAKE]:
             self.wake_readers()
         return got
@@ -297,9 +315,7 @@ class RingWriter(_End):
         taken, like ``publish(buf, n)`` at about half its cost from Python (no method frame, no
         buffer check per call). For Python loops that publish from one buffer."""
         self._check_buffer(buf)
-        entry = _entry(ops.spsc_publish_from if self.ring.kind == KIND_SPSC
-                       else ops.bcast_publish_from, 4)
-        raw = self._bound(entry, buf, buf.ctypes.data, len(buf))
+        raw = self._bound(self._publish, buf, buf.ctypes.data, len(buf))
         if not self._wakeups:
             return raw
         st_mv = self._st_mv
@@ -355,10 +371,10 @@ class RingReader(_End):
         super().__init__(ring, st)
         self.index = index
         if ring.kind == KIND_SPSC:
-            self._poll, self._avail = (_entry(ops.spsc_poll_bound, 1),
+            self._poll, self._avail = (_entry(ops.spsc_poll_into, 3),
                                        _entry(ops.spsc_available_at, 1))
         else:
-            self._poll, self._avail = (_entry(ops.bcast_poll_bound, 1),
+            self._poll, self._avail = (_entry(ops.bcast_poll_into, 3),
                                        _entry(ops.bcast_available_at, 1))
         self._sem = None
 
@@ -367,16 +383,14 @@ class RingReader(_End):
         Python); a stage's hot loop calls the kernels from @njit instead."""
         if out is not self._last_arr:
             self._bind(out)
-        return self._poll(self._sa)
+        return self._poll(self._sa, self._last_addr, self._last_len)
 
     def poller(self, out: np.ndarray):
         """``poll = r.poller(out)``; ``poll()`` copies up to len(out) records into ``out`` and
         returns how many, like ``poll(out)`` at about half its cost from Python (no method
         frame, no buffer check per call). For Python loops that poll into one buffer."""
         self._check_buffer(out)
-        entry = _entry(ops.spsc_poll_into if self.ring.kind == KIND_SPSC
-                       else ops.bcast_poll_into, 3)
-        return self._bound(entry, out, out.ctypes.data, len(out))
+        return self._bound(self._poll, out, out.ctypes.data, len(out))
 
     def available(self) -> bool:
         if self._sa == 0:

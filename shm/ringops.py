@@ -68,9 +68,7 @@ ST_WAKE = 12            # writer: set to 1 when a parked reader must be woken (c
 ST_LAPS = 13            # reader: number of lapping events
 ST_LOST_ADDR = 14       # reader: its 'lost' word in shared memory (for monitors)
 ST_READER0_ADDR = 15    # writer: address of reader block 0
-ST_BUF_ADDR = 16        # Python ends: address of the bound record buffer (see ring.py)
-ST_BUF_LEN = 17         # ... and its length in records
-ST_CLOSED = 18          # Python ends: 1 once the ring is closed (pollers / publishers raise)
+ST_CLOSED = 16          # Python ends: 1 once the ring is closed (Python entries raise)
 ST_SIZE = 24
 
 # reader block word offsets (bytes)
@@ -241,36 +239,9 @@ def set_parked_at(s, value):
     fence_seq_cst()
 
 
-# -- bound-buffer entries for Python ends: the buffer's address and length live in the state
-# -- (set when the caller passes a new buffer), so a call passes one or two integers
-@njit(cache=True)
-def spsc_poll_bound(s):
-    return spsc_poll_at(s, peek(s, ST_BUF_ADDR), peek(s, ST_BUF_LEN))
-
-
-@njit(cache=True)
-def bcast_poll_bound(s):
-    return bcast_poll_at(s, peek(s, ST_BUF_ADDR), peek(s, ST_BUF_LEN))
-
-
-@njit(cache=True)
-def spsc_publish_bound(s, n):
-    """-1: n is outside 0..len(buffer) (the caller raises)."""
-    if n < 0 or n > peek(s, ST_BUF_LEN):
-        return -1
-    return spsc_publish_at(s, peek(s, ST_BUF_ADDR), n)
-
-
-@njit(cache=True)
-def bcast_publish_bound(s, n):
-    if n < 0 or n > peek(s, ST_BUF_LEN):
-        return -1
-    return bcast_publish_at(s, peek(s, ST_BUF_ADDR), n)
-
-
-# -- entries of the bound callables (RingReader.poller / RingWriter.publisher): they outlive no
-# -- check in Python, so the kernel refuses a closed ring (its memory is unmapped) and a count
-# -- outside the buffer
+# -- Python entries (RingReader.poll / .poller, RingWriter.publish / .publisher): all integers;
+# -- a bound poller / publisher outlives any check in Python, so the kernel refuses a closed
+# -- ring (its memory is unmapped) and a count outside the buffer
 @njit(cache=True)
 def spsc_poll_into(s, dst, max_n):
     if peek(s, ST_CLOSED) != 0:

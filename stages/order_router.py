@@ -20,6 +20,7 @@ import numpy as np
 
 from shm.records import (CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME, EXEC_DTYPE, INTENT_CANCEL_ALL,
                          OFLAG_RISK_SYSTEM, ORDER_DTYPE)
+from shm.ringops import ST_SIZE
 from stages import router_kernels as rk
 from stages.base import Stage, stack_states
 from stages.riskview import R_FILLS, R_HALTED, R_OPEN, R_RATE_REJECTS, R_SEQ, R_SENT
@@ -59,7 +60,7 @@ class OrderRouterStage(Stage):
 
         self.ven_in_sts = stack_states(self.ven_in)
         self.ven_out_sts = stack_states(self.ven_out)
-        self.strat_sts = stack_states(self.strat_out) if strats else np.zeros((0, 16), np.int64)
+        self.strat_sts = stack_states(self.strat_out) if strats else np.zeros((0, ST_SIZE), np.int64)
         self.ven_in_slots = tuple(r.slots for r in self.ven_in)
         self.ven_out_slots = tuple(w.slots for w in self.ven_out)
         self.strat_slots = tuple(w.slots for w in self.strat_out) if strats else \

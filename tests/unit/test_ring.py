@@ -182,6 +182,30 @@ def test_bound_poller_and_publisher_move_the_same_records_as_poll_and_publish(sh
         publish(1)
 
 
+def test_python_calls_follow_an_end_whose_state_a_stage_stacked(shm_prefix):
+    from stages.base import stack_states
+
+    ring = SpscRing.create(shm_prefix, "s", MARKET_DTYPE, 16)
+    try:
+        w, r = ring.writer(), ring.reader()
+        buf, out = _records(MARKET_DTYPE, 0, 4), np.zeros(4, MARKET_DTYPE)
+        stale = r.poller(out)
+        assert w.publish(buf, 2) == 2 and r.poll(out) == 2
+        sts = stack_states([r])
+        assert r.st.base is sts
+        # the kernel path (the stacked row) and the Python path share one position
+        w.publish(buf, 1)
+        assert ops.spsc_poll(sts[0], r.slots, out.view(np.int64).reshape(-1, 8), 4) == 1
+        w.publish(buf, 3)
+        assert r.available() and r.poll(out) == 3 and list(out["px_ticks"][:3]) == [0, 1, 2]
+        assert r.position == sts[0][ops.ST_POS] == 6
+        with pytest.raises(ValueError, match="closed ring"):
+            stale()                                    # bound to the replaced state
+    finally:
+        ring.unlink()
+        ring.close()
+
+
 def test_closed_ends_refuse_calls_instead_of_touching_unmapped_memory(shm_prefix):
     ring = SpscRing.create(shm_prefix, "c", MARKET_DTYPE, 16)
     w, r = ring.writer(), ring.reader()
