@@ -151,6 +151,10 @@ class _Ring:
     def reader_lost(self, i: int) -> int:
         return int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_LOST) // 8])
 
+    def reader_pid(self, i: int) -> int:
+        """pid of the last process that attached as reader i (0: none yet)."""
+        return int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_PID) // 8])
+
     def stats(self) -> dict:
         head = self.head()
         readers = []
@@ -158,7 +162,7 @@ class _Ring:
             cur = self.reader_cursor(i)
             readers.append(dict(index=i, cursor=cur, lag=max(0, head - cur),
                                 lost=self.reader_lost(i),
-                                pid=int(self._ctrl[(ops.BLOCK * (1 + i) + ops.RB_PID) // 8])))
+                                pid=self.reader_pid(i)))
         return dict(name=self.seg.shm_name, kind=self.kind, record=dtype_name(self.dtype),
                     capacity=self.capacity, head=head, readers=readers)
 

@@ -1,7 +1,8 @@
 """Replay-feed stage: a market-data record file (market/recordfile.py format: a journal's
 ``md-*.rec``, a converted LOBSTER or venue recording) published to the ``md-<venue>`` rings at
 the recorded pace (``--replay-speed 1``), faster or slower (any factor), or as fast as the
-readers allow (``--replay-speed 0``). Runs in the ``venue`` process instead of the simulator
+readers allow (``--replay-speed 0``: a batch goes out only when every reader of its ring has
+room for it, so nobody is lapped). Runs in the ``venue`` process instead of the simulator
 (``run.py run|start --replay FILE``).
 
 Instruments are matched by SYMBOL@VENUE between the file's header and the config; records of
@@ -10,21 +11,28 @@ instruments the config does not name are skipped (counted). Each published recor
 receive time stays in ``exch_ts_ns`` when the file had none. There is no matching engine behind a
 replay: orders the router sends are answered with EXEC_REJECT / REJECT_VENUE_DOWN.
 
+The clock starts when every stage that reads an md ring reports RUNNING in the status table
+(they start after the venue stage, and a strategy's warm-up poll is followed by a jump to the
+live head and a cleared book: anything published before that, the file's opening snapshot
+included, would be lost to them), or after READERS_WAIT_S at the latest.
+
 Memory stays bounded: the file is memory-mapped and read one batch at a time. The pacing index
 is computed once (cold) from the file's receive (or exchange) times.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 
 from shm.records import (EXEC_DTYPE, EXEC_REJECT, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE,
                          REJECT_VENUE_DOWN)
-from stages.base import Stage, stack_states
-from stages.venue_sim import split_publish_md
+from stages.base import Stage
+from stages.venue_sim import attach_venue_side, split_publish_md
 
 BATCH = 4096
+READERS_WAIT_S = 120.0  # start anyway after this long without every reader (and say so)
 
 
 class FeedReplayStage(Stage):
@@ -33,7 +41,6 @@ class FeedReplayStage(Stage):
     def on_start(self, ctx) -> None:
         from market.recordfile import instruments_from_header, open_record_file
         from shm.instruments import InstrumentTable
-        from shm.ring import BroadcastRing, SpscRing
 
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
         path = ctx.extra["replay"]
@@ -53,15 +60,7 @@ class FeedReplayStage(Stage):
         ts = self.recs["recv_ts_ns"] if len(self.recs) and self.recs["recv_ts_ns"].any() \
             else self.recs["exch_ts_ns"]
         self.rel_ns = (ts - ts[0]).astype(np.int64) if len(ts) else np.zeros(0, np.int64)
-        self._rings = []
-        md_rings = [BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE) for v in topo.venues]
-        in_rings = [SpscRing.attach(inst, f"vorder-{v}", ORDER_DTYPE) for v in topo.venues]
-        out_rings = [SpscRing.attach(inst, f"vexec-{v}", EXEC_DTYPE) for v in topo.venues]
-        self._rings = md_rings + in_rings + out_rings
-        self.md_w = [r.writer() for r in md_rings]
-        self.in_r = [r.reader() for r in in_rings]
-        self.out_w = [r.writer() for r in out_rings]
-        self.md_sts, self.md_slots = stack_states(self.md_w), tuple(w.slots for w in self.md_w)
+        attach_venue_side(self, inst, topo.venues)
         venue_idx = {v: i for i, v in enumerate(topo.venues)}
         self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
         for i in table:
@@ -74,16 +73,49 @@ class FeedReplayStage(Stage):
         self.rej = np.zeros(64, dtype=EXEC_DTYPE)
         self.pos = 0
         self.skipped = 0
-        self.start_ns = time.monotonic_ns()
+        # at most half a ring per batch, so a speed-0 batch always fits behind the slowest
+        self.batch = min(BATCH, min(w.ring.capacity for w in self.md_w) // 2)
+        self.start_ns = 0                   # set once every md reader is RUNNING
+        self.wait_until = time.monotonic() + READERS_WAIT_S
+        from pipeline.status import StatusTable
+
+        self._status = StatusTable.attach(inst)
+        slot_of = {s.name: s.slot for s in topo.stages}
+        self._reader_slots = sorted({slot_of[name] for v in topo.venues
+                                     for name in topo.md_readers[v] if name in slot_of})
         split_publish_md(self.buf, 0, self.inst_venue, self.md_sts, self.md_slots, self.tmp,
                          self.tmp_i, self.counts)   # compile before RUNNING
+
+    def _readers_running(self) -> bool:
+        from pipeline.status import ST_RUNNING, W_STATE
+
+        return all(self._status.read_word(slot, W_STATE) == ST_RUNNING
+                   for slot in self._reader_slots)
+
+    def _room_for_a_batch(self) -> bool:
+        """Speed 0: every reader of every md ring has room for one more batch."""
+        for w in self.md_w:
+            ring = w.ring
+            slowest = min(ring.reader_cursor(i) for i in range(ring.n_readers))
+            if w.position - slowest > ring.capacity - self.batch:
+                return False
+        return True
 
     def poll(self) -> int:
         work = self._answer_orders()
         n_total = len(self.recs)
         if self.pos >= n_total:
             return work
-        end = min(self.pos + BATCH, n_total)
+        if self.start_ns == 0:
+            if not self._readers_running():
+                if time.monotonic() < self.wait_until:
+                    return work
+                print(f"replay: not every md reader RUNNING within {READERS_WAIT_S:.0f} s; "
+                      f"starting anyway", file=sys.stderr, flush=True)
+            self.start_ns = time.monotonic_ns()
+        end = min(self.pos + self.batch, n_total)
+        if self.speed == 0 and not self._room_for_a_batch():
+            return work
         if self.speed > 0:
             due = int((time.monotonic_ns() - self.start_ns) * self.speed)
             end = min(end, int(np.searchsorted(self.rel_ns, due, side="right")))
@@ -141,5 +173,8 @@ class FeedReplayStage(Stage):
 
     def on_stop(self) -> None:
         self.recs = None
+        if getattr(self, "_status", None) is not None:
+            self._status.close()
+            self._status = None
         for r in self._rings:
             r.close()

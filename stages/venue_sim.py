@@ -61,21 +61,11 @@ class SimVenueStage(Stage):
     def on_start(self, ctx) -> None:
         from market.sim import SimVenue
         from shm.instruments import InstrumentTable
-        from shm.ring import BroadcastRing, SpscRing
 
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
         table = InstrumentTable.from_config(cfg)
         self.venue = SimVenue(cfg, list(table), t0_ns=time.time_ns())
-        self._rings = []
-        md_rings = [BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE) for v in topo.venues]
-        in_rings = [SpscRing.attach(inst, f"vorder-{v}", ORDER_DTYPE) for v in topo.venues]
-        out_rings = [SpscRing.attach(inst, f"vexec-{v}", EXEC_DTYPE) for v in topo.venues]
-        self._rings = md_rings + in_rings + out_rings
-        self.md_w = [r.writer() for r in md_rings]
-        self.in_r = [r.reader() for r in in_rings]
-        self.out_w = [r.writer() for r in out_rings]
-        self.md_sts, self.md_slots = stack_states(self.md_w), tuple(w.slots for w in self.md_w)
-        self.out_sts, self.out_slots = stack_states(self.out_w), tuple(w.slots for w in self.out_w)
+        attach_venue_side(self, inst, topo.venues)
         venue_idx = {v: i for i, v in enumerate(topo.venues)}
         self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
         for i in table:
@@ -166,6 +156,29 @@ class SimVenueStage(Stage):
     def on_stop(self) -> None:
         for r in self._rings:
             r.close()
+
+
+def attach_venue_side(stage, inst: str, venues) -> None:
+    """The venue side of every venue's rings, for the stage that plays the venues (the
+    simulator or a recording's replay): writer of ``md-<v>``, reader of ``vorder-<v>``, writer
+    of ``vexec-<v>``. Sets ``_rings`` (closed by on_stop), ``md_w``, ``in_r``, ``out_w`` and the
+    stacked states ``md_sts`` / ``out_sts`` with their slots for the @njit kernels. Each ring
+    joins ``_rings`` as soon as it is attached, so a failure halfway leaves nothing open."""
+    from shm.ring import BroadcastRing, SpscRing
+
+    stage._rings = []
+    md_rings = [BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE) for v in venues]
+    stage._rings += md_rings
+    in_rings = [SpscRing.attach(inst, f"vorder-{v}", ORDER_DTYPE) for v in venues]
+    stage._rings += in_rings
+    out_rings = [SpscRing.attach(inst, f"vexec-{v}", EXEC_DTYPE) for v in venues]
+    stage._rings += out_rings
+    stage.md_w = [r.writer() for r in md_rings]
+    stage.in_r = [r.reader() for r in in_rings]
+    stage.out_w = [r.writer() for r in out_rings]
+    stage.md_sts, stage.md_slots = stack_states(stage.md_w), tuple(w.slots for w in stage.md_w)
+    stage.out_sts, stage.out_slots = (stack_states(stage.out_w),
+                                      tuple(w.slots for w in stage.out_w))
 
 
 def venue_now(venue) -> int:
