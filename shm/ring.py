@@ -90,9 +90,7 @@ class _Ring:
             flags=FLAG_WAKEUPS if wakeups else 0)
         try:
             for i in range(n_readers):
-                sem = posix_ipc.Semaphore(_sem_name(instance, name, i), posix_ipc.O_CREX,
-                                          mode=MODE, initial_value=0)
-                sem.close()
+                _create_sem(_sem_name(instance, name, i))
         except Exception:
             _unlink_sems(instance, name, n_readers)
             seg.unlink()
@@ -131,9 +129,11 @@ class _Ring:
         self.seg.close()
 
     def unlink(self) -> None:
-        """Remove the segment and its semaphores (mapped views stay valid until closed)."""
-        self.seg.unlink()
+        """Remove the semaphores, then the segment (mapped views stay valid until closed).
+        In this order, whoever creates the name next and finds a semaphore of it knows that
+        no live ring owns that semaphore (see _create_sem)."""
         _unlink_sems(self.instance, self.name, self.n_readers)
+        self.seg.unlink()
 
     def __enter__(self):
         return self
@@ -198,6 +198,25 @@ class _Ring:
 
 def _sem_name(instance: str, name: str, i: int) -> str:
     return segment_name(instance, name) + f".r{i}"
+
+
+def _create_sem(sem_name: str) -> None:
+    """Create a reader's semaphore (owner-only, value 0). Called after the ring's segment was
+    created exclusively, so a semaphore already there belongs to no live ring: a crashed ring
+    left it (its segment removed, e.g. by hand). It is replaced, not reused: its count is
+    stale and would wake a parked reader for nothing."""
+    for attempt in range(2):
+        try:
+            posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode=MODE, initial_value=0).close()
+            return
+        except posix_ipc.ExistentialError:
+            if attempt:
+                raise SegmentError(f"semaphore {sem_name} already exists and could not be "
+                                   "replaced (see `python run.py shm ls`)") from None
+            try:
+                posix_ipc.unlink_semaphore(sem_name)
+            except posix_ipc.ExistentialError:
+                pass
 
 
 def _unlink_sems(instance: str, name: str, n: int) -> None:

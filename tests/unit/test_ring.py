@@ -120,6 +120,23 @@ def test_creating_a_ring_twice_is_refused_with_a_hint(spsc, shm_prefix):
         SpscRing.create(shm_prefix, "r", MARKET_DTYPE, 16)
 
 
+def test_a_semaphore_left_by_a_crashed_ring_is_replaced_not_reused(shm_prefix):
+    """A crash left a reader's semaphore (with a stale count) but not its segment: creating
+    the ring again works, and the parked reader is not woken by the stale count."""
+    import posix_ipc
+
+    name = f"/hftfarm.{shm_prefix}.blk.r0"
+    posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=3).close()
+    ring = SpscRing.create(shm_prefix, "blk", MARKET_DTYPE, 16, wakeups=True)
+    try:
+        assert posix_ipc.Semaphore(name).value == 0
+        assert ring.reader().park(0.001) is False
+    finally:
+        ring.unlink()
+        ring.close()
+    assert list_segments(shm_prefix) == []
+
+
 def test_ring_rejects_bad_capacity_and_wrong_record_array(shm_prefix, spsc):
     with pytest.raises(ValueError, match="power of two"):
         SpscRing.create(shm_prefix, "x", MARKET_DTYPE, 12)
