@@ -84,8 +84,10 @@ def core_for(k: int, parent_core: int | None = None) -> int | None:
 
 
 def pin(core: int | None) -> None:
-    if core is not None:
-        os.sched_setaffinity(0, {core})
+    """Pin to ``core``; None: free to run on every usable core. A forked child inherits its
+    parent's affinity, and the parent is pinned to cores()[0], so "not pinned" has to be set
+    explicitly or every unpinned child shares the parent's core."""
+    os.sched_setaffinity(0, {core} if core is not None else set(cores()))
 
 
 # -- shared scratch -------------------------------------------------------------------------

@@ -57,9 +57,9 @@ def _measure(name, inst, ctx, size, tick_ns):
     n, warm, n_thr = size["poll" if poll_py else "njit"]
     lat = rings.ring_latency(kind, readers, inst, n, warm, 1.0 if poll_py else tick_ns, budget,
                              poll_py=poll_py)
-    thr, lost = rings.ring_throughput(kind, readers, inst, n_thr, tick_ns, budget,
-                                      poll_py=poll_py)
-    return lat, thr, lost
+    thr, runs, lost = rings.ring_throughput(kind, readers, inst, n_thr, tick_ns, budget,
+                                            poll_py=poll_py)
+    return lat, thr, lost, runs
 
 
 RING_TRANSPORTS = ("spsc-njit", "spsc-poll", "broadcast-1", "broadcast-3")
@@ -118,7 +118,7 @@ class _watchdog:
         signal.signal(signal.SIGALRM, self._old)
 
 
-def _row(name, lat, thr, lost):
+def _row(name, lat, thr, lost, thr_runs=None):
     from shm.histogram import LatencyHistogram
 
     h = LatencyHistogram.local()
@@ -126,7 +126,8 @@ def _row(name, lat, thr, lost):
     p = h.percentiles([50, 99, 99.9])
     return {"transport": name, "p50_ns": p[50], "p99_ns": p[99], "p999_ns": p[99.9],
             "max_ns": h.max, "throughput_rps": round(thr, 1), "samples": h.count,
-            "lost": int(lost)}
+            "lost": int(lost),
+            **({"throughput_runs_rps": [round(r, 1) for r in thr_runs]} if thr_runs else {})}
 
 
 def run_all(names, quick, progress) -> tuple[dict, list[dict]]:
@@ -192,6 +193,12 @@ def _fmt_ratio(x) -> str:
     return "-" if x is None else (f"{x:.0f}x" if x >= 10 else f"{x:.2f}x")
 
 
+def _rings_thr_runs() -> int:
+    from bench._ipc_rings import THR_RUNS
+
+    return THR_RUNS
+
+
 def render_table(machine, results) -> str:
     by = {r["transport"]: r for r in results}
     q = by.get("mp-queue", {})
@@ -231,7 +238,9 @@ def render_table(machine, results) -> str:
     lines.append("spsc-njit / broadcast: @njit loops on both sides; spsc-poll: one Python call "
                  "per batch on both sides (Reader.poller / Writer.publisher); with more "
                  "processes than cores (broadcast-3 on 2 cores) the kernels yield after a short "
-                 "spin, and the throughput run lets the readers float between cores")
+                 "spin, and the throughput run leaves the writer's core to the writer (the "
+                 "readers share the others); ring throughput is the median of "
+                 f"{_rings_thr_runs()} runs")
     lines.append("* against a short floor measured just before that transport (the vCPUs of a "
                  "VM move between host cores, which changes the floor several-fold); a ring "
                  "transport is measured again if the floor after it differs by more than "
