@@ -7,7 +7,9 @@ re-enters the kernels (yielding the core in between) and enforces each figure's 
 Ping-pong: the parent publishes one 64-byte record on the out ring, every reader sends it back on
 its own SPSC ring (fan-in: one reader polls several SPSC rings), the round trip ends when all
 replies are in; one-way = round trip / 2. Throughput: the parent publishes N records in batches,
-the children consume and check that every sequence number arrives once and in order. The
+the children consume and check that every sequence number arrives once and in order; a child
+that caught up waits until the writer is THR_LAG records ahead before it polls again (why:
+consume_kernel). The
 broadcast writer never waits, so to measure delivered throughput the benchmark's producer paces
 itself on its slowest reader's cursor (a lapped reader would make the figure meaningless);
 lost records are still counted and reported.
@@ -20,8 +22,8 @@ import time
 import numpy as np
 
 from bench._ipc_kernels import (BATCH, BCAST, LAT_CAPACITY, SHARED_SPIN, SPIN, SPSC,
-                                THR_CAPACITY, consume_kernel, floor_ping, floor_pong, ping_kernel,
-                                pong_kernel, produce_kernel, warm_up)
+                                THR_CAPACITY, THR_LAG, consume_kernel, floor_ping, floor_pong,
+                                ping_kernel, pong_kernel, produce_kernel, warm_up)
 from bench._procs import Children, core_for, cores, read_tsc, shared_int64, wait_until
 from shm.records import MARKET_DTYPE
 from shm.ring import BroadcastRing, SpscRing
@@ -55,23 +57,6 @@ def _shared(n_procs):
 def _spin(n_procs):
     """Empty polls before yielding: spin on dedicated cores, yield soon on shared ones."""
     return SHARED_SPIN if _shared(n_procs) else SPIN
-
-
-def _reader_core(i, n_readers, streaming):
-    """Core of reader i: its own where there are enough. With more processes than cores
-    (3 broadcast readers and a writer on 2 cores):
-    - the ping-pong goes round robin over all cores (readers 0 and 2 on core 1, reader 1 on
-      the writer's core; a hand-over then waits for one yield);
-    - the throughput run keeps the writer's core for the writer (a broadcast writer never
-      waits for its readers) and puts the readers on the other cores, sharing them.
-    Measured on a 2-core VM (quick runs, median of 3): 55-63 M rec/s per reader where the
-    vCPUs sit close (cache-line floor 60-70 ns, SPSC 176-191 M there) and 32-38 M where they
-    sit far apart (floor ~300 ns, SPSC 50-58 M). All four processes on one core: 55-60 M in
-    either placement; the readers floating over both cores: 59-65 and 30-36 M."""
-    if streaming and _shared(n_readers + 1):
-        others = cores()[1:]
-        return others[i % len(others)]
-    return core_for(i)
 
 
 def _i64(arr):
@@ -139,7 +124,7 @@ def _child_consume(kind, inst, index, poll_py, results, target_at, hard, spin):
                 idle += 1
             if idle < 20_000:
                 continue
-        elif consume_kernel(kind, r.st, r.slots, dst, prog, target, spin):
+        elif consume_kernel(kind, r.st, r.slots, dst, prog, target, spin, THR_LAG):
             break
         target = int(results[target_at])
         if time.monotonic() > hard:
@@ -189,7 +174,7 @@ def ring_latency(kind, n_readers, inst, n, warm, tick_ns, budget_s, poll_py=Fals
                     kids.start(_child_pong_poll, (inst, total, ready, hard), core_for(i))
                 else:
                     kids.start(_child_pong, (kind, inst, i, total, ready, hard, spin),
-                               _reader_core(i, n_readers, streaming=False))
+                               core_for(i))
             wait_until(lambda: all(ready[16 * i] for i in range(n_readers)), "ping: readers",
                        30, kids)
             w = out.writer()
@@ -245,7 +230,13 @@ def ring_throughput(kind, n_readers, inst, n, tick_ns, budget_s, poll_py=False):
     """Records per second from the parent to n_readers consumers (each gets every record):
     the median of THR_RUNS runs after a warm-up run (a run takes 10-200 ms, and with more
     processes than cores one run in ten or so lands in a poor schedule); the runs' rates;
-    and records lost to lapping in all of them (0 unless pacing failed)."""
+    and records lost to lapping in all of them (0 unless pacing failed).
+
+    Placement: core_for, as the ping-pong: with 3 broadcast readers and the writer on 2
+    cores, readers 0 and 2 share core 1 and reader 1 shares the writer's core. On a 2-core
+    EPYC VM whose vCPUs sit close (floor 60-70 ns), 5 M records per run: 87-92 M rec/s per
+    reader; the 3 readers on core 1 and the writer alone 66-70; all four processes on one
+    core 57-63 (SPSC 177-192 in the same runs)."""
     share = budget_s / (THR_RUNS + 1)
     _throughput_once(kind, n_readers, inst, max(1, n // 4), tick_ns, share, poll_py)
     rates, lost = [], 0
@@ -271,7 +262,7 @@ def _throughput_once(kind, n_readers, inst, n, tick_ns, budget_s, poll_py):
         with Children() as kids:
             for i in range(n_readers):
                 kids.start(_child_consume, (kind, inst, i, poll_py, results, target_at, hard,
-                                            spin), _reader_core(i, n_readers, streaming=True))
+                                            spin), core_for(i))
             wait_until(lambda: all(results[16 * i] for i in range(n_readers)),
                        "throughput: readers", 30, kids)
             w = ring.writer()

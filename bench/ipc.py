@@ -193,10 +193,10 @@ def _fmt_ratio(x) -> str:
     return "-" if x is None else (f"{x:.0f}x" if x >= 10 else f"{x:.2f}x")
 
 
-def _rings_thr_runs() -> int:
-    from bench._ipc_rings import THR_RUNS
+def _rings_thr(name: str) -> int:
+    from bench import _ipc_rings
 
-    return THR_RUNS
+    return getattr(_ipc_rings, name)
 
 
 def render_table(machine, results) -> str:
@@ -238,9 +238,9 @@ def render_table(machine, results) -> str:
     lines.append("spsc-njit / broadcast: @njit loops on both sides; spsc-poll: one Python call "
                  "per batch on both sides (Reader.poller / Writer.publisher); with more "
                  "processes than cores (broadcast-3 on 2 cores) the kernels yield after a short "
-                 "spin, and the throughput run leaves the writer's core to the writer (the "
-                 "readers share the others); ring throughput is the median of "
-                 f"{_rings_thr_runs()} runs")
+                 "spin; throughput consumers drain in batches (once caught up, an @njit "
+                 f"consumer waits until the writer is {_rings_thr('THR_LAG')} records ahead), "
+                 f"and ring throughput is the median of {_rings_thr('THR_RUNS')} runs")
     lines.append("* against a short floor measured just before that transport (the vCPUs of a "
                  "VM move between host cores, which changes the floor several-fold); a ring "
                  "transport is measured again if the floor after it differs by more than "

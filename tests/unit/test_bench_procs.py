@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from bench import _ipc_rings
 from bench._procs import Children, cores, shared_int64
 
 
@@ -29,15 +28,3 @@ def test_a_child_started_unpinned_may_run_on_every_core_though_its_parent_is_pin
         os.sched_setaffinity(0, saved)
     assert out[0] == sum(1 << c for c in cs)    # not the parent's one core, inherited
     assert out[1] == 1 << cs[1]
-
-
-def test_broadcast_throughput_readers_leave_the_writers_core_to_the_writer():
-    cs = cores()
-    if len(cs) < 2:
-        pytest.skip("needs at least 2 usable cores")
-    n = len(cs)  # one writer and n readers: more processes than cores
-    placed = [_ipc_rings._reader_core(i, n, streaming=True) for i in range(n)]
-    assert cs[0] not in placed and set(placed) == set(cs[1:])
-    # the ping-pong goes round robin over every core
-    lat = [_ipc_rings._reader_core(i, n, streaming=False) for i in range(n)]
-    assert set(lat) == set(cs)
