@@ -159,8 +159,8 @@ def consume_kernel(kind, st, slots, dst, prog, n, spin, lag):
     pulls lines the writer is about to store to: each line then crosses between the cores
     more than once. The SPSC reader never stays there (it is slower than its writer, so its
     ring fills), but a broadcast reader is a little faster than its writer and does: on a
-    2-core EPYC VM, broadcast-1 ran at ~95 M rec/s against SPSC's ~185 without the wait,
-    150-160 with it; SPSC is unchanged. The ping-pong consumers never wait (latency).
+    2-core EPYC VM, broadcast-1 ran at 90-110 M rec/s against SPSC's ~185 without the wait,
+    150-184 with it; SPSC is unchanged. The ping-pong consumers never wait (latency).
     """
     spins = 0
     yields = 0
