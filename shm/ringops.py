@@ -257,20 +257,22 @@ def bcast_poll_into(s, dst, max_n):
 
 
 @njit(cache=True)
-def spsc_publish_from(s, src, cap, n):
+def _check_publish(s, cap, n):
     if peek(s, ST_CLOSED) != 0:
         raise ValueError("publish on a closed ring")
     if n < 0 or n > cap:
         raise ValueError("publish count outside the publisher's buffer")
+
+
+@njit(cache=True)
+def spsc_publish_from(s, src, cap, n):
+    _check_publish(s, cap, n)
     return spsc_publish_at(s, src, n)
 
 
 @njit(cache=True)
 def bcast_publish_from(s, src, cap, n):
-    if peek(s, ST_CLOSED) != 0:
-        raise ValueError("publish on a closed ring")
-    if n < 0 or n > cap:
-        raise ValueError("publish count outside the publisher's buffer")
+    _check_publish(s, cap, n)
     return bcast_publish_at(s, src, n)
 
 
