@@ -9,10 +9,9 @@ its own SPSC ring (fan-in: one reader polls several SPSC rings), the round trip 
 replies are in; one-way = round trip / 2. Throughput: the parent publishes N records in batches,
 the children consume and check that every sequence number arrives once and in order; a child
 that caught up waits until the writer is THR_LAG records ahead before it polls again (why:
-consume_kernel). The
-broadcast writer never waits, so to measure delivered throughput the benchmark's producer paces
-itself on its slowest reader's cursor (a lapped reader would make the figure meaningless);
-lost records are still counted and reported.
+consume_kernel). The broadcast writer never waits, so to measure delivered throughput the
+benchmark's producer paces itself on its slowest reader's cursor (a lapped reader would make
+the figure meaningless); lost records are still counted and reported.
 """
 from __future__ import annotations
 

@@ -193,13 +193,9 @@ def _fmt_ratio(x) -> str:
     return "-" if x is None else (f"{x:.0f}x" if x >= 10 else f"{x:.2f}x")
 
 
-def _rings_thr(name: str) -> int:
-    from bench import _ipc_rings
-
-    return getattr(_ipc_rings, name)
-
-
 def render_table(machine, results) -> str:
+    from bench._ipc_rings import THR_LAG, THR_RUNS
+
     by = {r["transport"]: r for r in results}
     q = by.get("mp-queue", {})
     head = ("transport", "p50", "p99", "p99.9", "max", "Mrec/s", "p50 vs mp-queue",
@@ -239,8 +235,8 @@ def render_table(machine, results) -> str:
                  "per batch on both sides (Reader.poller / Writer.publisher); with more "
                  "processes than cores (broadcast-3 on 2 cores) the kernels yield after a short "
                  "spin; throughput consumers drain in batches (once caught up, an @njit "
-                 f"consumer waits until the writer is {_rings_thr('THR_LAG')} records ahead), "
-                 f"and ring throughput is the median of {_rings_thr('THR_RUNS')} runs")
+                 f"consumer waits until the writer is {THR_LAG} records ahead), "
+                 f"and ring throughput is the median of {THR_RUNS} runs")
     lines.append("* against a short floor measured just before that transport (the vCPUs of a "
                  "VM move between host cores, which changes the floor several-fold); a ring "
                  "transport is measured again if the floor after it differs by more than "

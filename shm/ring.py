@@ -213,18 +213,19 @@ def _create_sem(sem_name: str) -> None:
             if attempt:
                 raise SegmentError(f"semaphore {sem_name} already exists and could not be "
                                    "replaced (see `python run.py shm ls`)") from None
-            try:
-                posix_ipc.unlink_semaphore(sem_name)
-            except posix_ipc.ExistentialError:
-                pass
+            _unlink_sem(sem_name)
+
+
+def _unlink_sem(sem_name: str) -> None:
+    try:
+        posix_ipc.unlink_semaphore(sem_name)
+    except posix_ipc.ExistentialError:
+        pass
 
 
 def _unlink_sems(instance: str, name: str, n: int) -> None:
     for i in range(n):
-        try:
-            posix_ipc.unlink_semaphore(_sem_name(instance, name, i))
-        except posix_ipc.ExistentialError:
-            pass
+        _unlink_sem(_sem_name(instance, name, i))
 
 
 class _End:
