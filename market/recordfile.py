@@ -82,9 +82,15 @@ def instruments_from_header(header: dict):
 
 
 class RecordFileWriter:
-    """Append-only writer; the header's record count is rewritten on flush() and close()."""
+    """Append-only writer; the header's record count is rewritten on flush() and close().
 
-    def __init__(self, path, dtype: np.dtype, instruments=(), meta: dict | None = None):
+    Files are created owner-only (0600): they are trading records. ``buffered=False`` hands
+    every ``append`` straight to the kernel (one write(2), no user-space buffer): once it
+    returns, the records survive the death of the writing process (the journal relies on this;
+    surviving a power cut would need fsync as well)."""
+
+    def __init__(self, path, dtype: np.dtype, instruments=(), meta: dict | None = None,
+                 buffered: bool = True):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.count = 0
@@ -95,7 +101,8 @@ class RecordFileWriter:
         header_len = -(-(_PREFIX.size + len(text)) // ALIGN) * ALIGN
         prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, header_len, layout_hash(self.dtype),
                               self.dtype.itemsize, len(text), 0)
-        self._f = open(self.path, "wb")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._f = os.fdopen(fd, "wb", buffering=-1 if buffered else 0)
         self._f.write(prefix + text + b" " * (header_len - _PREFIX.size - len(text)))
         self.header_len = header_len
 
@@ -105,7 +112,10 @@ class RecordFileWriter:
                                   f"{dtype_name(self.dtype)} records")
         if len(records) == 0:
             return
-        self._f.write(memoryview(np.ascontiguousarray(records)).cast("B"))
+        data = memoryview(np.ascontiguousarray(records)).cast("B")
+        done = self._f.write(data)
+        while done is not None and done < len(data):   # unbuffered: write(2) may be short
+            done += self._f.write(data[done:])
         self.count += len(records)
 
     def flush(self) -> None:

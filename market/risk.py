@@ -33,7 +33,8 @@ import numpy as np
 from numba import njit
 
 from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives in one place)
-    AG_COST, AG_POS, AG_WORDS, G_KILL, G_MODE, G_OPEN_TOTAL, G_TABLE_FULL, G_WORDS, GF_DAY_START,
+    AG_COST, AG_POS, AG_WORDS, G_HALT_REASON, G_HALTS, G_KILL, G_MODE, G_OPEN_TOTAL,
+    G_TABLE_FULL, G_WORDS, GF_DAY_START,
     GF_FEES, GF_PEAK, GF_REALIZED, GF_UNREAL, GF_WORDS, LF_DAILY_LOSS, LF_INST_VALUE,
     LF_MAX_CANCELS_PER_S, LF_MAX_DRAWDOWN, LF_MAX_OPEN_ORDERS, LF_MAX_ORDER_QTY,
     LF_MAX_ORDERS_PER_S, LF_MAX_OTR, LF_MAX_POSITION, LF_N_INST, LF_N_STRAT, LF_OTR_MIN_ORDERS,
@@ -43,7 +44,7 @@ from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives 
     R_OO_FREE, R_OO_HASH, R_OO_LIST, R_OPEN_BUY, R_OPEN_SELL, R_ORDER_TS, R_POS, R_SC, R_SPF,
     SC_CANCEL_HEAD, SC_FILLS, SC_ORDER_HEAD, SC_ORDERS, SC_WORDS, SP_COST, SP_FEES, SP_REALIZED,
     SP_WORDS, equity, equity_of, mark_to_market, on_accept, on_ack, on_cancel, on_exec, on_fill,
-    on_reject, oo_find, reset_day, row_of, set_kill, set_mode,
+    on_reject, oo_find, reset_day, roll_day, row_of, set_kill, set_mode,
 )
 from shm.instruments import InstrumentTable
 from shm.records import (
@@ -251,8 +252,8 @@ def _check(lf, li, g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel
     if code < 0 and not system:
         if g[G_KILL] != 0:
             code = REJECT_KILL_SWITCH
-        elif g[G_MODE] == RISK_HALTED:
-            code = REJECT_HALTED
+        elif g[G_MODE] == RISK_HALTED:   # a latched loss halt keeps naming its reason
+            code = g[G_HALT_REASON] if g[G_HALT_REASON] != 0 else REJECT_HALTED
         else:
             c = check_loss(lf, gf)
             if c:

@@ -22,7 +22,7 @@ from numba import njit
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
     EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE,
-    OFLAG_RISK_SYSTEM, SIDE_BUY,
+    OFLAG_RISK_SYSTEM, REJECT_DAILY_LOSS, REJECT_DRAWDOWN, RISK_ACTIVE, RISK_HALTED, SIDE_BUY,
 )
 
 # ---- limits = (lf float64[LF_INST_VALUE + n + 1], li int64[n + 1, LI_WORDS]) ------------------
@@ -39,7 +39,12 @@ LI_WORDS = 2
 # ---- rstate = (g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, oo, spf, agg,
 #                marks) ---------------------------------------------------------------------
 G_KILL, G_MODE, G_OPEN_TOTAL, G_TABLE_FULL = 0, 1, 2, 3        # int64 words
-G_WORDS = 4
+# The loss latch: the first fill or mark that breaches the daily-loss or drawdown limit sets
+# G_MODE = RISK_HALTED with its REJECT_* reason in G_HALT_REASON, and it stays so when the mark
+# recovers: only an operator resume (set_mode ACTIVE) or the trading day's roll (roll_day)
+# lifts it. G_HALTS counts the latching events (the stage journals each one it sees).
+G_HALT_REASON, G_HALTS = 4, 5
+G_WORDS = 6
 GF_REALIZED, GF_FEES, GF_UNREAL, GF_PEAK, GF_DAY_START = 0, 1, 2, 3, 4   # float64, quote
 GF_WORDS = 5
 SC_ORDERS, SC_FILLS, SC_ORDER_HEAD, SC_CANCEL_HEAD = 0, 1, 2, 3         # per strategy
@@ -298,12 +303,30 @@ def _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist,
 
 
 @njit(cache=True)
+def _latch_loss(lf, g, gf):
+    """Latch HALTED on a breach of the daily-loss or drawdown limit (see G_HALT_REASON)."""
+    if g[G_MODE] == RISK_HALTED:
+        return
+    eq = equity_of(gf)
+    code = 0
+    if gf[GF_DAY_START] - eq > lf[LF_DAILY_LOSS]:
+        code = REJECT_DAILY_LOSS
+    elif gf[GF_PEAK] - eq > lf[LF_MAX_DRAWDOWN]:
+        code = REJECT_DRAWDOWN
+    if code != 0:
+        g[G_MODE] = RISK_HALTED
+        g[G_HALT_REASON] = code
+        g[G_HALTS] += 1
+
+
+@njit(cache=True)
 def _report(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist, icnt, spf,
             agg, marks, e):
     kind = e.kind
     if kind == EXEC_PARTIAL or kind == EXEC_FILL:
         _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist, icnt, spf,
               agg, marks, e)
+        _latch_loss(lf, g, gf)
         return
     j = row_of(oh, e.client_order_id)
     if j < 0:
@@ -323,15 +346,17 @@ def _report(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilis
             od[j, OO_STATE] = OOS_LIVE
     elif kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
         _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
-    elif kind == EXEC_REJECT or kind == EXEC_CANCEL_REJECT:
-        # a refused replace leaves the order as it was; a refused new order is gone
+    elif kind == EXEC_REJECT:
+        # the order itself was refused (a refused cancel or replace is EXEC_CANCEL_REJECT):
+        # it is gone, whatever request of ours was still in flight for it
+        _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
+    elif kind == EXEC_CANCEL_REJECT:
+        # a refused replace leaves the order as it was
         if st == OOS_REPLACING:
             _add_open(open_buy, open_sell, od[j, OO_STRAT], od[j, OO_INST], od[j, OO_SIDE],
                       -od[j, OO_PEND_INC])
             od[j, OO_PEND_INC] = 0
             od[j, OO_STATE] = OOS_LIVE
-        elif kind == EXEC_REJECT and st == OOS_PENDING:
-            _remove(g, open_buy, open_sell, n_open, od, oh, ofree, ilist, icnt, j)
 
 
 @njit(cache=True)
@@ -364,8 +389,11 @@ def _mark(lf, gf, agg, marks, inst, mid_x2):
 
 @njit(cache=True)
 def mark_to_market(limits, rstate, inst, mid_x2):
-    """New reference price for ``inst`` (bid + ask, ticks): unrealized PnL, peak, drawdown."""
-    _mark(limits[0], rstate[R_GF], rstate[R_AGG], rstate[R_MARKS], inst, mid_x2)
+    """New reference price for ``inst`` (bid + ask, ticks): unrealized PnL, peak, drawdown;
+    a breach of the loss or drawdown limit latches HALTED (see G_HALT_REASON)."""
+    lf = limits[0]
+    _mark(lf, rstate[R_GF], rstate[R_AGG], rstate[R_MARKS], inst, mid_x2)
+    _latch_loss(lf, rstate[R_G], rstate[R_GF])
 
 
 @njit(cache=True)
@@ -375,8 +403,12 @@ def set_kill(rstate, on):
 
 @njit(cache=True)
 def set_mode(rstate, mode):
-    """Operator mode: RISK_ACTIVE, RISK_REDUCING or RISK_HALTED (risk_mode may be stricter)."""
-    rstate[R_G][G_MODE] = mode
+    """Operator mode: RISK_ACTIVE, RISK_REDUCING or RISK_HALTED (risk_mode may be stricter).
+    Any operator mode change clears a loss latch's reason; a limit still breached latches
+    again on the next fill or mark (a resume cannot trade through a live breach)."""
+    g = rstate[R_G]
+    g[G_MODE] = mode
+    g[G_HALT_REASON] = 0
 
 
 @njit(cache=True)
@@ -388,3 +420,19 @@ def reset_day(limits, rstate):
     for s in range(sc.shape[0]):
         sc[s, SC_ORDERS] = 0
         sc[s, SC_FILLS] = 0
+
+
+@njit(cache=True)
+def roll_day(limits, rstate):
+    """The configured trading day rolled over: ``reset_day``, the drawdown peak restarts from
+    current equity (max_drawdown is intraday), and a loss or drawdown latch is lifted (a halt
+    set by the operator or the kill switch is not). Returns the lifted REJECT_* reason or 0."""
+    reset_day(limits, rstate)
+    gf = rstate[R_GF]
+    gf[GF_PEAK] = equity_of(gf)
+    g = rstate[R_G]
+    lifted = g[G_HALT_REASON]
+    if lifted != 0:
+        g[G_MODE] = RISK_ACTIVE
+        g[G_HALT_REASON] = 0
+    return lifted

@@ -262,6 +262,10 @@ class RiskConfig:
                                       "drawdown limit", gt=0, le=1)
     self_trade_prevention: bool = opt(True, "reject orders that would cross our own resting "
                                       "orders")
+    trading_day_start_utc: str = opt("00:00", "HH:MM UTC when the trading day rolls over: the "
+                                     "daily loss counts from here, and a loss or drawdown halt "
+                                     "latched the day before is lifted",
+                                     pattern=r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 @dataclass(frozen=True)

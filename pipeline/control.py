@@ -243,7 +243,7 @@ def dump_latency(ctl, out_dir, baseline: dict | None = None) -> list[str]:
 
 
 def handle_request(ctl, req: dict) -> dict:
-    from shm.records import CTRL_KILL, CTRL_RESUME
+    from shm.records import CTRL_KILL, CTRL_RESUME, RESUME_OPERATOR
 
     cmd = req.get("cmd")
     if cmd == "ping":
@@ -260,13 +260,17 @@ def handle_request(ctl, req: dict) -> dict:
         flatten = bool(req.get("flatten"))
         ctl.kill_switch = True
         ctl.halted_reason = "kill switch" + (" (flatten)" if flatten else "")
-        acked = [s for s in ("risk_gate", "order_router")
-                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_KILL, int(flatten), wait_s=1.0)]
+        journal_event(ctl, "kill", req, flatten=flatten)
+        # the gate flattens (its own orders go through its journal); the router cancels
+        acked = [s for s, arg in (("risk_gate", int(flatten)), ("order_router", 0))
+                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_KILL, arg, wait_s=1.0)]
         return {"ok": True, "halted": acked, "flatten": flatten}
     if cmd == "resume":
         ctl.kill_switch = False
+        journal_event(ctl, "resume", req)
         acked = [s for s in ("order_router", "risk_gate")
-                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_RESUME, wait_s=1.0)]
+                 if s in ctl.supervisor.procs
+                 and ctl.send(s, CTRL_RESUME, RESUME_OPERATOR, wait_s=1.0)]
         ctl.halted_reason = ""
         return {"ok": True, "resumed": acked}
     if cmd == "latency":
@@ -280,6 +284,18 @@ def handle_request(ctl, req: dict) -> dict:
         return reply
     return {"ok": False, "error": f"unknown command {cmd!r} (ping, status, stop, kill, resume, "
                                   "latency)"}
+
+
+def journal_event(ctl, what: str, req: dict, **fields) -> None:
+    """An operator command into the run's events journal, with who sent it and why."""
+    from stages.journal import append_event
+
+    who = str(req.get("who") or "cli")[:32]
+    why = str(req.get("why") or "")[:200]
+    try:
+        append_event(ctl.run_dir / "journal", who, what, why, **fields)
+    except OSError as exc:
+        ctl.log(f"could not journal the {what} command: {exc}")
 
 
 def time_since(t: float) -> float:

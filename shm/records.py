@@ -314,6 +314,8 @@ CTRL_HEARTBEAT = 1
 CTRL_STOP = 2          # finish the current batch, drain, exit
 CTRL_KILL = 3          # kill switch: halt and cancel all (arg0 = 1: flatten too)
 CTRL_RESUME = 4        # leave HALTED after the operator says so
+RESUME_OPERATOR = 1    # CTRL_RESUME arg0 to the gate: the operator's resume (lifts a loss latch);
+                       # 0: only the fail-closed kill switch of a restart, after reconciliation
 CTRL_RISK_STATE = 5    # risk gate -> strategies: arg0 = RISK_* state
 CTRL_CANCEL_ALL = 6    # strategy host: cancel every open order of this strategy
 CTRL_RECONCILE = 7     # after a restart: arg0 = phase

@@ -401,6 +401,7 @@ class RingReader(_End):
             self._poll, self._avail = (_entry(ops.bcast_poll_into, 3),
                                        _entry(ops.bcast_available_at, 1))
         self._sem = None
+        self._peek = self._commit = None
 
     def poll(self, out: np.ndarray) -> int:
         """Copy up to len(out) records into out[:n]; returns n. One kernel call (~0.2 us from
@@ -415,6 +416,27 @@ class RingReader(_End):
         frame, no buffer check per call). For Python loops that poll into one buffer."""
         self._check_buffer(out)
         return self._bound(self._poll, out, out.ctypes.data, len(out))
+
+    def peek(self, out: np.ndarray) -> int:
+        """SPSC: copy up to len(out) records into out[:n] like ``poll``, but keep them owned by
+        the ring until ``commit(n)``. A reader that must make what it read durable first (the
+        journal) peeks, writes, then commits: if it dies in between, its successor reads the
+        same records again."""
+        if self.ring.kind != KIND_SPSC:
+            raise TypeError(f"ring {self.ring.name!r}: peek/commit is for SPSC rings")
+        if self._sa == 0:
+            raise self._closed()
+        self._check_buffer(out)
+        if self._peek is None:
+            self._peek, self._commit = _entry(ops.spsc_peek_at, 3), _entry(ops.spsc_commit_at, 2)
+        return self._peek(self._sa, out.ctypes.data, len(out))
+
+    def commit(self, n: int) -> None:
+        """Release the first n records of the last ``peek`` to the writer."""
+        if self._sa == 0:
+            raise self._closed()
+        if n > 0:
+            self._commit(self._sa, int(n))
 
     def available(self) -> bool:
         if self._sa == 0:

@@ -131,7 +131,10 @@ def spsc_publish_at(s, src, n):
 
 
 @njit(cache=True)
-def spsc_poll_at(s, dst, max_n):
+def spsc_peek_at(s, dst, max_n):
+    """Copy up to max_n ready records into dst without releasing them: the reader's cursor (and
+    so the writer's view of free space) stays where it was until ``spsc_commit_at``. A process
+    that dies between the two leaves the records in the ring for its successor."""
     pos = peek(s, ST_POS)
     mask = peek(s, ST_MASK)
     rb = peek(s, ST_WORDS) * 8
@@ -146,9 +149,32 @@ def spsc_poll_at(s, dst, max_n):
         copy_payload(out, slot, rb)
         poke(out, 0, seq)
         n += 1
+    return n
+
+
+@njit(cache=True)
+def spsc_commit_at(s, n):
+    """Release the next n peeked records to the writer (our loads of them finished first)."""
     if n > 0:
-        poke(s, ST_POS, pos + n)
-        store_release(peek(s, ST_CURSOR_ADDR), pos + n)
+        pos = peek(s, ST_POS) + n
+        poke(s, ST_POS, pos)
+        store_release(peek(s, ST_CURSOR_ADDR), pos)
+
+
+@njit(cache=True)
+def spsc_free_at(s):
+    """Writer: slots free for publishing now (acquire-loads the reader's cursor). Only the
+    reader moves that cursor, and only forward, so the free space a writer sees can only grow
+    until it publishes itself: a batch sized to it is never cut short."""
+    cached = load_acquire(peek(s, ST_CURSOR_ADDR))
+    poke(s, ST_CACHED, cached)
+    return peek(s, ST_CAPACITY) - (peek(s, ST_POS) - cached)
+
+
+@njit(cache=True)
+def spsc_poll_at(s, dst, max_n):
+    n = spsc_peek_at(s, dst, max_n)
+    spsc_commit_at(s, n)
     return n
 
 
@@ -294,6 +320,27 @@ def spsc_poll(st, slots, dst, max_n):
     ``ring_seq`` of each copied record is set to its sequence number (0-based).
     """
     return spsc_poll_at(st.ctypes.data, dst.ctypes.data, max_n)
+
+
+@njit(cache=True, nogil=True)
+def spsc_free(st):
+    """Writer: how many records a publish would take now (see spsc_free_at)."""
+    return spsc_free_at(st.ctypes.data)
+
+
+@njit(cache=True, nogil=True)
+def spsc_peek(st, slots, dst, max_n):
+    """Like spsc_poll, but the records stay owned by the ring until ``spsc_commit``: a reader
+    that must make its outputs durable before it lets go of its inputs (the risk gate, the
+    journal) peeks, publishes, then commits. Peeking again before a commit re-reads the same
+    records."""
+    return spsc_peek_at(st.ctypes.data, dst.ctypes.data, max_n)
+
+
+@njit(cache=True, nogil=True)
+def spsc_commit(st, n):
+    """Release the first n records of the last peek."""
+    spsc_commit_at(st.ctypes.data, n)
 
 
 @njit(cache=True, nogil=True)

@@ -13,9 +13,17 @@ never truncates what its predecessor wrote):
                                    (``run.py backtest --data`` replays these)
 
 Memory stays bounded: each poll copies at most one batch per input into a fixed buffer and
-hands it straight to the file (the OS page cache does the rest); files are flushed every
-``FLUSH_EVERY_NS`` and on CTRL_RECONCILE (the controller's "flush now" before a restarted gate or
-router rebuilds itself from these files).
+hands it straight to the file; the header's record count is refreshed every ``FLUSH_EVERY_NS``
+and on CTRL_RECONCILE (the controller's "flush now" before a restarted gate, router or strategy
+rebuilds itself from these files).
+
+Nothing is lost to a kill -9 of the journal: the order-path rings are *peeked*, the batch is
+written with one unbuffered write(2) (in the kernel's page cache once it returns, whatever
+happens to this process), and only then released to the writer (``commit``). A journal killed
+between the write and the commit leaves those records in the ring, and its successor writes
+them again into its own file: the readers below drop such repeats by the ring sequence number
+every journaled record carries in ``ring_seq`` (the jorder / jexec ring position, unique for
+the whole run).
 """
 from __future__ import annotations
 
@@ -46,12 +54,12 @@ class JournalStage(Stage):
         insts = list(InstrumentTable.from_config(cfg))
         meta = {"instance": inst, "incarnation": k}
         self._rings = []
-        self.inputs = []   # (reader, buffer, writer)
+        self.inputs = []   # (reader, buffer, writer, lossless)
 
-        def add(ring, reader, dtype, fname):
+        def add(ring, reader, dtype, fname, lossless=True):
             self._rings.append(ring)
-            w = RecordFileWriter(self.dir / fname, dtype, insts, meta=meta)
-            self.inputs.append((reader, np.zeros(BATCH, dtype=dtype), w))
+            w = RecordFileWriter(self.dir / fname, dtype, insts, meta=meta, buffered=False)
+            self.inputs.append((reader, np.zeros(BATCH, dtype=dtype), w, lossless))
 
         r = SpscRing.attach(inst, "jorder", ORDER_DTYPE)
         add(r, r.reader(), ORDER_DTYPE, f"orders-{k}.rec")
@@ -63,16 +71,22 @@ class JournalStage(Stage):
                 r = BroadcastRing.attach(inst, f"md-{v}", MARKET_DTYPE)
                 reader = r.reader(topo.md_readers[v]["journal"])
                 self.md_readers.append(reader)
-                add(r, reader, MARKET_DTYPE, f"md-{v}-{k}.rec")
+                add(r, reader, MARKET_DTYPE, f"md-{v}-{k}.rec", lossless=False)
         self.next_flush = 0
 
     def poll(self) -> int:
         work = 0
-        for reader, buf, w in self.inputs:
-            n = reader.poll(buf)
-            if n:
-                w.append(buf[:n])
-                work += n
+        for reader, buf, w, lossless in self.inputs:
+            if lossless:   # durable first, then let go of the input (see the docstring)
+                n = reader.peek(buf)
+                if n:
+                    w.append(buf[:n])
+                    reader.commit(n)
+            else:          # market data: a broadcast reader cannot hold the writer back
+                n = reader.poll(buf)
+                if n:
+                    w.append(buf[:n])
+            work += n
         self.records_in += work
         self.records_out += work
         now = time.monotonic_ns()
@@ -82,7 +96,7 @@ class JournalStage(Stage):
         return work
 
     def flush(self) -> None:
-        for _r, _b, w in self.inputs:
+        for _r, _b, w, _l in self.inputs:
             w.flush()
 
     def on_control(self, kind: int, rec) -> None:
@@ -98,11 +112,11 @@ class JournalStage(Stage):
 
     def fill_status(self, values) -> None:
         self.records_lost = sum(r.lost for r in self.md_readers)
-        self.ring_lag = sum(r.pending() for r, _b, _w in self.inputs)
+        self.ring_lag = sum(r.pending() for r, _b, _w, _l in self.inputs)
         super().fill_status(values)
 
     def on_stop(self) -> None:
-        for _r, _b, w in self.inputs:
+        for _r, _b, w, _l in self.inputs:
             w.close()
         for r in self._rings:
             r.close()
@@ -124,7 +138,15 @@ def _read_all(jdir: Path, prefix: str, dtype) -> np.ndarray:
             warnings.simplefilter("ignore", RecordFileWarning)  # a live file may end mid-record
             _h, recs = open_record_file(f, dtype)
         parts.append(np.array(recs))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    out = np.concatenate(parts)
+    # a journal killed between its write and its ring commit wrote the tail again in its
+    # successor's file: keep the first copy of every ring position
+    _seqs, first = np.unique(out["ring_seq"], return_index=True)
+    if len(first) != len(out):
+        out = out[np.sort(first)]
+    return out
 
 
 def read_journal_orders(jdir) -> np.ndarray:
@@ -169,3 +191,44 @@ def summarize_journal(jdir) -> dict:
             "approved_new": int(len(approved)), "exec_reports": int(len(execs)),
             "fills": int(len(fills)), "rejects_by_reason": rejects,
             "approved_without_final": len(open_ids), "per_strategy": per_strategy}
+
+
+# ------------------------------------------------------------------------------------------
+# Events (cold): halts, resumes, kill switch, day rolls, limit changes; who and why
+# ------------------------------------------------------------------------------------------
+EVENTS_FILE = "events.jsonl"
+
+
+def append_event(jdir, who: str, what: str, why: str = "", **fields) -> dict:
+    """Append one event line to ``<jdir>/events.jsonl`` (0600). Any process may call it: each
+    event is a single O_APPEND write(2) of one line, so lines from several processes never
+    interleave. ``who``: the actor (gate, controller, cli, signal); ``what``: the event."""
+    import json
+    import os
+
+    ev = {"ts_ns": time.time_ns(), "who": who, "what": what, "why": why, **fields}
+    Path(jdir).mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(ev, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(Path(jdir) / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return ev
+
+
+def read_events(jdir) -> list[dict]:
+    """Every event in order; a line cut short by a crash is skipped."""
+    import json
+
+    try:
+        text = (Path(jdir) / EVENTS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

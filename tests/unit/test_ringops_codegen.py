@@ -24,6 +24,9 @@ KERNELS = {
     # address-level cores (stage kernels reach them through the shims, Python through ring.py)
     "spsc_publish_at": (I64, I64, I64),
     "spsc_poll_at": (I64, I64, I64),
+    "spsc_peek_at": (I64, I64, I64),
+    "spsc_commit_at": (I64, I64),
+    "spsc_free_at": (I64,),
     "spsc_available_at": (I64,),
     "bcast_publish_at": (I64, I64, I64),
     "bcast_poll_at": (I64, I64, I64),
@@ -36,6 +39,9 @@ KERNELS = {
     # the array shims stage kernels call
     "spsc_publish": (ARR1, ARR2, ARR2, I64),
     "spsc_poll": (ARR1, ARR2, ARR2, I64),
+    "spsc_peek": (ARR1, ARR2, ARR2, I64),
+    "spsc_commit": (ARR1, I64),
+    "spsc_free": (ARR1,),
     "spsc_available": (ARR1, ARR2),
     "bcast_publish": (ARR1, ARR2, ARR2, I64),
     "bcast_poll": (ARR1, ARR2, ARR2, I64),

@@ -236,6 +236,46 @@ def test_drawdown_from_peak_equity_passes_at_the_limit_and_rejects_beyond():
     assert check(limits, rs, order(SIDE_SELL, px=10_005), ref=2 * 10_005) == REJECT_DRAWDOWN
 
 
+def test_a_daily_loss_halt_stays_latched_when_the_mark_recovers():
+    limits, rs = make(daily_loss_limit=1_000.0, max_drawdown=1e9)
+    filled(limits, rs, SIDE_BUY, 100, 10_000)
+    risk.mark_to_market(limits, rs, UNIT, 2 * 9_980)      # -2000: beyond the limit
+    assert risk.risk_mode(limits[0], rs) == RISK_HALTED
+    risk.mark_to_market(limits, rs, UNIT, 2 * 10_000)     # back to flat PnL
+    assert risk.equity(limits[0], rs) == 0.0
+    assert risk.risk_mode(limits[0], rs) == RISK_HALTED
+    assert check(limits, rs, order(SIDE_BUY)) == REJECT_DAILY_LOSS
+    assert rs[risk.R_G][risk.G_HALTS] == 1
+
+
+def test_a_drawdown_halt_latched_by_a_fill_stays_until_the_operator_resumes():
+    limits, rs = make(daily_loss_limit=1e9, max_drawdown=500.0)
+    filled(limits, rs, SIDE_BUY, 100, 10_000)
+    risk.mark_to_market(limits, rs, UNIT, 2 * 10_010)     # peak +1000
+    filled(limits, rs, SIDE_SELL, 100, 10_004)            # realizes +400: drawdown 600
+    assert check(limits, rs, order(SIDE_BUY, px=10_004), ref=2 * 10_004) == REJECT_DRAWDOWN
+    risk.mark_to_market(limits, rs, UNIT, 2 * 10_020)     # flat: the mark changes nothing
+    assert risk.risk_mode(limits[0], rs) == RISK_HALTED
+    risk.set_mode(rs, RISK_ACTIVE)                        # the operator resumes
+    assert rs[risk.R_G][risk.G_HALT_REASON] == 0
+    # the breach is still live (peak 1000, equity 400): the next mark latches it again
+    risk.mark_to_market(limits, rs, UNIT, 2 * 10_020)
+    assert risk.risk_mode(limits[0], rs) == RISK_HALTED
+    assert rs[risk.R_G][risk.G_HALTS] == 2
+
+
+def test_the_trading_day_roll_lifts_a_loss_latch_but_not_an_operator_halt():
+    limits, rs = make(daily_loss_limit=1_000.0, max_drawdown=1e9)
+    filled(limits, rs, SIDE_BUY, 100, 10_000)
+    risk.mark_to_market(limits, rs, UNIT, 2 * 9_980)
+    assert risk.roll_day(limits, rs) == REJECT_DAILY_LOSS
+    assert risk.risk_mode(limits[0], rs) == RISK_ACTIVE   # the new day counts from -2000
+    assert check(limits, rs, order(SIDE_SELL, px=9_980), ref=2 * 9_980) == 0
+    risk.set_mode(rs, RISK_HALTED)                        # an operator halt
+    assert risk.roll_day(limits, rs) == 0
+    assert risk.risk_mode(limits[0], rs) == RISK_HALTED
+
+
 def test_kill_switch_rejects_new_orders_but_lets_cancels_through():
     limits, rs = make()
     rec = order()
