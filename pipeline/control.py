@@ -165,6 +165,8 @@ def risk_snapshot(ctl) -> dict:
             "strategy_id": sid, "positions_lots": pos,
             "venue_positions_lots": {insts[i - 1].key: int(rv.router_pos[sid, i])
                                      for i in range(1, len(insts) + 1) if rv.router_pos[sid, i]},
+            "own_positions_lots": {insts[i - 1].key: int(rv.strat_pos[sid, i])
+                                   for i in range(1, len(insts) + 1) if rv.strat_pos[sid, i]},
             "open_orders": int(rv.router_open[sid]),
             "realized_pnl": float(pnl[PNL_REALIZED]), "unrealized_pnl": float(pnl[PNL_UNREALIZED]),
             "fees": float(pnl[PNL_FEES]),

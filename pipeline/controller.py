@@ -198,9 +198,11 @@ class Controller:
             self.halt(f"{name} failed permanently")
             return
         if spec.role == ROLE_STRATEGY:
-            # its open orders are orphans now: cancel them at the venue before it comes back
+            # its open orders are orphans now: cancel them at the venue before it comes back;
+            # the replacement rebuilds its positions and open orders from the journal
             if self.alive("order_router"):
                 self.send("order_router", CTRL_CANCEL_ALL, spec.strategy_id)
+            self.flush_journal(wait_s=0.5)
             self.supervisor.restart(spec)
         elif spec.role in (ROLE_GATE, ROLE_ROUTER):
             self.halt(f"{name} {why}")
@@ -215,14 +217,23 @@ class Controller:
 
     def halt(self, reason: str) -> None:
         self.halted_reason = reason
-        for stage in ("risk_gate", "order_router"):
-            if stage in self.supervisor.procs:
-                self.send(stage, CTRL_KILL, 0, wait_s=0.5)
+        acked = [stage for stage in ("risk_gate", "order_router")
+                 if stage in self.supervisor.procs and self.send(stage, CTRL_KILL, 0, wait_s=0.5)]
+        self.event("halt", reason, acked_by=acked)
 
-    def flush_journal(self) -> None:
+    def event(self, what: str, why: str = "", **fields) -> None:
+        """An event of the controller's into the run's events journal (journal/events.jsonl)."""
+        from stages.journal import append_event
+
+        try:
+            append_event(self.run_dir / "journal", "controller", what, why, **fields)
+        except OSError as exc:
+            self.log(f"could not journal event {what}: {exc}")
+
+    def flush_journal(self, wait_s: float = 2.0) -> None:
         if self.topology.journal and self.alive("journal"):
-            if not self.send("journal", CTRL_RECONCILE, wait_s=2.0):
-                self.log("journal did not confirm its flush within 2 s")
+            if not self.send("journal", CTRL_RECONCILE, wait_s=wait_s):
+                self.log(f"journal did not confirm its flush within {wait_s} s")
 
     def note_restarts_running(self) -> None:
         for name, t0 in list(self.restarting.items()):
@@ -253,6 +264,8 @@ class Controller:
             self.send("risk_gate", CTRL_RESUME, wait_s=0.5)
             self.log(f"reconciled after {', '.join(self.reconciling)} restart: "
                      "positions match the venue, no open orders; trading resumed")
+            self.event("resume_after_reconcile", f"{', '.join(self.reconciling)} restarted; "
+                       "positions match the venue, no open orders")
             self.events.append(f"{time.strftime('%H:%M:%S')} reconciled, trading resumed")
             self.reconciling.clear()
             self.halted_reason = ""

@@ -12,6 +12,8 @@ reader only needs a recent, not an instantaneous, picture.
     router header  int64[16]   R_HALTED, R_OPEN, R_SENT, R_FILLS ...
     router pos     int64[S+1, I+1]
     router open    int64[S+1]           open orders per strategy
+    strat  pos     int64[S+1, I+1]      each strategy's own view of its positions (row sid,
+                                        written by that strategy's host only)
 """
 from __future__ import annotations
 
@@ -46,12 +48,14 @@ class RiskView:
         self.router = take(16, np.int64, (16,))
         self.router_pos = take(s1 * i1, np.int64, (s1, i1))
         self.router_open = take(s1, np.int64, (s1,))
+        self.strat_pos = take(s1 * i1, np.int64, (s1, i1))
         self.size = off
 
     @staticmethod
     def size_for(n_strat: int, n_inst: int) -> int:
         s1, i1 = n_strat + 1, n_inst + 1
-        return sum(_align(n * 8) for n in (16, s1 * i1, s1 * PNL_WORDS, 16, s1 * i1, s1))
+        return sum(_align(n * 8) for n in (16, s1 * i1, s1 * PNL_WORDS, 16, s1 * i1, s1,
+                                           s1 * i1))
 
     @classmethod
     def create(cls, instance: str, n_strat: int, n_inst: int) -> "RiskView":
@@ -71,7 +75,7 @@ class RiskView:
 
     def close(self) -> None:
         self.gate = self.gate_pos = self.gate_pnl = None
-        self.router = self.router_pos = self.router_open = None
+        self.router = self.router_pos = self.router_open = self.strat_pos = None
         if self.segment is not None:
             self.segment.close()
             self.segment = None

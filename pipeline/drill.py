@@ -1,0 +1,138 @@
+"""Crash drills against a running instance: kill -9 a stage under load and measure how the
+controller and the stages recover. Cold path; runs in the operator's process (``run.py drill``)
+and in the test suite (tests/integration/test_crash_drills.py), talking to the controller only
+through its control socket and reading the run's journal.
+
+Per drill: the stage's pid from ``status``, SIGKILL, then
+
+- ``back_s``: until the stage is RUNNING again under a new pid;
+- ``reconciled_s`` (risk gate, order router): until the controller journaled
+  ``resume_after_reconcile`` (gate positions == venue positions, no order open);
+- ``venue_orders_while_down``: new orders (not the gate's own) that a venue acknowledged or
+  filled while trading was halted for the failure (from the controller's ``halt`` event to its
+  resume), from the journal: must be 0.
+
+``journal_outcomes(jdir)`` then checks the whole run: every approved new order has exactly one
+final outcome (fill, cancel, expiry or reject).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+RECONCILING_ROLES = ("risk_gate", "order_router")
+
+
+def _status(cfg) -> dict:
+    from pipeline.control import client_request
+
+    return client_request(cfg, {"cmd": "status"}, timeout_s=10.0)
+
+
+def _stage_row(st: dict, name: str) -> dict:
+    for row in st["stages"]:
+        if row["stage"] == name:
+            return row
+    raise KeyError(f"no stage {name!r} (stages: {', '.join(r['stage'] for r in st['stages'])})")
+
+
+def _events_after(jdir: Path, ts_ns: int, what: str) -> list[dict]:
+    from stages.journal import read_events
+
+    return [e for e in read_events(jdir) if e["what"] == what and e["ts_ns"] >= ts_ns]
+
+
+def wait_for_flow(cfg, min_fills: int = 1, timeout_s: float = 60.0) -> dict:
+    """Block until the venue has reported at least ``min_fills`` more fills (orders flow)."""
+    start = _status(cfg)["risk"]["fills"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = _status(cfg)
+        if st["risk"]["fills"] >= start + min_fills:
+            return st
+        time.sleep(0.05)
+    raise TimeoutError(f"no new fill within {timeout_s:.0f} s: is the instance trading?")
+
+
+def kill_stage(cfg, stage: str, timeout_s: float = 60.0) -> dict:
+    """One drill: SIGKILL ``stage`` and wait for its recovery. Returns the drill's figures."""
+    st = _status(cfg)
+    run_dir = Path(st["run_dir"])
+    jdir = run_dir / "journal"
+    row = _stage_row(st, stage)
+    old_pid = int(row["pid"])
+    t_kill_ns = time.time_ns()
+    t0 = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    out = {"drill": f"kill -9 {stage}", "stage": stage, "pid": old_pid, "back_s": None,
+           "reconciled_s": None, "venue_orders_while_down": None}
+    deadline = t0 + timeout_s
+    reconciles = row["role"] in RECONCILING_ROLES
+    while time.monotonic() < deadline:
+        try:
+            row = _stage_row(_status(cfg), stage)
+        except Exception:   # the controller is busy restarting: ask again
+            row = {}
+        if out["back_s"] is None and row.get("state") == "RUNNING" and \
+                int(row.get("pid") or 0) not in (0, old_pid):
+            out["back_s"] = round(time.monotonic() - t0, 3)
+        if reconciles and out["reconciled_s"] is None:
+            ev = _events_after(jdir, t_kill_ns, "resume_after_reconcile")
+            if ev:
+                out["reconciled_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
+        if out["back_s"] is not None and (out["reconciled_s"] is not None or not reconciles):
+            break
+        time.sleep(0.01)
+    if reconciles:
+        out["venue_orders_while_down"] = venue_orders_while_halted(jdir, t_kill_ns)
+    return out
+
+
+def venue_orders_while_halted(jdir: Path, since_ns: int, grace_ns: int = 5_000_000) -> int:
+    """New orders (not the gate's own) that a venue acknowledged or filled between the
+    controller's halt for a failure after ``since_ns`` and its resume. ``grace_ns`` after the
+    halt: an order the router sent just before it halted reaches the venue a latency later."""
+    import numpy as np
+
+    from shm.records import EFLAG_FROM_RISK, EXEC_ACK, EXEC_FILL, EXEC_PARTIAL
+    from stages.journal import read_journal_exec
+    from stages.risk_gate import FLATTEN_COID_BIT
+
+    halts = _events_after(jdir, since_ns, "halt")
+    resumes = _events_after(jdir, since_ns, "resume_after_reconcile")
+    if not halts:
+        return 0
+    lo = halts[0]["ts_ns"] + grace_ns
+    hi = resumes[0]["ts_ns"] if resumes else time.time_ns()
+    ex = read_journal_exec(jdir)
+    if not len(ex):
+        return 0
+    venue = (ex["flags"] & EFLAG_FROM_RISK) == 0
+    kinds = np.isin(ex["kind"], (EXEC_ACK, EXEC_FILL, EXEC_PARTIAL))
+    own = (ex["client_order_id"] & FLATTEN_COID_BIT) != 0
+    t = ex["venue_ts_ns"]
+    return int((venue & kinds & ~own & (t > lo) & (t < hi)).sum())
+
+
+def journal_outcomes(jdir) -> dict:
+    """Approved new orders and how many final outcomes each has in the journal."""
+    import numpy as np
+
+    from shm.records import EXEC_FINAL_KINDS, INTENT_NEW
+    from stages.journal import read_journal_exec, read_journal_orders
+
+    orders = read_journal_orders(jdir)
+    execs = read_journal_exec(jdir)
+    approved = orders[(orders["kind"] == INTENT_NEW) & (orders["reject_code"] == 0)] \
+        if len(orders) else orders
+    finals = execs[np.isin(execs["kind"], EXEC_FINAL_KINDS)] if len(execs) else execs
+    ids, counts = np.unique(finals["client_order_id"], return_counts=True) if len(finals) \
+        else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    count_of = dict(zip(ids.tolist(), counts.tolist()))
+    per = [count_of.get(int(c), 0) for c in approved["client_order_id"]]
+    return {"approved": len(approved), "without_final": sum(1 for c in per if c == 0),
+            "more_than_one_final": sum(1 for c in per if c > 1),
+            "finals_without_order": len(set(count_of) - set(approved["client_order_id"]
+                                                            .tolist()))}
