@@ -239,7 +239,10 @@ def _check(lf, li, g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel
                               now_ns, REJECT_CANCEL_RATE)
     elif kind != INTENT_NEW and kind != INTENT_REPLACE:
         code = REJECT_INVALID
-    elif rec.qty_lots <= 0 or (side != SIDE_BUY and side != SIDE_SELL):
+    elif kind == INTENT_NEW and row_of(oh, rec.client_order_id) >= 0:
+        code = REJECT_INVALID   # a new order reusing the id of one still open (or id 0 below)
+    elif rec.qty_lots <= 0 or (side != SIDE_BUY and side != SIDE_SELL) or \
+            (kind == INTENT_NEW and rec.client_order_id == 0):
         code = REJECT_INVALID
     elif otype < ORD_LIMIT or otype > ORD_POST_ONLY or (otype != ORD_MARKET and rec.px_ticks <= 0):
         code = REJECT_INVALID

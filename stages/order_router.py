@@ -4,7 +4,8 @@ final state. Runs in the ``order_router`` process.
 
 ``poll`` is one call of ``router_step`` (@njit, HOT PATH) over whole batches. Control records
 (cold): CTRL_KILL halts (new orders rejected with REJECT_HALTED) and cancels every open order at
-the venues (arg0 = 1: then flatten positions with market orders); CTRL_CANCEL_ALL cancels one
+the venues (a kill with flatten is the risk gate's: its market orders arrive as approved orders
+flagged OFLAG_RISK_SYSTEM, which a halted router still forwards); CTRL_CANCEL_ALL cancels one
 strategy's orders (arg0 = strategy id, 0 = all); CTRL_RESUME lifts the halt; CTRL_RECONCILE
 (the venue process restarted with empty books) closes every open order with a CANCEL_ACK.
 
@@ -26,8 +27,6 @@ from stages.base import Stage, stack_states
 from stages.riskview import R_FILLS, R_HALTED, R_OPEN, R_RATE_REJECTS, R_SEQ, R_SENT
 
 BATCH = 512
-FLATTEN_TRIES = 10
-FLATTEN_RETRY_NS = 300_000_000
 
 
 class OrderRouterStage(Stage):
@@ -71,7 +70,7 @@ class OrderRouterStage(Stage):
                                                                    HIST_VENUE_ACK)]
         self.clock = TscClock()
         n_strat = len(strats)
-        self.tab = np.zeros((n_strat + 1, rk.TAB_SLOTS, rk.T_WORDS), dtype=np.int64)
+        self.tab = np.zeros((n_strat + 1, rk.TAB_ROWS, rk.T_WORDS), dtype=np.int64)
         self.ctl = np.zeros(rk.CTL_WORDS, dtype=np.int64)
         self.ctl[rk.C_SEQ] = time.time_ns()
         self.tokens = np.zeros((len(topo.venues), 3), dtype=np.float64)
@@ -79,10 +78,6 @@ class OrderRouterStage(Stage):
         for i, vname in enumerate(topo.venues):
             rate = float(cfg.venue(vname).rate_limit_per_s)
             self.tokens[i] = (rate, now, rate)
-        venue_idx = {v: i for i, v in enumerate(topo.venues)}
-        self.inst_venue = np.zeros(len(cfg.instruments) + 1, dtype=np.int64)
-        for i, ic in enumerate(cfg.instruments):
-            self.inst_venue[i + 1] = venue_idx[ic.venue]
         self.abuf = np.zeros(BATCH, dtype=ORDER_DTYPE)
         self.ebuf = np.zeros(BATCH, dtype=EXEC_DTYPE)
         self.one = np.zeros(1, dtype=EXEC_DTYPE)
@@ -91,9 +86,6 @@ class OrderRouterStage(Stage):
         self.ebuf_i = self.ebuf.view(np.int64).reshape(BATCH, -1)
         self.one_i = self.one.view(np.int64).reshape(1, -1)
         self.obuf_i = self.obuf.view(np.int64).reshape(1, -1)
-        self.flatten_coid = 1 << 40
-        self.flatten_tries = 0
-        self.next_flatten_ns = 0
 
         self.rv.router_pos[:] = 0
         self.rv.router_open[:] = 0
@@ -106,8 +98,6 @@ class OrderRouterStage(Stage):
         # silence the router for seconds exactly when it must act (matches no order: sid -1)
         rk.router_cancel_all(self.tab, -1, self.ven_out_sts, self.ven_out_slots, self.obuf,
                              self.obuf_i, self.clock.cal)
-        rk.router_flatten(np.zeros((1, 1), np.int64), self.inst_venue, self.ven_out_sts,
-                          self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal, 0)
         rk.router_forget_venue_orders(
             self.ctl, self.tab[:0], self.rv.router_open, self.clock.cal, self.obuf, self.one,
             self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st, self.gate_out.slots,
@@ -154,11 +144,6 @@ class OrderRouterStage(Stage):
         if kind == CTRL_KILL:
             self.ctl[rk.C_HALTED] = 1
             self._cancel_all(0)
-            if int(rec["arg0"]) == 1:
-                # flatten once every cancel is answered: an order filled while its cancel
-                # was in flight changes the position the flatten must close
-                self.flatten_tries = FLATTEN_TRIES
-                self.next_flatten_ns = 0
         elif kind == CTRL_CANCEL_ALL:
             self._cancel_all(int(rec["arg0"]))
         elif kind == CTRL_RESUME:
@@ -180,26 +165,7 @@ class OrderRouterStage(Stage):
                 break
             time.sleep(0.0005)
 
-    def maybe_flatten(self) -> None:
-        """Cold, per heartbeat: market orders for what is left, until flat (bounded retries,
-        spaced so the previous round's reports are in)."""
-        if self.flatten_tries <= 0 or self.ctl[rk.C_OPEN] > 0:
-            return
-        now = time.monotonic_ns()
-        if now < self.next_flatten_ns:
-            return
-        if not self.rv.router_pos.any():
-            self.flatten_tries = 0
-            return
-        self.flatten_tries -= 1
-        self.next_flatten_ns = now + FLATTEN_RETRY_NS
-        self.flatten_coid += 1000
-        rk.router_flatten(self.rv.router_pos, self.inst_venue, self.ven_out_sts,
-                          self.ven_out_slots, self.obuf, self.obuf_i, self.clock.cal,
-                          self.flatten_coid)
-
     def fill_status(self, values) -> None:
-        self.maybe_flatten()
         self.clock.recalibrate()
         c = self.ctl
         self.records_in, self.records_out = int(c[rk.C_IN]), int(c[rk.C_OUT])

@@ -3,10 +3,22 @@
 HOT PATH (@njit), run by the order-router stage (stages/order_router.py) once per poll over
 whole batches. No allocation: every array is preallocated by the stage.
 
-Order table ``tab`` int64[n_strat + 1, TAB_SLOTS, T_WORDS]: direct-mapped by the counter part of
-the client order id (``coid & TAB_MASK``); a slot is verified by its full coid, so a stale slot
-never matches. A strategy would need TAB_SLOTS orders open at once to collide (the gate caps open
-orders far lower).
+Order table ``tab`` int64[n_strat + 1, TAB_ROWS, T_WORDS], one open-addressing hash per strategy
+keyed by the full client order id (T_COID; 0 = empty row): linear probing from a multiplicative
+hash of the coid, backward-shift delete (no tombstones, so a lookup stops at the first empty
+row). A strategy may hold ``tab.shape[1] // 2`` orders (TAB_SLOTS with the stage's table) open
+at once, which keeps the load at or below one half; one more NEW, or a NEW whose coid is
+already open, is rejected (REJECT_MAX_OPEN_ORDERS / REJECT_INVALID), never written over a
+live row. Rows move on delete: hold no row index across a delete. ``open_n[sid]`` is the
+strategy's row count (kept in step by these kernels only).
+
+Every approved order gets exactly one answer from here or from the venue: a NEW is forwarded
+(the venue answers) or rejected (EXEC_REJECT); a CANCEL / REPLACE is forwarded or refused
+(EXEC_CANCEL_REJECT: unknown order, halted, or the venue's input ring full -> REJECT_RATE_LIMIT);
+an INTENT_CANCEL_ALL is forwarded (the venue answers each order it cancels) or, when the venue's
+ring is full, refused with one EXEC_CANCEL_REJECT (REJECT_RATE_LIMIT) naming the strategy, so
+the sender knows to ask again; a malformed order (venue or strategy id out of range, coid 0 for
+a NEW, unknown kind) is answered with REJECT_INVALID. Each refusal is counted in ``ctl``.
 
 Execution reports are stamped with a router sequence number in ``reserved`` (monotonic across
 router restarts: it starts from the wall clock), so a restarted risk gate that rebuilt itself
@@ -17,33 +29,92 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shm.atomics import load_acquire
 from shm.histogram import hist_record
 from shm.records import (EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED,
                          EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK,
                          INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
-                         ORD_MARKET, OFLAG_RISK_SYSTEM, REJECT_HALTED, REJECT_RATE_LIMIT,
-                         REJECT_UNKNOWN_ORDER, SIDE_BUY, SIDE_SELL)
+                         ORD_MARKET, OFLAG_RISK_SYSTEM, REJECT_HALTED, REJECT_INVALID,
+                         REJECT_MAX_OPEN_ORDERS, REJECT_RATE_LIMIT, REJECT_UNKNOWN_ORDER,
+                         SIDE_BUY, SIDE_SELL)
 from shm.recordops import reply_to_order
-from shm.ringops import (ST_CAPACITY, ST_CURSOR_ADDR, ST_POS, spsc_poll, spsc_publish)
+from shm.ringops import spsc_free, spsc_poll, spsc_publish
 from stages.clock import clock_now_ns
 
-TAB_SLOTS = 1 << 14
-TAB_MASK = TAB_SLOTS - 1
+TAB_SLOTS = 1 << 14            # open orders per strategy the stage's table holds
+TAB_ROWS = 2 * TAB_SLOTS       # hash rows per strategy (a power of two; load <= 1/2)
 T_COID, T_STATE, T_VENUE, T_INST, T_SIDE, T_LEAVES, T_PX, T_SENT_NS = 0, 1, 2, 3, 4, 5, 6, 7
-T_WORDS = 8
+T_WORDS = 8                    # one 64-byte row: a probe touches one cache line per row
 OS_FREE, OS_PENDING, OS_OPEN = 0, 1, 2
+_HASH_MUL = np.int64(-7046029254386353131)   # 0x9E3779B97F4A7C15 (Fibonacci) as an int64
 
 # ctl words (int64)
 C_HALTED, C_SEQ, C_OPEN, C_SENT, C_FILLS, C_RATE_REJ = 0, 1, 2, 3, 4, 5
 C_DROP_STRAT, C_DROP_GATE, C_IN, C_OUT, C_UNKNOWN, C_JOURNAL_FULL = 6, 7, 8, 9, 10, 11
+C_VENUE_FULL = 12   # approved orders refused because the venue's input ring was full
+C_MALFORMED = 13    # approved orders answered REJECT_INVALID (bad venue / strategy / kind)
+C_TAB_REJ = 14      # NEWs refused by the order table (coid already open, or table full)
 CTL_WORDS = 16
 COID_SHIFT = 48
 
 
+@njit(cache=True, inline="always")
+def _home(coid, mask):
+    # wrapping int64 product; bits 17.. spread both consecutive counters and counters that
+    # agree modulo a power of two (the old direct-mapped table's failure)
+    return ((coid * _HASH_MUL) >> 17) & mask
+
+
 @njit(cache=True)
-def spsc_free(st):
-    return st[ST_CAPACITY] - (st[ST_POS] - load_acquire(st[ST_CURSOR_ADDR]))
+def tab_find(tab, sid, coid):
+    """Row of the open order ``coid`` of strategy ``sid``, or -1."""
+    if coid == 0:
+        return -1
+    rows = tab.shape[1]
+    mask = rows - 1
+    i = _home(coid, mask)
+    for _ in range(rows):
+        c = tab[sid, i, T_COID]
+        if c == coid:
+            return i
+        if c == 0:
+            return -1
+        i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True)
+def tab_insert(tab, sid, coid):
+    """A fresh row for ``coid`` (only T_COID is written), or -1 if no empty row is reachable.
+    The caller checked that ``coid`` is not open and that the strategy is below capacity."""
+    rows = tab.shape[1]
+    mask = rows - 1
+    i = _home(coid, mask)
+    for _ in range(rows):
+        if tab[sid, i, T_COID] == 0:
+            tab[sid, i, T_COID] = coid
+            return i
+        i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True)
+def tab_delete(tab, sid, i):
+    """Empty row ``i``; later rows of its probe run move back into the hole (backward shift)."""
+    mask = tab.shape[1] - 1
+    j = i
+    while True:
+        j = (j + 1) & mask
+        c = tab[sid, j, T_COID]
+        if c == 0:
+            break
+        h = _home(c, mask)
+        # row j may fill the hole at i unless its home lies cyclically in (i, j]
+        if (i <= j and (h <= i or h > j)) or (i > j and (h <= i and h > j)):
+            for w in range(T_WORDS):
+                tab[sid, i, w] = tab[sid, j, w]
+            i = j
+    for w in range(T_WORDS):
+        tab[sid, i, w] = 0
 
 
 @njit(cache=True)
@@ -94,11 +165,16 @@ def router_step(ctl, cal, tab, pos, open_n, tokens,
                 ven_in_sts, ven_in_slots, ven_out_sts, ven_out_slots, ebuf, ebuf_i,
                 strat_sts, strat_slots, gate_st, gate_slots, j_st, j_slots, has_journal,
                 one, one_i, h_appr, h_t2t, h_ack):
-    """One batch: approved orders to the venues, then venue reports out. Returns work done."""
+    """One batch: venue reports out, then approved orders to the venues. Returns work done.
+
+    Every approved order is forwarded or answered here (one report each); see the module
+    docstring for the answers."""
     work = 0
     now = clock_now_ns(cal)
     n_ven = ven_in_sts.shape[0]
-    # --- venue reports first: they free table slots and tell strategies about fills ------
+    n_tab = tab.shape[0]
+    tab_cap = tab.shape[1] >> 1
+    # --- venue reports first: they free table rows and tell strategies about fills --------
     for v in range(n_ven):
         room = ebuf.shape[0]
         if has_journal:
@@ -115,8 +191,8 @@ def router_step(ctl, cal, tab, pos, open_n, tokens,
             e = ebuf[j]
             sid = np.int64(e.strategy_id)
             coid = e.client_order_id
-            row = coid & TAB_MASK
-            known = 1 <= sid < tab.shape[0] and tab[sid, row, T_COID] == coid
+            row = tab_find(tab, sid, coid) if 1 <= sid < n_tab else -1
+            known = row >= 0
             k = e.kind
             inst = np.int64(e.instrument_id)
             if k == EXEC_ACK and known:
@@ -136,8 +212,7 @@ def router_step(ctl, cal, tab, pos, open_n, tokens,
                 tab[sid, row, T_LEAVES] = e.leaves_lots
             if known and (k == EXEC_FILL or k == EXEC_CANCEL_ACK or k == EXEC_EXPIRED
                           or k == EXEC_REJECT):
-                tab[sid, row, T_COID] = 0
-                tab[sid, row, T_STATE] = OS_FREE
+                tab_delete(tab, sid, row)
                 open_n[sid] -= 1
                 ctl[C_OPEN] -= 1
             elif not known and k != EXEC_CANCEL_REJECT:
@@ -145,12 +220,12 @@ def router_step(ctl, cal, tab, pos, open_n, tokens,
             one[0] = e
             _emit(ctl, one, one_i, strat_sts, strat_slots, gate_st, gate_slots, j_st,
                   j_slots, has_journal, now)
-    # --- approved orders -------------------------------------------------------------------
+    # --- approved orders: each is forwarded or answered (exactly one of the two) -----------
     room = abuf.shape[0]
     if has_journal:
         free = spsc_free(j_st)
         if free < room:
-            room = free
+            room = free   # at most one report per approved order
     if room > 0:
         n = spsc_poll(appr_st, appr_slots, abuf_i, room)
     else:
@@ -163,55 +238,68 @@ def router_step(ctl, cal, tab, pos, open_n, tokens,
         sid = np.int64(o.strategy_id)
         v = np.int64(o.venue_id) - 1
         coid = o.client_order_id
-        row = coid & TAB_MASK
-        if v < 0 or v >= n_ven or sid < 0 or sid >= tab.shape[0]:
-            continue  # the gate checked these; nothing sane to do with a malformed order
-        if o.kind == INTENT_NEW:
-            if ctl[C_HALTED] != 0 and (o.flags & OFLAG_RISK_SYSTEM) == 0:
-                _reject(ctl, o, REJECT_HALTED, EXEC_REJECT, one, one_i, strat_sts,
-                        strat_slots, gate_st, gate_slots, j_st, j_slots, has_journal, now)
-                continue
-            if not _take_token(tokens, v, now):
-                ctl[C_RATE_REJ] += 1
-                _reject(ctl, o, REJECT_RATE_LIMIT, EXEC_REJECT, one, one_i, strat_sts,
-                        strat_slots, gate_st, gate_slots, j_st, j_slots, has_journal, now)
-                continue
-            tab[sid, row, T_COID] = coid
-            tab[sid, row, T_STATE] = OS_PENDING
-            tab[sid, row, T_VENUE] = v
-            tab[sid, row, T_INST] = o.instrument_id
-            tab[sid, row, T_SIDE] = o.side
-            tab[sid, row, T_LEAVES] = o.qty_lots
-            tab[sid, row, T_PX] = o.px_ticks
-            tab[sid, row, T_SENT_NS] = now
-            open_n[sid] += 1
-            ctl[C_OPEN] += 1
-            ctl[C_SENT] += 1
-            if o.cause_recv_ts_ns > 0:
-                hist_record(h_t2t, now - o.cause_recv_ts_ns)
-        elif o.kind == INTENT_CANCEL or o.kind == INTENT_REPLACE:
-            if tab[sid, row, T_COID] != coid:
-                _reject(ctl, o, REJECT_UNKNOWN_ORDER, EXEC_CANCEL_REJECT, one, one_i,
-                        strat_sts, strat_slots, gate_st, gate_slots, j_st, j_slots,
-                        has_journal, now)
-                continue
-            if o.kind == INTENT_REPLACE and ctl[C_HALTED] != 0:
-                _reject(ctl, o, REJECT_HALTED, EXEC_CANCEL_REJECT, one, one_i, strat_sts,
-                        strat_slots, gate_st, gate_slots, j_st, j_slots, has_journal, now)
-                continue
-        elif o.kind != INTENT_CANCEL_ALL:
+        kind = o.kind
+        cancel_like = kind == INTENT_CANCEL or kind == INTENT_REPLACE or \
+            kind == INTENT_CANCEL_ALL
+        answer = EXEC_CANCEL_REJECT if cancel_like else EXEC_REJECT
+        if (v < 0 or v >= n_ven or sid < 1 or sid >= n_tab
+                or (not cancel_like and (kind != INTENT_NEW or coid == 0))):
+            # the gate should have stopped it; answer it so nobody waits for it
+            ctl[C_MALFORMED] += 1
+            _reject(ctl, o, REJECT_INVALID, answer, one, one_i, strat_sts, strat_slots,
+                    gate_st, gate_slots, j_st, j_slots, has_journal, now)
             continue
-        o.send_ts_ns = now
-        abuf_one = abuf_i[j:j + 1]
-        if spsc_publish(ven_out_sts[v], ven_out_slots[v], abuf_one, 1) != 1:
-            # venue input full: refuse rather than block the whole router
-            if o.kind == INTENT_NEW:
-                tab[sid, row, T_COID] = 0
-                tab[sid, row, T_STATE] = OS_FREE
-                open_n[sid] -= 1
-                ctl[C_OPEN] -= 1
-                _reject(ctl, o, REJECT_RATE_LIMIT, EXEC_REJECT, one, one_i, strat_sts,
-                        strat_slots, gate_st, gate_slots, j_st, j_slots, has_journal, now)
+        code = 0
+        if kind == INTENT_NEW:
+            if ctl[C_HALTED] != 0 and (o.flags & OFLAG_RISK_SYSTEM) == 0:
+                code = REJECT_HALTED
+            elif tab_find(tab, sid, coid) >= 0:
+                ctl[C_TAB_REJ] += 1
+                code = REJECT_INVALID          # its coid names an order still open
+            elif open_n[sid] >= tab_cap:
+                ctl[C_TAB_REJ] += 1
+                code = REJECT_MAX_OPEN_ORDERS
+            elif spsc_free(ven_out_sts[v]) <= 0:
+                ctl[C_VENUE_FULL] += 1
+                code = REJECT_RATE_LIMIT       # venue input full: refuse rather than block
+            elif not _take_token(tokens, v, now):
+                ctl[C_RATE_REJ] += 1
+                code = REJECT_RATE_LIMIT
+        elif kind == INTENT_CANCEL or kind == INTENT_REPLACE:
+            if tab_find(tab, sid, coid) < 0:
+                code = REJECT_UNKNOWN_ORDER
+            elif kind == INTENT_REPLACE and ctl[C_HALTED] != 0:
+                code = REJECT_HALTED
+        row = -1
+        if code == 0 and kind == INTENT_NEW:
+            row = tab_insert(tab, sid, coid)   # below half load an empty row always exists
+            if row < 0:
+                ctl[C_TAB_REJ] += 1
+                code = REJECT_MAX_OPEN_ORDERS
+        if code == 0:
+            o.send_ts_ns = now
+            if spsc_publish(ven_out_sts[v], ven_out_slots[v], abuf_i[j:j + 1], 1) != 1:
+                # venue input full (checked above for a NEW): the sender must hear of it
+                ctl[C_VENUE_FULL] += 1
+                code = REJECT_RATE_LIMIT
+                if row >= 0:
+                    tab_delete(tab, sid, row)
+            elif kind == INTENT_NEW:
+                tab[sid, row, T_STATE] = OS_PENDING
+                tab[sid, row, T_VENUE] = v
+                tab[sid, row, T_INST] = o.instrument_id
+                tab[sid, row, T_SIDE] = o.side
+                tab[sid, row, T_LEAVES] = o.qty_lots
+                tab[sid, row, T_PX] = o.px_ticks
+                tab[sid, row, T_SENT_NS] = now
+                open_n[sid] += 1
+                ctl[C_OPEN] += 1
+                ctl[C_SENT] += 1
+                if o.cause_recv_ts_ns > 0:
+                    hist_record(h_t2t, now - o.cause_recv_ts_ns)
+        if code != 0:
+            _reject(ctl, o, code, answer, one, one_i, strat_sts, strat_slots, gate_st,
+                    gate_slots, j_st, j_slots, has_journal, now)
     return work
 
 
@@ -247,36 +335,6 @@ def router_cancel_all(tab, sid_only, ven_out_sts, ven_out_slots, obuf, obuf_i, c
 
 
 @njit(cache=True)
-def router_flatten(pos, inst_venue, ven_out_sts, ven_out_slots, obuf, obuf_i, cal, base_coid):
-    """Market orders that bring every (strategy, instrument) position back to zero."""
-    now = clock_now_ns(cal)
-    sent = 0
-    for sid in range(1, pos.shape[0]):
-        for inst in range(1, pos.shape[1]):
-            q = pos[sid, inst]
-            if q == 0:
-                continue
-            o = obuf[0]
-            o.kind = INTENT_NEW
-            o.side = SIDE_SELL if q > 0 else SIDE_BUY
-            o.order_type = ORD_MARKET
-            o.flags = OFLAG_RISK_SYSTEM
-            o.instrument_id = inst
-            o.client_order_id = (sid << COID_SHIFT) | (base_coid + sent)
-            o.px_ticks = 0
-            o.qty_lots = q if q > 0 else -q
-            o.cause_recv_ts_ns = 0
-            o.send_ts_ns = now
-            o.strategy_id = sid
-            o.reject_code = 0
-            v = inst_venue[inst]
-            o.venue_id = v + 1
-            if spsc_publish(ven_out_sts[v], ven_out_slots[v], obuf_i, 1) == 1:
-                sent += 1
-    return sent
-
-
-@njit(cache=True)
 def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_sts, strat_slots, gate_st,
                                gate_slots, j_st, j_slots, has_journal):
     """The venue process restarted and lost its books: every order we had open there is gone.
@@ -286,7 +344,7 @@ def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_st
     n = 0
     for sid in range(1, tab.shape[0]):
         for row in range(tab.shape[1]):
-            if tab[sid, row, T_COID] == 0 or tab[sid, row, T_STATE] == OS_FREE:
+            if tab[sid, row, T_COID] == 0:
                 continue
             o = obuf[0]
             o.side = tab[sid, row, T_SIDE]
@@ -299,8 +357,9 @@ def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_st
             o.venue_id = tab[sid, row, T_VENUE] + 1
             _reject(ctl, o, 0, EXEC_CANCEL_ACK, one, one_i, strat_sts, strat_slots, gate_st,
                     gate_slots, j_st, j_slots, has_journal, now, EFLAG_RECONCILE)
-            tab[sid, row, T_COID] = 0
-            tab[sid, row, T_STATE] = OS_FREE
+            # every row of the table is emptied, so no probe run needs a backward shift
+            for w in range(T_WORDS):
+                tab[sid, row, w] = 0
             open_n[sid] -= 1
             ctl[C_OPEN] -= 1
             n += 1

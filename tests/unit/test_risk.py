@@ -276,6 +276,16 @@ def test_the_trading_day_roll_lifts_a_loss_latch_but_not_an_operator_halt():
     assert risk.risk_mode(limits[0], rs) == RISK_HALTED
 
 
+def test_a_new_order_reusing_an_open_orders_id_is_invalid_and_the_open_one_kept():
+    limits, rs = make()
+    first = order(qty=5)
+    assert accept(limits, rs, first) == 0
+    again = order(qty=7, coid=int(first[0]["client_order_id"]))
+    assert check(limits, rs, again) == REJECT_INVALID
+    assert rs[risk.R_OPEN_BUY][1, UNIT] == 5
+    assert check(limits, rs, order(coid=0)) == REJECT_INVALID
+
+
 def test_kill_switch_rejects_new_orders_but_lets_cancels_through():
     limits, rs = make()
     rec = order()
