@@ -10,8 +10,9 @@ The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-iden
         -> market records and exec reports received by the strategy at time t
     account the fills (PnL, fees, inventory, time in queue); feed every report to the risk
     state (market.risk.on_exec, the gate's code)
-    strategies.host.run_strategy_batch(kernel, ...)       # books, then the kernel
-    for each intent: market.risk.check_order(...)         # the gate's code
+    strategies.host.run_strategy_batch(kernel, ...)       # books, bookkeeping, guarded kernel
+    for each intent: market.risk.check_order(...)         # the gate's code, reference price
+                                                          # valid_mid_x2 as the live gate's
         pass -> risk.on_accept, venue.submit(order, t)    # arrives after the order latency
         deny -> an EXEC_REJECT (EFLAG_FROM_RISK) delivered with the next batch
     sample equity every ``sample_ns``
@@ -21,6 +22,10 @@ move the book) or ``market.replayvenue.ReplayVenue`` (recorded data; passive fil
 queue model ``backtest.queue_model``). Both expose the same two kernels
 (advance(state, t_limit, out_md, n_md, out_ex, n_ex, stop) and submit(state, order, send_ns)),
 passed to ``backtest_loop`` as first-class functions like the strategy kernel.
+
+A strategy kernel that raises does not end the run: ``run_strategy_batch`` catches it inside
+numba, exactly as in the live host, counts it (``kernel_errors`` in the counters and the
+report; ``intents_discarded``) and the run goes on with the next batch.
 """
 from __future__ import annotations
 
@@ -30,14 +35,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from market.book import L2Book, mid_x2
+from market.book import L2Book, valid_mid_x2
 from market.risk import build_limits, check_order, make_risk_state, mark_to_market, on_accept, \
     on_exec
 from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL,
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
                          MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
 from shm.recordops import deny_order
-from strategies.host import run_strategy_batch
+from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, make_hctl, run_strategy_batch
 
 # acct[inst, A_*] float64
 A_POS = 0          # lots
@@ -180,8 +185,8 @@ def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
 
 @njit(cache=False, _nrt=False)
 def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rstate, acct,
-                  curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, t_start,
-                  t_end, timer_ns, sample_ns, initial_cash):
+                  curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, hctl,
+                  t_start, t_end, timer_ns, sample_ns, initial_cash):
     """Run until t_end (simulated ns). Specialised per (venue kernels, strategy kernel)."""
     now = t_start
     next_timer = t_start + timer_ns
@@ -218,12 +223,12 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
         if n_md > 0 or n_ex > 0 or tick:
             cnt[C_CALLS] += 1
             k = run_strategy_batch(kernel, sstate, px, qty, meta, md_buf, n_md, ex_buf, n_ex,
-                                   now, out)
+                                   now, out, hctl)
             if n_md > 0:
                 for j in range(n_md):
                     i = md_buf[j].instrument_id
                     if i > 0 and i < n_inst:
-                        m = mid_x2(px, meta, i)
+                        m = valid_mid_x2(px, meta, i)   # marks as the live gate: valid books
                         if m > 0 and m != acct[i, A_MID_X2]:
                             acct[i, A_MID_X2] = m
                             mark_to_market(limits, rstate, i, m)
@@ -231,7 +236,7 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
             for j in range(k):
                 o = out[j]
                 i = o.instrument_id
-                ref = mid_x2(px, meta, i) if i > 0 and i < n_inst else 0
+                ref = valid_mid_x2(px, meta, i) if i > 0 and i < n_inst else 0
                 code = check_order(limits, rstate, o, ref, now)
                 if code == 0:
                     on_accept(limits, rstate, o, now)
@@ -268,6 +273,7 @@ class BacktestResult:
     queue_times_ns: np.ndarray
     counters: dict
     venue_counters: dict = field(default_factory=dict)
+    strategy_state: tuple = ()   # the strategy's state tuple at the end (ctl, orders, ...)
 
 
 def _strategy_config(cfg, which: str | None):
@@ -350,10 +356,11 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
     ex_buf = np.zeros(4096, dtype=EXEC_DTYPE)
     out = np.zeros(256, dtype=ORDER_DTYPE)
     denials = np.zeros(256, dtype=EXEC_DTYPE)
+    hctl = make_hctl()
     px, qty, meta = book.arrays
     initial_cash = float(cfg.backtest.initial_cash)
     args = (advance, submit, vs, type(strat).kernel, sstate, px, qty, meta, limits, rstate,
-            acct, curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials,
+            acct, curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, hctl,
             np.int64(t_start))
     tail = (np.int64(int(timer_ms * 1e6)), np.int64(sample_ns), initial_cash)
     # Compile first (a run of zero length: nothing is due at t_start, only two curve points
@@ -362,6 +369,7 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
     backtest_loop(*args, np.int64(t_start), *tail)
     compile_s = time.perf_counter() - compile_s
     cnt[:] = 0
+    hctl[:] = 0
     curve[:] = 0.0
     wall = time.perf_counter()
     cpu = time.thread_time()
@@ -369,6 +377,8 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
     cpu = time.thread_time() - cpu
     wall = time.perf_counter() - wall
     counters = {name: int(cnt[i]) for i, name in enumerate(COUNTER_NAMES)}
+    counters["kernel_errors"] = int(hctl[H_KERNEL_ERRORS])
+    counters["intents_discarded"] = int(hctl[H_DISCARDED])
     counters["wall_s"] = wall
     counters["cpu_s"] = cpu          # this thread's CPU time: the figure on a shared machine
     counters["compile_s"] = compile_s
@@ -388,5 +398,6 @@ def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: flo
     report["strategy"] = {"name": sc.name, "kind": sc.kind,
                           "instruments": [i.key for i in strat_insts]}
     report["source"] = source
+    report["kernel_errors"] = counters["kernel_errors"]
     return BacktestResult(sc.name, sc.kind, source, report, curve_d, tp, qt, counters,
-                          venue_counters)
+                          venue_counters, sstate)

@@ -23,7 +23,8 @@ Kernels take the tuple ``(px, qty, meta)`` unpacked, then the instrument id:
     microprice(px, qty, meta, inst) -> float64   size-weighted mid; NaN if a side is empty
     imbalance(qty, meta, inst, levels) -> float64 (bid - ask) / (bid + ask) over the top levels
     cross_state(px, meta, inst) -> CROSS_NONE | CROSS_LOCKED | CROSS_CROSSED
-    is_crossed (bid > ask), is_locked (bid == ask), is_valid (META_VALID set and neither)
+    is_crossed (bid > ask), is_locked (bid == ask), is_valid (see "A valid book" below)
+    valid_mid_x2(px, meta, inst) -> int64  mid_x2 of a valid book, else 0 (a reference price)
     book_rows_after_batches(px, qty, meta, md, inst, levels, px_scale, rows, dummy_ask,
                             dummy_bid) -> int   the book after every batch, LOBSTER row layout
 
@@ -41,6 +42,15 @@ Record semantics (MARKET_DTYPE kinds, ``side`` SIDE_BUY -> bid, SIDE_SELL -> ask
 
 A book only becomes valid through SNAP_END or STATUS BOOK_VALID: a feed that builds its book
 from an empty start (the simulator) sends SNAP_START/SNAP_END (possibly with no levels) first.
+
+A valid book (``is_valid``) is one that can be priced: the venue said it is complete
+(META_VALID), *both* sides have at least one level, and best bid < best ask (neither crossed
+nor locked). So on a valid book best_bid_px and best_ask_px are > 0, mid_x2 > 0 and microprice
+is finite; every caller that prices off a book (strategies, the risk gate's reference price and
+marks, the backtest's in-process gate and equity marks) asks ``is_valid`` first (or takes
+``valid_mid_x2``) and treats anything else as "no price". A complete book with one side empty
+(every ask taken) is *not* valid: it has no mid. Halting is separate (META_HALTED): a halted
+book can be valid (it has a price) but nothing should be sent into it.
 A level that does not fit into max_levels is dropped and counted (META_N_DROPPED): the book then
 knows the top ``max_levels`` only, which is what depth-limited feeds publish anyway.
 
@@ -369,8 +379,19 @@ def is_locked(px, meta, inst):
 
 @njit(cache=True, _nrt=False)
 def is_valid(px, meta, inst):
-    """The venue said the book is complete and it is neither crossed nor locked."""
-    return meta[inst, META_VALID] == 1 and cross_state(px, meta, inst) == CROSS_NONE
+    """The venue said the book is complete, both sides have a level, and bid < ask: the book
+    has a price (see the module docstring). One-sided, empty, crossed and locked books are not
+    valid."""
+    return (meta[inst, META_VALID] == 1 and meta[inst, META_N_BID] > 0
+            and meta[inst, META_N_ASK] > 0 and px[inst, BID, 0] < px[inst, ASK, 0])
+
+
+@njit(cache=True, _nrt=False)
+def valid_mid_x2(px, meta, inst):
+    """bid + ask of a valid book, 0 otherwise: the reference price risk checks and marks use."""
+    if is_valid(px, meta, inst):
+        return px[inst, BID, 0] + px[inst, ASK, 0]
+    return 0
 
 
 @njit(cache=True, _nrt=False)

@@ -317,6 +317,8 @@ class Controller:
                 self.log(f"stage {name} {why}")
             self.supervisor.silent_notices.clear()
             self.drive_reconciliation()
+            if not self.restarting and not self.reconciling:
+                self.supervisor.keep_spare()   # a warm spare for the next restart
             now = time.monotonic()
             if self.notifier is not None and now >= next_wd:
                 self.notifier.watchdog()
@@ -336,6 +338,7 @@ class Controller:
         sup = self.supervisor
         if sup is None:
             return
+        sup.stop_spare()
         t0 = time.monotonic()
 
         def phase(what):

@@ -135,5 +135,47 @@ def main(argv=None) -> int:
         status.close()
 
 
+def standby(parent_pid: int) -> int:
+    """A warm spare: import everything a stage needs, then wait for the supervisor to say which
+    stage to become (one line on stdin: a JSON object with ``argv`` and ``log``). A restart
+    then skips the interpreter's start and the imports (numpy, numba, the kernels' modules):
+    most of a cold stage's start-up. EOF on stdin (the supervisor closed the pipe, or died)
+    ends the spare."""
+    import json
+
+    _die_with_parent(parent_pid)
+    import numpy  # noqa: F401
+    import numba  # noqa: F401
+
+    import market.book  # noqa: F401
+    import market.risk  # noqa: F401
+    import stages.gate_kernels  # noqa: F401
+    import stages.journal  # noqa: F401
+    import stages.order_router  # noqa: F401
+    import stages.risk_gate  # noqa: F401
+    import stages.router_kernels  # noqa: F401
+    import stages.strategy_host  # noqa: F401
+    import stages.venue_sim  # noqa: F401
+    from pipeline.config import load_config  # noqa: F401
+    from pipeline.runner import StageRunner  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    order = json.loads(line)
+    fd = os.open(order["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return main(order["argv"])
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--standby":
+        sys.exit(standby(int(sys.argv[2])))
     sys.exit(main())

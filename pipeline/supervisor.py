@@ -63,7 +63,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 class Supervisor:
     def __init__(self, instance: str, config_path: str, run_dir: Path, topology, status,
-                 heartbeat_timeout_ms: int, restart_limit: int, silent_restart_ms: int = 0):
+                 heartbeat_timeout_ms: int, restart_limit: int, silent_restart_ms: int = 0,
+                 use_spare: bool = True):
         self.instance = instance
         self.config_path = str(config_path)
         self.run_dir = Path(run_dir)
@@ -84,32 +85,88 @@ class Supervisor:
         self.starved_ticks = 0
         self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
+        self.spare: subprocess.Popen | None = None
+        self.use_spare = use_spare
 
     # -- spawning -------------------------------------------------------------------------
-    def spawn(self, spec, *, reconcile: bool = False) -> StageProcess:
-        log_path = self.log_dir / f"{spec.name}.log"
-        cmd = [sys.executable, "-m", "pipeline.stage_main", "--instance", self.instance,
-               "--config", self.config_path, "--run-dir", str(self.run_dir),
-               "--stage", spec.name, "--restarts", str(self.restarts[spec.name]),
-               "--parent-pid", str(os.getpid())]
-        if reconcile:
-            cmd.append("--reconcile")
-        cmd += self.stage_args.get(spec.role, [])
+    def _env(self) -> dict:
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)  # only the controller talks to systemd
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def spawn(self, spec, *, reconcile: bool = False) -> StageProcess:
+        log_path = self.log_dir / f"{spec.name}.log"
+        args = ["--instance", self.instance, "--config", self.config_path, "--run-dir",
+                str(self.run_dir), "--stage", spec.name, "--restarts",
+                str(self.restarts[spec.name]), "--parent-pid", str(os.getpid())]
+        if reconcile:
+            args.append("--reconcile")
+        args += self.stage_args.get(spec.role, [])
         self.status.set_word(spec.slot, W_STATE, ST_RESTARTING if self.restarts[spec.name]
                              else 0)
         self.status.set_word(spec.slot, W_RESTARTS, self.restarts[spec.name])
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(cmd, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     close_fds=True)
+        popen = self._take_spare(args, log_path)
+        if popen is None:
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "ab") as log:
+                popen = subprocess.Popen([sys.executable, "-m", "pipeline.stage_main", *args],
+                                         cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=self._env(),
+                                         start_new_session=True, close_fds=True)
         proc = StageProcess(spec, popen, log_path)
         # the pid is known now; the stage itself confirms it with its first heartbeat
         self.status.set_word(spec.slot, W_PID, popen.pid)
         self.procs[spec.name] = proc
         return proc
+
+    # -- the warm spare -----------------------------------------------------------------
+    # One process that has already started an interpreter and imported numpy, numba and the
+    # stage modules, parked on a pipe (pipeline.stage_main.standby). A restart hands it the
+    # stage's arguments instead of starting a new interpreter: most of a cold start's second
+    # or two. It is replaced on the controller's next quiet tick (``keep_spare``).
+    def keep_spare(self) -> None:
+        """Start the spare if there is none (cold; call when no restart is under way)."""
+        if not self.use_spare or (self.spare is not None and self.spare.poll() is None):
+            return
+        log_path = self.log_dir / "standby.log"
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "ab") as log:
+            self.spare = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.stage_main", "--standby", str(os.getpid())],
+                cwd=str(ROOT), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), start_new_session=True, close_fds=True)
+
+    def _take_spare(self, args, log_path) -> subprocess.Popen | None:
+        import json
+
+        spare, self.spare = self.spare, None
+        if spare is None or spare.poll() is not None:
+            return None
+        try:
+            spare.stdin.write((json.dumps({"argv": args, "log": str(log_path)}) + "\n")
+                              .encode())
+            spare.stdin.close()
+        except OSError:
+            self._end_spare(spare)
+            return None
+        return spare
+
+    @staticmethod
+    def _end_spare(spare) -> None:
+        if spare.poll() is None:
+            try:
+                os.killpg(spare.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        spare.wait()
+        if spare.stdin is not None and not spare.stdin.closed:
+            spare.stdin.close()
+
+    def stop_spare(self) -> None:
+        if self.spare is not None:
+            self._end_spare(self.spare)
+            self.spare = None
 
     def wait_running(self, names, timeout_s: float = START_TIMEOUT_S, should_abort=None) -> None:
         """Block until every named stage reports RUNNING; StageStartError if one dies first."""
@@ -238,6 +295,7 @@ class Supervisor:
             self.reap(p.spec.name, ST_STOPPED)
 
     def kill_all(self) -> None:
+        self.stop_spare()
         for name in list(self.procs):
             self.reap(name, ST_FAILED)
 

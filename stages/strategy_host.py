@@ -3,34 +3,49 @@
 ``poll`` is one call of ``host_step`` (HOT PATH, @njit, generated per strategy kind so that
 numba can cache it: stages/host_codegen.py): poll the market-data broadcast rings of
 the strategy's venues into one batch (recording md receive -> strategy read latency), poll the
-execution reports (router) and denials (risk gate), apply the batch to the books and run the
-strategy's kernel (as ``strategies.host.run_strategy_batch`` does in the backtest), stamp and publish the
-intents to the gate. A timer tick (a kernel call with no input) runs every ``TIMER_NS``.
+execution reports (router) and denials (risk gate), then ``strategies.host.run_strategy_batch``
+-- the backtest's step: books, the runtime's bookkeeping (order table, positions), the kernel
+guarded so that an exception inside it is counted and its intents discarded, never the batch's
+input -- and stamp and publish the intents to the gate. A timer tick (a kernel call with no
+input) runs every ``TIMER_NS``. Everything else here (``on_start``, status) is cold.
 
 Push-back: if the intent ring is full (the gate is down or slow), the intents that did not fit
 are answered to the kernel on the next batch as EXEC_REJECT / EXEC_CANCEL_REJECT with
 REJECT_HALTED, so the strategy's own order table stays true without any waiting.
 
+Restart: ``on_start`` of a restarted strategy (ctx.restarts > 0) rebuilds positions and open
+orders from the journal
+(``strategies.base.restore_state`` over ``<run dir>/journal``, which the controller flushes
+before it restarts a strategy), remembers the journal's highest router sequence number, and
+the host step skips reports on the exec ring at or below it (the dead incarnation left them
+unread, the journal already had them). Without a journal ([journal] enabled = false) a
+restarted strategy starts flat.
+
 A lapped market-data reader (records lost) clears the books of that venue's instruments; they
 become valid again with the venue's next periodic snapshot.
+
+Status words: x0 push-backs, x1 book clears, x2 kernel calls, x3 kernel errors (also added to
+the stage's error count).
 """
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
+from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_OUT,
+                             H_PUSHBACK, make_hctl)
 
 BATCH_MD = 2048
 BATCH_EX = 256
 MAX_INTENTS = 256
 TIMER_NS = 1_000_000
-
-# hctl words (the generated host_step uses the same indices)
-H_NEXT_TIMER, H_FB_N, H_MD_IN, H_EX_IN, H_OUT, H_PUSHBACK, H_CALLS = 0, 1, 2, 3, 4, 5, 6
+JOURNAL_READ_TRIES = 5   # a journal file created an instant ago may not have its header yet
 
 
 class StrategyHostStage(Stage):
@@ -83,10 +98,18 @@ class StrategyHostStage(Stage):
         self.fb = np.zeros(MAX_INTENTS, dtype=EXEC_DTYPE)
         self.out = np.zeros(MAX_INTENTS, dtype=ORDER_DTYPE)
         self.out_i = self.out.view(np.int64).reshape(MAX_INTENTS, -1)
-        self.hctl = np.zeros(8, dtype=np.int64)
+        self.hctl = make_hctl()
+        self.restored = self.restore_from_journal(ctx)
         self.hist = LatencyHistogram.attach(inst, f"md_to_{spec.name}")
+        from stages.riskview import RiskView
+
+        # this strategy's own positions for status and reconciliation (its row only)
+        self.rv = RiskView.attach(inst)
+        self.sid = spec.strategy_id
+        self.inst_ids = [i.instrument_id for i in instruments]
         self.clock = TscClock()
         self.book_clears = 0
+        self.kernel_errors_seen = 0
         lost_before = [r.lost for r in self.md_r]
         self.poll()  # compile the kernel specialisation before reporting RUNNING
         from market.book import book_clear
@@ -96,6 +119,39 @@ class StrategyHostStage(Stage):
         for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]
+
+    def restore_from_journal(self, ctx) -> dict | None:
+        """Positions and open orders of this strategy id from ``<run dir>/journal`` (cold; see
+        ``strategies.base.restore_state``); the journal's last router sequence number goes to
+        hctl[H_LAST_SEQ] so the host step skips what the journal already holds. None on a
+        first start and when there is no journal."""
+        from market.recordfile import RecordFileError
+        from stages.journal import read_journal_exec, read_journal_orders
+        from strategies.base import PS_POS, restore_state
+
+        if ctx.restarts == 0 or ctx.run_dir is None:
+            return None   # a first start has nothing of its own in this run's journal
+        jdir = Path(ctx.run_dir) / "journal"
+        if not jdir.is_dir() or not any(jdir.glob("*.rec")):
+            return None
+        for attempt in range(JOURNAL_READ_TRIES):
+            try:
+                orders = read_journal_orders(jdir)
+                execs = read_journal_exec(jdir)
+                break
+            except RecordFileError:
+                if attempt == JOURNAL_READ_TRIES - 1:
+                    raise
+                time.sleep(0.05)
+        summary = restore_state(self.state, orders, execs)
+        self.hctl[H_LAST_SEQ] = summary["last_seq"]
+        pos = ", ".join(f"{i.key} {p:+.0f}" for i, p in
+                        zip(self.strategy.instruments, self.state[2][:, PS_POS]))
+        print(f"{ctx.name}: restored from {jdir}: {summary['fills']} fills ({pos} lots), "
+              f"{summary['open_orders']} open orders, router seq {summary['last_seq']}; "
+              f"skipped: {summary['unknown_instrument']} unknown instrument, "
+              f"{summary['not_restored']} orders beyond the table", file=sys.stderr, flush=True)
+        return summary
 
     def poll(self) -> int:
         return self.host_step(self.state, self.px, self.qty, self.meta, self.hctl,
@@ -115,7 +171,7 @@ class StrategyHostStage(Stage):
                     book_clear(self.px, self.qty, self.meta, ins)
 
     def fill_status(self, values) -> None:
-        from pipeline.status import W_X0, W_X1, W_X2
+        from pipeline.status import W_X0, W_X1, W_X2, W_X3
 
         self.clock.recalibrate()
         self.check_lapped()
@@ -124,15 +180,31 @@ class StrategyHostStage(Stage):
         self.records_out = int(h[H_OUT])
         self.records_lost = sum(r.lost for r in self.md_r)
         self.ring_lag = sum(r.pending() for r in self.md_r) + sum(r.pending() for r in self.ex_r)
+        kerr = int(h[H_KERNEL_ERRORS])
+        self.errors += kerr - self.kernel_errors_seen   # the runner publishes self.errors
+        self.kernel_errors_seen = kerr
         super().fill_status(values)
         values[W_X0] = h[H_PUSHBACK]
         values[W_X1] = self.book_clears
         values[W_X2] = h[H_CALLS]
+        values[W_X3] = kerr
+        self.publish_positions()
+
+    def publish_positions(self) -> None:
+        from strategies.base import PS_POS
+
+        pos = self.state[2]
+        row = self.rv.strat_pos[self.sid]
+        for i, iid in enumerate(self.inst_ids):
+            if iid < row.shape[0]:
+                row[iid] = int(pos[i, PS_POS])
 
     def drain(self) -> None:
         pass  # a stopping strategy sends nothing more; the router cancels its orders
 
     def on_stop(self) -> None:
+        self.publish_positions()
+        self.rv.close()
         self.hist.close()
         for r in self._rings:
             r.close()

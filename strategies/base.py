@@ -2,8 +2,9 @@
 
 Runs in every process that hosts a strategy: the live strategy-host stage, the backtest and the
 tests. The class (``Strategy`` subclasses) is cold: it validates parameters and builds the
-kernel's state once. Everything in the "hot helpers" section runs inside strategy kernels on
-the hot path: no allocation, no Python objects, no exceptions; problems are counters in ``ctl``.
+kernel's state once. Everything in the "hot helpers" section runs on the hot path, inside
+strategy kernels or in the runtime's batch step around them: no allocation, no Python objects,
+no exceptions; problems are counters in ``ctl``. ``restore_state`` at the end is cold.
 
 Contract (see /work/briefs/strategy_api.md)::
 
@@ -15,15 +16,24 @@ Contract (see /work/briefs/strategy_api.md)::
 
     kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out) -> int
 
-The host (strategies/host.py) applies ``md[:n_md]`` to the books first, then calls the kernel;
-a call with ``n_md == n_ex == 0`` is a timer tick. The kernel writes intents to ``out[0:k]`` and
-returns k. ``state`` is the tuple returned by ``make_state``; by convention its first two items
-are ``ctl`` (int64 words below) and ``orders`` (the strategy's own order table, below), so the
-shared helpers here work for every strategy.
+The runtime owns the bookkeeping (strategies/host.py ``run_strategy_batch``, the same in the
+live host and the backtest): it applies ``md[:n_md]`` to the books, then ``note_market`` and
+``apply_execs`` (order table, positions, reject counters from ``ex[:n_ex]``), and only then calls
+the kernel, which receives the same md and ex to react to (trades, fills, denials) but must not
+apply them again. A call with ``n_md == n_ex == 0`` is a timer tick. The kernel writes intents
+to ``out[0:k]`` with ``emit`` / ``send_*`` and returns k. A kernel that raises is caught by the
+runtime: the error is counted, the intents of that call are discarded and their order-table
+entries rolled back (``forget_intents``), and the next batch runs normally.
+
+``state`` is the tuple returned by ``make_state``; by convention its first three items are
+``ctl`` (int64 words below), ``orders`` (the strategy's own order table) and ``positions``
+(PS_* words), so the runtime and the shared helpers here work for every strategy, and a
+restarted strategy host rebuilds them from the journal (``restore_state``, cold).
 
 Intents carry ``client_order_id = strategy_id << 48 | counter`` and the receive time of the
 market record that caused them (``cause_recv_ts_ns``) so tick-to-trade is measured end to end.
-A strategy tracks its own inventory from execution reports and never enforces risk limits.
+The runtime keeps the strategy's inventory from execution reports; a strategy never enforces
+risk limits.
 """
 from __future__ import annotations
 
@@ -51,8 +61,10 @@ CTL_FILLS = 6          # fill reports applied
 CTL_REJECTS = 7        # EXEC_REJECT reports (venue rejects and risk denials)
 CTL_LAST_REJECT = 8    # reject_code of the latest one
 CTL_LAST_REJECT_NS = 9  # venue_ts_ns of the latest reject (a strategy backs off after one)
-CTL_INST_BASE = 10     # then n_inst instrument ids, then n_inst venue ids
-CTL_WORDS_FIXED = 10
+CTL_EMITTED = 10       # intents written into ``out`` by the current kernel call (high-water
+                       # mark kept by ``emit``; the runtime zeroes it before each call)
+CTL_INST_BASE = 11     # then n_inst instrument ids, then n_inst venue ids
+CTL_WORDS_FIXED = 11
 
 # ---- orders: the strategy's own order table, int64[max_orders, OS_WORDS] ---------------------
 OS_COID = 0        # client_order_id; 0 = free slot
@@ -199,6 +211,8 @@ def emit(out, k, ctl, kind, side, order_type, flags, i, coid, px_ticks, qty_lots
     r.strategy_id = ctl[CTL_STRATEGY_ID]
     r.reject_code = 0
     r.venue_id = venue_of(ctl, i)
+    if k + 1 > ctl[CTL_EMITTED]:
+        ctl[CTL_EMITTED] = k + 1
     return k + 1
 
 
@@ -350,6 +364,23 @@ def apply_execs(ctl, orders, pos, ex, n_ex):
 
 
 @njit(cache=True)
+def forget_intents(ctl, orders, out, n):
+    """Roll back the order table for intents out[0:n] that were never sent (the kernel that
+    wrote them raised): a NEW's slot is freed, a CANCEL / REPLACE leaves its order LIVE."""
+    for j in range(n):
+        o = out[j]
+        s = find_order(orders, o.client_order_id)
+        if s < 0:
+            continue
+        st = orders[s, OS_STATE]
+        if o.kind == INTENT_NEW:
+            if st == OST_PENDING_NEW:
+                orders[s, :] = 0
+        elif st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
+            orders[s, OS_STATE] = OST_LIVE
+
+
+@njit(cache=True)
 def pending_count(orders):
     """Orders with a request in flight (new / cancel / replace not yet answered)."""
     n = 0
@@ -376,3 +407,123 @@ def cancel_all(out, k, ctl, orders, now_ns):
         if orders[s, OS_STATE] == OST_LIVE:
             k = send_cancel(out, k, ctl, orders, s, now_ns)
     return k
+
+
+# =============================================================================================
+# Cold: a restarted strategy starts from the journal's view (stages/strategy_host.py on_start)
+# =============================================================================================
+@njit(cache=True)
+def _restore_fills(ctl, pos, fills):
+    """Apply fill reports (this strategy's, in router order) to the positions; returns
+    (applied, skipped for an instrument the strategy does not trade)."""
+    applied = 0
+    unknown = 0
+    for j in range(fills.shape[0]):
+        e = fills[j]
+        i = local_index(ctl, e.instrument_id)
+        if i < 0:
+            unknown += 1
+            continue
+        _apply_fill(pos, i, e.side, e.px_ticks, e.qty_lots, e.fee_e9)
+        applied += 1
+    ctl[CTL_FILLS] += applied
+    return applied, unknown
+
+
+def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
+    """Cold: rebuild the positions and open orders of a fresh ``state`` (ctl, order table,
+    positions, ...) from journal records: ``orders`` (ORDER_DTYPE, every intent the gate decided
+    on, reject_code 0 = approved) and ``execs`` (EXEC_DTYPE, every report the router handled,
+    router sequence number in ``reserved``), as ``stages.journal.read_journal_orders`` /
+    ``read_journal_exec`` return them. Only records of this strategy id count.
+
+    Positions: every EXEC_PARTIAL / EXEC_FILL, in router order, through the same accounting as
+    ``apply_execs`` (so average cost, realized PnL and fees come back too).
+    Open orders: approved INTENT_NEW without a final report (EXEC_FINAL_KINDS, or a partial
+    with nothing left), price and leaves as the last partial / replace ack left them; LIVE once
+    the venue answered, PENDING_NEW before; PENDING_CANCEL / PENDING_REPLACE when an approved
+    cancel / replace has no answer (replace ack or cancel reject) yet.
+
+    The journal files may still be growing: a report the journal has not written yet is still
+    in the strategy's exec ring (the router publishes there first) and is applied live; the
+    host skips ring reports with 0 < reserved <= the returned ``last_seq`` (already here).
+    The next client order id is moved past every id of this strategy in the journal.
+
+    Returns {"last_seq", "fills", "open_orders", "unknown_instrument", "not_restored"}.
+    """
+    from shm.records import EXEC_FINAL_KINDS
+
+    ctl, table, pos = state[0], state[1], state[2]
+    sid = int(ctl[CTL_STRATEGY_ID])
+    last_seq = int(execs["reserved"].max()) if len(execs) else 0
+    mine = execs[execs["strategy_id"] == sid]
+    mine = mine[np.argsort(mine["reserved"], kind="stable")]
+    kinds = mine["kind"]
+    fills = np.ascontiguousarray(mine[(kinds == EXEC_PARTIAL) | (kinds == EXEC_FILL)])
+    n_fills, unknown = _restore_fills(ctl, pos, fills)
+
+    own = orders[orders["strategy_id"] == sid]
+    if len(own):
+        counter = int((own["client_order_id"] & ((1 << COID_SHIFT) - 1)).max())
+        ctl[CTL_NEXT_COID] = max(int(ctl[CTL_NEXT_COID]), counter + 1)
+    approved = own[own["reject_code"] == 0]
+    done = np.isin(kinds, EXEC_FINAL_KINDS) | ((kinds == EXEC_PARTIAL) & (mine["leaves_lots"] <= 0))
+    final = set(mine["client_order_id"][done].tolist())
+    news = approved[approved["kind"] == INTENT_NEW]
+    news = news[~np.isin(news["client_order_id"], list(final))]
+    coids = news["client_order_id"]
+    answers = mine[np.isin(mine["client_order_id"], coids)]
+    requests = approved[np.isin(approved["kind"], (INTENT_CANCEL, INTENT_REPLACE))
+                        & np.isin(approved["client_order_id"], coids)]
+    n_open = not_restored = 0
+    placed = set()
+    for o in news:
+        coid = int(o["client_order_id"])
+        i = local_index(ctl, int(o["instrument_id"]))
+        if coid in placed:
+            continue
+        if i < 0:
+            unknown += 1
+            continue
+        free = np.flatnonzero(table[:, OS_STATE] == OST_FREE)
+        if len(free) == 0:
+            not_restored += 1
+            continue
+        px, leaves, acked, answered = int(o["px_ticks"]), int(o["qty_lots"]), False, 0
+        for e in answers[answers["client_order_id"] == coid]:
+            k = int(e["kind"])
+            if k == EXEC_ACK:
+                acked = True
+            elif k == EXEC_PARTIAL:
+                leaves, acked = int(e["leaves_lots"]), True
+            elif k == EXEC_REPLACE_ACK:
+                px, acked, answered = int(e["px_ticks"]), True, answered + 1
+                leaves = int(e["leaves_lots"]) if e["leaves_lots"] > 0 else int(e["qty_lots"])
+            elif k == EXEC_CANCEL_REJECT:
+                answered += 1
+        reqs = requests[requests["client_order_id"] == coid]
+        s = int(free[0])
+        table[s, :] = 0
+        table[s, OS_COID] = coid
+        table[s, OS_INST] = i
+        table[s, OS_SIDE] = int(o["side"])
+        table[s, OS_PX] = px
+        table[s, OS_LEAVES] = leaves
+        table[s, OS_NEW_PX] = px
+        table[s, OS_NEW_QTY] = leaves
+        table[s, OS_SENT_NS] = int(o["send_ts_ns"])
+        table[s, OS_TYPE] = int(o["order_type"])
+        table[s, OS_STATE] = OST_LIVE if acked else OST_PENDING_NEW
+        if len(reqs) > answered:   # one request in flight at a time: the last one is open
+            r = reqs[-1]
+            table[s, OS_SENT_NS] = int(r["send_ts_ns"])
+            if r["kind"] == INTENT_CANCEL:
+                table[s, OS_STATE] = OST_PENDING_CANCEL
+            else:
+                table[s, OS_STATE] = OST_PENDING_REPLACE
+                table[s, OS_NEW_PX] = int(r["px_ticks"])
+                table[s, OS_NEW_QTY] = int(r["qty_lots"])
+        placed.add(coid)
+        n_open += 1
+    return {"last_seq": last_seq, "fills": int(n_fills), "open_orders": n_open,
+            "unknown_instrument": int(unknown), "not_restored": not_restored}

@@ -55,8 +55,8 @@ from market.book import (META_HALTED, META_RECV_TS, best_ask_px, best_ask_qty, b
 from pipeline.config import opt
 from shm.records import ORD_IOC, SIDE_BUY, SIDE_SELL
 from strategies.base import (
-    CTL_REJECTS, PS_COST, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders,
-    make_positions, note_market, open_count, send_new,
+    CTL_REJECTS, PS_COST, PS_POS, Strategy, inst_id, make_ctl, make_orders, make_positions,
+    open_count, send_new,
 )
 
 
@@ -87,8 +87,8 @@ F_MAX_AGE_NS, F_MIN_INTERVAL_NS = 8, 9
 F_WORDS = 10
 E_EDGE, E_COST, E_N_ARBS, E_N_HEDGES, E_N_UNWINDS, E_BREAKEVEN = range(6)
 E_WORDS = 6
-I_LEG_START_NS, I_LAST_ARB_NS = 0, 1
-I_WORDS = 2
+I_LEG_START_NS, I_LAST_ARB_NS, I_REJECTS_SEEN = 0, 1, 2   # REJECTS_SEEN: ctl[CTL_REJECTS]
+I_WORDS = 3                                               # at the last call
 
 
 @njit(cache=True)
@@ -153,10 +153,9 @@ def _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, n
 @njit(cache=True)
 def arb_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     ctl, orders, pos, fp, est, iw = state
-    note_market(ctl, md, n_md)
-    rejects = ctl[CTL_REJECTS]
-    apply_execs(ctl, orders, pos, ex, n_ex)
-    if ctl[CTL_REJECTS] != rejects:
+    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
+    if ctl[CTL_REJECTS] != iw[I_REJECTS_SEEN]:
+        iw[I_REJECTS_SEEN] = ctl[CTL_REJECTS]
         iw[I_LAST_ARB_NS] = now_ns   # denied (e.g. a rate limit): back off, do not hammer
     k = 0
     if open_count(orders) > 0:

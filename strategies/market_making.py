@@ -57,13 +57,13 @@ import numpy as np
 from numba import njit
 
 from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_apply_market,
-                         is_valid, mid_x2)
+                         is_valid, mid_x2, valid_mid_x2)
 from pipeline.config import opt
 from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
 from strategies.base import (
     OS_COID, OS_LEAVES, OS_NEW_PX, OS_PX, OS_SIDE, OS_STATE, OST_FREE, OST_LIVE, PS_POS,
-    Strategy, apply_execs, cancel_all, find_order, inst_id, make_ctl, make_orders,
-    make_positions, note_market, send_cancel, send_new, send_replace,
+    Strategy, cancel_all, find_order, inst_id, make_ctl, make_orders, make_positions,
+    send_cancel, send_new, send_replace,
 )
 
 
@@ -201,8 +201,7 @@ def _manage_side(out, k, ctl, orders, iw, coid_word, sent_word, side, want_px, w
 @njit(cache=True)
 def mm_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     ctl, orders, pos, fp, est, iw = state
-    note_market(ctl, md, n_md)
-    apply_execs(ctl, orders, pos, ex, n_ex)
+    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
     inst = inst_id(ctl, 0)
     ref_mid2 = est[E_LAST_MID_X2]
     for j in range(n_md):
@@ -265,11 +264,10 @@ def _mm_warm(fp, est, px, qty, meta, inst, md, n):
         rec = md[j]
         if rec.instrument_id != inst:
             continue
-        if rec.kind == MSG_TRADE:
-            mm_observe_trade(fp, est, rec.px_ticks, mid_x2(px, meta, inst))
+        if rec.kind == MSG_TRADE:   # as the kernel: distance from the last valid mid
+            mm_observe_trade(fp, est, rec.px_ticks, valid_mid_x2(px, meta, inst))
         book_apply_market(px, qty, meta, rec)
-        if is_valid(px, meta, inst):
-            mm_observe_mid(fp, est, mid_x2(px, meta, inst), rec.recv_ts_ns)
+        mm_observe_mid(fp, est, valid_mid_x2(px, meta, inst), rec.recv_ts_ns)
 
 
 class MarketMaking(Strategy):

@@ -3,7 +3,8 @@ Runs in a strategy process (live) or the backtest; ``pairs_kernel`` and its help
 (@njit, no allocation), the class is cold.
 
 Model. Every ``sample_ms`` the log mids y = ln(P_Y) (first instrument) and x = ln(P_X) (second)
-are sampled when both books are valid. Over the previous ``window`` samples an ordinary least
+are sampled when both books are valid (complete, two-sided, bid < ask: market/book.py); a due
+sample with a leg that has no price waits for the next call (counted in ``E_N_NO_PRICE``). Over the previous ``window`` samples an ordinary least
 squares fit y = a + b x gives the hedge ratio b and the residual standard deviation sd; the
 current sample's out-of-sample residual e = y - a - b x gives the z-score z = e / sd. (Fitting on
 the previous samples only keeps today's price from pulling the fit towards itself; the sums are
@@ -25,6 +26,10 @@ so a partially filled leg is topped up on the next call; a leg with a request in
 After a reject or risk denial nothing is sent for ``reject_backoff_ms`` (a denied leg retried at
 once would hammer the gate, and in a backtest would never let simulated time move on).
 No resting orders: nothing to spoof, layer or self-cross.
+
+Restart: the runtime restores positions and open orders from the journal, not the model (its
+window, z and direction start empty), so a restarted instance trades any inherited legs back
+to flat (target 0) and then waits for a full window again.
 """
 from __future__ import annotations
 
@@ -34,12 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, mid_x2
+from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, valid_mid_x2
 from pipeline.config import opt
 from shm.records import ORD_IOC, ORD_MARKET, SIDE_BUY, SIDE_SELL
 from strategies.base import (
-    CTL_LAST_REJECT_NS, OS_INST, OS_STATE, OST_FREE, PS_POS, Strategy, apply_execs, inst_id, make_ctl, make_orders,
-    make_positions, note_market, send_new,
+    CTL_LAST_REJECT_NS, OS_INST, OS_STATE, OST_FREE, PS_POS, Strategy, inst_id, make_ctl,
+    make_orders, make_positions, send_new,
 )
 
 
@@ -70,7 +75,8 @@ F_WORDS = 14
 # est: float64 model state (read by tests and reports)
 E_NEXT_SAMPLE_NS, E_N_SAMPLES, E_BETA, E_ALPHA, E_SD, E_Z, E_RESID, E_COOLDOWN_UNTIL = range(8)
 E_TARGET_Y, E_TARGET_X, E_DIR, E_N_ENTRIES, E_N_STOPS = range(8, 13)
-E_WORDS = 13
+E_N_NO_PRICE = 13   # calls with a sample due while a leg had no price (invalid / one-sided book)
+E_WORDS = 14
 
 
 @njit(cache=True)
@@ -164,51 +170,62 @@ def pairs_sample(fp, est, xs, ys, y_log, x_log, now_ns):
 
 
 @njit(cache=True)
+def pairs_rule(fp, est, price_y, price_x, now_ns):
+    """Entry / exit / stop on the z-score just sampled (prices > 0, quote currency)."""
+    z = est[E_Z]
+    d = est[E_DIR]
+    if d == 0.0:
+        if now_ns >= est[E_COOLDOWN_UNTIL] and est[E_BETA] > 0.0:
+            nd = 0.0
+            if z >= fp[F_ENTRY]:
+                nd = -1.0
+            elif z <= -fp[F_ENTRY]:
+                nd = 1.0
+            if nd != 0.0:
+                qy = math.floor(fp[F_NOTIONAL] / (price_y * fp[F_LOT_Y]) + 0.5)
+                qx = math.floor(est[E_BETA] * fp[F_NOTIONAL] / (price_x * fp[F_LOT_X]) + 0.5)
+                if qy > 0 and qx > 0:
+                    est[E_DIR] = nd
+                    est[E_TARGET_Y] = nd * qy
+                    est[E_TARGET_X] = -nd * qx
+                    est[E_N_ENTRIES] += 1
+    else:
+        stop = (d < 0 and z >= fp[F_STOP]) or (d > 0 and z <= -fp[F_STOP])
+        done = (d < 0 and z <= fp[F_EXIT]) or (d > 0 and z >= -fp[F_EXIT])
+        if stop or done:
+            est[E_DIR] = 0.0
+            est[E_TARGET_Y] = 0.0
+            est[E_TARGET_X] = 0.0
+        if stop:
+            est[E_COOLDOWN_UNTIL] = now_ns + fp[F_COOLDOWN_NS]
+            est[E_N_STOPS] += 1
+
+
+@njit(cache=True)
 def pairs_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
     ctl, orders, pos, fp, est, xs, ys = state
-    note_market(ctl, md, n_md)
-    apply_execs(ctl, orders, pos, ex, n_ex)
+    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
     iy = inst_id(ctl, 0)
     ix = inst_id(ctl, 1)
     k = 0
-    both = is_valid(px, meta, iy) and is_valid(px, meta, ix)
-    if both and (est[E_NEXT_SAMPLE_NS] == 0.0 or now_ns >= est[E_NEXT_SAMPLE_NS]):
-        my2 = mid_x2(px, meta, iy)
-        mx2 = mid_x2(px, meta, ix)
-        if est[E_NEXT_SAMPLE_NS] == 0.0:
-            est[E_NEXT_SAMPLE_NS] = now_ns
-        # one sample per call however long the gap; the sampling grid stays aligned
-        skipped = math.floor((now_ns - est[E_NEXT_SAMPLE_NS]) / fp[F_SAMPLE_NS]) + 1.0
-        est[E_NEXT_SAMPLE_NS] += skipped * fp[F_SAMPLE_NS]
-        price_y = my2 * 0.5 * fp[F_TICK_Y]
-        price_x = mx2 * 0.5 * fp[F_TICK_X]
-        if pairs_sample(fp, est, xs, ys, math.log(price_y), math.log(price_x), now_ns):
-            z = est[E_Z]
-            d = est[E_DIR]
-            if d == 0.0:
-                if now_ns >= est[E_COOLDOWN_UNTIL] and est[E_BETA] > 0.0:
-                    nd = 0.0
-                    if z >= fp[F_ENTRY]:
-                        nd = -1.0
-                    elif z <= -fp[F_ENTRY]:
-                        nd = 1.0
-                    qy = math.floor(fp[F_NOTIONAL] / (price_y * fp[F_LOT_Y]) + 0.5)
-                    qx = math.floor(est[E_BETA] * fp[F_NOTIONAL] / (price_x * fp[F_LOT_X]) + 0.5)
-                    if nd != 0.0 and qy > 0 and qx > 0:
-                        est[E_DIR] = nd
-                        est[E_TARGET_Y] = nd * qy
-                        est[E_TARGET_X] = -nd * qx
-                        est[E_N_ENTRIES] += 1
-            else:
-                stop = (d < 0 and z >= fp[F_STOP]) or (d > 0 and z <= -fp[F_STOP])
-                done = (d < 0 and z <= fp[F_EXIT]) or (d > 0 and z >= -fp[F_EXIT])
-                if stop or done:
-                    est[E_DIR] = 0.0
-                    est[E_TARGET_Y] = 0.0
-                    est[E_TARGET_X] = 0.0
-                if stop:
-                    est[E_COOLDOWN_UNTIL] = now_ns + fp[F_COOLDOWN_NS]
-                    est[E_N_STOPS] += 1
+    if est[E_NEXT_SAMPLE_NS] == 0.0 or now_ns >= est[E_NEXT_SAMPLE_NS]:
+        # A mid only from a valid book (complete, two-sided, bid < ask): an empty, one-sided,
+        # crossed or locked leg has no price, so no sample (a zero mid would be log(0) and a
+        # division by zero when sizing the legs).
+        my2 = valid_mid_x2(px, meta, iy)
+        mx2 = valid_mid_x2(px, meta, ix)
+        if my2 <= 0 or mx2 <= 0:
+            est[E_N_NO_PRICE] += 1
+        else:
+            if est[E_NEXT_SAMPLE_NS] == 0.0:
+                est[E_NEXT_SAMPLE_NS] = now_ns
+            # one sample per call however long the gap; the sampling grid stays aligned
+            skipped = math.floor((now_ns - est[E_NEXT_SAMPLE_NS]) / fp[F_SAMPLE_NS]) + 1.0
+            est[E_NEXT_SAMPLE_NS] += skipped * fp[F_SAMPLE_NS]
+            price_y = my2 * 0.5 * fp[F_TICK_Y]
+            price_x = mx2 * 0.5 * fp[F_TICK_X]
+            if pairs_sample(fp, est, xs, ys, math.log(price_y), math.log(price_x), now_ns):
+                pairs_rule(fp, est, price_y, price_x, now_ns)
     last_reject = ctl[CTL_LAST_REJECT_NS]
     if last_reject == 0 or now_ns - last_reject >= fp[F_REJECT_BACKOFF_NS]:
         k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 0, est[E_TARGET_Y], now_ns)

@@ -196,3 +196,95 @@ def test_backtest_replays_a_lobster_recording_through_the_queue_model(cfg, share
     assert res.counters["md_records"] == n               # every record reached the strategy
     assert res.report["strategy"]["instruments"] == ["AAPL@LOBSTER"]
     assert res.counters["orders_sent"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Books without a price, kernels that raise
+# ---------------------------------------------------------------------------------------------
+T0 = 1_000 * MS
+
+
+def _pair_recording(cfg, path, end_s=9.0, one_sided=(6.0, 7.0), trade_px_at=None):
+    """BTC-USD@simA (Y) and ETH-USD@simA (X) quoted every 50 ms on a correlated random walk;
+    from one_sided[0] to one_sided[1] (s) the venue's BTC book is complete but has no asks (a
+    snapshot with bids only), then whole again. ``trade_px_at`` = (px, s): one BTC trade."""
+    from market.recordfile import RecordFileWriter
+    from shm.instruments import InstrumentTable
+    from shm.records import MSG_TOP
+
+    table = InstrumentTable.from_config(cfg)
+    y, x = table.by_key("BTC-USD@simA").instrument_id, table.by_key("ETH-USD@simA").instrument_id
+    rng = np.random.default_rng(5)
+    n = int(end_s / 0.05)
+    lx = np.cumsum(rng.normal(0, 2e-4, n))
+    ly = 1.2 * lx + rng.normal(0, 1e-4, n)
+    py = np.round(6_000_000 * np.exp(ly)).astype(int)
+    px = np.round(300_000 * np.exp(lx)).astype(int)
+    recs = []
+
+    def rec(t, inst, kind, side=0, price=0, qty=0, aux0=0, aux1=0):
+        r = _rec(t, kind, side, price, qty)
+        r["instrument_id"], r["aux0"], r["aux1"] = inst, aux0, aux1
+        recs.append(r)
+
+    def snap(t, inst, bid, ask):
+        rec(t, inst, MSG_SNAP_START)
+        rec(t, inst, MSG_LEVEL, SIDE_BUY, bid, 10**6)
+        if ask:
+            rec(t, inst, MSG_LEVEL, SIDE_SELL, ask, 10**6)
+        rec(t, inst, MSG_SNAP_END)
+
+    snap(T0, y, py[0] - 1, py[0] + 1)
+    snap(T0, x, px[0] - 1, px[0] + 1)
+    gap = [round(s / 0.05) for s in one_sided]
+    for i in range(1, n):
+        t = T0 + i * 50 * MS
+        if trade_px_at and i == round(trade_px_at[1] / 0.05):
+            rec(t, y, MSG_TRADE, SIDE_SELL, trade_px_at[0], 1)
+        if i == gap[0]:
+            snap(t, y, py[i] - 1, 0)
+        elif i == gap[1]:
+            snap(t, y, py[i] - 1, py[i] + 1)
+        elif not gap[0] < i < gap[1]:
+            rec(t, y, MSG_TOP, 0, py[i] - 1, 10**6, py[i] + 1, 10**6)
+        rec(t, x, MSG_TOP, 0, px[i] - 1, 10**6, px[i] + 1, 10**6)
+    with RecordFileWriter(path, MARKET_DTYPE, list(table)) as w:
+        w.append(np.array(recs, dtype=MARKET_DTYPE))
+    return len(recs)
+
+
+def test_pairs_backtest_runs_through_a_one_sided_book_without_a_kernel_error(cfg, tmp_path):
+    from market.backtest import run_backtest
+    from strategies import pairs_trading as pt
+
+    path = tmp_path / "pairs.rec"
+    n = _pair_recording(cfg, path)
+    res = run_backtest(cfg, "pairs_btc_eth", data=path)   # the default config's instance
+    est = res.strategy_state[4]
+    assert est[pt.E_N_SAMPLES] > 100          # the z-score was live before the book went bad
+    assert est[pt.E_N_NO_PRICE] > 0           # samples came due while BTC had no asks
+    assert res.counters["kernel_errors"] == 0 and res.report["kernel_errors"] == 0
+    assert res.counters["md_records"] == n    # ran to the end of the recording
+
+
+def test_a_kernel_that_raises_in_the_backtest_is_counted_and_the_run_goes_on(cfg, tmp_path,
+                                                                            monkeypatch):
+    """The backtest's guard is the live host's (strategies.host.run_strategy_batch)."""
+    import dataclasses
+
+    from market import backtest
+    from strategies import registry
+    from tests.unit.test_strategy_host_step import POISON_PX, PoisonStrategy
+
+    monkeypatch.setitem(registry._cache, PoisonStrategy.kind, PoisonStrategy)
+    sc = dataclasses.replace(backtest._strategy_config(cfg, "mm_btc"), kind=PoisonStrategy.kind,
+                             params={})
+    monkeypatch.setattr(backtest, "_strategy_config", lambda c, which: sc)
+    path = tmp_path / "poison.rec"
+    n = _pair_recording(cfg, path, end_s=3.0, one_sided=(10.0, 11.0),
+                        trade_px_at=(POISON_PX, 1.0))
+    res = backtest.run_backtest(cfg, "mm_btc", data=path)
+    assert res.counters["kernel_errors"] == 1 and res.report["kernel_errors"] == 1
+    assert res.counters["intents_discarded"] == 1     # its IOC at the poison price never left
+    assert res.counters["orders_sent"] == 0
+    assert res.counters["md_records"] == n            # and the run reached the end

@@ -9,7 +9,7 @@ from market.book import (ASK, BID, CROSS_CROSSED, CROSS_LOCKED, CROSS_NONE, META
                          META_UPDATE_ID, META_VALID, L2Book, best_ask_px, best_ask_qty,
                          best_bid_px, best_bid_qty, bench_book_maintenance, book_set_level,
                          cross_state, imbalance, is_crossed, is_locked, is_valid, microprice,
-                         mid_x2, synthetic_level_records)
+                         mid_x2, synthetic_level_records, valid_mid_x2)
 from shm.records import (MARKET_DTYPE, MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_STATUS,
                          MSG_TOP, MSG_TRADE, SIDE_BUY, SIDE_SELL, STATUS_BOOK_INVALID)
 
@@ -85,6 +85,25 @@ def test_crossed_and_locked_books_are_detected_and_not_valid():
     book.apply(recs(lvl(SIDE_BUY, 12, 1)))
     assert cross_state(px, meta, 1) == CROSS_CROSSED and is_crossed(px, meta, 1)
     assert not is_valid(px, meta, 1)
+
+
+def test_a_complete_book_with_an_empty_side_is_not_valid_and_has_no_price():
+    book = L2Book(1, 4)
+    px, qty, meta = book.arrays
+    book.apply(recs((MSG_SNAP_START, 0, 0, 0, 1, 0), lvl(SIDE_BUY, 10, 1),
+                    (MSG_SNAP_END, 0, 0, 0, 1, 0)))
+    assert meta[1, META_VALID] == 1              # the venue says: complete, no asks
+    assert not is_valid(px, meta, 1) and mid_x2(px, meta, 1) == 0
+    assert valid_mid_x2(px, meta, 1) == 0 and math.isnan(microprice(px, qty, meta, 1))
+    book.apply(recs(lvl(SIDE_SELL, 12, 1)))
+    assert is_valid(px, meta, 1) and valid_mid_x2(px, meta, 1) == 22
+    assert not math.isnan(microprice(px, qty, meta, 1))
+    book.apply(recs(lvl(SIDE_BUY, 10, 0)))       # every bid gone
+    assert not is_valid(px, meta, 1) and valid_mid_x2(px, meta, 1) == 0
+    book.apply(recs((MSG_SNAP_START, 0, 0, 0, 2, 0), (MSG_SNAP_END, 0, 0, 0, 2, 0)))
+    assert meta[1, META_VALID] == 1 and not is_valid(px, meta, 1)   # complete and empty
+    book.apply(recs(lvl(SIDE_BUY, 13, 1), lvl(SIDE_SELL, 12, 1)))     # crossed: no price
+    assert not is_valid(px, meta, 1) and valid_mid_x2(px, meta, 1) == 0
 
 
 def test_top_of_book_record_drops_better_levels_and_sets_the_touch():
