@@ -8,7 +8,10 @@ the backtest's queue model and for tests.
 
 State is one tuple of arrays, ``eng``::
 
-    orders  int64[max_orders, O_WORDS]      one row per order slot (128 bytes, see O_*)
+    orders  int64[max_orders + 1, O_WORDS]  one row per order slot (128 bytes, see O_*); at
+                                            most max_orders rest (st[S_MAX_OPEN]), the extra
+                                            slot is for the order being matched, so a full
+                                            book still takes orders that trade against it
     levels  int64[level_pool, LV_WORDS]     price level: px, total qty, FIFO head/tail, count
     sidelv  int64[n+1, 2, max_levels]       level slot ids per instrument and side, best first
     inst    int64[n+1, I_WORDS]             level counts per side, update id, trade count
@@ -16,7 +19,7 @@ State is one tuple of arrays, ``eng``::
                                             maker (0) and taker (1); see matching.fee_e9
     htab    int64[H, 2]                     client_order_id -> order slot (open addressing)
     st      int64[S_WORDS]                  free-list tops, id counters, STP mode, drop counters
-    ofree   int64[max_orders]               free order slots (stack)
+    ofree   int64[max_orders + 1]           free order slots (stack)
     lfree   int64[level_pool]               free level slots (stack)
 
 Each price level holds its orders as a doubly linked FIFO through O_NEXT / O_PREV (time
@@ -81,6 +84,7 @@ S_EX_DROPPED = 6      # exec reports that did not fit the caller's array
 S_MD_DROPPED = 7      # market records that did not fit
 S_OPEN_ORDERS = 8
 S_HBITS = 9
+S_MAX_OPEN = 10       # resting orders allowed (max_orders)
 S_WORDS = 16
 
 NIL = -1
@@ -88,13 +92,18 @@ NIL = -1
 
 def make_engine_arrays(n_instruments: int, max_orders: int = 1 << 16, max_levels: int = 1024,
                        level_pool: int | None = None):
-    """Allocate an empty engine state (cold). ``max_levels`` is per instrument and side."""
+    """Allocate an empty engine state (cold). ``max_orders`` resting orders in all,
+    ``max_levels`` price levels per instrument and side, ``level_pool`` levels in all (by
+    default as many as can be used: every level holds at least one resting order)."""
     if n_instruments < 1 or max_orders < 1 or max_levels < 1:
         raise ValueError("make_engine_arrays needs n_instruments, max_orders, max_levels >= 1")
     if level_pool is None:
         level_pool = min(max_orders, 2 * n_instruments * max_levels)
-    hbits = max(4, int(2 * max_orders - 1).bit_length())
-    orders = np.zeros((max_orders, O_WORDS), dtype=np.int64)
+    if level_pool < 1:
+        raise ValueError(f"make_engine_arrays needs level_pool >= 1, got {level_pool}")
+    slots = max_orders + 1
+    hbits = max(4, int(2 * max_orders - 1).bit_length())   # load factor about 1/2 at most
+    orders = np.zeros((slots, O_WORDS), dtype=np.int64)
     orders[:, O_NEXT] = NIL
     orders[:, O_PREV] = NIL
     levels = np.zeros((level_pool, LV_WORDS), dtype=np.int64)
@@ -104,9 +113,10 @@ def make_engine_arrays(n_instruments: int, max_orders: int = 1 << 16, max_levels
     htab = np.full((1 << hbits, 2), NIL, dtype=np.int64)
     st = np.zeros(S_WORDS, dtype=np.int64)
     # Stacks pop from the end: lowest slots first keeps the working set compact.
-    ofree = np.arange(max_orders - 1, -1, -1, dtype=np.int64)
+    ofree = np.arange(slots - 1, -1, -1, dtype=np.int64)
     lfree = np.arange(level_pool - 1, -1, -1, dtype=np.int64)
-    st[S_OFREE_N] = max_orders
+    st[S_OFREE_N] = slots
+    st[S_MAX_OPEN] = max_orders
     st[S_LFREE_N] = level_pool
     st[S_NEXT_VENUE_OID] = 1
     st[S_NEXT_TRADE_ID] = 1

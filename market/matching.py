@@ -26,8 +26,17 @@ Semantics:
 - NEW: ACK (with venue_order_id), then fills; LIMIT rests its remainder; IOC and MARKET expire
   it (EXEC_EXPIRED); FOK fills completely or is rejected (REJECT_FOK) without touching the
   book; POST_ONLY is rejected (REJECT_POST_ONLY) if it would take; MARKET into an empty side
-  is rejected (REJECT_NO_LIQUIDITY); malformed orders REJECT_INVALID; no order slot or level
-  room REJECT_MAX_OPEN_ORDERS.
+  is rejected (REJECT_NO_LIQUIDITY); malformed orders REJECT_INVALID (qty <= 0, a non-market
+  price <= 0, unknown side, type or instrument, a client_order_id already open).
+- Capacity (make_engine_arrays): at most max_orders resting orders, max_levels price levels per
+  instrument and side, level_pool levels in all; a level's FIFO has no limit of its own. With
+  max_orders resting, an order that cannot trade at once is rejected (REJECT_MAX_OPEN_ORDERS)
+  and a marketable one is still taken (the table keeps a spare slot for the order being
+  matched). A remainder that cannot rest is cancelled after its fills (EXEC_CANCEL_ACK with
+  REJECT_MAX_OPEN_ORDERS: no order slot, level or level slot free; REJECT_MAX_ORDER_QTY: its
+  level's total would pass int64 max). A REPLACE whose quantity plus the order's cum_qty
+  would pass int64 max is refused (EXEC_CANCEL_REJECT + REJECT_MAX_ORDER_QTY). So no level
+  total, cum_qty or leaves ever wraps; fees beyond int64 saturate at +-(2**63 - 1).
 - Fills: the taker gets one report per maker matched (EXEC_PARTIAL, the last EXEC_FILL), each
   maker one (liquidity LIQ_MAKER / LIQ_TAKER), trade price = maker's price. fee_e9 =
   round(px * qty * value_e9_per_tick_lot * bps / 1e4), bps maker or taker, negative = rebate.
@@ -44,8 +53,13 @@ Semantics:
 - Market data: MSG_TRADE per fill (side = aggressor, aux0 = trade id) and MSG_LEVEL with the
   new total quantity of every level an order changed (aux0 = per-instrument update id); the
   last record of each order carries MFLAG_LAST_IN_BATCH. Times are now_ns.
+- CANCEL_ALL reports in order-slot order (not time order) and needs one exec report and one
+  market record per order it cancels; only OUT_MARGIN free slots are guaranteed, so what does
+  not fit is counted in the drop counters like a long sweep's (all orders are cancelled).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -53,20 +67,20 @@ from numba import njit
 from market.l3book import (I_N_TRADES, I_UPDATE_ID, LV_HEAD, LV_PX, LV_QTY, NIL, O_ACTIVE,
                            O_CAUSE_TS, O_CLIENT, O_CUM, O_ENTRY_TS, O_INST, O_LEAVES, O_LEVEL,
                            O_NEXT, O_ORIG_QTY, O_OWNER, O_PX, O_SIDE, O_TYPE, O_VENUE_OID,
-                           S_EX_DROPPED, S_MD_DROPPED, S_NEXT_TRADE_ID, S_NEXT_VENUE_OID,
-                           S_OPEN_ORDERS, S_STP_MODE, S_VENUE_ID, alloc_order, append_order,
-                           free_order, get_or_add_level, h_delete, h_find, h_insert, l3_best_px,
-                           l3_depth, make_engine_arrays, unlink_order, write_ex_input,
-                           write_ex_slot, write_md, write_md_level)
+                           S_EX_DROPPED, S_MAX_OPEN, S_MD_DROPPED, S_NEXT_TRADE_ID,
+                           S_NEXT_VENUE_OID, S_OPEN_ORDERS, S_STP_MODE, S_VENUE_ID, alloc_order,
+                           append_order, free_order, get_or_add_level, h_delete, h_find,
+                           h_insert, l3_best_px, l3_depth, make_engine_arrays, unlink_order,
+                           write_ex_input, write_ex_slot, write_md, write_md_level)
 from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_DTYPE,
                          EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK,
                          INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
                          LIQ_NONE, LIQ_TAKER, MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MFLAG_SNAPSHOT,
                          MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_TRADE, ORD_FOK,
                          ORD_LIMIT, ORD_MARKET, ORD_POST_ONLY, REJECT_FOK, REJECT_INVALID,
-                         REJECT_MAX_OPEN_ORDERS, REJECT_NO_LIQUIDITY, REJECT_NONE,
-                         REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER, SIDE_BUY,
-                         SIDE_SELL)
+                         REJECT_MAX_OPEN_ORDERS, REJECT_MAX_ORDER_QTY, REJECT_NO_LIQUIDITY,
+                         REJECT_NONE, REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER,
+                         SIDE_BUY, SIDE_SELL)
 
 # numba types a Python int constant passed to another @njit function as Literal[int] and
 # compiles one specialisation per distinct value (write_ex_input was compiled 5 times, the
@@ -76,14 +90,15 @@ ONE = np.int64(1)
 (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL,
  EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, LIQ_MAKER, LIQ_NONE,
  LIQ_TAKER, MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_TRADE,
- REJECT_FOK, REJECT_INVALID, REJECT_MAX_OPEN_ORDERS, REJECT_NO_LIQUIDITY, REJECT_NONE,
- REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER) = \
+ REJECT_FOK, REJECT_INVALID, REJECT_MAX_OPEN_ORDERS, REJECT_MAX_ORDER_QTY,
+ REJECT_NO_LIQUIDITY, REJECT_NONE, REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER) = \
     tuple(np.int64(v) for v in (
         EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL,
         EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, LIQ_MAKER, LIQ_NONE,
         LIQ_TAKER, MSG_LEVEL, MSG_SNAP_END, MSG_SNAP_START, MSG_TRADE,
-        REJECT_FOK, REJECT_INVALID, REJECT_MAX_OPEN_ORDERS, REJECT_NO_LIQUIDITY, REJECT_NONE,
-        REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER))
+        REJECT_FOK, REJECT_INVALID, REJECT_MAX_OPEN_ORDERS, REJECT_MAX_ORDER_QTY,
+        REJECT_NO_LIQUIDITY, REJECT_NONE, REJECT_POST_ONLY, REJECT_SELF_TRADE,
+        REJECT_UNKNOWN_ORDER))
 
 # Hot kernels run without numba's reference counting (NRT): they never allocate, and with NRT
 # every array that crosses a call costs an atomic incref/decref pair (measured here: a call
@@ -95,13 +110,21 @@ STP_REJECT = 2
 STP_MODES = {"none": STP_NONE, "cancel_newest": STP_CANCEL_NEWEST, "reject": STP_REJECT}
 
 OUT_MARGIN = 192
-_MARKET_BUY_PX = np.int64(1) << 62   # a market order's limit: beyond any price
+I64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
+_MARKET_BUY_PX = I64_MAX   # a market buy's limit: no ask is above it (asks may rest at 2**62+)
+_TWO_63 = 9223372036854775808.0
 
 
 @njit(cache=True, _nrt=False)
 def _fee(eng, ins, liq_col, px, qty):
-    x = px * qty * eng[4][ins, liq_col]
-    return np.int64(np.floor(x + 0.5))
+    # In float: px * qty passes int64 long before a fee does (2**33 ticks x 2**31 lots), and
+    # float -> int64 of a value out of range is undefined in LLVM, so saturate first.
+    x = np.floor(np.float64(px) * np.float64(qty) * eng[4][ins, liq_col] + 0.5)
+    if x >= _TWO_63:
+        return I64_MAX
+    if x <= -_TWO_63:
+        return -I64_MAX
+    return np.int64(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,9 +152,10 @@ def _walk(eng, ins, side, limit, qty, owner):
         while m != NIL:
             if check and orders[m, O_OWNER] == owner:
                 return avail, True
-            avail += orders[m, O_LEAVES]
-            if avail >= qty:
+            left = orders[m, O_LEAVES]
+            if left >= qty - avail:   # not avail + left >= qty: that sum can pass int64
                 return qty, False
+            avail += left
             m = orders[m, O_NEXT]
     return avail, False
 
@@ -201,16 +225,22 @@ def _after_match(eng, o, ex, kx, md, km, stp_hit, now):
     elif orders[o, O_TYPE] == ORD_LIMIT or orders[o, O_TYPE] == ORD_POST_ONLY:
         ins = orders[o, O_INST]
         side = orders[o, O_SIDE]
-        lv = get_or_add_level(eng, ins, side, orders[o, O_PX])
-        if lv != NIL:
-            append_order(eng, o, lv)
-            st[S_OPEN_ORDERS] += 1
-            km = write_md_level(eng, md, km, ins, side, orders[o, O_PX], eng[1][lv, LV_QTY], now)
-            return kx, km
         left = orders[o, O_LEAVES]
+        why = REJECT_MAX_OPEN_ORDERS
+        if st[S_OPEN_ORDERS] < st[S_MAX_OPEN]:
+            lv = get_or_add_level(eng, ins, side, orders[o, O_PX])
+            if lv != NIL:
+                # A level just made holds 0, so this never leaves an empty level behind.
+                if eng[1][lv, LV_QTY] <= I64_MAX - left:
+                    append_order(eng, o, lv)
+                    st[S_OPEN_ORDERS] += 1
+                    km = write_md_level(eng, md, km, ins, side, orders[o, O_PX],
+                                        eng[1][lv, LV_QTY], now)
+                    return kx, km
+                why = REJECT_MAX_ORDER_QTY
         orders[o, O_LEAVES] = 0
         kx = write_ex_slot(eng, ex, kx, o, EXEC_CANCEL_ACK, orders[o, O_PX], left, LIQ_NONE, Z, Z,
-                      REJECT_MAX_OPEN_ORDERS, now)
+                      why, now)
     else:
         left = orders[o, O_LEAVES]
         orders[o, O_LEAVES] = 0
@@ -247,8 +277,12 @@ def _new(eng, rec, ex, kx, md, km, now):
             return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_SELF_TRADE, now), km
         if otype == ORD_FOK and avail < qty:
             return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_FOK, now), km
+    if st[S_OPEN_ORDERS] >= st[S_MAX_OPEN] and (opp_best == 0 or
+                                                 not _crosses(side, limit, opp_best)):
+        # Full: refuse what could only rest; what trades uses the spare slot and frees others.
+        return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_MAX_OPEN_ORDERS, now), km
     o = alloc_order(eng)
-    if o == NIL:
+    if o == NIL:   # unreachable while fewer than all slots rest; the bound check stays
         return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_MAX_OPEN_ORDERS, now), km
     orders[o, O_PX] = limit if otype != ORD_MARKET else 0
     orders[o, O_LEAVES] = qty
@@ -305,6 +339,10 @@ def _replace(eng, rec, ex, kx, md, km, now):
     new_qty = rec.qty_lots
     if new_qty <= 0 or new_px < 0:
         return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_INVALID, now), km
+    if new_qty > I64_MAX - orders[o, O_CUM]:
+        # cum + leaves is the order's quantity (O_ORIG_QTY, cum_qty of later fills): an int64
+        return write_ex_input(eng, ex, kx, rec, EXEC_CANCEL_REJECT, REJECT_MAX_ORDER_QTY,
+                              now), km
     ins = orders[o, O_INST]
     side = orders[o, O_SIDE]
     if new_px == orders[o, O_PX] and new_qty <= orders[o, O_LEAVES]:
@@ -401,8 +439,16 @@ def engine_snapshot(eng, ins, md, k, now_ns):
 def engine_set_fees(eng, ins: int, value_e9_per_tick_lot: float, maker_bps: float,
                     taker_bps: float) -> None:
     """Cold: fee factors for one instrument (quote currency x 1e9 per tick x lot, bps)."""
-    eng[4][ins, 0] = value_e9_per_tick_lot * maker_bps / 1e4
-    eng[4][ins, 1] = value_e9_per_tick_lot * taker_bps / 1e4
+    maker = value_e9_per_tick_lot * maker_bps / 1e4
+    taker = value_e9_per_tick_lot * taker_bps / 1e4
+    for name, v in (("value_e9_per_tick_lot", value_e9_per_tick_lot), ("maker_bps", maker_bps),
+                    ("taker_bps", taker_bps), ("maker fee factor", maker),
+                    ("taker fee factor", taker)):
+        if not math.isfinite(v):
+            raise ValueError(f"engine_set_fees: instrument {ins}: {name} must be finite, "
+                             f"got {v!r}")
+    eng[4][ins, 0] = maker
+    eng[4][ins, 1] = taker
 
 
 class MatchingEngine:
@@ -415,12 +461,13 @@ class MatchingEngine:
 
     def __init__(self, n_instruments: int, *, venue_id: int = 1, maker_fee_bps: float = 0.0,
                  taker_fee_bps: float = 0.0, value_e9=None, stp: str = "cancel_newest",
-                 max_orders: int = 1 << 16, max_levels: int = 1024):
+                 max_orders: int = 1 << 16, max_levels: int = 1024,
+                 level_pool: int | None = None):
         if stp not in STP_MODES:
             raise ValueError(f"unknown self-trade prevention mode {stp!r}; "
                              f"choose one of {sorted(STP_MODES)}")
         self.n_instruments = n_instruments
-        self.eng = make_engine_arrays(n_instruments, max_orders, max_levels)
+        self.eng = make_engine_arrays(n_instruments, max_orders, max_levels, level_pool)
         self.eng[6][S_STP_MODE] = STP_MODES[stp]
         self.eng[6][S_VENUE_ID] = venue_id
         self.maker_fee_bps = maker_fee_bps

@@ -1,7 +1,11 @@
 """A plain-Python reference of the matching semantics in market.matching's docstring.
 
-Test helper only (slow and obvious on purpose): dicts and lists, no numba. ``process(rec)``
-returns the execution reports the engine must produce, as (kind, client id, px, qty, reject).
+Test helper only (slow and obvious on purpose): dicts and lists, no numba, Python ints (so
+it never overflows: the int64 limits are explicit rules). ``process(rec)`` returns the
+execution reports the engine must produce, as (kind, client id, px, qty, reject); a CANCEL_ALL's
+cancels come in client id order (the engine's come in slot order: compare them sorted).
+Capacities (``max_orders``, ``max_levels``, ``level_pool``) are those of make_engine_arrays;
+None means unlimited.
 """
 from __future__ import annotations
 
@@ -9,16 +13,23 @@ from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXP
                          EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL,
                          INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE, ORD_FOK, ORD_LIMIT,
                          ORD_MARKET, ORD_POST_ONLY, REJECT_FOK, REJECT_INVALID,
-                         REJECT_NO_LIQUIDITY, REJECT_POST_ONLY, REJECT_SELF_TRADE,
-                         REJECT_UNKNOWN_ORDER)
+                         REJECT_MAX_OPEN_ORDERS, REJECT_MAX_ORDER_QTY, REJECT_NO_LIQUIDITY,
+                         REJECT_POST_ONLY, REJECT_SELF_TRADE, REJECT_UNKNOWN_ORDER)
 
-HUGE = 1 << 62
+I64_MAX = (1 << 63) - 1
+HUGE = I64_MAX          # a market buy's limit
 
 
 class RefEngine:
-    def __init__(self, stp: str, n_instruments: int = 2):
+    def __init__(self, stp: str, n_instruments: int = 2, max_orders: int | None = None,
+                 max_levels: int | None = None, level_pool: int | None = None):
         self.stp = stp
         self.n = n_instruments
+        self.max_orders = max_orders
+        self.max_levels = max_levels
+        if level_pool is None and max_orders is not None and max_levels is not None:
+            level_pool = min(max_orders, 2 * n_instruments * max_levels)
+        self.level_pool = level_pool
         self.orders: dict[int, dict] = {}               # resting orders by client id
         self.queues: dict[tuple, list[int]] = {}        # (ins, side, px) -> FIFO of client ids
 
@@ -55,6 +66,28 @@ class RefEngine:
                     return qty, False
         return avail, False
 
+    def _n_levels(self):
+        return sum(1 for q in self.queues.values() if q)
+
+    def _full(self):
+        return self.max_orders is not None and len(self.orders) >= self.max_orders
+
+    def _no_room(self, o):
+        """Why the order cannot rest (a REJECT_*), or 0."""
+        if self._full():
+            return REJECT_MAX_OPEN_ORDERS
+        q = self.queues.get((o["ins"], o["side"], o["px"]))
+        if not q:
+            if self.max_levels is not None and \
+                    len(self._prices(o["ins"], o["side"])) >= self.max_levels:
+                return REJECT_MAX_OPEN_ORDERS
+            if self.level_pool is not None and self._n_levels() >= self.level_pool:
+                return REJECT_MAX_OPEN_ORDERS
+            return 0
+        if sum(self.orders[c]["leaves"] for c in q) + o["leaves"] > I64_MAX:
+            return REJECT_MAX_ORDER_QTY
+        return 0
+
     def _rest(self, o):
         self.orders[o["cid"]] = o
         self.queues.setdefault((o["ins"], o["side"], o["px"]), []).append(o["cid"])
@@ -78,6 +111,8 @@ class RefEngine:
                 q = min(o["leaves"], m["leaves"])
                 m["leaves"] -= q
                 o["leaves"] -= q
+                m["cum"] += q
+                o["cum"] += q
                 out.append((EXEC_FILL if m["leaves"] == 0 else EXEC_PARTIAL, c, p, q, 0))
                 out.append((EXEC_FILL if o["leaves"] == 0 else EXEC_PARTIAL, o["cid"], p, q, 0))
                 if m["leaves"] == 0:
@@ -92,7 +127,11 @@ class RefEngine:
         if stp_hit:
             out.append((EXEC_CANCEL_ACK, o["cid"], o["px"], o["leaves"], REJECT_SELF_TRADE))
         elif o["type"] in (ORD_LIMIT, ORD_POST_ONLY):
-            self._rest(o)
+            why = self._no_room(o)
+            if why:
+                out.append((EXEC_CANCEL_ACK, o["cid"], o["px"], o["leaves"], why))
+            else:
+                self._rest(o)
         else:
             out.append((EXEC_EXPIRED, o["cid"], o["px"], o["leaves"], 0))
 
@@ -110,7 +149,13 @@ class RefEngine:
         if kind == INTENT_REPLACE:
             return self._replace(cid, owner, px, qty)
         if kind == INTENT_CANCEL_ALL:
-            raise NotImplementedError("the random streams do not generate CANCEL_ALL")
+            ins = int(r["instrument_id"])
+            out = []
+            for c in sorted(c for c, o in self.orders.items()
+                            if o["owner"] == owner and (ins == 0 or o["ins"] == ins)):
+                o = self._unrest(c)
+                out.append((EXEC_CANCEL_ACK, c, o["px"], o["leaves"], 0))
+            return out
         return [(EXEC_REJECT, cid, px, qty, REJECT_INVALID)]
 
     def _new(self, r, cid, owner, px, qty):
@@ -134,8 +179,10 @@ class RefEngine:
                 return [rej[0][:4] + (REJECT_SELF_TRADE,)]
             if typ == ORD_FOK and avail < qty:
                 return [rej[0][:4] + (REJECT_FOK,)]
+        if self._full() and not (opp_best and self._crosses(side, limit, opp_best)):
+            return [rej[0][:4] + (REJECT_MAX_OPEN_ORDERS,)]
         o = {"cid": cid, "ins": ins, "side": side, "px": 0 if typ == ORD_MARKET else limit,
-             "leaves": qty, "owner": owner, "type": typ}
+             "leaves": qty, "cum": 0, "owner": owner, "type": typ}
         out = [(EXEC_ACK, cid, o["px"], qty, 0)]
         hit = self._match(o, limit, out)
         self._after(o, hit, out)
@@ -146,8 +193,10 @@ class RefEngine:
             return [(EXEC_CANCEL_REJECT, cid, px, qty, REJECT_UNKNOWN_ORDER)]
         o = self.orders[cid]
         new_px = px or o["px"]
-        if qty <= 0:
+        if qty <= 0 or new_px < 0:
             return [(EXEC_CANCEL_REJECT, cid, px, qty, REJECT_INVALID)]
+        if o["cum"] + qty > I64_MAX:
+            return [(EXEC_CANCEL_REJECT, cid, px, qty, REJECT_MAX_ORDER_QTY)]
         if new_px == o["px"] and qty <= o["leaves"]:
             o["leaves"] = qty
             return [(EXEC_REPLACE_ACK, cid, new_px, qty, 0)]

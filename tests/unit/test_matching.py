@@ -1,9 +1,11 @@
 """Matching engine: scripted scenarios, and hypothesis properties on random order streams.
 
 The property tests run the numba engine and a plain-Python reference model of the documented
-semantics (market.matching's docstring) side by side and compare every execution report, then
-check the invariants directly on the engine's output: no crossed book, volume conserved, no fill
-better than the limit, fees as configured, and the L2 records rebuild the engine's book.
+semantics (market.matching's docstring) side by side (``CheckedEngine``) and compare every
+execution report, then check the invariants directly on the engine's output: no crossed book,
+volume conserved, no fill better than the limit, fees as configured, the L2 records rebuild the
+engine's book, no order slot or level leaked. tests/unit/test_matching_limits.py drives the
+same pair into the capacity and int64 limits. ``--run-slow`` runs many more examples.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market.book import L2Book, is_valid
+from market.l3book import S_EX_DROPPED, S_LFREE_N, S_MD_DROPPED, S_OFREE_N, S_OPEN_ORDERS
 from market.matching import MatchingEngine
 from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED,
                          EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL,
@@ -180,19 +183,138 @@ def test_fees_follow_the_venue_rates_and_rebates_are_negative():
 # --------------------------------------------------------------------------------------------
 # Properties on random streams
 # --------------------------------------------------------------------------------------------
+I64_MAX = (1 << 63) - 1
 OWNERS = (0, 0, 1, 2)
 TYPES = (ORD_LIMIT, ORD_LIMIT, ORD_LIMIT, ORD_IOC, ORD_FOK, ORD_POST_ONLY, ORD_MARKET)
+VALUE_E9 = {1: 1000.0, 2: 250.0}
+MAKER_BPS, TAKER_BPS = Decimal("-0.5"), Decimal("2.0")
+
+
+def fee_ok(fee: int, px: int, qty: int, value: float, bps: Decimal) -> bool:
+    """round(px * qty * value * bps / 1e4) to within float rounding, or saturated at +-int64
+    max when it does not fit."""
+    exact = Decimal(px * qty) * Decimal(value) * bps / 10000
+    tol = Decimal("0.5") + abs(exact) * Decimal(2) ** -48
+    if abs(exact) + tol >= I64_MAX and fee == (I64_MAX if exact > 0 else -I64_MAX):
+        return True
+    return abs(Decimal(fee) - exact) <= tol
+
+
+class CheckedEngine:
+    """The numba engine and the reference model side by side: ``submit`` compares every
+    report with the model's and checks the invariants on the engine's own output after each
+    record; ``finish`` checks volume conservation over the whole stream."""
+
+    def __init__(self, stp, *, max_orders=256, max_levels=64, level_pool=None):
+        self.max_orders, self.stp = max_orders, stp
+        self.e = MatchingEngine(2, maker_fee_bps=float(MAKER_BPS), taker_fee_bps=float(TAKER_BPS),
+                                value_e9=[VALUE_E9[1], VALUE_E9[2]], stp=stp,
+                                max_orders=max_orders, max_levels=max_levels,
+                                level_pool=level_pool)
+        self.ref = RefEngine(stp, 2, max_orders, max_levels, level_pool)
+        self.l2 = L2Book(2, max_levels)
+        self.free0 = (int(self.e.eng[6][S_OFREE_N]), int(self.e.eng[6][S_LFREE_N]))
+        self.limits, self.accounts = {}, {}
+        self.buy_vol = self.sell_vol = 0
+        self.codes = set()          # (kind, reject) seen: what the stream reached
+
+    def submit(self, rec):
+        r = rec[0]
+        ex, md = self.e.submit(rec)
+        got, want = brief(ex), self.ref.process(r)
+        if r["kind"] == INTENT_CANCEL_ALL:          # the engine cancels in slot order
+            got = sorted(got, key=lambda x: x[1])
+        assert got == want, f"differs from the model on {r}"
+        self.codes.update((k, rej) for k, _, _, _, rej in got)
+        cid = int(r["client_order_id"])
+        if (ex["kind"] == EXEC_ACK).any():
+            self.limits[cid] = (int(r["side"]), int(r["px_ticks"]), int(r["order_type"]))
+        if (ex["kind"] == EXEC_REPLACE_ACK).any():
+            s, _, t = self.limits[cid]
+            self.limits[cid] = (s, int(ex[ex["kind"] == EXEC_REPLACE_ACK][0]["px_ticks"]), t)
+        _account(self.accounts, ex)
+        self.l2.apply(md)
+        self._check_book()
+        self._check_fills(ex, md)
+        return ex, md
+
+    def _check_book(self):
+        e, ref, st_ = self.e, self.ref, self.e.eng[6]
+        n_levels = 0
+        for ins in (1, 2):
+            bid, ask = e.best(ins)
+            assert bid == 0 or ask == 0 or bid < ask, "book crossed after matching"
+            for side in (0, 1):
+                depth = e.depth(ins, side)
+                assert depth == ref.depth(ins, side)
+                assert self.l2.levels(ins, side) == depth
+                assert all(q > 0 for _, q in depth)
+                n_levels += len(depth)
+        # nothing leaks or is overwritten: every slot is resting or free
+        assert st_[S_OPEN_ORDERS] == len(ref.orders) <= self.max_orders
+        assert st_[S_OFREE_N] == self.free0[0] - len(ref.orders)
+        assert st_[S_LFREE_N] == self.free0[1] - n_levels
+        assert st_[S_EX_DROPPED] == 0 and st_[S_MD_DROPPED] == 0
+
+    def _check_fills(self, ex, md):
+        assert (ex["leaves_lots"] >= 0).all() and (ex["cum_qty_lots"] >= 0).all()
+        fills = ex[(ex["kind"] == EXEC_FILL) | (ex["kind"] == EXEC_PARTIAL)]
+        assert (fills["qty_lots"] > 0).all()
+        for f in fills:
+            side, limit, typ = self.limits[int(f["client_order_id"])]
+            if typ != ORD_MARKET:   # never a worse price than asked: buy <= limit, sell >= limit
+                assert (f["px_ticks"] <= limit) if side == B else (f["px_ticks"] >= limit)
+            bps = MAKER_BPS if f["liquidity"] == LIQ_MAKER else TAKER_BPS
+            assert fee_ok(int(f["fee_e9"]), int(f["px_ticks"]), int(f["qty_lots"]),
+                          VALUE_E9[int(f["instrument_id"])], bps), f
+            if f["side"] == B:
+                self.buy_vol += int(f["qty_lots"])
+            else:
+                self.sell_vol += int(f["qty_lots"])
+        trades = md[md["kind"] == MSG_TRADE]
+        assert sum(int(q) for q in trades["qty_lots"]) * 2 == \
+            sum(int(q) for q in fills["qty_lots"])
+        for tid in np.unique(fills["trade_id"]):
+            pair = fills[fills["trade_id"] == tid]
+            maker = pair[pair["liquidity"] == LIQ_MAKER]
+            taker = pair[pair["liquidity"] == LIQ_TAKER]
+            assert len(maker) == len(taker) == 1 and maker["side"][0] != taker["side"][0]
+            assert maker["qty_lots"][0] == taker["qty_lots"][0]
+            # post-only orders never take; self-trade prevention never lets an owner meet itself
+            assert self.limits[int(taker["client_order_id"][0])][2] != ORD_POST_ONLY
+            if self.stp != "none" and taker["strategy_id"][0] != 0:
+                assert maker["strategy_id"][0] != taker["strategy_id"][0]
+
+    def finish(self):
+        assert self.buy_vol == self.sell_vol
+        # Volume conserved per order, from the engine's reports alone: what is still open
+        # (ordered - filled - cancelled/expired/replaced away) is exactly what rests in its
+        # book, and no order is filled beyond its quantity.
+        open_by_level = {}
+        for cid, a in self.accounts.items():
+            left = a["ordered"] - a["filled"] - a["gone"]
+            assert left >= 0, cid
+            if left:
+                open_by_level[a["key"]] = open_by_level.get(a["key"], 0) + left
+        resting = {(ins, side, p): q for ins in (1, 2) for side in (0, 1)
+                   for p, q in self.e.depth(ins, side)}
+        assert open_by_level == resting
+
 
 op_strategy = st.tuples(
-    st.sampled_from(("new", "new", "new", "new", "cancel", "replace")),
+    st.sampled_from(("new", "new", "new", "new", "cancel", "replace", "cancel_all")),
     st.sampled_from((B, S)), st.sampled_from(TYPES), st.integers(95, 105), st.integers(1, 8),
     st.sampled_from(OWNERS), st.integers(1, 2), st.integers(0, 10_000))
 
 
-def _build(ops):
-    """Turn drawn tuples into ORDER_DTYPE records (cancel/replace name an earlier order)."""
+def build_stream(ops):
+    """Turn drawn tuples into ORDER_DTYPE records (cancel/replace name an earlier order;
+    cancel-all names an owner and instrument 0, 1 or 2)."""
     recs, issued = [], []
     for n, (what, side, typ, px, qty, owner, ins, pick) in enumerate(ops, start=1):
+        if what == "cancel_all":
+            recs.append(order(INTENT_CANCEL_ALL, n, owner=owner, ins=pick % 3))
+            continue
         if what == "new" or not issued:
             px = 0 if typ == ORD_MARKET else px
             recs.append(new(n, side, px, qty, typ, owner, ins))
@@ -205,74 +327,18 @@ def _build(ops):
     return recs
 
 
-@settings(max_examples=60, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(op_strategy, min_size=1, max_size=60),
-       stp=st.sampled_from(("none", "cancel_newest", "reject")))
-def test_random_streams_match_the_reference_model_and_keep_the_invariants(ops, stp):
-    value = {1: 1000.0, 2: 250.0}
-    e = MatchingEngine(2, maker_fee_bps=-0.5, taker_fee_bps=2.0, value_e9=[1000.0, 250.0],
-                       stp=stp, max_orders=256, max_levels=64)
-    ref = RefEngine(stp)
-    l2 = L2Book(2, 64)
-    limits, accounts = {}, {}
-    buy_vol = sell_vol = 0
-    for rec in _build(ops):
-        r = rec[0]
-        if r["kind"] == INTENT_NEW:
-            limits[int(r["client_order_id"])] = (int(r["side"]), int(r["px_ticks"]),
-                                                int(r["order_type"]))
-        elif r["kind"] == INTENT_REPLACE and int(r["client_order_id"]) in ref.orders \
-                and r["px_ticks"] != 0:
-            s, _, t = limits[int(r["client_order_id"])]
-            limits[int(r["client_order_id"])] = (s, int(r["px_ticks"]), t)
-        ex, md = e.submit(rec)
-        assert brief(ex) == ref.process(r), f"differs from the model on {r}"
-        _account(accounts, ex)
-        l2.apply(md)
-        for ins in (1, 2):
-            bid, ask = e.best(ins)
-            assert bid == 0 or ask == 0 or bid < ask, "book crossed after matching"
-            for side in (0, 1):
-                assert e.depth(ins, side) == ref.depth(ins, side)
-                assert l2.levels(ins, side) == ref.depth(ins, side)
-        fills = ex[(ex["kind"] == EXEC_FILL) | (ex["kind"] == EXEC_PARTIAL)]
-        for f in fills:
-            side, limit, typ = limits[int(f["client_order_id"])]
-            if typ != ORD_MARKET:   # never a worse price than asked: buy <= limit, sell >= limit
-                assert (f["px_ticks"] <= limit) if side == B else (f["px_ticks"] >= limit)
-            bps = Decimal("-0.5") if f["liquidity"] == LIQ_MAKER else Decimal("2.0")
-            exact = Decimal(int(f["px_ticks"]) * int(f["qty_lots"])) * \
-                Decimal(value[int(f["instrument_id"])]) * bps / 10000
-            assert abs(Decimal(int(f["fee_e9"])) - exact) <= Decimal("0.5")
-            if f["side"] == B:
-                buy_vol += int(f["qty_lots"])
-            else:
-                sell_vol += int(f["qty_lots"])
-        trades = md[md["kind"] == MSG_TRADE]
-        assert trades["qty_lots"].sum() * 2 == fills["qty_lots"].sum()
-        for tid in np.unique(fills["trade_id"]):
-            pair = fills[fills["trade_id"] == tid]
-            maker = pair[pair["liquidity"] == LIQ_MAKER]
-            taker = pair[pair["liquidity"] == LIQ_TAKER]
-            assert len(maker) == len(taker) == 1 and maker["side"][0] != taker["side"][0]
-            assert maker["qty_lots"][0] == taker["qty_lots"][0]
-            # post-only orders never take; self-trade prevention never lets an owner meet itself
-            assert limits[int(taker["client_order_id"][0])][2] != ORD_POST_ONLY
-            if stp != "none" and taker["strategy_id"][0] != 0:
-                assert maker["strategy_id"][0] != taker["strategy_id"][0]
-    assert buy_vol == sell_vol
-    # Volume conserved per order, from the engine's reports alone: what is still open
-    # (ordered - filled - cancelled/expired/replaced away) is exactly what rests in its book.
-    open_by_level = {}
-    for cid, a in accounts.items():
-        left = a["ordered"] - a["filled"] - a["gone"]
-        assert left >= 0, cid
-        if left:
-            open_by_level[a["key"]] = open_by_level.get(a["key"], 0) + left
-    resting = {(ins, side, p): q for ins in (1, 2) for side in (0, 1)
-               for p, q in e.depth(ins, side)}
-    assert open_by_level == resting
+def test_random_streams_match_the_reference_model_and_keep_the_invariants(run_slow):
+    @settings(max_examples=1000 if run_slow else 60, derandomize=True, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(ops=st.lists(op_strategy, min_size=5, max_size=60),
+           stp=st.sampled_from(("none", "cancel_newest", "reject")))
+    def run(ops, stp):
+        c = CheckedEngine(stp)
+        for rec in build_stream(ops):
+            c.submit(rec)
+        c.finish()
+
+    run()
 
 
 def _account(accounts, ex):
