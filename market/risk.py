@@ -366,5 +366,5 @@ def make_risk_state(limits, open_order_capacity: int = 0):
             np.zeros((s, max(1, int(lf[LF_MAX_CANCELS_PER_S]))), np.int64),
             np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n, SP_WORDS), np.float64),
             np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64),
-            np.zeros((hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
+            np.zeros((1, hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
             np.zeros(n, np.int64))

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from shm.coidhash import coid_delete, coid_find, coid_insert
+
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
     EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE,
@@ -66,37 +68,17 @@ AG_WORDS = 2
 # an open-addressing hash (linear probing, backward-shift delete: no tombstones), and listed per
 # instrument so self-trade prevention scans only that instrument's own orders.
 #   od = rstate[9]   int64[cap, OO_WORDS]   the rows (OO_COID == 0: free)
-#   oh = rstate[13]  int64[hcap, 2]         (client_order_id, row + 1); hcap = 2 * cap, a power of 2
+#   oh = rstate[13]  int64[1, hcap, 2]      (client_order_id, row + 1); hcap = 2 * cap, a power of 2
+#                                           (shm/coidhash.py: linear probing, backward-shift delete)
 #   ofree = rstate[14] int64[cap + 1]       stack of free rows; ofree[cap] = how many
 #   ilist = rstate[15] int64[n + 1, cap]    rows of each instrument's open orders (OO_LIST_POS)
 #   icnt = rstate[16]  int64[n + 1]
 # =============================================================================================
-@njit(cache=True, inline="always")
-def _home(coid, mask):
-    return ((coid * 0x9E3779B97F4A7C15) >> 17) & mask
-
-
-@njit(cache=True)
-def _h_slot(oh, coid):
-    mask = oh.shape[0] - 1
-    i = _home(coid, mask)
-    for _ in range(oh.shape[0]):
-        c = oh[i, 0]
-        if c == coid:
-            return i
-        if c == 0:
-            return -1
-        i = (i + 1) & mask
-    return -1
-
-
 @njit(cache=True)
 def row_of(oh, coid):
     """Slab row of the open order ``coid``, or -1 (hash ``oh`` = rstate[R_OO_HASH])."""
-    if coid == 0:
-        return -1
-    i = _h_slot(oh, coid)
-    return -1 if i < 0 else oh[i, 1] - 1
+    i = coid_find(oh, 0, coid)
+    return -1 if i < 0 else oh[0, i, 1] - 1
 
 
 def oo_find(rstate, coid) -> int:
@@ -105,37 +87,15 @@ def oo_find(rstate, coid) -> int:
 
 
 @njit(cache=True)
-def _h_delete(oh, i):
-    mask = oh.shape[0] - 1
-    j = i
-    while True:
-        j = (j + 1) & mask
-        if oh[j, 0] == 0:
-            break
-        h = _home(oh[j, 0], mask)
-        # move j back into the hole at i unless its home lies cyclically in (i, j]
-        if (i <= j and (h <= i or h > j)) or (i > j and (h <= i and h > j)):
-            oh[i, 0] = oh[j, 0]
-            oh[i, 1] = oh[j, 1]
-            i = j
-    oh[i, 0] = 0
-    oh[i, 1] = 0
-
-
-@njit(cache=True)
 def _oo_add(od, oh, ofree, ilist, icnt, coid, inst):
     """A free row for a new order (hash entry and instrument list too); -1 if full."""
     cap = od.shape[0]
-    if coid == 0 or ofree[cap] == 0 or _h_slot(oh, coid) >= 0:
+    if coid == 0 or ofree[cap] == 0 or coid_find(oh, 0, coid) >= 0:
         return -1
     ofree[cap] -= 1
     row = ofree[ofree[cap]]
-    mask = oh.shape[0] - 1
-    i = _home(coid, mask)
-    while oh[i, 0] != 0:   # hcap >= 2 * cap: a free slot always exists
-        i = (i + 1) & mask
-    oh[i, 0] = coid
-    oh[i, 1] = row + 1
+    i = coid_insert(oh, 0, coid)   # 2 * cap hash rows: an empty one always exists
+    oh[0, i, 1] = row + 1
     od[row, OO_COID] = coid
     od[row, OO_INST] = inst
     od[row, OO_LIST_POS] = icnt[inst]
@@ -153,9 +113,9 @@ def _oo_drop(od, oh, ofree, ilist, icnt, row):
     ilist[inst, p] = moved
     od[moved, OO_LIST_POS] = p
     icnt[inst] = last
-    i = _h_slot(oh, od[row, OO_COID])
+    i = coid_find(oh, 0, od[row, OO_COID])
     if i >= 0:
-        _h_delete(oh, i)
+        coid_delete(oh, 0, i)
     od[row, :] = 0
     cap = od.shape[0]
     ofree[ofree[cap]] = row

@@ -36,6 +36,7 @@ from shm.records import (EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL
                          ORD_MARKET, OFLAG_RISK_SYSTEM, REJECT_HALTED, REJECT_INVALID,
                          REJECT_MAX_OPEN_ORDERS, REJECT_RATE_LIMIT, REJECT_UNKNOWN_ORDER,
                          SIDE_BUY, SIDE_SELL)
+from shm.coidhash import coid_delete, coid_find, coid_insert
 from shm.recordops import reply_to_order
 from shm.ringops import spsc_free, spsc_poll, spsc_publish
 from stages.clock import clock_now_ns
@@ -45,7 +46,6 @@ TAB_ROWS = 2 * TAB_SLOTS       # hash rows per strategy (a power of two; load <=
 T_COID, T_STATE, T_VENUE, T_INST, T_SIDE, T_LEAVES, T_PX, T_SENT_NS = 0, 1, 2, 3, 4, 5, 6, 7
 T_WORDS = 8                    # one 64-byte row: a probe touches one cache line per row
 OS_FREE, OS_PENDING, OS_OPEN = 0, 1, 2
-_HASH_MUL = np.int64(-7046029254386353131)   # 0x9E3779B97F4A7C15 (Fibonacci) as an int64
 
 # ctl words (int64)
 C_HALTED, C_SEQ, C_OPEN, C_SENT, C_FILLS, C_RATE_REJ = 0, 1, 2, 3, 4, 5
@@ -58,63 +58,22 @@ COID_SHIFT = 48
 
 
 @njit(cache=True, inline="always")
-def _home(coid, mask):
-    # wrapping int64 product; bits 17.. spread both consecutive counters and counters that
-    # agree modulo a power of two (the old direct-mapped table's failure)
-    return ((coid * _HASH_MUL) >> 17) & mask
-
-
-@njit(cache=True)
 def tab_find(tab, sid, coid):
     """Row of the open order ``coid`` of strategy ``sid``, or -1."""
-    if coid == 0:
-        return -1
-    rows = tab.shape[1]
-    mask = rows - 1
-    i = _home(coid, mask)
-    for _ in range(rows):
-        c = tab[sid, i, T_COID]
-        if c == coid:
-            return i
-        if c == 0:
-            return -1
-        i = (i + 1) & mask
-    return -1
+    return coid_find(tab, sid, coid)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tab_insert(tab, sid, coid):
     """A fresh row for ``coid`` (only T_COID is written), or -1 if no empty row is reachable.
     The caller checked that ``coid`` is not open and that the strategy is below capacity."""
-    rows = tab.shape[1]
-    mask = rows - 1
-    i = _home(coid, mask)
-    for _ in range(rows):
-        if tab[sid, i, T_COID] == 0:
-            tab[sid, i, T_COID] = coid
-            return i
-        i = (i + 1) & mask
-    return -1
+    return coid_insert(tab, sid, coid)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tab_delete(tab, sid, i):
-    """Empty row ``i``; later rows of its probe run move back into the hole (backward shift)."""
-    mask = tab.shape[1] - 1
-    j = i
-    while True:
-        j = (j + 1) & mask
-        c = tab[sid, j, T_COID]
-        if c == 0:
-            break
-        h = _home(c, mask)
-        # row j may fill the hole at i unless its home lies cyclically in (i, j]
-        if (i <= j and (h <= i or h > j)) or (i > j and (h <= i and h > j)):
-            for w in range(T_WORDS):
-                tab[sid, i, w] = tab[sid, j, w]
-            i = j
-    for w in range(T_WORDS):
-        tab[sid, i, w] = 0
+    """Empty row ``i``; later rows of its probe run move back into the hole."""
+    coid_delete(tab, sid, i)
 
 
 @njit(cache=True)
