@@ -367,6 +367,21 @@ class RingWriter(_End):
     def position(self) -> int:
         return int(self.st[ops.ST_POS])
 
+    def discard_unread(self) -> int:
+        """SPSC, cold: move the reader's cursor to our position, so what it has not read yet is
+        never delivered; returns how many records that drops. Only for a reader known to be
+        dead (its process reaped, its successor not started): a live reader would race us on
+        its own cursor. The order router uses it when the venue process died, after closing
+        every order it had sent there."""
+        if self.ring.kind != KIND_SPSC:
+            raise TypeError(f"ring {self.ring.name!r}: discard_unread is for SPSC rings")
+        ring = self.ring
+        word = (ring._reader_block(0) - ring.head_addr + ops.RB_CURSOR) // 8
+        dropped = self.position - int(ring._ctrl[word])
+        ring._ctrl[word] = self.position
+        self.st[ops.ST_CACHED] = self.position
+        return max(0, dropped)
+
     def _drop(self):
         super()._drop()
         for sem in self._sems.values():

@@ -15,6 +15,7 @@ orders (INTENT_CANCEL_ALL), and waits for the controller's CTRL_RESUME.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -148,11 +149,21 @@ class OrderRouterStage(Stage):
             self._cancel_all(int(rec["arg0"]))
         elif kind == CTRL_RESUME:
             self.ctl[rk.C_HALTED] = 0
-        elif kind == CTRL_RECONCILE:   # the venue restarted: our orders there are gone
+        elif kind == CTRL_RECONCILE:   # the venue process died: our orders there are gone
+            # first every report the dead venue still managed to send (a fill it made is a
+            # fill), then close what is left, then make sure its successor never executes an
+            # order we just closed: what it had not read of our orders is dropped
+            for _ in range(1000):
+                if self.poll() == 0:
+                    break
             rk.router_forget_venue_orders(
                 self.ctl, self.tab, self.rv.router_open, self.clock.cal, self.obuf, self.one,
                 self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st,
                 self.gate_out.slots, self.j_out.st, self.j_out.slots, self.has_journal)
+            dropped = sum(w.discard_unread() for w in self.ven_out)
+            if dropped:
+                print(f"order_router: venue restart: {dropped} order record(s) it never read "
+                      "were closed as cancelled and dropped", file=sys.stderr, flush=True)
 
     def _cancel_all(self, sid: int) -> int:
         return rk.router_cancel_all(self.tab, sid, self.ven_out_sts, self.ven_out_slots,
