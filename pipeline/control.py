@@ -254,6 +254,7 @@ def handle_request(ctl, req: dict) -> dict:
         return {"ok": True, "instance": ctl.instance, "pid": os.getpid(),
                 "run_dir": str(ctl.run_dir), "uptime_s": round(time_since(ctl.started_at), 1),
                 "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
+                "warm_spare": ctl.supervisor.spare_is_ready(),
                 "events": ctl.events[-20:]}
     if cmd == "stop":
         ctl.stop_requested = True

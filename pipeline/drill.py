@@ -57,8 +57,22 @@ def wait_for_flow(cfg, min_fills: int = 1, timeout_s: float = 60.0) -> dict:
     raise TimeoutError(f"no new fill within {timeout_s:.0f} s: is the instance trading?")
 
 
-def kill_stage(cfg, stage: str, timeout_s: float = 60.0) -> dict:
-    """One drill: SIGKILL ``stage`` and wait for its recovery. Returns the drill's figures."""
+def wait_steady(cfg, timeout_s: float = 20.0) -> bool:
+    """Block until the controller's warm spare process is ready (a drill then measures recovery
+    from a steady state; a second failure within a second or two of the first finds no spare
+    and starts cold). False if the instance runs without one or it is not ready in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _status(cfg).get("warm_spare"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_stage(cfg, stage: str, timeout_s: float = 60.0, steady: bool = True) -> dict:
+    """One drill: SIGKILL ``stage`` and wait for its recovery. Returns the drill's figures.
+    ``steady``: first wait until the warm spare is ready (``wait_steady``)."""
+    warm = wait_steady(cfg) if steady else _status(cfg).get("warm_spare", False)
     st = _status(cfg)
     run_dir = Path(st["run_dir"])
     jdir = run_dir / "journal"
@@ -67,7 +81,8 @@ def kill_stage(cfg, stage: str, timeout_s: float = 60.0) -> dict:
     t_kill_ns = time.time_ns()
     t0 = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
-    out = {"drill": f"kill -9 {stage}", "stage": stage, "pid": old_pid, "back_s": None,
+    out = {"drill": f"kill -9 {stage}", "stage": stage, "pid": old_pid, "warm_spare": warm,
+           "back_s": None,
            "reconciled_s": None, "venue_orders_while_down": None}
     deadline = t0 + timeout_s
     reconciles = row["role"] in RECONCILING_ROLES

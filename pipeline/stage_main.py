@@ -159,6 +159,7 @@ def standby(parent_pid: int) -> int:
     from pipeline.config import load_config  # noqa: F401
     from pipeline.runner import StageRunner  # noqa: F401
 
+    os.write(1, b"ready\n")   # the supervisor counts on us from here
     line = sys.stdin.readline()
     if not line:
         return 0

@@ -86,6 +86,7 @@ class Supervisor:
         self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
         self.spare: subprocess.Popen | None = None
+        self.spare_ready = False
         self.use_spare = use_spare
 
     # -- spawning -------------------------------------------------------------------------
@@ -134,8 +135,22 @@ class Supervisor:
         with open(fd, "ab") as log:
             self.spare = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.stage_main", "--standby", str(os.getpid())],
-                cwd=str(ROOT), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env=self._env(), start_new_session=True, close_fds=True)
+            os.set_blocking(self.spare.stdout.fileno(), False)
+            self.spare_ready = False
+
+    def spare_is_ready(self) -> bool:
+        """True once the spare has finished its imports (it writes one line on its stdout)."""
+        sp = self.spare
+        if sp is None or sp.poll() is not None:
+            return False
+        if not self.spare_ready:
+            try:
+                self.spare_ready = bool(os.read(sp.stdout.fileno(), 64))
+            except BlockingIOError:
+                pass
+        return self.spare_ready
 
     def _take_spare(self, args, log_path) -> subprocess.Popen | None:
         import json
@@ -143,6 +158,7 @@ class Supervisor:
         spare, self.spare = self.spare, None
         if spare is None or spare.poll() is not None:
             return None
+        spare.stdout.close()
         try:
             spare.stdin.write((json.dumps({"argv": args, "log": str(log_path)}) + "\n")
                               .encode())
@@ -160,8 +176,9 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         spare.wait()
-        if spare.stdin is not None and not spare.stdin.closed:
-            spare.stdin.close()
+        for f in (spare.stdin, spare.stdout):
+            if f is not None and not f.closed:
+                f.close()
 
     def stop_spare(self) -> None:
         if self.spare is not None:
