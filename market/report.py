@@ -203,4 +203,7 @@ def format_text(report: dict, name: str) -> str:
     if "events" in c and "wall_s" in c:
         lines.append(f"  {c['events']} events in {c['wall_s']:.2f} s wall "
                      f"({c['events'] / max(c['wall_s'], 1e-9) / 1e6:.2f} M events/s)")
+    if c.get("kernel_errors"):
+        lines.append(f"  strategy kernel errors {c['kernel_errors']} (their "
+                     f"{c.get('intents_discarded', 0)} intents discarded; the run went on)")
     return "\n".join(lines)

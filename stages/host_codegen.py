@@ -27,6 +27,7 @@ from pathlib import Path
 from numba import njit
 
 from shm.histogram import hist_record
+from shm.recordops import reply_to_order
 from shm.records import EXEC_CANCEL_REJECT, EXEC_REJECT, INTENT_NEW, REJECT_HALTED
 from shm.ringops import bcast_poll, spsc_poll, spsc_publish
 from stages.clock import clock_now_ns
@@ -70,22 +71,11 @@ def answer_unsent(out, first, k, fb, hctl, now):
         o = out[j]
         if hctl[H_FB_N] >= fb.shape[0]:
             break
-        f = fb[hctl[H_FB_N]]
+        # venue_ts_ns = now: the reject time a strategy backs off from (CTL_LAST_REJECT_NS)
+        reply_to_order(fb[hctl[H_FB_N]], o, EXEC_REJECT if o.kind == INTENT_NEW
+                       else EXEC_CANCEL_REJECT, 0, REJECT_HALTED, now)
         hctl[H_FB_N] += 1
         hctl[H_PUSHBACK] += 1
-        f.kind = EXEC_REJECT if o.kind == INTENT_NEW else EXEC_CANCEL_REJECT
-        f.side = o.side
-        f.instrument_id = o.instrument_id
-        f.client_order_id = o.client_order_id
-        f.px_ticks = o.px_ticks
-        f.qty_lots = o.qty_lots
-        f.leaves_lots = 0
-        f.strategy_id = o.strategy_id
-        f.reject_code = REJECT_HALTED
-        f.venue_id = o.venue_id
-        f.venue_ts_ns = now   # the reject time a strategy backs off from (CTL_LAST_REJECT_NS)
-        f.send_ts_ns = now
-        f.reserved = 0
 
 
 @njit(cache=False, inline="always")   # why inline: strategies/host.py's docstring
@@ -142,7 +132,7 @@ def _fingerprint() -> str:
     h = hashlib.sha1()
     files = sorted([*root.glob("strategies/*.py"), root / "market" / "book.py",
                     *(root / "shm" / n for n in ("histogram.py", "ringops.py", "atomics.py",
-                                                 "records.py")),
+                                                 "recordops.py", "records.py")),
                     *(root / "stages" / n for n in ("clock.py", "host_codegen.py"))])
     for f in files:
         try:

@@ -45,11 +45,15 @@ FLATTEN_RETRY_NS = 300_000_000
 FLATTEN_COID_BIT = 1 << 47   # the gate's own orders: strategies count their ids below 2**47
 
 
-def trading_day(now_s: float, start_utc: str) -> int:
-    """Index of the trading day that contains ``now_s`` (epoch seconds) when days begin at
-    ``start_utc`` ("HH:MM", UTC)."""
+def day_start_offset_s(start_utc: str) -> int:
+    """Seconds after 00:00 UTC at which the trading day begins ("HH:MM", validated by config)."""
     h, m = (int(x) for x in start_utc.split(":"))
-    return int((now_s - (h * 3600 + m * 60)) // 86400)
+    return h * 3600 + m * 60
+
+
+def trading_day(now_s: float, offset_s: int) -> int:
+    """Index of the trading day that contains ``now_s`` (epoch seconds)."""
+    return int((now_s - offset_s) // 86400)
 
 
 class RiskGateStage(Stage):
@@ -119,7 +123,8 @@ class RiskGateStage(Stage):
         self.rv = RiskView.attach(inst)
         self.rv.gate[G_READY] = 0
         self.day_start_utc = cfg.risk.trading_day_start_utc
-        self.day = trading_day(time.time(), self.day_start_utc)
+        self.day_offset_s = day_start_offset_s(self.day_start_utc)
+        self.day = trading_day(time.time(), self.day_offset_s)
         self.flatten_tries = 0
         self.next_flatten_ns = 0
         self.flatten_seq = 0
@@ -317,7 +322,7 @@ class RiskGateStage(Stage):
         from market.risk import roll_day
         from shm.records import REJECT_NAMES
 
-        day = trading_day(time.time(), self.day_start_utc)
+        day = trading_day(time.time(), self.day_offset_s)
         if day == self.day:
             return
         self.day = day

@@ -451,7 +451,7 @@ def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
 
     Returns {"last_seq", "fills", "open_orders", "unknown_instrument", "not_restored"}.
     """
-    from shm.records import EXEC_FINAL_KINDS
+    from shm.records import EXEC_FINAL_KINDS, OFLAG_RISK_SYSTEM
 
     ctl, table, pos = state[0], state[1], state[2]
     sid = int(ctl[CTL_STRATEGY_ID])
@@ -462,7 +462,9 @@ def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
     fills = np.ascontiguousarray(mine[(kinds == EXEC_PARTIAL) | (kinds == EXEC_FILL)])
     n_fills, unknown = _restore_fills(ctl, pos, fills)
 
-    own = orders[orders["strategy_id"] == sid]
+    # the gate's own orders (OFLAG_RISK_SYSTEM: flattening) were never this strategy's: their
+    # fills count in its positions above, but their ids and open state are not its to track
+    own = orders[(orders["strategy_id"] == sid) & ((orders["flags"] & OFLAG_RISK_SYSTEM) == 0)]
     if len(own):
         counter = int((own["client_order_id"] & ((1 << COID_SHIFT) - 1)).max())
         ctl[CTL_NEXT_COID] = max(int(ctl[CTL_NEXT_COID]), counter + 1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import uuid
 
 import pytest
 
-from tests.integration.test_pipeline_cli import ROOT, run_py, write_config
+from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
 
 START_TIMEOUT_S = 300
 TARGETS = ["risk_gate", "order_router", "journal", "strategy-mm_btc", "venue",
@@ -54,7 +53,6 @@ def drilled(tmp_path_factory, request):
     """An instance started in the background, drilled, killed-switched, then stopped."""
     from pipeline.config import load_config
     from pipeline.drill import kill_stage, wait_for_flow
-    from shm.segment import list_segments, unlink_instance
 
     run_slow = request.config.getoption("--run-slow")
     tmp = tmp_path_factory.mktemp("drill")
@@ -98,17 +96,8 @@ def drilled(tmp_path_factory, request):
         yield {"drills": drills, "status": quiet, "pids": pids, "instance": instance,
                "run_dir": tmp / "runs" / instance / "latest", "proc": proc}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         log.close()
-        leaked = [s.name for s in list_segments(instance)]
-        unlink_instance(instance)
-        assert not leaked, f"segments left behind: {leaked}"
+        end_instance(proc, instance)
 
 
 def test_every_killed_stage_comes_back(drilled):

@@ -15,6 +15,25 @@ def run_py(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
+def end_instance(proc, instance: str) -> None:
+    """Teardown of a test's foreground instance: SIGTERM (SIGKILL after 60 s), then fail if it
+    left a shared-memory segment behind (after removing them, so one failure does not cascade)."""
+    import signal
+
+    from shm.segment import list_segments, unlink_instance
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    leaked = [s.name for s in list_segments(instance)]
+    unlink_instance(instance)
+    assert not leaked, f"segments left behind: {leaked}"
+
+
 def write_config(path: Path, instance: str, run_dir: Path, extra: str = "") -> Path:
     text = (ROOT / "config.toml").read_text()
     text = text.replace('name = "default"', f'name = "{instance}"', 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_pipeline_cli import ROOT, run_py, write_config
+from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
 
 START_TIMEOUT_S = 300
 
@@ -46,8 +46,6 @@ def _stage(st, name):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    from shm.segment import list_segments, unlink_instance
-
     tmp = tmp_path_factory.mktemp("live")
     instance = f"t{os.getpid()}L{uuid.uuid4().hex[:6]}"
     ncpu = os.cpu_count() or 1
@@ -84,18 +82,9 @@ def live(tmp_path_factory):
         yield {"cfg": cfg, "instance": instance, "proc": proc, "notify": messages,
                "tmp": tmp}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         sd.close()
         log.close()
-        leaked = [s.name for s in list_segments(instance)]
-        unlink_instance(instance)
-        assert not leaked, f"segments left behind: {leaked}"
+        end_instance(proc, instance)
 
 
 def test_systemd_notify_socket_receives_ready_and_watchdog(live):

@@ -253,3 +253,21 @@ def test_a_restarted_strategy_host_starts_from_its_journal_and_a_first_start_doe
     assert summary["fills"] == 1 and summary["open_orders"] == 1
     assert again.state[2][0, PS_POS] == 4 and again.hctl[H_LAST_SEQ] == execs["reserved"].max()
     assert "restored" in capsys.readouterr().err
+
+
+def test_the_gates_own_flatten_orders_move_positions_but_not_ids_or_the_order_table():
+    from shm.records import OFLAG_RISK_SYSTEM, ORD_MARKET
+    from stages.risk_gate import FLATTEN_COID_BIT
+
+    j = Journal()
+    j.intent(INTENT_NEW, 1, px=100, qty=10)
+    j.report(EXEC_FILL, 1, px=100, qty=10, leaves=0)
+    flat = FLATTEN_COID_BIT | 1                       # the gate flattens the 10 lots
+    j.intent(INTENT_NEW, flat, side=SIDE_SELL, qty=10)
+    j.orders[-1]["flags"], j.orders[-1]["order_type"] = OFLAG_RISK_SYSTEM, ORD_MARKET
+    j.report(EXEC_ACK, flat, side=SIDE_SELL, leaves=10)
+    state = fresh_state()
+    restore_state(state, *j.arrays())
+    assert state[2][0, PS_POS] == 10                  # the flatten has not filled yet
+    assert open_orders(state) == {}                   # and it is the gate's, not ours
+    assert state[0][CTL_NEXT_COID] == 2               # ids go on from ours, not the gate's
