@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
 """hftfarm entry point: ``python run.py <command> ...``. Thin; see pipeline/cli.py."""
+import os
 import sys
 
-from pipeline import numba_cache
+# Everything hftfarm writes (run directories, journals, reports, logs, plots, tokens) is a
+# trading record: owner-only unless the operator loosens it afterwards.
+os.umask(0o077)
 
-numba_cache.configure()  # before anything imports numba
+# Point numba's cache at this source tree before anything imports numba. The commands that
+# only talk to the control socket skip it (it hashes the source tree, ~0.1-0.2 s) so that
+# `run.py kill` acts at once.
+if sys.argv[1:2] not in (["kill"], ["resume"], ["status"]):
+    from pipeline import numba_cache
+
+    numba_cache.configure()
 
 from pipeline.cli import main  # noqa: E402
 

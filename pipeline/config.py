@@ -284,7 +284,14 @@ class StagesConfig:
                                     "(death is noticed at once through its pidfd)", gt=0)
     silent_restart_ms: int = opt(1000, "a stage silent this long is killed and replaced",
                                  gt=0)
-    restart_limit: int = opt(5, "restarts per stage before the controller gives up", ge=0)
+    restart_limit: int = opt(5, "restarts of one stage within restart_window_s before the "
+                             "controller gives up on it (a strategy is then halted alone)",
+                             ge=0)
+    restart_window_s: float = opt(300.0, "the window restart_limit counts failures over (s)",
+                                  gt=0)
+    restart_backoff_s: float = opt(0.5, "wait before the 2nd restart within the window; "
+                                   "doubles for each further one (the 1st is immediate)", ge=0)
+    restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0)
 
 
 @dataclass(frozen=True)

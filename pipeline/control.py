@@ -1,7 +1,8 @@
 """The controller's control socket: JSON requests and replies over a Unix stream socket.
 
-Cold path, off the data path: the server side runs in the controller's supervision loop (one
-request per connection, answered synchronously; every request is small), the client side in
+Cold path, off the data path: the server side runs in the controller, on threads of its own
+(ControlServer: one request per connection, a bounded number of clients, per-connection
+deadlines; only the handler call shares a lock with the supervision loop), the client side in
 the CLI (`run.py status|stop|kill|latency`). The socket is created with mode 0600 (umask around
 bind, then chmod) so only the instance's user can drive it.
 
@@ -23,9 +24,30 @@ class NotRunning(Exception):
 
 
 class ControlServer:
-    def __init__(self, path: str | os.PathLike, handler):
+    """Serves the control socket from its own threads, off the supervision loop.
+
+    An accept thread hands each connection to a thread of its own, at most ``max_clients`` at
+    a time (one more is told ``busy`` and closed). A connection has ``timeout_s`` to send its
+    request line and to take its reply, then it is dropped: a silent, slow or hostile client
+    holds one of those threads, never the supervision loop. Only the handler call itself runs
+    under ``lock`` (the controller holds the same lock for each supervision tick), so requests
+    and supervision never touch the controller's state at once. ``wake_fd`` (optional) gets a
+    byte after each request, so the supervision loop sees a ``stop`` at once."""
+
+    def __init__(self, path: str | os.PathLike, handler, lock=None, max_clients: int = 64,
+                 timeout_s: float = 2.0, wake_fd: int = -1):
+        import threading
+
         self.path = str(path)
         self.handler = handler
+        self.lock = lock if lock is not None else threading.Lock()
+        self.timeout_s = timeout_s
+        self.wake_fd = wake_fd
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients
+        self.refused_busy = 0
+        self.dropped_slow = 0
+        self._closing = False
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)  # stale from a crashed run: the caller checked nobody answers
@@ -36,41 +58,100 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        sock.listen(16)
-        sock.setblocking(False)
+        sock.listen(64)
+        sock.settimeout(0.2)   # the accept thread checks for close() this often
         self.sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control-accept",
+                                        daemon=True)
+        self._thread.start()
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
+    def _accept_loop(self) -> None:
+        import threading
 
-    def handle_one(self) -> None:
-        """Accept one pending connection and answer it (called when the socket is readable)."""
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        with conn:
-            conn.settimeout(2.0)
+        while not self._closing:
             try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout, InterruptedError):
+                continue
+            except OSError:
+                return   # closed
+            if not self.slots.acquire(blocking=False):
+                self.refused_busy += 1
+                self._refuse(conn)
+                continue
+            threading.Thread(target=self._serve_conn, args=(conn,), name="control-client",
+                             daemon=True).start()
+
+    def _refuse(self, conn) -> None:
+        with conn:
+            conn.settimeout(0.05)
+            try:
+                conn.sendall(json.dumps({"ok": False, "error": (
+                    f"busy: {self.max_clients} control clients connected; try again")})
+                    .encode() + b"\n")
+            except OSError:
+                pass
+
+    def _serve_conn(self, conn) -> None:
+        import time
+
+        try:
+            with conn:
+                deadline = time.monotonic() + self.timeout_s
                 data = b""
                 while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-                    chunk = conn.recv(65536)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.dropped_slow += 1
+                        return   # too slow: dropped without an answer
+                    conn.settimeout(left)
+                    try:
+                        chunk = conn.recv(65536)
+                    except (TimeoutError, socket.timeout):
+                        self.dropped_slow += 1
+                        return
                     if not chunk:
                         break
                     data += chunk
-                try:
-                    req = json.loads(data or b"{}")
-                    if not isinstance(req, dict):
-                        raise ValueError("request must be a JSON object")
-                    reply = self.handler(req)
-                except Exception as exc:  # a bad request must never take the controller down
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                reply = self.answer(data)
+                conn.settimeout(self.timeout_s)
                 conn.sendall(json.dumps(reply, default=_jsonable).encode() + b"\n")
+        except OSError:
+            pass  # client went away
+        finally:
+            self.slots.release()
+
+    def answer(self, data: bytes) -> dict:
+        """The reply to one request line (garbage gets an error naming what was wrong)."""
+        try:
+            req = json.loads(data or b"{}")
+        except ValueError as exc:
+            return {"ok": False, "error": f"request is not JSON ({exc}); send one JSON object "
+                                          "per line, e.g. {\"cmd\": \"status\"}"}
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "request must be a JSON object, e.g. "
+                                          "{\"cmd\": \"status\"}"}
+        try:
+            with self.lock:
+                if self._closing:
+                    return {"ok": False, "error": "controller is shutting down"}
+                reply = self.handler(req)
+        except Exception as exc:  # a bad request must never take the controller down
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if self.wake_fd >= 0:
+            try:
+                os.write(self.wake_fd, b"!")
             except OSError:
-                pass  # client went away
+                pass   # the pipe is full: the loop is awake anyway
+        return reply
 
     def close(self) -> None:
-        self.sock.close()
+        self._closing = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._thread.join(timeout=1.0)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -144,8 +225,22 @@ def stage_table(ctl) -> list[dict]:
             "heartbeat_age_ms": round((now - hb) / 1e6, 1) if hb else None,
             "records_in": b["records_in"], "records_out": b["records_out"],
             "ring_lag": b["ring_lag"], "records_lost": b["records_lost"],
-            "errors": b["errors"], "restarts": b["restarts"]})
+            "errors": b["errors"], "restarts": b["restarts"],
+            "reason": _stage_reason(ctl, spec.name)})
     return rows
+
+
+def _stage_reason(ctl, name: str) -> str:
+    """Why a stage is not simply running: given up on, or waiting out a restart backoff."""
+    import time as _time
+
+    sup = ctl.supervisor
+    if sup is not None and name in sup.given_up:
+        return sup.given_up[name]
+    due = getattr(ctl, "pending_restarts", {}).get(name)
+    if due is not None:
+        return f"restart in {max(0.0, due - _time.monotonic()):.1f} s (backoff)"
+    return ""
 
 
 def risk_snapshot(ctl) -> dict:
@@ -263,19 +358,21 @@ def handle_request(ctl, req: dict) -> dict:
         flatten = bool(req.get("flatten"))
         ctl.kill_switch = True
         ctl.halted_reason = "kill switch" + (" (flatten)" if flatten else "")
-        journal_event(ctl, "kill", req, flatten=flatten)
         # the gate flattens (its own orders go through its journal); the router cancels
-        acked = [s for s, arg in (("risk_gate", int(flatten)), ("order_router", 0))
-                 if s in ctl.supervisor.procs and ctl.send(s, CTRL_KILL, arg, wait_s=1.0)]
+        acked = ctl.send_all([("risk_gate", CTRL_KILL, int(flatten)),
+                              ("order_router", CTRL_KILL, 0)], wait_s=1.0)
+        journal_event(ctl, "kill", req, flatten=flatten, acked_by=acked)
         return {"ok": True, "halted": acked, "flatten": flatten}
     if cmd == "resume":
         ctl.kill_switch = False
         journal_event(ctl, "resume", req)
-        acked = [s for s in ("order_router", "risk_gate")
-                 if s in ctl.supervisor.procs
-                 and ctl.send(s, CTRL_RESUME, RESUME_OPERATOR, wait_s=1.0)]
-        ctl.halted_reason = ""
-        return {"ok": True, "resumed": acked}
+        acked = ctl.send_all([("order_router", CTRL_RESUME, RESUME_OPERATOR),
+                              ("risk_gate", CTRL_RESUME, RESUME_OPERATOR)], wait_s=1.0)
+        # what the gate resumed into, from its own view (a loss breach still live re-latches)
+        state = risk_snapshot(ctl)["state"]
+        ctl.halted_reason = "" if state == "ACTIVE" else f"still {state} after the resume"
+        return {"ok": True, "resumed": acked, "risk_state": state,
+                "halted_reason": ctl.halted_reason}
     if cmd == "latency":
         baseline = getattr(ctl, "latency_baseline", None)
         reply = {"ok": True, "histograms": latency_summary(ctl, baseline)}
@@ -334,6 +431,39 @@ def finish_report(ctl) -> None:
 # =============================================================================================
 # CLI side helpers (run in the operator's shell)
 # =============================================================================================
+def instance_dir(cfg) -> Path:
+    return Path(cfg.instance.run_dir).resolve() / cfg.instance.name
+
+
+def socket_path(cfg) -> Path:
+    return Path(cfg.instance.socket).resolve() if cfg.instance.socket else \
+        instance_dir(cfg) / "control.sock"
+
+
+def socket_config(path):
+    """Just enough of a config to find the instance's control socket ([instance] name, run_dir,
+    socket), read with tomllib alone: the commands that only talk to the socket (kill, resume,
+    status) answer without loading and checking the whole config, and without numba. Falls
+    back to ``load_config_or_exit`` (every problem named) if that part is missing or odd."""
+    import re
+    import tomllib
+    from types import SimpleNamespace
+
+    default = Path(__file__).resolve().parent.parent / "config.toml"  # = config.DEFAULT_CONFIG
+    try:
+        with open(path or default, "rb") as f:
+            inst = tomllib.load(f).get("instance", {})
+        name, run_dir = inst.get("name", "default"), inst.get("run_dir", "runs")
+        sock = inst.get("socket", "")
+        if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,24}", name) and \
+                isinstance(run_dir, str) and run_dir and isinstance(sock, str):
+            return SimpleNamespace(instance=SimpleNamespace(name=name, run_dir=run_dir,
+                                                            socket=sock))
+    except (OSError, ValueError):
+        pass
+    return load_config_or_exit(path)
+
+
 def load_config_or_exit(path):
     """The validated config, or CliError(exit 2) listing every problem."""
     from pipeline.cli import EXIT_USAGE, CliError
@@ -349,8 +479,6 @@ def load_config_or_exit(path):
 def lock_held(cfg) -> bool:
     """True if a controller of this instance holds its lock (starting or running)."""
     import fcntl
-
-    from pipeline.controller import instance_dir
 
     path = instance_dir(cfg) / "controller.lock"
     if not path.exists():
@@ -368,7 +496,6 @@ def lock_held(cfg) -> bool:
 def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
     """Send ``req`` to the instance's controller; CliError(exit 3) if it is not running."""
     from pipeline.cli import EXIT_NOT_RUNNING, CliError
-    from pipeline.controller import socket_path
 
     try:
         reply = request(socket_path(cfg), req, timeout_s)

@@ -23,13 +23,16 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import control as ops
-from pipeline.status import ST_RUNNING, STATE_NAMES, StatusTable, W_CTRL_ACK, W_STATE
+from pipeline.control import instance_dir, socket_path  # noqa: F401  (re-exported)
+from pipeline.status import (ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, StatusTable,
+                             W_CTRL_ACK, W_STATE)
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
 from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
@@ -40,15 +43,6 @@ TICK_S = 0.02
 
 class ControllerError(Exception):
     pass
-
-
-def instance_dir(cfg) -> Path:
-    return Path(cfg.instance.run_dir).resolve() / cfg.instance.name
-
-
-def socket_path(cfg) -> Path:
-    return Path(cfg.instance.socket).resolve() if cfg.instance.socket else \
-        instance_dir(cfg) / "control.sock"
 
 
 class Controller:
@@ -75,9 +69,16 @@ class Controller:
         self.hists: dict = {}
         self.supervisor = None
         self.server = None
+        # held by each supervision tick and by each control-socket request (other threads)
+        self.lock = threading.RLock()
+        self._wake = (-1, -1)
         self.lock_fd = -1
+        self.claim_fd = -1
+        self.recovered = None
+        self.prior_state = None   # controller.state as the previous controller left it
         self.reconciling: dict[str, float] = {}   # stage -> deadline
         self.restarting: dict[str, float] = {}    # stage -> when its failure was noticed
+        self.pending_restarts: dict[str, float] = {}   # stage -> when its backoff ends
         self.halted_reason = ""
         self.kill_switch = False   # set by `run.py kill`; only a restart of the instance clears it
         self.events: list[str] = []
@@ -98,18 +99,26 @@ class Controller:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
+        # segment names are machine-wide: so is the claim on the instance name
+        from shm.segment import InstanceClaimed, claim_instance
+
+        try:
+            self.claim_fd = claim_instance(self.instance, {"run_dir": str(self.inst_dir),
+                                                           "config": self.config_path})
+        except InstanceClaimed as exc:
+            os.close(fd)
+            self.lock_fd = -1
+            raise ControllerError(str(exc)) from None
 
     def create_segments(self) -> None:
         from shm.histogram import LatencyHistogram
         from shm.records import RECORD_DTYPES
         from shm.ring import BroadcastRing, SpscRing
-        from shm.segment import list_segments, unlink_instance
+        from pipeline.recovery import recover
         from stages.riskview import RiskView
 
-        stale = list_segments(self.instance)
-        if stale:  # we hold the instance lock, so their creator is gone: a crash left them
-            self.log(f"removing {len(stale)} stale segment(s) of instance {self.instance}")
-            unlink_instance(self.instance)
+        # we hold the instance's claim: whatever of it exists, a dead controller left
+        self.recovered = recover(self.cfg, self.log, state=self.prior_state)
         topo = self.topology
         self.status = StatusTable.create(self.instance, len(topo.stages))
         self.riskview = RiskView.create(self.instance, len(topo.strategies()),
@@ -127,6 +136,28 @@ class Controller:
             self.hists[name] = LatencyHistogram.create(self.instance, name)
 
     # -- control commands to stages ----------------------------------------------------
+    def send_all(self, commands, wait_s: float) -> list[str]:
+        """Send (stage, kind, arg0) to each stage at once, then wait up to ``wait_s`` for all
+        of them together; returns the stages that acknowledged."""
+        seqs = {}
+        for stage, kind, arg0 in commands:
+            if stage in self.supervisor.procs and self.send(stage, kind, arg0):
+                seqs[stage] = self.ctl_seq
+        acked: list[str] = []
+        deadline = time.monotonic() + wait_s
+        while seqs:
+            for stage, seq in list(seqs.items()):
+                slot = self.topology.stage(stage).slot
+                if self.status.read_word(slot, W_CTRL_ACK) >= seq:
+                    acked.append(stage)
+                    del seqs[stage]
+                elif stage not in self.supervisor.procs:
+                    del seqs[stage]
+            if not seqs or time.monotonic() >= deadline:
+                break
+            time.sleep(0.001)
+        return [s for s, _k, _a in commands if s in acked]
+
     def send(self, stage: str, kind: int, arg0: int = 0, arg1: int = 0,
              wait_s: float = 0.0) -> bool:
         """Send a control record; with ``wait_s`` wait until the stage acknowledged it."""
@@ -169,7 +200,10 @@ class Controller:
         self.supervisor = Supervisor(self.instance, self.config_path, self.run_dir,
                                      self.topology, self.status,
                                      stages_cfg.heartbeat_timeout_ms, stages_cfg.restart_limit,
-                                     stages_cfg.silent_restart_ms)
+                                     stages_cfg.silent_restart_ms,
+                                     restart_window_s=stages_cfg.restart_window_s,
+                                     backoff_s=stages_cfg.restart_backoff_s,
+                                     backoff_max_s=stages_cfg.restart_backoff_max_s)
         if self.replay:
             self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
                                                       str(self.replay_speed)]
@@ -187,38 +221,78 @@ class Controller:
 
     # -- supervision ------------------------------------------------------------------------
     def on_failure(self, name: str, why: str) -> None:
+        """A stage died or went silent: contain it now (a strategy's orders cancelled, trading
+        halted for the gate or router), restart it when its restart policy says (at once the
+        first time in the window, later with backoff), or give up on it."""
         spec = self.topology.stage(name)
         self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
         self.log(f"stage {name} {why}")
+        self.event("stage_failed", why, stage=name)
         self.supervisor.reap(name)
-        self.restarting[name] = time.monotonic()
-        if not self.supervisor.can_restart(name):
-            self.log(f"stage {name}: restart limit {self.cfg.stages.restart_limit} reached; "
-                     "halting trading and leaving it down")
-            self.halt(f"{name} failed permanently")
-            return
+        now = time.monotonic()
+        self.restarting[name] = now
+        delay = self.supervisor.policy.on_failure(name, now)
         if spec.role == ROLE_STRATEGY:
             # its open orders are orphans now: cancel them at the venue before it comes back;
             # the replacement rebuilds its positions and open orders from the journal
             if self.alive("order_router"):
                 self.send("order_router", CTRL_CANCEL_ALL, spec.strategy_id)
+        elif spec.role in (ROLE_GATE, ROLE_ROUTER):
+            self.halt(f"{name} {why}")
+        elif spec.role == ROLE_VENUE and self.alive("order_router"):
+            # a new simulator starts with empty books: our orders there are gone
+            self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
+        if delay is None:
+            self.give_up(spec, why)
+            return
+        if delay > 0:
+            self.pending_restarts[name] = now + delay
+            self.log(f"stage {name}: restart in {delay:.1f} s (failure "
+                     f"{self.supervisor.policy.recent(name, now)} within "
+                     f"{self.cfg.stages.restart_window_s:.0f} s)")
+            self.supervisor.status.set_word(spec.slot, W_STATE, ST_RESTARTING)
+            return
+        self.restart_stage(spec)
+
+    def give_up(self, spec, why: str) -> None:
+        """Leave a stage down: a strategy alone (its orders were cancelled; the others trade
+        on), any other stage halts trading."""
+        name = spec.name
+        sc = self.cfg.stages
+        reason = (f"failed {sc.restart_limit + 1} times within {sc.restart_window_s:.0f} s "
+                  f"(last: {why}); left down")
+        self.supervisor.given_up[name] = reason
+        self.restarting.pop(name, None)
+        self.status.set_word(spec.slot, W_STATE, ST_FAILED)
+        self.log(f"stage {name} {reason}")
+        self.events.append(f"{time.strftime('%H:%M:%S')} {name} {reason}")
+        self.event("stage_given_up", reason, stage=name)
+        if spec.role != ROLE_STRATEGY:
+            self.halt(f"{name} failed permanently")
+
+    def restart_due(self) -> None:
+        """Restarts whose backoff is over (called every tick)."""
+        now = time.monotonic()
+        for name, due in list(self.pending_restarts.items()):
+            if now >= due:
+                del self.pending_restarts[name]
+                self.restart_stage(self.topology.stage(name))
+
+    def restart_stage(self, spec) -> None:
+        if spec.role == ROLE_STRATEGY:
             self.flush_journal(wait_s=0.5)
             self.supervisor.restart(spec)
         elif spec.role in (ROLE_GATE, ROLE_ROUTER):
-            self.halt(f"{name} {why}")
             self.flush_journal()
             self.supervisor.restart(spec, reconcile=True)
-            self.reconciling[name] = time.monotonic() + 60.0
+            self.reconciling[spec.name] = time.monotonic() + 60.0
         else:
-            if spec.role == ROLE_VENUE and self.alive("order_router"):
-                # a new simulator starts with empty books: our orders there are gone
-                self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
             self.supervisor.restart(spec)
 
     def halt(self, reason: str) -> None:
         self.halted_reason = reason
-        acked = [stage for stage in ("risk_gate", "order_router")
-                 if stage in self.supervisor.procs and self.send(stage, CTRL_KILL, 0, wait_s=0.5)]
+        acked = self.send_all([("risk_gate", CTRL_KILL, 0), ("order_router", CTRL_KILL, 0)],
+                              wait_s=0.5)
         self.event("halt", reason, acked_by=acked)
 
     def event(self, what: str, why: str = "", **fields) -> None:
@@ -280,14 +354,17 @@ class Controller:
         from pipeline.control import ControlServer
         from pipeline.sdnotify import watchdog_interval_s
 
-        self.server = ControlServer(socket_path(self.cfg), self.handle_request)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = (wake_r, wake_w)
+        self.server = ControlServer(socket_path(self.cfg), self.handle_request, lock=self.lock,
+                                    wake_fd=wake_w)
         if self.notifier is not None:
             self.notifier.ready(f"{len(self.topology.stages)} stages running")
-        wd_every = watchdog_interval_s(1.0)
-        next_wd = 0.0
+        self._wd_every = watchdog_interval_s(1.0)
+        self._next_wd = 0.0
         end = time.monotonic() + self.duration_s if self.duration_s else None
         sel = selectors.DefaultSelector()
-        sel.register(self.server.fileno(), selectors.EVENT_READ, "ctl")
+        sel.register(wake_r, selectors.EVENT_READ, "wake")
         watched: dict[int, str] = {}
         last_tick = time.monotonic()
         while not self.stop_requested:
@@ -302,30 +379,39 @@ class Controller:
                     sel.register(fd, selectors.EVENT_READ, "pid")
                 watched = fds
             for key, _ in sel.select(TICK_S):
-                if key.data == "ctl":
-                    self.server.handle_one()
-            # If this loop itself woke far too late, the whole machine stalled (swap, a
-            # hypervisor pause, an overloaded box): heartbeats are stale for the same reason,
-            # so judge silence only on the next, punctual tick. Deaths still count.
+                if key.data == "wake":
+                    try:
+                        os.read(wake_r, 4096)   # a request was answered: re-check stop
+                    except BlockingIOError:
+                        pass
             t = time.monotonic()
-            punctual = t - last_tick < TICK_S + self.cfg.stages.heartbeat_timeout_ms / 2000
+            with self.lock:   # requests (control-socket threads) wait for the tick, and back
+                if self._tick(end, t - last_tick):
+                    break
             last_tick = t
-            for name, why in self.supervisor.check(silence=punctual):
-                self.on_failure(name, why)
-            for name, why in self.supervisor.silent_notices:
-                self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
-                self.log(f"stage {name} {why}")
-            self.supervisor.silent_notices.clear()
-            self.drive_reconciliation()
-            if not self.restarting and not self.reconciling:
-                self.supervisor.keep_spare()   # a warm spare for the next restart
-            now = time.monotonic()
-            if self.notifier is not None and now >= next_wd:
-                self.notifier.watchdog()
-                next_wd = now + wd_every
-            if end is not None and now >= end:
-                break
         sel.close()
+
+    def _tick(self, end, since_last_s: float) -> bool:
+        """One supervision round; True when the run's duration is over."""
+        # If this loop itself woke far too late, the whole machine stalled (swap, a
+        # hypervisor pause, an overloaded box): heartbeats are stale for the same reason,
+        # so judge silence only on the next, punctual tick. Deaths still count.
+        punctual = since_last_s < TICK_S + self.cfg.stages.heartbeat_timeout_ms / 2000
+        for name, why in self.supervisor.check(silence=punctual):
+            self.on_failure(name, why)
+        for name, why in self.supervisor.silent_notices:
+            self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
+            self.log(f"stage {name} {why}")
+        self.supervisor.silent_notices.clear()
+        self.restart_due()
+        self.drive_reconciliation()
+        if not self.restarting and not self.reconciling:
+            self.supervisor.keep_spare()   # a warm spare for the next restart
+        now = time.monotonic()
+        if self.notifier is not None and now >= self._next_wd:
+            self.notifier.watchdog()
+            self._next_wd = now + self._wd_every
+        return end is not None and now >= end
 
     def handle_request(self, req: dict) -> dict:
         return ops.handle_request(self, req)
@@ -333,6 +419,10 @@ class Controller:
     # -- stop -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Strategies first, cancel open orders, drain, then gate, router, venue, journal."""
+        with self.lock:   # no control request runs while the stages are being stopped
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
         sup = self.supervisor
@@ -369,6 +459,10 @@ class Controller:
             if self.server is not None:
                 self.server.close()
                 self.server = None
+            for fd in self._wake:
+                if fd >= 0:
+                    os.close(fd)
+            self._wake = (-1, -1)
             for w in self.ctl_writers.values():
                 w._drop()
             self.ctl_writers.clear()
@@ -383,6 +477,11 @@ class Controller:
                     obj.close()
             self.status = self.riskview = None
             unlink_instance(self.instance)
+            if self.claim_fd >= 0:
+                from shm.segment import release_claim
+
+                release_claim(self.claim_fd, self.instance)
+                self.claim_fd = -1
             if self.lock_fd >= 0:
                 os.close(self.lock_fd)
                 self.lock_fd = -1
@@ -432,6 +531,7 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", default=None)
     ap.add_argument("--replay-speed", type=float, default=1.0)
     args = ap.parse_args(argv)
+    os.umask(0o077)   # run directories 0700, journals, reports and logs 0600
     cfg = load_config(args.config)
     state_file = instance_dir(cfg) / "controller.state"
     instance_dir(cfg).mkdir(parents=True, exist_ok=True)
@@ -441,6 +541,9 @@ def main(argv=None) -> int:
 
     ctl = Controller(cfg, args.config, notifier=SdNotifier(), replay=args.replay,
                      replay_speed=args.replay_speed)
+    from pipeline.recovery import read_state
+
+    ctl.prior_state = read_state(cfg, prev=True)
     try:
         write_state(state_file, "starting")
         rc = ctl.run(on_started)

@@ -51,3 +51,86 @@ def configure() -> str | None:
     except OSError:
         pass
     return str(target)
+
+
+
+def _dispatchers(prefixes):
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    seen: set[int] = set()
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith(prefixes):
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if isinstance(obj, CPUDispatcher) and id(obj) not in seen \
+                    and getattr(obj, "__module__", None) == name:
+                seen.add(id(obj))
+                yield name, attr, obj
+
+
+def write_manifest(path, prefixes=PACKAGES + ("hftfarm_hostgen_",)) -> int:
+    """Record which compiled overloads this process uses: (module, function, signature) of
+    every overload of every @njit function under ``prefixes``, pickled to ``path`` (0600).
+    Cold; a stage writes it once it runs, and the warm spare loads exactly those
+    (``preload``). Returns how many overloads were recorded."""
+    import pickle
+
+    entries = [(name, attr, sig) for name, attr, d in _dispatchers(prefixes)
+               for sig in d.signatures]
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(entries, f)
+    os.replace(tmp, path)
+    return len(entries)
+
+
+def preload(manifests, import_module=None) -> tuple[int, int]:
+    """Load, from numba's on-disk cache, the overloads the stages' manifests list (see
+    ``write_manifest``); nothing is compiled (an overload not in the cache is skipped).
+
+    Cold path: the supervisor's warm spare (pipeline.stage_main.standby) calls it while it
+    waits, so that a restarted stage's first calls find their machine code in memory instead
+    of unpickling and linking it (tens of ms per function: most of a restart on a loaded
+    2-core machine). Uses numba's cache index (``Cache._cache_file._load_index``, a private
+    API of the pinned numba); any failure only leaves the spare less warm.
+    ``import_module(name)``: how to import a listed module (default importlib's).
+    Returns (overloads loaded, overloads skipped)."""
+    import importlib
+    import pickle
+
+    import_module = import_module or importlib.import_module
+    wanted: dict = {}
+    for m in manifests:
+        try:
+            with open(m, "rb") as f:
+                for name, attr, sig in pickle.load(f):
+                    wanted.setdefault((name, attr), set()).add(sig)
+        except (OSError, pickle.PickleError, EOFError, ValueError, TypeError, AttributeError):
+            continue   # a manifest half-written by a dying stage: the next one will do
+    n_ok = n_skip = 0
+    for (name, attr), sigs in sorted(wanted.items(), key=lambda kv: kv[0]):
+        try:
+            disp = getattr(import_module(name), attr)
+            cache = disp._cache
+            index = cache._cache_file._load_index()
+            codegen = disp.targetctx.codegen()
+        except Exception:  # noqa: BLE001 - moved, renamed, or a private API changed
+            n_skip += len(sigs)
+            continue
+        for sig in sigs:
+            try:
+                if tuple(sig) in disp.overloads:
+                    continue
+                if cache._index_key(sig, codegen) not in index:
+                    n_skip += 1   # not compiled yet: the stage will compile it itself
+                    continue
+                disp.compile(sig)
+                n_ok += 1
+            except Exception:  # noqa: BLE001
+                n_skip += 1
+    return n_ok, n_skip

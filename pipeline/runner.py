@@ -28,6 +28,7 @@ from shm.records import CONTROL_DTYPE, CTRL_STOP
 
 HEARTBEAT_NS = 10_000_000          # 10 ms: well inside the controller's 100 ms silence limit
 MAX_CONSECUTIVE_ERRORS = 100
+MANIFEST_AGAIN_NS = 2_000_000_000  # the compiled-code list again, 2 s into the run
 
 
 class StageRunner:
@@ -59,6 +60,33 @@ class StageRunner:
             v[W_ERRORS] = self.stage.errors
         self.status.publish(time.monotonic_ns())
 
+    def write_manifest(self) -> None:
+        """List the compiled code this stage uses, for the controller's warm spare (cold)."""
+        run_dir = getattr(self.ctx, "run_dir", None)
+        if run_dir is None:
+            return
+        try:
+            from pipeline.numba_cache import write_manifest
+            from pipeline.stage_main import warm_dir
+
+            write_manifest(warm_dir(run_dir) / f"{self.ctx.name}.pkl")
+        except Exception as exc:  # noqa: BLE001 - only a slower restart depends on it
+            print(f"{self.ctx.name}: could not list its compiled code for the warm spare: "
+                  f"{exc}", file=sys.stderr)
+
+    def _report_startup(self, t_start: int) -> None:
+        """One line in the stage's log: how long each step of the start took (ms)."""
+        m = getattr(self, "startup_marks", None)
+        if not m:
+            return
+        now = time.monotonic_ns()
+        ms = lambda a, b: (b - a) / 1e6  # noqa: E731
+        print(f"{self.ctx.name}: RUNNING {ms(m['main'], now):.0f} ms after start "
+              f"(imports {ms(m['main'], m['imports']):.0f}, config+attach "
+              f"{ms(m['imports'], m['attached']):.0f}, stage set-up "
+              f"{ms(m['attached'], t_start):.0f}, on_start {ms(t_start, now):.0f})",
+              file=sys.stderr, flush=True)
+
     def handle_control(self) -> None:
         if self.control is None:
             return
@@ -80,8 +108,12 @@ class StageRunner:
         stage = self.stage
         self.status.set(W_STARTED_NS, time.monotonic_ns())
         self.heartbeat(ST_STARTING)
+        t_start = time.monotonic_ns()
         stage.on_start(self.ctx)
         self.heartbeat(ST_RUNNING)
+        self._report_startup(t_start)
+        self.write_manifest()
+        manifest_again = time.monotonic_ns() + MANIFEST_AGAIN_NS
         idle = self.idle
         poll = stage.poll
         next_hb = time.monotonic_ns() + HEARTBEAT_NS
@@ -106,6 +138,9 @@ class StageRunner:
                 next_hb = now + HEARTBEAT_NS
                 self.handle_control()
                 self.heartbeat(ST_RUNNING)
+                if manifest_again and now >= manifest_again:
+                    manifest_again = 0   # once more: code first used after the start
+                    self.write_manifest()
         self.heartbeat(ST_STOPPING)
         try:
             stage.drain()

@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", default=None, help="venue stage: replay this record file")
     ap.add_argument("--replay-speed", type=float, default=1.0)
     args = ap.parse_args(argv)
+    t_main = time.monotonic_ns()
     _die_with_parent(args.parent_pid)
 
     from pipeline.config import load_config
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
 
     import dataclasses
 
+    t_imports = time.monotonic_ns()
     cfg = load_config(args.config)
     if cfg.instance.name != args.instance:
         cfg = dataclasses.replace(cfg, instance=dataclasses.replace(cfg.instance,
@@ -124,9 +127,11 @@ def main(argv=None) -> int:
                                                       "reconcile": args.reconcile,
                                                       "replay": args.replay,
                                                       "replay_speed": args.replay_speed})
+    t_attached = time.monotonic_ns()
     stage = make_stage(spec, args.replay)
     runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
                          make_idle(spec.idle))
+    runner.startup_marks = {"main": t_main, "imports": t_imports, "attached": t_attached}
     runner.install_signals()
     try:
         return runner.run()
@@ -135,7 +140,38 @@ def main(argv=None) -> int:
         status.close()
 
 
-def standby(parent_pid: int) -> int:
+def warm_dir(run_dir) -> Path:
+    """Where each stage of a run lists the compiled code it uses (pipeline.numba_cache)."""
+    return Path(run_dir) / "warm"
+
+
+def _import_for_preload(name: str):
+    """importlib.import_module, except a strategy's generated host step (stages/host_codegen),
+    which is made, not imported."""
+    import importlib
+
+    prefix = "hftfarm_hostgen_"
+    if name.startswith(prefix):
+        from stages.host_codegen import host_step_for
+        from stages.strategy_host import TIMER_NS
+
+        host_step_for(name[len(prefix):], TIMER_NS)
+        return sys.modules[name]
+    return importlib.import_module(name)
+
+
+def _preload(run_dir: str | None) -> None:
+    """The compiled code the run's stages use (their manifests under ``warm_dir``), loaded
+    from numba's cache now rather than by the stage a restart hands us."""
+    from pipeline.numba_cache import preload
+
+    if run_dir:
+        n_ok, n_skip = preload(sorted(warm_dir(run_dir).glob("*.pkl")), _import_for_preload)
+        print(f"standby: {n_ok} compiled functions preloaded ({n_skip} not in the cache)",
+              file=sys.stderr, flush=True)
+
+
+def standby(parent_pid: int, run_dir: str | None = None) -> int:
     """A warm spare: import everything a stage needs, then wait for the supervisor to say which
     stage to become (one line on stdin: a JSON object with ``argv`` and ``log``). A restart
     then skips the interpreter's start and the imports (numpy, numba, the kernels' modules):
@@ -156,9 +192,11 @@ def standby(parent_pid: int) -> int:
     import stages.router_kernels  # noqa: F401
     import stages.strategy_host  # noqa: F401
     import stages.venue_sim  # noqa: F401
+    import numpy.ma  # noqa: F401  (numba's typeof imports it lazily on a first call)
     from pipeline.config import load_config  # noqa: F401
     from pipeline.runner import StageRunner  # noqa: F401
 
+    _preload(run_dir)
     os.write(1, b"ready\n")   # the supervisor counts on us from here
     line = sys.stdin.readline()
     if not line:
@@ -176,7 +214,16 @@ def standby(parent_pid: int) -> int:
     return main(order["argv"])
 
 
+def _exit(rc) -> None:
+    """Leave without the interpreter's teardown: the stage has drained, closed its files and
+    segments; unloading numba's and LLVM's state would take most of a second per process,
+    and on a controller's death every stage exits at once."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc if isinstance(rc, int) else 1)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--standby":
-        sys.exit(standby(int(sys.argv[2])))
-    sys.exit(main())
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--standby":
+        _exit(standby(int(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else None))
+    _exit(main())

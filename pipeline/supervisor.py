@@ -61,10 +61,38 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+class RestartPolicy:
+    """Per-stage restart budget: at most ``limit`` restarts within ``window_s``; the first
+    restart in the window is immediate, the next ones wait ``backoff_s`` doubling each time up
+    to ``backoff_max_s``. A stage failing more often than that is given up on (the controller
+    decides what that means for its role)."""
+
+    def __init__(self, limit: int, window_s: float, backoff_s: float, backoff_max_s: float):
+        self.limit, self.window_s = int(limit), float(window_s)
+        self.backoff_s, self.backoff_max_s = float(backoff_s), float(backoff_max_s)
+        self.failures: dict[str, list[float]] = {}
+
+    def recent(self, name: str, now: float) -> int:
+        times = [t for t in self.failures.get(name, ()) if now - t <= self.window_s]
+        self.failures[name] = times
+        return len(times)
+
+    def on_failure(self, name: str, now: float) -> float | None:
+        """Record a failure at ``now``; the delay before restarting (s), or None: give up."""
+        n = self.recent(name, now) + 1
+        self.failures[name].append(now)
+        if n > self.limit:
+            return None
+        if n == 1:
+            return 0.0
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (n - 2))
+
+
 class Supervisor:
     def __init__(self, instance: str, config_path: str, run_dir: Path, topology, status,
                  heartbeat_timeout_ms: int, restart_limit: int, silent_restart_ms: int = 0,
-                 use_spare: bool = True):
+                 use_spare: bool = True, restart_window_s: float = 300.0,
+                 backoff_s: float = 0.5, backoff_max_s: float = 10.0):
         self.instance = instance
         self.config_path = str(config_path)
         self.run_dir = Path(run_dir)
@@ -85,6 +113,8 @@ class Supervisor:
         self.starved_ticks = 0
         self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
+        self.policy = RestartPolicy(restart_limit, restart_window_s, backoff_s, backoff_max_s)
+        self.given_up: dict[str, str] = {}   # stage -> why it is left down
         self.spare: subprocess.Popen | None = None
         self.spare_ready = False
         self.use_spare = use_spare
@@ -134,7 +164,8 @@ class Supervisor:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with open(fd, "ab") as log:
             self.spare = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.stage_main", "--standby", str(os.getpid())],
+                [sys.executable, "-m", "pipeline.stage_main", "--standby", str(os.getpid()),
+                 str(self.run_dir)],
                 cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env=self._env(), start_new_session=True, close_fds=True)
             os.set_blocking(self.spare.stdout.fileno(), False)
@@ -285,7 +316,7 @@ class Supervisor:
         self.status.set_word(proc.spec.slot, W_STATE, state)
 
     def can_restart(self, name: str) -> bool:
-        return self.restarts[name] < self.restart_limit
+        return name not in self.given_up
 
     def restart(self, spec, **kw) -> StageProcess:
         self.restarts[spec.name] += 1

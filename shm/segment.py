@@ -295,3 +295,102 @@ def unlink_instance(instance: str, shm_dir: str = "/dev/shm") -> list[str]:
         elif unlink_name("/" + info.name):
             removed.append(info.name)
     return removed
+
+
+# ------------------------------------------------------------------------------------------
+# The machine-wide claim on an instance name
+# ------------------------------------------------------------------------------------------
+# Segment names are global to the machine (/dev/shm), so the name itself is what a controller
+# claims: an flock on /dev/shm/hftfarm-claim.<instance>, held for the controller's life (the
+# kernel drops it when the process dies, however it dies). Same namespace as the segments: a
+# container with a private /dev/shm has private names and private claims.
+CLAIM_PREFIX = f"{PREFIX}-claim."
+
+
+class InstanceClaimed(SegmentError):
+    """Another live controller holds the instance name."""
+
+    def __init__(self, instance: str, owner: dict):
+        self.owner = owner
+        super().__init__(
+            f"instance name {instance!r} is in use on this machine by controller pid "
+            f"{owner.get('pid', '?')} (run dir {owner.get('run_dir', '?')}, config "
+            f"{owner.get('config', '?')}); stop it first, or give this config another "
+            "[instance] name")
+
+
+def claim_path(instance: str, shm_dir: str = "/dev/shm") -> str:
+    segment_name(instance, "claim")   # validates the name
+    return os.path.join(shm_dir, CLAIM_PREFIX + instance)
+
+
+def _read_claim(fd: int) -> dict:
+    import json
+
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def claim_instance(instance: str, owner: dict, shm_dir: str = "/dev/shm") -> int:
+    """Take the machine-wide claim on ``instance`` (owner: pid, run_dir, config...); returns
+    the fd that holds it. InstanceClaimed if a live controller holds it."""
+    import fcntl
+    import json
+
+    import time
+
+    path = claim_path(instance, shm_dir)
+    busy = 0
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_claim(fd)
+            os.close(fd)
+            busy += 1
+            if busy >= 3 or holder.get("pid"):   # (a bare shared lock is a claim_holder query)
+                raise InstanceClaimed(instance, holder) from None
+            time.sleep(0.05)
+            continue
+        try:   # the previous holder may have unlinked the file between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), **owner}).encode())
+        return fd
+    raise SegmentError(f"could not claim instance name {instance!r}: {path} keeps changing")
+
+
+def release_claim(fd: int, instance: str, shm_dir: str = "/dev/shm") -> None:
+    """Drop the claim (unlink first, while still holding it, so nobody locks a dead file)."""
+    try:
+        os.unlink(claim_path(instance, shm_dir))
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def claim_holder(instance: str, shm_dir: str = "/dev/shm") -> dict | None:
+    """The owner record of the live controller holding ``instance``, or None if nobody does."""
+    import fcntl
+
+    try:
+        fd = os.open(claim_path(instance, shm_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_claim(fd) or {"pid": "?"}
+        return None
+    finally:
+        os.close(fd)

@@ -131,8 +131,15 @@ class RiskGateStage(Stage):
         self.redo: dict = {}
         if ctx.extra.get("reconcile") or ctx.restarts:
             set_kill(self.rstate, 1)   # fail closed until the controller says positions match
+            t0 = time.monotonic()
             orders = self.rebuild_from_journal()
             self.redo = self.redo_from_journal(orders)
+            self._log(f"rebuilt from the journal ({len(orders)} decisions) in "
+                      f"{(time.monotonic() - t0) * 1e3:.0f} ms")
+        else:   # load the replay kernel now: a restart will need it in a hurry
+            from market.risk_state import replay
+
+            replay(self.limits, self.rstate, np.zeros(0, ORDER_DTYPE), np.zeros(0, EXEC_DTYPE))
         self.halts_seen = int(self.rstate[0][G_HALTS])
         self.publish_view()
         lost_before = [r.lost for r in self.md_r]
@@ -146,7 +153,7 @@ class RiskGateStage(Stage):
     def rebuild_from_journal(self) -> np.ndarray:
         """Positions, PnL and open orders from the journal; returns the journaled decisions in
         ring order (for ``redo_from_journal``)."""
-        from market.risk import on_accept, on_exec
+        from market.risk_state import replay
         from stages.journal import read_journal_exec, read_journal_orders
 
         orders = read_journal_orders(self.jdir)
@@ -154,14 +161,11 @@ class RiskGateStage(Stage):
             orders = orders[np.argsort(orders["ring_seq"], kind="stable")]
         execs = read_journal_exec(self.jdir)
         approved = orders[orders["reject_code"] == 0] if len(orders) else orders
-        events = [(int(o["send_ts_ns"]), 0, i) for i, o in enumerate(approved)]
-        events += [(int(e["send_ts_ns"]), 1, i) for i, e in enumerate(execs)]
-        events.sort()
-        for _ts, what, i in events:
-            if what == 0:
-                on_accept(self.limits, self.rstate, approved[i], np.int64(_ts))
-            else:
-                on_exec(self.limits, self.rstate, execs[i], np.int64(_ts))
+        # both in time order (stable: ties keep journal order), merged by replay
+        approved = np.ascontiguousarray(
+            approved[np.argsort(approved["send_ts_ns"], kind="stable")])
+        execs = np.ascontiguousarray(execs[np.argsort(execs["send_ts_ns"], kind="stable")])
+        replay(self.limits, self.rstate, approved, execs)
         if len(execs):
             self.gctl[gk.K_LAST_SEQ] = int(execs["reserved"].max())
         return orders
@@ -277,6 +281,7 @@ class RiskGateStage(Stage):
             else:
                 self._event("resume_after_reconcile", "positions reconciled after a restart: "
                             "the restart's fail-closed kill switch is lifted")
+        self.publish_view()   # the controller reads the new mode as soon as we acknowledge
 
     def maybe_flatten(self) -> None:
         """Cold, per heartbeat after a kill with flatten: once nothing of ours is open, a market

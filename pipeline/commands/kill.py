@@ -18,9 +18,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pipeline.control import client_request, load_config_or_exit
+    from pipeline.control import client_request, socket_config
 
-    cfg = load_config_or_exit(args.config)
+    cfg = socket_config(args.config)
     reply = client_request(cfg, {"cmd": "kill", "flatten": bool(args.flatten),
                                 "who": "cli", "why": args.why})
     print(f"instance {cfg.instance.name}: HALTED ({', '.join(reply['halted']) or 'no stage'} "

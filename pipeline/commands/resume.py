@@ -16,10 +16,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pipeline.control import client_request, load_config_or_exit
+    from pipeline.control import client_request, socket_config
 
-    cfg = load_config_or_exit(args.config)
+    cfg = socket_config(args.config)
     reply = client_request(cfg, {"cmd": "resume", "who": "cli", "why": args.why})
-    print(f"instance {cfg.instance.name}: resumed ({', '.join(reply['resumed']) or 'no stage'} "
-          "acknowledged)")
-    return 0
+    state = reply.get("risk_state", "?")
+    print(f"instance {cfg.instance.name}: resume sent ({', '.join(reply['resumed']) or 'no stage'}"
+          f" acknowledged); the risk gate is now {state}"
+          + (f" ({reply['halted_reason']})" if state != "ACTIVE" and reply.get("halted_reason")
+             else ""))
+    return 0 if state == "ACTIVE" else 1

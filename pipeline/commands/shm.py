@@ -1,8 +1,8 @@
 """``run.py shm ls|clean``: list hftfarm shared-memory segments and remove those of dead instances.
 
-Runs in the operator's shell; cold path. An instance counts as running while any of its
-segments names a creator pid that is still alive (the controller, or the stage that made a
-histogram). ``clean`` never touches a running instance unless told ``--force``, because
+Runs in the operator's shell; cold path. An instance counts as running while a controller holds
+its machine-wide claim (shm/segment.py: claim_instance) or any of its segments names a creator
+pid that is still alive (the controller, or the stage that made a histogram). ``clean`` never touches a running instance unless told ``--force``, because
 unlinking a live ring's name does not stop the processes mapped to it, but a restarted stage
 would then attach to a fresh, empty segment while its peers keep the old one.
 """
@@ -35,7 +35,19 @@ def _by_instance(instance):
 
 
 def _running_pids(infos) -> list[int]:
-    return sorted({i.creator_pid for i in infos if i.alive})
+    """Pids that keep an instance alive: its controller's claim on the name (machine-wide,
+    dropped by the kernel when the controller dies) and any live segment creator."""
+    from shm.segment import claim_holder
+
+    pids = {i.creator_pid for i in infos if i.alive}
+    if infos:
+        holder = claim_holder(infos[0].instance)
+        if holder is not None:
+            try:
+                pids.add(int(holder.get("pid", 0)) or -1)
+            except (TypeError, ValueError):
+                pids.add(-1)
+    return sorted(pids)
 
 
 def run_ls(args) -> int:

@@ -57,8 +57,8 @@ def run(args) -> int:
     idir = instance_dir(cfg)
     idir.mkdir(parents=True, exist_ok=True)
     state_file = idir / "controller.state"
-    if state_file.exists():
-        state_file.unlink()
+    if state_file.exists():   # kept for the new controller: did the last one die running?
+        os.replace(state_file, state_file.with_name("controller.state.prev"))
     log_path = idir / "controller.log"
     root = Path(__file__).resolve().parent.parent.parent
     env = dict(os.environ)
@@ -86,9 +86,39 @@ def run(args) -> int:
             proc.wait()
             raise CliError(f"instance {cfg.instance.name!r} failed to start: {detail}", 1)
         if time.monotonic() > deadline:
-            raise CliError(f"instance {cfg.instance.name!r} not up after {args.timeout:.0f} s "
-                           f"(controller pid {proc.pid} still starting; see {log_path})", 1)
+            what = _abandon(proc, cfg)
+            raise CliError(f"instance {cfg.instance.name!r} not up within --timeout "
+                           f"{args.timeout:g} s; {what} (see {log_path})", 1)
         time.sleep(0.05)
+
+
+def _abandon(proc, cfg) -> str:
+    """`start --timeout` ran out: stop what was started (the controller stops its stages and
+    removes its segments on SIGTERM, even mid-start); SIGKILL and clean up after it if it
+    does not go within 15 s. Returns what was done, for the message."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        return "stopped what was started"
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return "the controller had already exited"
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    from pipeline.recovery import recover
+
+    found = recover(cfg, drop_claim=True) or {}
+    return (f"the controller did not stop within 15 s: killed, and cleaned "
+            f"{found.get('segments', 0)} segment(s) and {len(found.get('stages_killed', []))} "
+            "stage process(es)")
 
 
 def _tail(path, n: int = 12) -> str:

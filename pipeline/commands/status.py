@@ -13,9 +13,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    from pipeline.control import client_request, load_config_or_exit
+    from pipeline.control import client_request, socket_config
 
-    cfg = load_config_or_exit(args.config)
+    cfg = socket_config(args.config)
     reply = client_request(cfg, {"cmd": "status"})
     if args.json:
         print(json.dumps(reply, indent=2))
@@ -39,6 +39,9 @@ def format_status(s: dict) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))))
+    notes = [f"  {r['stage']}: {r['reason']}" for r in s["stages"] if r.get("reason")]
+    if notes:
+        lines += ["", "stages not running:"] + notes
     risk = s["risk"]
     lines += ["", f"risk: {risk['state']}" + (f" ({risk['halted_reason']})"
                                              if risk["halted_reason"] else "")

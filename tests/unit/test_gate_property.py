@@ -239,6 +239,13 @@ def run_property(tmp_path, shm_prefix, seed, lim, n_intents):
         ap_r, j_r, ex_w = inst.reader("approved"), inst.reader("jorder"), inst.writer("exec-gate")
         model, venue = Model(lim), Venue(rng)
         mid, seq, sent_total, counter = 10_000, 0, 0, [0]
+        log_ap, log_ex, clock = [], [], [0]   # for the journal replay check, in gate order
+
+        def stamp(recs, into):
+            recs = recs.copy()
+            recs["send_ts_ns"] = np.arange(clock[0] + 1, clock[0] + 1 + len(recs))
+            clock[0] += len(recs)
+            into.append(recs)
         answered = 0
         while sent_total < n_intents:
             mid = int(max(100, mid + rng.normal(0, 15)))
@@ -251,6 +258,7 @@ def run_property(tmp_path, shm_prefix, seed, lim, n_intents):
                 reports["reserved"] = seq_arr
                 seq += len(reports)
                 assert ex_w.publish(reports) == len(reports)
+                stamp(reports, log_ex)
                 for e in reports:
                     model.report(e)
             sent = {}
@@ -281,8 +289,26 @@ def run_property(tmp_path, shm_prefix, seed, lim, n_intents):
                 model.approve(o)
             assert model.breaches == [], model.breaches[:3]
             venue.take(approved)
+            stamp(approved, log_ap)
         assert answered == sent_total
+        check_replay(gate, log_ap, log_ex)
         return sent_total
+
+
+def check_replay(gate, log_ap, log_ex):
+    """What a restarted gate rebuilds from the journal (market.risk_state.replay, the approved
+    orders and the reports merged by time) is what the live gate holds: positions, open
+    orders and exposure, realized PnL and fees."""
+    from market.risk import make_risk_state
+    from market.risk_state import R_GF, R_N_OPEN, R_OO_COUNT, R_OPEN_BUY, R_OPEN_SELL, R_POS, \
+        replay
+
+    fresh = make_risk_state(gate.limits)
+    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731
+    replay(gate.limits, fresh, cat(log_ap, ORDER_DTYPE), cat(log_ex, EXEC_DTYPE))
+    for part in (R_POS, R_OPEN_BUY, R_OPEN_SELL, R_N_OPEN, R_OO_COUNT):
+        assert np.array_equal(fresh[part], gate.rstate[part]), part
+    assert np.allclose(fresh[R_GF][:2], gate.rstate[R_GF][:2])   # realized, fees
 
 
 @settings(max_examples=24, deadline=None,

@@ -55,9 +55,9 @@ def test_a_relative_notify_socket_is_refused_with_its_value():
         SdNotifier("relative.sock")
 
 
-def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch):
+def test_watchdog_interval_is_a_quarter_of_watchdog_usec(monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "3000000")
-    assert watchdog_interval_s() == 1.5
+    assert watchdog_interval_s() == 0.75
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval_s(2.0) == 2.0
 
