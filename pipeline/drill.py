@@ -82,28 +82,149 @@ def kill_stage(cfg, stage: str, timeout_s: float = 60.0, steady: bool = True) ->
     t0 = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
     out = {"drill": f"kill -9 {stage}", "stage": stage, "pid": old_pid, "warm_spare": warm,
-           "back_s": None,
+           "notice_s": None, "back_s": None,
            "reconciled_s": None, "venue_orders_while_down": None}
     deadline = t0 + timeout_s
     reconciles = row["role"] in RECONCILING_ROLES
-    while time.monotonic() < deadline:
-        try:
-            row = _stage_row(_status(cfg), stage)
-        except Exception:   # the controller is busy restarting: ask again
-            row = {}
-        if out["back_s"] is None and row.get("state") == "RUNNING" and \
-                int(row.get("pid") or 0) not in (0, old_pid):
-            out["back_s"] = round(time.monotonic() - t0, 3)
-        if reconciles and out["reconciled_s"] is None:
-            ev = _events_after(jdir, t_kill_ns, "resume_after_reconcile")
-            if ev:
-                out["reconciled_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
-        if out["back_s"] is not None and (out["reconciled_s"] is not None or not reconciles):
-            break
-        time.sleep(0.01)
+    slot = [r["stage"] for r in st["stages"]].index(stage)
+    from pipeline.status import ST_RUNNING, W_PID, W_STATE, StatusTable
+
+    # the stage's own status block, not the controller's socket (which waits while the
+    # controller is busy with the restart itself)
+    tab = StatusTable.attach(cfg.instance.name)
+    try:
+        while time.monotonic() < deadline:
+            w = tab.words[slot]
+            if out["back_s"] is None and w[W_STATE] == ST_RUNNING and \
+                    int(w[W_PID]) not in (0, old_pid):
+                out["back_s"] = round(time.monotonic() - t0, 3)
+            if _recovered(out, jdir, stage, t_kill_ns, reconciles):
+                break
+            time.sleep(0.005)
+    finally:
+        tab.close()
     if stage == "risk_gate":   # the router kept running: did it send anything new?
         out["venue_orders_while_down"] = venue_orders_while_halted(jdir, t_kill_ns)
+    out.update(check_after(cfg, jdir))
     return out
+
+
+def _recovered(out, jdir, stage, t_kill_ns, reconciles) -> bool:
+    """Fill ``notice_s`` / ``reconciled_s`` from the events journal; True once all is in."""
+    if reconciles and out["reconciled_s"] is None:
+        ev = _events_after(jdir, t_kill_ns, "resume_after_reconcile")
+        if ev:
+            out["reconciled_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
+    if out.get("notice_s") is None:
+        ev = [e for e in _events_after(jdir, t_kill_ns, "stage_failed")
+              if e.get("stage") == stage]
+        if ev:
+            out["notice_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
+    return out["back_s"] is not None and out.get("notice_s") is not None and \
+        (out["reconciled_s"] is not None or not reconciles)
+
+
+def check_after(cfg, jdir) -> dict:
+    """After a drill: approved orders without exactly one final outcome (more than one, or none
+    although nothing is open any more), and whether each strategy's own positions equal the
+    gate's (``positions_reconciled``)."""
+    def nz(d):
+        return {k: v for k, v in d.items() if v}
+
+    deadline = time.monotonic() + 3.0   # fills in flight reach the three views one by one
+    while True:
+        st = _status(cfg)
+        rec = all(nz(s["own_positions_lots"]) == nz(s["positions_lots"])
+                  == nz(s["venue_positions_lots"]) for s in st["risk"]["strategies"].values())
+        v = journal_outcomes(jdir)   # (the journal writes a moment after the router)
+        bad = v["more_than_one_final"] + max(0, v["without_final"]
+                                             - int(st["risk"]["open_orders"]))
+        if (rec and not bad) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return {"orders_without_one_outcome": bad, "positions_reconciled": rec, "leftovers": 0}
+
+
+def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
+    """kill -9 of the controller: how soon the stages stop trading (their status words) and
+    exit; then ``run.py start`` again, which must clear the debris and close the dead run's
+    open orders. ``leftovers``: old stage processes, old segments or orphan orders still there
+    after the new start."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.recovery import stage_pids
+    from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
+
+    st = _status(cfg)
+    run_dir = Path(st["run_dir"])
+    pids = {r["stage"]: (i, int(r["pid"])) for i, r in enumerate(st["stages"])
+            if r["state"] == "RUNNING"}
+    tab = StatusTable.attach(cfg.instance.name)
+    t0 = time.monotonic()
+    os.kill(int(st["pid"]), signal.SIGKILL)
+    stopped, gone = {}, {}
+    try:
+        while len(gone) < len(pids) and time.monotonic() - t0 < 30:
+            for n, (slot, pid) in pids.items():
+                if n not in stopped and tab.words[slot, W_STATE] in (ST_STOPPING, ST_STOPPED):
+                    stopped[n] = time.monotonic() - t0
+                if n not in gone and not _running(pid):
+                    gone[n] = time.monotonic() - t0
+            time.sleep(0.005)
+    finally:
+        tab.close()
+    out = {"drill": "kill -9 controller", "stage": "controller", "pid": int(st["pid"]),
+           "notice_s": round(max(stopped.values()), 3) if stopped else None,
+           "stages_exited_s": round(max(gone.values()), 3) if len(gone) == len(pids) else None,
+           "back_s": None, "reconciled_s": None, "venue_orders_while_down": None}
+    t1 = time.monotonic()
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "run.py"), "start", "--config", config_path],
+                       capture_output=True, text=True, timeout=timeout_s)
+    if r.returncode == 0:
+        out["back_s"] = round(time.monotonic() - t1, 3)
+    else:
+        out["error"] = (r.stderr or r.stdout).strip()[-300:]
+    old = set(p for _s, p in pids.values()) & set(stage_pids(cfg.instance.name))
+    v = journal_outcomes(run_dir / "journal")   # the dead run: nothing may stay open
+    out.update({"orders_without_one_outcome": v["without_final"] + v["more_than_one_final"],
+                "positions_reconciled": None, "leftovers": len(old)})
+    return out
+
+
+def socket_stall(cfg, stage: str, clients: int = 50) -> dict:
+    """``clients`` connections to the control socket that never finish a request, held while
+    ``stage`` is killed: the controller must notice and recover as if they were not there."""
+    import socket
+
+    from pipeline.control import socket_path
+
+    held = []
+    wait_steady(cfg)   # a restart from the warm spare, as in the plain drill
+    try:
+        for i in range(clients):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(socket_path(cfg)))
+            if i % 2:
+                s.sendall(b'{"cmd": "sta')
+            held.append(s)
+        out = kill_stage(cfg, stage)
+    finally:
+        for s in held:
+            s.close()
+    out["drill"] = f"{clients} stalled clients + kill -9 {stage}"
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def venue_orders_while_halted(jdir: Path, since_ns: int, grace_ns: int = 50_000_000) -> int:

@@ -197,7 +197,10 @@ def standby(parent_pid: int, run_dir: str | None = None) -> int:
     from pipeline.runner import StageRunner  # noqa: F401
 
     _preload(run_dir)
-    os.write(1, b"ready\n")   # the supervisor counts on us from here
+    try:
+        os.write(1, b"ready\n")   # the supervisor counts on us from here
+    except BrokenPipeError:
+        pass   # it already handed us a stage before we were ready: its order is on stdin
     line = sys.stdin.readline()
     if not line:
         return 0

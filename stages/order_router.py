@@ -170,6 +170,11 @@ class OrderRouterStage(Stage):
                                     self.obuf, self.obuf_i, self.clock.cal)
 
     def drain(self) -> None:
+        """Stopping (SIGTERM: a graceful stop, or the controller died): no new order goes out,
+        every open one is cancelled at its venue, and their reports are awaited up to 1 s."""
+        self.ctl[rk.C_HALTED] = 1
+        if self.ctl[rk.C_OPEN] > 0:
+            self._cancel_all(0)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             if self.poll() == 0 and self.ctl[rk.C_OPEN] <= 0:

@@ -210,7 +210,8 @@ def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(ins
 
     cfg, name = inst["cfg"], inst["name"]
     for attempt in ("start", "stop"):
-        st = _status(cfg)
+        st = _wait(lambda: (lambda s: s if s["risk"]["open_orders"] > 0 else None)(
+            _status(cfg)), 60, "orders resting at the venue")
         run_dir = Path(st["run_dir"])
         pids = {r["stage"]: r["pid"] for r in st["stages"] if r["state"] == "RUNNING"}
         slots = {r["stage"]: i for i, r in enumerate(st["stages"])}

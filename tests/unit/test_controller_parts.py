@@ -300,3 +300,26 @@ def test_orphan_orders_of_a_dead_run_get_exactly_one_final_outcome(tmp_path):
     ev = [e for e in read_events(jdir) if e["what"] == "orders_closed_after_crash"]
     assert len(ev) == 1 and len(ev[0]["client_order_ids"]) == want
     assert oct(os.stat(jdir / "exec-1.rec").st_mode & 0o777) == "0o600"
+
+
+# -- operator commands that only talk to the socket ---------------------------------------------
+@pytest.mark.parametrize("cmd", ["kill", "resume", "status"])
+def test_socket_commands_import_neither_numba_nor_numpy(cmd, tmp_path, shm_prefix):
+    """`run.py kill` must act at once: no numba, no numpy, no source hash on its way."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent.parent
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((root / "config.toml").read_text()
+                   .replace('name = "default"', f'name = "{shm_prefix}"', 1)
+                   .replace('run_dir = "runs"', f'run_dir = "{tmp_path}"', 1))
+    r = subprocess.run([sys.executable, "-X", "importtime", "run.py", cmd, "--config", str(cfg)],
+                       cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr[-500:]   # not running: it still had to find the socket
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pipeline.control" in imported
+    assert not {"numba", "numpy", "pipeline.numba_cache", "pipeline.config"} & imported
+    assert "is not running" in r.stderr
