@@ -2,8 +2,11 @@
 
 Every error names the key path and the bad value, e.g.
 ``config.toml: risk.max_order_qty_lots = -5: must be > 0``. Unknown keys are rejected (a typo
-in a risk limit must not silently fall back to a default). All errors are collected and reported
-together, so one ``python run.py check-config`` run shows every problem.
+in a risk limit must not silently fall back to a default; a near miss gets a "did you mean").
+Numbers must be finite. All errors are collected and reported together, so one ``python run.py
+check-config`` run shows every problem: a key that is wrong marks its path broken, and a cross
+check (``validate(broken)``) skips only what reads a broken key. ``Config.validate`` ends by
+building what ``start`` builds (pipeline/buildcheck.py), so a config that loads can start.
 
 Sections are plain dataclasses; ``load_section`` reads any of them, so a package can define its
 own section type (e.g. a strategy's parameters) and validate it with the same messages.
@@ -11,6 +14,9 @@ own section type (e.g. a strategy's parameters) and validate it with the same me
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
 import os
 import re
 import tomllib
@@ -33,11 +39,32 @@ class ConfigError(Exception):
 
 
 class _Problems:
+    """Every problem found, plus the key paths that were wrong (``broken``), so that a cross
+    check that reads a wrong field can be skipped while every other check still runs."""
+
     def __init__(self):
         self.items: list[str] = []
+        self.bad: set[str] = set()
 
     def add(self, path: str, value: Any, why: str) -> None:
         self.items.append(f"{path} = {value!r}: {why}")
+        self.bad.add(path)
+
+    def missing(self, path: str) -> None:
+        self.items.append(f"{path}: missing (required)")
+        self.bad.add(path)
+
+    def broken(self, path: str) -> bool:
+        """True if ``path`` or anything inside it (``path.x``, ``path[0]``) was wrong."""
+        if not path:
+            return bool(self.bad)
+        return any(b == path or b.startswith((path + ".", path + "[")) for b in self.bad)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' when ``word`` is close to one of ``choices``, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ------------------------------------------------------------------------------------------
@@ -54,7 +81,8 @@ def _check_meta(f: dataclasses.Field, path: str, value: Any, problems: _Problems
     if "lt" in meta and not value < meta["lt"]:
         problems.add(path, value, f"must be < {meta['lt']}")
     if "choices" in meta and value not in meta["choices"]:
-        problems.add(path, value, f"must be one of {', '.join(map(str, meta['choices']))}")
+        problems.add(path, value, f"must be one of {', '.join(map(str, meta['choices']))}"
+                     + did_you_mean(value, meta["choices"]))
     if "pattern" in meta and not re.fullmatch(meta["pattern"], str(value)):
         problems.add(path, value, f"must match {meta['pattern']}")
 
@@ -98,6 +126,9 @@ def _convert(tp: Any, value: Any, path: str, problems: _Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.add(path, value, "must be a number")
             return value
+        if not math.isfinite(value):
+            problems.add(path, value, "must be a finite number (inf and nan are not accepted)")
+            return value
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -121,19 +152,22 @@ def _convert(tp: Any, value: Any, path: str, problems: _Problems) -> Any:
 
 
 def _read(cls, data: dict, path: str, problems: _Problems):
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # fields marked internal (e.g. Config.source) are set by the loader, never by the file
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if f.init and not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
             problems.add(f"{path}.{key}" if path else key, data[key],
-                         f"unknown key (known keys: {known})")
+                         f"unknown key{did_you_mean(key, fields)} (known keys: {known})")
     kwargs = {}
     for name, f in fields.items():
         kpath = f"{path}.{name}" if path else name
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.items.append(f"{kpath}: missing (required)")
+                problems.missing(kpath)
+                kwargs[name] = None   # keep building: the cross checks skip broken keys
             continue
         before = len(problems.items)
         value = _convert(hints[name], data[name], kpath, problems)
@@ -144,11 +178,25 @@ def _read(cls, data: dict, path: str, problems: _Problems):
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         problems.items.append(f"{path or '<top>'}: {exc}")
+        problems.bad.add(path)
         return None
     check = getattr(obj, "validate", None)
-    if check is not None and len(problems.items) == 0:
-        for msg in check() or ():
-            problems.items.append(f"{path}: {msg}" if path else msg)
+    if check is not None:
+        if inspect.signature(check).parameters:
+            # validate(broken): it runs every check whose keys are sound;
+            # broken("key") says whether <path>.key (or anything inside it) was wrong
+            msgs = check(lambda rel: problems.broken(f"{path}.{rel}" if path else rel))
+        elif not problems.broken(path):
+            msgs = check()
+        else:
+            msgs = ()
+        for msg in msgs or ():
+            if isinstance(msg, tuple):   # (key, value, why): a problem of one key
+                key, value, why = msg
+                problems.add(f"{path}.{key}" if path else key, value, why)
+            else:
+                problems.items.append(f"{path}: {msg}" if path else msg)
+                problems.bad.add(path)
     return obj
 
 
@@ -179,6 +227,22 @@ def req(doc: str = "", **checks):
 IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
 VENUE_KINDS = ("sim", "binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
 NAME_RE = r"[A-Za-z][A-Za-z0-9_\-]{0,31}"
+# Upper bounds: a value beyond them cannot be built (arrays sized by it, int64 nanoseconds,
+# float64 exactness) or is certainly a typo; each names its reason where it is used.
+MAX_LATENCY_US = 10_000_000.0          # 10 s of simulated latency
+MAX_RATE_PER_S = 1_000_000             # rate-limit windows hold one slot per order per second
+MAX_EVENT_RATE_PER_S = 10_000_000.0
+MAX_SIM_DURATION_S = 8_640_000.0       # 100 days: simulated time is float ns, exact below 2**53
+MAX_LOTS = 1 << 53                     # lots travel as float64 in the risk limits: exact below
+MAX_OPEN_ORDERS = 100_000              # the gate's open-order table has a row per order
+MAX_MS = 3_600_000                     # one hour
+MAX_MARKET_CAPACITY = 1 << 24          # records per market ring (1 GiB of 64-byte records)
+MAX_ORDER_CAPACITY = 1 << 22           # records per order-path ring (the journal's are 4x)
+MAX_FLUSH_RECORDS = 1 << 20
+# tick and lot sizes: the instrument table keeps them as int64 mantissa * 10**-exp, and the
+# risk gate multiplies a tick's and a lot's mantissa (int64): both stay far from overflow
+MIN_SIZE = Decimal("1e-18")
+MAX_SIZE = Decimal("1e6")
 
 
 @dataclass(frozen=True)
@@ -197,13 +261,19 @@ class InstanceConfig:
 class VenueConfig:
     name: str = req("venue name used by instruments and strategies", pattern=NAME_RE)
     kind: str = req("sim (simulated, default) or a live adapter", choices=VENUE_KINDS)
-    maker_fee_bps: float = opt(-0.5, "maker fee in basis points of notional (negative = rebate)")
-    taker_fee_bps: float = opt(2.0, "taker fee in basis points of notional")
-    md_latency_us: float = opt(50.0, "market-data latency, constant part (microseconds)", ge=0)
-    md_jitter_us: float = opt(20.0, "market-data latency, mean of the exponential jitter", ge=0)
-    order_latency_us: float = opt(100.0, "order-entry latency, constant part (microseconds)", ge=0)
-    order_jitter_us: float = opt(30.0, "order-entry latency, mean of the exponential jitter", ge=0)
-    rate_limit_per_s: int = opt(100, "orders per second the router sends to this venue", gt=0)
+    maker_fee_bps: float = opt(-0.5, "maker fee in basis points of notional (negative = rebate)",
+                               ge=-1000, le=1000)
+    taker_fee_bps: float = opt(2.0, "taker fee in basis points of notional", ge=-1000, le=1000)
+    md_latency_us: float = opt(50.0, "market-data latency, constant part (microseconds)", ge=0,
+                               le=MAX_LATENCY_US)
+    md_jitter_us: float = opt(20.0, "market-data latency, mean of the exponential jitter", ge=0,
+                              le=MAX_LATENCY_US)
+    order_latency_us: float = opt(100.0, "order-entry latency, constant part (microseconds)", ge=0,
+                                  le=MAX_LATENCY_US)
+    order_jitter_us: float = opt(30.0, "order-entry latency, mean of the exponential jitter", ge=0,
+                                 le=MAX_LATENCY_US)
+    rate_limit_per_s: int = opt(100, "orders per second the router sends to this venue", gt=0,
+                                le=MAX_RATE_PER_S)
     ws_url: str = opt("", "websocket endpoint (live kinds only)")
     rest_url: str = opt("", "REST endpoint for snapshots (live kinds only)")
 
@@ -217,7 +287,29 @@ class InstrumentConfig:
     group: str = opt("", "asset group: the same asset on several venues shares a group")
     start_price: str = opt("100", "simulated venues: the latent price at start (decimal string)")
     volatility_bps: float = opt(2.0, "simulated venues: latent price volatility per second, bps",
-                                ge=0)
+                                ge=0, le=10_000)
+
+    def validate(self, broken):
+        for name in ("tick_size", "lot_size"):
+            d = getattr(self, name)
+            if not broken(name) and not MIN_SIZE <= d <= MAX_SIZE:
+                yield name, str(d), f"must be between {MIN_SIZE} and {MAX_SIZE}"
+            elif not broken(name) and len(d.normalize().as_tuple().digits) > 9:
+                yield name, str(d), "has more than 9 significant digits"
+        if not broken("symbol") and not 0 < len(self.symbol.encode()) <= 24:
+            yield "symbol", self.symbol, "must be 1 to 24 bytes (the instrument table's width)"
+        if not broken("start_price"):
+            try:
+                p0 = Decimal(self.start_price)
+            except InvalidOperation:
+                yield ("start_price", self.start_price,
+                       'is not a decimal number (write it as a string such as "100.5")')
+                return
+            if not p0.is_finite() or p0 <= 0:
+                yield "start_price", self.start_price, "must be a positive, finite decimal"
+            elif not broken("tick_size") and p0 / self.tick_size > MAX_LOTS:
+                yield ("start_price", self.start_price, f"is more than 2**53 ticks of "
+                       f"{self.tick_size}: prices in ticks must stay exact in float64")
 
     @property
     def key(self) -> str:
@@ -228,8 +320,8 @@ class InstrumentConfig:
 class SimConfig:
     seed: int = opt(42, "seed of the simulated order flow; same seed, same events", ge=0)
     event_rate_per_s: float = opt(20000.0, "background events per second per venue (live sim)",
-                                  gt=0)
-    duration_s: float = opt(1800.0, "backtest: simulated seconds", gt=0)
+                                  gt=0, le=MAX_EVENT_RATE_PER_S)
+    duration_s: float = opt(1800.0, "backtest: simulated seconds", gt=0, le=MAX_SIM_DURATION_S)
 
 
 @dataclass(frozen=True)
@@ -245,15 +337,17 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class RiskConfig:
-    max_order_qty_lots: int = opt(1_000_000, "largest single order, lots", gt=0)
+    max_order_qty_lots: int = opt(1_000_000, "largest single order, lots", gt=0, le=MAX_LOTS)
     max_notional: float = opt(1_000_000.0, "largest single order notional, quote currency", gt=0)
     max_position_lots: int = opt(10_000_000, "largest absolute position per strategy and "
-                                 "instrument, lots", gt=0)
+                                 "instrument, lots", gt=0, le=MAX_LOTS)
     price_band_bps: float = opt(500.0, "limit price at most this far from the reference "
-                                "(mid), basis points", gt=0)
-    max_open_orders: int = opt(50, "open orders per strategy", gt=0)
-    max_orders_per_s: int = opt(200, "new orders per strategy per second", gt=0)
-    max_cancels_per_s: int = opt(200, "cancels and replaces per strategy per second", gt=0)
+                                "(mid), basis points", gt=0, le=10_000)
+    max_open_orders: int = opt(50, "open orders per strategy", gt=0, le=MAX_OPEN_ORDERS)
+    max_orders_per_s: int = opt(200, "new orders per strategy per second", gt=0,
+                                le=MAX_RATE_PER_S)
+    max_cancels_per_s: int = opt(200, "cancels and replaces per strategy per second", gt=0,
+                                 le=MAX_RATE_PER_S)
     max_order_to_trade: float = opt(0.0, "orders per fill over the window; 0 = off", ge=0)
     daily_loss_limit: float = opt(50_000.0, "realized + unrealized loss per day (quote) that "
                                   "halts trading", gt=0)
@@ -281,37 +375,43 @@ class StagesConfig:
     order_router: StageConfig = opt(StageConfig(), "order router")
     journal: StageConfig = opt(StageConfig(), "journal")
     heartbeat_timeout_ms: int = opt(100, "a stage silent this long is reported silent "
-                                    "(death is noticed at once through its pidfd)", gt=0)
+                                    "(death is noticed at once through its pidfd)", gt=0,
+                                    le=MAX_MS)
     silent_restart_ms: int = opt(1000, "a stage silent this long is killed and replaced",
-                                 gt=0)
+                                 gt=0, le=MAX_MS)
     restart_limit: int = opt(5, "restarts of one stage within restart_window_s before the "
                              "controller gives up on it (a strategy is then halted alone)",
-                             ge=0)
+                             ge=0, le=1_000_000)
     restart_window_s: float = opt(300.0, "the window restart_limit counts failures over (s)",
-                                  gt=0)
+                                  gt=0, le=7 * 86400)
     restart_backoff_s: float = opt(0.5, "wait before the 2nd restart within the window; "
-                                   "doubles for each further one (the 1st is immediate)", ge=0)
-    restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0)
+                                   "doubles for each further one (the 1st is immediate)",
+                                   ge=0, le=3600)
+    restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0,
+                                       le=3600)
 
 
 @dataclass(frozen=True)
 class RingsConfig:
     market_capacity: int = opt(1 << 16, "records per market-data broadcast ring (power of 2)",
-                               gt=0)
-    order_capacity: int = opt(1 << 12, "records per order-path SPSC ring (power of 2)", gt=0)
+                               gt=0, le=MAX_MARKET_CAPACITY)
+    order_capacity: int = opt(1 << 12, "records per order-path SPSC ring (power of 2)", gt=0,
+                              le=MAX_ORDER_CAPACITY)
 
-    def validate(self):
+    def validate(self, broken):
         for name in ("market_capacity", "order_capacity"):
             v = getattr(self, name)
-            if v & (v - 1):
-                yield f"rings.{name} = {v}: must be a power of two"
+            if not broken(name) and v & (v - 1):
+                lo = 1 << (v.bit_length() - 1)
+                yield name, v, f"must be a power of two (e.g. {lo} or {lo * 2})"
 
 
 @dataclass(frozen=True)
 class JournalConfig:
     enabled: bool = opt(True, "journal every order-path record")
     market_data: bool = opt(False, "journal market data too")
-    flush_records: int = opt(4096, "records buffered in memory before a write", gt=0)
+    flush_records: int = opt(4096, "records buffered in memory before a write", gt=0,
+                             le=MAX_FLUSH_RECORDS)
 
 
 @dataclass(frozen=True)
@@ -320,7 +420,8 @@ class BacktestConfig:
                            choices=("conservative", "probabilistic"))
     initial_cash: float = opt(1_000_000.0, "starting equity, quote currency", gt=0)
     event_rate_per_s: float = opt(1000.0, "background events per second per venue in sim "
-                                  "backtests (sim.event_rate_per_s is the live simulator's)", gt=0)
+                                  "backtests (sim.event_rate_per_s is the live simulator's)",
+                                  gt=0, le=MAX_EVENT_RATE_PER_S)
 
 
 @dataclass(frozen=True)
@@ -335,47 +436,71 @@ class Config:
     rings: RingsConfig = opt(RingsConfig(), "ring sizes")
     journal: JournalConfig = opt(JournalConfig(), "the order-path journal")
     backtest: BacktestConfig = opt(BacktestConfig(), "backtest defaults")
-    source: str = field(default="config", compare=False)
+    # where the config came from (set by the loader; not a key of the file)
+    source: str = field(default="config", compare=False, metadata={"internal": True})
 
-    def validate(self):
-        if not self.venues:
+    def validate(self, broken):
+        """Cross checks. ``broken(key)``: that key (or something inside it) was wrong, so the
+        checks that read it are skipped; every other check still runs (one pass, every error).
+        Last, ``pipeline.buildcheck`` builds what ``start`` builds, without spawning."""
+        insts = [(n, i) for n, i in enumerate(self.instruments) if i is not None]
+        strats = [(n, s) for n, s in enumerate(self.strategies) if s is not None]
+        if not self.venues and not broken("venues"):
             yield "venues: at least one [[venues]] entry is required"
-        if not self.instruments:
+        if not self.instruments and not broken("instruments"):
             yield "instruments: at least one [[instruments]] entry is required"
-        venue_names = [v.name for v in self.venues]
-        for dup in {n for n in venue_names if venue_names.count(n) > 1}:
+        venue_names = [v.name for n, v in enumerate(self.venues)
+                       if v is not None and not broken(f"venues[{n}].name")]
+        all_venues_named = len(venue_names) == len(self.venues)
+        for dup in sorted({n for n in venue_names if venue_names.count(n) > 1}):
             yield f"venues: name {dup!r} appears more than once"
-        keys = [i.key for i in self.instruments]
-        for dup in {k for k in keys if keys.count(k) > 1}:
+        sound = [(n, i) for n, i in insts if not broken(f"instruments[{n}].symbol")
+                 and not broken(f"instruments[{n}].venue")]
+        keys = [i.key for _, i in sound]
+        all_keys_known = len(sound) == len(self.instruments)
+        for dup in sorted({k for k in keys if keys.count(k) > 1}):
             yield f"instruments: {dup!r} appears more than once"
-        for n, inst in enumerate(self.instruments):
-            if inst.venue not in venue_names:
-                yield (f"instruments[{n}].venue = {inst.venue!r}: no such venue "
-                       f"(venues: {', '.join(venue_names)})")
-        names = [s.name for s in self.strategies]
-        for dup in {n for n in names if names.count(n) > 1}:
+        if all_venues_named:
+            for n, inst in sound:
+                if inst.venue not in venue_names:
+                    yield (f"instruments[{n}].venue", inst.venue, "no such venue (venues: "
+                           f"{', '.join(venue_names)}){did_you_mean(inst.venue, venue_names)}")
+        names = [s.name for n, s in strats if not broken(f"strategies[{n}].name")]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
             yield f"strategies: name {dup!r} appears more than once"
-        for n, strat in enumerate(self.strategies):
-            for key in strat.instruments:
-                if key not in keys:
-                    yield (f"strategies[{n}].instruments: {key!r} is not a configured "
-                           f"instrument (SYMBOL@VENUE; known: {', '.join(keys)})")
-        live = [v.name for v in self.venues if v.kind != "sim"]
-        if live and not self.instance.allow_live:
+        if all_keys_known:
+            for n, strat in strats:
+                if broken(f"strategies[{n}].instruments"):
+                    continue
+                for key in strat.instruments:
+                    if key not in keys:
+                        yield (f"strategies[{n}].instruments: {key!r} is not a configured "
+                               f"instrument (SYMBOL@VENUE; known: {', '.join(keys)})"
+                               f"{did_you_mean(key, keys)}")
+        live = [v.name for n, v in enumerate(self.venues) if v is not None
+                and not broken(f"venues[{n}]") and v.kind != "sim"]
+        if live and not broken("instance") and not self.instance.allow_live:
             yield (f"venues {', '.join(live)} are live venues but instance.allow_live is false: "
                    "nothing connects to a real venue unless you set it")
         ncpu = os.cpu_count() or 1
         for path, cpu in self.pinned_cpus():
-            if cpu >= ncpu:
+            if not broken(path) and cpu >= ncpu:
                 yield f"{path} = {cpu}: this machine has CPUs 0..{ncpu - 1}"
+        if not _BUILD[-1]:
+            return
+        # imported here: buildcheck imports the strategies, whose params use this module
+        from pipeline.buildcheck import build_problems
+
+        yield from build_problems(self, broken)
 
     def pinned_cpus(self):
         for stage in ("venue", "risk_gate", "order_router", "journal"):
-            cpu = getattr(self.stages, stage).cpu
+            sc = getattr(self.stages, stage, None) if self.stages is not None else None
+            cpu = getattr(sc, "cpu", None)
             if cpu is not None:
                 yield f"stages.{stage}.cpu", cpu
         for n, s in enumerate(self.strategies):
-            if s.cpu is not None:
+            if s is not None and s.cpu is not None:
                 yield f"strategies[{n}].cpu", s.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
@@ -391,17 +516,28 @@ class Config:
         raise KeyError(name)
 
 
-def parse_config(text: str, source: str = "config") -> Config:
+# Whether Config.validate ends with the build checks (pipeline/buildcheck.py, ~0.5 s): on for
+# every operator-facing load; a stage process (pipeline/stage_main.py) loads the file its
+# controller already checked and turns them off, so a restart stays well under a second.
+_BUILD = [True]
+
+
+def parse_config(text: str, source: str = "config", build: bool = True) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], source) from None
-    cfg = load_section(Config, data, "", source)
+    _BUILD.append(bool(build))
+    try:
+        cfg = load_section(Config, data, "", source)
+    finally:
+        _BUILD.pop()
     return dataclasses.replace(cfg, source=source)
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load and validate a config file (default: the repository's config.toml)."""
+def load_config(path: str | os.PathLike | None = None, build: bool = True) -> Config:
+    """Load and validate a config file (default: the repository's config.toml). ``build``:
+    also build what ``start`` builds (pipeline/buildcheck.py); off only in stage processes."""
     p = Path(path) if path else DEFAULT_CONFIG
     try:
         text = p.read_text()
@@ -409,4 +545,4 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError([f"no such file: {p}"], str(p)) from None
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror}"], str(p)) from None
-    return parse_config(text, str(p))
+    return parse_config(text, str(p), build)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     import dataclasses
 
     t_imports = time.monotonic_ns()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, build=False)   # checked by the controller
     if cfg.instance.name != args.instance:
         cfg = dataclasses.replace(cfg, instance=dataclasses.replace(cfg.instance,
                                                                      name=args.instance))

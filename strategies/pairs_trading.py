@@ -50,7 +50,8 @@ from strategies.base import (
 
 @dataclass(frozen=True)
 class PairsTradingParams:
-    window: int = opt(300, "samples in the rolling OLS fit of log prices", ge=10)
+    window: int = opt(300, "samples in the rolling OLS fit of log prices", ge=10,
+                      le=1_000_000)   # two float64 arrays of window + 1; a fit is O(window)
     sample_ms: float = opt(100.0, "sampling interval of the two mids, milliseconds", gt=0)
     entry_z: float = opt(2.0, "enter when |z| >= entry_z", gt=0)
     exit_z: float = opt(0.5, "leave when the spread is back to |z| <= exit_z", ge=0)

@@ -54,3 +54,53 @@ def get_strategy_class(kind: str) -> type:
 def make_strategy(kind: str, params: dict, instruments, strategy_id: int):
     """Convenience: validate params and build the strategy object (cold)."""
     return get_strategy_class(kind)(params, instruments, strategy_id)
+
+
+def validate_strategy(kind: str, params, instruments, path: str, strategy_id: int = 1,
+                      check_params: bool = True) -> list[str]:
+    """Cold: build strategy ``kind`` as the strategy host would (class, parameters, instrument
+    checks, state arrays) and return every problem as a message naming its key under ``path``
+    (``strategies[1].kind``, ``.instruments``, ``.params.<key>``); [] when it builds.
+
+    ``instruments``: ``shm.instruments.Instrument`` objects (then the strategy is built), or
+    SYMBOL@VENUE strings when the instrument table cannot be built (then only counted).
+    ``check_params=False`` skips the parameters (the table itself was wrong).
+    """
+    from difflib import get_close_matches
+
+    from pipeline.config import ConfigError, load_section
+
+    kinds = _module_names()
+    if kind not in kinds:
+        close = get_close_matches(str(kind), kinds, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return [f"{path}.kind = {kind!r}: unknown strategy kind{hint}; known kinds: "
+                f"{', '.join(kinds) or 'none'}"]
+    try:
+        cls = get_strategy_class(kind)
+    except (LookupError, ImportError) as exc:
+        return [f"{path}.kind = {kind!r}: {exc}"]
+    problems: list[str] = []
+    instruments = list(instruments)
+    keys = [i if isinstance(i, str) else i.key for i in instruments]
+    if len(instruments) != cls.n_instruments:
+        need = cls.n_instruments
+        problems.append(f"{path}.instruments = {keys!r}: {kind} trades exactly {need} "
+                        f"instrument{'s' if need != 1 else ''} (SYMBOL@VENUE), got "
+                        f"{len(instruments)}")
+    if check_params:
+        try:
+            load_section(cls.Params, dict(params or {}), f"{path}.params")
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems or not check_params or any(isinstance(i, str) for i in instruments):
+        return problems
+    try:
+        strategy = cls(params, instruments, strategy_id)
+    except (ConfigError, ValueError) as exc:
+        return [f"{path}.instruments = {keys!r}: {exc}"]
+    try:
+        strategy.make_state()
+    except (ValueError, OverflowError, MemoryError) as exc:
+        return [f"{path}.params: the strategy's state cannot be built: {exc}"]
+    return []

@@ -1,4 +1,10 @@
-"""``run.py check-config [--config F]``: validate a config without starting anything."""
+"""``run.py check-config [--config F]``: validate a config without starting anything.
+
+``load_config`` builds what ``start`` would build (pipeline/buildcheck.py: instrument table,
+strategies with their parameters and state, the simulated price model, risk limits, ring
+sizes against shared memory, the control socket path) and reports every problem in one pass:
+one ``error:`` line each and exit 2; exit 0 with a one-line summary when the config is sound.
+"""
 from __future__ import annotations
 
 
