@@ -113,6 +113,8 @@ class ControlServer:
                     if not chunk:
                         break
                     data += chunk
+                if not data:
+                    return   # connected and left without a word
                 reply = self.answer(data)
                 conn.settimeout(self.timeout_s)
                 conn.sendall(json.dumps(reply, default=_jsonable).encode() + b"\n")
@@ -124,7 +126,7 @@ class ControlServer:
     def answer(self, data: bytes) -> dict:
         """The reply to one request line (garbage gets an error naming what was wrong)."""
         try:
-            req = json.loads(data or b"{}")
+            req = json.loads(data)
         except ValueError as exc:
             return {"ok": False, "error": f"request is not JSON ({exc}); send one JSON object "
                                           "per line, e.g. {\"cmd\": \"status\"}"}
@@ -352,6 +354,8 @@ def handle_request(ctl, req: dict) -> dict:
                 "warm_spare": ctl.supervisor.spare_is_ready(),
                 "events": ctl.events[-20:]}
     if cmd == "stop":
+        if not ctl.stop_requested:
+            journal_event(ctl, "stop", req)
         ctl.stop_requested = True
         return {"ok": True, "pid": os.getpid()}
     if cmd == "kill":

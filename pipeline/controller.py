@@ -295,12 +295,12 @@ class Controller:
                               wait_s=0.5)
         self.event("halt", reason, acked_by=acked)
 
-    def event(self, what: str, why: str = "", **fields) -> None:
+    def event(self, what: str, why: str = "", who: str = "controller", **fields) -> None:
         """An event of the controller's into the run's events journal (journal/events.jsonl)."""
         from stages.journal import append_event
 
         try:
-            append_event(self.run_dir / "journal", "controller", what, why, **fields)
+            append_event(self.run_dir / "journal", who, what, why, **fields)
         except OSError as exc:
             self.log(f"could not journal event {what}: {exc}")
 
@@ -511,6 +511,14 @@ class Controller:
         if self.stop_requested:
             return
         self.stop_requested = True
+        if self.run_dir.is_dir():
+            from stages.journal import append_event
+
+            try:
+                append_event(self.run_dir / "journal", "signal", "stop",
+                             f"{signal.Signals(signum).name} to the controller")
+            except OSError:
+                pass
 
 
 def write_state(path: Path, state: str, detail: str = "") -> None:

@@ -12,6 +12,7 @@ def register(sub) -> None:
                                     "left")
     p.add_argument("--config", default=None, help="config file (default: config.toml)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    p.add_argument("--why", default="", help="the reason, written to the events journal")
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args) -> int:
 
     cfg = load_config_or_exit(args.config)
     try:
-        reply = client_request(cfg, {"cmd": "stop"})
+        reply = client_request(cfg, {"cmd": "stop", "who": "cli", "why": args.why})
     except CliError as exc:
         if exc.exit_code != EXIT_NOT_RUNNING or lock_held(cfg):
             raise

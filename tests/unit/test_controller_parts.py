@@ -323,3 +323,69 @@ def test_socket_commands_import_neither_numba_nor_numpy(cmd, tmp_path, shm_prefi
     assert "pipeline.control" in imported
     assert not {"numba", "numpy", "pipeline.numba_cache", "pipeline.config"} & imported
     assert "is not running" in r.stderr
+
+
+def test_control_socket_property_random_clients_never_break_it(tmp_path):
+    """Over many random clients (random bytes, cut-off requests, valid ones, clients that
+    vanish mid-request): every complete line a client waits for is answered with a JSON
+    object, each valid complete request reaches the handler exactly once, nothing else does,
+    and the server answers a ping afterwards."""
+    import itertools
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    srv, calls = _server(tmp_path, timeout_s=0.3)
+    ids = itertools.count(1)
+    expected = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(payload=st.one_of(st.binary(max_size=300),
+                             st.dictionaries(st.text(max_size=8), st.integers(), max_size=4)
+                             .map(lambda d: {**d, "cmd": "x"})),
+           newline=st.booleans(), vanish=st.booleans())
+    def one(payload, newline, vanish):
+        if isinstance(payload, dict):
+            payload = {**payload, "id": next(ids)}
+            raw = json.dumps(payload).encode()
+            if newline or vanish:   # a line, or the end of the stream, ends a request
+                expected.append(payload["id"])
+        else:
+            raw = payload.replace(b"\n", b" ")
+            try:   # random bytes that happen to be a JSON object are a request too
+                obj = json.loads(raw)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(srv.path)
+        s.sendall(raw + (b"\n" if newline else b""))
+        if vanish:
+            s.close()
+            return
+        s.settimeout(3.0)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if not newline:
+            assert data == b""   # an unfinished request is dropped at its deadline
+            return
+        reply = json.loads(data)
+        assert isinstance(reply, dict) and "ok" in reply
+        if not isinstance(payload, dict):
+            assert reply["ok"] is False and "cmd" in reply["error"]
+
+    try:
+        one()
+        assert request(srv.path, {"cmd": "ping"})["ok"]
+        time.sleep(0.5)   # vanished clients' requests finish on their own threads
+        got = [c.get("id") for c in calls if c.get("cmd") == "x"]
+        assert sorted(got) == sorted(expected)
+        assert all(c.get("cmd") in ("x", "ping") for c in calls), [c for c in calls if c.get("cmd") not in ("x", "ping")]
+    finally:
+        srv.close()
