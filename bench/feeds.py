@@ -361,7 +361,8 @@ def main(args) -> int:
         for f in files:
             if not Path(f).is_file():
                 from pipeline.cli import CliError
-                raise CliError(f"recording not found: {f}", 2)
+                raise CliError(f"recording not found: {f}; --data names the directory that "
+                               f"holds {venue}/ (the shared recordings)", 2)
         frames = list(read_recordings(files))
         # long-lived objects (frames, instrument tables) out of the collector's way, as a
         # feed process would do after start-up; applies to both implementations alike

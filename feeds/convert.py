@@ -12,24 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from feeds.check import resolve_instruments
-from feeds.meta import make_handler
-from feeds.recording import KIND_WS, feed_frames, read_recordings
+from feeds.meta import detect_kraken_version, make_handler
+from feeds.recording import feed_frames, read_recordings
 
 _REPLAY_VENUES = {"binance": "binance", "coinbase": "coinbase", "coinbase-at": "coinbase-at",
                   "kraken": "kraken", "kraken-v1": "kraken-v1"}
 FLUSH_RECORDS = 1 << 16
-
-
-def detect_kraken_version(files: list[str]) -> str:
-    """'kraken-v1' when the recording holds v1 array frames, else 'kraken' (v2)."""
-    for fr in read_recordings(files):
-        if fr.kind == KIND_WS:
-            text = fr.data.lstrip()
-            if text.startswith("["):
-                return "kraken-v1"
-            if '"channel"' in text:
-                return "kraken"
-    return "kraken"
 
 
 def instrument_table(venue: str, instruments) -> "InstrumentTable":
@@ -57,6 +45,9 @@ def convert_recording(venue: str, files: list[str], out: str,
     if venue == "kraken":
         venue = detect_kraken_version(files)
     instruments, source = resolve_instruments(venue, files, config_path)
+    if not instruments:
+        raise ValueError(f"no {venue} book, trade or ticker messages with a symbol found in "
+                         f"{', '.join(files)}; is it a {venue} recording?")
     table = instrument_table(venue, instruments)
     handler = make_handler(venue, instruments, replay=True)
     kinds = np.zeros(256, dtype=np.int64)

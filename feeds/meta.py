@@ -17,7 +17,7 @@ import orjson
 
 from feeds.decimal import Scale, frac_digits, step_for_digits
 from feeds.handler import FeedInstrument
-from feeds.recording import KIND_REST, KIND_WS, Frame
+from feeds.recording import KIND_REST, KIND_WS, Frame, read_recordings
 
 VENUES = ("binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
 _KRAKEN_V2_NUM = re.compile(rb'"(price|qty)":(-?[0-9][0-9.eE+\-]*)')
@@ -120,6 +120,55 @@ def _pairs_kraken_v2(msg):
                 yield d.get("symbol"), lv.get("price"), lv.get("qty")
         elif ch == "trade":
             yield d.get("symbol"), d.get("price"), d.get("qty")
+
+
+def kraken_version_seen(files: list[str]) -> str | None:
+    """'kraken-v1' when the recording holds v1 array frames, 'kraken' (v2) when it holds v2
+    frames (objects with a "channel"), None when no frame tells."""
+    for fr in read_recordings(files):
+        if fr.kind == KIND_WS:
+            text = fr.data.lstrip()
+            if text.startswith("["):
+                return "kraken-v1"
+            if '"channel"' in text:
+                return "kraken"
+    return None
+
+
+def detect_kraken_version(files: list[str]) -> str:
+    """'kraken-v1' when the recording holds v1 array frames, else 'kraken' (v2)."""
+    return kraken_version_seen(files) or "kraken"
+
+
+# Substrings of the endpoint host -> venue family; advanced trade before plain coinbase.
+_VENUE_HOSTS = (("binance", "binance"), ("advanced-trade-ws.coinbase", "coinbase-at"),
+                ("coinbase", "coinbase"), ("kraken", "kraken"))
+
+
+def recorded_venue(files: list[str], max_frames: int = 64) -> tuple[str, str] | None:
+    """(venue, evidence) for a recording whose endpoint URLs name a venue, e.g.
+    ('kraken-v1', 'wss://ws.kraken.com, v1 array frames'); None when nothing tells (a
+    loopback recording, an empty or unreadable file). Kraken's version comes from the frames
+    (``kraken_version_seen``). For error messages only: never changes how a file is parsed."""
+    from urllib.parse import urlsplit
+
+    try:
+        for n, fr in enumerate(read_recordings(files)):
+            if n >= max_frames:
+                return None
+            host = (urlsplit(fr.url).hostname or "") if fr.url else ""
+            for part, venue in _VENUE_HOSTS:
+                if part in host:
+                    url = fr.url.split("?")[0]
+                    if venue != "kraken":
+                        return venue, url
+                    seen = kraken_version_seen(files)
+                    if seen is None:
+                        return venue, url
+                    return seen, f"{url}, {'v1 array' if seen == 'kraken-v1' else 'v2'} frames"
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def derive_instruments(venue: str, frames: Iterable[Frame]) -> dict[str, FeedInstrument]:

@@ -40,8 +40,8 @@ from shm.records import (MARKET_DTYPE, MFLAG_LAST_IN_BATCH, MFLAG_REPLAY, MFLAG_
 DUMMY_ASK_PX = 9999999999
 DUMMY_BID_PX = -9999999999
 TICK_SIZE = Decimal("0.0001")
-_NAME_RE = re.compile(r"^(?P<ticker>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_(message|orderbook)_"
-                      r"(?P<levels>\d+)\.csv$")
+_NAME_RE = re.compile(r"^(?P<ticker>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_"
+                      r"(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv$")
 
 
 class LobsterError(ValueError):
@@ -59,8 +59,9 @@ def seconds_to_ns(text: str) -> int:
 def parse_name(path) -> dict:
     m = _NAME_RE.match(Path(path).name)
     if not m:
-        return {"ticker": "LOBSTER", "date": None, "levels": None}
-    return {"ticker": m["ticker"], "date": m["date"], "levels": int(m["levels"])}
+        return {"ticker": "LOBSTER", "date": None, "levels": None, "kind": None}
+    return {"ticker": m["ticker"], "date": m["date"], "levels": int(m["levels"]),
+            "kind": m["kind"]}
 
 
 def midnight_ns(date: str | None) -> int:
@@ -98,8 +99,9 @@ def read_orderbook(path, levels: int) -> np.ndarray:
     except ValueError as exc:
         raise LobsterError(f"{path}: not an integer LOBSTER order book file: {exc}") from None
     if ob.shape[1] < 4 * levels:
-        raise LobsterError(f"{path}: {ob.shape[1]} columns hold {ob.shape[1] // 4} levels, "
-                           f"{levels} asked")
+        have = ob.shape[1] // 4
+        raise LobsterError(f"{path}: the file holds {have} levels ({ob.shape[1]} columns) but "
+                           f"{levels} were asked for; use --levels {have} or fewer")
     return ob[:, : 4 * levels]
 
 

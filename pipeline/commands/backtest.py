@@ -40,14 +40,15 @@ def run(args) -> int:
     from pathlib import Path
 
     from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import output_dir
     from pipeline.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    if args.data is not None and not Path(args.data).is_file():
-        raise CliError(f"--data {args.data}: no such file", EXIT_USAGE)
+    if args.data is not None:
+        _check_data(args.data)
     if args.duration is not None and args.duration <= 0:
         raise CliError(f"--duration {args.duration}: must be > 0 seconds", EXIT_USAGE)
     if args.event_rate is not None and args.event_rate <= 0:
@@ -67,7 +68,12 @@ def run(args) -> int:
             raise CliError(f"{cfg.source}: no enabled [[strategies]] entry", EXIT_USAGE)
     out = Path(args.out) if args.out else \
         Path(cfg.instance.run_dir) / "backtest" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(str(out), "--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create the directory: {exc.strerror or exc}; "
+                       f"choose another --out", EXIT_USAGE) from None
     reports = {}
     for name in names:
         try:
@@ -76,6 +82,11 @@ def run(args) -> int:
                                queue_model=args.queue_model)
         except (ValueError, KeyError) as exc:
             raise CliError(f"backtest {name}: {exc}", EXIT_USAGE) from None
+        except ConfigError as exc:
+            hint = "" if args.data is None else (
+                f"; {args.data} may not hold the instruments {name} trades: choose a strategy "
+                f"for them with --strategy")
+            raise CliError(f"backtest {name}: {exc}{hint}", EXIT_USAGE) from None
         write_equity_csv(out / f"{name}_equity.csv", res.curve)
         write_equity_png(out / f"{name}_equity.png", res.curve,
                          f"{name} ({res.kind}) on {res.source}")
@@ -88,3 +99,21 @@ def run(args) -> int:
         print(to_json(reports if len(reports) > 1 else next(iter(reports.values()))))
     sys.stdout.flush()
     return 0
+
+
+def _check_data(path: str) -> None:
+    """--data as a readable record file of market records, or CliError(2) naming the fix."""
+    import warnings
+
+    from market.recordfile import RecordFileError, open_record_file
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import input_file, record_file_hint
+    from shm.records import MARKET_DTYPE
+
+    input_file(path, "--data", "record file")
+    try:
+        with warnings.catch_warnings():     # a cut-short file warns once, in the run itself
+            warnings.simplefilter("ignore")
+            open_record_file(path, MARKET_DTYPE)
+    except RecordFileError as exc:
+        raise CliError(f"--data {exc}; {record_file_hint(path)}", EXIT_USAGE) from None

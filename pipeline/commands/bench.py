@@ -29,7 +29,7 @@ def register(sub) -> None:
             bp.set_defaults(func=_missing(name))
             continue
         module.add_arguments(bp)
-        bp.set_defaults(func=module.main)
+        bp.set_defaults(func=_input_errors_exit_2(module.main))
 
 
 def _missing(name: str):
@@ -37,5 +37,19 @@ def _missing(name: str):
         from pipeline.cli import CliError
 
         raise CliError(f"benchmark {name!r} is not built yet in this checkout")
+
+    return run
+
+
+def _input_errors_exit_2(main):
+    """A benchmark's config error is a usage error (exit 2, one line), not a traceback."""
+    def run(args) -> int:
+        from pipeline.cli import EXIT_USAGE, CliError
+        from pipeline.config import ConfigError
+
+        try:
+            return main(args)
+        except ConfigError as exc:
+            raise CliError(f"--config: {exc}", EXIT_USAGE) from None
 
     return run

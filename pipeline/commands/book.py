@@ -32,30 +32,43 @@ def run(args) -> int:
     from market.lobster import book_rows
     from market.recordfile import RecordFileError, open_record_file
     from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import input_file, output_file, record_file_hint
     from shm.records import MARKET_DTYPE
 
     if args.levels < 1:
         raise CliError(f"--levels must be >= 1, got {args.levels}", EXIT_USAGE)
+    input_file(args.data, "--data", "record file")
+    output_file(args.csv, "--csv")
     try:
         header, records = open_record_file(args.data, MARKET_DTYPE)
     except RecordFileError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(f"--data {exc}; {record_file_hint(args.data)}", EXIT_USAGE) from None
     insts = {int(d["instrument_id"]): d for d in header["instruments"]}
+    names = ", ".join(f"{k}={v['symbol']}@{v['venue']}" for k, v in insts.items())
     ins = args.instrument
     if ins is None:
         if len(insts) != 1:
-            names = ", ".join(f"{k}={v['symbol']}@{v['venue']}" for k, v in insts.items())
             raise CliError(f"{args.data} holds {len(insts)} instruments ({names}); choose one "
                            f"with --instrument", EXIT_USAGE)
         ins = next(iter(insts))
     if ins not in insts:
-        raise CliError(f"{args.data} has no instrument {ins} (ids: {sorted(insts)})", EXIT_USAGE)
+        raise CliError(f"--instrument {ins}: {args.data} has no instrument {ins}; its "
+                       f"instruments are {names or 'none'}", EXIT_USAGE)
     tick, lot = Decimal(insts[ins]["tick_size"]), Decimal(insts[ins]["lot_size"])
     scale = tick * 10000 if args.units == "lobster" else Decimal(1)
     if scale != scale.to_integral_value():
         raise CliError(f"{insts[ins]['symbol']}: tick size {tick} is finer than LOBSTER's price "
                        f"unit 0.0001; use --units ticks or --units decimal", EXIT_USAGE)
     rows = book_rows(np.asarray(records), ins, args.levels, int(scale))
+    try:
+        _write_csv(args, rows, tick, lot)
+    except OSError as exc:
+        raise CliError(f"--csv {args.csv}: cannot write: {exc.strerror or exc}") from None
+    print(f"{args.csv}: {len(rows)} rows x {args.levels} levels")
+    return 0
+
+
+def _write_csv(args, rows, tick, lot) -> None:
     with open(args.csv, "w") as f:
         for r in rows.tolist():
             if args.units == "decimal":
@@ -63,8 +76,6 @@ def run(args) -> int:
                      for k, v in enumerate(r)]
             f.write(",".join(map(str, r)))
             f.write("\n")
-    print(f"{args.csv}: {len(rows)} rows x {args.levels} levels")
-    return 0
 
 
 def _decimal(v: int, step, is_price: bool) -> str:

@@ -4,7 +4,9 @@
                       [--config C] [--json]
         replay recordings (several files in order, one stream) through the handler; report
         messages, book updates, gaps, resyncs, checksums, crossed books, parse errors and, for
-        Binance, the bookTicker oracle. Exit 0 when clean, 1 when not.
+        Binance, the bookTicker oracle. Exit 0 when clean, 1 when not, 2 when the input is
+        wrong (missing or empty file, a recording of another venue or Kraken version, bad
+        config): the message names the file and the fix, e.g. --venue kraken-v1.
     run.py feed serve --venue V --file F... --port P [--host 127.0.0.1] [--drop-after N]
         replay a recording as a websocket server (and REST endpoint) on loopback.
 """
@@ -14,6 +16,8 @@ VENUES = ("binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
 
 
 def register(sub) -> None:
+    from pipeline.commands._inputs import non_negative_float, non_negative_int, tcp_port
+
     p = sub.add_parser("feed", help="venue feed handlers: check recordings, serve a replay")
     fsub = p.add_subparsers(dest="feed_cmd", metavar="<check|serve>")
     fsub.required = True
@@ -28,47 +32,91 @@ def register(sub) -> None:
     s = fsub.add_parser("serve", help="serve a recording on loopback (websocket + REST)")
     s.add_argument("--venue", required=True, choices=VENUES)
     s.add_argument("--file", action="append", required=True, metavar="F")
-    s.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    s.add_argument("--port", type=tcp_port, required=True, help="TCP port (0: any free port)")
     s.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    s.add_argument("--rate", type=float, default=0.0,
+    s.add_argument("--rate", type=non_negative_float, default=0.0,
                    help="frames per second (0: recorded pace is not kept, as fast as possible)")
-    s.add_argument("--drop-after", type=int, default=0,
+    s.add_argument("--drop-after", type=non_negative_int, default=0,
                    help="close each connection after N frames (tests reconnects); 0: never")
     s.set_defaults(func=run_serve)
 
 
-def _check_files(files) -> None:
-    from pathlib import Path
+def _check_files(venue: str, files) -> None:
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import input_file, sniff
 
-    from pipeline.cli import CliError
     for f in files:
-        if not Path(f).is_file():
-            raise CliError(f"recording not found: {f}", 2)
+        input_file(f, "--file", f"{venue} recording")
+        kind = sniff(f)
+        if kind == "record":
+            raise CliError(f"--file {f}: an hftfarm record file (already converted), not a "
+                           f"venue recording; read it with run.py book --data or backtest "
+                           f"--data", EXIT_USAGE)
+        if kind in ("binary", "lobster-message", "lobster-orderbook"):
+            what = "binary data" if kind == "binary" else "a LOBSTER CSV (run.py replay lobster)"
+            raise CliError(f"--file {f}: not a venue recording (it looks like {what}); feed "
+                           f"reads websocket recordings (hftfarm JSON lines or cryptofeed raw "
+                           f"text)", EXIT_USAGE)
+
+
+def _check_venue(venue: str, files) -> None:
+    """The recording's venue and Kraken version against --venue, detected as replay does."""
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import recording_venue_mismatch, venue_label
+
+    found = recording_venue_mismatch(files, (venue,))
+    if found is None:
+        return
+    got, evidence = found
+    msg = (f"{' '.join(files)} looks like a {venue_label(got)} recording ({evidence}), but "
+           f"--venue {venue} reads {venue_label(venue)}; use --venue {got}")
+    if venue.startswith("kraken") and got.startswith("kraken"):
+        msg += " (replay kraken detects the version itself)"
+    raise CliError(msg, EXIT_USAGE)
 
 
 def run_check(args) -> int:
     import json
 
     from feeds.check import check_recordings, format_report
-    from pipeline.cli import CliError
+    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.config import ConfigError
 
-    _check_files(args.file)
+    _check_files(args.venue, args.file)
+    _check_venue(args.venue, args.file)
     try:
         report = check_recordings(args.venue, args.file, args.config)
-    except (ConfigError, ValueError) as exc:
-        raise CliError(str(exc), 2) from None
+    except ConfigError as exc:
+        raise CliError(f"--config: {exc}", EXIT_USAGE) from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{' '.join(args.file)}: not UTF-8 text ({exc.reason} at byte "
+                       f"{exc.start}); feed check reads websocket recordings", EXIT_USAGE) \
+            from None
+    except ValueError as exc:
+        raise CliError(f"{exc}; feed check reads hftfarm recordings (JSON lines) or "
+                       f"cryptofeed raw text", EXIT_USAGE) from None
+    if not report["instruments"]:
+        raise CliError(f"found no {args.venue} book, trade or ticker messages with a symbol in "
+                       f"{' '.join(args.file)} ({report['frames']} frames); is it a "
+                       f"{args.venue} recording? (choose the venue with --venue, or give the "
+                       f"instruments with --config)", EXIT_USAGE)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["clean"] else 1
 
 
 def run_serve(args) -> int:
     from feeds.server import serve_forever
-    from pipeline.cli import CliError
+    from pipeline.cli import EXIT_USAGE, CliError
 
-    _check_files(args.file)
+    _check_files(args.venue, args.file)
+    _check_venue(args.venue, args.file)
     try:
         return serve_forever(args.venue, args.file, args.host, args.port, rate=args.rate,
                              drop_after=args.drop_after)
-    except (OSError, ValueError) as exc:
-        raise CliError(str(exc), 2) from None
+    except ValueError as exc:
+        raise CliError(f"{exc}; use --host 127.0.0.1 (or another loopback address)"
+                       if "loopback" in str(exc) else str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"--host {args.host} --port {args.port}: cannot listen: "
+                       f"{exc.strerror or exc}; choose another --port (0: any free port)",
+                       EXIT_USAGE) from None

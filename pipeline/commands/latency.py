@@ -25,6 +25,8 @@ def run(args) -> int:
     cfg = load_config_or_exit(args.config)
     req = {"cmd": "latency", "reset": bool(args.reset)}
     if args.dump:
+        from pipeline.commands._inputs import output_dir
+        output_dir(args.dump, "--dump")
         req["dump"] = os.path.abspath(args.dump)
     reply = client_request(cfg, req, timeout_s=30.0)
     if args.json:

@@ -33,33 +33,77 @@ def register(sub) -> None:
 
 def run_lobster(args) -> int:
     from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import input_file, output_file, sniff
 
     if args.levels < 1:
         raise CliError(f"--levels must be >= 1, got {args.levels}", EXIT_USAGE)
-    from market.lobster import LobsterError, convert_to_file
+    input_file(args.message, "--message", "LOBSTER message file")
+    input_file(args.orderbook, "--orderbook", "LOBSTER order book file")
+    output_file(args.out, "--out")
+    from market.lobster import LobsterError, convert_to_file, parse_name
 
+    for flag, path, want, other in (("--message", args.message, "message", "--orderbook"),
+                                    ("--orderbook", args.orderbook, "orderbook", "--message")):
+        kind = parse_name(path)["kind"] or sniff(path).removeprefix("lobster-")
+        if kind in ("message", "orderbook") and kind != want:
+            raise CliError(f"{flag} {path}: this is a LOBSTER {_KIND_NAMES[kind]} file; "
+                           f"pass it as {other} (--message takes ..._message_N.csv, "
+                           f"--orderbook ..._orderbook_N.csv)", EXIT_USAGE)
     try:
         n = convert_to_file(args.message, args.orderbook, args.levels, args.out)
-    except FileNotFoundError as exc:
-        raise CliError(f"LOBSTER file not found: {exc.filename}") from None
     except LobsterError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
     print(f"{args.out}: {n} market records from {args.message}")
     return 0
 
 
 def run_venue(args) -> int:
-    from pipeline.cli import CliError
+    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.commands._inputs import (input_file, output_file, recording_venue_mismatch,
+                                           sniff, venue_label)
 
+    for f in args.file:
+        input_file(f, "--file", f"{args.venue} recording")
+        if sniff(f) in ("record", "binary", "lobster-message", "lobster-orderbook"):
+            raise CliError(f"--file {f}: not a venue recording (it looks like "
+                           f"{_looks_like(sniff(f))}); replay {args.venue} reads websocket "
+                           f"recordings (hftfarm JSON lines or cryptofeed raw text)", EXIT_USAGE)
+    output_file(args.out, "--out")
     try:
         from feeds.convert import convert_recording
     except ImportError as exc:
         raise CliError(f"replay {args.venue} needs feeds.convert.convert_recording, which this "
                        f"checkout does not provide ({exc})") from None
+    from pipeline.config import ConfigError
+
+    accepted = ("kraken", "kraken-v1") if args.venue == "kraken" else (args.venue,)
+    found = recording_venue_mismatch(args.file, accepted)
+    if found is not None:
+        venue, evidence = found
+        cmd = "kraken" if venue.startswith("kraken") else venue.removesuffix("-at")
+        raise CliError(f"{' '.join(args.file)} looks like a {venue_label(venue)} recording "
+                       f"({evidence}), not {args.venue}; use run.py replay {cmd}", EXIT_USAGE)
     try:
         summary = convert_recording(args.venue, args.file, args.out, args.config)
+    except ConfigError as exc:
+        raise CliError(f"--config: {exc}", EXIT_USAGE) from None
     except (FileNotFoundError, ValueError) as exc:
-        raise CliError(f"replay {args.venue}: {exc}") from None
+        raise CliError(f"replay {args.venue}: {exc}", EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"replay {args.venue}: {exc.filename}: {exc.strerror or exc}") from None
     n = summary.get("records", "?") if isinstance(summary, dict) else "?"
     print(f"{args.out}: {n} market records from {len(args.file)} {args.venue} recording(s)")
     return 0
+
+
+_KIND_NAMES = {"message": "message", "orderbook": "order book"}
+
+
+def _looks_like(kind: str) -> str:
+    return {"record": "an hftfarm record file, already converted: use it with run.py book or "
+                      "backtest --data",
+            "binary": "binary data",
+            "lobster-message": "a LOBSTER message file: use run.py replay lobster",
+            "lobster-orderbook": "a LOBSTER order book file: use run.py replay lobster"}[kind]
