@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_pipeline_cli import run_py, write_config
+from tests.integration.test_pipeline_cli import wait_for as _wait
 
 WATCHDOG_USEC = 2_000_000
 
@@ -39,16 +40,6 @@ def _status(cfg) -> dict:
 
 def _row(st, name):
     return next(r for r in st["stages"] if r["stage"] == name)
-
-
-def _wait(pred, timeout_s, what, step=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _events(run_dir: Path, what: str, since_ns: int) -> list[dict]:

@@ -26,6 +26,7 @@ import uuid
 import pytest
 
 from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
+from tests.integration.test_pipeline_cli import wait_for as _wait
 
 START_TIMEOUT_S = 300
 TARGETS = ["risk_gate", "order_router", "journal", "strategy-mm_btc", "venue",
@@ -36,16 +37,6 @@ def _status(cfg) -> dict:
     r = run_py("status", "--json", "--config", str(cfg), timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def _wait(pred, timeout_s, what, step=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

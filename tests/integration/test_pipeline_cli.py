@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_py(*args, timeout=120):
     return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def wait_for(pred, timeout_s, what, step=0.05):
+    """Poll ``pred`` until it returns something truthy (returned); AssertionError naming
+    ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def end_instance(proc, instance: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
+from tests.integration.test_pipeline_cli import wait_for as _wait
 
 START_TIMEOUT_S = 300
 
@@ -28,16 +29,6 @@ def _status(cfg) -> dict:
     r = run_py("status", "--json", "--config", str(cfg), timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def _wait(pred, timeout_s, what, step=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _stage(st, name):
