@@ -384,8 +384,10 @@ class StagesConfig:
                              ge=0, le=1_000_000)
     restart_window_s: float = opt(300.0, "the window restart_limit counts failures over (s)",
                                   gt=0, le=7 * 86400)
-    restart_backoff_s: float = opt(0.5, "wait before the 2nd restart within the window; "
-                                   "doubles for each further one (the 1st is immediate)",
+    restart_stable_s: float = opt(5.0, "a stage that ran this long before it failed restarts "
+                                  "at once; one failing sooner backs off", ge=0, le=86400)
+    restart_backoff_s: float = opt(0.5, "wait before the 2nd quick restart in a row; doubles "
+                                   "for each further one (the 1st is immediate)",
                                    ge=0, le=3600)
     restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0,
                                        le=3600)

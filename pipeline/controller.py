@@ -203,7 +203,8 @@ class Controller:
                                      stages_cfg.silent_restart_ms,
                                      restart_window_s=stages_cfg.restart_window_s,
                                      backoff_s=stages_cfg.restart_backoff_s,
-                                     backoff_max_s=stages_cfg.restart_backoff_max_s)
+                                     backoff_max_s=stages_cfg.restart_backoff_max_s,
+                                     stable_s=stages_cfg.restart_stable_s)
         if self.replay:
             self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
                                                       str(self.replay_speed)]
@@ -231,7 +232,8 @@ class Controller:
         self.supervisor.reap(name)
         now = time.monotonic()
         self.restarting[name] = now
-        delay = self.supervisor.policy.on_failure(name, now)
+        uptime = now - self.supervisor.started_at.get(name, now)
+        delay = self.supervisor.policy.on_failure(name, now, uptime)
         if spec.role == ROLE_STRATEGY:
             # its open orders are orphans now: cancel them at the venue before it comes back;
             # the replacement rebuilds its positions and open orders from the journal

@@ -62,37 +62,45 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 class RestartPolicy:
-    """Per-stage restart budget: at most ``limit`` restarts within ``window_s``; the first
-    restart in the window is immediate, the next ones wait ``backoff_s`` doubling each time up
-    to ``backoff_max_s``. A stage failing more often than that is given up on (the controller
-    decides what that means for its role)."""
+    """Per-stage restart budget: at most ``limit`` restarts within ``window_s``. A stage that
+    had run for ``stable_s`` before it failed restarts at once; one that keeps failing soon
+    after its (re)start waits ``backoff_s`` from its second quick failure on, doubling each
+    time up to ``backoff_max_s`` (a crash loop does not spin). A stage failing more often than
+    the budget is given up on (the controller decides what that means for its role)."""
 
-    def __init__(self, limit: int, window_s: float, backoff_s: float, backoff_max_s: float):
+    def __init__(self, limit: int, window_s: float, backoff_s: float, backoff_max_s: float,
+                 stable_s: float = 5.0):
         self.limit, self.window_s = int(limit), float(window_s)
         self.backoff_s, self.backoff_max_s = float(backoff_s), float(backoff_max_s)
+        self.stable_s = float(stable_s)
         self.failures: dict[str, list[float]] = {}
+        self.quick: dict[str, int] = {}   # consecutive failures soon after a (re)start
 
     def recent(self, name: str, now: float) -> int:
         times = [t for t in self.failures.get(name, ()) if now - t <= self.window_s]
         self.failures[name] = times
         return len(times)
 
-    def on_failure(self, name: str, now: float) -> float | None:
-        """Record a failure at ``now``; the delay before restarting (s), or None: give up."""
+    def on_failure(self, name: str, now: float, uptime_s: float = 0.0) -> float | None:
+        """Record a failure at ``now`` of a stage that had run ``uptime_s``; the delay before
+        restarting it (s), or None: give up."""
         n = self.recent(name, now) + 1
         self.failures[name].append(now)
         if n > self.limit:
             return None
-        if n == 1:
+        if uptime_s >= self.stable_s:
+            self.quick[name] = 0
             return 0.0
-        return min(self.backoff_max_s, self.backoff_s * 2 ** (n - 2))
+        k = self.quick.get(name, 0) + 1
+        self.quick[name] = k
+        return 0.0 if k == 1 else min(self.backoff_max_s, self.backoff_s * 2 ** (k - 2))
 
 
 class Supervisor:
     def __init__(self, instance: str, config_path: str, run_dir: Path, topology, status,
                  heartbeat_timeout_ms: int, restart_limit: int, silent_restart_ms: int = 0,
                  use_spare: bool = True, restart_window_s: float = 300.0,
-                 backoff_s: float = 0.5, backoff_max_s: float = 10.0):
+                 backoff_s: float = 0.5, backoff_max_s: float = 10.0, stable_s: float = 5.0):
         self.instance = instance
         self.config_path = str(config_path)
         self.run_dir = Path(run_dir)
@@ -113,7 +121,9 @@ class Supervisor:
         self.starved_ticks = 0
         self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
-        self.policy = RestartPolicy(restart_limit, restart_window_s, backoff_s, backoff_max_s)
+        self.policy = RestartPolicy(restart_limit, restart_window_s, backoff_s, backoff_max_s,
+                                    stable_s)
+        self.started_at: dict[str, float] = {}   # stage -> when its current process started
         self.given_up: dict[str, str] = {}   # stage -> why it is left down
         self.spare: subprocess.Popen | None = None
         self.spare_ready = False
@@ -137,6 +147,7 @@ class Supervisor:
         self.status.set_word(spec.slot, W_STATE, ST_RESTARTING if self.restarts[spec.name]
                              else 0)
         self.status.set_word(spec.slot, W_RESTARTS, self.restarts[spec.name])
+        self.started_at[spec.name] = time.monotonic()
         popen = self._take_spare(args, log_path)
         if popen is None:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

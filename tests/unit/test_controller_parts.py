@@ -143,17 +143,23 @@ def test_requests_run_under_the_supervision_lock(tmp_path):
 def test_restart_policy_window_and_backoff():
     p = RestartPolicy(limit=3, window_s=60, backoff_s=0.5, backoff_max_s=1.5)
     assert p.on_failure("s", 0.0) == 0.0      # first: at once
-    assert p.on_failure("s", 1.0) == 0.5      # then backoff, doubling, capped
-    assert p.on_failure("s", 2.0) == 1.0
+    assert p.on_failure("s", 1.0) == 0.5      # failing soon after the restart: backoff,
+    assert p.on_failure("s", 2.0) == 1.0      # doubling, capped
     assert p.on_failure("s", 3.0) is None     # 4 failures in 60 s > limit 3: give up
     assert p.on_failure("other", 3.0) == 0.0  # per stage
+    # a stage that had run stably before it died comes back at once, and resets the backoff
+    r = RestartPolicy(limit=10, window_s=60, backoff_s=0.5, backoff_max_s=8, stable_s=5)
+    assert [r.on_failure("s", t, 0.1) for t in (0, 1, 2)] == [0.0, 0.5, 1.0]
+    assert r.on_failure("s", 20, uptime_s=17.0) == 0.0
+    assert r.on_failure("s", 21, uptime_s=0.2) == 0.0   # a new run of quick failures
+    assert r.on_failure("s", 22, uptime_s=0.2) == 0.5
     # old failures leave the window
     q = RestartPolicy(limit=2, window_s=10, backoff_s=1, backoff_max_s=100)
     for t in (0.0, 5.0):
         assert q.on_failure("s", t) is not None
-    assert q.on_failure("s", 12.0) == 1.0     # 0.0 left the window: 2 recent
+    assert q.on_failure("s", 12.0) is not None   # 0.0 left the window: 2 recent
     assert q.on_failure("s", 13.0) is None
-    assert q.on_failure("s", 40.0) == 0.0     # a quiet window later: at once again
+    assert q.on_failure("s", 40.0, uptime_s=27.0) == 0.0   # a quiet window later: at once
 
 
 def test_restart_policy_property_never_more_than_limit_restarts_in_any_window():
@@ -164,7 +170,7 @@ def test_restart_policy_property_never_more_than_limit_restarts_in_any_window():
         t, restarts = 0.0, []
         for _k in range(rng.randint(1, 40)):
             t += rng.expovariate(1 / rng.uniform(0.1, 20))
-            d = p.on_failure("s", t)
+            d = p.on_failure("s", t, rng.uniform(0, 10))
             if d is None:
                 break
             assert 0 <= d <= 5.0
