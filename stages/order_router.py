@@ -15,6 +15,7 @@ orders (INTENT_CANCEL_ALL), and waits for the controller's CTRL_RESUME.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -34,6 +35,7 @@ class OrderRouterStage(Stage):
     role = "order_router"
 
     def on_start(self, ctx) -> None:
+        self._ppid = os.getppid()   # the controller (drain: has it died?)
         from shm.histogram import LatencyHistogram
         from shm.ring import SpscRing
         from stages.clock import TscClock
@@ -175,7 +177,10 @@ class OrderRouterStage(Stage):
         self.ctl[rk.C_HALTED] = 1
         if self.ctl[rk.C_OPEN] > 0:
             self._cancel_all(0)
-        deadline = time.monotonic() + 1.0
+        # the controller died (we were re-parented): every stage is stopping at once, the
+        # simulated venues too, so their answers come now or never
+        orphaned = os.getppid() != getattr(self, "_ppid", os.getppid())
+        deadline = time.monotonic() + (0.2 if orphaned else 1.0)
         while time.monotonic() < deadline:
             if self.poll() == 0 and self.ctl[rk.C_OPEN] <= 0:
                 break

@@ -132,6 +132,22 @@ def inst(tmp_path_factory):
         assert not left and not leaked and not claimed, (left, leaked, claimed)
 
 
+def test_a_second_instance_of_the_same_name_is_refused_and_the_first_untouched(inst,
+                                                                               tmp_path):
+    """Another run directory (another checkout's config, say), the same instance name."""
+    from shm.segment import list_segments
+
+    cfg2 = write_config(tmp_path / "other.toml", inst["name"], tmp_path / "other-runs")
+    before = sorted(s.name for s in list_segments(inst["name"]))
+    r = run_py("start", "--config", str(cfg2), timeout=300)
+    assert r.returncode == 1, r.stdout
+    assert f"instance name {inst['name']!r} is in use on this machine" in r.stderr, r.stderr
+    assert str(inst["cfg"].parent / "runs") in r.stderr   # names the other one's run dir
+    assert sorted(s.name for s in list_segments(inst["name"])) == before
+    st = _status(inst["cfg"])
+    assert all(r["state"] == "RUNNING" for r in st["stages"])
+
+
 def test_stalled_clients_delay_neither_supervision_nor_the_watchdog(inst):
     from pipeline.control import socket_path, socket_config
 
@@ -220,7 +236,8 @@ def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(ins
             time.sleep(0.005)
         tab.close()
         print(f"\ncontroller kill -9: stages stopped trading within "
-              f"{max(stopped.values()):.3f} s, exited within {max(gone.values()):.3f} s",
+              f"{max(stopped.values()):.3f} s, exited within {max(gone.values()):.3f} s "
+              f"({max(gone, key=gone.get)} last)",
               file=sys.stderr)
         assert len(gone) == len(pids), f"stages still alive: {set(pids) - set(gone)}"
         assert list_segments(name)   # what a dead controller leaves ...

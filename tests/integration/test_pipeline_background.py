@@ -33,3 +33,19 @@ def test_background_start_returns_with_every_stage_running_and_stop_cleans_up(tm
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
     r = run_py("status", "--config", str(cfg))
     assert r.returncode == 3
+
+
+def test_start_timeout_stops_what_it_started(tmp_path, shm_prefix):
+    """`start --timeout T` that runs out: exit 1 saying so, and nothing of it is left."""
+    from pipeline.recovery import stage_pids
+    from shm.segment import claim_holder, list_segments
+
+    cfg = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs")
+    r = run_py("start", "--timeout", "0.5", "--config", str(cfg), timeout=120)
+    assert r.returncode == 1, r.stdout
+    assert "not up within --timeout 0.5 s" in r.stderr and "stopped what was started" \
+        in r.stderr, r.stderr
+    assert list_segments(shm_prefix) == []
+    assert stage_pids(shm_prefix) == []
+    assert claim_holder(shm_prefix) is None
+    assert run_py("status", "--config", str(cfg)).returncode == 3
