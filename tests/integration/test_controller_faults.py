@@ -28,18 +28,10 @@ import pytest
 
 from tests.integration.test_pipeline_cli import run_py, write_config
 from tests.integration.test_pipeline_cli import wait_for as _wait
+from tests.integration.test_pipeline_cli import status_json as _status
+from tests.integration.test_pipeline_cli import stage_row as _row
 
 WATCHDOG_USEC = 2_000_000
-
-
-def _status(cfg) -> dict:
-    r = run_py("status", "--json", "--config", str(cfg), timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def _row(st, name):
-    return next(r for r in st["stages"] if r["stage"] == name)
 
 
 def _events(run_dir: Path, what: str, since_ns: int) -> list[dict]:

@@ -15,7 +15,6 @@ only catch a recovery that never happens.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -27,16 +26,11 @@ import pytest
 
 from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
 from tests.integration.test_pipeline_cli import wait_for as _wait
+from tests.integration.test_pipeline_cli import status_json as _status
 
 START_TIMEOUT_S = 300
 TARGETS = ["risk_gate", "order_router", "journal", "strategy-mm_btc", "venue",
            "strategy-pairs_btc_eth"]
-
-
-def _status(cfg) -> dict:
-    r = run_py("status", "--json", "--config", str(cfg), timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,19 @@ def run_py(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
+def status_json(cfg) -> dict:
+    """`run.py status --json` of the instance of config ``cfg`` (must be running)."""
+    import json
+
+    r = run_py("status", "--json", "--config", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def stage_row(st: dict, name: str) -> dict:
+    return next(r for r in st["stages"] if r["stage"] == name)
+
+
 def wait_for(pred, timeout_s, what, step=0.05):
     """Poll ``pred`` until it returns something truthy (returned); AssertionError naming
     ``what`` after ``timeout_s``."""

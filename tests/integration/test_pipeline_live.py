@@ -21,18 +21,10 @@ import pytest
 
 from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
 from tests.integration.test_pipeline_cli import wait_for as _wait
+from tests.integration.test_pipeline_cli import status_json as _status
+from tests.integration.test_pipeline_cli import stage_row as _stage
 
 START_TIMEOUT_S = 300
-
-
-def _status(cfg) -> dict:
-    r = run_py("status", "--json", "--config", str(cfg), timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def _stage(st, name):
-    return next(s for s in st["stages"] if s["stage"] == name)
 
 
 @pytest.fixture(scope="module")
