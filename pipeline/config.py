@@ -26,6 +26,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.control import INSTANCE_NAME_PATTERN
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -248,7 +250,7 @@ MAX_SIZE = Decimal("1e6")
 @dataclass(frozen=True)
 class InstanceConfig:
     name: str = opt("default", "instance name; shared-memory segments are /hftfarm.<name>.*",
-                    pattern=r"[A-Za-z0-9_\-]{1,24}")
+                    pattern=INSTANCE_NAME_PATTERN)
     run_dir: str = opt("runs", "where journals, latency dumps and reports go (per instance)")
     socket: str = opt("", "control socket path; default <run_dir>/<name>/control.sock")
     allow_live: bool = opt(False, "must be true before any stage connects to a real venue")

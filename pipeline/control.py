@@ -17,6 +17,8 @@ import socket
 from pathlib import Path
 
 MAX_REQUEST = 1 << 20
+# what an [instance] name may be (pipeline/config.py checks it with this; socket_config too)
+INSTANCE_NAME_PATTERN = r"[A-Za-z0-9_\-]{1,24}"
 
 
 class NotRunning(Exception):
@@ -459,7 +461,7 @@ def socket_config(path):
             inst = tomllib.load(f).get("instance", {})
         name, run_dir = inst.get("name", "default"), inst.get("run_dir", "runs")
         sock = inst.get("socket", "")
-        if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,24}", name) and \
+        if isinstance(name, str) and re.fullmatch(INSTANCE_NAME_PATTERN, name) and \
                 isinstance(run_dir, str) and run_dir and isinstance(sock, str):
             return SimpleNamespace(instance=SimpleNamespace(name=name, run_dir=run_dir,
                                                             socket=sock))

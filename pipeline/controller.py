@@ -74,7 +74,6 @@ class Controller:
         self._wake = (-1, -1)
         self.lock_fd = -1
         self.claim_fd = -1
-        self.recovered = None
         self.prior_state = None   # controller.state as the previous controller left it
         self.reconciling: dict[str, float] = {}   # stage -> deadline
         self.restarting: dict[str, float] = {}    # stage -> when its failure was noticed
@@ -118,7 +117,7 @@ class Controller:
         from stages.riskview import RiskView
 
         # we hold the instance's claim: whatever of it exists, a dead controller left
-        self.recovered = recover(self.cfg, self.log, state=self.prior_state)
+        recover(self.cfg, self.log, state=self.prior_state)
         topo = self.topology
         self.status = StatusTable.create(self.instance, len(topo.stages))
         self.riskview = RiskView.create(self.instance, len(topo.strategies()),
@@ -143,20 +142,23 @@ class Controller:
         for stage, kind, arg0 in commands:
             if stage in self.supervisor.procs and self.send(stage, kind, arg0):
                 seqs[stage] = self.ctl_seq
-        acked: list[str] = []
+        return self._await_acks(seqs, wait_s)
+
+    def _await_acks(self, seqs: dict, wait_s: float) -> list[str]:
+        """Stages of ``seqs`` (stage -> control seq sent) that acknowledged within ``wait_s``,
+        in ``seqs``' order."""
+        waiting = dict(seqs)
         deadline = time.monotonic() + wait_s
-        while seqs:
-            for stage, seq in list(seqs.items()):
-                slot = self.topology.stage(stage).slot
-                if self.status.read_word(slot, W_CTRL_ACK) >= seq:
-                    acked.append(stage)
-                    del seqs[stage]
-                elif stage not in self.supervisor.procs:
-                    del seqs[stage]
-            if not seqs or time.monotonic() >= deadline:
+        while waiting:
+            for stage, seq in list(waiting.items()):
+                if self.status.read_word(self.topology.stage(stage).slot, W_CTRL_ACK) >= seq \
+                        or stage not in self.supervisor.procs:
+                    del waiting[stage]
+            if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(0.001)
-        return [s for s, _k, _a in commands if s in acked]
+        return [s for s, seq in seqs.items() if s not in waiting
+                and self.status.read_word(self.topology.stage(s).slot, W_CTRL_ACK) >= seq]
 
     def send(self, stage: str, kind: int, arg0: int = 0, arg1: int = 0,
              wait_s: float = 0.0) -> bool:
@@ -173,16 +175,7 @@ class Controller:
         if self.ctl_writers[stage].publish(rec) != 1:
             self.log(f"control ring of {stage} is full: command {kind} dropped")
             return False
-        if wait_s <= 0:
-            return True
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.status.read_word(spec.slot, W_CTRL_ACK) >= self.ctl_seq:
-                return True
-            if stage not in self.supervisor.procs:
-                return False
-            time.sleep(0.002)
-        return False
+        return wait_s <= 0 or bool(self._await_acks({stage: self.ctl_seq}, wait_s))
 
     def alive(self, stage: str) -> bool:
         spec = self.topology.stage(stage)
@@ -252,7 +245,7 @@ class Controller:
             self.log(f"stage {name}: restart in {delay:.1f} s (failure "
                      f"{self.supervisor.policy.recent(name, now)} within "
                      f"{self.cfg.stages.restart_window_s:.0f} s)")
-            self.supervisor.status.set_word(spec.slot, W_STATE, ST_RESTARTING)
+            self.status.set_word(spec.slot, W_STATE, ST_RESTARTING)
             return
         self.restart_stage(spec)
 
@@ -514,13 +507,7 @@ class Controller:
             return
         self.stop_requested = True
         if self.run_dir.is_dir():
-            from stages.journal import append_event
-
-            try:
-                append_event(self.run_dir / "journal", "signal", "stop",
-                             f"{signal.Signals(signum).name} to the controller")
-            except OSError:
-                pass
+            self.event("stop", f"{signal.Signals(signum).name} to the controller", who="signal")
 
 
 def write_state(path: Path, state: str, detail: str = "") -> None:

@@ -111,16 +111,20 @@ def kill_stage(cfg, stage: str, timeout_s: float = 60.0, steady: bool = True) ->
 
 def _recovered(out, jdir, stage, t_kill_ns, reconciles) -> bool:
     """Fill ``notice_s`` / ``reconciled_s`` from the events journal; True once all is in."""
-    if reconciles and out["reconciled_s"] is None:
-        ev = _events_after(jdir, t_kill_ns, "resume_after_reconcile")
-        if ev:
-            out["reconciled_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
-    if out.get("notice_s") is None:
-        ev = [e for e in _events_after(jdir, t_kill_ns, "stage_failed")
-              if e.get("stage") == stage]
-        if ev:
-            out["notice_s"] = round((ev[0]["ts_ns"] - t_kill_ns) / 1e9, 3)
-    return out["back_s"] is not None and out.get("notice_s") is not None and \
+    from stages.journal import read_events
+
+    if out["notice_s"] is None or (reconciles and out["reconciled_s"] is None):
+        for e in read_events(jdir):
+            if e["ts_ns"] < t_kill_ns:
+                continue
+            after = round((e["ts_ns"] - t_kill_ns) / 1e9, 3)
+            if e["what"] == "stage_failed" and e.get("stage") == stage \
+                    and out["notice_s"] is None:
+                out["notice_s"] = after
+            elif e["what"] == "resume_after_reconcile" and reconciles \
+                    and out["reconciled_s"] is None:
+                out["reconciled_s"] = after
+    return out["back_s"] is not None and out["notice_s"] is not None and \
         (out["reconciled_s"] is not None or not reconciles)
 
 
@@ -142,7 +146,7 @@ def check_after(cfg, jdir) -> dict:
         if (rec and not bad) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    return {"orders_without_one_outcome": bad, "positions_reconciled": rec, "leftovers": 0}
+    return {"orders_without_one_outcome": bad, "positions_reconciled": rec, "leftovers": None}
 
 
 def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
@@ -150,13 +154,12 @@ def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
     exit; then ``run.py start`` again, which must clear the debris and close the dead run's
     open orders. ``leftovers``: old stage processes, old segments or orphan orders still there
     after the new start."""
-    import os
-    import signal
     import subprocess
     import sys
 
     from pipeline.recovery import stage_pids
     from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
+    from shm.segment import pid_alive
 
     st = _status(cfg)
     run_dir = Path(st["run_dir"])
@@ -171,7 +174,7 @@ def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
             for n, (slot, pid) in pids.items():
                 if n not in stopped and tab.words[slot, W_STATE] in (ST_STOPPING, ST_STOPPED):
                     stopped[n] = time.monotonic() - t0
-                if n not in gone and not _running(pid):
+                if n not in gone and not pid_alive(pid):
                     gone[n] = time.monotonic() - t0
             time.sleep(0.005)
     finally:
@@ -217,14 +220,6 @@ def socket_stall(cfg, stage: str, clients: int = 50) -> dict:
             s.close()
     out["drill"] = f"{clients} stalled clients + kill -9 {stage}"
     return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def venue_orders_while_halted(jdir: Path, since_ns: int, grace_ns: int = 50_000_000) -> int:

@@ -22,6 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("shm", "market", "strategies", "feeds", "stages", "pipeline", "bench", "tests")
 KEEP = 3
+# module-name prefix of a strategy's generated host step (stages/host_codegen.py), which lives
+# outside the packages above
+GENERATED_PREFIX = "hftfarm_hostgen_"
 
 
 def source_hash(root: Path = ROOT) -> str:
@@ -53,7 +56,6 @@ def configure() -> str | None:
     return str(target)
 
 
-
 def _dispatchers(prefixes):
     import sys
 
@@ -70,7 +72,7 @@ def _dispatchers(prefixes):
                 yield name, attr, obj
 
 
-def write_manifest(path, prefixes=PACKAGES + ("hftfarm_hostgen_",)) -> int:
+def write_manifest(path, prefixes=PACKAGES + (GENERATED_PREFIX,)) -> int:
     """Record which compiled overloads this process uses: (module, function, signature) of
     every overload of every @njit function under ``prefixes``, pickled to ``path`` (0600).
     Cold; a stage writes it once it runs, and the warm spare loads exactly those

@@ -25,8 +25,9 @@ from pathlib import Path
 
 
 def _is_stage_of(pid: int, instance: str) -> bool:
-    """``pid`` is a stage process (or warm spare) of ``instance``: checked on its command line,
-    so a recycled pid of some other program is never killed."""
+    """``pid`` is a stage process of ``instance`` (or a warm spare, which a restart turns into
+    one): checked on its command line, so a recycled pid of some other program is never
+    killed. A spare's command line names the run directory, <run_dir>/<instance>/run-*."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -34,30 +35,18 @@ def _is_stage_of(pid: int, instance: str) -> bool:
     if b"pipeline.stage_main" not in argv:
         return False
     try:
-        i = argv.index(b"--instance")
-        return argv[i + 1].decode(errors="replace") == instance
+        if b"--standby" in argv:
+            run_dir = argv[argv.index(b"--standby") + 2].decode(errors="replace")
+            return Path(run_dir).parent.name == instance
+        return argv[argv.index(b"--instance") + 1].decode(errors="replace") == instance
     except (ValueError, IndexError):
         return False
 
 
 def stage_pids(instance: str) -> list[int]:
-    """Pids of the instance's stage processes still alive: from the status segment's pid words
-    (if it is still there) and from /proc (a stage started after the last status write)."""
-    pids: set[int] = set()
-    try:
-        from pipeline.status import W_PID, StatusTable
-
-        st = StatusTable.attach(instance)
-        try:
-            pids.update(int(p) for p in st.words[:, W_PID] if p > 0)
-        finally:
-            st.close()
-    except Exception:  # noqa: BLE001 - no status segment (or a broken one): /proc is enough
-        pass
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            pids.add(int(d))
-    return sorted(p for p in pids if p != os.getpid() and _is_stage_of(p, instance))
+    """Pids of the instance's stage processes (and warm spares) still alive, from /proc."""
+    return sorted(int(d) for d in os.listdir("/proc")
+                  if d.isdigit() and int(d) != os.getpid() and _is_stage_of(int(d), instance))
 
 
 def kill_stages(instance: str, grace_s: float = 1.0) -> list[int]:

@@ -150,7 +150,8 @@ def _import_for_preload(name: str):
     which is made, not imported."""
     import importlib
 
-    prefix = "hftfarm_hostgen_"
+    from pipeline.numba_cache import GENERATED_PREFIX as prefix
+
     if name.startswith(prefix):
         from stages.host_codegen import host_step_for
         from stages.strategy_host import TIMER_NS

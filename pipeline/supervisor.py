@@ -115,7 +115,6 @@ class Supervisor:
         self.silent_restart_ns = max(int(silent_restart_ms) * 1_000_000, self.heartbeat_timeout_ns)
         self.silent_notices: list[tuple[str, str]] = []   # drained by the controller
         self._silent_noticed: set[str] = set()
-        self.restart_limit = restart_limit
         self.procs: dict[str, StageProcess] = {}
         self._sched: dict[int, tuple[int, int]] = {}   # pid -> (when, run-queue wait ns)
         self.starved_ticks = 0
@@ -325,9 +324,6 @@ class Supervisor:
             proc.popen.wait()
         proc.close()
         self.status.set_word(proc.spec.slot, W_STATE, state)
-
-    def can_restart(self, name: str) -> bool:
-        return name not in self.given_up
 
     def restart(self, spec, **kw) -> StageProcess:
         self.restarts[spec.name] += 1

@@ -63,9 +63,16 @@ def segment_name(instance: str, name: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """The process runs: it exists and is not a zombie (one that exited but whose parent has
+    not reaped it yet, e.g. a controller's stage after a kill -9 of the controller)."""
     if pid <= 0:
         return False
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        pass
+    try:   # no /proc: existence is all we can tell
         os.kill(pid, 0)
     except ProcessLookupError:
         return False

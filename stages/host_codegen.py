@@ -26,6 +26,8 @@ from pathlib import Path
 
 from numba import njit
 
+from pipeline.numba_cache import GENERATED_PREFIX
+
 from shm.histogram import hist_record
 from shm.recordops import reply_to_order
 from shm.records import EXEC_CANCEL_REJECT, EXEC_REJECT, INTENT_NEW, REJECT_HALTED
@@ -164,7 +166,7 @@ def host_step_for(kind: str, timer_ns: int):
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)   # atomic: concurrent strategy hosts never see half a file
-    name = f"hftfarm_hostgen_{kind}"
+    name = GENERATED_PREFIX + kind
     mod = sys.modules.get(name)
     if mod is None:
         spec = importlib.util.spec_from_file_location(name, path)

@@ -179,7 +179,7 @@ class OrderRouterStage(Stage):
             self._cancel_all(0)
         # the controller died (we were re-parented): every stage is stopping at once, the
         # simulated venues too, so their answers come now or never
-        orphaned = os.getppid() != getattr(self, "_ppid", os.getppid())
+        orphaned = os.getppid() != self._ppid
         deadline = time.monotonic() + (0.2 if orphaned else 1.0)
         while time.monotonic() < deadline:
             if self.poll() == 0 and self.ctl[rk.C_OPEN] <= 0:

@@ -2,7 +2,8 @@
 
 Runs in the operator's shell; cold path. An instance counts as running while a controller holds
 its machine-wide claim (shm/segment.py: claim_instance) or any of its segments names a creator
-pid that is still alive (the controller, or the stage that made a histogram). ``clean`` never touches a running instance unless told ``--force``, because
+pid that is still alive (the controller, or the stage that made a histogram). ``clean`` never
+touches a running instance unless told ``--force``, because
 unlinking a live ring's name does not stop the processes mapped to it, but a restarted stage
 would then attach to a fresh, empty segment while its peers keep the old one.
 """
@@ -40,13 +41,9 @@ def _running_pids(infos) -> list[int]:
     from shm.segment import claim_holder
 
     pids = {i.creator_pid for i in infos if i.alive}
-    if infos:
-        holder = claim_holder(infos[0].instance)
-        if holder is not None:
-            try:
-                pids.add(int(holder.get("pid", 0)) or -1)
-            except (TypeError, ValueError):
-                pids.add(-1)
+    holder = claim_holder(infos[0].instance) if infos else None
+    if holder is not None:   # (-1: held, but the owner record is unreadable)
+        pids.add(holder["pid"] if isinstance(holder.get("pid"), int) else -1)
     return sorted(pids)
 
 

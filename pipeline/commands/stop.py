@@ -25,14 +25,6 @@ def run(args) -> int:
     from pipeline.control import load_config_or_exit
     from shm.segment import list_segments, pid_alive
 
-    def alive(pid: int) -> bool:
-        # a controller that exited but whose parent has not reaped it yet is a zombie: gone
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return pid_alive(pid)
-
     cfg = load_config_or_exit(args.config)
     try:
         reply = client_request(cfg, {"cmd": "stop", "who": "cli", "why": args.why})
@@ -43,13 +35,13 @@ def run(args) -> int:
     pid = int(reply.get("pid", 0))
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not alive(pid) and not lock_held(cfg) and not list_segments(cfg.instance.name):
+        if not pid_alive(pid) and not lock_held(cfg) and not list_segments(cfg.instance.name):
             print(f"instance {cfg.instance.name} stopped")
             return 0
         time.sleep(0.05)
     left = [s.name for s in list_segments(cfg.instance.name)]
     raise CliError(f"instance {cfg.instance.name!r} did not stop within {args.timeout:.0f} s "
-                   f"(controller pid {pid} {'alive' if alive(pid) else 'gone'}; segments "
+                   f"(controller pid {pid} {'alive' if pid_alive(pid) else 'gone'}; segments "
                    f"left: {', '.join(left) or 'none'}; pid {os.getpid()})", 1)
 
 

@@ -41,13 +41,6 @@ def _events(run_dir: Path, what: str, since_ns: int) -> list[dict]:
             if e["what"] == what and e["ts_ns"] >= since_ns]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 class Watchdog:
     """systemd's side of sd_notify: a datagram socket, each message timestamped on arrival."""
 
@@ -205,7 +198,7 @@ def test_a_strategy_that_keeps_failing_is_halted_alone(inst):
 def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(inst):
     from pipeline.drill import journal_outcomes
     from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
-    from shm.segment import list_segments
+    from shm.segment import list_segments, pid_alive
 
     cfg, name = inst["cfg"], inst["name"]
     for attempt in ("start", "stop"):
@@ -223,7 +216,7 @@ def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(ins
                 if n not in stopped and tab.words[slots[n], W_STATE] in (ST_STOPPING,
                                                                          ST_STOPPED):
                     stopped[n] = time.monotonic() - t0
-                if n not in gone and not _alive(p):
+                if n not in gone and not pid_alive(p):
                     gone[n] = time.monotonic() - t0
             time.sleep(0.005)
         tab.close()

@@ -395,3 +395,34 @@ def test_control_socket_property_random_clients_never_break_it(tmp_path):
         assert all(c.get("cmd") in ("x", "ping") for c in calls), [c for c in calls if c.get("cmd") not in ("x", "ping")]
     finally:
         srv.close()
+
+
+def test_recovery_finds_an_instance_s_stages_and_spares_by_command_line(shm_prefix, tmp_path):
+    """A stage started from a warm spare keeps the spare's command line (--standby ... run
+    dir): recovery must still find it, and never a process of another instance."""
+    import subprocess
+    import sys
+
+    from pipeline.recovery import kill_stages, stage_pids
+
+    sleep = "import time; time.sleep(60)"
+    run_dir = tmp_path / shm_prefix / "run-1"
+    other = tmp_path / "someone-else" / "run-1"
+    procs = [subprocess.Popen([sys.executable, "-c", sleep, *argv]) for argv in (
+        ["pipeline.stage_main", "--standby", "1", str(run_dir)],
+        ["pipeline.stage_main", "--instance", shm_prefix, "--stage", "journal"],
+        ["pipeline.stage_main", "--standby", "1", str(other)],
+        ["pipeline.stage_main", "--instance", shm_prefix + "x", "--stage", "journal"])]
+    try:
+        time.sleep(0.2)
+        mine = sorted(p.pid for p in procs[:2])
+        assert stage_pids(shm_prefix) == mine
+        assert kill_stages(shm_prefix, grace_s=0.5) == mine
+        for p in procs[:2]:
+            assert p.wait(5) is not None
+        assert all(p.poll() is None for p in procs[2:])   # the others are untouched
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
