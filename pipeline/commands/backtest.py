@@ -75,6 +75,7 @@ def run(args) -> int:
         raise CliError(f"--out {out}: cannot create the directory: {exc.strerror or exc}; "
                        f"choose another --out", EXIT_USAGE) from None
     reports = {}
+    skipped: list[str] = []
     for name in names:
         try:
             res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
@@ -83,6 +84,10 @@ def run(args) -> int:
         except (ValueError, KeyError) as exc:
             raise CliError(f"backtest {name}: {exc}", EXIT_USAGE) from None
         except ConfigError as exc:
+            if args.data is not None and args.strategy is None:
+                # a replay of a recording runs the strategies that can trade what it holds
+                skipped.append(f"{name} ({exc})")
+                continue
             hint = "" if args.data is None else (
                 f"; {args.data} may not hold the instruments {name} trades: choose a strategy "
                 f"for them with --strategy")
@@ -95,6 +100,11 @@ def run(args) -> int:
         if not args.json:
             print(format_text(res.report, name))
             print(f"  wrote {out / (name + '_equity.csv')}, .png, _report.json")
+    for why in skipped:
+        print(f"skipped {why}", file=sys.stderr)
+    if not reports:
+        raise CliError(f"no strategy of {cfg.source} can trade what {args.data} holds; "
+                       "choose one for it with --strategy", EXIT_USAGE)
     if args.json:
         print(to_json(reports if len(reports) > 1 else next(iter(reports.values()))))
     sys.stdout.flush()

@@ -206,6 +206,23 @@ def test_replay_venue_on_junk_or_missing_config_exits_2(shared_data, files, caps
 
 # --- backtest, latency, bench -------------------------------------------------------------------
 
+def test_backtest_on_a_recording_runs_the_strategies_that_can_trade_it(shared_data, tmp_path,
+                                                                      capsys):
+    """No --strategy and a one-instrument recording: the strategies that need other
+    instruments are skipped with their reason, before any of them writes anything."""
+    from market.lobster import convert_to_file
+
+    rec = tmp_path / "aapl.rec"
+    convert_to_file(shared_data / LOBSTER.format("message"),
+                    shared_data / LOBSTER.format("orderbook"), 10, rec)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["backtest", "--data", rec, "--out", out])
+    assert code == 0, err
+    assert "skipped pairs_btc_eth (" in err and "needs exactly 2 instrument(s)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["mm_btc_equity.csv", "mm_btc_equity.png",
+                                                     "mm_btc_report.json"]
+
+
 def test_backtest_data_that_is_no_record_file_names_the_fix(shared_data, files, capsys):
     assert_input_error(capsys, ["backtest", "--data", files / "adir"], "is a directory")
     assert_input_error(capsys, ["backtest", "--data", shared_data / LOBSTER.format("message")],
