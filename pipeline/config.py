@@ -255,8 +255,8 @@ class InstanceConfig:
     socket: str = opt("", "control socket path; default <run_dir>/<name>/control.sock")
     allow_live: bool = opt(False, "must be true before any stage connects to a real venue")
     lock_memory: bool = opt(False, "mlockall() in every stage (reported, not fatal, if denied)")
-    realtime_priority: int = opt(0, "SCHED_FIFO priority for stages; 0 = normal scheduling",
-                                 ge=0, le=99)
+    realtime_priority: int = opt(0, "SCHED_FIFO priority for stages (1-98; 99 is the kill switch's); 0 = normal scheduling",
+                                 ge=0, le=98)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "backtest": "book maintenance and full backtests, events/s, against hftbacktest",
     "feeds": "venue feed handlers on the recordings: messages/s and parse+apply latency",
     "pipeline": "the live pipeline: tick-to-trade, per-hop latency, sustained records/s",
+    "kill": "the kill switch under load: `run.py kill` from a shell -> risk gate halted",
 }
 
 

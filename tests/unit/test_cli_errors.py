@@ -237,3 +237,8 @@ def test_latency_dump_onto_a_file_exits_2_before_asking_the_controller(files, ca
 def test_bench_with_a_missing_config_exits_2_without_a_traceback(files, capsys):
     assert_input_error(capsys, ["bench", "backtest", "--config", files / "missing.toml"],
                        "missing.toml")
+
+
+def test_bench_kill_refuses_nonsense_rounds_before_starting_anything(capsys):
+    assert_input_error(capsys, ["bench", "kill", "--rounds", "0"], "--rounds")
+    assert_input_error(capsys, ["bench", "kill", "--event-rate", "-5"], "--event-rate")
