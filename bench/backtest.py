@@ -108,7 +108,7 @@ def _rate(n, s):
 def main(args) -> int:
     import numpy as np
 
-    from market.backtest import run_backtest
+    from strategies.backtest import run_backtest
     from market.book import bench_book_maintenance
     from market.lobster import convert, lobster_instrument
     from market.recordfile import RecordFileWriter

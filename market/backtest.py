@@ -1,8 +1,11 @@
-"""Deterministic event-driven backtest: one strategy instance against simulated venues or
-recorded data, through the same host step and the same risk checks as the live pipeline.
+"""Deterministic event-driven backtest core: one strategy instance against simulated venues or
+recorded data, through the same strategy runtime step and the same risk checks as the live
+pipeline.
 
 Runs in the ``run.py backtest`` process (and the benchmark). ``backtest_loop`` and the
-accounting kernels are @njit HOT PATH; ``run_backtest`` is the cold driver.
+accounting kernels are @njit HOT PATH; the cold driver is ``strategies/backtest.py`` (it knows
+strategies; this module does not: the runtime's batch step and the strategy's hooks come in
+as arguments).
 
 The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-identical):
 
@@ -10,7 +13,8 @@ The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-iden
         -> market records and exec reports received by the strategy at time t
     account the fills (PnL, fees, inventory, time in queue); feed every report to the risk
     state (market.risk.on_exec, the gate's code)
-    strategies.host.run_strategy_batch(kernel, ...)       # books, bookkeeping, guarded kernel
+    batch(hooks..., ctx, st, p, ...)                      # strategies.host.run_strategy_batch:
+                                                          # books, bookkeeping, timer, hooks
     for each intent: market.risk.check_order(...)         # the gate's code, reference price
                                                           # valid_mid_x2 as the live gate's
         pass -> risk.on_accept, venue.submit(order, t)    # arrives after the order latency
@@ -23,9 +27,9 @@ queue model ``backtest.queue_model``). Both expose the same two kernels
 (advance(state, t_limit, out_md, n_md, out_ex, n_ex, stop) and submit(state, order, send_ns)),
 passed to ``backtest_loop`` as first-class functions like the strategy kernel.
 
-A strategy kernel that raises does not end the run: ``run_strategy_batch`` catches it inside
-numba, exactly as in the live host, counts it (``kernel_errors`` in the counters and the
-report; ``intents_discarded``) and the run goes on with the next batch.
+A strategy hook that raises does not end the run: ``run_strategy_batch`` catches it inside
+numba, exactly as in the live host, halts the strategy (its orders are cancelled, its fills
+still accounted) and the run goes on; the report names the hook and the simulated time.
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
                          MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
 from shm.recordops import deny_order
-from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, make_hctl, run_strategy_batch
+
+H_NEXT_TIMER = 0   # = strategies.host.H_NEXT_TIMER (the runtime's next timer tick, ns)
 
 # acct[inst, A_*] float64
 A_POS = 0          # lots
@@ -184,12 +189,16 @@ def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
 
 
 @njit(cache=False, _nrt=False)
-def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rstate, acct,
-                  curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, hctl,
-                  t_start, t_end, timer_ns, sample_ns, initial_cash):
-    """Run until t_end (simulated ns). Specialised per (venue kernels, strategy kernel)."""
+def backtest_loop(advance, submit, vs, batch, on_market, on_exec, on_timer, on_params, ctx, st,
+                  p, limits, rstate, acct, curve, trades, qtimes, acks, cnt, md_buf, ex_buf,
+                  denials, hctl, t_start, t_end, sample_ns, initial_cash):
+    """Run until t_end (simulated ns). Specialised per (venue kernels, strategy hooks).
+    ``batch`` is strategies.host.run_strategy_batch; the strategy's timer is its own
+    (hctl[H_NEXT_TIMER], set by the batch step), so timer ticks fall on the same times as in
+    the live host."""
+    px, meta = ctx.px, ctx.meta
+    out = ctx.out
     now = t_start
-    next_timer = t_start + timer_ns
     next_sample = t_start
     n_den = 0
     n_inst = acct.shape[0]
@@ -198,10 +207,11 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
     while True:
         # Risk denials are answered at once (the gate is in-process): deliver them now, for
         # at most MAX_SAME_INSTANT rounds; after that they travel with the next event.
+        next_timer = hctl[H_NEXT_TIMER]
         if n_den > 0 and same_instant < MAX_SAME_INSTANT:
             t_lim = now
         else:
-            t_lim = min(t_end, next_timer)
+            t_lim = min(t_end, max(next_timer, now))   # -1: not started, the next event
         for j in range(n_den):
             ex_buf[j] = denials[j]
         n_md, n_ex, t = advance(vs, t_lim, md_buf, 0, ex_buf, n_den, True)
@@ -222,8 +232,8 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
         tick = now >= next_timer
         if n_md > 0 or n_ex > 0 or tick:
             cnt[C_CALLS] += 1
-            k = run_strategy_batch(kernel, sstate, px, qty, meta, md_buf, n_md, ex_buf, n_ex,
-                                   now, out, hctl)
+            k = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md_buf, n_md,
+                      ex_buf, n_ex, now, hctl)
             if n_md > 0:
                 for j in range(n_md):
                     i = md_buf[j].instrument_id
@@ -251,153 +261,7 @@ def backtest_loop(advance, submit, vs, kernel, sstate, px, qty, meta, limits, rs
                     n_den += 1
                 else:
                     cnt[C_DROPPED_INTENTS] += 1
-        if tick:
-            next_timer += timer_ns
         if now >= t_end and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
             cnt[C_DROPPED_INTENTS] += n_den
             break
     _sample(acct, curve, cnt, t_end, initial_cash)
-
-
-# ------------------------------------------------------------------------------------------
-# Cold driver
-# ------------------------------------------------------------------------------------------
-@dataclass
-class BacktestResult:
-    name: str
-    kind: str
-    source: str                  # "sim" or the record file
-    report: dict
-    curve: dict                  # t_ns, equity, realized, unrealized, fees, abs_pos arrays
-    trade_pnls: np.ndarray
-    queue_times_ns: np.ndarray
-    counters: dict
-    venue_counters: dict = field(default_factory=dict)
-    strategy_state: tuple = ()   # the strategy's state tuple at the end (ctl, orders, ...)
-
-
-def _strategy_config(cfg, which: str | None):
-    enabled = [s for s in cfg.strategies if s.enabled]
-    if which is None:
-        if not enabled:
-            raise ValueError(f"{cfg.source}: no enabled [[strategies]] entry to backtest")
-        return enabled[0]
-    for s in cfg.strategies:
-        if s.name == which:
-            return s
-    for s in enabled:
-        if s.kind == which:
-            return s
-    names = ", ".join(f"{s.name} ({s.kind})" for s in cfg.strategies) or "none"
-    raise ValueError(f"no strategy named or of kind {which!r} in {cfg.source} (have: {names})")
-
-
-def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: float | None = None,
-                 seed: int | None = None, event_rate_per_s: float | None = None,
-                 queue_model: str | None = None, timer_ms: float = 100.0,
-                 sample_ms: float = 100.0) -> BacktestResult:
-    """One strategy instance (by name or kind; default: the first enabled) against the
-    simulated venues of ``cfg`` for ``duration_s`` (default cfg.sim.duration_s), or against
-    the record file ``data`` (its instruments; the strategy's instruments are taken from the
-    file by key, else in file order)."""
-    from shm.instruments import InstrumentTable
-    from strategies.registry import get_strategy_class
-
-    sc = _strategy_config(cfg, strategy)
-    if data is None:
-        from market.sim import SimVenue, sim_advance_state, sim_submit_state
-
-        table = InstrumentTable.from_config(cfg)
-        instruments = list(table)
-        rate = cfg.backtest.event_rate_per_s if event_rate_per_s is None else event_rate_per_s
-        venue = SimVenue(cfg, instruments, seed, event_rate_per_s=rate)
-        advance, submit, vs = sim_advance_state, sim_submit_state, venue.state
-        t_start = venue.now_ns
-        dur = cfg.sim.duration_s if duration_s is None else duration_s
-        t_end = t_start + int(dur * 1e9)
-        source = "sim"
-        strat_insts = [table.by_key(k) for k in sc.instruments]
-    else:
-        from market.recordfile import instruments_from_header, open_record_file
-        from market.replayvenue import ReplayVenue, replay_advance, replay_submit
-
-        header, recs = open_record_file(data, MARKET_DTYPE)
-        instruments = instruments_from_header(header)
-        if not instruments:
-            raise ValueError(f"{data}: the record file names no instruments")
-        venue = ReplayVenue(np.asarray(recs), instruments, cfg,
-                            queue_model=queue_model or cfg.backtest.queue_model,
-                            seed=cfg.sim.seed if seed is None else seed)
-        advance, submit, vs = replay_advance, replay_submit, venue.state
-        t_start = venue.start_ns
-        t_end = venue.end_ns if duration_s is None else t_start + int(duration_s * 1e9)
-        source = str(data)
-        by_key = {i.key: i for i in instruments}
-        strat_insts = [by_key.get(k) for k in sc.instruments]
-        if any(i is None for i in strat_insts):
-            strat_insts = instruments[:len(sc.instruments)]
-    n = max(i.instrument_id for i in instruments)
-    strat = get_strategy_class(sc.kind)(sc.params, strat_insts, 1)
-    sstate = strat.make_state()
-    book = L2Book(n, 256)
-    limits = build_limits(cfg.risk, instruments)
-    rstate = make_risk_state(limits)
-    acct = np.zeros((n + 1, A_WORDS))
-    for inst in instruments:
-        acct[inst.instrument_id, A_VALUE] = float(inst.tick_size * inst.lot_size)
-    sample_ns = int(sample_ms * 1e6)
-    n_curve = int((t_end - t_start) // sample_ns) + 3
-    curve = np.zeros((n_curve, 6))
-    trades = np.zeros(1 << 20)
-    qtimes = np.zeros(1 << 20, dtype=np.int64)
-    acks = np.zeros((ACK_RING, 2), dtype=np.int64)
-    cnt = np.zeros(C_WORDS, dtype=np.int64)
-    md_buf = np.zeros(4096, dtype=MARKET_DTYPE)
-    ex_buf = np.zeros(4096, dtype=EXEC_DTYPE)
-    out = np.zeros(256, dtype=ORDER_DTYPE)
-    denials = np.zeros(256, dtype=EXEC_DTYPE)
-    hctl = make_hctl()
-    px, qty, meta = book.arrays
-    initial_cash = float(cfg.backtest.initial_cash)
-    args = (advance, submit, vs, type(strat).kernel, sstate, px, qty, meta, limits, rstate,
-            acct, curve, trades, qtimes, acks, cnt, md_buf, ex_buf, out, denials, hctl,
-            np.int64(t_start))
-    tail = (np.int64(int(timer_ms * 1e6)), np.int64(sample_ns), initial_cash)
-    # Compile first (a run of zero length: nothing is due at t_start, only two curve points
-    # are written and then dropped), so wall_s measures the run and not numba.
-    compile_s = time.perf_counter()
-    backtest_loop(*args, np.int64(t_start), *tail)
-    compile_s = time.perf_counter() - compile_s
-    cnt[:] = 0
-    hctl[:] = 0
-    curve[:] = 0.0
-    wall = time.perf_counter()
-    cpu = time.thread_time()
-    backtest_loop(*args, np.int64(t_end), *tail)
-    cpu = time.thread_time() - cpu
-    wall = time.perf_counter() - wall
-    counters = {name: int(cnt[i]) for i, name in enumerate(COUNTER_NAMES)}
-    counters["kernel_errors"] = int(hctl[H_KERNEL_ERRORS])
-    counters["intents_discarded"] = int(hctl[H_DISCARDED])
-    counters["wall_s"] = wall
-    counters["cpu_s"] = cpu          # this thread's CPU time: the figure on a shared machine
-    counters["compile_s"] = compile_s
-    counters["events"] = counters["md_records"] + counters["exec_reports"]
-    counters["simulated_s"] = (t_end - t_start) / 1e9
-    venue_counters = venue.counters() if hasattr(venue, "counters") else {}
-    k = int(cnt[C_N_CURVE])
-    c = curve[:k]
-    curve_d = {"t_ns": c[:, 0].astype(np.int64), "equity": c[:, 1], "realized": c[:, 2],
-               "unrealized": c[:, 3], "fees": c[:, 4], "abs_pos": c[:, 5]}
-    from market.report import build_report
-
-    tp = trades[:int(cnt[C_N_TRADES])].copy()
-    qt = qtimes[:int(cnt[C_N_QUEUE])].copy()
-    report = build_report(curve=curve_d, trade_pnls=tp, queue_times_ns=qt, counters=counters,
-                          initial_cash=initial_cash)
-    report["strategy"] = {"name": sc.name, "kind": sc.kind,
-                          "instruments": [i.key for i in strat_insts]}
-    report["source"] = source
-    report["kernel_errors"] = counters["kernel_errors"]
-    return BacktestResult(sc.name, sc.kind, source, report, curve_d, tp, qt, counters,
-                          venue_counters, sstate)

@@ -335,6 +335,10 @@ class StrategyConfig:
     cpu: Optional[int] = opt(None, "CPU this strategy's process is pinned to (None: any)", ge=0)
     idle: str = opt("backoff", "idle strategy of this strategy's process", choices=IDLE_CHOICES)
     enabled: bool = opt(True, "false keeps the entry but does not start it")
+    timer_ms: float = opt(10.0, "period of the strategy's on_timer hook, milliseconds (the "
+                          "same live, in replay and in backtests)", gt=0, le=60_000)
+    book_levels: int = opt(64, "price levels kept per side in the strategy's books", ge=1,
+                           le=4096)
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,11 @@ def _stage_reason(ctl, name: str) -> str:
     sup = ctl.supervisor
     if sup is not None and name in sup.given_up:
         return sup.given_up[name]
+    halted = getattr(ctl, "strategy_halts", {}).get(name)
+    if halted:
+        from strategies.base import HALT_NAMES
+
+        return f"halted: {HALT_NAMES.get(int(halted), halted)} (orders cancelled)"
     due = getattr(ctl, "pending_restarts", {}).get(name)
     if due is not None:
         return f"restart in {max(0.0, due - _time.monotonic()):.1f} s (backoff)"

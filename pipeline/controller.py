@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import control as ops
 from pipeline.control import instance_dir, socket_path  # noqa: F401  (re-exported)
 from pipeline.status import (ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, StatusTable,
-                             W_CTRL_ACK, W_STATE)
+                             W_CTRL_ACK, W_STATE, W_X3)
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
 from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
@@ -77,6 +77,7 @@ class Controller:
         self.prior_state = None   # controller.state as the previous controller left it
         self.reconciling: dict[str, float] = {}   # stage -> deadline
         self.restarting: dict[str, float] = {}    # stage -> when its failure was noticed
+        self.strategy_halts: dict[str, int] = {}  # strategy -> HALT_* code its hook raised
         self.pending_restarts: dict[str, float] = {}   # stage -> when its backoff ends
         self.halted_reason = ""
         self.kill_switch = False   # set by `run.py kill`; only a restart of the instance clears it
@@ -304,6 +305,24 @@ class Controller:
             if not self.send("journal", CTRL_RECONCILE, wait_s=wait_s):
                 self.log(f"journal did not confirm its flush within {wait_s} s")
 
+    def note_strategy_halts(self) -> None:
+        """A strategy whose hook raised halts itself (strategies/host.py) and says which hook in
+        its status word x3: journal it once, with the reason, and show it in ``status``."""
+        from strategies.base import HALT_NAMES
+
+        seen = self.strategy_halts
+        for spec in self.topology.strategies():
+            code = self.status.read_word(spec.slot, W_X3)
+            if code and seen.get(spec.name) != code:
+                seen[spec.name] = code
+                why = HALT_NAMES.get(int(code), f"halt code {code}")
+                self.log(f"strategy {spec.name} halted itself: {why}; its orders are cancelled, "
+                         "the other strategies trade on")
+                self.events.append(f"{time.strftime('%H:%M:%S')} {spec.name} halted: {why}")
+                self.event("strategy_halted", why, who=spec.name, stage=spec.name)
+            elif not code and spec.name in seen:
+                del seen[spec.name]   # a restarted incarnation trades again
+
     def note_restarts_running(self) -> None:
         for name, t0 in list(self.restarting.items()):
             proc = self.supervisor.procs.get(name)
@@ -400,6 +419,7 @@ class Controller:
         self.supervisor.silent_notices.clear()
         self.restart_due()
         self.drive_reconciliation()
+        self.note_strategy_halts()
         if not self.restarting and not self.reconciling:
             self.supervisor.keep_spare()   # a warm spare for the next restart
         now = time.monotonic()

@@ -7,7 +7,8 @@ execution reports (router) and denials (risk gate), then ``strategies.host.run_s
 -- the backtest's step: books, the runtime's bookkeeping (order table, positions), the kernel
 guarded so that an exception inside it is counted and its intents discarded, never the batch's
 input -- and stamp and publish the intents to the gate. A timer tick (a kernel call with no
-input) runs every ``TIMER_NS``. Everything else here (``on_start``, status) is cold.
+input) runs every ``timer_ms`` of the strategy's config. Everything else here (``on_start``,
+status) is cold.
 
 Push-back: if the intent ring is full (the gate is down or slow), the intents that did not fit
 are answered to the kernel on the next batch as EXEC_REJECT / EXEC_CANCEL_REJECT with
@@ -24,8 +25,9 @@ restarted strategy starts flat.
 A lapped market-data reader (records lost) clears the books of that venue's instruments; they
 become valid again with the venue's next periodic snapshot.
 
-Status words: x0 push-backs, x1 book clears, x2 kernel calls, x3 kernel errors (also added to
-the stage's error count).
+Status words: x0 push-backs, x1 book clears, x2 batches that called hooks, x3 the HALT_* code
+of the hook that raised and halted the strategy (0 = trading; hook errors also count in the
+stage's errors).
 """
 from __future__ import annotations
 
@@ -41,10 +43,11 @@ from stages.host_codegen import host_step_for
 from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_OUT,
                              H_PUSHBACK, make_hctl)
 
+RESTART_SHIFT = 32   # each incarnation of a strategy counts client order ids from its own block
+
 BATCH_MD = 2048
 BATCH_EX = 256
 MAX_INTENTS = 256
-TIMER_NS = 1_000_000
 JOURNAL_READ_TRIES = 5   # a journal file created an instant ago may not have its header yet
 
 
@@ -65,15 +68,13 @@ class StrategyHostStage(Stage):
         table = InstrumentTable.from_config(cfg)
         instruments = [table.by_key(k) for k in sc.instruments]
         self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id)
-        self.host_step = host_step_for(sc.kind, TIMER_NS)
-        self.state = self.strategy.make_state()
-        # client order ids must stay unique across restarts of this strategy: every
-        # incarnation counts from its own block of 2**36 ids
-        from strategies.base import CTL_NEXT_COID
-
-        self.state[0][CTL_NEXT_COID] = (ctx.restarts << 36) | 1
-        self.book = L2Book(len(table), 64)
+        self.host_step = host_step_for(sc.kind)
+        self.book = L2Book(len(table), sc.book_levels)
         self.px, self.qty, self.meta = self.book.arrays
+        self.state = self.strategy.make_state(self.px, self.qty, self.meta, MAX_INTENTS)
+        # client order ids must stay unique across restarts of this strategy: every
+        # incarnation counts from its own block of 2**32 ids
+        self.state.ctx.rt[0]["next_coid"] = (ctx.restarts << RESTART_SHIFT) | 1
         self._rings = []
         venues = sorted({i.venue for i in instruments}, key=topo.venues.index)
         self.md_r = []
@@ -96,9 +97,8 @@ class StrategyHostStage(Stage):
         self.ex = np.zeros(BATCH_EX + MAX_INTENTS, dtype=EXEC_DTYPE)
         self.ex_i = self.ex.view(np.int64).reshape(len(self.ex), -1)
         self.fb = np.zeros(MAX_INTENTS, dtype=EXEC_DTYPE)
-        self.out = np.zeros(MAX_INTENTS, dtype=ORDER_DTYPE)
-        self.out_i = self.out.view(np.int64).reshape(MAX_INTENTS, -1)
-        self.hctl = make_hctl()
+        self.out_i = self.state.ctx.out.view(np.int64).reshape(MAX_INTENTS, -1)
+        self.hctl = make_hctl(sc.timer_ms)
         self.restored = self.restore_from_journal(ctx)
         self.hist = LatencyHistogram.attach(inst, f"md_to_{spec.name}")
         from stages.riskview import RiskView
@@ -127,7 +127,7 @@ class StrategyHostStage(Stage):
         first start and when there is no journal."""
         from market.recordfile import RecordFileError
         from stages.journal import read_journal_exec, read_journal_orders
-        from strategies.base import PS_POS, restore_state
+        from strategies.base import restore_state
 
         if ctx.restarts == 0 or ctx.run_dir is None:
             return None   # a first start has nothing of its own in this run's journal
@@ -146,7 +146,7 @@ class StrategyHostStage(Stage):
         summary = restore_state(self.state, orders, execs)
         self.hctl[H_LAST_SEQ] = summary["last_seq"]
         pos = ", ".join(f"{i.key} {p:+.0f}" for i, p in
-                        zip(self.strategy.instruments, self.state[2][:, PS_POS]))
+                        zip(self.strategy.instruments, self.state.ctx.pos["pos"]))
         print(f"{ctx.name}: restored from {jdir}: {summary['fills']} fills ({pos} lots), "
               f"{summary['open_orders']} open orders, router seq {summary['last_seq']}; "
               f"skipped: {summary['unknown_instrument']} unknown instrument, "
@@ -154,10 +154,11 @@ class StrategyHostStage(Stage):
         return summary
 
     def poll(self) -> int:
-        return self.host_step(self.state, self.px, self.qty, self.meta, self.hctl,
-                         self.clock.cal, self.md_sts, self.md_slots, self.md, self.md_i,
-                         self.ex_sts, self.ex_slots, self.ex, self.ex_i, self.fb, self.out,
-                         self.out_i, self.intent_w.st, self.intent_w.slots, self.hist.array)
+        s = self.state
+        return self.host_step(s.ctx, s.st, s.p, self.hctl, self.clock.cal, self.md_sts,
+                              self.md_slots, self.md, self.md_i, self.ex_sts, self.ex_slots,
+                              self.ex, self.ex_i, self.fb, self.out_i, self.intent_w.st,
+                              self.intent_w.slots, self.hist.array)
 
     def check_lapped(self) -> None:
         from market.book import book_clear
@@ -187,17 +188,15 @@ class StrategyHostStage(Stage):
         values[W_X0] = h[H_PUSHBACK]
         values[W_X1] = self.book_clears
         values[W_X2] = h[H_CALLS]
-        values[W_X3] = kerr
+        values[W_X3] = int(self.state.ctx.rt[0]["halted"])
         self.publish_positions()
 
     def publish_positions(self) -> None:
-        from strategies.base import PS_POS
-
-        pos = self.state[2]
+        pos = self.state.ctx.pos["pos"]
         row = self.rv.strat_pos[self.sid]
         for i, iid in enumerate(self.inst_ids):
             if iid < row.shape[0]:
-                row[iid] = int(pos[i, PS_POS])
+                row[iid] = int(pos[i])
 
     def drain(self) -> None:
         pass  # a stopping strategy sends nothing more; the router cancels its orders

@@ -1,83 +1,111 @@
-"""The strategy contract: a cold Python class per strategy plus an @njit kernel for the hot path.
+"""The strategy contract (API v2): a cold Python class per strategy plus @njit hooks.
 
 Runs in every process that hosts a strategy: the live strategy-host stage, the backtest and the
-tests. The class (``Strategy`` subclasses) is cold: it validates parameters and builds the
-kernel's state once. Everything in the "hot helpers" section runs on the hot path, inside
-strategy kernels or in the runtime's batch step around them: no allocation, no Python objects,
-no exceptions; problems are counters in ``ctl``. ``restore_state`` at the end is cold.
-
-Contract (see /work/briefs/strategy_api.md)::
+tests. The class is cold: it validates parameters, packs them for the hooks and builds the
+state once. The "hot helpers" below run inside hooks or in the runtime around them (no
+allocation, no Python objects, no exceptions). ``restore_state`` at the end is cold.
+How to write a strategy: docs/strategies.md.
 
     class MyStrategy(Strategy):
         kind = "my_strategy"
-        Params = <frozen dataclass; every field via pipeline.config.opt(default, doc, checks)>
-        n_instruments = 1                     # how many instruments the strategy trades
-        kernel = staticmethod(my_kernel)      # @njit
+        Params = MyParams                 # frozen dataclass, every field via common opt(...)
+        n_instruments = 1
+        on_market = staticmethod(my_on_market)   # @njit hooks; any left out is a no-op
+        on_exec = staticmethod(my_on_exec)
+        on_timer = staticmethod(my_on_timer)
+        on_params = staticmethod(my_on_params)
 
-    kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out) -> int
+        def state_fields(self):           # the hooks' named state: a numpy dtype spec
+            return [("fast_ewma", "f8"), ("last_coid", "i8"), ("window", "f8", (64,))]
 
-The runtime owns the bookkeeping (strategies/host.py ``run_strategy_batch``, the same in the
-live host and the backtest): it applies ``md[:n_md]`` to the books, then ``note_market`` and
-``apply_execs`` (order table, positions, reject counters from ``ex[:n_ex]``), and only then calls
-the kernel, which receives the same md and ex to react to (trades, fills, denials) but must not
-apply them again. A call with ``n_md == n_ex == 0`` is a timer tick. The kernel writes intents
-to ``out[0:k]`` with ``emit`` / ``send_*`` and returns k. A kernel that raises is caught by the
-runtime: the error is counted, the intents of that call are discarded and their order-table
-entries rolled back (``forget_intents``), and the next batch runs normally.
+        def derive(self):                 # optional: kernel parameters computed from Params
+            return {"requote_ns": self.params.requote_ms * 1e6}
 
-``state`` is the tuple returned by ``make_state``; by convention its first three items are
-``ctl`` (int64 words below), ``orders`` (the strategy's own order table) and ``positions``
-(PS_* words), so the runtime and the shared helpers here work for every strategy, and a
-restarted strategy host rebuilds them from the journal (``restore_state``, cold).
+Hooks (each called by the runtime, strategies/host.py, only after it has applied the batch to
+the books and to the strategy's order table and positions; a strategy never does that itself):
 
-Intents carry ``client_order_id = strategy_id << 48 | counter`` and the receive time of the
-market record that caused them (``cause_recv_ts_ns``) so tick-to-trade is measured end to end.
-The runtime keeps the strategy's inventory from execution reports; a strategy never enforces
-risk limits.
+    on_market(ctx, st, p, md, n_md, now_ns)   market records md[:n_md] arrived
+    on_exec(ctx, st, p, ex, n_ex, now_ns)     execution reports / risk denials ex[:n_ex]
+    on_timer(ctx, st, p, now_ns)              every ``timer_ms`` of the strategy's config
+    on_params(ctx, st, p, now_ns)             parameters changed (``run.py set``)
+
+``p`` is the packed parameter record: every numeric field of ``Params`` by name (bools as
+0/1), plus ``derive()``'s values. ``st`` is the strategy's state record (``state_fields``, set
+up by ``init_state``). ``ctx`` is the runtime's part, a named tuple:
+
+    ctx.rt       RUNTIME_DTYPE[1]: strategy id, shard, counters (read with the helpers)
+    ctx.inst     int64[n]: global instrument id of local instrument i (books are by global id)
+    ctx.venue    int64[n]: venue id of local instrument i
+    ctx.orders   ORDER_SLOT_DTYPE[max_orders]: the strategy's orders, kept by the runtime
+    ctx.pos      market.accounting.POSITION_DTYPE[n]: positions, cost, realized PnL, fees
+    ctx.out      ORDER_DTYPE[max_intents]: intents of the current hook call
+    ctx.px, ctx.qty, ctx.meta   the L2 books (market/book.py), indexed by global id
+
+Orders are sent with ``place`` / ``cancel`` / ``replace`` / ``cancel_all`` (by client order
+id); intents carry ``client_order_id = strategy_id << 48 | shard << 40 | counter`` and the
+receive time of the newest market record (``cause_recv_ts_ns``) so tick-to-trade is measured
+end to end. The runtime keeps the order table and inventory from execution reports; a
+strategy never enforces risk limits (the gate does).
+
+A hook that raises halts the strategy (the runtime cancels its orders; fills keep being
+accounted); see strategies/host.py.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from pipeline.config import ConfigError, load_section
+from market.accounting import POSITION_DTYPE, apply_fill, make_positions
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
-    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, SIDE_BUY,
+    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORDER_DTYPE,
 )
 
-COID_SHIFT = 48  # client_order_id = strategy_id << 48 | counter (u2 strategy id on top)
+COID_SHIFT = 48          # client_order_id = strategy_id << 48 | shard << 40 | counter
+SHARD_SHIFT = 40
+MAX_SHARDS = 256
+COUNTER_MASK = (1 << SHARD_SHIFT) - 1
 
-# ---- ctl: int64 words every strategy state starts with ---------------------------------------
-CTL_STRATEGY_ID = 0
-CTL_NEXT_COID = 1      # counter part of the next client_order_id (starts at 1)
-CTL_DROPPED = 2        # intents that did not fit into ``out`` (the host's array is too small)
-CTL_LAST_RECV_TS = 3   # recv_ts_ns of the newest market record seen (cause of timer intents)
-CTL_N_INST = 4         # instruments this strategy trades
-CTL_UNKNOWN_EXEC = 5   # exec reports for client order ids we do not know (counted, ignored)
-CTL_FILLS = 6          # fill reports applied
-CTL_REJECTS = 7        # EXEC_REJECT reports (venue rejects and risk denials)
-CTL_LAST_REJECT = 8    # reject_code of the latest one
-CTL_LAST_REJECT_NS = 9  # venue_ts_ns of the latest reject (a strategy backs off after one)
-CTL_EMITTED = 10       # intents written into ``out`` by the current kernel call (high-water
-                       # mark kept by ``emit``; the runtime zeroes it before each call)
-CTL_INST_BASE = 11     # then n_inst instrument ids, then n_inst venue ids
-CTL_WORDS_FIXED = 11
+RUNTIME_DTYPE = np.dtype([
+    ("strategy_id", "i8"),
+    ("shard", "i8"),
+    ("next_coid", "i8"),      # counter part of the next client order id (starts at 1)
+    ("n_inst", "i8"),
+    ("n_out", "i8"),          # intents written into ctx.out by the current hook call
+    ("dropped", "i8"),        # intents that did not fit into ctx.out or the order table
+    ("last_recv_ts", "i8"),   # recv_ts_ns of the newest market record (cause of intents)
+    ("unknown_exec", "i8"),   # reports for client order ids we do not know (counted, ignored)
+    ("fills", "i8"),          # fill reports applied
+    ("rejects", "i8"),        # EXEC_REJECT reports (venue rejects and risk denials)
+    ("last_reject", "i8"),    # reject_code of the latest one
+    ("last_reject_ns", "i8"),  # venue_ts_ns of the latest reject (a strategy backs off)
+    ("halted", "i8"),         # HALT_* hook that raised; 0 = trading
+    ("halt_ns", "i8"),        # when it raised (the batch's now_ns: simulated time in a backtest)
+    ("params_version", "i8"),  # parameter sets applied after the first
+    ("_pad", "i8"),
+], align=True)
 
-# ---- orders: the strategy's own order table, int64[max_orders, OS_WORDS] ---------------------
-OS_COID = 0        # client_order_id; 0 = free slot
-OS_INST = 1        # local instrument index (0..n_inst-1)
-OS_SIDE = 2        # SIDE_BUY / SIDE_SELL
-OS_PX = 3          # working price (ticks)
-OS_LEAVES = 4      # open quantity (lots)
-OS_STATE = 5       # OST_*
-OS_NEW_PX = 6      # pending replace price
-OS_NEW_QTY = 7     # pending replace quantity
-OS_SENT_NS = 8     # when the last intent for this order was written
-OS_TYPE = 9        # ORD_*
-OS_WORDS = 10
+HALT_NONE, HALT_MARKET, HALT_EXEC, HALT_TIMER, HALT_PARAMS, HALT_BAD_COUNT = 0, 1, 2, 3, 4, 5
+HALT_NAMES = {HALT_MARKET: "on_market raised", HALT_EXEC: "on_exec raised",
+              HALT_TIMER: "on_timer raised", HALT_PARAMS: "on_params raised",
+              HALT_BAD_COUNT: "wrote more intents than ctx.out holds"}
+
+ORDER_SLOT_DTYPE = np.dtype([
+    ("coid", "i8"),       # client_order_id; 0 = free slot
+    ("inst", "i8"),       # local instrument index (0..n-1)
+    ("side", "i8"),       # SIDE_BUY / SIDE_SELL
+    ("px", "i8"),         # working price (ticks)
+    ("leaves", "i8"),     # open quantity (lots)
+    ("state", "i8"),      # OST_*
+    ("new_px", "i8"),     # pending replace price
+    ("new_qty", "i8"),    # pending replace quantity
+    ("sent_ns", "i8"),    # when the last intent for this order was written
+    ("order_type", "i8"),  # ORD_*
+], align=True)
 
 OST_FREE = 0
 OST_PENDING_NEW = 1
@@ -85,52 +113,114 @@ OST_LIVE = 2
 OST_PENDING_CANCEL = 3
 OST_PENDING_REPLACE = 4
 
-# ---- position table: float64[n_inst, PS_WORDS] (every strategy keeps one) --------------------
-PS_POS = 0         # position, lots (exact in float64 below 2**53)
-PS_COST = 1        # sum of signed px_ticks * lots of the open position (for its average price)
-PS_REALIZED = 2    # realized PnL in ticks*lots (one tick of one lot = 1), before fees
-PS_FEES = 3        # fees paid, quote currency (fee_e9 / 1e9; negative = rebates)
-PS_LAST_FILL_PX = 4
-PS_WORDS = 5
+Ctx = namedtuple("Ctx", "rt inst venue orders pos out px qty meta")
 
 
-def make_ctl(strategy_id: int, instruments, extra_words: int = 0) -> np.ndarray:
-    """Cold: the ctl array with the strategy id and the instrument / venue ids filled in."""
-    n = len(instruments)
-    ctl = np.zeros(CTL_WORDS_FIXED + 2 * n + extra_words, dtype=np.int64)
-    ctl[CTL_STRATEGY_ID] = strategy_id
-    ctl[CTL_NEXT_COID] = 1
-    ctl[CTL_N_INST] = n
-    for i, inst in enumerate(instruments):
-        ctl[CTL_INST_BASE + i] = inst.instrument_id
-        ctl[CTL_INST_BASE + n + i] = inst.venue_id
-    return ctl
+class StrategyState:
+    """What one running strategy owns: ``ctx`` (runtime), ``st`` (its state record array) and
+    ``p`` (its packed parameters). ``state.st[0]`` / ``state.p[0]`` are the records."""
+
+    __slots__ = ("ctx", "st", "p")
+
+    def __init__(self, ctx, st, p):
+        self.ctx, self.st, self.p = ctx, st, p
+
+    @property
+    def rt(self):
+        return self.ctx.rt[0]
+
+    def arrays(self) -> tuple:
+        """Every array of the state (the runtime's, the books, the strategy's, the params)."""
+        return (*self.ctx, self.st, self.p)
+
+    @property
+    def fields(self):
+        """The state record with attribute access (``state.fields.z``), a view: cold code and
+        tests read the hooks' named state through it."""
+        return self.st.view(np.recarray)[0]
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.ctx.pos
 
 
-def make_orders(max_orders: int) -> np.ndarray:
-    return np.zeros((max_orders, OS_WORDS), dtype=np.int64)
+# ---- hook defaults ------------------------------------------------------------------------
+@njit(cache=True)
+def no_market(ctx, st, p, md, n_md, now_ns):
+    pass
 
 
-def make_positions(n_inst: int) -> np.ndarray:
-    return np.zeros((n_inst, PS_WORDS), dtype=np.float64)
+@njit(cache=True)
+def no_exec(ctx, st, p, ex, n_ex, now_ns):
+    pass
+
+
+@njit(cache=True)
+def no_timer(ctx, st, p, now_ns):
+    pass
+
+
+@njit(cache=True)
+def no_params(ctx, st, p, now_ns):
+    pass
+
+
+def _field_dtype(name: str, value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "i8"
+    if isinstance(value, (int, np.integer)):
+        return "i8"
+    if isinstance(value, (float, np.floating)):
+        return "f8"
+    raise TypeError(f"kernel parameter {name!r} = {value!r}: only numbers and bools are packed "
+                    "for the hooks (derive() a number from it)")
+
+
+def pack_params(params, derived: dict | None = None) -> np.ndarray:
+    """The hooks' parameter record (an array of one): every int / float / bool field of the
+    ``params`` dataclass by name, then ``derived``. Strings and other fields are left out
+    (a strategy derives the number it needs from them)."""
+    values = {}
+    for f in dataclasses.fields(params):
+        v = getattr(params, f.name)
+        if isinstance(v, (bool, int, float, np.integer, np.floating)):
+            values[f.name] = v
+    for k, v in (derived or {}).items():
+        if k in values:
+            raise ValueError(f"derive() returns {k!r}, which is already a parameter")
+        values[k] = v
+    if not values:
+        values["_none"] = 0
+    dtype = np.dtype([(k, _field_dtype(k, v)) for k, v in values.items()], align=True)
+    arr = np.zeros(1, dtype=dtype)
+    for k, v in values.items():
+        arr[0][k] = int(v) if isinstance(v, (bool, np.bool_)) else v
+    return arr
 
 
 class Strategy:
-    """Cold side of a strategy. Subclasses set ``kind``, ``Params``, ``n_instruments``, ``kernel``.
+    """Cold side of a strategy (module docstring). Subclasses set ``kind``, ``Params``,
+    ``n_instruments`` and their hooks, and may override ``state_fields``, ``init_state``,
+    ``derive``, ``check_instruments`` and ``warm_up``.
 
-    ``params`` (the ``[strategies].params`` table) is validated with
-    ``pipeline.config.load_section``: unknown keys and bad values raise ``ConfigError`` naming
-    ``strategies.<kind>.params.<key>`` and the value.
+    ``params`` (the ``[strategies].params`` table) is validated with ``load_section``: unknown
+    keys and bad values raise ``ConfigError`` naming ``strategies.<kind>.params.<key>``.
     """
 
     kind: str = ""
     Params: type = None
     n_instruments: int = 1
-    kernel = None
+    max_orders: int = 8
+    on_market = staticmethod(no_market)
+    on_exec = staticmethod(no_exec)
+    on_timer = staticmethod(no_timer)
+    on_params = staticmethod(no_params)
 
-    def __init__(self, params: dict, instruments, strategy_id: int):
-        if not 0 < strategy_id < (1 << 16):
-            raise ValueError(f"{self.kind}: strategy_id {strategy_id} must be in 1..65535")
+    def __init__(self, params: dict, instruments, strategy_id: int, shard: int = 0):
+        if not 0 < strategy_id < (1 << 15):
+            raise ValueError(f"{self.kind}: strategy_id {strategy_id} must be in 1..32767")
+        if not 0 <= shard < MAX_SHARDS:
+            raise ValueError(f"{self.kind}: shard {shard} must be in 0..{MAX_SHARDS - 1}")
         instruments = list(instruments)
         if len(instruments) != self.n_instruments:
             keys = ", ".join(i.key for i in instruments) or "none"
@@ -141,17 +231,65 @@ class Strategy:
                                    f"strategies.{self.kind}.params")
         self.instruments = instruments
         self.strategy_id = int(strategy_id)
+        self.shard = int(shard)
         self.check_instruments()
 
+    # -- what a strategy may override (cold) --------------------------------------------------
     def check_instruments(self) -> None:
-        """Override to reject instrument combinations the model cannot trade (cold)."""
+        """Reject instrument combinations the model cannot trade."""
 
-    def make_state(self) -> tuple:
-        """The kernel's whole state: a tuple of preallocated numpy arrays (ctl, orders, ...)."""
-        raise NotImplementedError(f"{type(self).__name__}.make_state")
+    def state_fields(self) -> list:
+        """The named state the hooks keep: a numpy structured dtype spec."""
+        return []
+
+    def init_state(self, st) -> None:
+        """Initial values of the state record ``st`` (zeros before this runs)."""
+
+    def derive(self) -> dict:
+        """Kernel parameters computed from ``self.params`` (units converted, alphas, choices
+        as numbers); packed after the Params fields."""
+        return {}
 
     def warm_up(self, records) -> None:
-        """Optional, cold: prime estimators from historical MARKET_DTYPE records."""
+        """Prime estimators from historical MARKET_DTYPE records."""
+
+    # -- the runtime's side ----------------------------------------------------------------------
+    @classmethod
+    def hooks(cls) -> tuple:
+        return cls.on_market, cls.on_exec, cls.on_timer, cls.on_params
+
+    def kernel_params(self, params=None) -> np.ndarray:
+        """The packed parameter record for ``params`` (default: the strategy's own)."""
+        saved = self.params
+        if params is not None:
+            self.params = params
+        try:
+            return pack_params(self.params, self.derive())
+        finally:
+            self.params = saved
+
+    def make_state(self, px=None, qty=None, meta=None, max_intents: int = 256) -> StrategyState:
+        """A fresh state: runtime words, order table, positions, intent buffer, the books
+        (``px, qty, meta`` of a ``market.book.L2Book``; a private one sized for these
+        instruments if omitted), the state record (``init_state``) and the parameters."""
+        if px is None:
+            from market.book import L2Book
+
+            px, qty, meta = L2Book(max(i.instrument_id for i in self.instruments), 64).arrays
+        n = len(self.instruments)
+        rt = np.zeros(1, dtype=RUNTIME_DTYPE)
+        rt[0]["strategy_id"] = self.strategy_id
+        rt[0]["shard"] = self.shard
+        rt[0]["next_coid"] = 1
+        rt[0]["n_inst"] = n
+        ctx = Ctx(rt, np.array([i.instrument_id for i in self.instruments], dtype=np.int64),
+                  np.array([i.venue_id for i in self.instruments], dtype=np.int64),
+                  np.zeros(self.max_orders, dtype=ORDER_SLOT_DTYPE), make_positions(n),
+                  np.zeros(max_intents, dtype=ORDER_DTYPE), px, qty, meta)
+        fields = self.state_fields() or [("_none", "i8")]
+        st = np.zeros(1, dtype=np.dtype(fields, align=True))
+        self.init_state(st[0])
+        return StrategyState(ctx, st, self.kernel_params())
 
     @classmethod
     def param_docs(cls) -> dict[str, str]:
@@ -160,282 +298,306 @@ class Strategy:
 
 
 # =============================================================================================
-# Hot helpers (called from strategy kernels)
+# Hot helpers (called from hooks)
 # =============================================================================================
 @njit(cache=True)
-def local_index(ctl, instrument_id):
+def local_index(ctx, instrument_id):
     """Local index (0..n-1) of a global instrument id, or -1 if the strategy does not trade it."""
-    n = ctl[CTL_N_INST]
-    for i in range(n):
-        if ctl[CTL_INST_BASE + i] == instrument_id:
+    for i in range(ctx.inst.shape[0]):
+        if ctx.inst[i] == instrument_id:
             return i
     return -1
 
 
 @njit(cache=True)
-def inst_id(ctl, i):
-    return ctl[CTL_INST_BASE + i]
+def position(ctx, i):
+    """Position of local instrument i, lots (as the runtime accounted it from fills)."""
+    return ctx.pos[i].pos
 
 
 @njit(cache=True)
-def venue_of(ctl, i):
-    return ctl[CTL_INST_BASE + ctl[CTL_N_INST] + i]
+def rejects(ctx):
+    return ctx.rt[0].rejects
 
 
 @njit(cache=True)
-def note_market(ctl, md, n_md):
-    """Remember the newest receive time: the cause stamped on intents of this batch."""
-    for j in range(n_md):
-        if md[j].recv_ts_ns > ctl[CTL_LAST_RECV_TS]:
-            ctl[CTL_LAST_RECV_TS] = md[j].recv_ts_ns
+def last_reject_ns(ctx):
+    return ctx.rt[0].last_reject_ns
 
 
 @njit(cache=True)
-def emit(out, k, ctl, kind, side, order_type, flags, i, coid, px_ticks, qty_lots):
-    """Write one intent at out[k]; returns the new count (unchanged, counted, if out is full)."""
-    if k >= out.shape[0]:
-        ctl[CTL_DROPPED] += 1
-        return k
-    r = out[k]
+def emit(ctx, kind, side, order_type, flags, i, coid, px_ticks, qty_lots):
+    """Write one intent into ctx.out; False (counted in ``dropped``) if it is full."""
+    rt = ctx.rt[0]
+    k = rt.n_out
+    if k >= ctx.out.shape[0]:
+        rt.dropped += 1
+        return False
+    r = ctx.out[k]
     r.ring_seq = 0
     r.kind = kind
     r.side = side
     r.order_type = order_type
     r.flags = flags
-    r.instrument_id = inst_id(ctl, i)
+    r.instrument_id = ctx.inst[i]
     r.client_order_id = coid
     r.px_ticks = px_ticks
     r.qty_lots = qty_lots
-    r.cause_recv_ts_ns = ctl[CTL_LAST_RECV_TS]
+    r.cause_recv_ts_ns = rt.last_recv_ts
     r.send_ts_ns = 0
-    r.strategy_id = ctl[CTL_STRATEGY_ID]
+    r.strategy_id = rt.strategy_id
     r.reject_code = 0
-    r.venue_id = venue_of(ctl, i)
-    if k + 1 > ctl[CTL_EMITTED]:
-        ctl[CTL_EMITTED] = k + 1
-    return k + 1
+    r.venue_id = ctx.venue[i]
+    rt.n_out = k + 1
+    return True
 
 
 @njit(cache=True)
-def find_order(orders, coid):
-    for s in range(orders.shape[0]):
-        if orders[s, OS_COID] == coid and coid != 0:
+def order_slot(ctx, coid):
+    """Slot of client order id ``coid`` in ctx.orders, -1 if it is not (or no longer) open."""
+    if coid == 0:
+        return -1
+    for s in range(ctx.orders.shape[0]):
+        if ctx.orders[s].coid == coid:
             return s
     return -1
 
 
 @njit(cache=True)
-def free_slot(orders):
+def _free_slot(orders):
     for s in range(orders.shape[0]):
-        if orders[s, OS_STATE] == OST_FREE:
+        if orders[s].state == OST_FREE:
             return s
     return -1
 
 
 @njit(cache=True)
-def send_new(out, k, ctl, orders, i, side, order_type, px_ticks, qty_lots, now_ns):
-    """NEW intent + an order-table slot; returns (new k, slot) with slot -1 if nothing sent."""
-    if k >= out.shape[0]:
-        ctl[CTL_DROPPED] += 1
-        return k, -1
-    s = free_slot(orders)
+def place(ctx, i, side, order_type, px_ticks, qty_lots, now_ns):
+    """A NEW order on local instrument i; its client order id, or 0 if nothing was sent (the
+    intent buffer or the order table is full: counted in ``dropped``)."""
+    rt = ctx.rt[0]
+    if rt.n_out >= ctx.out.shape[0]:
+        rt.dropped += 1
+        return np.int64(0)
+    s = _free_slot(ctx.orders)
     if s < 0:
-        ctl[CTL_DROPPED] += 1
-        return k, -1
-    coid = (ctl[CTL_STRATEGY_ID] << COID_SHIFT) | ctl[CTL_NEXT_COID]
-    ctl[CTL_NEXT_COID] += 1
-    orders[s, OS_COID] = coid
-    orders[s, OS_INST] = i
-    orders[s, OS_SIDE] = side
-    orders[s, OS_PX] = px_ticks
-    orders[s, OS_LEAVES] = qty_lots
-    orders[s, OS_STATE] = OST_PENDING_NEW
-    orders[s, OS_NEW_PX] = px_ticks
-    orders[s, OS_NEW_QTY] = qty_lots
-    orders[s, OS_SENT_NS] = now_ns
-    orders[s, OS_TYPE] = order_type
-    k = emit(out, k, ctl, INTENT_NEW, side, order_type, 0, i, coid, px_ticks, qty_lots)
-    return k, s
+        rt.dropped += 1
+        return np.int64(0)
+    coid = (rt.strategy_id << COID_SHIFT) | (rt.shard << SHARD_SHIFT) | rt.next_coid
+    rt.next_coid += 1
+    o = ctx.orders[s]
+    o.coid = coid
+    o.inst = i
+    o.side = side
+    o.px = px_ticks
+    o.leaves = qty_lots
+    o.state = OST_PENDING_NEW
+    o.new_px = px_ticks
+    o.new_qty = qty_lots
+    o.sent_ns = now_ns
+    o.order_type = order_type
+    emit(ctx, INTENT_NEW, side, order_type, 0, i, coid, px_ticks, qty_lots)
+    return coid
 
 
 @njit(cache=True)
-def send_cancel(out, k, ctl, orders, s, now_ns):
-    """CANCEL intent for a live order (nothing if it already has a request in flight)."""
-    if orders[s, OS_STATE] != OST_LIVE or k >= out.shape[0]:
-        return k
-    orders[s, OS_STATE] = OST_PENDING_CANCEL
-    orders[s, OS_SENT_NS] = now_ns
-    return emit(out, k, ctl, INTENT_CANCEL, orders[s, OS_SIDE], orders[s, OS_TYPE], 0,
-                orders[s, OS_INST], orders[s, OS_COID], orders[s, OS_PX], orders[s, OS_LEAVES])
+def cancel(ctx, coid, now_ns):
+    """CANCEL a live order; False if it is not live (unknown, or a request is in flight)."""
+    s = order_slot(ctx, coid)
+    if s < 0:
+        return False
+    o = ctx.orders[s]
+    if o.state != OST_LIVE or ctx.rt[0].n_out >= ctx.out.shape[0]:
+        return False
+    o.state = OST_PENDING_CANCEL
+    o.sent_ns = now_ns
+    return emit(ctx, INTENT_CANCEL, o.side, o.order_type, 0, o.inst, o.coid, o.px, o.leaves)
 
 
 @njit(cache=True)
-def send_replace(out, k, ctl, orders, s, px_ticks, qty_lots, now_ns):
-    """REPLACE intent (same client order id, new price / quantity) for a live order."""
-    if orders[s, OS_STATE] != OST_LIVE or k >= out.shape[0]:
-        return k
-    orders[s, OS_STATE] = OST_PENDING_REPLACE
-    orders[s, OS_NEW_PX] = px_ticks
-    orders[s, OS_NEW_QTY] = qty_lots
-    orders[s, OS_SENT_NS] = now_ns
-    return emit(out, k, ctl, INTENT_REPLACE, orders[s, OS_SIDE], orders[s, OS_TYPE], 0,
-                orders[s, OS_INST], orders[s, OS_COID], px_ticks, qty_lots)
+def replace(ctx, coid, px_ticks, qty_lots, now_ns):
+    """REPLACE a live order (same client order id, new price / quantity); False if not live."""
+    s = order_slot(ctx, coid)
+    if s < 0:
+        return False
+    o = ctx.orders[s]
+    if o.state != OST_LIVE or ctx.rt[0].n_out >= ctx.out.shape[0]:
+        return False
+    o.state = OST_PENDING_REPLACE
+    o.new_px = px_ticks
+    o.new_qty = qty_lots
+    o.sent_ns = now_ns
+    return emit(ctx, INTENT_REPLACE, o.side, o.order_type, 0, o.inst, o.coid, px_ticks,
+                qty_lots)
 
 
 @njit(cache=True)
-def _apply_fill(pos, i, side, px_ticks, qty_lots, fee_e9):
-    signed = qty_lots if side == SIDE_BUY else -qty_lots
-    p = pos[i, PS_POS]
-    if p == 0.0 or (p > 0.0) == (signed > 0):
-        pos[i, PS_COST] += signed * px_ticks
-    else:
-        closed = min(abs(p), abs(signed))
-        avg = pos[i, PS_COST] / p
-        # closing a long at px realizes (px - avg) per lot; closing a short the reverse
-        if p > 0.0:
-            pos[i, PS_REALIZED] += closed * (px_ticks - avg)
-            pos[i, PS_COST] -= closed * avg
-        else:
-            pos[i, PS_REALIZED] += closed * (avg - px_ticks)
-            pos[i, PS_COST] += closed * avg
-        rest = abs(signed) - closed
-        if rest > 0:  # flipped through zero: the remainder opens at px
-            pos[i, PS_COST] = (rest if signed > 0 else -rest) * px_ticks
-    pos[i, PS_POS] = p + signed
-    if pos[i, PS_POS] == 0.0:
-        pos[i, PS_COST] = 0.0
-    pos[i, PS_FEES] += fee_e9 / 1e9
-    pos[i, PS_LAST_FILL_PX] = px_ticks
+def cancel_all(ctx, now_ns):
+    """CANCEL every live order of the strategy; returns how many were sent."""
+    n = 0
+    for s in range(ctx.orders.shape[0]):
+        if ctx.orders[s].state == OST_LIVE:
+            if cancel(ctx, ctx.orders[s].coid, now_ns):
+                n += 1
+    return n
 
 
 @njit(cache=True)
-def apply_execs(ctl, orders, pos, ex, n_ex):
-    """Update the order table and positions from this batch's execution reports.
-
-    Returns the number of fill reports applied (PARTIAL + FILL). Reports of other strategies and
-    unknown client order ids are skipped (the latter counted in ctl).
-    """
-    fills = 0
-    sid = ctl[CTL_STRATEGY_ID]
-    for j in range(n_ex):
-        e = ex[j]
-        if e.strategy_id != sid:
-            continue
-        s = find_order(orders, e.client_order_id)
-        kind = e.kind
-        if kind == EXEC_PARTIAL or kind == EXEC_FILL:
-            i = local_index(ctl, e.instrument_id)
-            if i >= 0:
-                _apply_fill(pos, i, e.side, e.px_ticks, e.qty_lots, e.fee_e9)
-                fills += 1
-                ctl[CTL_FILLS] += 1
-        if s < 0:
-            if kind != EXEC_PARTIAL and kind != EXEC_FILL:
-                ctl[CTL_UNKNOWN_EXEC] += 1
-            continue
-        if kind == EXEC_ACK:
-            if orders[s, OS_STATE] == OST_PENDING_NEW:
-                orders[s, OS_STATE] = OST_LIVE
-        elif kind == EXEC_PARTIAL:
-            orders[s, OS_LEAVES] = e.leaves_lots
-            if orders[s, OS_STATE] == OST_PENDING_NEW:
-                orders[s, OS_STATE] = OST_LIVE
-            if e.leaves_lots <= 0:
-                orders[s, :] = 0
-        elif kind == EXEC_FILL or kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
-            orders[s, :] = 0
-        elif kind == EXEC_REJECT:
-            ctl[CTL_REJECTS] += 1
-            ctl[CTL_LAST_REJECT] = e.reject_code
-            ctl[CTL_LAST_REJECT_NS] = e.venue_ts_ns
-            st = orders[s, OS_STATE]
-            if st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
-                orders[s, OS_STATE] = OST_LIVE   # the request was denied; the order still rests
-            else:
-                orders[s, :] = 0
-        elif kind == EXEC_CANCEL_REJECT:
-            if orders[s, OS_STATE] != OST_FREE:
-                orders[s, OS_STATE] = OST_LIVE
-        elif kind == EXEC_REPLACE_ACK:
-            orders[s, OS_PX] = orders[s, OS_NEW_PX]
-            orders[s, OS_LEAVES] = e.leaves_lots if e.leaves_lots > 0 else orders[s, OS_NEW_QTY]
-            orders[s, OS_STATE] = OST_LIVE
-    return fills
-
-
-@njit(cache=True)
-def forget_intents(ctl, orders, out, n):
-    """Roll back the order table for intents out[0:n] that were never sent (the kernel that
-    wrote them raised): a NEW's slot is freed, a CANCEL / REPLACE leaves its order LIVE."""
-    for j in range(n):
-        o = out[j]
-        s = find_order(orders, o.client_order_id)
-        if s < 0:
-            continue
-        st = orders[s, OS_STATE]
-        if o.kind == INTENT_NEW:
-            if st == OST_PENDING_NEW:
-                orders[s, :] = 0
-        elif st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
-            orders[s, OS_STATE] = OST_LIVE
-
-
-@njit(cache=True)
-def pending_count(orders):
+def pending_count(ctx):
     """Orders with a request in flight (new / cancel / replace not yet answered)."""
     n = 0
-    for s in range(orders.shape[0]):
-        st = orders[s, OS_STATE]
+    for s in range(ctx.orders.shape[0]):
+        st = ctx.orders[s].state
         if st == OST_PENDING_NEW or st == OST_PENDING_CANCEL or st == OST_PENDING_REPLACE:
             n += 1
     return n
 
 
 @njit(cache=True)
-def open_count(orders):
+def open_count(ctx):
+    """Orders not yet final (live or with a request in flight)."""
     n = 0
-    for s in range(orders.shape[0]):
-        if orders[s, OS_STATE] != OST_FREE:
+    for s in range(ctx.orders.shape[0]):
+        if ctx.orders[s].state != OST_FREE:
             n += 1
     return n
 
 
 @njit(cache=True)
-def cancel_all(out, k, ctl, orders, now_ns):
-    """CANCEL every live order of the strategy (e.g. its book became invalid)."""
-    for s in range(orders.shape[0]):
-        if orders[s, OS_STATE] == OST_LIVE:
-            k = send_cancel(out, k, ctl, orders, s, now_ns)
-    return k
+def open_on(ctx, i):
+    """True when local instrument i has an order that is not final."""
+    for s in range(ctx.orders.shape[0]):
+        if ctx.orders[s].state != OST_FREE and ctx.orders[s].inst == i:
+            return True
+    return False
+
+
+# =============================================================================================
+# The runtime's bookkeeping (strategies/host.py calls these; hooks never do)
+# =============================================================================================
+@njit(cache=True)
+def note_market(ctx, md, n_md):
+    """Remember the newest receive time: the cause stamped on intents of this batch."""
+    rt = ctx.rt[0]
+    for j in range(n_md):
+        if md[j].recv_ts_ns > rt.last_recv_ts:
+            rt.last_recv_ts = md[j].recv_ts_ns
+
+
+@njit(cache=True)
+def apply_execs(ctx, ex, n_ex):
+    """Update the order table and positions from this batch's execution reports.
+
+    Returns the number of fill reports applied (PARTIAL + FILL). Reports of other strategies and
+    unknown client order ids are skipped (the latter counted).
+    """
+    rt = ctx.rt[0]
+    orders = ctx.orders
+    fills = 0
+    for j in range(n_ex):
+        e = ex[j]
+        if e.strategy_id != rt.strategy_id:
+            continue
+        s = order_slot(ctx, e.client_order_id)
+        kind = e.kind
+        if kind == EXEC_PARTIAL or kind == EXEC_FILL:
+            i = local_index(ctx, e.instrument_id)
+            if i >= 0:
+                apply_fill(ctx.pos[i], e.side, e.px_ticks, e.qty_lots, e.fee_e9)
+                fills += 1
+                rt.fills += 1
+        if s < 0:
+            if kind != EXEC_PARTIAL and kind != EXEC_FILL:
+                rt.unknown_exec += 1
+            continue
+        o = orders[s]
+        if kind == EXEC_ACK:
+            if o.state == OST_PENDING_NEW:
+                o.state = OST_LIVE
+        elif kind == EXEC_PARTIAL:
+            o.leaves = e.leaves_lots
+            if o.state == OST_PENDING_NEW:
+                o.state = OST_LIVE
+            if e.leaves_lots <= 0:
+                _free(o)
+        elif kind == EXEC_FILL or kind == EXEC_CANCEL_ACK or kind == EXEC_EXPIRED:
+            _free(o)
+        elif kind == EXEC_REJECT:
+            rt.rejects += 1
+            rt.last_reject = e.reject_code
+            rt.last_reject_ns = e.venue_ts_ns
+            if o.state == OST_PENDING_CANCEL or o.state == OST_PENDING_REPLACE:
+                o.state = OST_LIVE   # the request was denied; the order still rests
+            else:
+                _free(o)
+        elif kind == EXEC_CANCEL_REJECT:
+            if o.state != OST_FREE:
+                o.state = OST_LIVE
+        elif kind == EXEC_REPLACE_ACK:
+            o.px = o.new_px
+            o.leaves = e.leaves_lots if e.leaves_lots > 0 else o.new_qty
+            o.state = OST_LIVE
+    return fills
+
+
+@njit(cache=True)
+def _free(o):
+    o.coid = 0
+    o.inst = 0
+    o.side = 0
+    o.px = 0
+    o.leaves = 0
+    o.state = OST_FREE
+    o.new_px = 0
+    o.new_qty = 0
+    o.sent_ns = 0
+    o.order_type = 0
+
+
+@njit(cache=True)
+def forget_intents(ctx, n):
+    """Roll back the order table for intents ctx.out[0:n] that will never be sent (the hook
+    that wrote them raised): a NEW's slot is freed, a CANCEL / REPLACE leaves its order LIVE."""
+    for j in range(n):
+        o = ctx.out[j]
+        s = order_slot(ctx, o.client_order_id)
+        if s < 0:
+            continue
+        slot = ctx.orders[s]
+        if o.kind == INTENT_NEW:
+            if slot.state == OST_PENDING_NEW:
+                _free(slot)
+        elif slot.state == OST_PENDING_CANCEL or slot.state == OST_PENDING_REPLACE:
+            slot.state = OST_LIVE
 
 
 # =============================================================================================
 # Cold: a restarted strategy starts from the journal's view (stages/strategy_host.py on_start)
 # =============================================================================================
 @njit(cache=True)
-def _restore_fills(ctl, pos, fills):
+def _restore_fills(ctx, fills):
     """Apply fill reports (this strategy's, in router order) to the positions; returns
     (applied, skipped for an instrument the strategy does not trade)."""
     applied = 0
     unknown = 0
     for j in range(fills.shape[0]):
         e = fills[j]
-        i = local_index(ctl, e.instrument_id)
+        i = local_index(ctx, e.instrument_id)
         if i < 0:
             unknown += 1
             continue
-        _apply_fill(pos, i, e.side, e.px_ticks, e.qty_lots, e.fee_e9)
+        apply_fill(ctx.pos[i], e.side, e.px_ticks, e.qty_lots, e.fee_e9)
         applied += 1
-    ctl[CTL_FILLS] += applied
+    ctx.rt[0].fills += applied
     return applied, unknown
 
 
-def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
-    """Cold: rebuild the positions and open orders of a fresh ``state`` (ctl, order table,
-    positions, ...) from journal records: ``orders`` (ORDER_DTYPE, every intent the gate decided
-    on, reject_code 0 = approved) and ``execs`` (EXEC_DTYPE, every report the router handled,
-    router sequence number in ``reserved``), as ``stages.journal.read_journal_orders`` /
-    ``read_journal_exec`` return them. Only records of this strategy id count.
+def restore_state(state: StrategyState, orders: np.ndarray, execs: np.ndarray) -> dict:
+    """Cold: rebuild the positions and open orders of a fresh ``state`` from journal records:
+    ``orders`` (ORDER_DTYPE, every intent the gate decided on, reject_code 0 = approved) and
+    ``execs`` (EXEC_DTYPE, every report the router handled, router sequence number in
+    ``reserved``), as ``stages.journal.read_journal_orders`` / ``read_journal_exec`` return
+    them. Only records of this strategy id count.
 
     Positions: every EXEC_PARTIAL / EXEC_FILL, in router order, through the same accounting as
     ``apply_execs`` (so average cost, realized PnL and fees come back too).
@@ -453,21 +615,26 @@ def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
     """
     from shm.records import EXEC_FINAL_KINDS, OFLAG_RISK_SYSTEM
 
-    ctl, table, pos = state[0], state[1], state[2]
-    sid = int(ctl[CTL_STRATEGY_ID])
+    ctx = state.ctx
+    rt = ctx.rt[0]
+    table = ctx.orders
+    sid = int(rt["strategy_id"])
     last_seq = int(execs["reserved"].max()) if len(execs) else 0
     mine = execs[execs["strategy_id"] == sid]
     mine = mine[np.argsort(mine["reserved"], kind="stable")]
     kinds = mine["kind"]
     fills = np.ascontiguousarray(mine[(kinds == EXEC_PARTIAL) | (kinds == EXEC_FILL)])
-    n_fills, unknown = _restore_fills(ctl, pos, fills)
+    n_fills, unknown = _restore_fills(ctx, fills)
 
     # the gate's own orders (OFLAG_RISK_SYSTEM: flattening) were never this strategy's: their
     # fills count in its positions above, but their ids and open state are not its to track
     own = orders[(orders["strategy_id"] == sid) & ((orders["flags"] & OFLAG_RISK_SYSTEM) == 0)]
-    if len(own):
-        counter = int((own["client_order_id"] & ((1 << COID_SHIFT) - 1)).max())
-        ctl[CTL_NEXT_COID] = max(int(ctl[CTL_NEXT_COID]), counter + 1)
+    shard_bits = int(rt["shard"]) << SHARD_SHIFT
+    own_shard = own[(own["client_order_id"] & ((1 << COID_SHIFT) - 1) & ~COUNTER_MASK)
+                    == shard_bits]
+    if len(own_shard):
+        counter = int((own_shard["client_order_id"] & COUNTER_MASK).max())
+        rt["next_coid"] = max(int(rt["next_coid"]), counter + 1)
     approved = own[own["reject_code"] == 0]
     done = np.isin(kinds, EXEC_FINAL_KINDS) | ((kinds == EXEC_PARTIAL) & (mine["leaves_lots"] <= 0))
     final = set(mine["client_order_id"][done].tolist())
@@ -481,13 +648,13 @@ def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
     placed = set()
     for o in news:
         coid = int(o["client_order_id"])
-        i = local_index(ctl, int(o["instrument_id"]))
+        i = int(local_index(ctx, int(o["instrument_id"])))
         if coid in placed:
             continue
         if i < 0:
             unknown += 1
             continue
-        free = np.flatnonzero(table[:, OS_STATE] == OST_FREE)
+        free = np.flatnonzero(table["state"] == OST_FREE)
         if len(free) == 0:
             not_restored += 1
             continue
@@ -505,27 +672,34 @@ def restore_state(state, orders: np.ndarray, execs: np.ndarray) -> dict:
                 answered += 1
         reqs = requests[requests["client_order_id"] == coid]
         s = int(free[0])
-        table[s, :] = 0
-        table[s, OS_COID] = coid
-        table[s, OS_INST] = i
-        table[s, OS_SIDE] = int(o["side"])
-        table[s, OS_PX] = px
-        table[s, OS_LEAVES] = leaves
-        table[s, OS_NEW_PX] = px
-        table[s, OS_NEW_QTY] = leaves
-        table[s, OS_SENT_NS] = int(o["send_ts_ns"])
-        table[s, OS_TYPE] = int(o["order_type"])
-        table[s, OS_STATE] = OST_LIVE if acked else OST_PENDING_NEW
+        slot = table[s:s + 1]
+        slot[:] = 0
+        slot["coid"] = coid
+        slot["inst"] = i
+        slot["side"] = int(o["side"])
+        slot["px"] = px
+        slot["leaves"] = leaves
+        slot["new_px"] = px
+        slot["new_qty"] = leaves
+        slot["sent_ns"] = int(o["send_ts_ns"])
+        slot["order_type"] = int(o["order_type"])
+        slot["state"] = OST_LIVE if acked else OST_PENDING_NEW
         if len(reqs) > answered:   # one request in flight at a time: the last one is open
             r = reqs[-1]
-            table[s, OS_SENT_NS] = int(r["send_ts_ns"])
+            slot["sent_ns"] = int(r["send_ts_ns"])
             if r["kind"] == INTENT_CANCEL:
-                table[s, OS_STATE] = OST_PENDING_CANCEL
+                slot["state"] = OST_PENDING_CANCEL
             else:
-                table[s, OS_STATE] = OST_PENDING_REPLACE
-                table[s, OS_NEW_PX] = int(r["px_ticks"])
-                table[s, OS_NEW_QTY] = int(r["qty_lots"])
+                slot["state"] = OST_PENDING_REPLACE
+                slot["new_px"] = int(r["px_ticks"])
+                slot["new_qty"] = int(r["qty_lots"])
         placed.add(coid)
         n_open += 1
     return {"last_seq": last_seq, "fills": int(n_fills), "open_orders": n_open,
             "unknown_instrument": int(unknown), "not_restored": not_restored}
+
+
+__all__ = ["COID_SHIFT", "Ctx", "HALT_NAMES", "ORDER_SLOT_DTYPE", "POSITION_DTYPE",
+           "RUNTIME_DTYPE", "Strategy", "StrategyState", "cancel", "cancel_all", "emit",
+           "local_index", "open_count", "open_on", "order_slot", "pending_count", "place",
+           "position", "replace", "restore_state"]

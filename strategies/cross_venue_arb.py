@@ -1,6 +1,6 @@
 """Cross-venue arbitrage: the same asset on two venues; take both legs when one venue's bid
 exceeds the other's ask by more than the costs. Runs in a strategy process (live) or the
-backtest; ``arb_kernel`` is HOT PATH (@njit, no allocation), the class is cold.
+backtest; the hooks are HOT PATH (@njit, no allocation), the class is cold.
 
 Model (prices in ticks of the common tick size, per lot). For "sell on A, buy on B":
 
@@ -54,10 +54,7 @@ from market.book import (META_HALTED, META_RECV_TS, best_ask_px, best_ask_qty, b
                          best_bid_qty, is_valid)
 from pipeline.config import opt
 from shm.records import ORD_IOC, SIDE_BUY, SIDE_SELL
-from strategies.base import (
-    CTL_REJECTS, PS_COST, PS_POS, Strategy, inst_id, make_ctl, make_orders, make_positions,
-    open_count, send_new,
-)
+from strategies.base import Strategy, open_count, place, rejects
 
 
 @dataclass(frozen=True)
@@ -82,13 +79,13 @@ class CrossVenueArbParams:
                                  "attempts, and after a reject", ge=0)
 
 
-F_FEE_A, F_FEE_B, F_SLIP, F_THRESH, F_MAX_QTY, F_MAX_LEG, F_LEG_LOSS, F_LEG_TIMEOUT_NS = range(8)
-F_MAX_AGE_NS, F_MIN_INTERVAL_NS = 8, 9
-F_WORDS = 10
-E_EDGE, E_COST, E_N_ARBS, E_N_HEDGES, E_N_UNWINDS, E_BREAKEVEN = range(6)
-E_WORDS = 6
-I_LEG_START_NS, I_LAST_ARB_NS, I_REJECTS_SEEN = 0, 1, 2   # REJECTS_SEEN: ctl[CTL_REJECTS]
-I_WORDS = 3                                               # at the last call
+STATE_FIELDS = [
+    ("edge", "f8"), ("cost", "f8"),            # the last opportunity priced (ticks per lot)
+    ("n_arbs", "f8"), ("n_hedges", "f8"), ("n_unwinds", "f8"), ("breakeven", "f8"),
+    ("leg_start_ns", "i8"),                    # when the current legged exposure began
+    ("last_arb_ns", "i8"),                     # last arbitrage / hedge attempt (or reject)
+    ("rejects_seen", "i8"),                    # the runtime's reject count at the last call
+]
 
 
 @njit(cache=True)
@@ -102,113 +99,124 @@ def usable(px, meta, inst, now_ns, max_age_ns):
 
 
 @njit(cache=True)
-def arb_cost(fp, sell_px, buy_px):
-    return (fp[F_FEE_A] * sell_px + fp[F_FEE_B] * buy_px) / 1e4
+def arb_cost(p, sell_px, buy_px):
+    return (p.taker_fee_bps_a * sell_px + p.taker_fee_bps_b * buy_px) / 1e4
 
 
 @njit(cache=True)
-def _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, now_ns):
-    cost = pos[0, PS_COST] + pos[1, PS_COST]
+def _flatten(ctx, st, p, ok_a, ok_b, net, now_ns):
+    """Bring a legged exposure back to flat (module docstring); True if an order went out."""
+    px, meta = ctx.px, ctx.meta
+    cost = ctx.pos[0].cost + ctx.pos[1].cost
     breakeven = cost / net
-    est[E_BREAKEVEN] = breakeven
-    timed_out = now_ns - iw[I_LEG_START_NS] >= fp[F_LEG_TIMEOUT_NS]
-    slip = np.int64(math.ceil(fp[F_SLIP]))
-    ia = inst_id(ctl, 0)
-    ib = inst_id(ctl, 1)
+    st.breakeven = breakeven
+    timed_out = now_ns - st.leg_start_ns >= p.leg_timeout_ns
+    slip = np.int64(math.ceil(p.slippage_ticks))
+    ia = ctx.inst[0]
+    ib = ctx.inst[1]
+    coid = np.int64(0)
     if net > 0:   # long the asset: sell on the venue with the higher bid
         pa = best_bid_px(px, meta, ia) if ok_a else 0
         pb = best_bid_px(px, meta, ib) if ok_b else 0
         i = 0 if pa >= pb else 1
-        p = pa if i == 0 else pb
-        if p <= 0:
-            return k
-        floor_px = np.int64(math.ceil(breakeven - fp[F_LEG_LOSS]))
+        q = pa if i == 0 else pb
+        if q <= 0:
+            return False
+        floor_px = np.int64(math.ceil(breakeven - p.max_leg_loss_ticks))
         if timed_out:
-            k, s = send_new(out, k, ctl, orders, i, SIDE_SELL, ORD_IOC, max(p - slip, 1),
-                            np.int64(net), now_ns)
-            est[E_N_UNWINDS] += 1
-        elif p >= floor_px:
-            k, s = send_new(out, k, ctl, orders, i, SIDE_SELL, ORD_IOC, floor_px, np.int64(net),
-                            now_ns)
-            est[E_N_HEDGES] += 1
+            coid = place(ctx, i, SIDE_SELL, ORD_IOC, max(q - slip, 1), np.int64(net), now_ns)
+            st.n_unwinds += 1
+        elif q >= floor_px:
+            coid = place(ctx, i, SIDE_SELL, ORD_IOC, floor_px, np.int64(net), now_ns)
+            st.n_hedges += 1
     else:         # short the asset: buy on the venue with the lower ask
         pa = best_ask_px(px, meta, ia) if ok_a else 0
         pb = best_ask_px(px, meta, ib) if ok_b else 0
         if pa <= 0 and pb <= 0:
-            return k
+            return False
         i = 0 if (pb <= 0 or (pa > 0 and pa <= pb)) else 1
-        p = pa if i == 0 else pb
-        cap_px = np.int64(math.floor(breakeven + fp[F_LEG_LOSS]))
+        q = pa if i == 0 else pb
+        cap_px = np.int64(math.floor(breakeven + p.max_leg_loss_ticks))
         if timed_out:
-            k, s = send_new(out, k, ctl, orders, i, SIDE_BUY, ORD_IOC, p + slip, np.int64(-net),
-                            now_ns)
-            est[E_N_UNWINDS] += 1
-        elif p <= cap_px:
-            k, s = send_new(out, k, ctl, orders, i, SIDE_BUY, ORD_IOC, cap_px, np.int64(-net),
-                            now_ns)
-            est[E_N_HEDGES] += 1
-    return k
+            coid = place(ctx, i, SIDE_BUY, ORD_IOC, q + slip, np.int64(-net), now_ns)
+            st.n_unwinds += 1
+        elif q <= cap_px:
+            coid = place(ctx, i, SIDE_BUY, ORD_IOC, cap_px, np.int64(-net), now_ns)
+            st.n_hedges += 1
+    return coid != 0
 
 
 @njit(cache=True)
-def arb_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
-    ctl, orders, pos, fp, est, iw = state
-    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
-    if ctl[CTL_REJECTS] != iw[I_REJECTS_SEEN]:
-        iw[I_REJECTS_SEEN] = ctl[CTL_REJECTS]
-        iw[I_LAST_ARB_NS] = now_ns   # denied (e.g. a rate limit): back off, do not hammer
-    k = 0
-    if open_count(orders) > 0:
-        return k   # IOC legs still in flight: act on their outcome, not before
-    if iw[I_LAST_ARB_NS] != 0 and now_ns - iw[I_LAST_ARB_NS] < fp[F_MIN_INTERVAL_NS]:
-        return k   # at most one arbitrage or hedge attempt per min_interval_ms
-    ia = inst_id(ctl, 0)
-    ib = inst_id(ctl, 1)
-    ok_a = usable(px, meta, ia, now_ns, fp[F_MAX_AGE_NS])
-    ok_b = usable(px, meta, ib, now_ns, fp[F_MAX_AGE_NS])
-    net = pos[0, PS_POS] + pos[1, PS_POS]
+def arb_step(ctx, st, p, now_ns):
+    """Flatten a legged exposure, or take both legs of a priced dislocation."""
+    if rejects(ctx) != st.rejects_seen:
+        st.rejects_seen = rejects(ctx)
+        st.last_arb_ns = now_ns   # denied (e.g. a rate limit): back off, do not hammer
+    if open_count(ctx) > 0:
+        return   # IOC legs still in flight: act on their outcome, not before
+    if st.last_arb_ns != 0 and now_ns - st.last_arb_ns < p.min_interval_ns:
+        return   # at most one arbitrage or hedge attempt per min_interval_ms
+    px, qty, meta = ctx.px, ctx.qty, ctx.meta
+    ia = ctx.inst[0]
+    ib = ctx.inst[1]
+    ok_a = usable(px, meta, ia, now_ns, p.max_age_ns)
+    ok_b = usable(px, meta, ib, now_ns, p.max_age_ns)
+    net = ctx.pos[0].pos + ctx.pos[1].pos
     if net != 0.0:
-        if iw[I_LEG_START_NS] == 0:
-            iw[I_LEG_START_NS] = now_ns
-        k = _flatten(out, k, ctl, orders, pos, fp, est, iw, px, meta, ok_a, ok_b, net, now_ns)
-        if k > 0:
-            iw[I_LAST_ARB_NS] = now_ns
-        return k
-    iw[I_LEG_START_NS] = 0
+        if st.leg_start_ns == 0:
+            st.leg_start_ns = now_ns
+        if _flatten(ctx, st, p, ok_a, ok_b, net, now_ns):
+            st.last_arb_ns = now_ns
+        return
+    st.leg_start_ns = 0
     if not (ok_a and ok_b):
-        return k
+        return
     bid_a = best_bid_px(px, meta, ia)
     ask_a = best_ask_px(px, meta, ia)
     bid_b = best_bid_px(px, meta, ib)
     ask_b = best_ask_px(px, meta, ib)
-    fixed = 2.0 * fp[F_SLIP] + fp[F_THRESH]
-    cap = min(np.int64(fp[F_MAX_QTY]), np.int64(fp[F_MAX_LEG]))
+    fixed = 2.0 * p.slippage_ticks + p.threshold_ticks
+    cap = min(np.int64(p.max_qty_lots), np.int64(p.max_legging_lots))
     # sell A / buy B
     edge = bid_a - ask_b
-    cost = arb_cost(fp, bid_a, ask_b) + fixed
+    cost = arb_cost(p, bid_a, ask_b) + fixed
     sell_i = 0
     if not edge > cost:
         # buy A / sell B: the fee of each venue applies to its own leg
         edge = bid_b - ask_a
-        cost = (fp[F_FEE_B] * bid_b + fp[F_FEE_A] * ask_a) / 1e4 + fixed
+        cost = (p.taker_fee_bps_b * bid_b + p.taker_fee_bps_a * ask_a) / 1e4 + fixed
         sell_i = 1
-    est[E_EDGE] = edge
-    est[E_COST] = cost
+    st.edge = edge
+    st.cost = cost
     if not edge > cost:
-        return k
+        return
     if sell_i == 0:
         q = min(best_bid_qty(qty, meta, ia), best_ask_qty(qty, meta, ib), cap)
         sell_px, buy_px = bid_a, ask_b
     else:
         q = min(best_bid_qty(qty, meta, ib), best_ask_qty(qty, meta, ia), cap)
         sell_px, buy_px = bid_b, ask_a
-    if q <= 0 or k + 2 > out.shape[0]:
-        return k
-    k, s = send_new(out, k, ctl, orders, sell_i, SIDE_SELL, ORD_IOC, sell_px, q, now_ns)
-    k, s = send_new(out, k, ctl, orders, 1 - sell_i, SIDE_BUY, ORD_IOC, buy_px, q, now_ns)
-    iw[I_LAST_ARB_NS] = now_ns
-    est[E_N_ARBS] += 1
-    return k
+    if q <= 0 or ctx.rt[0].n_out + 2 > ctx.out.shape[0]:
+        return
+    place(ctx, sell_i, SIDE_SELL, ORD_IOC, sell_px, q, now_ns)
+    place(ctx, 1 - sell_i, SIDE_BUY, ORD_IOC, buy_px, q, now_ns)
+    st.last_arb_ns = now_ns
+    st.n_arbs += 1
+
+
+@njit(cache=True)
+def arb_on_market(ctx, st, p, md, n_md, now_ns):
+    arb_step(ctx, st, p, now_ns)
+
+
+@njit(cache=True)
+def arb_on_exec(ctx, st, p, ex, n_ex, now_ns):
+    arb_step(ctx, st, p, now_ns)   # a missing leg is hedged as soon as the other one filled
+
+
+@njit(cache=True)
+def arb_on_timer(ctx, st, p, now_ns):
+    arb_step(ctx, st, p, now_ns)   # the leg timeout runs on time, not on market data
 
 
 class CrossVenueArb(Strategy):
@@ -217,7 +225,9 @@ class CrossVenueArb(Strategy):
     kind = "cross_venue_arb"
     Params = CrossVenueArbParams
     n_instruments = 2
-    kernel = staticmethod(arb_kernel)
+    on_market = staticmethod(arb_on_market)
+    on_exec = staticmethod(arb_on_exec)
+    on_timer = staticmethod(arb_on_timer)
 
     def check_instruments(self) -> None:
         a, b = self.instruments
@@ -231,19 +241,10 @@ class CrossVenueArb(Strategy):
             raise ValueError(f"cross_venue_arb: {a.key} (group {a.group}) and {b.key} (group "
                              f"{b.group}) are different assets")
 
-    def make_state(self) -> tuple:
+    def state_fields(self):
+        return STATE_FIELDS
+
+    def derive(self) -> dict:
         p = self.params
-        fp = np.zeros(F_WORDS, dtype=np.float64)
-        fp[F_FEE_A] = p.taker_fee_bps_a
-        fp[F_FEE_B] = p.taker_fee_bps_b
-        fp[F_SLIP] = p.slippage_ticks
-        fp[F_THRESH] = p.threshold_ticks
-        fp[F_MAX_QTY] = p.max_qty_lots
-        fp[F_MAX_LEG] = p.max_legging_lots
-        fp[F_LEG_LOSS] = p.max_leg_loss_ticks
-        fp[F_LEG_TIMEOUT_NS] = p.leg_timeout_ms * 1e6
-        fp[F_MAX_AGE_NS] = p.max_book_age_ms * 1e6
-        fp[F_MIN_INTERVAL_NS] = p.min_interval_ms * 1e6
-        ctl = make_ctl(self.strategy_id, self.instruments)
-        return (ctl, make_orders(8), make_positions(2), fp, np.zeros(E_WORDS, dtype=np.float64),
-                np.zeros(I_WORDS, dtype=np.int64))
+        return {"leg_timeout_ns": p.leg_timeout_ms * 1e6, "max_age_ns": p.max_book_age_ms * 1e6,
+                "min_interval_ns": p.min_interval_ms * 1e6}

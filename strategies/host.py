@@ -1,36 +1,35 @@
-"""The strategy runtime's one batch step: books, bookkeeping, then the kernel, guarded.
+"""The strategy runtime's one batch step: books, bookkeeping, timer, then the hooks, guarded.
 
-Runs in the live strategy-host stage (its generated ``host_step``, stages/host_codegen.py, calls
-``run_strategy_batch``) and in the backtest (market/backtest.py); the same function in both is
-what makes a strategy run unchanged in both. ``run_strategy_batch`` is HOT PATH (@njit).
-``HostedStrategy`` is a cold convenience owner (books + state + intent buffer + host words) for
-tests, warm-ups and simple in-process users.
+Runs in the live strategy-host stage (stages/host_codegen.py: its cached ``host_step`` polls
+the rings and calls ``run_strategy_batch``), in the backtest (market/backtest.py) and in
+``HostedStrategy`` (tests, tools). The same function everywhere is what makes a strategy run
+unchanged live and in a backtest. ``run_strategy_batch`` is HOT PATH (@njit).
 
 One batch, in this order (written once, here):
 
 1. ``md[:n_md]`` into the L2 books;
 2. execution reports already applied (router sequence number in ``reserved``, 0 < reserved <=
    ``hctl[H_LAST_SEQ]``: a restarted strategy rebuilt them from the journal) are dropped from
-   ``ex``, exactly the dedupe the risk gate does with K_LAST_SEQ; newer ones advance it;
-3. the runtime's bookkeeping: ``note_market`` (cause time of this batch's intents) and
-   ``apply_execs`` (order table, positions, reject counters) from strategies/base.py;
-4. the kernel, inside ``try / except Exception`` (caught inside numba): a kernel that raises, or
-   returns a count outside 0..len(out), is counted in ``hctl[H_KERNEL_ERRORS]``, the intents it
-   wrote are discarded (``hctl[H_DISCARDED]``) and rolled back in its order table
-   (``forget_intents``), and the batch returns 0 intents. The input of the batch is never lost:
-   steps 1-3 happened before the kernel ran, so fills reach the order table and positions.
+   ``ex``, exactly the dedupe the risk gate does; newer ones advance it;
+3. the runtime's bookkeeping (strategies/base.py): ``note_market`` (cause time of this batch's
+   intents) and ``apply_execs`` (order table, positions, reject counters);
+4. the hooks, inside one ``try / except`` (caught inside numba): ``on_exec`` if reports came,
+   ``on_market`` if market records came, ``on_timer`` if the strategy's timer is due
+   (``hctl[H_NEXT_TIMER]``; period ``hctl[H_TIMER_NS]``, the strategy's ``timer_ms``).
 
-Why the kernel is an argument, and why ``inline="always"``: numba specialises
-``run_strategy_batch`` per kernel (a dispatcher is a compile-time constant type), so the kernel
-call is direct, not through a pointer. But a compiled call that *passes* a dispatcher as an
-argument embeds a pointer to the Python dispatcher object (a "dynamic global"), and numba then
-refuses to cache the caller. Inlined at numba-IR level, the argument disappears: in the live
-host_step (a generated module whose global ``kernel`` is the dispatcher, stages/host_codegen.py)
-the call becomes a call of that global, and host_step caches. The backtest passes the kernel
-into its own (uncached) loop and compiles this with it.
+A hook that raises (or writes more intents than ``ctx.out`` holds) HALTS the strategy: the
+intents of that call are discarded and rolled back in its order table (``forget_intents``),
+``rt.halted`` names the hook and ``rt.halt_ns`` the time (simulated time in a backtest), and the
+runtime sends a cancel for every live order. From then on steps 1-3 still run (fills keep being
+accounted, cancels get answered) but no hook is called: a broken model does not trade, does not
+loop restarts, and the other strategies go on. ``hctl[H_KERNEL_ERRORS]`` counts it.
 
-``hctl`` (int64[H_WORDS]) holds the host's words; the live host_step uses all of them, the
-backtest and HostedStrategy only the ones ``run_strategy_batch`` writes.
+Why the hooks are arguments, and why ``inline="always"``: numba specialises this function per
+hook (a dispatcher is a compile-time constant type), so the calls are direct. A compiled call
+that *passes* a dispatcher as an argument embeds a pointer to the Python object, and numba then
+refuses to cache the caller; inlined at numba-IR level, the arguments disappear. The live
+host_step (a generated module whose globals are the hooks) therefore caches, and the backtest
+compiles this into its own loop.
 """
 from __future__ import annotations
 
@@ -38,26 +37,36 @@ import numpy as np
 from numba import njit
 
 from market.book import L2Book, book_apply_batch
-from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
-from strategies.base import CTL_EMITTED, apply_execs, forget_intents, note_market
+from shm.records import EXEC_DTYPE, MARKET_DTYPE
+from strategies.base import (HALT_BAD_COUNT, HALT_EXEC, HALT_MARKET, HALT_PARAMS, HALT_TIMER,
+                             apply_execs, cancel_all, forget_intents, note_market)
+
+DEFAULT_TIMER_MS = 10.0      # = [[strategies]] timer_ms's default (pipeline/config.py)
+DEFAULT_BOOK_LEVELS = 64     # = [[strategies]] book_levels's default
 
 # ---- hctl: int64 words of one strategy host ---------------------------------------------------
-H_NEXT_TIMER = 0      # live: time of the next timer tick (ns)
+H_NEXT_TIMER = 0      # time of the next timer tick (ns); -1 = not started (the first batch
+                      # starts the timer: its first tick is one period later)
 H_FB_N = 1            # live: push-back answers waiting for the next batch
-H_MD_IN = 2           # live: market records read
-H_EX_IN = 3           # live: execution reports read from the rings
-H_OUT = 4             # live: intents published to the gate
-H_PUSHBACK = 5        # live: intents the full intent ring refused (answered REJECT_HALTED)
-H_CALLS = 6           # kernel calls
-H_KERNEL_ERRORS = 7   # kernel calls that raised (or returned a bad count): batch discarded
+H_MD_IN = 2           # market records read
+H_EX_IN = 3           # execution reports read from the rings
+H_OUT = 4             # intents published to the gate
+H_PUSHBACK = 5        # intents the full intent ring refused (answered REJECT_HALTED)
+H_CALLS = 6           # batches that called hooks
+H_KERNEL_ERRORS = 7   # hook calls that raised (or wrote a bad count): the strategy halted
 H_DISCARDED = 8       # intents discarded with those calls
 H_LAST_SEQ = 9        # newest router sequence number applied (restored from the journal)
 H_SKIPPED = 10        # exec reports skipped as already applied (reserved <= H_LAST_SEQ)
+H_TIMER_NS = 11       # timer period (ns)
+H_PARAMS_PENDING = 12  # a new parameter record is waiting to be applied between batches
 H_WORDS = 16
 
 
-def make_hctl() -> np.ndarray:
-    return np.zeros(H_WORDS, dtype=np.int64)
+def make_hctl(timer_ms: float = DEFAULT_TIMER_MS) -> np.ndarray:
+    h = np.zeros(H_WORDS, dtype=np.int64)
+    h[H_TIMER_NS] = max(1, int(round(timer_ms * 1e6)))
+    h[H_NEXT_TIMER] = -1
+    return h
 
 
 @njit(cache=True)
@@ -80,61 +89,145 @@ def skip_applied(ex, n_ex, hctl):
     return m
 
 
-@njit(cache=False, inline="always")
-def run_strategy_batch(kernel, state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out, hctl):
-    """One batch (module docstring): books, dedupe, bookkeeping, guarded kernel. Returns the
-    intents written to out[0:k] (0 after a kernel error).
+@njit(cache=True)
+def halt_strategy(ctx, hctl, why, now_ns):
+    """A hook failed: discard what it wrote, mark the strategy halted and cancel its orders."""
+    rt = ctx.rt[0]
+    hctl[H_KERNEL_ERRORS] += 1
+    n = min(rt.n_out, ctx.out.shape[0])
+    hctl[H_DISCARDED] += n
+    forget_intents(ctx, n)
+    rt.n_out = 0
+    if rt.halted == 0:
+        rt.halted = why
+        rt.halt_ns = now_ns
+    cancel_all(ctx, now_ns)
 
-    n_md == n_ex == 0 is a timer tick: the kernel still runs (quotes age, legs time out).
-    """
+
+@njit(cache=True)
+def timer_due(hctl, now_ns):
+    return hctl[H_NEXT_TIMER] < 0 or now_ns >= hctl[H_NEXT_TIMER]
+
+
+@njit(cache=False, inline="always")
+def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md, n_md,
+                       ex, n_ex, now_ns, hctl):
+    """One batch (module docstring): books, dedupe, bookkeeping, then the hooks. Returns the
+    number of intents written to ctx.out[0:k].
+
+    A batch with no records still runs the timer when it is due; ``p_arr`` is the packed
+    parameter record (a new one set between batches is announced with hctl[H_PARAMS_PENDING]:
+    ``on_params`` runs first)."""
     if n_md > 0:
-        book_apply_batch(px, qty, meta, md, n_md)
+        book_apply_batch(ctx.px, ctx.qty, ctx.meta, md, n_md)
     if n_ex > 0:
         n_ex = skip_applied(ex, n_ex, hctl)
-    ctl = state[0]
-    note_market(ctl, md, n_md)
-    apply_execs(ctl, state[1], state[2], ex, n_ex)
+    note_market(ctx, md, n_md)
+    apply_execs(ctx, ex, n_ex)
+    rt = ctx.rt[0]
+    rt.n_out = 0
+    tick = False
+    if hctl[H_NEXT_TIMER] < 0:
+        hctl[H_NEXT_TIMER] = now_ns + hctl[H_TIMER_NS]
+    elif now_ns >= hctl[H_NEXT_TIMER]:
+        tick = True
+        hctl[H_NEXT_TIMER] = now_ns + hctl[H_TIMER_NS]
+    if rt.halted != 0:
+        return np.int64(0)
+    params = hctl[H_PARAMS_PENDING] != 0
+    if n_ex == 0 and n_md == 0 and not tick and not params:
+        return np.int64(0)
     hctl[H_CALLS] += 1
-    ctl[CTL_EMITTED] = 0
-    k = -1
+    stage = 0
     try:
-        k = kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out)
+        if params:
+            hctl[H_PARAMS_PENDING] = 0
+            stage = HALT_PARAMS
+            on_params(ctx, st_arr[0], p_arr[0], now_ns)
+        if n_ex > 0:
+            stage = HALT_EXEC
+            on_exec(ctx, st_arr[0], p_arr[0], ex, n_ex, now_ns)
+        if n_md > 0:
+            stage = HALT_MARKET
+            on_market(ctx, st_arr[0], p_arr[0], md, n_md, now_ns)
+        if tick:
+            stage = HALT_TIMER
+            on_timer(ctx, st_arr[0], p_arr[0], now_ns)
+        stage = 0
     except Exception:
-        k = -1
-    if k < 0 or k > out.shape[0]:
-        hctl[H_KERNEL_ERRORS] += 1
-        n = ctl[CTL_EMITTED]
-        hctl[H_DISCARDED] += n
-        forget_intents(ctl, state[1], out, n)
-        k = 0
-    return k
+        pass
+    if stage == 0 and rt.n_out > ctx.out.shape[0]:
+        stage = HALT_BAD_COUNT
+    if stage != 0:
+        halt_strategy(ctx, hctl, stage, now_ns)
+    return rt.n_out
+
+
+@njit(cache=False)
+def _hosted_step(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md, n_md, ex,
+                 n_ex, now_ns, hctl):
+    return run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md,
+                              n_md, ex, n_ex, now_ns, hctl)
 
 
 class HostedStrategy:
-    """Cold owner of one strategy's books, state, intent buffer and host words (tests, tools).
+    """Cold owner of one strategy's books, state and host words, driven by hand (tests, tools,
+    warm-ups). ``step`` runs one batch through ``run_strategy_batch`` and returns a *view* of
+    the intents written (valid until the next call).
 
-    ``step`` returns a *view* of the intents written by this call (valid until the next call).
+    ``timer_ms`` as in config (default: the strategy runtime's default); ``timer_ms=0`` makes
+    every ``step`` a timer tick as well (a test that wants to drive time by hand).
     """
 
-    def __init__(self, strategy, n_instruments: int | None = None, max_levels: int = 64,
-                 max_intents: int = 256):
+    def __init__(self, strategy, n_instruments: int | None = None,
+                 max_levels: int = DEFAULT_BOOK_LEVELS, max_intents: int = 256,
+                 timer_ms: float = DEFAULT_TIMER_MS):
         self.strategy = strategy
         n = n_instruments or max(i.instrument_id for i in strategy.instruments)
         self.book = L2Book(n, max_levels)
-        self.state = strategy.make_state()
-        self.out = np.zeros(max_intents, dtype=ORDER_DTYPE)
-        self.hctl = make_hctl()
+        self.state = strategy.make_state(*self.book.arrays, max_intents=max_intents)
+        self.hctl = make_hctl(timer_ms) if timer_ms > 0 else make_hctl(1e-6)
+        self._every_step = timer_ms <= 0
         self._no_md = np.zeros(0, dtype=MARKET_DTYPE)
         self._no_ex = np.zeros(0, dtype=EXEC_DTYPE)
+
+    @property
+    def ctx(self):
+        return self.state.ctx
+
+    @property
+    def st(self):
+        """The strategy's state record (named fields, attribute access; a view)."""
+        return self.state.fields
+
+    @property
+    def rt(self):
+        return self.state.ctx.rt[0]
+
+    @property
+    def positions(self):
+        return self.state.ctx.pos
 
     @property
     def kernel_errors(self) -> int:
         return int(self.hctl[H_KERNEL_ERRORS])
 
+    @property
+    def halted(self) -> int:
+        return int(self.state.ctx.rt[0]["halted"])
+
+    def set_params(self, params) -> None:
+        """New parameters (a validated Params instance), applied before the next batch."""
+        self.state.p[:] = self.strategy.kernel_params(params)
+        self.strategy.params = params
+        self.hctl[H_PARAMS_PENDING] = 1
+
     def step(self, md=None, ex=None, now_ns: int = 0) -> np.ndarray:
         md = self._no_md if md is None else md
         ex = self._no_ex if ex is None else ex.copy()   # the dedupe compacts ex in place
-        px, qty, meta = self.book.arrays
-        k = run_strategy_batch(type(self.strategy).kernel, self.state, px, qty, meta,
-                               md, len(md), ex, len(ex), np.int64(now_ns), self.out, self.hctl)
-        return self.out[:k]
+        if self._every_step:
+            self.hctl[H_NEXT_TIMER] = now_ns   # due now
+        s = self.state
+        k = _hosted_step(*type(self.strategy).hooks(), s.ctx, s.st, s.p, md, len(md), ex,
+                         len(ex), np.int64(now_ns), self.hctl)
+        return s.ctx.out[:k]

@@ -60,11 +60,8 @@ from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_app
                          is_valid, mid_x2, valid_mid_x2)
 from pipeline.config import opt
 from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
-from strategies.base import (
-    OS_COID, OS_LEAVES, OS_NEW_PX, OS_PX, OS_SIDE, OS_STATE, OST_FREE, OST_LIVE, PS_POS,
-    Strategy, cancel_all, find_order, inst_id, make_ctl, make_orders, make_positions,
-    send_cancel, send_new, send_replace,
-)
+from strategies.base import (OST_FREE, OST_LIVE, Strategy, cancel, cancel_all, order_slot,
+                             place, position, replace)
 
 
 @dataclass(frozen=True)
@@ -98,17 +95,17 @@ class MarketMakingParams:
                    f"order_qty_lots ({self.order_qty_lots})")
 
 
-# fp: float64 parameters
-F_GAMMA, F_TAU, F_QTY, F_MAX_INV, F_MAX_SKEW, F_MIN_HALF, F_REQUOTE, F_REQUOTE_NS = range(8)
-F_SAMPLE_NS, F_SIGMA_ALPHA, F_K_ALPHA, F_MIN_SAMPLES = 8, 9, 10, 11
-F_WORDS = 12
-# est: float64 estimator state and the last computed model values (read by tests and reports)
-E_VAR, E_N_SAMPLES, E_SAMPLE_MID_X2, E_NEXT_SAMPLE_NS, E_DIST, E_LAST_MID_X2 = range(6)
-E_R, E_DELTA, E_BID, E_ASK, E_SIGMA2, E_K = range(6, 12)
-E_WORDS = 12
-# iw: int64 words (client order ids do not fit a float64 exactly)
-I_COID_BID, I_COID_ASK, I_SENT_BID, I_SENT_ASK = range(4)
-I_WORDS = 4
+STATE_FIELDS = [
+    # sigma estimator: EWMA of squared mid changes per sample, samples seen, last sample
+    ("var", "f8"), ("n_samples", "f8"), ("sample_mid_x2", "f8"), ("next_sample_ns", "f8"),
+    # k estimator: EWMA of trade distances from the mid (ticks); the mid trades are measured
+    # from (the mid after the previous market batch)
+    ("dist", "f8"), ("last_mid_x2", "f8"),
+    # the last computed model values (read by tests and reports)
+    ("r", "f8"), ("delta", "f8"), ("bid", "f8"), ("ask", "f8"), ("sigma2", "f8"), ("k", "f8"),
+    # our two quotes: client order id and when each side was last (re)sent
+    ("coid_bid", "i8"), ("coid_ask", "i8"), ("sent_bid_ns", "i8"), ("sent_ask_ns", "i8"),
+]
 
 
 def _alpha(halflife: float) -> float:
@@ -116,158 +113,171 @@ def _alpha(halflife: float) -> float:
 
 
 @njit(cache=True)
-def mm_observe_mid(fp, est, mid2, now_ns):
+def mm_observe_mid(p, st, mid2, now_ns):
     """Sample the mid for the sigma estimator (mid2 = bid + ask, 0 = no mid)."""
     if mid2 <= 0:
         return
-    if est[E_NEXT_SAMPLE_NS] == 0.0:
-        est[E_SAMPLE_MID_X2] = mid2
-        est[E_NEXT_SAMPLE_NS] = now_ns + fp[F_SAMPLE_NS]
+    if st.next_sample_ns == 0.0:
+        st.sample_mid_x2 = mid2
+        st.next_sample_ns = now_ns + p.sample_ns
         return
-    if now_ns < est[E_NEXT_SAMPLE_NS]:
+    if now_ns < st.next_sample_ns:
         return
-    n = 1.0 + math.floor((now_ns - est[E_NEXT_SAMPLE_NS]) / fp[F_SAMPLE_NS])
-    dm = (mid2 - est[E_SAMPLE_MID_X2]) * 0.5
+    n = 1.0 + math.floor((now_ns - st.next_sample_ns) / p.sample_ns)
+    dm = (mid2 - st.sample_mid_x2) * 0.5
     obs = dm * dm / n
-    if est[E_N_SAMPLES] == 0.0 and est[E_VAR] == 0.0:
-        est[E_VAR] = obs
+    if st.n_samples == 0.0 and st.var == 0.0:
+        st.var = obs
     else:
-        est[E_VAR] += fp[F_SIGMA_ALPHA] * (obs - est[E_VAR])
-    est[E_N_SAMPLES] += n
-    est[E_SAMPLE_MID_X2] = mid2
-    est[E_NEXT_SAMPLE_NS] += n * fp[F_SAMPLE_NS]
+        st.var += p.sigma_alpha * (obs - st.var)
+    st.n_samples += n
+    st.sample_mid_x2 = mid2
+    st.next_sample_ns += n * p.sample_ns
 
 
 @njit(cache=True)
-def mm_observe_trade(fp, est, trade_px, ref_mid2):
+def mm_observe_trade(p, st, trade_px, ref_mid2):
     """One trade for the k estimator: distance from the mid that was quoted before it."""
     if ref_mid2 <= 0:
         return
     d = abs(2.0 * trade_px - ref_mid2) * 0.5
     if d < 0.5:
         d = 0.5
-    est[E_DIST] += fp[F_K_ALPHA] * (d - est[E_DIST])
+    st.dist += p.k_alpha * (d - st.dist)
 
 
 @njit(cache=True)
-def mm_quotes(fp, est, mid2, inventory_lots):
+def mm_quotes(p, st, mid2, inventory_lots):
     """Avellaneda-Stoikov quotes (bid, ask) in ticks for the current estimates; 0, 0 if sigma is
-    not known yet. Also stores r, delta, sigma^2, k in est."""
-    # Single exit in the kernels below: with early returns numba's reference-count pruning
-    # gives up and each array argument costs an atomic incref/decref pair per call.
+    not known yet. Also stores r, delta, sigma^2, k in the state."""
     bid = np.int64(0)
     ask = np.int64(0)
-    if est[E_N_SAMPLES] >= fp[F_MIN_SAMPLES]:
-        sigma2 = est[E_VAR] / (fp[F_SAMPLE_NS] * 1e-9)
-        k = 1.0 / est[E_DIST]
-        gamma = fp[F_GAMMA]
-        tau = fp[F_TAU]
-        skew = inventory_lots / fp[F_QTY] * gamma * sigma2 * tau
-        skew = min(max(skew, -fp[F_MAX_SKEW]), fp[F_MAX_SKEW])
+    if st.n_samples >= p.min_sigma_samples:
+        sigma2 = st.var / (p.sample_ns * 1e-9)
+        k = 1.0 / st.dist
+        gamma = p.gamma
+        tau = p.horizon_s
+        skew = inventory_lots / p.order_qty_lots * gamma * sigma2 * tau
+        skew = min(max(skew, -p.max_skew_ticks), p.max_skew_ticks)
         r = mid2 * 0.5 - skew
         delta = gamma * sigma2 * tau + (2.0 / gamma) * math.log(1.0 + gamma / k)
-        half = max(delta * 0.5, fp[F_MIN_HALF])
-        est[E_R] = r
-        est[E_DELTA] = delta
-        est[E_SIGMA2] = sigma2
-        est[E_K] = k
+        half = max(delta * 0.5, p.min_half_spread_ticks)
+        st.r = r
+        st.delta = delta
+        st.sigma2 = sigma2
+        st.k = k
         bid = np.int64(math.floor(r - half))
         ask = np.int64(math.ceil(r + half))
     return bid, ask
 
 
 @njit(cache=True)
-def _manage_side(out, k, ctl, orders, iw, coid_word, sent_word, side, want_px, want_qty,
-                 fp, now_ns):
-    s = find_order(orders, iw[coid_word])
-    can_send = iw[sent_word] == 0 or now_ns - iw[sent_word] >= fp[F_REQUOTE_NS]
+def _manage_side(ctx, p, coid, sent_ns, side, want_px, want_qty, now_ns):
+    """One quote side; returns (client order id of the quote now, when it was last sent)."""
+    s = order_slot(ctx, coid)
+    can_send = sent_ns == 0 or now_ns - sent_ns >= p.requote_ns
     if s < 0:
-        iw[coid_word] = 0
+        coid = np.int64(0)
         if want_px > 0 and want_qty > 0 and can_send:
-            k, s = send_new(out, k, ctl, orders, 0, side, ORD_POST_ONLY, want_px, want_qty, now_ns)
-            if s >= 0:
-                iw[coid_word] = orders[s, OS_COID]
-                iw[sent_word] = now_ns
-    elif orders[s, OS_STATE] == OST_LIVE:   # otherwise a request is in flight: wait for it
+            coid = place(ctx, 0, side, ORD_POST_ONLY, want_px, want_qty, now_ns)
+            if coid != 0:
+                sent_ns = now_ns
+    elif ctx.orders[s].state == OST_LIVE:   # otherwise a request is in flight: wait for it
+        o = ctx.orders[s]
         if want_px <= 0 or want_qty <= 0:
-            k = send_cancel(out, k, ctl, orders, s, now_ns)
-        elif ((abs(want_px - orders[s, OS_PX]) >= fp[F_REQUOTE]
-               or want_qty != orders[s, OS_LEAVES]) and can_send):
-            k = send_replace(out, k, ctl, orders, s, want_px, want_qty, now_ns)
-            iw[sent_word] = now_ns
-    return k
+            cancel(ctx, coid, now_ns)
+        elif ((abs(want_px - o.px) >= p.requote_threshold_ticks
+               or want_qty != o.leaves) and can_send):
+            replace(ctx, coid, want_px, want_qty, now_ns)
+            sent_ns = now_ns
+    return coid, sent_ns
 
 
 @njit(cache=True)
-def mm_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
-    ctl, orders, pos, fp, est, iw = state
-    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
-    inst = inst_id(ctl, 0)
-    ref_mid2 = est[E_LAST_MID_X2]
-    for j in range(n_md):
-        if md[j].kind == MSG_TRADE and md[j].instrument_id == inst:
-            mm_observe_trade(fp, est, md[j].px_ticks, ref_mid2)
-    k = 0
-    ok = is_valid(px, meta, inst) and meta[inst, META_HALTED] == 0
-    mid2 = mid_x2(px, meta, inst) if ok else 0
-    bid = np.int64(0)
-    ask = np.int64(0)
-    inv = pos[0, PS_POS]
-    if mid2 > 0:
-        mm_observe_mid(fp, est, mid2, now_ns)
-        bid, ask = mm_quotes(fp, est, mid2, inv)
-    est[E_LAST_MID_X2] = mid2
-    if bid <= 0 or ask <= 0:
-        # Invalid, crossed, locked, halted or one-sided book, or no volatility estimate yet:
-        # we cannot price, so nothing of ours rests in the book.
-        k = cancel_all(out, k, ctl, orders, now_ns)
-    else:
-        best_bid = best_bid_px(px, meta, inst)
-        best_ask = best_ask_px(px, meta, inst)
-        if bid >= best_ask:   # post-only would be rejected: join one tick inside the touch
-            bid = best_ask - 1
-        if ask <= best_bid:
-            ask = best_bid + 1
-        qty_q = np.int64(fp[F_QTY])
-        max_inv = fp[F_MAX_INV]
-        bid_qty = min(qty_q, np.int64(max_inv - inv)) if inv < max_inv else 0
-        ask_qty = min(qty_q, np.int64(max_inv + inv)) if inv > -max_inv else 0
-        est[E_BID] = bid
-        est[E_ASK] = ask
-        # Never cross our own resting order (self-trade): a quote that would reach our other
-        # side's old or pending price waits until that side has moved away (next call).
-        if bid_qty <= 0 or bid < _own_extreme(orders, SIDE_SELL):
-            k = _manage_side(out, k, ctl, orders, iw, I_COID_BID, I_SENT_BID, SIDE_BUY, bid,
-                             bid_qty, fp, now_ns)
-        if ask_qty <= 0 or ask > _own_extreme(orders, SIDE_BUY):
-            k = _manage_side(out, k, ctl, orders, iw, I_COID_ASK, I_SENT_ASK, SIDE_SELL, ask,
-                             ask_qty, fp, now_ns)
-    return k
-
-
-@njit(cache=True)
-def _own_extreme(orders, side):
+def _own_extreme(ctx, side):
     """Highest price of our buy orders / lowest of our sells, counting both the working and a
     pending replace price; 0 (buys) or a huge value (sells) when there is none."""
     best = np.int64(0) if side == SIDE_BUY else np.int64(1 << 62)
-    for s in range(orders.shape[0]):
-        if orders[s, OS_STATE] != OST_FREE and orders[s, OS_SIDE] == side:
-            for p in (orders[s, OS_PX], orders[s, OS_NEW_PX]):
-                if (side == SIDE_BUY and p > best) or (side == SIDE_SELL and 0 < p < best):
-                    best = p
+    for s in range(ctx.orders.shape[0]):
+        o = ctx.orders[s]
+        if o.state != OST_FREE and o.side == side:
+            for q in (o.px, o.new_px):
+                if (side == SIDE_BUY and q > best) or (side == SIDE_SELL and 0 < q < best):
+                    best = q
     return best
 
 
 @njit(cache=True)
-def _mm_warm(fp, est, px, qty, meta, inst, md, n):
+def mm_requote(ctx, st, p, now_ns):
+    """Price both sides from the current book and estimates, and bring the quotes there."""
+    inst = ctx.inst[0]
+    px, meta = ctx.px, ctx.meta
+    ok = is_valid(px, meta, inst) and meta[inst, META_HALTED] == 0
+    mid2 = mid_x2(px, meta, inst) if ok else 0
+    bid = np.int64(0)
+    ask = np.int64(0)
+    inv = position(ctx, 0)
+    if mid2 > 0:
+        mm_observe_mid(p, st, mid2, now_ns)
+        bid, ask = mm_quotes(p, st, mid2, inv)
+    if bid <= 0 or ask <= 0:
+        # Invalid, crossed, locked, halted or one-sided book, or no volatility estimate yet:
+        # we cannot price, so nothing of ours rests in the book.
+        cancel_all(ctx, now_ns)
+        return
+    best_bid = best_bid_px(px, meta, inst)
+    best_ask = best_ask_px(px, meta, inst)
+    if bid >= best_ask:   # post-only would be rejected: join one tick inside the touch
+        bid = best_ask - 1
+    if ask <= best_bid:
+        ask = best_bid + 1
+    qty_q = np.int64(p.order_qty_lots)
+    max_inv = p.max_inventory_lots
+    bid_qty = min(qty_q, np.int64(max_inv - inv)) if inv < max_inv else 0
+    ask_qty = min(qty_q, np.int64(max_inv + inv)) if inv > -max_inv else 0
+    st.bid = bid
+    st.ask = ask
+    # Never cross our own resting order (self-trade): a quote that would reach our other
+    # side's old or pending price waits until that side has moved away (next call).
+    if bid_qty <= 0 or bid < _own_extreme(ctx, SIDE_SELL):
+        st.coid_bid, st.sent_bid_ns = _manage_side(ctx, p, st.coid_bid, st.sent_bid_ns,
+                                                   SIDE_BUY, bid, bid_qty, now_ns)
+    if ask_qty <= 0 or ask > _own_extreme(ctx, SIDE_BUY):
+        st.coid_ask, st.sent_ask_ns = _manage_side(ctx, p, st.coid_ask, st.sent_ask_ns,
+                                                   SIDE_SELL, ask, ask_qty, now_ns)
+
+
+@njit(cache=True)
+def mm_on_market(ctx, st, p, md, n_md, now_ns):
+    inst = ctx.inst[0]
+    for j in range(n_md):
+        if md[j].kind == MSG_TRADE and md[j].instrument_id == inst:
+            mm_observe_trade(p, st, md[j].px_ticks, st.last_mid_x2)
+    mm_requote(ctx, st, p, now_ns)
+    ok = is_valid(ctx.px, ctx.meta, inst) and ctx.meta[inst, META_HALTED] == 0
+    st.last_mid_x2 = mid_x2(ctx.px, ctx.meta, inst) if ok else 0
+
+
+@njit(cache=True)
+def mm_on_exec(ctx, st, p, ex, n_ex, now_ns):
+    mm_requote(ctx, st, p, now_ns)   # a fill moves the inventory skew; an ack frees a side
+
+
+@njit(cache=True)
+def mm_on_timer(ctx, st, p, now_ns):
+    mm_requote(ctx, st, p, now_ns)   # the requote interval may have passed
+
+
+@njit(cache=True)
+def _mm_warm(p, st, px, qty, meta, inst, md, n):
     for j in range(n):
         rec = md[j]
         if rec.instrument_id != inst:
             continue
-        if rec.kind == MSG_TRADE:   # as the kernel: distance from the last valid mid
-            mm_observe_trade(fp, est, rec.px_ticks, valid_mid_x2(px, meta, inst))
+        if rec.kind == MSG_TRADE:   # as the hooks: distance from the last valid mid
+            mm_observe_trade(p, st, rec.px_ticks, valid_mid_x2(px, meta, inst))
         book_apply_market(px, qty, meta, rec)
-        mm_observe_mid(fp, est, valid_mid_x2(px, meta, inst), rec.recv_ts_ns)
+        mm_observe_mid(p, st, valid_mid_x2(px, meta, inst), rec.recv_ts_ns)
 
 
 class MarketMaking(Strategy):
@@ -276,41 +286,32 @@ class MarketMaking(Strategy):
     kind = "market_making"
     Params = MarketMakingParams
     n_instruments = 1
-    kernel = staticmethod(mm_kernel)
+    on_market = staticmethod(mm_on_market)
+    on_exec = staticmethod(mm_on_exec)
+    on_timer = staticmethod(mm_on_timer)
 
-    def __init__(self, params, instruments, strategy_id):
-        super().__init__(params, instruments, strategy_id)
-        self._est0 = None
+    def __init__(self, params, instruments, strategy_id, shard=0):
+        super().__init__(params, instruments, strategy_id, shard)
+        self._warm = None
 
-    def _fp(self) -> np.ndarray:
+    def state_fields(self):
+        return STATE_FIELDS
+
+    def derive(self) -> dict:
         p = self.params
-        fp = np.zeros(F_WORDS, dtype=np.float64)
-        fp[F_GAMMA] = p.gamma
-        fp[F_TAU] = p.horizon_s
-        fp[F_QTY] = p.order_qty_lots
-        fp[F_MAX_INV] = p.max_inventory_lots
-        fp[F_MAX_SKEW] = p.max_skew_ticks
-        fp[F_MIN_HALF] = p.min_half_spread_ticks
-        fp[F_REQUOTE] = p.requote_threshold_ticks
-        fp[F_REQUOTE_NS] = p.min_requote_interval_ms * 1e6
-        fp[F_SAMPLE_NS] = p.sigma_sample_ms * 1e6
-        fp[F_SIGMA_ALPHA] = _alpha(p.sigma_halflife_samples)
-        fp[F_K_ALPHA] = _alpha(p.k_halflife_trades)
-        fp[F_MIN_SAMPLES] = p.min_sigma_samples
-        return fp
+        return {"requote_ns": p.min_requote_interval_ms * 1e6, "sample_ns": p.sigma_sample_ms * 1e6,
+                "sigma_alpha": _alpha(p.sigma_halflife_samples),
+                "k_alpha": _alpha(p.k_halflife_trades)}
 
-    def make_state(self) -> tuple:
-        ctl = make_ctl(self.strategy_id, self.instruments)
-        est = np.zeros(E_WORDS, dtype=np.float64)
-        if self._est0 is not None:
-            est[:] = self._est0
-        else:
-            est[E_DIST] = 1.0 / self.params.k_init
-            if self.params.sigma_init_ticks > 0:
-                est[E_VAR] = self.params.sigma_init_ticks ** 2 * self.params.sigma_sample_ms * 1e-3
-                est[E_N_SAMPLES] = self.params.min_sigma_samples
-        return (ctl, make_orders(8), make_positions(1), self._fp(), est,
-                np.zeros(I_WORDS, dtype=np.int64))
+    def init_state(self, st) -> None:
+        if self._warm is not None:
+            for name in ("var", "n_samples", "sample_mid_x2", "dist"):
+                st[name] = self._warm[name]
+            return
+        st["dist"] = 1.0 / self.params.k_init
+        if self.params.sigma_init_ticks > 0:
+            st["var"] = self.params.sigma_init_ticks ** 2 * self.params.sigma_sample_ms * 1e-3
+            st["n_samples"] = self.params.min_sigma_samples
 
     def warm_up(self, records) -> None:
         """Prime sigma and k from historical market records of our instrument (cold).
@@ -319,9 +320,9 @@ class MarketMaking(Strategy):
         inventory are not (a warm-up never trades)."""
         inst = self.instruments[0].instrument_id
         book = L2Book(inst, 64)
-        fp = self._fp()
-        est = self.make_state()[4]
-        _mm_warm(fp, est, book.px, book.qty, book.meta, inst, records, len(records))
-        est[E_NEXT_SAMPLE_NS] = 0.0   # live time restarts the sampling clock
-        est[E_LAST_MID_X2] = 0.0
-        self._est0 = est.copy()
+        self._warm = None
+        state = self.make_state(*book.arrays)
+        book = L2Book(inst, 64)
+        _mm_warm(state.p[0], state.st[0], book.px, book.qty, book.meta, inst, records,
+                 len(records))
+        self._warm = state.st[0].copy()

@@ -1,10 +1,10 @@
 """Pairs trading on two instruments: rolling-OLS hedge ratio of log prices and a z-score rule.
-Runs in a strategy process (live) or the backtest; ``pairs_kernel`` and its helpers are HOT PATH
+Runs in a strategy process (live) or the backtest; the hooks and their helpers are HOT PATH
 (@njit, no allocation), the class is cold.
 
 Model. Every ``sample_ms`` the log mids y = ln(P_Y) (first instrument) and x = ln(P_X) (second)
 are sampled when both books are valid (complete, two-sided, bid < ask: market/book.py); a due
-sample with a leg that has no price waits for the next call (counted in ``E_N_NO_PRICE``). Over the previous ``window`` samples an ordinary least
+sample with a leg that has no price waits for the next call (counted in ``n_no_price``). Over the previous ``window`` samples an ordinary least
 squares fit y = a + b x gives the hedge ratio b and the residual standard deviation sd; the
 current sample's out-of-sample residual e = y - a - b x gives the z-score z = e / sd. (Fitting on
 the previous samples only keeps today's price from pulling the fit towards itself; the sums are
@@ -42,10 +42,7 @@ from numba import njit
 from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, valid_mid_x2
 from pipeline.config import opt
 from shm.records import ORD_IOC, ORD_MARKET, SIDE_BUY, SIDE_SELL
-from strategies.base import (
-    CTL_LAST_REJECT_NS, OS_INST, OS_STATE, OST_FREE, PS_POS, Strategy, inst_id, make_ctl,
-    make_orders, make_positions, send_new,
-)
+from strategies.base import Strategy, last_reject_ns, open_on, place, position
 
 
 @dataclass(frozen=True)
@@ -70,14 +67,13 @@ class PairsTradingParams:
                    f"entry_z = {self.entry_z}, stop_z = {self.stop_z}")
 
 
-F_WINDOW, F_SAMPLE_NS, F_ENTRY, F_EXIT, F_STOP, F_NOTIONAL, F_SLIP, F_COOLDOWN_NS = range(8)
-F_TICK_Y, F_TICK_X, F_LOT_Y, F_LOT_X, F_MARKET, F_REJECT_BACKOFF_NS = range(8, 14)
-F_WORDS = 14
-# est: float64 model state (read by tests and reports)
-E_NEXT_SAMPLE_NS, E_N_SAMPLES, E_BETA, E_ALPHA, E_SD, E_Z, E_RESID, E_COOLDOWN_UNTIL = range(8)
-E_TARGET_Y, E_TARGET_X, E_DIR, E_N_ENTRIES, E_N_STOPS = range(8, 13)
-E_N_NO_PRICE = 13   # calls with a sample due while a leg had no price (invalid / one-sided book)
-E_WORDS = 14
+STATE_FIELDS_SCALAR = [
+    ("next_sample_ns", "f8"), ("n_samples", "f8"), ("beta", "f8"), ("alpha", "f8"),
+    ("sd", "f8"), ("z", "f8"), ("resid", "f8"), ("cooldown_until", "f8"),
+    ("target_y", "f8"), ("target_x", "f8"), ("dir", "f8"), ("n_entries", "f8"),
+    ("n_stops", "f8"),
+    ("n_no_price", "f8"),   # samples due while a leg had no price (invalid / one-sided book)
+]
 
 
 @njit(cache=True)
@@ -114,124 +110,130 @@ def rolling_fit(xs, ys, n_filled, head, window):
 
 
 @njit(cache=True)
-def _leg_pending(orders, i):
-    for s in range(orders.shape[0]):
-        if orders[s, OS_STATE] != OST_FREE and orders[s, OS_INST] == i:
-            return True
-    return False
-
-
-@njit(cache=True)
-def _trade_leg(out, k, ctl, orders, pos, fp, px, meta, i, target, now_ns):
-    inst = inst_id(ctl, i)
-    diff = np.int64(target - pos[i, PS_POS])
-    if diff == 0 or _leg_pending(orders, i):
-        return k
+def _trade_leg(ctx, p, i, target, now_ns):
+    inst = ctx.inst[i]
+    px, meta = ctx.px, ctx.meta
+    diff = np.int64(target - position(ctx, i))
+    if diff == 0 or open_on(ctx, i):
+        return
     if not is_valid(px, meta, inst) or meta[inst, META_HALTED] != 0:
-        return k   # no orders into an invalid, crossed or halted book
-    market = fp[F_MARKET] != 0.0
-    slip = np.int64(fp[F_SLIP])
+        return   # no orders into an invalid, crossed or halted book
+    market = p.market != 0
+    slip = np.int64(p.slippage_ticks)
     if diff > 0:
-        p = best_ask_px(px, meta, inst)
-        if p <= 0:
-            return k
-        k, s = send_new(out, k, ctl, orders, i, SIDE_BUY, ORD_MARKET if market else ORD_IOC,
-                        0 if market else p + slip, diff, now_ns)
+        q = best_ask_px(px, meta, inst)
+        if q <= 0:
+            return
+        place(ctx, i, SIDE_BUY, ORD_MARKET if market else ORD_IOC, 0 if market else q + slip,
+              diff, now_ns)
     else:
-        p = best_bid_px(px, meta, inst)
-        if p <= 0 or (not market and p - slip <= 0):
-            return k
-        k, s = send_new(out, k, ctl, orders, i, SIDE_SELL, ORD_MARKET if market else ORD_IOC,
-                        0 if market else p - slip, -diff, now_ns)
-    return k
+        q = best_bid_px(px, meta, inst)
+        if q <= 0 or (not market and q - slip <= 0):
+            return
+        place(ctx, i, SIDE_SELL, ORD_MARKET if market else ORD_IOC, 0 if market else q - slip,
+              -diff, now_ns)
 
 
 @njit(cache=True)
-def pairs_sample(fp, est, xs, ys, y_log, x_log, now_ns):
+def pairs_sample(p, st, y_log, x_log, now_ns):
     """Push one sample; update beta, sd and z (z = 0 until ``window`` earlier samples exist).
     Returns True when z is meaningful."""
+    xs = st.xs
+    ys = st.ys
     cap = xs.shape[0]
-    n = np.int64(est[E_N_SAMPLES])
-    window = np.int64(fp[F_WINDOW])
+    n = np.int64(st.n_samples)
+    window = np.int64(p.window)
     head = n % cap
     ready = False
     if n >= window:
         beta, alpha, sd = rolling_fit(xs, ys, n, head, window)
-        est[E_BETA] = beta
-        est[E_ALPHA] = alpha
-        est[E_SD] = sd
+        st.beta = beta
+        st.alpha = alpha
+        st.sd = sd
         if sd > 0.0:
-            est[E_RESID] = y_log - alpha - beta * x_log
-            est[E_Z] = est[E_RESID] / sd
+            st.resid = y_log - alpha - beta * x_log
+            st.z = st.resid / sd
             ready = True
     xs[head] = x_log
     ys[head] = y_log
-    est[E_N_SAMPLES] = n + 1
+    st.n_samples = n + 1
     return ready
 
 
 @njit(cache=True)
-def pairs_rule(fp, est, price_y, price_x, now_ns):
+def pairs_rule(p, st, price_y, price_x, now_ns):
     """Entry / exit / stop on the z-score just sampled (prices > 0, quote currency)."""
-    z = est[E_Z]
-    d = est[E_DIR]
+    z = st.z
+    d = st.dir
     if d == 0.0:
-        if now_ns >= est[E_COOLDOWN_UNTIL] and est[E_BETA] > 0.0:
+        if now_ns >= st.cooldown_until and st.beta > 0.0:
             nd = 0.0
-            if z >= fp[F_ENTRY]:
+            if z >= p.entry_z:
                 nd = -1.0
-            elif z <= -fp[F_ENTRY]:
+            elif z <= -p.entry_z:
                 nd = 1.0
             if nd != 0.0:
-                qy = math.floor(fp[F_NOTIONAL] / (price_y * fp[F_LOT_Y]) + 0.5)
-                qx = math.floor(est[E_BETA] * fp[F_NOTIONAL] / (price_x * fp[F_LOT_X]) + 0.5)
+                qy = math.floor(p.notional / (price_y * p.lot_y) + 0.5)
+                qx = math.floor(st.beta * p.notional / (price_x * p.lot_x) + 0.5)
                 if qy > 0 and qx > 0:
-                    est[E_DIR] = nd
-                    est[E_TARGET_Y] = nd * qy
-                    est[E_TARGET_X] = -nd * qx
-                    est[E_N_ENTRIES] += 1
+                    st.dir = nd
+                    st.target_y = nd * qy
+                    st.target_x = -nd * qx
+                    st.n_entries += 1
     else:
-        stop = (d < 0 and z >= fp[F_STOP]) or (d > 0 and z <= -fp[F_STOP])
-        done = (d < 0 and z <= fp[F_EXIT]) or (d > 0 and z >= -fp[F_EXIT])
+        stop = (d < 0 and z >= p.stop_z) or (d > 0 and z <= -p.stop_z)
+        done = (d < 0 and z <= p.exit_z) or (d > 0 and z >= -p.exit_z)
         if stop or done:
-            est[E_DIR] = 0.0
-            est[E_TARGET_Y] = 0.0
-            est[E_TARGET_X] = 0.0
+            st.dir = 0.0
+            st.target_y = 0.0
+            st.target_x = 0.0
         if stop:
-            est[E_COOLDOWN_UNTIL] = now_ns + fp[F_COOLDOWN_NS]
-            est[E_N_STOPS] += 1
+            st.cooldown_until = now_ns + p.cooldown_ns
+            st.n_stops += 1
 
 
 @njit(cache=True)
-def pairs_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
-    ctl, orders, pos, fp, est, xs, ys = state
-    # the runtime has applied md to the books and ex to orders / positions (strategies/host.py)
-    iy = inst_id(ctl, 0)
-    ix = inst_id(ctl, 1)
-    k = 0
-    if est[E_NEXT_SAMPLE_NS] == 0.0 or now_ns >= est[E_NEXT_SAMPLE_NS]:
+def pairs_step(ctx, st, p, now_ns):
+    """Sample when due, apply the rule, and trade each leg towards its target."""
+    iy = ctx.inst[0]
+    ix = ctx.inst[1]
+    if st.next_sample_ns == 0.0 or now_ns >= st.next_sample_ns:
         # A mid only from a valid book (complete, two-sided, bid < ask): an empty, one-sided,
         # crossed or locked leg has no price, so no sample (a zero mid would be log(0) and a
         # division by zero when sizing the legs).
-        my2 = valid_mid_x2(px, meta, iy)
-        mx2 = valid_mid_x2(px, meta, ix)
+        my2 = valid_mid_x2(ctx.px, ctx.meta, iy)
+        mx2 = valid_mid_x2(ctx.px, ctx.meta, ix)
         if my2 <= 0 or mx2 <= 0:
-            est[E_N_NO_PRICE] += 1
+            st.n_no_price += 1
         else:
-            if est[E_NEXT_SAMPLE_NS] == 0.0:
-                est[E_NEXT_SAMPLE_NS] = now_ns
+            if st.next_sample_ns == 0.0:
+                st.next_sample_ns = now_ns
             # one sample per call however long the gap; the sampling grid stays aligned
-            skipped = math.floor((now_ns - est[E_NEXT_SAMPLE_NS]) / fp[F_SAMPLE_NS]) + 1.0
-            est[E_NEXT_SAMPLE_NS] += skipped * fp[F_SAMPLE_NS]
-            price_y = my2 * 0.5 * fp[F_TICK_Y]
-            price_x = mx2 * 0.5 * fp[F_TICK_X]
-            if pairs_sample(fp, est, xs, ys, math.log(price_y), math.log(price_x), now_ns):
-                pairs_rule(fp, est, price_y, price_x, now_ns)
-    last_reject = ctl[CTL_LAST_REJECT_NS]
-    if last_reject == 0 or now_ns - last_reject >= fp[F_REJECT_BACKOFF_NS]:
-        k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 0, est[E_TARGET_Y], now_ns)
-        k = _trade_leg(out, k, ctl, orders, pos, fp, px, meta, 1, est[E_TARGET_X], now_ns)
-    return k
+            skipped = math.floor((now_ns - st.next_sample_ns) / p.sample_ns) + 1.0
+            st.next_sample_ns += skipped * p.sample_ns
+            price_y = my2 * 0.5 * p.tick_y
+            price_x = mx2 * 0.5 * p.tick_x
+            if pairs_sample(p, st, math.log(price_y), math.log(price_x), now_ns):
+                pairs_rule(p, st, price_y, price_x, now_ns)
+    last = last_reject_ns(ctx)
+    if last == 0 or now_ns - last >= p.reject_backoff_ns:
+        _trade_leg(ctx, p, 0, st.target_y, now_ns)
+        _trade_leg(ctx, p, 1, st.target_x, now_ns)
+
+
+@njit(cache=True)
+def pairs_on_market(ctx, st, p, md, n_md, now_ns):
+    pairs_step(ctx, st, p, now_ns)
+
+
+@njit(cache=True)
+def pairs_on_exec(ctx, st, p, ex, n_ex, now_ns):
+    pairs_step(ctx, st, p, now_ns)   # a partial fill is topped up, a final leg frees the next
+
+
+@njit(cache=True)
+def pairs_on_timer(ctx, st, p, now_ns):
+    pairs_step(ctx, st, p, now_ns)   # samples stay on their grid in a quiet market
 
 
 class PairsTrading(Strategy):
@@ -240,34 +242,25 @@ class PairsTrading(Strategy):
     kind = "pairs_trading"
     Params = PairsTradingParams
     n_instruments = 2
-    kernel = staticmethod(pairs_kernel)
+    on_market = staticmethod(pairs_on_market)
+    on_exec = staticmethod(pairs_on_exec)
+    on_timer = staticmethod(pairs_on_timer)
 
     def check_instruments(self) -> None:
         y, x = self.instruments
         if y.instrument_id == x.instrument_id:
             raise ValueError(f"pairs_trading: both legs are {y.key}; a pair needs two instruments")
 
-    def make_state(self) -> tuple:
+    def state_fields(self):
+        n = self.params.window + 1
+        return STATE_FIELDS_SCALAR + [("xs", "f8", (n,)), ("ys", "f8", (n,))]
+
+    def derive(self) -> dict:
         p = self.params
         y, x = self.instruments
-        fp = np.zeros(F_WORDS, dtype=np.float64)
-        fp[F_WINDOW] = p.window
-        fp[F_SAMPLE_NS] = p.sample_ms * 1e6
-        fp[F_ENTRY] = p.entry_z
-        fp[F_EXIT] = p.exit_z
-        fp[F_STOP] = p.stop_z
-        fp[F_NOTIONAL] = p.notional
-        fp[F_SLIP] = p.slippage_ticks
-        fp[F_COOLDOWN_NS] = p.cooldown_ms * 1e6
         # Floats here only size orders and take logs; record prices stay integer ticks.
-        fp[F_TICK_Y] = float(y.tick_size)
-        fp[F_TICK_X] = float(x.tick_size)
-        fp[F_LOT_Y] = float(y.lot_size)
-        fp[F_LOT_X] = float(x.lot_size)
-        fp[F_MARKET] = 1.0 if p.order_type == "market" else 0.0
-        fp[F_REJECT_BACKOFF_NS] = p.reject_backoff_ms * 1e6
-        ctl = make_ctl(self.strategy_id, self.instruments)
-        est = np.zeros(E_WORDS, dtype=np.float64)
-        xs = np.zeros(p.window + 1, dtype=np.float64)
-        ys = np.zeros(p.window + 1, dtype=np.float64)
-        return (ctl, make_orders(8), make_positions(2), fp, est, xs, ys)
+        return {"sample_ns": p.sample_ms * 1e6, "cooldown_ns": p.cooldown_ms * 1e6,
+                "reject_backoff_ns": p.reject_backoff_ms * 1e6,
+                "market": 1 if p.order_type == "market" else 0,
+                "tick_y": float(y.tick_size), "tick_x": float(x.tick_size),
+                "lot_y": float(y.lot_size), "lot_x": float(x.lot_size)}

@@ -1,6 +1,6 @@
 """``run.py backtest [--config F] [--strategy NAME] [--data F] [--json] [--out DIR]``.
 
-Cold path (operator's shell). Runs the deterministic backtest of ``market.backtest`` for one
+Cold path (operator's shell). Runs the deterministic backtest of ``strategies.backtest`` for one
 strategy instance, or for each enabled instance when --strategy is not given, and writes the
 report, the equity curve (CSV) and its plot (PNG) into --out (default
 runs/backtest/<UTC timestamp>). Imports numpy/numba only inside the handler.
@@ -54,7 +54,7 @@ def run(args) -> int:
     if args.event_rate is not None and args.event_rate <= 0:
         raise CliError(f"--event-rate {args.event_rate}: must be > 0", EXIT_USAGE)
 
-    from market.backtest import _strategy_config, run_backtest
+    from strategies.backtest import _strategy_config, run_backtest
     from market.report import format_text, to_json, write_equity_csv, write_equity_png
 
     if args.strategy is not None:

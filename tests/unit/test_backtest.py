@@ -168,7 +168,7 @@ def _comparable(rep):
 
 
 def test_backtest_on_sim_is_deterministic_and_its_equity_adds_up(cfg):
-    from market.backtest import run_backtest
+    from strategies.backtest import run_backtest
 
     a = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0)
     b = run_backtest(cfg, "market_making", duration_s=8.0, event_rate_per_s=300.0)
@@ -185,7 +185,7 @@ def test_backtest_on_sim_is_deterministic_and_its_equity_adds_up(cfg):
 
 def test_backtest_replays_a_lobster_recording_through_the_queue_model(cfg, shared_data,
                                                                       tmp_path):
-    from market.backtest import run_backtest
+    from strategies.backtest import run_backtest
     from market.lobster import convert_to_file
 
     d = shared_data / "lobster"
@@ -254,15 +254,15 @@ def _pair_recording(cfg, path, end_s=9.0, one_sided=(6.0, 7.0), trade_px_at=None
 
 
 def test_pairs_backtest_runs_through_a_one_sided_book_without_a_kernel_error(cfg, tmp_path):
-    from market.backtest import run_backtest
+    from strategies.backtest import run_backtest
     from strategies import pairs_trading as pt
 
     path = tmp_path / "pairs.rec"
     n = _pair_recording(cfg, path)
     res = run_backtest(cfg, "pairs_btc_eth", data=path)   # the default config's instance
-    est = res.strategy_state[4]
-    assert est[pt.E_N_SAMPLES] > 100          # the z-score was live before the book went bad
-    assert est[pt.E_N_NO_PRICE] > 0           # samples came due while BTC had no asks
+    est = res.strategy_state.fields
+    assert est.n_samples > 100          # the z-score was live before the book went bad
+    assert est.n_no_price > 0           # samples came due while BTC had no asks
     assert res.counters["kernel_errors"] == 0 and res.report["kernel_errors"] == 0
     assert res.counters["md_records"] == n    # ran to the end of the recording
 

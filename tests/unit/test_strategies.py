@@ -14,7 +14,6 @@ from shm.records import (
 from strategies import cross_venue_arb as arb
 from strategies import market_making as mm
 from strategies import pairs_trading as pt
-from strategies.base import CTL_UNKNOWN_EXEC
 from strategies.host import HostedStrategy
 from strategies.registry import make_strategy
 from tests.unit.scenario_records import (
@@ -63,19 +62,19 @@ def test_market_maker_quotes_the_avellaneda_stoikov_prices():
     assert bid["qty_lots"] == ask["qty_lots"] == 10
     assert bid["client_order_id"] >> 48 == 5 and bid["strategy_id"] == 5
     assert bid["cause_recv_ts_ns"] == 1_000
-    assert h.state[4][mm.E_DELTA] == pytest.approx(delta)
+    assert h.st.delta == pytest.approx(delta)
 
 
 @pytest.mark.parametrize("side,direction", [(SIDE_BUY, -1), (SIDE_SELL, +1)])
 def test_inventory_skews_both_quotes_against_it(side, direction):
     h = mm_host(sigma_init_ticks=30.0)   # skew per quote size: g s^2 tau = 9 ticks
     out = start_quoting(h)
-    r0 = h.state[4][mm.E_R]
+    r0 = h.st.r
     bid0, ask0 = quotes(out)
     filled = bid0 if side == SIDE_BUY else ask0
     # the filled side is re-quoted new; the other side is replaced: both move the same way
     out = h.step(ex=fill(filled), now_ns=2_000).copy()
-    r1 = h.state[4][mm.E_R]
+    r1 = h.st.r
     assert (r1 - r0) * direction > 0           # long -> lower reservation price
     assert r1 - r0 == pytest.approx(direction * 1.0 * 0.01 * 900.0 * 1.0)   # q g s^2 tau
     bid1, ask1 = quotes(out)
@@ -94,15 +93,15 @@ def _feed_mids(h, swing, n=40):
         t = i * 100 * MS + 1_000
         off = swing if i % 2 else 0
         h.step(top(1, 99_990 + off, 50, 100_010 + off, 50, t), now_ns=t)
-    return h.state[4]
+    return h.st
 
 
 def test_spread_widens_with_estimated_volatility():
     calm = _feed_mids(mm_host(sigma_init_ticks=0.0, min_sigma_samples=10), swing=1)
     wild = _feed_mids(mm_host(sigma_init_ticks=0.0, min_sigma_samples=10), swing=20)
-    assert wild[mm.E_SIGMA2] > 100 * calm[mm.E_SIGMA2]
-    assert wild[mm.E_DELTA] > calm[mm.E_DELTA] + 10
-    assert wild[mm.E_ASK] - wild[mm.E_BID] > calm[mm.E_ASK] - calm[mm.E_BID]
+    assert wild.sigma2 > 100 * calm.sigma2
+    assert wild.delta > calm.delta + 10
+    assert wild.ask - wild.bid > calm.ask - calm.bid
 
 
 def test_no_quotes_until_volatility_is_estimated():
@@ -120,8 +119,8 @@ def test_trades_far_from_the_mid_lower_k_and_widen_the_spread():
     for h, dist in ((near, 1), (far, 30)):
         start_quoting(h)
         h.step(trade(1, 100_000 + dist, 5, SIDE_BUY, 3_000), now_ns=3_000)
-    assert far.state[4][mm.E_K] < near.state[4][mm.E_K]
-    assert far.state[4][mm.E_DELTA] > near.state[4][mm.E_DELTA]
+    assert far.st.k < near.st.k
+    assert far.st.delta > near.st.delta
 
 
 def test_small_moves_below_the_requote_threshold_send_nothing():
@@ -187,7 +186,7 @@ def test_warm_up_primes_the_volatility_estimate():
     h = HostedStrategy(s)
     out = h.step(snapshot(1, [(99_990, 50)], [(100_010, 50)], ts=10**10), now_ns=10**10)
     assert len(out) == 2
-    assert h.state[4][mm.E_SIGMA2] == pytest.approx(1000.0, rel=0.05)   # (10 ticks)^2 / 0.1 s
+    assert h.st.sigma2 == pytest.approx(1000.0, rel=0.05)   # (10 ticks)^2 / 0.1 s
 
 
 def test_market_maker_params_are_validated_with_precise_messages():
@@ -247,17 +246,17 @@ def test_pairs_z_score_is_the_out_of_sample_ols_residual():
     _with_z(y, x, 21, 3.0)
     h, _ = pairs_run({"entry_z": 50.0, "exit_z": 0.1, "stop_z": 100.0}, y, x)
     a, b, sd = _fit_prev(y, x, 21)
-    est = h.state[4]
-    assert est[pt.E_BETA] == pytest.approx(b, rel=1e-6)
+    est = h.st
+    assert est.beta == pytest.approx(b, rel=1e-6)
     z = (np.log(y[21] * 0.01) - a - b * np.log(x[21] * 0.01)) / sd
-    assert est[pt.E_Z] == pytest.approx(z, rel=1e-6) and est[pt.E_Z] == pytest.approx(3.0, 0.05)
+    assert est.z == pytest.approx(z, rel=1e-6) and est.z == pytest.approx(3.0, 0.05)
 
 
 def test_pairs_enters_exactly_at_the_entry_z_and_not_a_hair_below():
     y, x = pair_prices(22)
     _with_z(y, x, 21, 3.0)
     h, _ = pairs_run({"entry_z": 50.0, "exit_z": 0.1, "stop_z": 100.0}, y, x)
-    z = h.state[4][pt.E_Z]
+    z = h.st.z
     h, steps = pairs_run({"entry_z": z, "exit_z": 0.1, "stop_z": 100.0}, y, x)
     out = steps[-1]
     assert len(out) == 2 and all(r["order_type"] == ORD_IOC for r in out)
@@ -265,7 +264,7 @@ def test_pairs_enters_exactly_at_the_entry_z_and_not_a_hair_below():
     leg_x = [r for r in out if r["instrument_id"] == 3][0]
     assert leg_y["side"] == SIDE_SELL and leg_x["side"] == SIDE_BUY   # Y rich: sell Y, buy X
     py, px_ = y[-1] * 0.01, x[-1] * 0.01
-    beta = h.state[4][pt.E_BETA]
+    beta = h.st.beta
     assert leg_y["qty_lots"] == round(10_000.0 / (py * 0.0001))
     assert leg_x["qty_lots"] == round(beta * 10_000.0 / (px_ * 0.001))
     assert leg_y["px_ticks"] == y[-1] - 1 - 2 and leg_x["px_ticks"] == x[-1] + 1 + 2
@@ -294,7 +293,7 @@ def test_pairs_exits_when_z_is_back_to_exit_z():
     base = {"entry_z": 2.0, "stop_z": 100.0}
     h, steps = pairs_run({**base, "exit_z": 0.01}, y, x, fills=True)
     assert len(steps[-2]) == 2 and len(steps[-1]) == 0      # entered; 0.3 > exit_z: hold
-    z_next = h.state[4][pt.E_Z]
+    z_next = h.st.z
     assert 0.2 < z_next < 0.4
     h, steps = pairs_run({**base, "exit_z": z_next}, y, x, fills=True)
     out = steps[-1]
@@ -309,9 +308,9 @@ def test_pairs_exits_when_z_is_back_to_exit_z():
 def test_pairs_stops_out_when_the_spread_keeps_diverging():
     y, x = _entry_then(8.0)
     h, steps = pairs_run({"entry_z": 2.0, "exit_z": 0.1, "stop_z": 5.0}, y, x, fills=True)
-    assert h.state[4][pt.E_Z] >= 5.0
-    assert len(steps[-1]) == 2 and h.state[4][pt.E_N_STOPS] == 1
-    assert h.state[4][pt.E_TARGET_Y] == 0 and h.state[4][pt.E_DIR] == 0
+    assert h.st.z >= 5.0
+    assert len(steps[-1]) == 2 and h.st.n_stops == 1
+    assert h.st.target_y == 0 and h.st.dir == 0
 
 
 def test_pairs_tops_up_a_partially_filled_leg():
@@ -413,7 +412,7 @@ def test_arb_waits_then_unwinds_at_the_touch_after_the_leg_timeout():
     unwind = h.step(md, now_ns=t)
     assert len(unwind) == 1 and unwind[0]["instrument_id"] == 1
     assert unwind[0]["side"] == SIDE_BUY and unwind[0]["px_ticks"] == 10_020 + 1
-    assert h.state[4][arb.E_N_UNWINDS] == 1
+    assert h.st.n_unwinds == 1
 
 
 def test_arb_backs_off_after_a_denial_instead_of_hammering_the_gate():
@@ -444,7 +443,7 @@ def test_ack_of_an_order_the_strategy_did_not_send_is_counted_not_applied():
     out = start_quoting(h)
     stray = out[:1].copy()
     stray["client_order_id"] += 1000
-    before = h.state[1].copy()
+    before = h.ctx.orders.copy()
     h.step(ex=ack(stray[0]), now_ns=5_000)
-    assert h.state[0][CTL_UNKNOWN_EXEC] == 1
-    assert np.array_equal(h.state[1], before)
+    assert h.rt["unknown_exec"] == 1
+    assert np.array_equal(h.ctx.orders, before)

@@ -14,7 +14,6 @@ from shm.records import (
     EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, MSG_STATUS, ORD_IOC,
     ORD_MARKET, ORD_POST_ONLY, ORDER_DTYPE, SIDE_BUY, SIDE_SELL, STATUS_HALTED,
 )
-from strategies.base import CTL_DROPPED
 from strategies.host import HostedStrategy
 from strategies.registry import available_kinds, get_strategy_class
 from tests.unit.scenario_records import execs, instrument, market, report, snapshot, top, trade
@@ -24,9 +23,9 @@ INSTRUMENTS = [instrument(1, 1), instrument(2, 2)]
 KINDS = available_kinds()
 
 
-def make_host(kind, strategy_id=3):
+def make_host(kind, strategy_id=3, **kw):
     cls = get_strategy_class(kind)
-    return HostedStrategy(cls({}, INSTRUMENTS[:cls.n_instruments], strategy_id))
+    return HostedStrategy(cls({}, INSTRUMENTS[:cls.n_instruments], strategy_id), **kw)
 
 
 def test_the_three_strategies_are_registered():
@@ -211,7 +210,7 @@ def test_strategy_keeps_the_intent_contract_and_replays_bit_for_bit(kind):
     assert len(out1) > 0, f"{kind} never traded on the stream: the scenario tests nothing"
     assert h1.kernel_errors == 0
     assert out1.tobytes() == out2.tobytes()
-    for a, b in zip(h1.state, h2.state):
+    for a, b in zip(h1.state.arrays(), h2.state.arrays()):
         assert a.tobytes() == b.tobytes()
 
 
@@ -239,10 +238,9 @@ def test_intent_buffer_overflow_is_counted_not_written_past_the_end():
     cls = get_strategy_class("market_making")
     h = HostedStrategy(cls({"sigma_init_ticks": 10.0}, INSTRUMENTS[:1], 3), max_intents=1)
     out = h.step(snapshot(1, [(99_990, 5)], [(100_010, 5)], 1), now_ns=1)
-    assert len(out) == 1 and h.state[0][CTL_DROPPED] == 1
+    assert len(out) == 1 and h.rt["dropped"] == 1
     # the arbitrage needs both legs in one batch: with room for one it sends none
-    h = make_host("cross_venue_arb")
-    h.out = np.zeros(1, dtype=ORDER_DTYPE)
+    h = make_host("cross_venue_arb", max_intents=1)
     md = np.concatenate([snapshot(1, [(100_200, 5)], [(100_210, 5)], 1),
                          snapshot(2, [(99_900, 5)], [(99_910, 5)], 1)])
     assert len(h.step(md, now_ns=1)) == 0
