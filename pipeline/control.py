@@ -472,8 +472,9 @@ def socket_config(path):
 
 def load_config_or_exit(path):
     """The validated config, or CliError(exit 2) listing every problem."""
+    from common.schema import ConfigError
     from pipeline.cli import EXIT_USAGE, CliError
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
 
     try:
         return load_config(path)

@@ -10,7 +10,7 @@ Contract (see /work/briefs/strategy_api.md)::
 
     class MyStrategy(Strategy):
         kind = "my_strategy"
-        Params = <frozen dataclass; every field via pipeline.config.opt(default, doc, checks)>
+        Params = <frozen dataclass; every field via common.schema.opt(default, doc, checks)>
         n_instruments = 1                     # how many instruments the strategy trades
         kernel = staticmethod(my_kernel)      # @njit
 
@@ -42,7 +42,7 @@ import dataclasses
 import numpy as np
 from numba import njit
 
-from pipeline.config import ConfigError, load_section
+from common.schema import ConfigError, load_section
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
     EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, SIDE_BUY,
@@ -119,7 +119,7 @@ class Strategy:
     """Cold side of a strategy. Subclasses set ``kind``, ``Params``, ``n_instruments``, ``kernel``.
 
     ``params`` (the ``[strategies].params`` table) is validated with
-    ``pipeline.config.load_section``: unknown keys and bad values raise ``ConfigError`` naming
+    ``common.schema.load_section``: unknown keys and bad values raise ``ConfigError`` naming
     ``strategies.<kind>.params.<key>`` and the value.
     """
 

@@ -39,9 +39,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from common.schema import ConfigError
     from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import output_dir
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
 
     try:
         cfg = load_config(args.config)

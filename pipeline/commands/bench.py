@@ -45,8 +45,8 @@ def _missing(name: str):
 def _input_errors_exit_2(main):
     """A benchmark's config error is a usage error (exit 2, one line), not a traceback."""
     def run(args) -> int:
+        from common.schema import ConfigError
         from pipeline.cli import EXIT_USAGE, CliError
-        from pipeline.config import ConfigError
 
         try:
             return main(args)

@@ -78,9 +78,9 @@ def _check_venue(venue: str, files) -> None:
 def run_check(args) -> int:
     import json
 
+    from common.schema import ConfigError
     from feeds.check import check_recordings, format_report
     from pipeline.cli import EXIT_USAGE, CliError
-    from pipeline.config import ConfigError
 
     _check_files(args.venue, args.file)
     _check_venue(args.venue, args.file)

@@ -76,7 +76,7 @@ def run_venue(args) -> int:
     except ImportError as exc:
         raise CliError(f"replay {args.venue} needs feeds.convert.convert_recording, which this "
                        f"checkout does not provide ({exc})") from None
-    from pipeline.config import ConfigError
+    from common.schema import ConfigError
 
     accepted = ("kraken", "kraken-v1") if args.venue == "kraken" else (args.venue,)
     found = recording_venue_mismatch(args.file, accepted)
