@@ -45,8 +45,9 @@ def _measure(args) -> dict:
     from bench.pipeline import _config_text
     from pipeline.config import DEFAULT_CONFIG, load_config
     from pipeline.control import client_request
-    from pipeline.status import W_CTRL_ACK, W_X0, StatusTable
+    from common.status import W_CTRL_ACK, W_X0
     from shm.segment import unlink_instance
+    from shm.status import StatusTable
 
     root = Path(__file__).resolve().parent.parent
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))

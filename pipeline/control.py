@@ -215,7 +215,7 @@ PERCENTILES = (50, 90, 99, 99.9, 99.99)
 def stage_table(ctl) -> list[dict]:
     import time as _time
 
-    from pipeline.status import STATE_NAMES
+    from common.status import STATE_NAMES
 
     rows = []
     for spec in ctl.topology.stages:

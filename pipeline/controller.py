@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, W_CTRL_ACK, W_STATE
 from pipeline import control as ops
 from pipeline.control import instance_dir, socket_path  # noqa: F401  (re-exported)
-from pipeline.status import (ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, StatusTable,
-                             W_CTRL_ACK, W_STATE)
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
+from shm.status import StatusTable
 from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                              ROLE_VENUE, build_topology)
 

@@ -87,7 +87,8 @@ def kill_stage(cfg, stage: str, timeout_s: float = 60.0, steady: bool = True) ->
     deadline = t0 + timeout_s
     reconciles = row["role"] in RECONCILING_ROLES
     slot = [r["stage"] for r in st["stages"]].index(stage)
-    from pipeline.status import ST_RUNNING, W_PID, W_STATE, StatusTable
+    from common.status import ST_RUNNING, W_PID, W_STATE
+    from shm.status import StatusTable
 
     # the stage's own status block, not the controller's socket (which waits while the
     # controller is busy with the restart itself)
@@ -158,8 +159,9 @@ def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
     import sys
 
     from pipeline.recovery import stage_pids
-    from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
+    from common.status import ST_STOPPED, ST_STOPPING, W_STATE
     from shm.segment import pid_alive
+    from shm.status import StatusTable
 
     st = _status(cfg)
     run_dir = Path(st["run_dir"])

@@ -22,8 +22,8 @@ import traceback
 
 import numpy as np
 
-from pipeline.status import (ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING, W_CPU,
-                             W_CTRL_ACK, W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
+from common.status import (ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING, W_CPU, W_CTRL_ACK,
+                           W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
 from shm.records import CONTROL_DTYPE, CTRL_STOP
 
 HEARTBEAT_NS = 10_000_000          # 10 ms: well inside the controller's 100 ms silence limit

@@ -103,9 +103,9 @@ def main(argv=None) -> int:
     from pipeline.config import load_config
     from pipeline.idle import make_idle
     from pipeline.runner import StageRunner
-    from pipeline.status import StatusTable
     from shm.records import CONTROL_DTYPE
     from shm.ring import SpscRing
+    from shm.status import StatusTable
     from stages.base import StageContext
     from stages.topology import build_topology
 

@@ -197,8 +197,9 @@ def test_a_strategy_that_keeps_failing_is_halted_alone(inst):
 
 def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(inst):
     from pipeline.drill import journal_outcomes
-    from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
+    from common.status import ST_STOPPED, ST_STOPPING, W_STATE
     from shm.segment import list_segments, pid_alive
+    from shm.status import StatusTable
 
     cfg, name = inst["cfg"], inst["name"]
     for attempt in ("start", "stop"):
