@@ -81,13 +81,16 @@ def run_check(args) -> int:
     from common.schema import ConfigError
     from feeds.check import check_recordings, format_report
     from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.config import load_config
 
     _check_files(args.venue, args.file)
     _check_venue(args.venue, args.file)
     try:
-        report = check_recordings(args.venue, args.file, args.config)
+        config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         raise CliError(f"--config: {exc}", EXIT_USAGE) from None
+    try:
+        report = check_recordings(args.venue, args.file, config)
     except UnicodeDecodeError as exc:
         raise CliError(f"{' '.join(args.file)}: not UTF-8 text ({exc.reason} at byte "
                        f"{exc.start}); feed check reads websocket recordings", EXIT_USAGE) \
