@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("shm", "market", "strategies", "feeds", "stages", "pipeline", "bench", "tests")
+PACKAGES = ("common", "shm", "market", "strategies", "feeds", "stages", "pipeline", "bench",
+            "tests")
 KEEP = 3
 # module-name prefix of a strategy's generated host step (stages/host_codegen.py), which lives
 # outside the packages above
