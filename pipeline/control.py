@@ -16,6 +16,8 @@ import os
 import socket
 from pathlib import Path
 
+from pipeline.exits import EXIT_NOT_RUNNING, EXIT_USAGE, CliError
+
 MAX_REQUEST = 1 << 20
 # what an [instance] name may be (pipeline/config.py checks it with this; socket_config too)
 INSTANCE_NAME_PATTERN = r"[A-Za-z0-9_\-]{1,24}"
@@ -473,7 +475,6 @@ def socket_config(path):
 def load_config_or_exit(path):
     """The validated config, or CliError(exit 2) listing every problem."""
     from common.schema import ConfigError
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.config import load_config
 
     try:
@@ -502,8 +503,6 @@ def lock_held(cfg) -> bool:
 
 def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
     """Send ``req`` to the instance's controller; CliError(exit 3) if it is not running."""
-    from pipeline.cli import EXIT_NOT_RUNNING, CliError
-
     try:
         reply = request(socket_path(cfg), req, timeout_s)
     except NotRunning:
@@ -514,7 +513,5 @@ def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
         raise CliError(f"instance {cfg.instance.name!r} is not running (no controller at "
                        f"{socket_path(cfg)})", EXIT_NOT_RUNNING) from None
     if not reply.get("ok"):
-        from pipeline.cli import CliError as _E
-
-        raise _E(f"controller: {reply.get('error', 'request failed')}")
+        raise CliError(f"controller: {reply.get('error', 'request failed')}")
     return reply

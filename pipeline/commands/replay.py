@@ -32,8 +32,8 @@ def register(sub) -> None:
 
 
 def run_lobster(args) -> int:
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import input_file, output_file, sniff
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.levels < 1:
         raise CliError(f"--levels must be >= 1, got {args.levels}", EXIT_USAGE)
@@ -60,9 +60,9 @@ def run_lobster(args) -> int:
 
 
 def run_venue(args) -> int:
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import (input_file, output_file, recording_venue_mismatch,
                                            sniff, venue_label)
+    from pipeline.exits import EXIT_USAGE, CliError
 
     for f in args.file:
         input_file(f, "--file", f"{args.venue} recording")
