@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
-from pipeline.control import INSTANCE_NAME_PATTERN
+from pipeline.paths import INSTANCE_NAME_PATTERN
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 

@@ -17,10 +17,9 @@ import socket
 from pathlib import Path
 
 from pipeline.exits import EXIT_NOT_RUNNING, EXIT_USAGE, CliError
+from pipeline.paths import INSTANCE_NAME_PATTERN, instance_dir, socket_path
 
 MAX_REQUEST = 1 << 20
-# what an [instance] name may be (pipeline/config.py checks it with this; socket_config too)
-INSTANCE_NAME_PATTERN = r"[A-Za-z0-9_\-]{1,24}"
 
 
 class NotRunning(Exception):
@@ -439,15 +438,6 @@ def finish_report(ctl) -> None:
 # =============================================================================================
 # CLI side helpers (run in the operator's shell)
 # =============================================================================================
-def instance_dir(cfg) -> Path:
-    return Path(cfg.instance.run_dir).resolve() / cfg.instance.name
-
-
-def socket_path(cfg) -> Path:
-    return Path(cfg.instance.socket).resolve() if cfg.instance.socket else \
-        instance_dir(cfg) / "control.sock"
-
-
 def socket_config(path):
     """Just enough of a config to find the instance's control socket ([instance] name, run_dir,
     socket), read with tomllib alone: the commands that only talk to the socket (kill, resume,

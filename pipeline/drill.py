@@ -158,8 +158,8 @@ def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
     import subprocess
     import sys
 
-    from pipeline.recovery import stage_pids
     from common.status import ST_STOPPED, ST_STOPPING, W_STATE
+    from pipeline.recovery import stage_pids
     from shm.segment import pid_alive
     from shm.status import StatusTable
 
@@ -205,7 +205,7 @@ def socket_stall(cfg, stage: str, clients: int = 50) -> dict:
     ``stage`` is killed: the controller must notice and recover as if they were not there."""
     import socket
 
-    from pipeline.control import socket_path
+    from pipeline.paths import socket_path
 
     held = []
     wait_steady(cfg)   # a restart from the warm spare, as in the plain drill

@@ -110,7 +110,7 @@ def instance_fields(text: str) -> dict | None:
 
 
 def control_socket(fields: dict) -> str:
-    """The control socket's path, resolved as ``pipeline.control.socket_path`` does."""
+    """The control socket's path, resolved as ``pipeline.paths.socket_path`` does."""
     if fields["socket"]:
         return os.path.realpath(fields["socket"])
     return os.path.join(os.path.realpath(fields["run_dir"]), fields["name"], "control.sock")

@@ -34,8 +34,8 @@ def run(args) -> int:
 
     from pipeline.config import DEFAULT_CONFIG
     from pipeline.control import load_config_or_exit, lock_held
-    from pipeline.controller import instance_dir
     from pipeline.exits import CliError
+    from pipeline.paths import instance_dir
 
     from pipeline.commands.run import _check_replay
 
