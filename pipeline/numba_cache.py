@@ -73,6 +73,12 @@ def _dispatchers(prefixes):
                 yield name, attr, obj
 
 
+def warm_dir(run_dir) -> Path:
+    """Where each stage of a run lists the compiled code it uses (``write_manifest``), for the
+    warm spare to ``preload``."""
+    return Path(run_dir) / "warm"
+
+
 def write_manifest(path, prefixes=PACKAGES + (GENERATED_PREFIX,)) -> int:
     """Record which compiled overloads this process uses: (module, function, signature) of
     every overload of every @njit function under ``prefixes``, pickled to ``path`` (0600).

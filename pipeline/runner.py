@@ -66,8 +66,7 @@ class StageRunner:
         if run_dir is None:
             return
         try:
-            from pipeline.numba_cache import write_manifest
-            from pipeline.stage_main import warm_dir
+            from pipeline.numba_cache import warm_dir, write_manifest
 
             write_manifest(warm_dir(run_dir) / f"{self.ctx.name}.pkl")
         except Exception as exc:  # noqa: BLE001 - only a slower restart depends on it

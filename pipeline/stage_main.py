@@ -140,11 +140,6 @@ def main(argv=None) -> int:
         status.close()
 
 
-def warm_dir(run_dir) -> Path:
-    """Where each stage of a run lists the compiled code it uses (pipeline.numba_cache)."""
-    return Path(run_dir) / "warm"
-
-
 def _import_for_preload(name: str):
     """importlib.import_module, except a strategy's generated host step (stages/host_codegen),
     which is made, not imported."""
@@ -164,7 +159,7 @@ def _import_for_preload(name: str):
 def _preload(run_dir: str | None) -> None:
     """The compiled code the run's stages use (their manifests under ``warm_dir``), loaded
     from numba's cache now rather than by the stage a restart hands us."""
-    from pipeline.numba_cache import preload
+    from pipeline.numba_cache import preload, warm_dir
 
     if run_dir:
         n_ok, n_skip = preload(sorted(warm_dir(run_dir).glob("*.pkl")), _import_for_preload)
