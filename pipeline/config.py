@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
+from pipeline.buildcheck import build_problems
 from pipeline.paths import INSTANCE_NAME_PATTERN
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -297,9 +298,6 @@ class Config:
                 yield f"{path} = {cpu}: this machine has CPUs 0..{ncpu - 1}"
         if not _BUILD[-1]:
             return
-        # imported here: buildcheck imports the strategies, whose params use this module
-        from pipeline.buildcheck import build_problems
-
         yield from build_problems(self, broken)
 
     def pinned_cpus(self):

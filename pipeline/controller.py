@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, W_CTRL_ACK, W_STATE
+from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, W_CTRL_ACK, W_STATE
 from pipeline import control as ops
 from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor

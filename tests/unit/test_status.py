@@ -6,8 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from common.status import (BLOCK_BYTES, ST_RUNNING, W_HEARTBEAT_NS, W_RECORDS_IN, W_RESTARTS,
-                           W_STATE)
+from common.status import BLOCK_BYTES, ST_RUNNING, W_RECORDS_IN, W_RESTARTS, W_STATE
 from shm.status import StatusTable
 
 
