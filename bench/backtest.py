@@ -113,8 +113,8 @@ def main(args) -> int:
     from market.lobster import convert, lobster_instrument
     from market.recordfile import RecordFileWriter
     from market.sim import SimVenue
-    from pipeline.cli import CliError
     from pipeline.config import load_config
+    from pipeline.exits import CliError
     from shm.instruments import InstrumentTable
     from shm.records import MARKET_DTYPE
 

@@ -360,7 +360,7 @@ def main(args) -> int:
         files = [str(data / f) for f in CASES[venue]]
         for f in files:
             if not Path(f).is_file():
-                from pipeline.cli import CliError
+                from pipeline.exits import CliError
                 raise CliError(f"recording not found: {f}; --data names the directory that "
                                f"holds {venue}/ (the shared recordings)", 2)
         frames = list(read_recordings(files))

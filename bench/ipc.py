@@ -249,7 +249,7 @@ def main(args) -> int:
     import sys
     import time
 
-    from pipeline.cli import CliError
+    from pipeline.exits import CliError
 
     names = TRANSPORTS
     if args.only:

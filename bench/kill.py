@@ -43,10 +43,11 @@ def _measure(args) -> dict:
     from pathlib import Path
 
     from bench.pipeline import _config_text
+    from common.status import W_CTRL_ACK, W_X0
     from pipeline.config import DEFAULT_CONFIG, load_config
     from pipeline.control import client_request
-    from pipeline.status import W_CTRL_ACK, W_X0, StatusTable
     from shm.segment import unlink_instance
+    from shm.status import StatusTable
 
     root = Path(__file__).resolve().parent.parent
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))
@@ -124,7 +125,7 @@ def main(args) -> int:
     import json
     import os
 
-    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.rounds < 1:
         raise CliError("--rounds: need at least 1", EXIT_USAGE)

@@ -60,8 +60,9 @@ def _measure(rate: float, args) -> dict:
 
     from pipeline.config import load_config
     from pipeline.control import client_request
-    from pipeline.status import W_X1, StatusTable
+    from common.status import W_X1
     from shm.segment import unlink_instance
+    from shm.status import StatusTable
 
     root = Path(__file__).resolve().parent.parent
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))

@@ -1,10 +1,11 @@
 """Replay recordings through a venue handler and report what it saw. Cold path (CLI, tests).
 
 ``check_recordings(venue, files)`` reads every file (several files in order form one stream,
-see feeds.recording.read_recordings), resolves instruments (config if given, else derived from
-the data, see feeds.meta), feeds every frame and returns the handler's counters plus a verdict:
-``clean`` is true when nothing was lost or inconsistent (no gaps, checksum failures, crossed
-books, parse errors, oracle mismatches, and every book seen ended valid).
+see feeds.recording.read_recordings), resolves instruments (from a loaded config if given,
+else derived from the data, see feeds.meta), feeds every frame and returns the handler's
+counters plus a verdict: ``clean`` is true when nothing was lost or inconsistent (no gaps,
+checksum failures, crossed books, parse errors, oracle mismatches, and every book seen ended
+valid).
 """
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ from feeds.meta import derive_instruments, instruments_from_config, make_handler
 from feeds.recording import feed_frames, read_recordings
 
 
-def resolve_instruments(venue: str, files: list[str], config_path: str | None = None):
-    if config_path:
-        inst = instruments_from_config(config_path, venue)
+def resolve_instruments(venue: str, files: list[str], config=None):
+    """From ``config`` (a loaded config) when it lists any of this venue's instruments, else
+    derived from the recording."""
+    if config is not None:
+        inst = instruments_from_config(config, venue)
         if inst:
             return inst, "config"
     return derive_instruments(venue, read_recordings(files)), "derived from the recording"
 
 
-def check_recordings(venue: str, files: list[str], config_path: str | None = None,
+def check_recordings(venue: str, files: list[str], config=None,
                      handler_kw: dict | None = None) -> dict:
-    instruments, source = resolve_instruments(venue, files, config_path)
+    instruments, source = resolve_instruments(venue, files, config)
     handler = make_handler(venue, instruments, replay=True, **(handler_kw or {}))
     frames = feed_frames(handler, read_recordings(files))
     if hasattr(handler, "flush_oracle"):

@@ -27,9 +27,9 @@ def instrument_table(venue: str, instruments) -> "InstrumentTable":
         for sym, i in sorted(instruments.items(), key=lambda kv: kv[1].instrument_id)])
 
 
-def convert_recording(venue: str, files: list[str], out: str,
-                      config_path: str | None = None) -> dict:
-    """Replay ``files`` through the ``venue`` handler and write every record to ``out``.
+def convert_recording(venue: str, files: list[str], out: str, config=None) -> dict:
+    """Replay ``files`` through the ``venue`` handler and write every record to ``out``;
+    instruments from ``config`` (a loaded config) if given and it lists the venue's.
 
     Returns a summary: records written, per-kind counts, the handler's counters, instruments.
     """
@@ -44,7 +44,7 @@ def convert_recording(venue: str, files: list[str], out: str,
             raise FileNotFoundError(f"recording not found: {f}")
     if venue == "kraken":
         venue = detect_kraken_version(files)
-    instruments, source = resolve_instruments(venue, files, config_path)
+    instruments, source = resolve_instruments(venue, files, config)
     if not instruments:
         raise ValueError(f"no {venue} book, trade or ticker messages with a symbol found in "
                          f"{', '.join(files)}; is it a {venue} recording?")

@@ -19,18 +19,26 @@ level records, so a consumer mirroring the records holds the same book.
 """
 from __future__ import annotations
 
+import re
 import zlib
-
 
 import orjson
 
 from feeds.decimal import checksum_fragment
 from feeds.handler import FeedHandler, epoch_text_to_ns, iso_to_ns, ok_id
-from feeds.meta import quote_kraken_v2_numbers
 from shm.records import MSG_LEVEL, MSG_TOP, MSG_TRADE, REASON_CHECKSUM, REASON_GAP
 
 CHECKSUM_LEVELS = 10
 V2_DEPTHS = (10, 25, 100, 500, 1000)
+_KRAKEN_V2_NUM = re.compile(rb'"(price|qty)":(-?[0-9][0-9.eE+\-]*)')
+
+
+def quote_kraken_v2_numbers(frame) -> bytes:
+    """Kraken v2 sends prices and quantities as JSON numbers at full precision; quote them so
+    the JSON decoder hands over their exact text instead of a float."""
+    if isinstance(frame, str):
+        frame = frame.encode()
+    return _KRAKEN_V2_NUM.sub(rb'"\1":"\2"', frame)
 
 
 def book_checksum(book) -> int:

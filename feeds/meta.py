@@ -10,25 +10,16 @@ on the decimal text, never through float.
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
 import orjson
 
 from feeds.decimal import Scale, frac_digits, step_for_digits
 from feeds.handler import FeedInstrument
+from feeds.kraken import quote_kraken_v2_numbers
 from feeds.recording import KIND_REST, KIND_WS, Frame, read_recordings
 
 VENUES = ("binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
-_KRAKEN_V2_NUM = re.compile(rb'"(price|qty)":(-?[0-9][0-9.eE+\-]*)')
-
-
-def quote_kraken_v2_numbers(frame) -> bytes:
-    """Kraken v2 sends prices and quantities as JSON numbers at full precision; quote them so
-    the JSON decoder hands over their exact text instead of a float."""
-    if isinstance(frame, str):
-        frame = frame.encode()
-    return _KRAKEN_V2_NUM.sub(rb'"\1":"\2"', frame)
 
 
 def _pairs_binance(msg):
@@ -214,12 +205,11 @@ def derive_instruments(venue: str, frames: Iterable[Frame]) -> dict[str, FeedIns
     return out
 
 
-def instruments_from_config(config_path: str | None, venue: str) -> dict[str, FeedInstrument]:
-    """Instruments of every configured venue whose kind is ``venue``, ids as in the table."""
-    from pipeline.config import load_config
+def instruments_from_config(cfg, venue: str) -> dict[str, FeedInstrument]:
+    """Instruments of every venue in ``cfg`` (a loaded config: its ``venues`` and
+    ``instruments``) whose kind is ``venue``, ids as in the table."""
     from shm.instruments import InstrumentTable
 
-    cfg = load_config(config_path)
     kinds = {v.name: v.kind for v in cfg.venues}
     out = {}
     for inst in InstrumentTable.from_config(cfg):

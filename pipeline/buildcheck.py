@@ -150,7 +150,7 @@ def _rings(cfg, broken):
 
 def _control_socket(cfg, broken):
     """The controller binds a Unix socket there: Linux takes at most 107 bytes of path."""
-    from pipeline.controller import socket_path
+    from pipeline.paths import socket_path
 
     if broken("instance"):
         return

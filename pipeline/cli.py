@@ -5,8 +5,7 @@ Cold path. Each command lives in its own module under ``pipeline/commands/`` and
 Registration must stay cheap (no numba, no numpy imports at module level) so that ``--help``
 and usage errors answer at once; handlers import what they need.
 
-Exit codes used across commands: 0 ok, 1 failure (or "already running"), 2 usage or config
-error, 3 "not running" for the control commands.
+A handler fails cleanly by raising ``pipeline.exits.CliError`` (the exit codes live there too).
 """
 from __future__ import annotations
 
@@ -15,18 +14,7 @@ import importlib
 import os
 import sys
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3
-
-
-class CliError(Exception):
-    """A clean, user-facing failure: printed as ``error: <message>`` with ``exit_code``."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE):
-        super().__init__(message)
-        self.exit_code = exit_code
+from pipeline.exits import CliError
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -16,9 +16,10 @@ import os
 import socket
 from pathlib import Path
 
+from pipeline.exits import EXIT_NOT_RUNNING, EXIT_USAGE, CliError
+from pipeline.paths import INSTANCE_NAME_PATTERN, instance_dir, socket_path
+
 MAX_REQUEST = 1 << 20
-# what an [instance] name may be (pipeline/config.py checks it with this; socket_config too)
-INSTANCE_NAME_PATTERN = r"[A-Za-z0-9_\-]{1,24}"
 
 
 class NotRunning(Exception):
@@ -215,7 +216,7 @@ PERCENTILES = (50, 90, 99, 99.9, 99.99)
 def stage_table(ctl) -> list[dict]:
     import time as _time
 
-    from pipeline.status import STATE_NAMES
+    from common.status import STATE_NAMES
 
     rows = []
     for spec in ctl.topology.stages:
@@ -442,15 +443,6 @@ def finish_report(ctl) -> None:
 # =============================================================================================
 # CLI side helpers (run in the operator's shell)
 # =============================================================================================
-def instance_dir(cfg) -> Path:
-    return Path(cfg.instance.run_dir).resolve() / cfg.instance.name
-
-
-def socket_path(cfg) -> Path:
-    return Path(cfg.instance.socket).resolve() if cfg.instance.socket else \
-        instance_dir(cfg) / "control.sock"
-
-
 def socket_config(path):
     """Just enough of a config to find the instance's control socket ([instance] name, run_dir,
     socket), read with tomllib alone: the commands that only talk to the socket (kill, resume,
@@ -477,8 +469,8 @@ def socket_config(path):
 
 def load_config_or_exit(path):
     """The validated config, or CliError(exit 2) listing every problem."""
-    from pipeline.cli import EXIT_USAGE, CliError
-    from pipeline.config import ConfigError, load_config
+    from common.schema import ConfigError
+    from pipeline.config import load_config
 
     try:
         return load_config(path)
@@ -506,8 +498,6 @@ def lock_held(cfg) -> bool:
 
 def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
     """Send ``req`` to the instance's controller; CliError(exit 3) if it is not running."""
-    from pipeline.cli import EXIT_NOT_RUNNING, CliError
-
     try:
         reply = request(socket_path(cfg), req, timeout_s)
     except NotRunning:
@@ -518,7 +508,5 @@ def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
         raise CliError(f"instance {cfg.instance.name!r} is not running (no controller at "
                        f"{socket_path(cfg)})", EXIT_NOT_RUNNING) from None
     if not reply.get("ok"):
-        from pipeline.cli import CliError as _E
-
-        raise _E(f"controller: {reply.get('error', 'request failed')}")
+        raise CliError(f"controller: {reply.get('error', 'request failed')}")
     return reply

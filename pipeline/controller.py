@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, W_CTRL_ACK, W_STATE, W_X3
 from pipeline import control as ops
-from pipeline.control import instance_dir, socket_path  # noqa: F401  (re-exported)
-from pipeline.status import (ST_FAILED, ST_RESTARTING, ST_RUNNING, STATE_NAMES, StatusTable,
-                             W_CTRL_ACK, W_STATE, W_X3)
+from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
+from shm.status import StatusTable
 from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                              ROLE_VENUE, build_topology)
 
@@ -111,10 +111,10 @@ class Controller:
             raise ControllerError(str(exc)) from None
 
     def create_segments(self) -> None:
+        from pipeline.recovery import recover
         from shm.histogram import LatencyHistogram
         from shm.records import RECORD_DTYPES
         from shm.ring import BroadcastRing, SpscRing
-        from pipeline.recovery import recover
         from stages.riskview import RiskView
 
         # we hold the instance's claim: whatever of it exists, a dead controller left

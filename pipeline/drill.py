@@ -87,7 +87,8 @@ def kill_stage(cfg, stage: str, timeout_s: float = 60.0, steady: bool = True) ->
     deadline = t0 + timeout_s
     reconciles = row["role"] in RECONCILING_ROLES
     slot = [r["stage"] for r in st["stages"]].index(stage)
-    from pipeline.status import ST_RUNNING, W_PID, W_STATE, StatusTable
+    from common.status import ST_RUNNING, W_PID, W_STATE
+    from shm.status import StatusTable
 
     # the stage's own status block, not the controller's socket (which waits while the
     # controller is busy with the restart itself)
@@ -157,9 +158,10 @@ def kill_controller(cfg, config_path: str, timeout_s: float = 120.0) -> dict:
     import subprocess
     import sys
 
+    from common.status import ST_STOPPED, ST_STOPPING, W_STATE
     from pipeline.recovery import stage_pids
-    from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
     from shm.segment import pid_alive
+    from shm.status import StatusTable
 
     st = _status(cfg)
     run_dir = Path(st["run_dir"])
@@ -203,7 +205,7 @@ def socket_stall(cfg, stage: str, clients: int = 50) -> dict:
     ``stage`` is killed: the controller must notice and recover as if they were not there."""
     import socket
 
-    from pipeline.control import socket_path
+    from pipeline.paths import socket_path
 
     held = []
     wait_steady(cfg)   # a restart from the warm spare, as in the plain drill

@@ -13,7 +13,8 @@ kill. So this path imports nothing but the C socket module until the request is 
 Anything outside that (``--help``, another option, a config the scanner does not fully
 understand, no controller listening) returns None *before anything is sent*, and ``run.py``
 goes the usual way: argparse, tomllib, every error named. After the send, the reply is read and
-printed by the kill command's own code, so the two paths answer the same.
+printed by ``report`` here, whose answer line the full path (pipeline/commands/kill.py) prints
+too, so the two paths answer the same.
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def instance_fields(text: str) -> dict | None:
 
 
 def control_socket(fields: dict) -> str:
-    """The control socket's path, resolved as ``pipeline.control.socket_path`` does."""
+    """The control socket's path, resolved as ``pipeline.paths.socket_path`` does."""
     if fields["socket"]:
         return os.path.realpath(fields["socket"])
     return os.path.join(os.path.realpath(fields["run_dir"]), fields["name"], "control.sock")
@@ -184,6 +185,35 @@ def send_kill(argv: list[str], default_config: str) -> int | None:
         return 1
     finally:
         sock.close()
-    from pipeline.commands.kill import report
-
     return report(fields["name"], data, args["flatten"])
+
+
+def answer_line(name: str, reply: dict, flatten: bool) -> str:
+    """The line a kill prints for the controller's ``ok`` answer (both paths print it)."""
+    return (f"instance {name}: HALTED ({', '.join(reply['halted']) or 'no stage'} "
+            f"acknowledged); open orders cancelled" + ("; flattening positions"
+                                                      if flatten else ""))
+
+
+def report(name: str, data: bytes, flatten: bool) -> int:
+    """Print the controller's answer to a kill sent by ``send_kill``; the exit code (as the
+    full path, pipeline/commands/kill.py, would give it). Runs after the send, so it may
+    import."""
+    import json
+    import sys
+
+    from pipeline.exits import EXIT_FAILURE, EXIT_NOT_RUNNING
+
+    try:
+        reply = json.loads(data) if data else None
+    except ValueError:
+        reply = {"ok": False, "error": f"unreadable answer {data[:80]!r}"}
+    if reply is None:
+        print(f"error: the kill was sent, but instance {name!r}'s controller closed the "
+              "connection without an answer; check `run.py status`", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not reply.get("ok"):
+        print(f"error: controller: {reply.get('error', 'request failed')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(answer_line(name, reply, flatten))
+    return 0

@@ -19,12 +19,12 @@ import os
 import shutil
 from pathlib import Path
 
+from common.runtime import GENERATED_PREFIX  # the generated host steps' module prefix
+
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("shm", "market", "strategies", "feeds", "stages", "pipeline", "bench", "tests")
+PACKAGES = ("common", "shm", "market", "strategies", "feeds", "stages", "pipeline", "bench",
+            "tests")
 KEEP = 3
-# module-name prefix of a strategy's generated host step (stages/host_codegen.py), which lives
-# outside the packages above
-GENERATED_PREFIX = "hftfarm_hostgen_"
 
 
 def source_hash(root: Path = ROOT) -> str:
@@ -70,6 +70,12 @@ def _dispatchers(prefixes):
                     and getattr(obj, "__module__", None) == name:
                 seen.add(id(obj))
                 yield name, attr, obj
+
+
+def warm_dir(run_dir) -> Path:
+    """Where each stage of a run lists the compiled code it uses (``write_manifest``), for the
+    warm spare to ``preload``."""
+    return Path(run_dir) / "warm"
 
 
 def write_manifest(path, prefixes=PACKAGES + (GENERATED_PREFIX,)) -> int:

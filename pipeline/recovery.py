@@ -118,7 +118,7 @@ def close_orphan_orders(jdir: Path) -> int:
 def read_state(cfg, prev: bool = False) -> dict:
     """``controller.state`` of the instance ({} if absent or unreadable). ``prev``: if it is
     absent, the one ``run.py start`` set aside for the controller it starts."""
-    from pipeline.control import instance_dir
+    from pipeline.paths import instance_dir
 
     names = ("controller.state", "controller.state.prev") if prev else ("controller.state",)
     for name in names:
@@ -136,7 +136,7 @@ def recover(cfg, log=None, state: dict | None = None,
     ``state``: controller.state as the dead controller left it (default: read it now).
     ``drop_claim``: also remove the dead controller's claim file (run.py stop; a starting
     controller holds the claim itself)."""
-    from pipeline.control import instance_dir, socket_path
+    from pipeline.paths import instance_dir, socket_path
     from shm.segment import list_segments, unlink_instance
 
     log = log or (lambda msg: None)

@@ -22,8 +22,8 @@ import traceback
 
 import numpy as np
 
-from pipeline.status import (ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING, W_CPU,
-                             W_CTRL_ACK, W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
+from common.status import (ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING, W_CPU, W_CTRL_ACK,
+                           W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
 from shm.records import CONTROL_DTYPE, CTRL_STOP
 
 HEARTBEAT_NS = 10_000_000          # 10 ms: well inside the controller's 100 ms silence limit
@@ -66,8 +66,7 @@ class StageRunner:
         if run_dir is None:
             return
         try:
-            from pipeline.numba_cache import write_manifest
-            from pipeline.stage_main import warm_dir
+            from pipeline.numba_cache import warm_dir, write_manifest
 
             write_manifest(warm_dir(run_dir) / f"{self.ctx.name}.pkl")
         except Exception as exc:  # noqa: BLE001 - only a slower restart depends on it

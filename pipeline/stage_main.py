@@ -103,9 +103,9 @@ def main(argv=None) -> int:
     from pipeline.config import load_config
     from pipeline.idle import make_idle
     from pipeline.runner import StageRunner
-    from pipeline.status import StatusTable
     from shm.records import CONTROL_DTYPE
     from shm.ring import SpscRing
+    from shm.status import StatusTable
     from stages.base import StageContext
     from stages.topology import build_topology
 
@@ -140,17 +140,12 @@ def main(argv=None) -> int:
         status.close()
 
 
-def warm_dir(run_dir) -> Path:
-    """Where each stage of a run lists the compiled code it uses (pipeline.numba_cache)."""
-    return Path(run_dir) / "warm"
-
-
 def _import_for_preload(name: str):
     """importlib.import_module, except a strategy's generated host step (stages/host_codegen),
     which is made, not imported."""
     import importlib
 
-    from pipeline.numba_cache import GENERATED_PREFIX as prefix
+    from common.runtime import GENERATED_PREFIX as prefix
 
     if name.startswith(prefix):
         from stages.host_codegen import host_step_for
@@ -164,7 +159,7 @@ def _import_for_preload(name: str):
 def _preload(run_dir: str | None) -> None:
     """The compiled code the run's stages use (their manifests under ``warm_dir``), loaded
     from numba's cache now rather than by the stage a restart hands us."""
-    from pipeline.numba_cache import preload
+    from pipeline.numba_cache import preload, warm_dir
 
     if run_dir:
         n_ok, n_skip = preload(sorted(warm_dir(run_dir).glob("*.pkl")), _import_for_preload)

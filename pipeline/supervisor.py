@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.status import (ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING, ST_STOPPED,
-                             STATE_NAMES, W_HEARTBEAT_NS, W_PID, W_RESTARTS, W_STATE)
+from common.status import (ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING, ST_STOPPED, STATE_NAMES,
+                           W_HEARTBEAT_NS, W_PID, W_RESTARTS, W_STATE)
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0   # first start compiles numba kernels: minutes on a busy 2-core box

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.status import (W_ERRORS, W_RECORDS_IN, W_RECORDS_LOST, W_RECORDS_OUT,
-                             W_RING_LAG)
+from common.status import W_ERRORS, W_RECORDS_IN, W_RECORDS_LOST, W_RECORDS_OUT, W_RING_LAG
 
 
 @dataclass

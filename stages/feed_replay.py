@@ -26,8 +26,10 @@ import time
 
 import numpy as np
 
+from common.status import ST_RUNNING, W_STATE, W_X0, W_X1
 from shm.records import (EXEC_DTYPE, EXEC_REJECT, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE,
                          REJECT_VENUE_DOWN)
+from shm.status import StatusTable
 from stages.base import Stage
 from stages.venue_sim import attach_venue_side, split_publish_md
 
@@ -77,8 +79,6 @@ class FeedReplayStage(Stage):
         self.batch = min(BATCH, min(w.ring.capacity for w in self.md_w) // 2)
         self.start_ns = 0                   # set once every md reader is RUNNING
         self.wait_until = time.monotonic() + READERS_WAIT_S
-        from pipeline.status import StatusTable
-
         self._status = StatusTable.attach(inst)
         slot_of = {s.name: s.slot for s in topo.stages}
         self._reader_slots = sorted({slot_of[name] for v in topo.venues
@@ -87,8 +87,6 @@ class FeedReplayStage(Stage):
                          self.tmp_i, self.counts)   # compile before RUNNING
 
     def _readers_running(self) -> bool:
-        from pipeline.status import ST_RUNNING, W_STATE
-
         return all(self._status.read_word(slot, W_STATE) == ST_RUNNING
                    for slot in self._reader_slots)
 
@@ -165,8 +163,6 @@ class FeedReplayStage(Stage):
         return work
 
     def fill_status(self, values) -> None:
-        from pipeline.status import W_X0, W_X1
-
         super().fill_status(values)
         values[W_X0] = self.pos
         values[W_X1] = self.skipped

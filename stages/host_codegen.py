@@ -26,7 +26,7 @@ from pathlib import Path
 
 from numba import njit
 
-from pipeline.numba_cache import GENERATED_PREFIX
+from common.runtime import GENERATED_PREFIX
 
 from shm.histogram import hist_record
 from shm.recordops import reply_to_order

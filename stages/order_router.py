@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from common.status import W_X0, W_X1, W_X2, W_X3
 from shm.records import (CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME, EXEC_DTYPE, INTENT_CANCEL_ALL,
                          OFLAG_RISK_SYSTEM, ORDER_DTYPE)
 from shm.ringops import ST_SIZE
@@ -195,7 +196,6 @@ class OrderRouterStage(Stage):
         r[R_HALTED], r[R_OPEN], r[R_SENT] = c[rk.C_HALTED], c[rk.C_OPEN], c[rk.C_SENT]
         r[R_FILLS], r[R_SEQ], r[R_RATE_REJECTS] = c[rk.C_FILLS], c[rk.C_SEQ], c[rk.C_RATE_REJ]
         super().fill_status(values)
-        from pipeline.status import W_X0, W_X1, W_X2, W_X3
         values[W_X0], values[W_X1] = c[rk.C_HALTED], c[rk.C_OPEN]
         values[W_X2], values[W_X3] = c[rk.C_DROP_STRAT], c[rk.C_DROP_GATE]
 

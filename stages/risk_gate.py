@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from common.status import W_X0, W_X1, W_X2
 from shm.records import (CTRL_KILL, CTRL_RESUME, EXEC_DTYPE, MARKET_DTYPE, OFLAG_RISK_SYSTEM,
                          ORDER_DTYPE, RESUME_OPERATOR, RISK_ACTIVE)
 from market.risk import G_HALTS
@@ -381,8 +382,6 @@ class RiskGateStage(Stage):
         rv.gate[G_SEQ] = self.gctl[gk.K_LAST_SEQ]
 
     def fill_status(self, values) -> None:
-        from pipeline.status import W_X0, W_X1, W_X2
-
         self.clock.recalibrate()
         self.check_day_roll()
         self.note_halts()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.status import W_X0, W_X1, W_X2, W_X3
 from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
@@ -172,8 +173,6 @@ class StrategyHostStage(Stage):
                     book_clear(self.px, self.qty, self.meta, ins)
 
     def fill_status(self, values) -> None:
-        from pipeline.status import W_X0, W_X1, W_X2, W_X3
-
         self.clock.recalibrate()
         self.check_lapped()
         h = self.hctl

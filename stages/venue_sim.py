@@ -21,6 +21,7 @@ import time
 import numpy as np
 from numba import njit
 
+from common.status import W_X0, W_X1, W_X2
 from shm.records import EXEC_DTYPE, INTENT_CANCEL, MARKET_DTYPE, ORDER_DTYPE
 from shm.ringops import bcast_publish, spsc_publish
 from stages.base import Stage, stack_states
@@ -138,8 +139,6 @@ class SimVenueStage(Stage):
         return work + n_md + n_ex
 
     def fill_status(self, values) -> None:
-        from pipeline.status import W_X0, W_X1, W_X2
-
         c = self.venue.counters()
         self.ring_lag = sum(r.pending() for r in self.in_r)
         self.errors = int(self.dropped[0]) + c["md_dropped"]

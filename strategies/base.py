@@ -8,7 +8,7 @@ How to write a strategy: docs/strategies.md.
 
     class MyStrategy(Strategy):
         kind = "my_strategy"
-        Params = MyParams                 # frozen dataclass, every field via common opt(...)
+        Params = MyParams                 # frozen dataclass, every field via common.schema.opt
         n_instruments = 1
         on_market = staticmethod(my_on_market)   # @njit hooks; any left out is a no-op
         on_exec = staticmethod(my_on_exec)
@@ -58,7 +58,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from pipeline.config import ConfigError, load_section
+from common.schema import ConfigError, load_section
 from market.accounting import POSITION_DTYPE, apply_fill, make_positions
 from shm.records import (
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,

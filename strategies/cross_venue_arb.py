@@ -50,9 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from common.schema import opt
 from market.book import (META_HALTED, META_RECV_TS, best_ask_px, best_ask_qty, best_bid_px,
                          best_bid_qty, is_valid)
-from pipeline.config import opt
 from shm.records import ORD_IOC, SIDE_BUY, SIDE_SELL
 from strategies.base import Strategy, open_count, place, rejects
 

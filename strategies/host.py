@@ -36,13 +36,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS
 from market.book import L2Book, book_apply_batch
 from shm.records import EXEC_DTYPE, MARKET_DTYPE
 from strategies.base import (HALT_BAD_COUNT, HALT_EXEC, HALT_MARKET, HALT_PARAMS, HALT_TIMER,
                              apply_execs, cancel_all, forget_intents, note_market)
 
-DEFAULT_TIMER_MS = 10.0      # = [[strategies]] timer_ms's default (pipeline/config.py)
-DEFAULT_BOOK_LEVELS = 64     # = [[strategies]] book_levels's default
 
 # ---- hctl: int64 words of one strategy host ---------------------------------------------------
 H_NEXT_TIMER = 0      # time of the next timer tick (ns); -1 = not started (the first batch

@@ -56,9 +56,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from common.schema import opt
 from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_apply_market,
                          is_valid, mid_x2, valid_mid_x2)
-from pipeline.config import opt
 from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
 from strategies.base import (OST_FREE, OST_LIVE, Strategy, cancel, cancel_all, order_slot,
                              place, position, replace)

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from common.schema import opt
 from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, valid_mid_x2
-from pipeline.config import opt
 from shm.records import ORD_IOC, ORD_MARKET, SIDE_BUY, SIDE_SELL
 from strategies.base import Strategy, last_reject_ns, open_on, place, position
 

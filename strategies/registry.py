@@ -68,7 +68,7 @@ def validate_strategy(kind: str, params, instruments, path: str, strategy_id: in
     """
     from difflib import get_close_matches
 
-    from pipeline.config import ConfigError, load_section
+    from common.schema import ConfigError, load_section
 
     kinds = _module_names()
     if kind not in kinds:

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pipeline.cli import EXIT_USAGE, CliError
+from pipeline.exits import EXIT_USAGE, CliError
 
 RECORD_MAGIC_PREFIX = b"HFTREC"     # market.recordfile.MAGIC starts so (not imported: no numpy)
 

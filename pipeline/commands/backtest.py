@@ -39,9 +39,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from pipeline.cli import EXIT_USAGE, CliError
+    from common.schema import ConfigError
     from pipeline.commands._inputs import output_dir
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
+    from pipeline.exits import EXIT_USAGE, CliError
 
     try:
         cfg = load_config(args.config)
@@ -116,8 +117,8 @@ def _check_data(path: str) -> None:
     import warnings
 
     from market.recordfile import RecordFileError, open_record_file
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import input_file, record_file_hint
+    from pipeline.exits import EXIT_USAGE, CliError
     from shm.records import MARKET_DTYPE
 
     input_file(path, "--data", "record file")

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 def _missing(name: str):
     def run(_args) -> int:
-        from pipeline.cli import CliError
+        from pipeline.exits import CliError
 
         raise CliError(f"benchmark {name!r} is not built yet in this checkout")
 
@@ -45,8 +45,8 @@ def _missing(name: str):
 def _input_errors_exit_2(main):
     """A benchmark's config error is a usage error (exit 2, one line), not a traceback."""
     def run(args) -> int:
-        from pipeline.cli import EXIT_USAGE, CliError
-        from pipeline.config import ConfigError
+        from common.schema import ConfigError
+        from pipeline.exits import EXIT_USAGE, CliError
 
         try:
             return main(args)

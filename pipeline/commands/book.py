@@ -31,8 +31,8 @@ def run(args) -> int:
 
     from market.lobster import book_rows
     from market.recordfile import RecordFileError, open_record_file
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import input_file, output_file, record_file_hint
+    from pipeline.exits import EXIT_USAGE, CliError
     from shm.records import MARKET_DTYPE
 
     if args.levels < 1:

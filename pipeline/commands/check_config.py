@@ -17,7 +17,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import sys
 
-    from pipeline.config import ConfigError, load_config
+    from common.schema import ConfigError
+    from pipeline.config import load_config
 
     try:
         cfg = load_config(args.config)

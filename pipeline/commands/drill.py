@@ -65,11 +65,11 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.config import DEFAULT_CONFIG
     from pipeline.control import client_request, load_config_or_exit
     from pipeline.drill import (journal_outcomes, kill_controller, kill_stage, socket_stall,
                                 wait_for_flow)
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.rounds < 1:
         raise CliError(f"--rounds {args.rounds}: must be at least 1", EXIT_USAGE)

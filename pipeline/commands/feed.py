@@ -42,8 +42,8 @@ def register(sub) -> None:
 
 
 def _check_files(venue: str, files) -> None:
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import input_file, sniff
+    from pipeline.exits import EXIT_USAGE, CliError
 
     for f in files:
         input_file(f, "--file", f"{venue} recording")
@@ -61,8 +61,8 @@ def _check_files(venue: str, files) -> None:
 
 def _check_venue(venue: str, files) -> None:
     """The recording's venue and Kraken version against --venue, detected as replay does."""
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import recording_venue_mismatch, venue_label
+    from pipeline.exits import EXIT_USAGE, CliError
 
     found = recording_venue_mismatch(files, (venue,))
     if found is None:
@@ -78,16 +78,19 @@ def _check_venue(venue: str, files) -> None:
 def run_check(args) -> int:
     import json
 
+    from common.schema import ConfigError
     from feeds.check import check_recordings, format_report
-    from pipeline.cli import EXIT_USAGE, CliError
-    from pipeline.config import ConfigError
+    from pipeline.config import load_config
+    from pipeline.exits import EXIT_USAGE, CliError
 
     _check_files(args.venue, args.file)
     _check_venue(args.venue, args.file)
     try:
-        report = check_recordings(args.venue, args.file, args.config)
+        config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         raise CliError(f"--config: {exc}", EXIT_USAGE) from None
+    try:
+        report = check_recordings(args.venue, args.file, config)
     except UnicodeDecodeError as exc:
         raise CliError(f"{' '.join(args.file)}: not UTF-8 text ({exc.reason} at byte "
                        f"{exc.start}); feed check reads websocket recordings", EXIT_USAGE) \
@@ -106,7 +109,7 @@ def run_check(args) -> int:
 
 def run_serve(args) -> int:
     from feeds.server import serve_forever
-    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.exits import EXIT_USAGE, CliError
 
     _check_files(args.venue, args.file)
     _check_venue(args.venue, args.file)

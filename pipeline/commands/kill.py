@@ -21,40 +21,11 @@ def run(args) -> int:
     """The full path (argparse, tomllib): taken when ``pipeline.killswitch`` could not send the
     kill without it (help, an unusual config, no controller answering)."""
     from pipeline.control import client_request, socket_config
-    from pipeline.killswitch import normal_priority
+    from pipeline.killswitch import answer_line, normal_priority
 
     cfg = socket_config(args.config)
     reply = client_request(cfg, {"cmd": "kill", "flatten": bool(args.flatten),
                                 "who": "cli", "why": args.why})
     normal_priority()
-    print(_answer(cfg.instance.name, reply, args.flatten))
-    return 0
-
-
-def _answer(name: str, reply: dict, flatten: bool) -> str:
-    return (f"instance {name}: HALTED ({', '.join(reply['halted']) or 'no stage'} "
-            f"acknowledged); open orders cancelled" + ("; flattening positions"
-                                                      if flatten else ""))
-
-
-def report(name: str, data: bytes, flatten: bool) -> int:
-    """Print the controller's answer to a kill sent by ``pipeline.killswitch``; the exit code
-    (as ``run`` would give it)."""
-    import json
-    import sys
-
-    from pipeline.cli import EXIT_NOT_RUNNING, EXIT_FAILURE
-
-    try:
-        reply = json.loads(data) if data else None
-    except ValueError:
-        reply = {"ok": False, "error": f"unreadable answer {data[:80]!r}"}
-    if reply is None:
-        print(f"error: the kill was sent, but instance {name!r}'s controller closed the "
-              "connection without an answer; check `run.py status`", file=sys.stderr)
-        return EXIT_NOT_RUNNING
-    if not reply.get("ok"):
-        print(f"error: controller: {reply.get('error', 'request failed')}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(_answer(name, reply, flatten))
+    print(answer_line(cfg.instance.name, reply, args.flatten))
     return 0

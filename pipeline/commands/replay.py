@@ -32,8 +32,8 @@ def register(sub) -> None:
 
 
 def run_lobster(args) -> int:
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import input_file, output_file, sniff
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.levels < 1:
         raise CliError(f"--levels must be >= 1, got {args.levels}", EXIT_USAGE)
@@ -60,9 +60,9 @@ def run_lobster(args) -> int:
 
 
 def run_venue(args) -> int:
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.commands._inputs import (input_file, output_file, recording_venue_mismatch,
                                            sniff, venue_label)
+    from pipeline.exits import EXIT_USAGE, CliError
 
     for f in args.file:
         input_file(f, "--file", f"{args.venue} recording")
@@ -76,7 +76,8 @@ def run_venue(args) -> int:
     except ImportError as exc:
         raise CliError(f"replay {args.venue} needs feeds.convert.convert_recording, which this "
                        f"checkout does not provide ({exc})") from None
-    from pipeline.config import ConfigError
+    from common.schema import ConfigError
+    from pipeline.config import load_config
 
     accepted = ("kraken", "kraken-v1") if args.venue == "kraken" else (args.venue,)
     found = recording_venue_mismatch(args.file, accepted)
@@ -86,9 +87,11 @@ def run_venue(args) -> int:
         raise CliError(f"{' '.join(args.file)} looks like a {venue_label(venue)} recording "
                        f"({evidence}), not {args.venue}; use run.py replay {cmd}", EXIT_USAGE)
     try:
-        summary = convert_recording(args.venue, args.file, args.out, args.config)
+        config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         raise CliError(f"--config: {exc}", EXIT_USAGE) from None
+    try:
+        summary = convert_recording(args.venue, args.file, args.out, config)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(f"replay {args.venue}: {exc}", EXIT_USAGE) from None
     except OSError as exc:

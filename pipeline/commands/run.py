@@ -24,10 +24,10 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from pipeline.cli import EXIT_USAGE, CliError
     from pipeline.config import DEFAULT_CONFIG
     from pipeline.control import load_config_or_exit, lock_held
     from pipeline.controller import Controller, ControllerError
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.duration < 0:
         raise CliError(f"--duration {args.duration}: must be >= 0", EXIT_USAGE)
@@ -89,7 +89,7 @@ def format_report(r: dict) -> str:
 def _check_replay(args) -> None:
     from pathlib import Path
 
-    from pipeline.cli import EXIT_USAGE, CliError
+    from pipeline.exits import EXIT_USAGE, CliError
 
     if args.replay_speed < 0:
         raise CliError(f"--replay-speed {args.replay_speed}: must be >= 0", EXIT_USAGE)

@@ -76,7 +76,7 @@ def run_ls(args) -> int:
 
 
 def run_clean(args) -> int:
-    from pipeline.cli import CliError
+    from pipeline.exits import CliError
     from shm.segment import unlink_instance
 
     groups = _by_instance(args.instance)

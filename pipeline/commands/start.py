@@ -32,10 +32,10 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from pipeline.cli import CliError
     from pipeline.config import DEFAULT_CONFIG
     from pipeline.control import load_config_or_exit, lock_held
-    from pipeline.controller import instance_dir
+    from pipeline.exits import CliError
+    from pipeline.paths import instance_dir
 
     from pipeline.commands.run import _check_replay
 

@@ -20,9 +20,9 @@ def run(args) -> int:
     import os
     import time
 
-    from pipeline.cli import EXIT_NOT_RUNNING, CliError
     from pipeline.control import client_request, lock_held
     from pipeline.control import load_config_or_exit
+    from pipeline.exits import EXIT_NOT_RUNNING, CliError
     from shm.segment import list_segments, pid_alive
 
     cfg = load_config_or_exit(args.config)
@@ -52,7 +52,7 @@ def _clean_dead(cfg, not_running) -> int:
 
     holder = claim_holder(cfg.instance.name)
     if holder is not None:   # the name is in use by another config's controller
-        from pipeline.cli import EXIT_NOT_RUNNING, CliError
+        from pipeline.exits import EXIT_NOT_RUNNING, CliError
 
         raise CliError(f"instance {cfg.instance.name!r} of this config is not running, but "
                        f"its name is in use by controller pid {holder.get('pid', '?')} (run "

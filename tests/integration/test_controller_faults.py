@@ -134,7 +134,8 @@ def test_a_second_instance_of_the_same_name_is_refused_and_the_first_untouched(i
 
 
 def test_stalled_clients_delay_neither_supervision_nor_the_watchdog(inst):
-    from pipeline.control import socket_path, socket_config
+    from pipeline.control import socket_config
+    from pipeline.paths import socket_path
 
     cfg = inst["cfg"]
     path = str(socket_path(socket_config(str(cfg))))
@@ -196,9 +197,10 @@ def test_a_strategy_that_keeps_failing_is_halted_alone(inst):
 
 
 def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(inst):
+    from common.status import ST_STOPPED, ST_STOPPING, W_STATE
     from pipeline.drill import journal_outcomes
-    from pipeline.status import ST_STOPPED, ST_STOPPING, W_STATE, StatusTable
     from shm.segment import list_segments, pid_alive
+    from shm.status import StatusTable
 
     cfg, name = inst["cfg"], inst["name"]
     for attempt in ("start", "stop"):

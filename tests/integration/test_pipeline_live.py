@@ -108,7 +108,8 @@ def test_orders_flow_and_fills_come_back(live):
 
 
 def test_kill_9_of_a_strategy_restarts_it_and_leaves_the_others_running(live):
-    from pipeline.status import STATE_NAMES, W_PID, W_RESTARTS, W_STATE, StatusTable
+    from common.status import STATE_NAMES, W_PID, W_RESTARTS, W_STATE
+    from shm.status import StatusTable
 
     before = {s["stage"]: s for s in _status(live["cfg"])["stages"]}
     victim = before["strategy-mm_btc"]

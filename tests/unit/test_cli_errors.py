@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import EXIT_FAILURE, EXIT_USAGE
 from pipeline.cli import main as cli_main
+from pipeline.exits import EXIT_FAILURE, EXIT_USAGE
 
 LOBSTER = "lobster/AAPL_2012-06-21_34200000_57600000_{}_10.csv"
 

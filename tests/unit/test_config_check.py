@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config
+from common.schema import ConfigError
+from pipeline.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = (ROOT / "config.toml").read_text()

@@ -47,7 +47,7 @@ def test_the_guide_s_example_buys_on_a_bid_heavy_book_and_goes_flat_when_the_lea
 def test_the_guide_s_example_refuses_bad_parameters_by_name():
     import pytest
 
-    from pipeline.config import ConfigError
+    from common.schema import ConfigError
 
     mod = _example_module()
     with pytest.raises(ConfigError, match="enter"):

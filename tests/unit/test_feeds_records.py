@@ -14,6 +14,7 @@ from feeds.convert import convert_recording
 from feeds.meta import derive_instruments, make_handler
 from feeds.recording import (KIND_CONNECT, KIND_REST, KIND_SENT, KIND_WS, Recorder,
                              feed_frames, read_recording, read_recordings)
+from pipeline.config import load_config
 from shm.records import (MFLAG_LAST_IN_BATCH, MFLAG_REPLAY, MSG_LEVEL, MSG_SNAP_START,
                          MSG_STATUS, REASON_STALE, STATUS_BOOK_INVALID)
 
@@ -148,7 +149,7 @@ def test_instruments_come_from_config_when_given(shared_data, tmp_path):
                  f'tick_size = "{tick}"', f'lot_size = "{lot}"']
     cfg.write_text("\n".join(body) + "\n")
     files = [str(shared_data / f) for f in CASES["binance"]]
-    r = check_recordings("binance", files, str(cfg))
+    r = check_recordings("binance", files, load_config(cfg))
     assert r["instrument_source"] == "config"
     assert r["instruments"]["NKNUSDT"] == {"id": 1, "tick": "0.00001", "lot": "0.1"}
     # RUNEEUR prices have 3 decimals: a 0.01 tick cannot hold them exactly, so those frames

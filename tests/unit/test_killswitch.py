@@ -98,7 +98,7 @@ def test_property_the_fast_path_never_disagrees_with_tomllib():
 def test_the_socket_path_is_resolved_like_the_full_cli():
     from types import SimpleNamespace
 
-    from pipeline.control import socket_path
+    from pipeline.paths import socket_path
 
     for fields in ({"name": "n1", "run_dir": "runs", "socket": ""},
                    {"name": "n1", "run_dir": "/tmp/../tmp/r", "socket": ""},

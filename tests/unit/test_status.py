@@ -6,8 +6,8 @@ import multiprocessing as mp
 
 import pytest
 
-from pipeline.status import (BLOCK_BYTES, ST_RUNNING, W_HEARTBEAT_NS, W_RECORDS_IN,
-                             W_RESTARTS, W_STATE, StatusTable)
+from common.status import BLOCK_BYTES, ST_RUNNING, W_RECORDS_IN, W_RESTARTS, W_STATE
+from shm.status import StatusTable
 
 
 def test_each_stage_block_starts_on_its_own_128_byte_boundary(shm_prefix):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError
+from common.schema import ConfigError
 from shm.records import (
     EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_IOC, ORD_POST_ONLY, SIDE_BUY,
     SIDE_SELL,

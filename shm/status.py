@@ -4,56 +4,19 @@ Runs in every stage process (writer of its own block, from the runner's cold hea
 and in the controller / CLI (readers). Not on the per-record hot path: a stage publishes its
 counters once per heartbeat period.
 
-Layout: one segment ``status`` holding ``n_slots`` blocks of 128 bytes (16 int64 words), one per
-stage slot. 128 bytes = two cache lines, so the adjacent-line prefetcher never couples two
-processes' counters either. Every word has exactly one writer at a time: the stage owns all
-words except ``restarts``, which the controller writes only while that stage's process is dead
-or not yet started. Stores are atomic (``store_relaxed``; the heartbeat word is written last
-with ``store_release`` so a reader that sees a fresh heartbeat sees the counters before it).
+Layout (common/status.py): one segment ``status`` holding ``n_slots`` blocks of 128 bytes (16
+int64 words), one per stage slot; each word has exactly one writer at a time. Stores are
+atomic (``store_relaxed``; the heartbeat word is written last with ``store_release`` so a
+reader that sees a fresh heartbeat sees the counters before it).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from common.status import BLOCK_BYTES, BLOCK_WORDS, FIELD_NAMES, W_HEARTBEAT_NS, W_RESTARTS
 from shm.atomics import load_acquire, load_relaxed, store_relaxed, store_release
-
-BLOCK_BYTES = 128
-BLOCK_WORDS = BLOCK_BYTES // 8
-
-# word indices inside one block
-W_STATE = 0
-W_PID = 1
-W_CPU = 2
-W_HEARTBEAT_NS = 3     # CLOCK_MONOTONIC ns of the last heartbeat (written last)
-W_RECORDS_IN = 4
-W_RECORDS_OUT = 5
-W_RING_LAG = 6         # records visible to the stage but not yet read, summed over its inputs
-W_RECORDS_LOST = 7     # market records lost to lapping (broadcast readers)
-W_ERRORS = 8
-W_RESTARTS = 9         # written by the controller while the stage is down
-W_STARTED_NS = 10
-W_X0 = 11              # stage specific (risk gate: risk state; router: open orders ...)
-W_X1 = 12
-W_X2 = 13
-W_X3 = 14
-W_CTRL_ACK = 15        # sequence number of the last control command the stage handled
-
-FIELD_NAMES = ("state", "pid", "cpu", "heartbeat_ns", "records_in", "records_out", "ring_lag",
-               "records_lost", "errors", "restarts", "started_ns", "x0", "x1", "x2", "x3",
-               "ctrl_ack")
-
-ST_EMPTY = 0
-ST_STARTING = 1
-ST_RUNNING = 2
-ST_STOPPING = 3
-ST_STOPPED = 4
-ST_FAILED = 5
-ST_RESTARTING = 6
-ST_DEAD = 7
-STATE_NAMES = {ST_EMPTY: "EMPTY", ST_STARTING: "STARTING", ST_RUNNING: "RUNNING",
-               ST_STOPPING: "STOPPING", ST_STOPPED: "STOPPED", ST_FAILED: "FAILED",
-               ST_RESTARTING: "RESTARTING", ST_DEAD: "DEAD"}
+from shm.segment import Segment
 
 
 @njit(cache=True)
@@ -103,8 +66,6 @@ class StatusTable:
     # -- shared-memory lifecycle (controller creates, stages and CLI attach) --------------
     @classmethod
     def create(cls, instance: str, n_slots: int) -> "StatusTable":
-        from shm.segment import Segment
-
         seg = Segment.create(instance, "status", segment_size(n_slots), kind="status",
                              capacity=n_slots)
         seg.mark_ready()
@@ -112,8 +73,6 @@ class StatusTable:
 
     @classmethod
     def attach(cls, instance: str, timeout_s: float = 0.0) -> "StatusTable":
-        from shm.segment import Segment
-
         seg = Segment.attach(instance, "status", timeout_s=timeout_s)
         return cls(seg.data, int(seg.header["capacity"]), seg)
 
