@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-_NOT_STRATEGIES = {"base", "registry", "host", "__init__"}
+_NOT_STRATEGIES = {"base", "registry", "host", "features", "__init__"}
 _cache: dict[str, type] = {}
 
 
