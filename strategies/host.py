@@ -20,7 +20,8 @@ One batch, in this order (written once, here):
 A hook that raises (or writes more intents than ``ctx.out`` holds) HALTS the strategy: the
 intents of that call are discarded and rolled back in its order table (``forget_intents``),
 ``rt.halted`` names the hook and ``rt.halt_ns`` the time (simulated time in a backtest), and the
-runtime sends a cancel for every live order. From then on steps 1-3 still run (fills keep being
+runtime sends a cancel for every live order, and again for any order a later report leaves live
+(one that was in flight at the halt). From then on steps 1-3 still run (fills keep being
 accounted, cancels get answered) but no hook is called: a broken model does not trade, does not
 loop restarts, and the other strategies go on. ``hctl[H_KERNEL_ERRORS]`` counts it.
 
@@ -132,7 +133,11 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
         tick = True
         hctl[H_NEXT_TIMER] = now_ns + hctl[H_TIMER_NS]
     if rt.halted != 0:
-        return np.int64(0)
+        # An order that was in flight at the halt can still come back LIVE (a late ack, a
+        # cancel reject): it is cancelled when that report arrives, never left resting.
+        if n_ex > 0:
+            cancel_all(ctx, now_ns)
+        return rt.n_out
     params = hctl[H_PARAMS_PENDING] != 0
     if n_ex == 0 and n_md == 0 and not tick and not params:
         return np.int64(0)

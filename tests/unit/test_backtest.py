@@ -267,12 +267,13 @@ def test_pairs_backtest_runs_through_a_one_sided_book_without_a_kernel_error(cfg
     assert res.counters["md_records"] == n    # ran to the end of the recording
 
 
-def test_a_kernel_that_raises_in_the_backtest_is_counted_and_the_run_goes_on(cfg, tmp_path,
-                                                                            monkeypatch):
-    """The backtest's guard is the live host's (strategies.host.run_strategy_batch)."""
+def test_a_hook_that_raises_in_the_backtest_halts_the_strategy_and_the_run_goes_on(
+        cfg, tmp_path, monkeypatch):
+    """The backtest's guard is the live host's (strategies.host.run_strategy_batch): the
+    strategy halts, the report names the hook and the simulated time, the run reaches its end."""
     import dataclasses
 
-    from market import backtest
+    from strategies import backtest
     from strategies import registry
     from tests.unit.test_strategy_host_step import POISON_PX, PoisonStrategy
 
@@ -288,3 +289,5 @@ def test_a_kernel_that_raises_in_the_backtest_is_counted_and_the_run_goes_on(cfg
     assert res.counters["intents_discarded"] == 1     # its IOC at the poison price never left
     assert res.counters["orders_sent"] == 0
     assert res.counters["md_records"] == n            # and the run reached the end
+    assert res.report["halted"]["reason"] == "on_market raised"
+    assert 0.9 < res.report["halted"]["at_s"] < 1.1   # the poison trade is at 1.0 s

@@ -1,8 +1,9 @@
 """The live strategy host step (the generated ``host_step`` on real shared-memory rings) and the
 in-process ``run_strategy_batch`` of the backtest are one runtime: on the same stream of market
 records and execution reports they write the same intents and end in the same state, answer
-push-back the same way, survive a kernel that raises without losing the batch's fills, and a
-restarted host skips the reports the journal already applied."""
+push-back the same way, halt a strategy whose hook raises (its intents discarded, its live orders
+cancelled, no hook called again) without losing a fill, and a restarted host skips the reports
+the journal already applied."""
 from __future__ import annotations
 
 import hashlib
@@ -13,21 +14,20 @@ import numpy as np
 import pytest
 from numba import njit
 
+from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS
 from market.book import L2Book
 from shm.histogram import LatencyHistogram
 from shm.records import (
-    EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_PARTIAL, EXEC_REJECT, INTENT_NEW, MARKET_DTYPE,
-    MSG_TRADE, ORD_IOC, ORDER_DTYPE, REJECT_HALTED, SIDE_BUY, SIDE_SELL,
+    EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_PARTIAL, EXEC_REJECT, INTENT_CANCEL, INTENT_NEW,
+    MARKET_DTYPE, MSG_TRADE, ORD_IOC, ORDER_DTYPE, REJECT_HALTED, SIDE_BUY, SIDE_SELL,
 )
 from shm.ring import BroadcastRing, SpscRing
 from stages.base import stack_states
 from stages.clock import C_BASE_NS
 from stages.host_codegen import host_step_for
-from stages.strategy_host import TIMER_NS
 from strategies import registry
 from strategies.base import (
-    OS_COID, OS_STATE, OST_PENDING_NEW, PS_POS, Strategy, find_order, make_ctl, make_orders,
-    make_positions, restore_state, send_new,
+    HALT_MARKET, HALT_NAMES, OST_PENDING_CANCEL, OST_PENDING_NEW, Strategy, order_slot, place, restore_state,
 )
 from strategies.host import (
     H_CALLS, H_DISCARDED, H_FB_N, H_KERNEL_ERRORS, H_LAST_SEQ, H_OUT, H_PUSHBACK, H_SKIPPED,
@@ -43,10 +43,12 @@ MS = 1_000_000
 class LiveHost:
     """The strategy-host stage's hot path without its process: the generated host_step over
     one market-data broadcast ring, the exec and reject rings and the intent ring. The clock is
-    pinned (ns per tick 0), so ``step(now_ns=t)`` runs the kernel at exactly t."""
+    pinned (ns per tick 0), so ``step(now_ns=t)`` runs the hooks at exactly t. Books, buffer
+    sizes and timer as ``HostedStrategy``'s defaults, so the two hosts are comparable."""
 
-    def __init__(self, prefix, strategy, intent_capacity=256):
-        self.step_fn = host_step_for(strategy.kind, TIMER_NS)
+    def __init__(self, prefix, strategy, intent_capacity=256, max_intents=256,
+                 timer_ms=DEFAULT_TIMER_MS):
+        self.step_fn = host_step_for(strategy.kind)
         self.rings = []
         md = self._ring(BroadcastRing.create(prefix, "md", MARKET_DTYPE, 4096, 1))
         ex = self._ring(SpscRing.create(prefix, "exec", EXEC_DTYPE, 256))
@@ -58,16 +60,14 @@ class LiveHost:
         self.md_sts, self.md_slots = stack_states(md_r), tuple(r.slots for r in md_r)
         self.ex_sts, self.ex_slots = stack_states(ex_r), tuple(r.slots for r in ex_r)
         n = max(i.instrument_id for i in strategy.instruments)
-        self.book = L2Book(n, 64)
-        self.state = strategy.make_state()
-        self.hctl = make_hctl()
+        self.book = L2Book(n, DEFAULT_BOOK_LEVELS)
+        self.state = strategy.make_state(*self.book.arrays, max_intents=max_intents)
+        self.hctl = make_hctl(timer_ms)
         self.md = np.zeros(2048, MARKET_DTYPE)
         self.md_i = self.md.view(np.int64).reshape(len(self.md), -1)
         self.ex = np.zeros(512, EXEC_DTYPE)
         self.ex_i = self.ex.view(np.int64).reshape(len(self.ex), -1)
         self.fb = np.zeros(256, EXEC_DTYPE)
-        self.out = np.zeros(256, ORDER_DTYPE)
-        self.out_i = self.out.view(np.int64).reshape(len(self.out), -1)
         self.cal = np.zeros(3)
         self.hist = LatencyHistogram.local()
         self.got = np.zeros(4096, ORDER_DTYPE)
@@ -76,6 +76,18 @@ class LiveHost:
         self.rings.append(ring)
         return ring
 
+    @property
+    def ctx(self):
+        return self.state.ctx
+
+    @property
+    def st(self):
+        return self.state.fields
+
+    @property
+    def rt(self):
+        return self.state.ctx.rt[0]
+
     def step(self, md=None, ex=None, rejects=None, now_ns=0, drain=True):
         """Publish the inputs, run one host step at ``now_ns``; the intents that reached the
         intent ring (all of them, unless ``drain`` is False)."""
@@ -83,11 +95,11 @@ class LiveHost:
             if recs is not None and len(recs):
                 assert w.publish(recs) == len(recs)
         self.cal[C_BASE_NS] = now_ns
-        px, qty, meta = self.book.arrays
-        self.step_fn(self.state, px, qty, meta, self.hctl, self.cal, self.md_sts,
-                     self.md_slots, self.md, self.md_i, self.ex_sts, self.ex_slots, self.ex,
-                     self.ex_i, self.fb, self.out, self.out_i, self.intent_w.st,
-                     self.intent_w.slots, self.hist.array)
+        s = self.state   # replaced by a restored one in the restart test: view its buffer
+        out_i = s.ctx.out.view(np.int64).reshape(len(s.ctx.out), -1)
+        self.step_fn(s.ctx, s.st, s.p, self.hctl, self.cal, self.md_sts, self.md_slots,
+                     self.md, self.md_i, self.ex_sts, self.ex_slots, self.ex, self.ex_i, self.fb,
+                     out_i, self.intent_w.st, self.intent_w.slots, self.hist.array)
         if not drain:
             return self.got[:0]
         return self.got[:self.intent_r.poll(self.got)].copy()
@@ -122,8 +134,16 @@ def same_intents(live, inproc):
 
 
 def assert_same_state(live, ref):
-    for x, y in zip(live.state, ref.state):
-        assert x.tobytes() == y.tobytes()
+    a, b = live.state.arrays(), ref.state.arrays()
+    assert len(a) == len(b)
+    names = [*live.state.ctx._fields, "st", "p"]
+    for name, x, y in zip(names, a, b):
+        if name == "out":   # the intent buffer: the live host stamps send_ts_ns in place
+            x, y = x.copy(), y.copy()
+            for r in (x, y):
+                r["ring_seq"] = 0
+                r["send_ts_ns"] = 0
+        assert x.tobytes() == y.tobytes(), name
     for x, y in zip(live.book.arrays, ref.book.arrays):
         assert x.tobytes() == y.tobytes()
     for w in (H_CALLS, H_KERNEL_ERRORS, H_DISCARDED, H_LAST_SEQ, H_SKIPPED):
@@ -217,23 +237,34 @@ def test_a_full_intent_ring_answers_the_unsent_intents_next_batch_as_in_process(
 
 
 # ------------------------------------------------------------------------------------------
-# A kernel that raises
+# A hook that raises
 # ------------------------------------------------------------------------------------------
 POISON_PX = 13
 
 
 @njit(cache=True)
-def poison_kernel(state, px, qty, meta, md, n_md, ex, n_ex, now_ns, out):
+def poison_on_market(ctx, st, p, md, n_md, now_ns):
     """Buys one lot at every trade's price; raises after that on a trade at POISON_PX."""
-    ctl, orders, pos = state
-    k = 0
+    st.calls += 1
     for j in range(n_md):
         if md[j].kind == MSG_TRADE:
-            k, s = send_new(out, k, ctl, orders, 0, SIDE_BUY, ORD_IOC, md[j].px_ticks, 1, now_ns)
+            place(ctx, 0, SIDE_BUY, ORD_IOC, md[j].px_ticks, 1, now_ns)
     for j in range(n_md):
         if md[j].kind == MSG_TRADE and md[j].px_ticks == POISON_PX:
             raise ValueError("poison record")
-    return k
+
+
+@njit(cache=True)
+def poison_on_exec(ctx, st, p, ex, n_ex, now_ns):
+    st.calls += 1
+
+
+@njit(cache=True)
+def poison_on_timer(ctx, st, p, now_ns):
+    st.calls += 1
+
+
+POISON_HOOKS = (poison_on_market, poison_on_exec, poison_on_timer)
 
 
 @dataclass(frozen=True)
@@ -242,17 +273,20 @@ class NoParams:
 
 
 class PoisonStrategy(Strategy):
-    """Test-only strategy whose kernel raises on a chosen record (see poison_kernel)."""
+    """Test-only strategy whose on_market raises on a chosen record (see poison_on_market);
+    every hook counts its calls in ``st.calls``."""
 
-    # named after its source: a changed kernel never meets a stale cached host_step
-    kind = "test_poison_" + hashlib.sha1(
-        inspect.getsource(poison_kernel.py_func).encode()).hexdigest()[:10]
+    # named after its source: a changed hook never meets a stale cached host_step
+    kind = "test_poison_" + hashlib.sha1("".join(
+        inspect.getsource(f.py_func) for f in POISON_HOOKS).encode()).hexdigest()[:10]
     Params = NoParams
     n_instruments = 1
-    kernel = staticmethod(poison_kernel)
+    on_market = staticmethod(poison_on_market)
+    on_exec = staticmethod(poison_on_exec)
+    on_timer = staticmethod(poison_on_timer)
 
-    def make_state(self):
-        return make_ctl(self.strategy_id, self.instruments), make_orders(8), make_positions(1)
+    def state_fields(self):
+        return [("calls", "i8")]
 
 
 @pytest.fixture
@@ -261,7 +295,13 @@ def poison(monkeypatch):
     return lambda: PoisonStrategy({}, INSTRUMENTS[:1], 4)
 
 
-def test_a_kernel_that_raises_loses_no_fill_and_both_hosts_count_it(live_hosts, poison):
+def order_table(h):
+    orders = h.ctx.orders
+    return {int(o["coid"]): int(o["state"]) for o in orders if o["coid"]}
+
+
+def test_a_hook_that_raises_halts_the_strategy_loses_no_fill_and_both_hosts_agree(
+        live_hosts, poison):
     live, ref = live_hosts(poison()), HostedStrategy(poison())
 
     def both(md=None, ex=None, now_ns=0):
@@ -276,24 +316,67 @@ def test_a_kernel_that_raises_loses_no_fill_and_both_hosts_count_it(live_hosts, 
     t += MS
     second = both(trade(1, 101, 1, SIDE_SELL, t), ack(first[0]), now_ns=t)
     assert len(first) == len(second) == 1
-    # the batch that raises carries the fill of the first order; the kernel had written two
-    # intents (for the trades at 102 and at the poison price) before it raised
+    # the batch that raises carries the fill of the first order and the ack of the second; the
+    # hook had written two intents (for the trades at 102 and at the poison price) before it
+    # raised. API v2: the strategy halts, and the runtime cancels its one live order
     t += MS
+    halt_ns = t
     md = np.concatenate([trade(1, 102, 1, SIDE_SELL, t), trade(1, POISON_PX, 1, SIDE_SELL, t)])
-    assert len(both(md, fill(first[0]), now_ns=t)) == 0
+    out = both(md, execs(fill(first[0]), ack(second[0])), now_ns=t)
+    coid2 = int(second[0]["client_order_id"])
+    assert len(out) == 1
+    assert out[0]["kind"] == INTENT_CANCEL and int(out[0]["client_order_id"]) == coid2
     for h in (live, ref):
         assert h.hctl[H_KERNEL_ERRORS] == 1 and h.hctl[H_DISCARDED] == 2
-        ctl, orders, pos = h.state
-        assert pos[0, PS_POS] == 1                        # the fill reached the positions
-        table = {int(orders[s, OS_COID]): int(orders[s, OS_STATE]) for s in range(8)
-                 if orders[s, OS_COID]}
-        # filled order gone, the unacked second waiting, the two discarded ones rolled back
-        assert table == {int(second[0]["client_order_id"]): OST_PENDING_NEW}
-    # and the loop goes on
+        assert h.rt["halted"] == HALT_MARKET and HALT_NAMES[int(h.rt["halted"])] == \
+            "on_market raised"
+        assert h.rt["halt_ns"] == halt_ns
+        assert h.ctx.pos[0]["pos"] == 1                   # the fill reached the positions
+        # filled order gone, the second being cancelled, the two discarded ones rolled back
+        assert order_table(h) == {coid2: OST_PENDING_CANCEL}
+    calls = [int(h.st.calls) for h in (live, ref)]
+    hook_batches = [int(h.hctl[H_CALLS]) for h in (live, ref)]
+    assert calls[0] == calls[1] > 0
+    # and no hook runs again: not on trades, reports or timer ticks; the fill of the second
+    # order (it raced the cancel) is still accounted
     t += MS
-    after = both(trade(1, 103, 1, SIDE_SELL, t), now_ns=t)
-    assert len(after) == 1 and after[0]["px_ticks"] == 103
+    assert len(both(trade(1, 103, 1, SIDE_SELL, t), fill(second[0]), now_ns=t)) == 0
+    t += 50 * MS                                          # several timer periods later
+    assert len(both(trade(1, 104, 1, SIDE_SELL, t), now_ns=t)) == 0
+    t += 50 * MS
+    assert len(both(now_ns=t)) == 0
+    for h, n, b in zip((live, ref), calls, hook_batches):
+        assert h.ctx.pos[0]["pos"] == 2
+        assert order_table(h) == {}
+        assert int(h.st.calls) == n and h.hctl[H_CALLS] == b
+        assert h.rt["halted"] == HALT_MARKET and h.rt["halt_ns"] == halt_ns
+        assert h.hctl[H_KERNEL_ERRORS] == 1
     assert_same_state(live, ref)
+
+
+def test_an_order_in_flight_at_the_halt_is_cancelled_when_it_comes_back_live(poison):
+    """A NEW not yet acknowledged at the halt cannot be cancelled then; when its ack arrives
+    the runtime cancels it, and again after a cancel reject: a halted strategy never leaves
+    an order resting."""
+    h = HostedStrategy(poison())
+    t = 1_000
+    h.step(snapshot(1, [(99, 5)], [(101, 5)], t), now_ns=t)
+    t += MS
+    first = h.step(trade(1, 100, 1, SIDE_SELL, t), now_ns=t).copy()
+    assert len(first) == 1 and first[0]["kind"] == INTENT_NEW
+    t += MS
+    assert len(h.step(trade(1, POISON_PX, 1, SIDE_SELL, t), now_ns=t)) == 0   # halts
+    coid = int(first[0]["client_order_id"])
+    assert h.rt["halted"] == HALT_MARKET and order_table(h) == {coid: OST_PENDING_NEW}
+    t += MS
+    out = h.step(ex=ack(first[0]), now_ns=t).copy()
+    assert len(out) == 1 and out[0]["kind"] == INTENT_CANCEL
+    assert int(out[0]["client_order_id"]) == coid
+    t += MS
+    out = h.step(ex=report(out[0], EXEC_CANCEL_REJECT), now_ns=t).copy()
+    assert len(out) == 1 and out[0]["kind"] == INTENT_CANCEL       # asked again, once
+    t += 50 * MS
+    assert len(h.step(now_ns=t)) == 0                              # not on every tick
 
 
 # ------------------------------------------------------------------------------------------
@@ -310,12 +393,13 @@ def test_a_restarted_host_skips_ring_reports_the_journal_already_applied(live_ho
     # what the journal holds: both quotes approved, the bid acked and partially filled
     journal = execs(ack(bid), report(bid, EXEC_PARTIAL, qty=4, leaves=6))
     journal["reserved"] = [500, 501]
-    fresh = [make_strategy("market_making", params, INSTRUMENTS[:1], 3).make_state()
-             for _ in range(2)]
+    # a restarted host keeps its books (the fresh state is made over them) and its intent ring
+    fresh = [make_strategy("market_making", params, INSTRUMENTS[:1], 3).make_state(
+        *h.book.arrays) for h in (live, ref)]
     for h, state in zip((live, ref), fresh):
         h.state = state
         h.hctl[H_LAST_SEQ] = restore_state(state, quotes, journal)["last_seq"]
-        assert state[2][0, PS_POS] == 4
+        assert state.ctx.pos[0]["pos"] == 4
     # the dead incarnation left those two reports unread on its exec ring, then came the rest
     ring = execs(ack(bid), report(bid, EXEC_PARTIAL, qty=4, leaves=6), fill(bid, qty=6))
     ring["reserved"] = [500, 501, 502]
@@ -323,9 +407,9 @@ def test_a_restarted_host_skips_ring_reports_the_journal_already_applied(live_ho
     want = ref.step(ex=ring, now_ns=t).copy()
     assert same_intents(live.step(ex=ring, now_ns=t), want)
     for h in (live, ref):
-        assert h.state[2][0, PS_POS] == 4 + 6           # each fill once
+        assert h.state.ctx.pos[0]["pos"] == 4 + 6        # each fill once
         assert h.hctl[H_SKIPPED] == 2 and h.hctl[H_LAST_SEQ] == 502
-        assert find_order(h.state[1], int(bid["client_order_id"])) < 0
+        assert order_slot(h.state.ctx, int(bid["client_order_id"])) < 0
     assert_same_state(live, ref)
 
 

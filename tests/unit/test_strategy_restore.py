@@ -12,9 +12,8 @@ from shm.records import (
     ORD_LIMIT, ORDER_DTYPE, REJECT_MAX_POSITION, SIDE_BUY, SIDE_SELL,
 )
 from strategies.base import (
-    CTL_FILLS, CTL_NEXT_COID, OS_COID, OS_LEAVES, OS_NEW_PX, OS_NEW_QTY, OS_PX, OS_SIDE,
-    OS_STATE, OST_LIVE, OST_PENDING_CANCEL, OST_PENDING_NEW, OST_PENDING_REPLACE, PS_COST,
-    PS_FEES, PS_POS, PS_REALIZED, apply_execs, restore_state,
+    OST_LIVE, OST_PENDING_CANCEL, OST_PENDING_NEW, OST_PENDING_REPLACE, apply_execs,
+    restore_state,
 )
 from strategies.registry import make_strategy
 from tests.unit.scenario_records import instrument
@@ -66,8 +65,8 @@ class Journal:
 
 
 def open_orders(state):
-    t = state[1]
-    return {int(t[s, OS_COID]) & 0xFFFF: t[s].copy() for s in range(t.shape[0]) if t[s, OS_COID]}
+    t = state.ctx.orders
+    return {int(t[s]["coid"]) & 0xFFFF: t[s].copy() for s in range(t.shape[0]) if t[s]["coid"]}
 
 
 def test_positions_come_back_from_partials_and_fills_of_this_strategy_only():
@@ -85,22 +84,22 @@ def test_positions_come_back_from_partials_and_fills_of_this_strategy_only():
     orders, execs = j.arrays()
     state = fresh_state()
     summary = restore_state(state, orders, execs)
-    pos = state[2]
-    assert pos[0, PS_POS] == 10 - 4 and pos[1, PS_POS] == -2
-    assert pos[0, PS_FEES] == pytest.approx(5.0)
+    pos = state.ctx.pos
+    assert pos[0]["pos"] == 10 - 4 and pos[1]["pos"] == -2
+    assert pos[0]["fees"] == pytest.approx(5.0)
     # the same accounting as the live path: apply_execs over the same fills
     live = fresh_state()
     mine = execs[(execs["strategy_id"] == SID)]
-    apply_execs(live[0], live[1], live[2], mine, len(mine))
-    for w in (PS_POS, PS_COST, PS_REALIZED, PS_FEES):
-        np.testing.assert_array_equal(pos[:, w], live[2][:, w])
-    assert pos[0, PS_REALIZED] > 0
-    assert state[0][CTL_FILLS] == 4
+    apply_execs(live.ctx, mine, len(mine))
+    for w in ("pos", "cost", "realized", "fees"):
+        np.testing.assert_array_equal(pos[w], live.ctx.pos[w])
+    assert pos[0]["realized"] > 0
+    assert state.rt["fills"] == 4
     assert summary == {"last_seq": int(execs["reserved"].max()), "fills": 4, "open_orders": 1,
                        "unknown_instrument": 1, "not_restored": 0}
     (n, row), = open_orders(state).items()
-    assert n == 2 and row[OS_STATE] == OST_LIVE and row[OS_LEAVES] == 3 and row[OS_PX] == 3_000
-    assert row[OS_SIDE] == SIDE_SELL
+    assert n == 2 and row["state"] == OST_LIVE and row["leaves"] == 3 and row["px"] == 3_000
+    assert row["side"] == SIDE_SELL
 
 
 def test_open_orders_keep_replaced_prices_partials_and_the_request_in_flight():
@@ -138,16 +137,16 @@ def test_open_orders_keep_replaced_prices_partials_and_the_request_in_flight():
     summary = restore_state(state, *j.arrays())
     got = open_orders(state)
     assert sorted(got) == [1, 2, 3, 4, 8]
-    assert (got[1][OS_STATE], got[1][OS_PX], got[1][OS_LEAVES]) == (OST_LIVE, 99, 5)
-    assert got[2][OS_STATE] == OST_PENDING_CANCEL and got[2][OS_LEAVES] == 10
-    assert (got[3][OS_STATE], got[3][OS_PX], got[3][OS_LEAVES]) == (OST_PENDING_NEW, 95, 10)
-    assert got[4][OS_STATE] == OST_PENDING_REPLACE and got[4][OS_PX] == 96
-    assert (got[4][OS_NEW_PX], got[4][OS_NEW_QTY]) == (97, 3)
-    assert (got[8][OS_STATE], got[8][OS_PX]) == (OST_LIVE, 91)
+    assert (got[1]["state"], got[1]["px"], got[1]["leaves"]) == (OST_LIVE, 99, 5)
+    assert got[2]["state"] == OST_PENDING_CANCEL and got[2]["leaves"] == 10
+    assert (got[3]["state"], got[3]["px"], got[3]["leaves"]) == (OST_PENDING_NEW, 95, 10)
+    assert got[4]["state"] == OST_PENDING_REPLACE and got[4]["px"] == 96
+    assert (got[4]["new_px"], got[4]["new_qty"]) == (97, 3)
+    assert (got[8]["state"], got[8]["px"]) == (OST_LIVE, 91)
     assert summary["open_orders"] == 5 and summary["unknown_instrument"] == 1
-    assert state[2][0, PS_POS] == 3 + 10
+    assert state.ctx.pos[0]["pos"] == 3 + 10
     # new client order ids start after every id of ours in the journal (13), never reusing one
-    assert state[0][CTL_NEXT_COID] == 14
+    assert state.rt["next_coid"] == 14
 
 
 def test_the_restored_table_then_follows_live_reports_as_the_old_one_would_have():
@@ -158,14 +157,14 @@ def test_the_restored_table_then_follows_live_reports_as_the_old_one_would_have(
     orders, execs = j.arrays()
     state = fresh_state()
     restore_state(state, orders, execs)
-    assert open_orders(state)[1][OS_STATE] == OST_PENDING_CANCEL
+    assert open_orders(state)[1]["state"] == OST_PENDING_CANCEL
     late = Journal()
     late.seq = j.seq
     late.report(EXEC_PARTIAL, 1, px=100, qty=2, leaves=8)   # raced the cancel
     late.report(EXEC_CANCEL_ACK, 1, px=100)
     ex = late.arrays()[1]
-    apply_execs(state[0], state[1], state[2], ex, len(ex))
-    assert open_orders(state) == {} and state[2][0, PS_POS] == 2
+    apply_execs(state.ctx, ex, len(ex))
+    assert open_orders(state) == {} and state.ctx.pos[0]["pos"] == 2
 
 
 def test_a_table_too_small_for_the_journal_counts_what_it_could_not_restore():
@@ -174,16 +173,19 @@ def test_a_table_too_small_for_the_journal_counts_what_it_could_not_restore():
         j.intent(INTENT_NEW, n, px=100 - n)
     state = fresh_state()
     summary = restore_state(state, *j.arrays())
-    assert summary["open_orders"] == state[1].shape[0] == 8 and summary["not_restored"] == 2
+    assert summary["open_orders"] == state.ctx.orders.shape[0] == 8
+    assert summary["not_restored"] == 2
 
 
 def test_an_empty_journal_restores_nothing():
     state = fresh_state()
-    before = [a.copy() for a in state]
+    before = [a.copy() for a in state.arrays()]
     summary = restore_state(state, np.zeros(0, ORDER_DTYPE), np.zeros(0, EXEC_DTYPE))
     assert summary == {"last_seq": 0, "fills": 0, "open_orders": 0, "unknown_instrument": 0,
                        "not_restored": 0}
-    for a, b in zip(state, before):
+    after = state.arrays()
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
         assert a.tobytes() == b.tobytes()
 
 
@@ -212,9 +214,9 @@ def test_restore_reads_journal_files_that_are_still_being_appended(tmp_path):
     summary = restore_state(state, read_journal_orders(jdir), read_journal_exec(jdir))
     w.close()
     assert summary["last_seq"] == int(execs["reserved"].max()) and summary["fills"] == 1
-    assert state[2][0, PS_POS] == 4
+    assert state.ctx.pos[0]["pos"] == 4
     row = open_orders(state)[1]
-    assert row[OS_STATE] == OST_LIVE and row[OS_LEAVES] == 6
+    assert row["state"] == OST_LIVE and row["leaves"] == 6
 
 
 def test_a_restarted_strategy_host_starts_from_its_journal_and_a_first_start_does_not(
@@ -246,12 +248,13 @@ def test_a_restarted_strategy_host_starts_from_its_journal_and_a_first_start_doe
     first = stage()
     assert first.restore_from_journal(SimpleNamespace(run_dir=tmp_path, restarts=0,
                                                       name="strategy.p")) is None
-    assert first.state[2][0, PS_POS] == 0 and first.hctl[H_LAST_SEQ] == 0
+    assert first.state.ctx.pos[0]["pos"] == 0 and first.hctl[H_LAST_SEQ] == 0
     again = stage()
     summary = again.restore_from_journal(SimpleNamespace(run_dir=tmp_path, restarts=1,
                                                          name="strategy.p"))
     assert summary["fills"] == 1 and summary["open_orders"] == 1
-    assert again.state[2][0, PS_POS] == 4 and again.hctl[H_LAST_SEQ] == execs["reserved"].max()
+    assert again.state.ctx.pos[0]["pos"] == 4
+    assert again.hctl[H_LAST_SEQ] == execs["reserved"].max()
     assert "restored" in capsys.readouterr().err
 
 
@@ -268,6 +271,6 @@ def test_the_gates_own_flatten_orders_move_positions_but_not_ids_or_the_order_ta
     j.report(EXEC_ACK, flat, side=SIDE_SELL, leaves=10)
     state = fresh_state()
     restore_state(state, *j.arrays())
-    assert state[2][0, PS_POS] == 10                  # the flatten has not filled yet
+    assert state.ctx.pos[0]["pos"] == 10              # the flatten has not filled yet
     assert open_orders(state) == {}                   # and it is the gate's, not ours
-    assert state[0][CTL_NEXT_COID] == 2               # ids go on from ours, not the gate's
+    assert state.rt["next_coid"] == 2                 # ids go on from ours, not the gate's
