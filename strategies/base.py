@@ -253,6 +253,18 @@ class Strategy:
     def warm_up(self, records) -> None:
         """Prime estimators from historical MARKET_DTYPE records."""
 
+    def updated_params(self, overrides: dict, path: str | None = None):
+        """The strategy's parameters with ``overrides`` applied, validated exactly as the
+        config is (``ConfigError`` naming ``<path>.<key>`` and the value; every problem at
+        once). The strategy itself is unchanged: apply the result with ``kernel_params``."""
+        current = {f.name: getattr(self.params, f.name) for f in dataclasses.fields(self.params)}
+        unknown = sorted(set(overrides) - set(current))
+        where = path or f"strategies.{self.kind}.params"
+        if unknown:
+            raise ConfigError([f"{where}.{k}: unknown parameter of {self.kind} (known: "
+                               f"{', '.join(sorted(current))})" for k in unknown])
+        return load_section(self.Params, {**current, **overrides}, where)
+
     # -- the runtime's side ----------------------------------------------------------------------
     @classmethod
     def hooks(cls) -> tuple:
