@@ -51,9 +51,10 @@ ST_STOPPED = 4
 ST_FAILED = 5
 ST_RESTARTING = 6
 ST_DEAD = 7
+ST_COMPILING = 8       # starting, and numba is compiling (not loading from its cache)
 STATE_NAMES = {ST_EMPTY: "EMPTY", ST_STARTING: "STARTING", ST_RUNNING: "RUNNING",
                ST_STOPPING: "STOPPING", ST_STOPPED: "STOPPED", ST_FAILED: "FAILED",
-               ST_RESTARTING: "RESTARTING", ST_DEAD: "DEAD"}
+               ST_RESTARTING: "RESTARTING", ST_DEAD: "DEAD", ST_COMPILING: "COMPILING"}
 
 
 @njit(cache=True)
@@ -161,3 +162,9 @@ class StatusWriter:
 
     def set(self, word: int, value: int) -> None:
         self.values[word] = value
+
+    def set_now(self, word: int, value: int) -> None:
+        """Set one word and store it at once with a plain (aligned, so untorn) store, not
+        through a compiled function: callable while numba is compiling."""
+        self.values[word] = value
+        self.table.words[self.slot, word] = value

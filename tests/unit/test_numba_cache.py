@@ -1,5 +1,6 @@
 """numba's cache: keyed by the sources compiled into kernels only, shared by clones at any path
-(pipeline/numba_cache.py, pipeline/numba_locator.py)."""
+(pipeline/numba_cache.py, pipeline/numba_locator.py), and a start that says it is compiling
+(pipeline/compile_watch.py)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,66 @@ def test_a_clone_elsewhere_with_other_mtimes_loads_the_first_ones_compiled_code(
     fourth = _run_child(b, tmp_path)
     assert fourth["dir"] != first["dir"] and fourth["r"] == [6, 9]
     assert fourth["f"][:2] == [0, 1]
+
+
+# -- saying that a stage compiles --------------------------------------------------------------
+def test_compile_watch_counts_compilations_and_not_reuse():
+    from numba import njit
+
+    from pipeline.compile_watch import CompileWatch
+
+    calls = []
+    watch = CompileWatch().install()
+    try:
+        watch.call_on_compile(lambda: calls.append(1))
+
+        @njit(cache=False)
+        def add_one(x):
+            return x + 1
+
+        assert add_one(1) == 2
+        n = watch.functions
+        assert n >= 1 and len(calls) == n and watch.seconds > 0
+        assert add_one(2) == 3 and watch.functions == n   # compiled once
+        assert watch.summary().startswith(f"compiled {n} functions in ")
+    finally:
+        watch.uninstall()
+    assert CompileWatch().summary() == "kernels from the cache"
+
+
+def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_prefix):
+    from numba import njit
+
+    from pipeline.compile_watch import CompileWatch
+    from pipeline.runner import StageRunner
+    from pipeline.status import ST_COMPILING, ST_STOPPED, W_STATE, StatusTable
+    from stages.base import Stage
+
+    table = StatusTable.create(shm_prefix, 1)
+    seen = []
+
+    class Compiles(Stage):
+        def on_start(self, ctx):
+            @njit(cache=False)
+            def fresh(x):
+                return x * 7
+
+            fresh(6)
+            seen.append(table.read_word(0, W_STATE))
+            runner.stop_requested = True
+
+        def poll(self):
+            return 0
+
+    try:
+        ctx = types.SimpleNamespace(name="compiles", cpu=None, run_dir=None)
+        runner = StageRunner(Compiles(), ctx, table.block(0), None,
+                             types.SimpleNamespace(idle=lambda n: None))
+        runner.compile_watch = CompileWatch().install()
+        assert runner.run() == 0
+        assert seen == [ST_COMPILING]
+        assert table.read_word(0, W_STATE) == ST_STOPPED
+        assert not runner.compile_watch._installed   # removed once RUNNING
+    finally:
+        table.segment.unlink()
+        table.close()
