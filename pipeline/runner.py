@@ -54,13 +54,13 @@ class StageRunner:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def heartbeat(self, state: int) -> None:
+        if state == ST_STARTING and self.compile_watch is not None \
+                and self.compile_watch.functions:
+            state = ST_COMPILING
         v = self.status.values
         v[W_STATE] = state
         v[W_PID] = os.getpid()
         v[W_CPU] = self.ctx.cpu if self.ctx.cpu is not None else -1
-        if state == ST_STARTING and self.compile_watch is not None \
-                and self.compile_watch.functions:
-            state = ST_COMPILING
         if state not in (ST_STARTING, ST_COMPILING, ST_STOPPED):  # counters: on_start..on_stop
             self.stage.fill_status(v)
             v[W_ERRORS] = self.stage.errors

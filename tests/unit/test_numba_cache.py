@@ -274,7 +274,8 @@ def test_compile_watch_counts_compilations_and_not_reuse():
     assert CompileWatch().summary() == "kernels from the cache"
 
 
-def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_prefix):
+@pytest.mark.parametrize("when", ["imports", "on_start"])
+def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_prefix, when):
     from numba import njit
 
     from pipeline.compile_watch import CompileWatch
@@ -282,16 +283,20 @@ def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_p
     from pipeline.status import ST_COMPILING, ST_STOPPED, W_STATE, StatusTable
     from stages.base import Stage
 
+    def compile_something():
+        @njit(cache=False)
+        def fresh(x):
+            return x * 7
+
+        assert fresh(6) == 42
+
     table = StatusTable.create(shm_prefix, 1)
     seen = []
 
     class Compiles(Stage):
         def on_start(self, ctx):
-            @njit(cache=False)
-            def fresh(x):
-                return x * 7
-
-            fresh(6)
+            if when == "on_start":
+                compile_something()
             seen.append(table.read_word(0, W_STATE))
             runner.stop_requested = True
 
@@ -303,10 +308,13 @@ def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_p
         runner = StageRunner(Compiles(), ctx, table.block(0), None,
                              types.SimpleNamespace(idle=lambda n: None))
         runner.compile_watch = CompileWatch().install()
+        if when == "imports":   # before the runner's first heartbeat
+            compile_something()
         assert runner.run() == 0
         assert seen == [ST_COMPILING]
         assert table.read_word(0, W_STATE) == ST_STOPPED
         assert not runner.compile_watch._installed   # removed once RUNNING
     finally:
+        runner.compile_watch.uninstall()
         table.segment.unlink()
         table.close()
