@@ -67,8 +67,8 @@ MEMO_NAME = "imports.json"   # beside the key directories: kernel_key's memo
 
 def _python_files(root: Path) -> dict[str, Path]:
     """Module name -> file of every Python module of the checkout at ``root``: top-level .py
-    files and packages (a directory with an ``__init__.py`` or .py files of its own), hidden
-    directories and __pycache__ skipped."""
+    files and packages (a directory with an ``__init__.py`` or .py files of its own); hidden
+    directories, __pycache__ and virtual environments skipped."""
     files: dict[str, Path] = {}
     for top in sorted(root.iterdir()):
         if top.name.startswith((".", "__pycache__")):
@@ -76,10 +76,12 @@ def _python_files(root: Path) -> dict[str, Path]:
         if top.suffix == ".py" and top.is_file():
             files[top.stem] = top
             continue
-        if not top.is_dir() or not any(p.suffix == ".py" for p in top.iterdir()):
-            continue   # runs/, deploy/ ...: no Python package
+        if not top.is_dir() or (top / "pyvenv.cfg").exists() \
+                or not any(p.suffix == ".py" for p in top.iterdir()):
+            continue   # runs/, deploy/ ...: no Python package; a virtual environment
         for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__"))
+                                 and d != "site-packages")
             rel = Path(dirpath).relative_to(root).parts
             for f in filenames:
                 if f.endswith(".py"):

@@ -52,6 +52,12 @@ def test_key_stays_when_tests_docs_cli_controller_bench_or_config_change(tree, k
                 "pipeline/supervisor.py", "bench/_ipc_kernels.py", "Makefile"):
         _append(tree / rel)
         assert key(tree) == before, f"{rel} changed the kernels' cache key"
+    venv = tree / "venv"   # a virtual environment inside the checkout is not its source
+    (venv / "lib" / "site-packages" / "jitted").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "site-packages" / "jitted" / "k.py").write_text("import numba\n")
+    (venv / "tool.py").write_text("import numba\n")
+    assert key(tree) == before
 
 
 @pytest.mark.parametrize("rel", [
