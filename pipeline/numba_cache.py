@@ -32,12 +32,10 @@ directories beyond the ``KEEP`` most recently used are removed.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +91,8 @@ def _python_files(root: Path) -> dict[str, Path]:
 def _module_level(body):
     """The statements that run when a module is imported (not those inside functions), and the
     decorators of its functions."""
+    import ast
+
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield from node.decorator_list
@@ -106,6 +106,8 @@ def _module_level(body):
 
 def _jit_name(node) -> bool:
     """Is ``node`` (a decorator or a called function) numba's njit, jit, vectorize ...?"""
+    import ast
+
     if isinstance(node, ast.Call):
         node = node.func
     return ((isinstance(node, ast.Name) and node.id in JIT_DECORATORS)
@@ -115,6 +117,8 @@ def _jit_name(node) -> bool:
 def _read_imports(text: bytes, module: str, is_package: bool) -> tuple[bool, list[str]]:
     """(whether the module defines compiled code, the module names its module level imports:
     ``import a.b`` -> a, a.b; ``from a import b`` -> a, a.b; relative imports resolved)."""
+    import ast   # here: a warm configure() finds every answer in the memo
+
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
@@ -250,6 +254,8 @@ def configure(root: Path = ROOT) -> str | None:
 
 def _prune(base: Path, target: Path) -> None:
     """Mark ``target`` used now; remove key directories beyond the ``KEEP`` used last."""
+    import shutil
+
     try:
         os.utime(target)
         olds = sorted((d for d in base.iterdir() if d.is_dir() and d != target
