@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,8 +243,6 @@ def configure(root: Path = ROOT) -> str | None:
         return None
     os.environ["NUMBA_CACHE_DIR"] = str(target)
     os.environ["NUMBA_CACHE_LOCATOR_CLASSES"] = LOCATORS
-    import sys
-
     config = sys.modules.get("numba.core.config")
     if config is not None:   # numba came first: tell it too (it reads the environment once)
         config.CACHE_DIR = str(target)
@@ -268,8 +267,6 @@ def _prune(base: Path, target: Path) -> None:
 
 
 def _dispatchers(prefixes):
-    import sys
-
     from numba.core.registry import CPUDispatcher
 
     seen: set[int] = set()
