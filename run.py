@@ -26,9 +26,10 @@ if sys.argv[1:2] == ["kill"]:
     if _sent is not None:
         sys.exit(_sent)
 
-# Point numba's cache at this source tree before anything imports numba. The commands that
-# only talk to the control socket skip it (it hashes the source tree, ~0.1-0.2 s) so that
-# `run.py kill` acts at once.
+# Point numba's cache at the key of this tree's kernel sources before anything imports numba.
+# The commands that only talk to the control socket skip it (it reads and hashes the sources,
+# tens of ms; parsing their imports, once per changed file, more) so that `run.py kill` acts at
+# once.
 if sys.argv[1:2] not in (["kill"], ["resume"], ["status"]):
     from pipeline import numba_cache
 

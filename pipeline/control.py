@@ -186,10 +186,16 @@ def request(path: str | os.PathLike, req: dict, timeout_s: float = 10.0) -> dict
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NotRunning(f"no controller at {path} ({exc.strerror})") from None
-        sock.sendall(json.dumps(req).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # a busy server answers at once and hangs up: its answer is still readable
         data = b""
         while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             data += chunk

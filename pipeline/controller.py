@@ -206,11 +206,20 @@ class Controller:
                                                                             ROLE_STRATEGY)],
                  [s for s in self.topology.stages if s.role == ROLE_GATE],
                  self.topology.strategies()]
+        t0 = time.monotonic()
         for tier in tiers:
             for spec in tier:
                 self.supervisor.spawn(spec)
             self.supervisor.wait_running([s.name for s in tier],
                                          should_abort=lambda: self.stop_requested)
+        n, compiled = len(self.topology.stages), len(self.supervisor.compiled)
+        cache = os.environ.get("NUMBA_CACHE_DIR") or "numba's default places"
+        if compiled:
+            self.log(f"kernels compiled by {compiled} of {n} stages "
+                     f"({time.monotonic() - t0:.0f} s); cached in {cache} for the next start")
+        else:
+            self.log(f"kernels cached: {n} stages started in {time.monotonic() - t0:.1f} s "
+                     f"without compiling ({cache})")
         self.log(f"instance {self.instance}: {len(self.topology.stages)} stages RUNNING "
                  f"(run dir {self.run_dir})")
 

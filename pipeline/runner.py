@@ -22,8 +22,8 @@ import traceback
 
 import numpy as np
 
-from common.status import (ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING, W_CPU, W_CTRL_ACK,
-                           W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
+from common.status import (ST_COMPILING, ST_RUNNING, ST_STARTING, ST_STOPPED, ST_STOPPING,
+                           W_CPU, W_CTRL_ACK, W_ERRORS, W_PID, W_STARTED_NS, W_STATE)
 from shm.records import CONTROL_DTYPE, CTRL_STOP
 
 HEARTBEAT_NS = 10_000_000          # 10 ms: well inside the controller's 100 ms silence limit
@@ -42,6 +42,9 @@ class StageRunner:
         self.exit_code = 0
         self._ctrl_buf = np.zeros(16, dtype=CONTROL_DTYPE)
         self._consecutive_errors = 0
+        # pipeline.compile_watch.CompileWatch installed by stage_main: while the stage starts,
+        # a compilation (a numba cache miss) turns its state to COMPILING
+        self.compile_watch = None
 
     def _on_signal(self, signum, frame):
         self.stop_requested = True
@@ -51,11 +54,14 @@ class StageRunner:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def heartbeat(self, state: int) -> None:
+        if state == ST_STARTING and self.compile_watch is not None \
+                and self.compile_watch.functions:
+            state = ST_COMPILING
         v = self.status.values
         v[W_STATE] = state
         v[W_PID] = os.getpid()
         v[W_CPU] = self.ctx.cpu if self.ctx.cpu is not None else -1
-        if state not in (ST_STARTING, ST_STOPPED):  # counters live between on_start/on_stop
+        if state not in (ST_STARTING, ST_COMPILING, ST_STOPPED):  # counters: on_start..on_stop
             self.stage.fill_status(v)
             v[W_ERRORS] = self.stage.errors
         self.status.publish(time.monotonic_ns())
@@ -80,11 +86,18 @@ class StageRunner:
             return
         now = time.monotonic_ns()
         ms = lambda a, b: (b - a) / 1e6  # noqa: E731
+        watch = self.compile_watch
         print(f"{self.ctx.name}: RUNNING {ms(m['main'], now):.0f} ms after start "
               f"(imports {ms(m['main'], m['imports']):.0f}, config+attach "
               f"{ms(m['imports'], m['attached']):.0f}, stage set-up "
-              f"{ms(m['attached'], t_start):.0f}, on_start {ms(t_start, now):.0f})",
+              f"{ms(m['attached'], t_start):.0f}, on_start {ms(t_start, now):.0f}"
+              f"{'; ' + watch.summary() if watch is not None else ''})",
               file=sys.stderr, flush=True)
+
+    def _compiling(self) -> None:
+        # inside numba's compiler lock: a plain store, no compiled code
+        if self.status.values[W_STATE] != ST_COMPILING:
+            self.status.set_now(W_STATE, ST_COMPILING)
 
     def handle_control(self) -> None:
         if self.control is None:
@@ -106,9 +119,14 @@ class StageRunner:
     def run(self) -> int:
         stage = self.stage
         self.status.set(W_STARTED_NS, time.monotonic_ns())
+        watch = self.compile_watch
+        if watch is not None:
+            watch.call_on_compile(self._compiling)
         self.heartbeat(ST_STARTING)
         t_start = time.monotonic_ns()
         stage.on_start(self.ctx)
+        if watch is not None:
+            watch.uninstall()   # RUNNING from here: a later compile must not look like a start
         self.heartbeat(ST_RUNNING)
         self._report_startup(t_start)
         self.write_manifest()

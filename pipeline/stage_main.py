@@ -61,8 +61,9 @@ def make_stage(spec, replay: str | None = None):
     from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                                  ROLE_VENUE)
 
-    # numba's cache is keyed by the whole source tree (pipeline/numba_cache.py, configured by
-    # run.py and inherited through NUMBA_CACHE_DIR), so no per-module refresh is needed here.
+    # numba's cache is keyed by every source compiled into a kernel (pipeline/numba_cache.py,
+    # configured by run.py and inherited through NUMBA_CACHE_DIR), so no per-module refresh is
+    # needed here.
     if spec.role == ROLE_VENUE and replay:
         from stages.feed_replay import FeedReplayStage
         return FeedReplayStage()
@@ -99,6 +100,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_main = time.monotonic_ns()
     _die_with_parent(args.parent_pid)
+    from pipeline.compile_watch import CompileWatch
+
+    watch = CompileWatch().install()   # before any kernel module is imported
 
     from pipeline.config import load_config
     from pipeline.idle import make_idle
@@ -132,6 +136,7 @@ def main(argv=None) -> int:
     runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
                          make_idle(spec.idle))
     runner.startup_marks = {"main": t_main, "imports": t_imports, "attached": t_attached}
+    runner.compile_watch = watch
     runner.install_signals()
     try:
         return runner.run()

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from common.status import (ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING, ST_STOPPED, STATE_NAMES,
-                           W_HEARTBEAT_NS, W_PID, W_RESTARTS, W_STATE)
+from common.status import (ST_COMPILING, ST_DEAD, ST_FAILED, ST_RESTARTING, ST_RUNNING,
+                           ST_STOPPED, STATE_NAMES, W_HEARTBEAT_NS, W_PID, W_RESTARTS, W_STATE)
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0   # first start compiles numba kernels: minutes on a busy 2-core box
@@ -124,6 +124,8 @@ class Supervisor:
                                     stable_s)
         self.started_at: dict[str, float] = {}   # stage -> when its current process started
         self.given_up: dict[str, str] = {}   # stage -> why it is left down
+        self.spawn_order: list[str] = []   # stages in the order first spawned
+        self.compiled: set[str] = set()      # stages seen COMPILING while starting
         self.spare: subprocess.Popen | None = None
         self.spare_ready = False
         self.use_spare = use_spare
@@ -147,6 +149,8 @@ class Supervisor:
                              else 0)
         self.status.set_word(spec.slot, W_RESTARTS, self.restarts[spec.name])
         self.started_at[spec.name] = time.monotonic()
+        if spec.name not in self.spawn_order:
+            self.spawn_order.append(spec.name)
         popen = self._take_spare(args, log_path)
         if popen is None:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -227,7 +231,9 @@ class Supervisor:
             self.spare = None
 
     def wait_running(self, names, timeout_s: float = START_TIMEOUT_S, should_abort=None) -> None:
-        """Block until every named stage reports RUNNING; StageStartError if one dies first."""
+        """Block until every named stage reports RUNNING; StageStartError if one dies first.
+        Says on stderr (the operator's terminal, or controller.log) when a stage starts
+        compiling (its COMPILING state: pipeline.compile_watch) and when each is RUNNING."""
         deadline = time.monotonic() + timeout_s
         pending = list(names)
         while pending:
@@ -238,10 +244,16 @@ class Supervisor:
                     raise StageStartError(
                         f"stage {name} exited with code {rc} during start-up; last lines of "
                         f"{proc.log_path}:\n{log_tail(proc.log_path)}")
-                if self.status.read_word(proc.spec.slot, W_STATE) == ST_RUNNING:
+                state = self.status.read_word(proc.spec.slot, W_STATE)
+                if state == ST_COMPILING and name not in self.compiled:
+                    self.compiled.add(name)
+                    print(f"compiling kernels: {name} ({self.spawn_order.index(name) + 1}/"
+                          f"{len(self.topology.stages)}) ...", file=sys.stderr, flush=True)
+                elif state == ST_RUNNING:
                     pending.remove(name)
                     print(f"stage {name} RUNNING after "
-                          f"{time.monotonic() - proc.started_mono:.1f} s", file=sys.stderr,
+                          f"{time.monotonic() - proc.started_mono:.1f} s"
+                          f"{' (compiled)' if name in self.compiled else ''}", file=sys.stderr,
                           flush=True)
             if not pending:
                 return

@@ -120,3 +120,9 @@ class StatusWriter:
 
     def set(self, word: int, value: int) -> None:
         self.values[word] = value
+
+    def set_now(self, word: int, value: int) -> None:
+        """Set one word and store it at once with a plain (aligned, so untorn) store, not
+        through a compiled function: callable while numba is compiling."""
+        self.values[word] = value
+        self.table.words[self.slot, word] = value

@@ -35,9 +35,13 @@ from shm.ringops import bcast_poll, spsc_poll, spsc_publish
 from stages.clock import clock_now_ns
 from strategies.host import (H_EX_IN, H_FB_N, H_MD_IN, H_OUT, H_PARAMS_PENDING, H_PUSHBACK,
                              run_strategy_batch, timer_due)
+# what the generated modules call to find their hooks: imported here, at module level, so that
+# pipeline/numba_cache.py's key (it follows module-level imports) covers the registry too
+from strategies.registry import get_strategy_class  # noqa: F401
 
-# Beside numba's cache when pipeline/numba_cache.py set it (that directory is keyed by a hash
-# of the source tree, so generated modules never outlive the code they were made from).
+# Beside numba's cache when pipeline/numba_cache.py set it (that directory is keyed by the
+# sources compiled into kernels, this module's and the registry's included, so generated modules
+# never outlive the code they were made from; its locator files their compiled code beside them).
 GEN_DIR = Path(os.environ.get("HFTFARM_HOSTGEN_DIR")
                or (Path(os.environ["NUMBA_CACHE_DIR"]) / "hostgen"
                    if os.environ.get("NUMBA_CACHE_DIR")
@@ -51,8 +55,7 @@ stages/host_codegen.py). All logic is in stages.host_codegen.live_host_step."""
 # fingerprint changes this file whenever code compiled into host_step changes)
 from numba import njit
 
-from stages.host_codegen import live_host_step
-from strategies.registry import get_strategy_class
+from stages.host_codegen import get_strategy_class, live_host_step
 
 on_market, on_exec, on_timer, on_params = get_strategy_class({kind!r}).hooks()
 

@@ -2,9 +2,10 @@
 
 Background by default: the controller is started as a daemon (``python -m
 pipeline.controller``, own session, log in <run_dir>/<instance>/controller.log); this command
-returns 0 once every stage is RUNNING, or prints the error and returns 1. ``--foreground``
-runs the controller in this process until ``run.py stop``, SIGTERM or Ctrl-C (what systemd's
-Type=notify unit uses).
+shows the controller's progress lines (``compiling kernels: ...``, ``kernels cached: ...``) on
+stderr while it waits, returns 0 once every stage is RUNNING, or prints the error and returns
+1. ``--foreground`` runs the controller in this process until ``run.py stop``, SIGTERM or
+Ctrl-C (what systemd's Type=notify unit uses).
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def run(args) -> int:
     if state_file.exists():   # kept for the new controller: did the last one die running?
         os.replace(state_file, state_file.with_name("controller.state.prev"))
     log_path = idir / "controller.log"
+    try:
+        seen = log_path.stat().st_size   # echo only what this controller adds
+    except OSError:
+        seen = 0
     root = Path(__file__).resolve().parent.parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
@@ -77,6 +82,7 @@ def run(args) -> int:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
             pass
+        seen = _echo_progress(log_path, seen)
         if state.get("state") == "running":
             print(f"instance {cfg.instance.name} started (controller pid {proc.pid}; "
                   f"log {log_path})")
@@ -90,6 +96,29 @@ def run(args) -> int:
             raise CliError(f"instance {cfg.instance.name!r} not up within --timeout "
                            f"{args.timeout:g} s; {what} (see {log_path})", 1)
         time.sleep(0.05)
+
+
+# the controller's start-up lines worth showing while `start` waits (pipeline.supervisor,
+# pipeline.controller): a first start compiles for a minute or two
+PROGRESS = ("compiling kernels", "kernels ")
+
+
+def _echo_progress(path, offset: int) -> int:
+    """Print (stderr) the progress lines that the controller's log gained past ``offset``;
+    returns the offset after the last whole line."""
+    import sys
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].decode(errors="replace").splitlines():
+        if line.startswith(PROGRESS):
+            print(line, file=sys.stderr, flush=True)
+    return offset + end
 
 
 def _abandon(proc, cfg) -> str:
