@@ -10,3 +10,55 @@ DEFAULT_BOOK_LEVELS = 64    # [[strategies]] book_levels: price levels per side 
 # module-name prefix of a strategy's generated host step (stages/host_codegen.py), which lives
 # outside the packages (in the numba cache directory)
 GENERATED_PREFIX = "hftfarm_hostgen_"
+
+MAX_SHARDS = 256            # [[strategies]] shards: a shard index fits 8 bits of a client order id
+
+
+def shard_instruments(instruments, shards: int) -> list[list]:
+    """Which instruments each shard of a strategy trades: the documented, deterministic
+    assignment. ``instruments`` in config order are cut into ``shards`` contiguous blocks of
+    equal size (shard k gets instruments[k*m:(k+1)*m], m = len / shards), so a pairs strategy
+    listing its pairs one after the other gets one pair per shard, and the same config always
+    gives the same split. ValueError if the count does not divide."""
+    instruments = list(instruments)
+    if shards < 1 or shards > MAX_SHARDS:
+        raise ValueError(f"shards = {shards}: must be in 1..{MAX_SHARDS}")
+    if len(instruments) % shards:
+        raise ValueError(f"{len(instruments)} instrument(s) cannot be split into {shards} equal "
+                         f"shards: list a multiple of {shards}")
+    m = len(instruments) // shards
+    return [instruments[k * m:(k + 1) * m] for k in range(shards)]
+
+
+def strategy_ids(strategies) -> dict:
+    """(strategy name, shard) -> strategy id, as a live instance numbers its strategy processes:
+    1, 2, ... over the enabled ``[[strategies]]`` entries in config order, one id per shard.
+    Every process (shard) has its own id, so rings, routing and the per-shard risk limits work
+    by id; the risk gate also sums each strategy's shards (``group_ids``)."""
+    out = {}
+    sid = 0
+    for s in strategies:
+        if not getattr(s, "enabled", True):
+            continue
+        for k in range(int(getattr(s, "shards", 1))):
+            sid += 1
+            out[(s.name, k)] = sid
+    return out
+
+
+def group_ids(strategies) -> dict:
+    """strategy id -> the id of its strategy's first shard (the id the risk gate sums a
+    strategy's shards under); an unsharded strategy is its own group."""
+    ids = strategy_ids(strategies)
+    first = {}
+    for (name, k), sid in ids.items():
+        first.setdefault(name, sid)
+    return {sid: first[name] for (name, k), sid in ids.items()}
+
+
+def process_name(name: str, shard: int, shards: int) -> str:
+    """The name a strategy process goes by (its rings, histograms, status row): the strategy's
+    name, or ``name.k`` for shard k of a sharded one (a '.' never appears in a config name)."""
+    return name if shards <= 1 else f"{name}.{shard}"
+
+MAX_STRATEGY_ID = (1 << 15) - 1   # client_order_id = strategy_id << 48 | ...: stays positive

@@ -13,7 +13,9 @@ The state layout, its builders and the updates from execution reports live in
 market/risk_state.py; everything is re-exported here, so callers import market.risk only.
 
 Every limit is inclusive: a value equal to its limit passes, one unit more is rejected.
-Positions and open-order exposure are per strategy and instrument; loss and drawdown are over
+Positions and open-order exposure are per strategy process (strategy id) and instrument,
+against that process's shard limit; a strategy that runs as several shards is also held to
+``max_position_lots`` and ``max_open_orders`` summed over its shards (its group); loss and drawdown are over
 the whole instance (the gate halts everything); self-trade prevention looks at the resting
 orders of every strategy of the instance (two of our strategies crossing is a wash trade too).
 Orders flagged OFLAG_RISK_SYSTEM (the gate's own flattening) skip the kill switch, halt, loss
@@ -37,7 +39,8 @@ from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives 
     G_TABLE_FULL, G_WORDS, GF_DAY_START,
     GF_FEES, GF_PEAK, GF_REALIZED, GF_UNREAL, GF_WORDS, LF_DAILY_LOSS, LF_INST_VALUE,
     LF_MAX_CANCELS_PER_S, LF_MAX_DRAWDOWN, LF_MAX_OPEN_ORDERS, LF_MAX_ORDER_QTY,
-    LF_MAX_ORDERS_PER_S, LF_MAX_OTR, LF_MAX_POSITION, LF_N_INST, LF_N_STRAT, LF_OTR_MIN_ORDERS,
+    LF_GROUPED, LF_MAX_ORDERS_PER_S, LF_MAX_OTR, LF_MAX_POSITION, LF_N_INST, LF_N_STRAT,
+    LF_OTR_MIN_ORDERS,
     LF_PRICE_BAND_BPS, LF_REDUCING_FRACTION, LF_STP, LF_WINDOW_NS, LI_NOTIONAL_UNITS,
     LI_VALUE_MANT, LI_WORDS, OO_COID, OO_INST, OO_LEAVES, OO_PX, OO_SIDE, OO_STATE, OO_STRAT,
     OO_WORDS, OOS_REPLACING, R_AGG, R_CANCEL_TS, R_G, R_GF, R_MARKS, R_N_OPEN, R_OO, R_OO_COUNT,
@@ -90,13 +93,48 @@ def check_notional(li, inst, px_x2, qty_lots):
 
 
 @njit(cache=True)
-def check_position(lf, pos, open_same_side, side, qty_lots):
-    """Worst case if every open order on this side and this one fill."""
+def check_position(limit, pos, open_same_side, side, qty_lots):
+    """Worst case if every open order on this side and this one fill, against ``limit``."""
     if side == SIDE_BUY:
         worst = pos + open_same_side + qty_lots
     else:
         worst = -(pos - open_same_side - qty_lots)
-    return REJECT_MAX_POSITION if worst > lf[LF_MAX_POSITION] else 0
+    return REJECT_MAX_POSITION if worst > limit else 0
+
+
+@njit(cache=True)
+def shard_position_limit(lf, s):
+    """Position limit (lots) of strategy id s on its own (its shard's share)."""
+    return lf[np.int64(LF_INST_VALUE + lf[LF_N_INST] + 1) + s]
+
+
+@njit(cache=True)
+def group_of(lf, s):
+    """The strategy id of shard 0 of s's strategy (s itself when unsharded)."""
+    return np.int64(lf[np.int64(LF_INST_VALUE + lf[LF_N_INST] + lf[LF_N_STRAT] + 2) + s])
+
+
+@njit(cache=True)
+def check_group_position(lf, pos, open_buy, open_sell, s, inst, side, qty_lots):
+    """The strategy's shards together: summed positions and open orders on this side."""
+    g = group_of(lf, s)
+    p = 0
+    o = 0
+    for t in range(1, np.int64(lf[LF_N_STRAT]) + 1):
+        if group_of(lf, t) == g:
+            p += pos[t, inst]
+            o += open_buy[t, inst] if side == SIDE_BUY else open_sell[t, inst]
+    return check_position(lf[LF_MAX_POSITION], p, o, side, qty_lots)
+
+
+@njit(cache=True)
+def group_open_orders(lf, n_open, s):
+    g = group_of(lf, s)
+    n = 0
+    for t in range(1, np.int64(lf[LF_N_STRAT]) + 1):
+        if group_of(lf, t) == g:
+            n += n_open[t]
+    return n
 
 
 @njit(cache=True)
@@ -202,7 +240,9 @@ def _exposure(lf, li, pos, open_buy, open_sell, s, inst, side, order_type, px, q
     if code:
         return code
     open_side = open_buy[s, inst] if side == SIDE_BUY else open_sell[s, inst]
-    code = check_position(lf, pos[s, inst], open_side, side, extra_qty)
+    code = check_position(shard_position_limit(lf, s), pos[s, inst], open_side, side, extra_qty)
+    if code == 0 and lf[LF_GROUPED] != 0.0:
+        code = check_group_position(lf, pos, open_buy, open_sell, s, inst, side, extra_qty)
     if code:
         return code
     if reducing:
@@ -271,6 +311,8 @@ def _check(lf, li, g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel
     if code < 0:
         if kind == INTENT_NEW:
             c = check_open_orders(lf, g, od, n_open[s])
+            if c == 0 and lf[LF_GROUPED] != 0.0:
+                c = check_open_orders(lf, g, od, group_open_orders(lf, n_open, s))
             if c == 0 and not system:
                 c = check_rate(lf, order_ts, sc[s, SC_ORDER_HEAD], s, lf[LF_MAX_ORDERS_PER_S],
                                now_ns, REJECT_ORDER_RATE)
@@ -305,10 +347,15 @@ def check_order(limits, rstate, rec, ref_mid_x2, now_ns):
 # Cold builders
 # =============================================================================================
 def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: int = 100,
-                 window_ns: int = 1_000_000_000):
+                 window_ns: int = 1_000_000_000, groups: dict | None = None,
+                 shard_limits: dict | None = None):
     """Cold: limits from a ``RiskConfig`` and the instruments (INSTRUMENT_DTYPE array, an
     InstrumentTable or a list of Instrument). ``otr_min_orders``: the order-to-trade ratio is
-    enforced only after this many orders (a new strategy has no fills yet)."""
+    enforced only after this many orders (a new strategy has no fills yet).
+
+    Shards: ``groups`` maps a strategy id to the id of its strategy's shard 0 (missing: itself),
+    ``shard_limits`` a strategy id to its own position limit in lots (missing: the strategy's,
+    ``max_position_lots``)."""
     if isinstance(instruments, np.ndarray) and instruments.dtype == INSTRUMENT_DTYPE:
         arr = instruments
     else:
@@ -316,7 +363,7 @@ def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: in
             InstrumentTable(list(instruments))
         arr = table.to_array()
     n = int(arr["instrument_id"].max()) if len(arr) else 0
-    lf = np.zeros(LF_INST_VALUE + n + 1, dtype=np.float64)
+    lf = np.zeros(LF_INST_VALUE + n + 1 + 2 * (max_strategies + 1), dtype=np.float64)
     li = np.zeros((n + 1, LI_WORDS), dtype=np.int64)
     lf[LF_MAX_ORDER_QTY] = risk.max_order_qty_lots
     lf[LF_MAX_POSITION] = risk.max_position_lots
@@ -333,6 +380,12 @@ def build_limits(risk, instruments, max_strategies: int = 64, otr_min_orders: in
     lf[LF_WINDOW_NS] = window_ns
     lf[LF_N_INST] = n
     lf[LF_N_STRAT] = max_strategies
+    shard_base = LF_INST_VALUE + n + 1
+    group_base = shard_base + max_strategies + 1
+    for s in range(max_strategies + 1):
+        lf[shard_base + s] = float((shard_limits or {}).get(s, risk.max_position_lots))
+        lf[group_base + s] = float((groups or {}).get(s, s))
+    lf[LF_GROUPED] = 1.0 if any(g != s for s, g in (groups or {}).items()) else 0.0
     limit = Decimal(repr(float(risk.max_notional)))
     for row in arr:
         i = int(row["instrument_id"])

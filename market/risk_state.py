@@ -3,7 +3,7 @@ the updates that execution reports make. Used by the backtest and the risk-gate 
 market/risk.py (which re-exports this API and holds the cold builders ``build_limits`` and
 ``make_risk_state``). Every @njit function here is HOT PATH.
 
-    limits = (lf float64[LF_INST_VALUE + n + 1], li int64[n + 1, LI_WORDS])
+    limits = (lf float64[LF_INST_VALUE + n + 1 + 2 * (S + 1)], li int64[n + 1, LI_WORDS])
     rstate = (g, gf, pos, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, oo, spf, agg,
               marks, oo_hash, oo_free, oo_list, oo_count)   (index constants R_* below)
 
@@ -27,12 +27,15 @@ from shm.records import (
     OFLAG_RISK_SYSTEM, REJECT_DAILY_LOSS, REJECT_DRAWDOWN, RISK_ACTIVE, RISK_HALTED, SIDE_BUY,
 )
 
-# ---- limits = (lf float64[LF_INST_VALUE + n + 1], li int64[n + 1, LI_WORDS]) ------------------
+# ---- limits = (lf float64[LF_INST_VALUE + n + 1 + 2 * (S + 1)], li int64[n + 1, LI_WORDS]) ----
 LF_MAX_ORDER_QTY, LF_MAX_POSITION, LF_PRICE_BAND_BPS, LF_MAX_OPEN_ORDERS = 0, 1, 2, 3
 LF_MAX_ORDERS_PER_S, LF_MAX_CANCELS_PER_S, LF_MAX_OTR, LF_OTR_MIN_ORDERS = 4, 5, 6, 7
 LF_DAILY_LOSS, LF_MAX_DRAWDOWN, LF_REDUCING_FRACTION, LF_STP, LF_WINDOW_NS = 8, 9, 10, 11, 12
 LF_N_INST, LF_N_STRAT = 13, 14
+LF_GROUPED = 15        # 1.0 when some strategy runs as several shards (strategy ids)
 LF_INST_VALUE = 16     # + instrument id: quote value of one tick of one lot (PnL, float)
+# after the instrument values: per strategy id, its shard position limit (lots), then its group
+# (the strategy id of its shard 0): shard_position_limit / group_of below
 LI_VALUE_MANT = 0      # tick_mant * lot_mant: notional = px * qty * mant * 10**-(exps), exactly
 LI_NOTIONAL_UNITS = 1  # max_notional * 10**(tick_exp + lot_exp), floored: the exact int limit
 LI_WORDS = 2

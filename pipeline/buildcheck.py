@@ -50,14 +50,17 @@ def _instrument_table(cfg, broken):
 def _strategies(cfg, broken, table):
     from strategies.registry import validate_strategy
 
+    from common.runtime import MAX_STRATEGY_ID, shard_instruments
+
     known = {i.key for i in table} if table is not None else set()
     sid = 0
     for n, sc in enumerate(cfg.strategies):
         path = f"strategies[{n}]"
         if sc is None or broken(f"{path}.kind"):
             continue
+        shards = sc.shards if not broken(f"{path}.shards") else 1
         if sc.enabled is True:
-            sid += 1   # the topology numbers enabled strategies from 1
+            sid += shards   # the topology numbers enabled strategy processes from 1
         insts = sc.instruments if not broken(f"{path}.instruments") else None
         if insts is None:
             continue
@@ -65,8 +68,21 @@ def _strategies(cfg, broken, table):
             insts = [table.by_key(k) for k in insts]
         else:
             insts = list(insts)   # counted only: the table or a key is wrong (reported)
-        yield from validate_strategy(sc.kind, sc.params, insts, path, max(sid, 1),
-                                     check_params=not broken(f"{path}.params"))
+        try:
+            blocks = shard_instruments(insts, shards)
+        except ValueError:
+            continue   # the config's own check names it
+        for k, block in enumerate(blocks):   # every shard is built as its process builds it
+            problems = validate_strategy(sc.kind, sc.params, block, path, max(sid, 1),
+                                         check_params=not broken(f"{path}.params") and k == 0)
+            if shards > 1:
+                problems = [f"{p} (shard {k} of {shards})" for p in problems]
+            yield from problems
+            if problems:
+                break
+    if sid > MAX_STRATEGY_ID:
+        yield (f"strategies: {sid} strategy processes (shards included); client order ids "
+               f"carry at most {MAX_STRATEGY_ID}")
 
 
 def _sim_prices(cfg, broken, table):
@@ -89,7 +105,8 @@ def _risk(cfg, broken, table):
 
     if broken("risk"):
         return
-    n_strats = sum(1 for s in cfg.strategies if s is not None and s.enabled is True)
+    n_strats = sum(s.shards if isinstance(s.shards, int) else 1 for s in cfg.strategies
+                   if s is not None and s.enabled is True)
     try:
         limits = build_limits(cfg.risk, table, max_strategies=max(1, n_strats))
         make_risk_state(limits)

@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
-from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS
+from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, MAX_SHARDS
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
 from pipeline.buildcheck import build_problems
 from pipeline.paths import INSTANCE_NAME_PATTERN
@@ -144,8 +144,21 @@ class StrategyConfig:
     enabled: bool = opt(True, "false keeps the entry but does not start it")
     timer_ms: float = opt(DEFAULT_TIMER_MS, "period of the strategy's on_timer hook, milliseconds (the "
                           "same live, in replay and in backtests)", gt=0, le=60_000)
-    book_levels: int = opt(DEFAULT_BOOK_LEVELS, "price levels kept per side in the strategy's books", ge=1,
-                           le=4096)
+    book_levels: int = opt(DEFAULT_BOOK_LEVELS, "price levels kept per side in the strategy's "
+                           "books", ge=1, le=4096)
+    shards: int = opt(1, "processes this strategy runs as; its instruments are cut into this "
+                      "many equal contiguous blocks, one per shard (common/runtime.py "
+                      "shard_instruments)", ge=1, le=MAX_SHARDS)
+    shard_max_position_lots: Optional[int] = opt(None, "per-shard position limit, lots per "
+                                                 "instrument (default: [risk] "
+                                                 "max_position_lots / shards, rounded up); the "
+                                                 "strategy's shards together stay within "
+                                                 "[risk] max_position_lots", gt=0, le=MAX_LOTS)
+
+    def validate(self):
+        if self.shards > 1 and len(self.instruments) % self.shards:
+            yield (f"shards = {self.shards}: {len(self.instruments)} instrument(s) cannot be "
+                   f"split into {self.shards} equal shards; list a multiple of {self.shards}")
 
 
 @dataclass(frozen=True)

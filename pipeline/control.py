@@ -272,8 +272,10 @@ def risk_snapshot(ctl) -> dict:
         pos = {insts[i - 1].key: int(rv.gate_pos[sid, i]) for i in range(1, len(insts) + 1)
                if rv.gate_pos[sid, i] or rv.router_pos[sid, i]}
         pnl = rv.gate_pnl[sid]
-        strategies[spec.strategy.name] = {
-            "strategy_id": sid, "positions_lots": pos,
+        strategies[spec.process] = {
+            "strategy_id": sid, "strategy": spec.strategy.name, "shard": spec.shard,
+            "shards": spec.strategy.shards, "instruments": list(spec.instruments),
+            "positions_lots": pos,
             "venue_positions_lots": {insts[i - 1].key: int(rv.router_pos[sid, i])
                                      for i in range(1, len(insts) + 1) if rv.router_pos[sid, i]},
             "own_positions_lots": {insts[i - 1].key: int(rv.strat_pos[sid, i])

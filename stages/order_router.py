@@ -56,7 +56,7 @@ class OrderRouterStage(Stage):
         self.ven_in = [att(f"vexec-{v}", EXEC_DTYPE).reader() for v in topo.venues]
         self.ven_out = [att(f"vorder-{v}", ORDER_DTYPE).writer() for v in topo.venues]
         strats = topo.strategies()
-        self.strat_out = [att(f"exec-{s.strategy.name}", EXEC_DTYPE).writer() for s in strats]
+        self.strat_out = [att(f"exec-{s.process}", EXEC_DTYPE).writer() for s in strats]
         self.gate_out = att("exec-gate", EXEC_DTYPE).writer()
         self.has_journal = topo.journal
         self.j_out = att("jexec", EXEC_DTYPE).writer() if topo.journal else self.gate_out

@@ -68,14 +68,16 @@ class RiskGateStage(Stage):
         from shm.ring import BroadcastRing, SpscRing
         from stages.clock import TscClock
         from stages.riskview import RiskView
-        from stages.topology import HIST_GATE
+        from stages.topology import HIST_GATE, shard_position_limits
 
         self.ctx = ctx
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
         self.jdir = ctx.run_dir / "journal"
         table = InstrumentTable.from_config(cfg)
         strats = topo.strategies()
-        self.limits = build_limits(cfg.risk, table, max_strategies=max(1, len(strats)))
+        self.limits = build_limits(cfg.risk, table, max_strategies=max(1, len(strats)),
+                                   groups={s.strategy_id: s.group_id for s in strats},
+                                   shard_limits=shard_position_limits(cfg.risk, strats))
         self.rstate = make_risk_state(self.limits)
         self.book = L2Book(len(table), 64)
         self.touched = np.zeros(len(table) + 1, dtype=np.int64)
@@ -92,10 +94,10 @@ class RiskGateStage(Stage):
         self.md_r = [att(BroadcastRing, f"md-{v}", MARKET_DTYPE).reader(
             topo.md_readers[v]["risk_gate"]) for v in topo.venues]
         self.ex_r = att(SpscRing, "exec-gate", EXEC_DTYPE).reader()
-        self.in_r = [att(SpscRing, f"intent-{s.strategy.name}", ORDER_DTYPE).reader()
+        self.in_r = [att(SpscRing, f"intent-{s.process}", ORDER_DTYPE).reader()
                      for s in strats]
         self.in_sids = np.array([s.strategy_id for s in strats], dtype=np.int64)
-        self.rej_w = [att(SpscRing, f"reject-{s.strategy.name}", EXEC_DTYPE).writer()
+        self.rej_w = [att(SpscRing, f"reject-{s.process}", EXEC_DTYPE).writer()
                       for s in strats]
         self.ap_w = att(SpscRing, "approved", ORDER_DTYPE).writer()
         self.has_journal = topo.journal

@@ -67,8 +67,9 @@ class StrategyHostStage(Stage):
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
         sc = spec.strategy
         table = InstrumentTable.from_config(cfg)
-        instruments = [table.by_key(k) for k in sc.instruments]
-        self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id)
+        instruments = [table.by_key(k) for k in spec.instruments]   # this shard's block
+        self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id,
+                                      spec.shard)
         self.host_step = host_step_for(sc.kind)
         self.book = L2Book(len(table), sc.book_levels)
         self.px, self.qty, self.meta = self.book.arrays
@@ -85,9 +86,9 @@ class StrategyHostStage(Stage):
             self._rings.append(ring)
             self.md_r.append(ring.reader(topo.md_readers[v][spec.name]))
             self.venue_insts.append([i.instrument_id for i in table if i.venue == v])
-        ex_rings = [SpscRing.attach(inst, f"exec-{sc.name}", EXEC_DTYPE),
-                    SpscRing.attach(inst, f"reject-{sc.name}", EXEC_DTYPE)]
-        intent_ring = SpscRing.attach(inst, f"intent-{sc.name}", ORDER_DTYPE)
+        ex_rings = [SpscRing.attach(inst, f"exec-{spec.process}", EXEC_DTYPE),
+                    SpscRing.attach(inst, f"reject-{spec.process}", EXEC_DTYPE)]
+        intent_ring = SpscRing.attach(inst, f"intent-{spec.process}", ORDER_DTYPE)
         self._rings += ex_rings + [intent_ring]
         self.ex_r = [r.reader() for r in ex_rings]
         self.intent_w = intent_ring.writer()

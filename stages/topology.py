@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.runtime import process_name, shard_instruments, strategy_ids
+
 ROLE_VENUE = "venue"
 ROLE_JOURNAL = "journal"
 ROLE_ROUTER = "order_router"
@@ -43,8 +45,17 @@ class StageSpec:
     cpu: int | None
     idle: str
     strategy: object = None   # StrategyConfig for strategy hosts
-    strategy_id: int = 0
+    strategy_id: int = 0      # one per strategy process (each shard has its own)
     restartable: bool = True  # strategies and feeds restart; gate/router restart with a halt
+    shard: int = 0            # which shard of its strategy this process is (0..shards-1)
+    instruments: tuple = ()   # the instrument keys this process trades (its shard's block)
+    group_id: int = 0         # the strategy id of shard 0: the risk gate sums shards under it
+
+    @property
+    def process(self) -> str:
+        """The strategy process's own name (rings, histograms): the strategy's name, or
+        ``name.k`` for shard k of a sharded strategy."""
+        return process_name(self.strategy.name, self.shard, self.strategy.shards)
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,20 @@ class Topology:
         return out
 
 
+def shard_position_limits(risk, strategy_specs) -> dict:
+    """strategy id -> its own position limit (lots): ``shard_max_position_lots`` of its
+    strategy, else ``[risk] max_position_lots`` split evenly over the shards (rounded up); an
+    unsharded strategy keeps ``max_position_lots``."""
+    out = {}
+    for spec in strategy_specs:
+        sc = spec.strategy
+        if sc.shard_max_position_lots is not None:
+            out[spec.strategy_id] = sc.shard_max_position_lots
+        else:
+            out[spec.strategy_id] = -(-risk.max_position_lots // sc.shards)
+    return out
+
+
 def build_topology(cfg) -> Topology:
     st = cfg.stages
     stages: list[StageSpec] = []
@@ -102,20 +127,23 @@ def build_topology(cfg) -> Topology:
     add("venue", ROLE_VENUE, st.venue)
     add("order_router", ROLE_ROUTER, st.order_router, restartable=False)
     add("risk_gate", ROLE_GATE, st.risk_gate, restartable=False)
-    sid = 0
+    ids = strategy_ids(cfg.strategies)
     for s in cfg.strategies:
         if not s.enabled:
             continue
-        sid += 1
-        stages.append(StageSpec(f"strategy-{s.name}", ROLE_STRATEGY, slot, s.cpu, s.idle,
-                                strategy=s, strategy_id=sid))
-        slot += 1
+        for k, block in enumerate(shard_instruments(s.instruments, s.shards)):
+            sid = ids[(s.name, k)]
+            stages.append(StageSpec(f"strategy-{process_name(s.name, k, s.shards)}",
+                                    ROLE_STRATEGY, slot, s.cpu, s.idle, strategy=s,
+                                    strategy_id=sid, shard=k, instruments=tuple(block),
+                                    group_id=ids[(s.name, 0)]))
+            slot += 1
 
     venues = [v.name for v in cfg.venues]
     md_readers: dict[str, dict[str, int]] = {v: {} for v in venues}
     for spec in stages:
         if spec.role == ROLE_STRATEGY:
-            for key in spec.strategy.instruments:
+            for key in spec.instruments:
                 v = cfg.instrument(key).venue
                 md_readers[v].setdefault(spec.name, len(md_readers[v]))
     for v in venues:
@@ -127,7 +155,7 @@ def build_topology(cfg) -> Topology:
     rings = [RingSpec(f"md-{v}", "broadcast", "market", mc, len(md_readers[v])) for v in venues]
     for spec in stages:
         if spec.role == ROLE_STRATEGY:
-            n = spec.strategy.name
+            n = spec.process
             rings += [RingSpec(f"intent-{n}", "spsc", "order", oc),
                       RingSpec(f"reject-{n}", "spsc", "exec", oc),
                       RingSpec(f"exec-{n}", "spsc", "exec", oc)]

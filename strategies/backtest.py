@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.runtime import strategy_ids
 from market.backtest import (A_VALUE, A_WORDS, ACK_RING, C_N_CURVE, C_N_QUEUE, C_N_TRADES,
                              C_WORDS, COUNTER_NAMES, backtest_loop)
 from market.book import L2Book
@@ -22,11 +23,11 @@ from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, make_hctl, run_strateg
 
 
 def strategy_id_of(cfg, name: str) -> int:
-    """The strategy id ``name`` has in a live instance of ``cfg`` (1-based among the enabled
-    strategies, in config order, as stages/topology.py numbers them); a disabled strategy gets
-    the next id after them."""
-    enabled = [s.name for s in cfg.strategies if s.enabled]
-    return enabled.index(name) + 1 if name in enabled else len(enabled) + 1
+    """The strategy id ``name`` (its shard 0) has in a live instance of ``cfg``
+    (common.runtime.strategy_ids, as stages/topology.py numbers them); a disabled strategy
+    gets the next id after them."""
+    ids = strategy_ids(cfg.strategies)
+    return ids.get((name, 0), len(ids) + 1)
 
 
 @dataclass

@@ -58,6 +58,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from common.runtime import MAX_SHARDS, MAX_STRATEGY_ID
 from common.schema import ConfigError, load_section
 from market.accounting import POSITION_DTYPE, apply_fill, make_positions
 from shm.records import (
@@ -66,8 +67,7 @@ from shm.records import (
 )
 
 COID_SHIFT = 48          # client_order_id = strategy_id << 48 | shard << 40 | counter
-SHARD_SHIFT = 40
-MAX_SHARDS = 256
+SHARD_SHIFT = 40         # MAX_SHARDS (common/runtime.py) = 256: 8 bits
 COUNTER_MASK = (1 << SHARD_SHIFT) - 1
 
 RUNTIME_DTYPE = np.dtype([
@@ -217,8 +217,9 @@ class Strategy:
     on_params = staticmethod(no_params)
 
     def __init__(self, params: dict, instruments, strategy_id: int, shard: int = 0):
-        if not 0 < strategy_id < (1 << 15):
-            raise ValueError(f"{self.kind}: strategy_id {strategy_id} must be in 1..32767")
+        if not 0 < strategy_id <= MAX_STRATEGY_ID:
+            raise ValueError(f"{self.kind}: strategy_id {strategy_id} must be in "
+                             f"1..{MAX_STRATEGY_ID}")
         if not 0 <= shard < MAX_SHARDS:
             raise ValueError(f"{self.kind}: shard {shard} must be in 0..{MAX_SHARDS - 1}")
         instruments = list(instruments)

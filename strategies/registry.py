@@ -51,9 +51,9 @@ def get_strategy_class(kind: str) -> type:
     return cls
 
 
-def make_strategy(kind: str, params: dict, instruments, strategy_id: int):
+def make_strategy(kind: str, params: dict, instruments, strategy_id: int, shard: int = 0):
     """Convenience: validate params and build the strategy object (cold)."""
-    return get_strategy_class(kind)(params, instruments, strategy_id)
+    return get_strategy_class(kind)(params, instruments, strategy_id, shard)
 
 
 def validate_strategy(kind: str, params, instruments, path: str, strategy_id: int = 1,

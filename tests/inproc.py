@@ -140,7 +140,7 @@ class InProcessInstance:
         return ring.reader()
 
     def strategy_id(self, name: str) -> int:
-        return next(s.strategy_id for s in self.topology.strategies() if s.strategy.name == name)
+        return next(s.strategy_id for s in self.topology.strategies() if s.process == name)
 
 
 def drain(reader, dtype, batch: int = 4096) -> np.ndarray:
