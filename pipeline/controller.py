@@ -328,7 +328,8 @@ class Controller:
                 self.log(f"strategy {spec.name} halted itself: {why}; its orders are cancelled, "
                          "the other strategies trade on")
                 self.events.append(f"{time.strftime('%H:%M:%S')} {spec.name} halted: {why}")
-                self.event("strategy_halted", why, who=spec.name, stage=spec.name)
+                self.event("strategy_halted", why, who=spec.process, stage=spec.name,
+                           strategy=spec.strategy.name, shard=spec.shard)
             elif not code and spec.name in seen:
                 del seen[spec.name]   # a restarted incarnation trades again
 

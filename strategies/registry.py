@@ -2,35 +2,67 @@
 
 A strategy is the module ``strategies/<kind>.py`` that defines one ``Strategy`` subclass with
 ``kind = "<kind>"``. Discovery is by module name, so adding a strategy is adding a file; nothing
-here needs editing. Modules are imported on first use (importing defines, but does not compile,
+here needs editing. Strategies kept outside the checkout are found the same way in the
+directories of ``$HFTFARM_STRATEGY_PATH`` (``os.pathsep``-separated; inherited by every stage
+process): ``<dir>/<kind>.py``. A built-in kind cannot be shadowed. Modules are imported on first use (importing defines, but does not compile,
 the numba kernels).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
 from pathlib import Path
+
+STRATEGY_PATH_ENV = "HFTFARM_STRATEGY_PATH"
 
 _NOT_STRATEGIES = {"base", "registry", "host", "backtest", "features", "__init__"}
 _cache: dict[str, type] = {}
 
 
-def _module_names() -> list[str]:
+def _builtin_names() -> list[str]:
     here = str(Path(__file__).resolve().parent)
     return sorted(m.name for m in pkgutil.iter_modules([here])
                   if not m.ispkg and m.name not in _NOT_STRATEGIES and not m.name.startswith("_"))
 
 
+def _plugin_files() -> dict[str, Path]:
+    """kind -> file of the strategies in $HFTFARM_STRATEGY_PATH (first directory wins)."""
+    out: dict[str, Path] = {}
+    builtin = set(_builtin_names())
+    for d in filter(None, os.environ.get(STRATEGY_PATH_ENV, "").split(os.pathsep)):
+        for m in pkgutil.iter_modules([d]):
+            if not m.ispkg and not m.name.startswith("_") and m.name not in builtin:
+                out.setdefault(m.name, Path(d) / f"{m.name}.py")
+    return out
+
+
+def _module_names() -> list[str]:
+    return sorted({*_builtin_names(), *_plugin_files()})
+
+
 def _load(kind: str) -> type | None:
     from strategies.base import Strategy
 
-    mod = importlib.import_module(f"strategies.{kind}")
+    plugin = _plugin_files().get(kind) if kind not in _builtin_names() else None
+    if plugin is not None:
+        name = f"hftfarm_strategy_{kind}"
+        mod = sys.modules.get(name)
+        if mod is None:
+            spec = importlib.util.spec_from_file_location(name, plugin)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(f"strategies.{kind}")
     found = [obj for obj in vars(mod).values()
              if isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy
              and getattr(obj, "kind", "") == kind]
     if len(found) != 1:
-        raise LookupError(f"strategies/{kind}.py must define exactly one Strategy subclass with "
-                          f"kind = {kind!r}; found {len(found)}")
+        raise LookupError(f"{getattr(mod, '__file__', kind)} must define exactly one Strategy "
+                          f"subclass with kind = {kind!r}; found {len(found)}")
     return found[0]
 
 

@@ -244,3 +244,23 @@ def test_intent_buffer_overflow_is_counted_not_written_past_the_end():
     md = np.concatenate([snapshot(1, [(100_200, 5)], [(100_210, 5)], 1),
                          snapshot(2, [(99_900, 5)], [(99_910, 5)], 1)])
     assert len(h.step(md, now_ns=1)) == 0
+
+
+def test_a_strategy_outside_the_checkout_is_found_through_the_strategy_path(tmp_path,
+                                                                             monkeypatch):
+    from strategies import registry
+
+    (tmp_path / "my_own.py").write_text(
+        "from strategies.base import Strategy\nfrom strategies.market_making import "
+        "MarketMakingParams\n\n\nclass MyOwn(Strategy):\n    kind = 'my_own'\n"
+        "    Params = MarketMakingParams\n")
+    (tmp_path / "market_making.py").write_text("raise RuntimeError('never imported')\n")
+    monkeypatch.setenv(registry.STRATEGY_PATH_ENV, str(tmp_path))
+    monkeypatch.setattr(registry, "_cache", {})
+    assert "my_own" in registry.available_kinds()
+    assert registry.get_strategy_class("my_own").__name__ == "MyOwn"
+    # a built-in kind is never shadowed by a file of the same name on the path
+    assert registry.get_strategy_class("market_making").__module__ == "strategies.market_making"
+    monkeypatch.delenv(registry.STRATEGY_PATH_ENV)
+    monkeypatch.setattr(registry, "_cache", {})
+    assert "my_own" not in registry.available_kinds()
