@@ -18,10 +18,8 @@ bookkeeping + guarded kernel, written once -- then intents out and push-back) wi
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 from numba import njit
@@ -37,7 +35,7 @@ from strategies.host import (H_EX_IN, H_FB_N, H_MD_IN, H_OUT, H_PARAMS_PENDING, 
                              run_strategy_batch, timer_due)
 # what the generated modules call to find their hooks: imported here, at module level, so that
 # pipeline/numba_cache.py's key (it follows module-level imports) covers the registry too
-from strategies.registry import get_strategy_class  # noqa: F401
+from strategies.registry import get_strategy_class, load_module_file  # noqa: F401
 
 # Beside numba's cache when pipeline/numba_cache.py set it (that directory is keyed by the
 # sources compiled into kernels, this module's and the registry's included, so generated modules
@@ -172,11 +170,4 @@ def host_step_for(kind: str):
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)   # atomic: concurrent strategy hosts never see half a file
-    name = GENERATED_PREFIX + kind
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod.host_step
+    return load_module_file(GENERATED_PREFIX + kind, path).host_step

@@ -39,6 +39,22 @@ def _plugin_files() -> dict[str, Path]:
     return out
 
 
+def load_module_file(name: str, path) -> object:
+    """Import the module file ``path`` as ``name`` once per process (strategies from the
+    strategy path; the generated host steps of stages/host_codegen.py)."""
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return mod
+
+
 def _module_names() -> list[str]:
     return sorted({*_builtin_names(), *_plugin_files()})
 
@@ -48,13 +64,7 @@ def _load(kind: str) -> type | None:
 
     plugin = _plugin_files().get(kind) if kind not in _builtin_names() else None
     if plugin is not None:
-        name = f"hftfarm_strategy_{kind}"
-        mod = sys.modules.get(name)
-        if mod is None:
-            spec = importlib.util.spec_from_file_location(name, plugin)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[name] = mod
-            spec.loader.exec_module(mod)
+        mod = load_module_file(f"hftfarm_strategy_{kind}", plugin)
     else:
         mod = importlib.import_module(f"strategies.{kind}")
     found = [obj for obj in vars(mod).values()
