@@ -45,10 +45,10 @@ from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives 
     LI_VALUE_MANT, LI_WORDS, OO_COID, OO_INST, OO_LEAVES, OO_PX, OO_SIDE, OO_STATE, OO_STRAT,
     OO_WORDS, OOS_REPLACING, R_AGG, R_CANCEL_TS, R_G, R_GF, R_MARKS, R_N_OPEN, R_OO, R_OO_COUNT,
     R_OO_FREE, R_OO_HASH, R_OO_LIST, R_OPEN_BUY, R_OPEN_SELL, R_ORDER_TS, R_POS, R_SC, R_SPF,
-    SC_CANCEL_HEAD, SC_FILLS, SC_ORDER_HEAD, SC_ORDERS, SC_WORDS, SP_COST, SP_FEES, SP_REALIZED,
-    SP_WORDS, equity, equity_of, mark_to_market, on_accept, on_ack, on_cancel, on_exec, on_fill,
+    SC_CANCEL_HEAD, SC_FILLS, SC_ORDER_HEAD, SC_ORDERS, SC_WORDS, equity, equity_of, mark_to_market, on_accept, on_ack, on_cancel, on_exec, on_fill,
     on_reject, oo_find, reset_day, roll_day, row_of, set_kill, set_mode,
 )
+from market.accounting import POSITION_DTYPE
 from shm.instruments import InstrumentTable
 from shm.records import (
     INSTRUMENT_DTYPE, INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
@@ -417,7 +417,7 @@ def make_risk_state(limits, open_order_capacity: int = 0):
             np.zeros(s, np.int64), np.zeros((s, SC_WORDS), np.int64),
             np.zeros((s, max(1, int(lf[LF_MAX_ORDERS_PER_S]))), np.int64),
             np.zeros((s, max(1, int(lf[LF_MAX_CANCELS_PER_S]))), np.int64),
-            np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n, SP_WORDS), np.float64),
+            np.zeros((cap, OO_WORDS), np.int64), np.zeros((s, n), POSITION_DTYPE),
             np.zeros((n, AG_WORDS), np.float64), np.zeros(n, np.int64),
             np.zeros((1, hcap, 2), np.int64), ofree, np.zeros((n, cap), np.int64),
             np.zeros(n, np.int64))

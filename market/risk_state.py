@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from market.accounting import apply_fill
 from shm.coidhash import coid_delete, coid_find, coid_insert
 
 from shm.records import (
@@ -58,8 +59,8 @@ OO_COID, OO_STRAT, OO_INST, OO_SIDE, OO_PX, OO_LEAVES, OO_STATE = 0, 1, 2, 3, 4,
 OO_NEW_PX, OO_NEW_QTY, OO_PEND_INC, OO_LIST_POS = 7, 8, 9, 10
 OO_WORDS = 11
 OOS_FREE, OOS_PENDING, OOS_LIVE, OOS_REPLACING = 0, 1, 2, 3
-SP_COST, SP_REALIZED, SP_FEES = 0, 1, 2   # per strategy x instrument; cost in ticks*lots
-SP_WORDS = 3
+# spf: market.accounting.POSITION_DTYPE[S + 1, I + 1], per strategy x instrument: the one fill
+# accounting the strategies and the backtest use too (realized in ticks x lots, fees in quote)
 AG_POS, AG_COST = 0, 1                    # per instrument, summed over strategies
 AG_WORDS = 2
 (R_G, R_GF, R_POS, R_OPEN_BUY, R_OPEN_SELL, R_N_OPEN, R_SC, R_ORDER_TS, R_CANCEL_TS, R_OO, R_SPF,
@@ -224,31 +225,15 @@ def _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist,
     q = e.qty_lots
     signed = q if e.side == SIDE_BUY else -q
     before = _unrealized(lf, agg, marks, inst)
-    p = pos[s, inst]
-    value = lf[LF_INST_VALUE + inst]
-    if p == 0 or (p > 0) == (signed > 0):
-        spf[s, inst, SP_COST] += signed * e.px_ticks
-        agg[inst, AG_COST] += signed * e.px_ticks
-    else:
-        closed = min(abs(p), q)
-        avg = spf[s, inst, SP_COST] / p
-        pnl_tl = closed * (e.px_ticks - avg) if p > 0 else closed * (avg - e.px_ticks)
-        spf[s, inst, SP_REALIZED] += pnl_tl * value
-        gf[GF_REALIZED] += pnl_tl * value
-        new_cost = spf[s, inst, SP_COST] + (-closed * avg if p > 0 else closed * avg)
-        rest = q - closed
-        if rest > 0:   # flipped through zero: the remainder opens at the fill price
-            new_cost = (rest if signed > 0 else -rest) * e.px_ticks
-        agg[inst, AG_COST] += new_cost - spf[s, inst, SP_COST]
-        spf[s, inst, SP_COST] = new_cost
-    pos[s, inst] = p + signed
+    acct = spf[s, inst]
+    cost_before = acct.cost
+    # average cost, realized PnL (ticks x lots) and fees: market/accounting.py, written once
+    realized_tl = apply_fill(acct, e.side, e.px_ticks, q, e.fee_e9)
+    gf[GF_REALIZED] += realized_tl * lf[LF_INST_VALUE + inst]
+    agg[inst, AG_COST] += acct.cost - cost_before
+    pos[s, inst] += signed
     agg[inst, AG_POS] += signed
-    if pos[s, inst] == 0:
-        agg[inst, AG_COST] -= spf[s, inst, SP_COST]
-        spf[s, inst, SP_COST] = 0.0
-    fee = e.fee_e9 / 1e9
-    spf[s, inst, SP_FEES] += fee
-    gf[GF_FEES] += fee
+    gf[GF_FEES] += e.fee_e9 / 1e9
     gf[GF_UNREAL] += _unrealized(lf, agg, marks, inst) - before
     sc[s, SC_FILLS] += 1
     j = row_of(oh, e.client_order_id)

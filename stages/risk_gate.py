@@ -359,22 +359,21 @@ class RiskGateStage(Stage):
 
     # -- status (cold) ---------------------------------------------------------------------
     def publish_view(self) -> None:
-        from market.risk import GF_PEAK, risk_mode
-        from market.risk_state import SP_COST, SP_FEES, SP_REALIZED
+        from market.risk import GF_PEAK, LF_INST_VALUE, risk_mode
 
         lf = self.limits[0]
         pos, spf, marks = self.rstate[2], self.rstate[10], self.rstate[12]
         rv = self.rv
         s_n, i_n = rv.gate_pos.shape
         rv.gate_pos[:] = pos[:s_n, :i_n]
-        values = lf[16:16 + i_n]   # LF_INST_VALUE + instrument id
+        values = lf[LF_INST_VALUE:LF_INST_VALUE + i_n]   # by instrument id
         for s in range(1, s_n):
             unreal = 0.0
             for i in range(1, i_n):
                 if marks[i] > 0 and pos[s, i]:
-                    unreal += (pos[s, i] * marks[i] * 0.5 - spf[s, i, SP_COST]) * values[i]
-            rv.gate_pnl[s, PNL_REALIZED] = spf[s, 1:i_n, SP_REALIZED].sum()
-            rv.gate_pnl[s, PNL_FEES] = spf[s, 1:i_n, SP_FEES].sum()
+                    unreal += (pos[s, i] * marks[i] * 0.5 - spf[s, i]["cost"]) * values[i]
+            rv.gate_pnl[s, PNL_REALIZED] = (spf[s, 1:i_n]["realized"] * values[1:i_n]).sum()
+            rv.gate_pnl[s, PNL_FEES] = spf[s, 1:i_n]["fees"].sum()
             rv.gate_pnl[s, PNL_UNREALIZED] = unreal
         rv.gate_pnl[0, PNL_PEAK] = self.rstate[1][GF_PEAK]
         rv.gate[G_STATE] = risk_mode(lf, self.rstate)
