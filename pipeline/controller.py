@@ -31,6 +31,7 @@ import numpy as np
 
 from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, W_CTRL_ACK, W_STATE, W_X3
 from pipeline import control as ops
+from pipeline.live_params import LiveParams
 from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
@@ -82,6 +83,7 @@ class Controller:
         self.halted_reason = ""
         self.kill_switch = False   # set by `run.py kill`; only a restart of the instance clears it
         self.events: list[str] = []
+        self.live_params = LiveParams(cfg, self.topology, self.run_dir)   # `run.py set`
         self.started_at = time.time()
         self.report: dict = {}
 
