@@ -29,7 +29,7 @@ if sys.argv[1:2] == ["kill"]:
 # Point numba's cache at this source tree before anything imports numba. The commands that
 # only talk to the control socket skip it (it hashes the source tree, ~0.1-0.2 s) so that
 # `run.py kill` acts at once.
-if sys.argv[1:2] not in (["kill"], ["resume"], ["status"]):
+if sys.argv[1:2] not in (["kill"], ["resume"], ["status"], ["set"]):
     from pipeline import numba_cache
 
     numba_cache.configure()
