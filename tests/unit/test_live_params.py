@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from common.schema import ConfigError, opt
 from common.status import W_CTRL_ACK
 from pipeline.commands.set import parse_assignments, parse_value
 from pipeline.config import load_config
+from pipeline.controller import Controller
 from pipeline.exits import EXIT_FAILURE, EXIT_USAGE, CliError
 from pipeline.live_params import LiveParams, SetRefused, handle_set
 from shm.records import CONTROL_DTYPE, CTRL_PARAMS
@@ -136,7 +136,7 @@ class FakeController:
     """What handle_set uses of the controller: live_params, the supervisor's processes, send,
     await_answers, events, log and event (the real Controller.event, into run_dir/journal)."""
 
-    event = __import__("pipeline.controller", fromlist=["Controller"]).Controller.event
+    event = Controller.event
 
     def __init__(self, lp, answers=None):
         self.live_params = lp
@@ -437,8 +437,6 @@ def test_a_control_command_that_raises_is_acknowledged_negated():
 
 
 def test_the_controller_tells_acknowledged_failed_and_silent_stages_apart():
-    from pipeline.controller import Controller
-
     acks = {"a": 5, "b": -6, "c": 3, "d": -9}
     ctl = Controller.__new__(Controller)
     ctl.topology = SimpleNamespace(stage=lambda name: SimpleNamespace(slot=name))
