@@ -25,6 +25,8 @@ import time
 
 from pipeline.exits import EXIT_USAGE
 
+ACK_WAIT_S = 1.0   # as long as a kill waits for its acknowledgements
+
 
 class SetRefused(Exception):
     """A ``set`` that changes nothing: the message for the operator and run.py's exit code."""
@@ -163,11 +165,15 @@ def handle_set(ctl, req: dict) -> dict:
                              f"{exc}", exit_code=1) from None
     except SetRefused as exc:
         return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+    # Every live process gets the command, a starting one too (it may have read the file
+    # before this set was written; the command is then waiting for it after its start). Only
+    # running ones are waited for: this runs under the controller's lock, which a kill waits on.
     seqs = {}
     for spec in lp.processes(name):
-        if spec.name in ctl.supervisor.procs and ctl.send(spec.name, CTRL_PARAMS, version):
+        if spec.name in ctl.supervisor.procs and ctl.send(spec.name, CTRL_PARAMS, version) \
+                and ctl.alive(spec.name):
             seqs[spec.name] = ctl.ctl_seq
-    acked, failed = ctl.await_answers(seqs, wait_s=2.0)
+    acked, failed = ctl.await_answers(seqs, wait_s=ACK_WAIT_S)
     not_acked = [s.name for s in lp.processes(name) if s.name not in acked + failed]
     new_values = {k: getattr(new, k) for k in overrides}
     summary = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "no change"

@@ -93,6 +93,6 @@ def answer_line(instance: str, reply: dict) -> str:
         line += (f"; refused by {', '.join(reply['failed'])} (it keeps its old parameters; see "
                  "its log)")
     if reply["not_acked"]:
-        line += (f"; no answer from {', '.join(reply['not_acked'])} (it applies the set when it "
-                 "starts)")
+        line += (f"; no answer yet from {', '.join(reply['not_acked'])} (the set is recorded: "
+                 "it applies it when it reads its control ring, or when it starts)")
     return line

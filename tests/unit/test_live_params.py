@@ -153,6 +153,9 @@ class FakeController:
         self.sent.append((stage, kind, arg0))
         return True
 
+    def alive(self, stage):
+        return True
+
     def await_answers(self, seqs, wait_s):
         got = {s: self.answers.get(s, "ack") for s in seqs}
         return ([s for s, a in got.items() if a == "ack"],
