@@ -30,7 +30,7 @@ if sys.argv[1:2] == ["kill"]:
 # The commands that only talk to the control socket skip it (it reads and hashes the sources,
 # tens of ms; parsing their imports, once per changed file, more) so that `run.py kill` acts at
 # once.
-if sys.argv[1:2] not in (["kill"], ["resume"], ["status"]):
+if sys.argv[1:2] not in (["kill"], ["resume"], ["status"], ["set"]):
     from pipeline import numba_cache
 
     numba_cache.configure()

@@ -28,7 +28,8 @@ W_X0 = 11              # stage specific (risk gate: risk state; router: open ord
 W_X1 = 12
 W_X2 = 13
 W_X3 = 14
-W_CTRL_ACK = 15        # sequence number of the last control command the stage handled
+W_CTRL_ACK = 15        # sequence number of the last control command the stage handled;
+                       # negated when the stage's on_control raised (answered, not done)
 
 FIELD_NAMES = ("state", "pid", "cpu", "heartbeat_ns", "records_in", "records_out", "ring_lag",
                "records_lost", "errors", "restarts", "started_ns", "x0", "x1", "x2", "x3",

@@ -3,8 +3,8 @@
 Cold path, off the data path: the server side runs in the controller, on threads of its own
 (ControlServer: one request per connection, a bounded number of clients, per-connection
 deadlines; only the handler call shares a lock with the supervision loop), the client side in
-the CLI (`run.py status|stop|kill|latency`). The socket is created with mode 0600 (umask around
-bind, then chmod) so only the instance's user can drive it.
+the CLI (`run.py status|stop|kill|resume|set|latency`). The socket is created with mode 0600
+(umask around bind, then chmod) so only the instance's user can drive it.
 
 Wire format: one JSON object per line each way. Requests ``{"cmd": "status", ...}``; replies
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "<message>"}``.
@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from pipeline.exits import EXIT_NOT_RUNNING, EXIT_USAGE, CliError
+from pipeline.exits import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, CliError
 from pipeline.paths import INSTANCE_NAME_PATTERN, instance_dir, socket_path
 
 MAX_REQUEST = 1 << 20
@@ -368,7 +368,7 @@ def handle_request(ctl, req: dict) -> dict:
                 "run_dir": str(ctl.run_dir), "uptime_s": round(time_since(ctl.started_at), 1),
                 "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
                 "warm_spare": ctl.supervisor.spare_is_ready(),
-                "events": ctl.events[-20:]}
+                "params": ctl.live_params.view(), "events": ctl.events[-20:]}
     if cmd == "stop":
         if not ctl.stop_requested:
             journal_event(ctl, "stop", req)
@@ -393,6 +393,10 @@ def handle_request(ctl, req: dict) -> dict:
         ctl.halted_reason = "" if state == "ACTIVE" else f"still {state} after the resume"
         return {"ok": True, "resumed": acked, "risk_state": state,
                 "halted_reason": ctl.halted_reason}
+    if cmd == "set":
+        from pipeline.live_params import handle_set
+
+        return handle_set(ctl, req)
     if cmd == "latency":
         baseline = getattr(ctl, "latency_baseline", None)
         reply = {"ok": True, "histograms": latency_summary(ctl, baseline)}
@@ -403,7 +407,7 @@ def handle_request(ctl, req: dict) -> dict:
             ctl.latency_baseline = {n: h.snapshot() for n, h in ctl.hists.items()}
         return reply
     return {"ok": False, "error": f"unknown command {cmd!r} (ping, status, stop, kill, resume, "
-                                  "latency)"}
+                                  "set, latency)"}
 
 
 def journal_event(ctl, what: str, req: dict, **fields) -> None:
@@ -428,7 +432,7 @@ def collect_report(ctl, before_stop: bool = False) -> dict:
     rows = stage_table(ctl)
     return {"instance": ctl.instance, "run_dir": str(ctl.run_dir),
             "duration_s": round(time_since(ctl.started_at), 2),
-            "stages": rows, "risk": risk_snapshot(ctl),
+            "stages": rows, "risk": risk_snapshot(ctl), "params": ctl.live_params.view(),
             "records_lost": sum(r["records_lost"] for r in rows),
             "latency": latency_summary(ctl), "events": list(ctl.events)}
 
@@ -516,5 +520,9 @@ def client_request(cfg, req: dict, timeout_s: float = 10.0) -> dict:
         raise CliError(f"instance {cfg.instance.name!r} is not running (no controller at "
                        f"{socket_path(cfg)})", EXIT_NOT_RUNNING) from None
     if not reply.get("ok"):
-        raise CliError(f"controller: {reply.get('error', 'request failed')}")
+        # the controller may say a request was refused as a usage error (`set` with a bad
+        # value: exit 2); anything else it refuses is a failure (exit 1)
+        code = reply.get("exit_code")
+        raise CliError(f"controller: {reply.get('error', 'request failed')}",
+                       code if code in (EXIT_FAILURE, EXIT_USAGE) else EXIT_FAILURE)
     return reply

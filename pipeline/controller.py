@@ -31,6 +31,7 @@ import numpy as np
 
 from common.status import ST_FAILED, ST_RESTARTING, ST_RUNNING, W_CTRL_ACK, W_STATE, W_X3
 from pipeline import control as ops
+from pipeline.live_params import LiveParams
 from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
@@ -82,6 +83,7 @@ class Controller:
         self.halted_reason = ""
         self.kill_switch = False   # set by `run.py kill`; only a restart of the instance clears it
         self.events: list[str] = []
+        self.live_params = LiveParams(cfg, self.topology, self.run_dir)   # `run.py set`
         self.started_at = time.time()
         self.report: dict = {}
 
@@ -148,18 +150,29 @@ class Controller:
     def _await_acks(self, seqs: dict, wait_s: float) -> list[str]:
         """Stages of ``seqs`` (stage -> control seq sent) that acknowledged within ``wait_s``,
         in ``seqs``' order."""
+        return self.await_answers(seqs, wait_s)[0]
+
+    def await_answers(self, seqs: dict, wait_s: float) -> tuple[list[str], list[str]]:
+        """(acknowledged, failed): the stages of ``seqs`` (stage -> control seq sent) that
+        handled their command within ``wait_s``, and those that answered that it failed (the
+        stage's on_control raised: its ack word is the negated seq), in ``seqs``' order. A stage
+        handles its commands in order, so an ack word at or past ``seq`` either way (a later
+        command failed) means this one was handled."""
+        def ack(stage):
+            return self.status.read_word(self.topology.stage(stage).slot, W_CTRL_ACK)
+
         waiting = dict(seqs)
         deadline = time.monotonic() + wait_s
         while waiting:
             for stage, seq in list(waiting.items()):
-                if self.status.read_word(self.topology.stage(stage).slot, W_CTRL_ACK) >= seq \
-                        or stage not in self.supervisor.procs:
+                if abs(ack(stage)) >= seq or stage not in self.supervisor.procs:
                     del waiting[stage]
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(0.001)
-        return [s for s, seq in seqs.items() if s not in waiting
-                and self.status.read_word(self.topology.stage(s).slot, W_CTRL_ACK) >= seq]
+        answers = {s: ack(s) for s in seqs if s not in waiting}
+        return ([s for s, a in answers.items() if abs(a) >= seqs[s] and a != -seqs[s]],
+                [s for s, a in answers.items() if a == -seqs[s]])
 
     def send(self, stage: str, kind: int, arg0: int = 0, arg1: int = 0,
              wait_s: float = 0.0) -> bool:

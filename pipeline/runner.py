@@ -106,6 +106,7 @@ class StageRunner:
         for i in range(n):
             rec = self._ctrl_buf[i]
             kind = int(rec["kind"])
+            ack = int(rec["arg_u4"])
             if kind == CTRL_STOP:
                 self.stop_requested = True
             else:
@@ -114,7 +115,8 @@ class StageRunner:
                 except Exception:  # a failed command is reported, the stage keeps running
                     self.stage.errors += 1
                     traceback.print_exc(file=sys.stderr)
-            self.status.set(W_CTRL_ACK, int(rec["arg_u4"]))
+                    ack = -ack   # answered, but not done: the controller tells the two apart
+            self.status.set(W_CTRL_ACK, ack)
 
     def run(self) -> int:
         stage = self.stage

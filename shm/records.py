@@ -319,6 +319,8 @@ RESUME_OPERATOR = 1    # CTRL_RESUME arg0 to the gate: the operator's resume (li
 CTRL_RISK_STATE = 5    # risk gate -> strategies: arg0 = RISK_* state
 CTRL_CANCEL_ALL = 6    # strategy host: cancel every open order of this strategy
 CTRL_RECONCILE = 7     # after a restart: arg0 = phase
+CTRL_PARAMS = 8        # strategy host: a new parameter set is in <run dir>/params/<strategy>.json
+                       # (arg0 = its version); applied between batches, then on_params runs
 
 RISK_ACTIVE = 0
 RISK_REDUCING = 1

@@ -14,6 +14,15 @@ Push-back: if the intent ring is full (the gate is down or slow), the intents th
 are answered to the kernel on the next batch as EXEC_REJECT / EXEC_CANCEL_REJECT with
 REJECT_HALTED, so the strategy's own order table stays true without any waiting.
 
+Live parameters (``run.py set``): the controller writes the strategy's new full parameter set
+to ``<run dir>/params/<name>.json`` (stages/live_params.py) and sends CTRL_PARAMS; the runner
+hands it to ``on_control`` between two polls, where the set is read, validated again
+(``Strategy.updated_params``) and packed into the parameter record in place
+(``strategies.host.apply_params``); the next batch calls the strategy's ``on_params`` first. A
+command whose set fails here raises: the runner counts the error and answers the controller
+with a failed acknowledgement (the old parameters stay). ``on_start`` builds the strategy with
+the run's last set when there is one, so a restart keeps it.
+
 Restart: ``on_start`` of a restarted strategy (ctx.restarts > 0) rebuilds positions and open
 orders from the journal
 (``strategies.base.restore_state`` over ``<run dir>/journal``, which the controller flushes
@@ -38,11 +47,13 @@ from pathlib import Path
 import numpy as np
 
 from common.status import W_X0, W_X1, W_X2, W_X3
-from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
+from shm.records import CTRL_PARAMS, EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
+from stages.live_params import (ParamSetError, changed_values, config_params_path, params_path,
+                                read_param_set)
 from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_OUT,
-                             H_PUSHBACK, make_hctl)
+                             H_PUSHBACK, apply_params, make_hctl)
 
 RESTART_SHIFT = 32   # each incarnation of a strategy counts client order ids from its own block
 
@@ -70,10 +81,20 @@ class StrategyHostStage(Stage):
         instruments = [table.by_key(k) for k in spec.instruments]   # this shard's block
         self.strategy = make_strategy(sc.kind, sc.params, instruments, spec.strategy_id,
                                       spec.shard)
+        self.name, self.run_dir = sc.name, ctx.run_dir
+        self.params_where = config_params_path(cfg, sc.name)
+        live = self.read_live_params()   # set with `run.py set` earlier in this run
+        if live is not None:
+            self.strategy.params, live_version = live
+            print(f"{ctx.name}: parameters: set {live_version} of this run "
+                  f"({params_path(self.run_dir, self.name)}), not the config's",
+                  file=sys.stderr, flush=True)
         self.host_step = host_step_for(sc.kind)
         self.book = L2Book(len(table), sc.book_levels)
         self.px, self.qty, self.meta = self.book.arrays
         self.state = self.strategy.make_state(self.px, self.qty, self.meta, MAX_INTENTS)
+        if live is not None:
+            self.state.ctx.rt[0]["params_version"] = live_version
         # client order ids must stay unique across restarts of this strategy: every
         # incarnation counts from its own block of 2**32 ids
         self.state.ctx.rt[0]["next_coid"] = (ctx.restarts << RESTART_SHIFT) | 1
@@ -154,6 +175,41 @@ class StrategyHostStage(Stage):
               f"skipped: {summary['unknown_instrument']} unknown instrument, "
               f"{summary['not_restored']} orders beyond the table", file=sys.stderr, flush=True)
         return summary
+
+    # -- live parameters (cold: between batches, never inside the host step) -------------
+    def read_live_params(self, newer_than: int = 0):
+        """(validated Params, version) of ``<run dir>/params/<name>.json`` when its version is
+        above ``newer_than``, else None. Validated again here, exactly as the config is: the
+        file is the controller's, but this process is the one that trades on it."""
+        if self.run_dir is None:
+            return None
+        rec = read_param_set(self.run_dir, self.name)
+        if rec is None or rec["version"] <= newer_than:
+            return None
+        return self.strategy.updated_params(rec["params"], self.params_where), rec["version"]
+
+    def apply_live_params(self, announced: int) -> None:
+        """CTRL_PARAMS (arg0 = the set's version): read the set, validate, pack it into the
+        parameter record in place and have ``on_params`` run before the next batch. A set
+        already in force (read at start) is acknowledged without a second on_params."""
+        current = int(self.state.ctx.rt[0]["params_version"])
+        if announced <= current:
+            return
+        live = self.read_live_params(newer_than=current)
+        if live is None:
+            raise ParamSetError(f"{params_path(self.run_dir, self.name)}: parameter set "
+                                f"{announced} announced, but the file holds none newer than "
+                                f"{current}")
+        params, version = live
+        changed = changed_values(self.strategy.params, params)
+        apply_params(self.strategy, self.state, self.hctl, params, version)
+        print(f"{self.name}: parameter set {version} applied ("
+              + (", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "no change")
+              + "); on_params runs before the next batch", file=sys.stderr, flush=True)
+
+    def on_control(self, kind: int, rec) -> None:
+        if kind == CTRL_PARAMS:
+            self.apply_live_params(int(rec["arg0"]))
 
     def poll(self) -> int:
         s = self.state

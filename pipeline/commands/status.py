@@ -1,5 +1,7 @@
 """``run.py status [--json] [--config F]``: stage table, risk state, positions and PnL per
-strategy (cold, operator's shell; one request to the controller's socket)."""
+strategy, and the parameter set of each strategy changed with ``run.py set`` (its version and
+the values that differ from the config) (cold, operator's shell; one request to the
+controller's socket)."""
 from __future__ import annotations
 
 
@@ -52,6 +54,12 @@ def format_status(s: dict) -> str:
         lines.append(f"  {name:<16} pnl {st['pnl']:+.2f} (realized {st['realized_pnl']:+.2f}, "
                      f"unrealized {st['unrealized_pnl']:+.2f}, fees {st['fees']:.2f})  "
                      f"open {st['open_orders']}  positions (lots): {pos}")
+        live = s.get("params", {}).get(name, {})
+        if live.get("version"):
+            diff = ", ".join(f"{k} {v['config']!r} -> {v['now']!r}"
+                             for k, v in live["changed"].items()) or "as in the config"
+            lines.append(f"  {'':<16} parameter set {live['version']} (run.py set by "
+                         f"{live.get('who', '?')} at {live.get('at', '?')}): {diff}")
     if s.get("events"):
         lines += ["", "events:"] + [f"  {e}" for e in s["events"]]
     return "\n".join(lines)
