@@ -137,6 +137,7 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
         # cancel reject): it is cancelled when that report arrives, never left resting.
         if n_ex > 0:
             cancel_all(ctx, now_ns)
+        hctl[H_PARAMS_PENDING] = 0   # no hook runs again: on_params included
         return rt.n_out
     params = hctl[H_PARAMS_PENDING] != 0
     if n_ex == 0 and n_md == 0 and not tick and not params:
@@ -172,6 +173,30 @@ def _hosted_step(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md
                  n_ex, now_ns, hctl):
     return run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md,
                               n_md, ex, n_ex, now_ns, hctl)
+
+
+def apply_params(strategy, state, hctl, params, version: int | None = None) -> None:
+    """Cold, between batches: make ``params`` (a validated ``strategy.Params``, e.g. from
+    ``strategy.updated_params``) the strategy's parameters. Packs them with
+    ``strategy.kernel_params`` into ``state.p`` in place (the hot step holds that array), counts
+    the set in ``rt.params_version`` (``version``: the controller's number of this set; default
+    one more) and raises ``hctl[H_PARAMS_PENDING]``, so that the next batch calls ``on_params``
+    before any other hook. The live strategy host (``run.py set``, stages/strategy_host.py) and
+    ``HostedStrategy.set_params`` both apply new parameters through this one function.
+
+    Nothing is changed when packing fails or the packed record has another layout than the
+    running one (a ``derive()`` that returns other keys or types for other values: ValueError).
+    """
+    packed = strategy.kernel_params(params)
+    if packed.dtype != state.p.dtype:
+        raise ValueError(f"{strategy.kind}: the new parameters pack into another layout than "
+                         f"the running ones ({packed.dtype} instead of {state.p.dtype}); "
+                         "derive() must return the same keys and types for every value")
+    state.p[:] = packed
+    strategy.params = params
+    rt = state.ctx.rt
+    rt[0]["params_version"] = rt[0]["params_version"] + 1 if version is None else int(version)
+    hctl[H_PARAMS_PENDING] = 1
 
 
 class HostedStrategy:
@@ -220,11 +245,9 @@ class HostedStrategy:
     def halted(self) -> int:
         return int(self.state.ctx.rt[0]["halted"])
 
-    def set_params(self, params) -> None:
+    def set_params(self, params, version: int | None = None) -> None:
         """New parameters (a validated Params instance), applied before the next batch."""
-        self.state.p[:] = self.strategy.kernel_params(params)
-        self.strategy.params = params
-        self.hctl[H_PARAMS_PENDING] = 1
+        apply_params(self.strategy, self.state, self.hctl, params, version)
 
     def step(self, md=None, ex=None, now_ns: int = 0) -> np.ndarray:
         md = self._no_md if md is None else md
