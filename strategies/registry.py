@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-_NOT_STRATEGIES = {"base", "registry", "host", "backtest", "features", "__init__"}
+_NOT_STRATEGIES = {"base", "registry", "host", "backtest", "backtest_codegen", "param_schedule",
+                   "features", "__init__"}
 _cache: dict[str, type] = {}
 
 
