@@ -62,3 +62,16 @@ def process_name(name: str, shard: int, shards: int) -> str:
     return name if shards <= 1 else f"{name}.{shard}"
 
 MAX_STRATEGY_ID = (1 << 15) - 1   # client_order_id = strategy_id << 48 | ...: stays positive
+
+
+def shard_position_limits(max_position_lots: int, strategies) -> dict:
+    """strategy id -> its own position limit (lots), as the risk gate holds each process:
+    ``shard_max_position_lots`` of its strategy, else ``max_position_lots`` split evenly over
+    the shards (rounded up); an unsharded strategy keeps ``max_position_lots``."""
+    by_name = {s.name: s for s in strategies}
+    out = {}
+    for (name, _k), sid in strategy_ids(strategies).items():
+        s = by_name[name]
+        own = getattr(s, "shard_max_position_lots", None)
+        out[sid] = own if own is not None else -(-max_position_lots // int(s.shards))
+    return out

@@ -1,220 +1,403 @@
-"""Deterministic event-driven backtest core: one strategy instance against simulated venues or
-recorded data, through the same strategy runtime step and the same risk checks as the live
-pipeline.
+"""Deterministic event-driven backtest core: one or several strategy instances together against
+simulated venues or recorded data, through the same strategy runtime step, ONE risk state (the
+live gate's checks and limits) and one fill accounting (market/accounting.py).
 
-Runs in the ``run.py backtest`` process (and the benchmark). ``backtest_loop`` and the
-accounting kernels are @njit HOT PATH; the cold driver is ``strategies/backtest.py`` (it knows
-strategies; this module does not: the runtime's batch step and the strategy's hooks come in
-as arguments).
+Runs in the ``run.py backtest`` process (and the benchmark). ``backtest_loop``,
+``strategy_round`` and the kernels below are @njit HOT PATH; the cold driver is
+``strategies/backtest.py`` (it knows strategies; this module does not: the runtime's batch step
+and each strategy's hooks come in as arguments). ``make_backtest_arrays`` is cold.
 
 The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-identical):
 
-    venue.advance(until the next delivery, or the next timer tick)
-        -> market records and exec reports received by the strategy at time t
-    account the fills (PnL, fees, inventory, time in queue); feed every report to the risk
-    state (market.risk.on_exec, the gate's code)
-    batch(hooks..., ctx, st, p, ...)                      # strategies.host.run_strategy_batch:
-                                                          # books, bookkeeping, timer, hooks
-    for each intent: market.risk.check_order(...)         # the gate's code, reference price
-                                                          # valid_mid_x2 as the live gate's
-        pass -> risk.on_accept, venue.submit(order, t)    # arrives after the order latency
-        deny -> an EXEC_REJECT (EFLAG_FROM_RISK) delivered with the next batch
-    sample equity every ``sample_ns``
+    venue.advance(until the next delivery, the next timer tick of any strategy, or now when
+                  risk denials or new parameters wait)
+        -> market records and exec reports received at time t
+    sample every strategy's equity (and the total) every ``sample_ns``
+    each report: to the risk state (market.risk.on_exec, the gate's code); fills into the books
+        of record (market.accounting.apply_fill per strategy x instrument); then into the
+        report buffer of the strategy whose id it carries
+    market records into the gate's own L2 book (depth GATE_BOOK_LEVELS, as the live gate's),
+        which marks to market (market.risk.mark_to_market) and gives the reference prices
+    for each strategy, in strategy-id order (strategy_round):
+        batch(hooks..., ctx, st, p, md, its reports, t, its hctl)   # run_strategy_batch
+        each intent: market.risk.check_order(...) against the one risk state
+            pass -> risk.on_accept, venue.submit(order, t)   # arrives after the order latency
+            deny -> an EXEC_REJECT (EFLAG_FROM_RISK) delivered to it with the next batch
 
-The venue is either ``market.sim.SimVenue`` (our orders trade with the background flow and
-move the book) or ``market.replayvenue.ReplayVenue`` (recorded data; passive fills from the
-queue model ``backtest.queue_model``). Both expose the same two kernels
-(advance(state, t_limit, out_md, n_md, out_ex, n_ex, stop) and submit(state, order, send_ns)),
-passed to ``backtest_loop`` as first-class functions like the strategy kernel.
+Every strategy sees every market record (each keeps its own books, ``book_levels`` deep) and
+only its own reports; each runs its own timer (``timer_ms``). Orders of different strategies
+meet on the same simulated books (the matching engine's self-trade prevention is per owner, as
+a venue's is per account) unless the gate stops them first: its self-trade check looks at the
+resting orders of every strategy of the instance, exactly as live. Shared limits (loss,
+drawdown, the open-order table) are over the instance; positions, open orders and rates per
+strategy (market/risk.py).
+
+Why ``inline="always"`` on the loop and the round: a compiled function that takes dispatchers
+(venue kernels, hooks, the batch step) as arguments cannot be cached by numba. The cold driver
+generates a small module per strategy set (strategies/backtest_codegen.py) whose cached ``run``
+calls ``backtest_loop`` with its globals; inlined at numba-IR level, they stay globals and the
+whole loop is cached on disk.
+
+The venue is either ``market.sim.SimVenue`` (our orders trade with the background flow and with
+each other, and move the book) or ``market.replayvenue.ReplayVenue`` (recorded data; passive
+fills from the queue model ``backtest.queue_model``; our orders never meet each other there).
+Both expose advance(state, t_limit, out_md, n_md, out_ex, n_ex, stop) and
+submit(state, order, send_ns).
 
 A strategy hook that raises does not end the run: ``run_strategy_batch`` catches it inside
-numba, exactly as in the live host, halts the strategy (its orders are cancelled, its fills
-still accounted) and the run goes on; the report names the hook and the simulated time.
+numba, exactly as in the live host, halts that strategy (its orders are cancelled, its fills
+still accounted) and the others go on; the report names the hook and the simulated time.
+
+The run can stop and resume (``final=False``): the loop's own state is kept in ``loop``, so the
+cold driver can change parameters between two stretches (parameter schedules) and go on as if
+the run had never stopped.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
-from market.book import L2Book, valid_mid_x2
-from market.risk import build_limits, check_order, make_risk_state, mark_to_market, on_accept, \
-    on_exec
+from market.accounting import apply_fill, make_positions, unrealized_ticks
+from market.book import L2Book, book_apply_batch, valid_mid_x2
+from market.risk import (GATE_BOOK_LEVELS, check_order, make_risk_state, mark_to_market,
+                         on_accept, on_exec)
 from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL,
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
-                         MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
+                         MARKET_DTYPE, SIDE_BUY)
 from shm.recordops import deny_order
 
-H_NEXT_TIMER = 0   # = strategies.host.H_NEXT_TIMER (the runtime's next timer tick, ns)
+# Words of the runtime's hctl (strategies/host.py) the loop reads; this layer cannot import
+# strategies, tests/unit/test_portfolio_backtest.py checks they agree.
+H_NEXT_TIMER = 0       # = strategies.host.H_NEXT_TIMER (the strategy's next timer tick, ns)
+H_PARAMS_PENDING = 12  # = strategies.host.H_PARAMS_PENDING (new parameters wait for a batch)
 
-# acct[inst, A_*] float64
-A_POS = 0          # lots
-A_COST = 1         # signed ticks x lots of the open position (average cost)
-A_REALIZED = 2     # quote currency
-A_FEES = 3         # quote currency
-A_VALUE = 4        # quote value of one tick x one lot
-A_MID_X2 = 5       # last mark (bid + ask, ticks)
-A_WORDS = 6
-# cnt[C_*] int64 counters
-C_MD = 0
-C_EX = 1
-C_CALLS = 2
-C_INTENTS = 3
-C_SENT = 4
-C_RISK_REJECTS = 5
-C_VENUE_REJECTS = 6
-C_ACKS = 7
-C_FILLS = 8
-C_ORDERS_FILLED = 9
-C_QTY_SENT = 10
-C_QTY_FILLED = 11
-C_MAX_ABS_POS = 12
-C_N_CURVE = 13
-C_N_TRADES = 14
-C_N_QUEUE = 15
-C_MAKER_FILLS = 16
-C_DROPPED_INTENTS = 17
-C_WORDS = 18
+# Counters, one row per strategy and a last row for the whole run. In a strategy's row every
+# counter is its own except md_records and curve_points (the run's); in the last row the loop
+# keeps md_records, curve_points, closed_trades and queue_samples (the shared buffers) and
+# max_abs_pos (largest net position of one instrument over all strategies); the cold driver
+# sums the rest.
 COUNTER_NAMES = ("md_records", "exec_reports", "strategy_calls", "intents", "orders_sent",
                  "risk_rejects", "venue_rejects", "orders_acked", "fills", "orders_filled",
                  "qty_sent", "qty_filled", "max_abs_pos", "curve_points", "closed_trades",
                  "queue_samples", "maker_fills", "dropped_denials")
+COUNTERS_DTYPE = np.dtype([(n, "i8") for n in COUNTER_NAMES])
+# Equity curve samples, one row per strategy (its PnL on the whole initial cash) and the total.
+CURVE_DTYPE = np.dtype([("t_ns", "i8"), ("equity", "f8"), ("realized", "f8"),
+                        ("unrealized", "f8"), ("fees", "f8"), ("abs_pos", "f8")])
+# The loop's own state between two stretches of one run.
+LOOP_DTYPE = np.dtype([("now", "i8"), ("next_sample", "i8"), ("n_den", "i8"),
+                       ("same_instant", "i8"), ("last_now", "i8")])
 MAX_SAME_INSTANT = 8   # denial rounds delivered at one simulated instant before time moves on
-ACK_RING = 1024   # power of two (direct-mapped on client_order_id)
+ACK_RING = 1024        # per strategy, power of two (direct-mapped on client_order_id)
+N_REJECT_CODES = 64    # rejects are counted by REJECT_* code below this
+BATCH_MD = 4096
+BATCH_EX = 4096
+MAX_DENIALS = 256
 # Background events per second per simulated venue in backtests come from
 # backtest.event_rate_per_s (default 1000). sim.event_rate_per_s (20000) is the live
 # simulator's rate; a 30-minute, 2-venue backtest at that rate is 72 M matching-engine events.
 
+BacktestArrays = namedtuple("BacktestArrays", [
+    "sids",       # int64[N]: strategy id of each strategy, in the order they run
+    "k_of_sid",   # int64[max id + 1]: strategy id -> index k (-1: not in this run)
+    "hctl",       # int64[N, H_WORDS]: each strategy's runtime words (strategies/host.py)
+    "ex",         # EXEC_DTYPE[N, BATCH_EX]: each strategy's reports of this round
+    "n_ex",       # int64[N]
+    "cnt",        # COUNTERS_DTYPE[N + 1]
+    "rej_risk",   # int64[N, N_REJECT_CODES]: risk denials by REJECT_* code
+    "rej_venue",  # int64[N, N_REJECT_CODES]: venue rejects (EXEC_REJECT) by REJECT_* code
+    "pos",        # POSITION_DTYPE[N, n_inst + 1]: the books of record (market/accounting.py)
+    "value",      # float64[n_inst + 1]: quote value of one tick of one lot
+    "mark",       # int64[n_inst + 1]: last valid mid (bid + ask, ticks) of the gate's book
+    "turnover",   # float64[N]: traded notional, quote currency
+    "curve",      # CURVE_DTYPE[N + 1, n_samples]
+    "trades",     # float64[cap]: closed-trade PnLs (quote, after that fill's fee), all strategies
+    "trade_k",    # int64[cap]: whose
+    "qtimes",     # int64[cap]: time in queue of maker fills (ns), all strategies
+    "qtime_k",    # int64[cap]
+    "acks",       # int64[N, ACK_RING, 2]: (client_order_id, when it (re)joined a queue)
+    "md",         # MARKET_DTYPE[BATCH_MD]: this round's market records
+    "exb",        # EXEC_DTYPE[BATCH_EX]: this round's reports (denials first), all strategies
+    "denials",    # EXEC_DTYPE[MAX_DENIALS]: risk denials waiting for the next round
+    "gpx", "gqty", "gmeta",   # the gate's L2 book (market/book.py)
+    "limits",     # market.risk.build_limits(...)
+    "rstate",     # market.risk.make_risk_state(limits): one for every strategy
+    "loop",       # LOOP_DTYPE[1]
+])
 
+
+def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples: int,
+                         trade_capacity: int = 1 << 20) -> BacktestArrays:
+    """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
+    ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
+    strategies' runtime words (one ``make_hctl`` array each)."""
+    sids = np.array(strategy_ids, dtype=np.int64)
+    n = len(sids)
+    if n == 0:
+        raise ValueError("a backtest needs at least one strategy")
+    if len(set(sids.tolist())) != n or sids.min() <= 0:
+        raise ValueError(f"strategy ids {sids.tolist()} must be distinct and > 0")
+    k_of_sid = np.full(int(sids.max()) + 1, -1, dtype=np.int64)
+    k_of_sid[sids] = np.arange(n)
+    n_inst = max(i.instrument_id for i in instruments)
+    value = np.zeros(n_inst + 1)
+    for inst in instruments:
+        value[inst.instrument_id] = float(inst.tick_size * inst.lot_size)
+    pos = np.zeros((n, n_inst + 1), dtype=make_positions(0).dtype)
+    gate = L2Book(n_inst, GATE_BOOK_LEVELS)
+    return BacktestArrays(
+        sids, k_of_sid, np.ascontiguousarray(np.stack(hctls)),
+        np.zeros((n, BATCH_EX), dtype=EXEC_DTYPE), np.zeros(n, np.int64),
+        np.zeros(n + 1, dtype=COUNTERS_DTYPE),
+        np.zeros((n, N_REJECT_CODES), np.int64), np.zeros((n, N_REJECT_CODES), np.int64),
+        pos, value, np.zeros(n_inst + 1, np.int64), np.zeros(n),
+        np.zeros((n + 1, n_samples), dtype=CURVE_DTYPE),
+        np.zeros(trade_capacity), np.zeros(trade_capacity, np.int64),
+        np.zeros(trade_capacity, np.int64), np.zeros(trade_capacity, np.int64),
+        np.zeros((n, ACK_RING, 2), np.int64),
+        np.zeros(BATCH_MD, dtype=MARKET_DTYPE), np.zeros(BATCH_EX, dtype=EXEC_DTYPE),
+        np.zeros(MAX_DENIALS, dtype=EXEC_DTYPE), *gate.arrays, limits,
+        make_risk_state(limits), np.zeros(1, dtype=LOOP_DTYPE))
+
+
+def start_loop(G: BacktestArrays, t_start: int) -> None:
+    """Cold: (re)start the loop's clock at ``t_start`` with nothing pending."""
+    lp = G.loop[0]
+    lp["now"] = t_start
+    lp["next_sample"] = t_start
+    lp["n_den"] = 0
+    lp["same_instant"] = 0
+    lp["last_now"] = -1
+
+
+# ---- books of record ----------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
-def _account_fill(acct, e, trades, cnt):
-    """Average-cost accounting of one fill; a fill that reduces a position closes a trade
-    whose PnL (realized - this fill's fee) goes to trades[]."""
-    i = e.instrument_id
-    q = float(e.qty_lots)
-    signed = q if e.side == SIDE_BUY else -q
-    px = float(e.px_ticks)
-    value = acct[i, A_VALUE]
-    fee = e.fee_e9 * 1e-9
-    acct[i, A_FEES] += fee
-    pos = acct[i, A_POS]
-    if pos == 0.0 or (pos > 0.0) == (signed > 0.0):
-        acct[i, A_COST] += signed * px
-        acct[i, A_POS] = pos + signed
+def _account(G, k, e):
+    """One fill of strategy k into its position (market.accounting.apply_fill); a fill that
+    reduces the position closes a trade: its PnL (closed_pnl x tick value - this fill's fee)
+    goes to the shared trade buffer."""
+    i = np.int64(e.instrument_id)
+    if i <= 0 or i >= G.value.shape[0]:
         return
-    closing = min(q, abs(pos))
-    avg = acct[i, A_COST] / pos
-    direction = 1.0 if pos > 0.0 else -1.0
-    pnl = closing * (px - avg) * direction * value
-    acct[i, A_REALIZED] += pnl
-    acct[i, A_COST] -= avg * closing * direction
-    acct[i, A_POS] = pos + signed
-    if q > closing:   # flipped: the rest opens a new position at this price
-        acct[i, A_COST] = (signed + closing * direction) * px
-    if abs(acct[i, A_POS]) < 0.5:
-        acct[i, A_POS] = 0.0
-        acct[i, A_COST] = 0.0
-    n = cnt[C_N_TRADES]
-    if n < trades.shape[0]:
-        trades[n] = pnl - fee
-        cnt[C_N_TRADES] = n + 1
+    p = G.pos[k, i]
+    before = p.pos
+    reduces = before != 0.0 and ((before > 0.0) != (e.side == SIDE_BUY))
+    apply_fill(p, e.side, e.px_ticks, e.qty_lots, e.fee_e9)
+    value = G.value[i]
+    G.turnover[k] += float(e.px_ticks) * float(e.qty_lots) * value
+    c = G.cnt[k]
+    ap = abs(np.int64(p.pos))
+    if ap > c.max_abs_pos:
+        c.max_abs_pos = ap
+    net = 0.0
+    for j in range(G.pos.shape[0]):
+        net += G.pos[j, i].pos
+    tot = G.cnt[G.cnt.shape[0] - 1]
+    ap = abs(np.int64(net))
+    if ap > tot.max_abs_pos:
+        tot.max_abs_pos = ap
+    if reduces:
+        n = tot.closed_trades
+        if n < G.trades.shape[0]:
+            G.trades[n] = p.closed_pnl * value - e.fee_e9 / 1e9
+            G.trade_k[n] = k
+            tot.closed_trades = n + 1
+        c.closed_trades += 1
 
 
 @njit(cache=True, _nrt=False)
-def _equity_parts(acct):
-    realized = 0.0
-    fees = 0.0
-    unreal = 0.0
-    abs_pos = 0.0
-    for i in range(1, acct.shape[0]):
-        realized += acct[i, A_REALIZED]
-        fees += acct[i, A_FEES]
-        pos = acct[i, A_POS]
-        if pos != 0.0 and acct[i, A_MID_X2] > 0.0:
-            unreal += (pos * acct[i, A_MID_X2] * 0.5 - acct[i, A_COST]) * acct[i, A_VALUE]
-        abs_pos += abs(pos)
-    return realized, fees, unreal, abs_pos
-
-
-@njit(cache=True, _nrt=False)
-def _sample(acct, curve, cnt, t, initial_cash):
-    n = cnt[C_N_CURVE]
-    if n >= curve.shape[0]:
+def _sample(G, t, initial_cash):
+    """One equity point per strategy and for the total (sum over strategies; inventory = sum
+    over instruments of |net position|)."""
+    tot = G.cnt[G.cnt.shape[0] - 1]
+    n = tot.curve_points
+    if n >= G.curve.shape[1]:
         return
-    realized, fees, unreal, abs_pos = _equity_parts(acct)
-    curve[n, 0] = t
-    curve[n, 1] = initial_cash + realized + unreal - fees
-    curve[n, 2] = realized
-    curve[n, 3] = unreal
-    curve[n, 4] = fees
-    curve[n, 5] = abs_pos
-    cnt[C_N_CURVE] = n + 1
+    n_strat = G.pos.shape[0]
+    t_real = 0.0
+    t_fees = 0.0
+    t_unreal = 0.0
+    for k in range(n_strat):
+        realized = 0.0
+        fees = 0.0
+        unreal = 0.0
+        abs_pos = 0.0
+        for i in range(1, G.pos.shape[1]):
+            p = G.pos[k, i]
+            realized += p.realized * G.value[i]
+            fees += p.fees
+            unreal += unrealized_ticks(p, G.mark[i]) * G.value[i]
+            abs_pos += abs(p.pos)
+        row = G.curve[k, n]
+        row.t_ns = t
+        row.equity = initial_cash + realized + unreal - fees
+        row.realized = realized
+        row.unrealized = unreal
+        row.fees = fees
+        row.abs_pos = abs_pos
+        t_real += realized
+        t_fees += fees
+        t_unreal += unreal
+    net_abs = 0.0
+    for i in range(1, G.pos.shape[1]):
+        net = 0.0
+        for k in range(n_strat):
+            net += G.pos[k, i].pos
+        net_abs += abs(net)
+    row = G.curve[n_strat, n]
+    row.t_ns = t
+    row.equity = initial_cash + t_real + t_unreal - t_fees
+    row.realized = t_real
+    row.unrealized = t_unreal
+    row.fees = t_fees
+    row.abs_pos = net_abs
+    tot.curve_points = n + 1
 
 
 @njit(cache=True, _nrt=False)
-def _on_reports(acct, ex, n_ex, trades, qtimes, acks, cnt, limits, rstate, now):
+def _on_reports(G, n_ex, now):
+    """This round's reports (G.exb[:n_ex]): the risk state, the books of record, counters,
+    then each into the report buffer of the strategy whose id it carries."""
+    limits, rstate = G.limits, G.rstate
     for j in range(n_ex):
-        e = ex[j]
+        e = G.exb[j]
         if (e.flags & EFLAG_FROM_RISK) == 0:
             on_exec(limits, rstate, e, now)
+        sid = np.int64(e.strategy_id)
+        k = G.k_of_sid[sid] if sid < G.k_of_sid.shape[0] else -1
+        if k < 0:
+            continue   # not one of ours (venues report only orders we sent: unreachable)
+        m = G.n_ex[k]
+        G.ex[k, m] = e
+        G.n_ex[k] = m + 1
+        c = G.cnt[k]
+        c.exec_reports += 1
         kind = e.kind
         if kind == EXEC_ACK or kind == EXEC_REPLACE_ACK:
             if kind == EXEC_ACK:
-                cnt[C_ACKS] += 1
+                c.orders_acked += 1
             # when the order (re)joined a queue: time in queue starts there. Client order ids
             # are per-strategy counters, so the low bits index a direct-mapped table.
-            slot = e.client_order_id & (acks.shape[0] - 1)
-            acks[slot, 0] = e.client_order_id
-            acks[slot, 1] = e.venue_ts_ns
+            slot = e.client_order_id & (G.acks.shape[1] - 1)
+            G.acks[k, slot, 0] = e.client_order_id
+            G.acks[k, slot, 1] = e.venue_ts_ns
         elif kind == EXEC_PARTIAL or kind == EXEC_FILL:
-            cnt[C_FILLS] += 1
-            cnt[C_QTY_FILLED] += e.qty_lots
+            c.fills += 1
+            c.qty_filled += e.qty_lots
             if e.cum_qty_lots == e.qty_lots:
-                cnt[C_ORDERS_FILLED] += 1
-            _account_fill(acct, e, trades, cnt)
-            ap = abs(np.int64(acct[e.instrument_id, A_POS]))
-            if ap > cnt[C_MAX_ABS_POS]:
-                cnt[C_MAX_ABS_POS] = ap
+                c.orders_filled += 1
+            _account(G, k, e)
             if e.liquidity == LIQ_MAKER:
-                cnt[C_MAKER_FILLS] += 1
-                slot = e.client_order_id & (acks.shape[0] - 1)
-                nq = cnt[C_N_QUEUE]
-                if acks[slot, 0] == e.client_order_id and nq < qtimes.shape[0]:
-                    qtimes[nq] = e.venue_ts_ns - acks[slot, 1]
-                    cnt[C_N_QUEUE] = nq + 1
+                c.maker_fills += 1
+                slot = e.client_order_id & (G.acks.shape[1] - 1)
+                tot = G.cnt[G.cnt.shape[0] - 1]
+                nq = tot.queue_samples
+                if G.acks[k, slot, 0] == e.client_order_id and nq < G.qtimes.shape[0]:
+                    G.qtimes[nq] = e.venue_ts_ns - G.acks[k, slot, 1]
+                    G.qtime_k[nq] = k
+                    tot.queue_samples = nq + 1
+                    c.queue_samples += 1
         elif kind == EXEC_REJECT and (e.flags & EFLAG_FROM_RISK) == 0:
-            cnt[C_VENUE_REJECTS] += 1
+            c.venue_rejects += 1
+            if e.reject_code < G.rej_venue.shape[1]:
+                G.rej_venue[k, e.reject_code] += 1
 
 
-@njit(cache=False, _nrt=False)
-def backtest_loop(advance, submit, vs, batch, on_market, on_exec, on_timer, on_params, ctx, st,
-                  p, limits, rstate, acct, curve, trades, qtimes, acks, cnt, md_buf, ex_buf,
-                  denials, hctl, t_start, t_end, sample_ns, initial_cash):
-    """Run until t_end (simulated ns). Specialised per (venue kernels, strategy hooks).
-    ``batch`` is strategies.host.run_strategy_batch; the strategy's timer is its own
-    (hctl[H_NEXT_TIMER], set by the batch step), so timer ticks fall on the same times as in
-    the live host."""
-    px, meta = ctx.px, ctx.meta
-    out = ctx.out
-    now = t_start
-    next_sample = t_start
-    n_den = 0
-    n_inst = acct.shape[0]
-    same_instant = 0   # rounds at one simulated time: a strategy that answers every denial
-    last_now = -1      # with another denied intent must not stop the clock (livelock)
+@njit(cache=True, _nrt=False)
+def _gate_market(gpx, gqty, gmeta, md, n_md, mark, limits, rstate):
+    """The round's market records into the gate's book; instruments whose valid mid moved are
+    marked to market (the risk state's unrealized PnL, peak, loss latch) and in ``mark``.
+    (Plain arrays, not the BacktestArrays tuple: called every round, and numba passes a tuple
+    of arrays as hundreds of scalar arguments.)"""
+    book_apply_batch(gpx, gqty, gmeta, md, n_md)
+    n_inst = mark.shape[0]
+    for j in range(n_md):
+        i = np.int64(md[j].instrument_id)
+        if i > 0 and i < n_inst:
+            m = valid_mid_x2(gpx, gmeta, i)   # marks as the live gate: valid books only
+            if m > 0 and m != mark[i]:
+                mark[i] = m
+                mark_to_market(limits, rstate, i, m)
+
+
+# ---- one strategy's turn in a round -------------------------------------------------------
+@njit(inline="always")
+def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, k, ctx, st, p, vs,
+                   G, n_md, now, n_den):
+    """Strategy k's batch of this round, if it has market records, reports, a due timer or new
+    parameters, and its intents through the gate: approved ones to the venue, denied ones
+    into G.denials (delivered to it with the next round). Returns the new number of denials."""
+    hctl = G.hctl[k]
+    n_ex = G.n_ex[k]
+    if n_md > 0 or n_ex > 0 or now >= hctl[H_NEXT_TIMER] or hctl[H_PARAMS_PENDING] != 0:
+        c = G.cnt[k]
+        c.strategy_calls += 1
+        kout = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, G.md, n_md, G.ex[k],
+                     n_ex, now, hctl)
+        G.n_ex[k] = 0
+        c.intents += kout
+        out = ctx.out
+        n_inst = G.mark.shape[0]
+        for j in range(kout):
+            o = out[j]
+            i = np.int64(o.instrument_id)
+            ref = valid_mid_x2(G.gpx, G.gmeta, i) if i > 0 and i < n_inst else 0
+            code = check_order(G.limits, G.rstate, o, ref, now)
+            if code == 0:
+                on_accept(G.limits, G.rstate, o, now)
+                o.send_ts_ns = now
+                submit(vs, o, now)
+                c.orders_sent += 1
+                if o.kind == INTENT_NEW or o.kind == INTENT_REPLACE:
+                    c.qty_sent += o.qty_lots
+            elif n_den < G.denials.shape[0]:
+                c.risk_rejects += 1
+                if code < G.rej_risk.shape[1]:
+                    G.rej_risk[k, code] += 1
+                deny_order(G.denials[n_den], o, code, now)
+                n_den += 1
+            else:
+                c.dropped_denials += 1
+    return n_den
+
+
+# ---- the loop -----------------------------------------------------------------------------
+@njit(inline="always")
+def backtest_loop(advance, submit, step_all, vs, S, G, t_stop, t_end, sample_ns, initial_cash):
+    """Run until ``t_stop`` (simulated ns); at ``t_stop == t_end`` the run ends (denials still
+    waiting are dropped, the last equity point is taken), before it the loop's state is kept
+    in G.loop for the next stretch. ``step_all(vs, S, G, n_md, now, n_den)`` runs
+    ``strategy_round`` for every strategy (S: a tuple of (ctx, st, p), one per strategy), in
+    order, and returns the number of denials. Timer ticks fall on each strategy's own times."""
+    lp = G.loop[0]
+    now = lp.now
+    next_sample = lp.next_sample
+    n_den = lp.n_den
+    same_instant = lp.same_instant   # rounds at one simulated time: a strategy that answers
+    last_now = lp.last_now           # every denial with another must not stop the clock
+    n_strat = G.sids.shape[0]
+    tot = G.cnt[n_strat]
     while True:
+        next_timer = np.int64(0x7FFFFFFFFFFFFFFF)
+        pending = False
+        for k in range(n_strat):
+            nt = G.hctl[k, H_NEXT_TIMER]
+            if nt < next_timer:
+                next_timer = nt
+            if G.hctl[k, H_PARAMS_PENDING] != 0:
+                pending = True
         # Risk denials are answered at once (the gate is in-process): deliver them now, for
-        # at most MAX_SAME_INSTANT rounds; after that they travel with the next event.
-        next_timer = hctl[H_NEXT_TIMER]
-        if n_den > 0 and same_instant < MAX_SAME_INSTANT:
+        # at most MAX_SAME_INSTANT rounds; after that they travel with the next event. New
+        # parameters are applied at once too (the next batch runs on_params first).
+        if (n_den > 0 and same_instant < MAX_SAME_INSTANT) or pending:
             t_lim = now
         else:
-            t_lim = min(t_end, max(next_timer, now))   # -1: not started, the next event
+            t_lim = min(t_stop, max(next_timer, now))   # -1: not started, the next event
         for j in range(n_den):
-            ex_buf[j] = denials[j]
-        n_md, n_ex, t = advance(vs, t_lim, md_buf, 0, ex_buf, n_den, True)
+            G.exb[j] = G.denials[j]
+        n_md, n_ex, t = advance(vs, t_lim, G.md, 0, G.exb, n_den, True)
         n_den = 0
         now = t
         if now == last_now:
@@ -222,46 +405,25 @@ def backtest_loop(advance, submit, vs, batch, on_market, on_exec, on_timer, on_p
         else:
             same_instant = 0
             last_now = now
-        while next_sample <= now and next_sample <= t_end:
-            _sample(acct, curve, cnt, next_sample, initial_cash)
+        while next_sample <= now:
+            _sample(G, next_sample, initial_cash)
             next_sample += sample_ns
-        cnt[C_MD] += n_md
-        cnt[C_EX] += n_ex
+        tot.md_records += n_md
         if n_ex > 0:
-            _on_reports(acct, ex_buf, n_ex, trades, qtimes, acks, cnt, limits, rstate, now)
-        tick = now >= next_timer
-        if n_md > 0 or n_ex > 0 or tick:
-            cnt[C_CALLS] += 1
-            k = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md_buf, n_md,
-                      ex_buf, n_ex, now, hctl)
-            if n_md > 0:
-                for j in range(n_md):
-                    i = md_buf[j].instrument_id
-                    if i > 0 and i < n_inst:
-                        m = valid_mid_x2(px, meta, i)   # marks as the live gate: valid books
-                        if m > 0 and m != acct[i, A_MID_X2]:
-                            acct[i, A_MID_X2] = m
-                            mark_to_market(limits, rstate, i, m)
-            cnt[C_INTENTS] += k
-            for j in range(k):
-                o = out[j]
-                i = o.instrument_id
-                ref = valid_mid_x2(px, meta, i) if i > 0 and i < n_inst else 0
-                code = check_order(limits, rstate, o, ref, now)
-                if code == 0:
-                    on_accept(limits, rstate, o, now)
-                    o.send_ts_ns = now
-                    submit(vs, o, now)
-                    cnt[C_SENT] += 1
-                    if o.kind == INTENT_NEW or o.kind == INTENT_REPLACE:
-                        cnt[C_QTY_SENT] += o.qty_lots
-                elif n_den < denials.shape[0]:
-                    cnt[C_RISK_REJECTS] += 1
-                    deny_order(denials[n_den], o, code, now)
-                    n_den += 1
-                else:
-                    cnt[C_DROPPED_INTENTS] += 1
-        if now >= t_end and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
-            cnt[C_DROPPED_INTENTS] += n_den
+            _on_reports(G, n_ex, now)
+        if n_md > 0:
+            _gate_market(G.gpx, G.gqty, G.gmeta, G.md, n_md, G.mark, G.limits, G.rstate)
+        n_den = step_all(vs, S, G, n_md, now, n_den)
+        if now >= t_stop and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
             break
-    _sample(acct, curve, cnt, t_end, initial_cash)
+    if t_stop >= t_end:
+        for j in range(n_den):
+            kd = G.k_of_sid[np.int64(G.denials[j].strategy_id)]
+            G.cnt[kd].dropped_denials += 1
+        n_den = 0
+        _sample(G, t_end, initial_cash)
+    lp.now = now
+    lp.next_sample = next_sample
+    lp.n_den = n_den
+    lp.same_instant = same_instant
+    lp.last_now = last_now

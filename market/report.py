@@ -18,6 +18,12 @@ Definitions (each is a small function so a test can check it on a scripted curve
 - inventory: mean |q| over samples, max |q| (over fills, so nothing is missed between samples),
   time-weighted mean |q| (integral of |q| dt / duration), in lots, summed over instruments.
 - time in queue: from the venue's ack of a passive order to each of its maker fills.
+- turnover: traded notional, sum of price x quantity over fills, quote currency.
+- rejects: risk denials and venue rejects counted by reason (shm.records.REJECT_NAMES).
+
+Several strategies run together (strategies/backtest.py): each has its own report, its equity
+curve being the initial cash plus its own PnL; the total's curve is the initial cash plus the
+sum of theirs, and its inventory is the net position per instrument over the strategies.
 """
 from __future__ import annotations
 
@@ -199,11 +205,41 @@ def format_text(report: dict, name: str) -> str:
         f"  time in queue: {q['maker_fills']} maker fills, mean {q['mean']:.1f} ms, "
         f"median {q['median']:.1f} ms",
     ]
+    if "turnover" in report:
+        lines.append(f"  turnover {report['turnover']:.2f}")
+    rej = report.get("rejects")
+    if rej is not None:
+        lines.append(f"  rejects: risk {_reasons(rej.get('risk', {}))}; venue "
+                     f"{_reasons(rej.get('venue', {}))}")
+    for ch in report.get("params_schedule", ()):
+        who = f"{ch['strategy']}: " if "strategy" in ch else ""
+        vals = ", ".join(f"{k} = {v!r}" for k, v in ch["params"].items())
+        lines.append(f"  at {ch['at_s']:g} s: {who}{vals}")
+    if "halted" in report:
+        h = report["halted"]
+        lines.append(f"  halted at {h['at_s']:.3f} s: {h['reason']}")
     c = report["counters"]
     if "events" in c and "wall_s" in c:
+        per_cpu = (f", {c['events'] / c['cpu_s'] / 1e6:.2f} M/CPU-s in {c['cpu_s']:.2f} "
+                   "CPU-s") if c.get("cpu_s") else ""
         lines.append(f"  {c['events']} events in {c['wall_s']:.2f} s wall "
-                     f"({c['events'] / max(c['wall_s'], 1e-9) / 1e6:.2f} M events/s)")
+                     f"({c['events'] / max(c['wall_s'], 1e-9) / 1e6:.2f} M events/s{per_cpu})")
     if c.get("kernel_errors"):
         lines.append(f"  strategy kernel errors {c['kernel_errors']} (their "
                      f"{c.get('intents_discarded', 0)} intents discarded; the run went on)")
     return "\n".join(lines)
+
+
+def _reasons(counts: dict) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda x: -x[1]))
+
+
+def format_portfolio(report: dict) -> str:
+    """Text of a run of several strategies: each one's report, then the total."""
+    parts = [format_text(rep, name) for name, rep in report["strategies"].items()]
+    names = ", ".join(report["strategies"])
+    parts.append(format_text(report["total"], f"total ({names} together on "
+                                               f"{report['source']})"))
+    return "\n".join(parts)

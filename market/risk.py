@@ -62,6 +62,8 @@ from shm.records import (
 )
 
 _INT_SAFE = float(2 ** 62)
+# Price levels per side of the gate's own L2 books (its reference prices), live and in backtests.
+GATE_BOOK_LEVELS = 64
 
 
 # =============================================================================================

@@ -62,13 +62,14 @@ class RiskGateStage(Stage):
 
     def on_start(self, ctx) -> None:
         from market.book import L2Book
-        from market.risk import build_limits, make_risk_state, set_kill
+        from market.risk import GATE_BOOK_LEVELS, build_limits, make_risk_state, set_kill
         from shm.histogram import LatencyHistogram
         from shm.instruments import InstrumentTable
         from shm.ring import BroadcastRing, SpscRing
         from stages.clock import TscClock
         from stages.riskview import RiskView
-        from stages.topology import HIST_GATE, shard_position_limits
+        from common.runtime import shard_position_limits
+        from stages.topology import HIST_GATE
 
         self.ctx = ctx
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
@@ -77,9 +78,10 @@ class RiskGateStage(Stage):
         strats = topo.strategies()
         self.limits = build_limits(cfg.risk, table, max_strategies=max(1, len(strats)),
                                    groups={s.strategy_id: s.group_id for s in strats},
-                                   shard_limits=shard_position_limits(cfg.risk, strats))
+                                   shard_limits=shard_position_limits(
+                                       cfg.risk.max_position_lots, cfg.strategies))
         self.rstate = make_risk_state(self.limits)
-        self.book = L2Book(len(table), 64)
+        self.book = L2Book(len(table), GATE_BOOK_LEVELS)
         self.touched = np.zeros(len(table) + 1, dtype=np.int64)
         self.inst_venue_id = np.zeros(len(table) + 1, dtype=np.int64)
         for i in table:

@@ -96,20 +96,6 @@ class Topology:
         return out
 
 
-def shard_position_limits(risk, strategy_specs) -> dict:
-    """strategy id -> its own position limit (lots): ``shard_max_position_lots`` of its
-    strategy, else ``[risk] max_position_lots`` split evenly over the shards (rounded up); an
-    unsharded strategy keeps ``max_position_lots``."""
-    out = {}
-    for spec in strategy_specs:
-        sc = spec.strategy
-        if sc.shard_max_position_lots is not None:
-            out[spec.strategy_id] = sc.shard_max_position_lots
-        else:
-            out[spec.strategy_id] = -(-risk.max_position_lots // sc.shards)
-    return out
-
-
 def build_topology(cfg) -> Topology:
     st = cfg.stages
     stages: list[StageSpec] = []

@@ -1,25 +1,36 @@
-"""The backtest's cold driver: a configured strategy through the strategy runtime against the
-simulated venues or a recording (market/backtest.py has the loop and its accounting).
+"""The backtest's cold driver: configured strategies through the strategy runtime against the
+simulated venues or a recording, one alone or several together (market/backtest.py has the
+loop, strategies/backtest_codegen.py makes it cacheable for each strategy set).
 
-Runs in the ``run.py backtest`` process, the benchmark and the tests; cold path. The strategy
+Runs in the ``run.py backtest`` process, the benchmark and the tests; cold path. Each strategy
 runs exactly as in a live strategy process: the same runtime step
-(strategies.host.run_strategy_batch), its live strategy id, timer period and book depth.
+(strategies.host.run_strategy_batch), its live strategy id (stages/topology.py's numbering),
+its own timer period and book depth. Together they share one risk state (the live gate's
+checks and limits), one simulated market (their orders meet on its books) and one set of books
+of record (market/accounting.py, per strategy x instrument).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.runtime import strategy_ids
-from market.backtest import (A_VALUE, A_WORDS, ACK_RING, C_N_CURVE, C_N_QUEUE, C_N_TRADES,
-                             C_WORDS, COUNTER_NAMES, backtest_loop)
+from common.runtime import (group_ids, process_name, shard_instruments, shard_position_limits,
+                            strategy_ids)
+from market.backtest import (COUNTER_NAMES, BacktestArrays, make_backtest_arrays, start_loop)
 from market.book import L2Book
-from market.risk import build_limits, make_risk_state
-from shm.records import EXEC_DTYPE, MARKET_DTYPE
+from market.risk import build_limits
+from shm.records import REJECT_NAMES
+from strategies.backtest_codegen import backtest_run_for
 from strategies.base import HALT_NAMES
-from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, make_hctl, run_strategy_batch
+from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, apply_params, make_hctl
+from strategies.param_schedule import as_schedule, resolve
+
+MAX_INTENTS = 256
+# counters a total is not the sum of its strategies' (the loop keeps them for the whole run)
+_RUN_COUNTERS = ("md_records", "curve_points", "closed_trades", "queue_samples", "max_abs_pos")
 
 
 def strategy_id_of(cfg, name: str) -> int:
@@ -32,6 +43,7 @@ def strategy_id_of(cfg, name: str) -> int:
 
 @dataclass
 class BacktestResult:
+    """One strategy's part of a run (or the whole run of one strategy)."""
     name: str
     kind: str
     source: str                  # "sim" or the record file
@@ -42,6 +54,19 @@ class BacktestResult:
     counters: dict
     venue_counters: dict = field(default_factory=dict)
     strategy_state: object = None   # the strategy's StrategyState at the end (ctx, st, p)
+
+
+@dataclass
+class PortfolioResult:
+    """Several strategies run together: each one's part and the total (``total.name`` is
+    "total"). ``report`` = {"total": ..., "strategies": {name: ...}, "source", "skipped"}."""
+    source: str
+    report: dict
+    total: BacktestResult
+    strategies: dict             # name -> BacktestResult
+    counters: dict
+    venue_counters: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)   # name -> why it could not trade the data
 
 
 def _strategy_config(cfg, which: str | None):
@@ -60,115 +85,251 @@ def _strategy_config(cfg, which: str | None):
     raise ValueError(f"no strategy named or of kind {which!r} in {cfg.source} (have: {names})")
 
 
-def run_backtest(cfg, strategy: str | None = None, data=None, *, duration_s: float | None = None,
-                 seed: int | None = None, event_rate_per_s: float | None = None,
-                 queue_model: str | None = None, sample_ms: float = 100.0) -> BacktestResult:
-    """One strategy instance (by name or kind; default: the first enabled) against the
-    simulated venues of ``cfg`` for ``duration_s`` (default cfg.sim.duration_s), or against
-    the record file ``data`` (its instruments; the strategy's instruments are taken from the
-    file by key, else in file order). The strategy runs with the identity it has live (its
-    strategy id from the config's order, shard 0), its own ``timer_ms`` and ``book_levels``."""
+@dataclass
+class _Market:
+    kind: str            # "sim" | "replay"
+    venue: object
+    instruments: list
+    t_start: int
+    t_end: int
+    source: str
+
+    def strategy_instruments(self, keys):
+        by_key = {i.key: i for i in self.instruments}
+        found = [by_key.get(k) for k in keys]
+        if self.kind == "replay" and any(i is None for i in found):
+            # a recording of other instruments: the strategy trades the file's, in file order
+            return self.instruments[:len(keys)]
+        return found
+
+
+def _market(cfg, data, duration_s, seed, event_rate_per_s, queue_model) -> _Market:
     from shm.instruments import InstrumentTable
-    from strategies.registry import get_strategy_class
 
-    sc = _strategy_config(cfg, strategy)
     if data is None:
-        from market.sim import SimVenue, sim_advance_state, sim_submit_state
+        from market.sim import SimVenue
 
-        table = InstrumentTable.from_config(cfg)
-        instruments = list(table)
+        instruments = list(InstrumentTable.from_config(cfg))
         rate = cfg.backtest.event_rate_per_s if event_rate_per_s is None else event_rate_per_s
         venue = SimVenue(cfg, instruments, seed, event_rate_per_s=rate)
-        advance, submit, vs = sim_advance_state, sim_submit_state, venue.state
         t_start = venue.now_ns
         dur = cfg.sim.duration_s if duration_s is None else duration_s
-        t_end = t_start + int(dur * 1e9)
-        source = "sim"
-        strat_insts = [table.by_key(k) for k in sc.instruments]
-    else:
-        from market.recordfile import instruments_from_header, open_record_file
-        from market.replayvenue import ReplayVenue, replay_advance, replay_submit
+        return _Market("sim", venue, instruments, t_start, t_start + int(dur * 1e9), "sim")
+    from market.recordfile import instruments_from_header, open_record_file
+    from market.replayvenue import ReplayVenue
+    from shm.records import MARKET_DTYPE
 
-        header, recs = open_record_file(data, MARKET_DTYPE)
-        instruments = instruments_from_header(header)
-        if not instruments:
-            raise ValueError(f"{data}: the record file names no instruments")
-        venue = ReplayVenue(np.asarray(recs), instruments, cfg,
-                            queue_model=queue_model or cfg.backtest.queue_model,
-                            seed=cfg.sim.seed if seed is None else seed)
-        advance, submit, vs = replay_advance, replay_submit, venue.state
-        t_start = venue.start_ns
-        t_end = venue.end_ns if duration_s is None else t_start + int(duration_s * 1e9)
-        source = str(data)
-        by_key = {i.key: i for i in instruments}
-        strat_insts = [by_key.get(k) for k in sc.instruments]
-        if any(i is None for i in strat_insts):
-            strat_insts = instruments[:len(sc.instruments)]
-    n = max(i.instrument_id for i in instruments)
-    strat = get_strategy_class(sc.kind)(sc.params, strat_insts, strategy_id_of(cfg, sc.name))
-    book = L2Book(n, sc.book_levels)
-    px, qty, meta = book.arrays
-    sstate = strat.make_state(px, qty, meta, 256)
-    limits = build_limits(cfg.risk, instruments)
-    rstate = make_risk_state(limits)
-    acct = np.zeros((n + 1, A_WORDS))
-    for inst in instruments:
-        acct[inst.instrument_id, A_VALUE] = float(inst.tick_size * inst.lot_size)
+    header, recs = open_record_file(data, MARKET_DTYPE)
+    instruments = instruments_from_header(header)
+    if not instruments:
+        raise ValueError(f"{data}: the record file names no instruments")
+    venue = ReplayVenue(np.asarray(recs), instruments, cfg,
+                        queue_model=queue_model or cfg.backtest.queue_model,
+                        seed=cfg.sim.seed if seed is None else seed)
+    t_start = venue.start_ns
+    t_end = venue.end_ns if duration_s is None else t_start + int(duration_s * 1e9)
+    return _Market("replay", venue, instruments, t_start, t_end, str(data))
+
+
+def _select(cfg, strategy):
+    """(strategy configs in run order, together?) for run_backtest's ``strategy``."""
+    if isinstance(strategy, str):
+        sc = _strategy_config(cfg, strategy)
+        return [sc], sc.shards > 1   # a sharded one runs as its shards, together
+    if strategy is None:
+        chosen = [s for s in cfg.strategies if s.enabled]
+        if not chosen:
+            raise ValueError(f"{cfg.source}: no enabled [[strategies]] entry to backtest")
+    else:
+        chosen = [_strategy_config(cfg, n) for n in strategy]
+        if len({s.name for s in chosen}) != len(chosen):
+            raise ValueError(f"strategies {list(strategy)}: each may run once")
+    # the live order (strategy ids), whatever order they were named in
+    return sorted(chosen, key=lambda s: strategy_id_of(cfg, s.name)), True
+
+
+def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = None,
+                 seed: int | None = None, event_rate_per_s: float | None = None,
+                 queue_model: str | None = None, sample_ms: float = 100.0, schedule=None):
+    """Backtest against the simulated venues of ``cfg`` for ``duration_s`` (default
+    cfg.sim.duration_s), or against the record file ``data`` (its instruments; a strategy's
+    instruments are taken from the file by key, else in file order).
+
+    ``strategy``: a name or kind -> that instance alone (a BacktestResult); None -> every
+    enabled instance together, in one market and under one risk state (a PortfolioResult);
+    a list of names -> those together. Each runs with the identity it has live (its strategy
+    id from the config's order, shard 0), its own ``timer_ms`` and ``book_levels``. Together on
+    ``data``, a strategy that cannot trade what the file holds is left out (named in
+    ``skipped``) unless none can.
+
+    ``schedule``: parameter changes at simulated times (strategies/param_schedule.py), applied
+    as ``run.py set`` applies them live; ConfigError naming every bad entry and key.
+    """
+    from common.schema import ConfigError
+    from strategies.registry import get_strategy_class
+
+    configs, together = _select(cfg, strategy)
+    mk = _market(cfg, data, duration_s, seed, event_rate_per_s, queue_model)
+    n_inst = max(i.instrument_id for i in mk.instruments)
+    built, skipped = [], {}
+    ids = strategy_ids(cfg.strategies)
+    for sc0 in configs:
+        # a sharded strategy runs as its shards, each with its block and live id ("name.k")
+        for k, block in enumerate(shard_instruments(sc0.instruments, sc0.shards)):
+            sc = sc0 if sc0.shards == 1 else dataclasses.replace(
+                sc0, name=process_name(sc0.name, k, sc0.shards), instruments=tuple(block),
+                shards=1)
+            insts = mk.strategy_instruments(sc.instruments)
+            try:
+                strat = get_strategy_class(sc.kind)(sc.params, insts,
+                                                    ids.get((sc0.name, k),
+                                                            strategy_id_of(cfg, sc0.name)), k)
+            except ConfigError as exc:
+                if not (together and data is not None):
+                    raise
+                skipped[sc.name] = str(exc)
+                continue
+            px, qty, meta = L2Book(n_inst, sc.book_levels).arrays
+            built.append((sc, strat, insts, strat.make_state(px, qty, meta, MAX_INTENTS)))
+    if not built:
+        raise ConfigError([f"{name}: {why}" for name, why in skipped.items()],
+                          f"no strategy can trade what {data} holds")
+    n_enabled = len(ids)
+    sids = [s.strategy_id for _sc, s, _i, _st in built]
+    # sized as the live gate sizes it for this config (stages/risk_gate.py)
+    limits = build_limits(cfg.risk, mk.instruments, max_strategies=max(1, n_enabled, *sids),
+                          groups=group_ids(cfg.strategies),
+                          shard_limits=shard_position_limits(cfg.risk.max_position_lots,
+                                                             cfg.strategies))
     sample_ns = int(sample_ms * 1e6)
-    n_curve = int((t_end - t_start) // sample_ns) + 3
-    curve = np.zeros((n_curve, 6))
-    trades = np.zeros(1 << 20)
-    qtimes = np.zeros(1 << 20, dtype=np.int64)
-    acks = np.zeros((ACK_RING, 2), dtype=np.int64)
-    cnt = np.zeros(C_WORDS, dtype=np.int64)
-    md_buf = np.zeros(4096, dtype=MARKET_DTYPE)
-    ex_buf = np.zeros(4096, dtype=EXEC_DTYPE)
-    denials = np.zeros(256, dtype=EXEC_DTYPE)
-    hctl = make_hctl(sc.timer_ms)
+    G = make_backtest_arrays(sids, mk.instruments, limits,
+                             [make_hctl(sc.timer_ms) for sc, *_ in built],
+                             n_samples=int((mk.t_end - mk.t_start) // sample_ns) + 3)
+    S = tuple((st.ctx, st.st, st.p) for *_x, st in built)
+    sets = []
+    if schedule:
+        sets = resolve(as_schedule(schedule), {sc.name: s for sc, s, *_ in built},
+                       {sc.name: st for sc, _s, _i, st in built},
+                       (mk.t_end - mk.t_start) / 1e9)
+    run = backtest_run_for(mk.kind, [type(s) for _sc, s, *_ in built])
+    vs = mk.venue.state
     initial_cash = float(cfg.backtest.initial_cash)
-    args = (advance, submit, vs, run_strategy_batch, *type(strat).hooks(), sstate.ctx,
-            sstate.st, sstate.p, limits, rstate, acct, curve, trades, qtimes, acks, cnt, md_buf,
-            ex_buf, denials, hctl, np.int64(t_start))
-    tail = (np.int64(sample_ns), initial_cash)
-    # Compile first (a run of zero length: nothing is due at t_start, only two curve points
-    # are written and then dropped), so wall_s measures the run and not numba.
+    t_end = np.int64(mk.t_end)
     compile_s = time.perf_counter()
-    backtest_loop(*args, np.int64(t_start), *tail)
+    _compile(run, (vs, S, G, t_end, t_end, np.int64(sample_ns), initial_cash))
     compile_s = time.perf_counter() - compile_s
-    cnt[:] = 0
-    hctl[:] = make_hctl(sc.timer_ms)
-    curve[:] = 0.0
+
+    start_loop(G, mk.t_start)
     wall = time.perf_counter()
     cpu = time.thread_time()
-    backtest_loop(*args, np.int64(t_end), *tail)
+    for ss in sets:
+        t = np.int64(mk.t_start + ss.t_ns)
+        if t > G.loop[0]["now"]:
+            run(vs, S, G, t, t_end, np.int64(sample_ns), initial_cash)
+        _sc, strat, _i, state = built[ss.index]
+        apply_params(strat, state, G.hctl[ss.index], ss.params)
+    run(vs, S, G, t_end, t_end, np.int64(sample_ns), initial_cash)
     cpu = time.thread_time() - cpu
     wall = time.perf_counter() - wall
-    counters = {name: int(cnt[i]) for i, name in enumerate(COUNTER_NAMES)}
-    counters["kernel_errors"] = int(hctl[H_KERNEL_ERRORS])
-    counters["intents_discarded"] = int(hctl[H_DISCARDED])
-    counters["wall_s"] = wall
-    counters["cpu_s"] = cpu          # this thread's CPU time: the figure on a shared machine
-    counters["compile_s"] = compile_s
-    counters["events"] = counters["md_records"] + counters["exec_reports"]
-    counters["simulated_s"] = (t_end - t_start) / 1e9
-    venue_counters = venue.counters() if hasattr(venue, "counters") else {}
-    k = int(cnt[C_N_CURVE])
-    c = curve[:k]
-    curve_d = {"t_ns": c[:, 0].astype(np.int64), "equity": c[:, 1], "realized": c[:, 2],
-               "unrealized": c[:, 3], "fees": c[:, 4], "abs_pos": c[:, 5]}
+    timing = {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s}
+    venue_counters = mk.venue.counters() if hasattr(mk.venue, "counters") else {}
+    parts = {}
+    for k, (sc, strat, insts, state) in enumerate(built):
+        parts[sc.name] = _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash,
+                                          [s for s in sets if s.index == k],
+                                          timing if not together else {}, venue_counters)
+    if not together:
+        return parts[configs[0].name]
+    total = _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters)
+    report = {"total": total.report, "strategies": {n: r.report for n, r in parts.items()},
+              "source": mk.source, "skipped": dict(skipped)}
+    return PortfolioResult(mk.source, report, total, parts, total.counters, venue_counters,
+                           dict(skipped))
+
+
+def _compile(run, args) -> None:
+    """Compile (or load from numba's cache) ``run`` for these arguments without running it,
+    so that the run's wall time measures the run and not numba."""
+    import numba
+
+    run.compile(tuple(numba.typeof(a) for a in args))
+
+
+def _rejects(row) -> dict:
+    return {REJECT_NAMES.get(c, f"REJECT_{c}"): int(n) for c, n in enumerate(row) if n}
+
+
+def _report(curve, trades, qtimes, counters, initial_cash):
     from market.report import build_report
 
-    tp = trades[:int(cnt[C_N_TRADES])].copy()
-    qt = qtimes[:int(cnt[C_N_QUEUE])].copy()
-    report = build_report(curve=curve_d, trade_pnls=tp, queue_times_ns=qt, counters=counters,
-                          initial_cash=initial_cash)
-    report["strategy"] = {"name": sc.name, "kind": sc.kind,
-                          "instruments": [i.key for i in strat_insts]}
-    report["source"] = source
+    return build_report(curve=curve, trade_pnls=trades, queue_times_ns=qtimes, counters=counters,
+                        initial_cash=initial_cash)
+
+
+def _curve(G: BacktestArrays, row: int) -> dict:
+    n = int(G.cnt[-1]["curve_points"])
+    c = G.curve[row, :n]
+    return {name: c[name].copy() for name in c.dtype.names}
+
+
+def _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash, sets, timing,
+                     venue_counters) -> BacktestResult:
+    cnt = G.cnt[k]
+    counters = {name: int(cnt[name]) for name in COUNTER_NAMES}
+    for name in ("md_records", "curve_points"):
+        counters[name] = int(G.cnt[-1][name])
+    hctl = G.hctl[k]
+    counters["kernel_errors"] = int(hctl[H_KERNEL_ERRORS])
+    counters["intents_discarded"] = int(hctl[H_DISCARDED])
+    counters.update(timing)
+    counters["events"] = counters["md_records"] + counters["exec_reports"]
+    counters["simulated_s"] = (mk.t_end - mk.t_start) / 1e9
+    n_tr = int(G.cnt[-1]["closed_trades"])
+    n_q = int(G.cnt[-1]["queue_samples"])
+    tp = G.trades[:n_tr][G.trade_k[:n_tr] == k].copy()
+    qt = G.qtimes[:n_q][G.qtime_k[:n_q] == k].copy()
+    curve = _curve(G, k)
+    report = _report(curve, tp, qt, counters, initial_cash)
+    report["strategy"] = {"name": sc.name, "kind": sc.kind, "strategy_id": strat.strategy_id,
+                          "instruments": [i.key for i in insts]}
+    report["source"] = mk.source
     report["kernel_errors"] = counters["kernel_errors"]
-    rt = sstate.ctx.rt[0]
+    report["turnover"] = float(G.turnover[k])
+    report["rejects"] = {"risk": _rejects(G.rej_risk[k]), "venue": _rejects(G.rej_venue[k])}
+    if sets:
+        report["params_schedule"] = [{"at_s": s.t_ns / 1e9, "params": s.overrides}
+                                     for s in sets]
+    rt = state.ctx.rt[0]
     if rt["halted"]:
         report["halted"] = {"reason": HALT_NAMES.get(int(rt["halted"]), "halted"),
-                            "at_s": (int(rt["halt_ns"]) - t_start) / 1e9}
-    return BacktestResult(sc.name, sc.kind, source, report, curve_d, tp, qt, counters,
-                          venue_counters, sstate)
+                            "at_s": (int(rt["halt_ns"]) - mk.t_start) / 1e9}
+    return BacktestResult(sc.name, sc.kind, mk.source, report, curve, tp, qt, counters,
+                          venue_counters, state)
+
+
+def _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters) -> BacktestResult:
+    counters = {name: sum(p.counters[name] for p in parts.values()) for name in COUNTER_NAMES}
+    for name in _RUN_COUNTERS:
+        counters[name] = int(G.cnt[-1][name])
+    for name in ("kernel_errors", "intents_discarded"):
+        counters[name] = sum(p.counters[name] for p in parts.values())
+    counters.update(timing)
+    counters["events"] = counters["md_records"] + counters["exec_reports"]
+    counters["simulated_s"] = (mk.t_end - mk.t_start) / 1e9
+    n_tr = counters["closed_trades"]
+    n_q = counters["queue_samples"]
+    tp = G.trades[:n_tr].copy()
+    qt = G.qtimes[:n_q].copy()
+    curve = _curve(G, len(parts))
+    report = _report(curve, tp, qt, counters, initial_cash)
+    report["strategies"] = list(parts)
+    report["source"] = mk.source
+    report["kernel_errors"] = counters["kernel_errors"]
+    report["turnover"] = float(G.turnover.sum())
+    report["rejects"] = {"risk": _rejects(G.rej_risk.sum(axis=0)),
+                         "venue": _rejects(G.rej_venue.sum(axis=0))}
+    if sets:
+        report["params_schedule"] = [{"at_s": s.t_ns / 1e9, "strategy": s.name,
+                                      "params": s.overrides} for s in sets]
+    return BacktestResult("total", "portfolio", mk.source, report, curve, tp, qt, counters,
+                          venue_counters, None)

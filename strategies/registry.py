@@ -10,15 +10,16 @@ the numba kernels).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import pkgutil
-import sys
 from pathlib import Path
+
+from common.codegen import import_file
 
 STRATEGY_PATH_ENV = "HFTFARM_STRATEGY_PATH"
 
-_NOT_STRATEGIES = {"base", "registry", "host", "backtest", "features", "__init__"}
+_NOT_STRATEGIES = {"base", "registry", "host", "backtest", "backtest_codegen", "param_schedule",
+                   "features", "__init__"}
 _cache: dict[str, type] = {}
 
 
@@ -39,22 +40,6 @@ def _plugin_files() -> dict[str, Path]:
     return out
 
 
-def load_module_file(name: str, path) -> object:
-    """Import the module file ``path`` as ``name`` once per process (strategies from the
-    strategy path; the generated host steps of stages/host_codegen.py)."""
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return mod
-
-
 def _module_names() -> list[str]:
     return sorted({*_builtin_names(), *_plugin_files()})
 
@@ -64,7 +49,7 @@ def _load(kind: str) -> type | None:
 
     plugin = _plugin_files().get(kind) if kind not in _builtin_names() else None
     if plugin is not None:
-        mod = load_module_file(f"hftfarm_strategy_{kind}", plugin)
+        mod = import_file(f"hftfarm_strategy_{kind}", plugin)
     else:
         mod = importlib.import_module(f"strategies.{kind}")
     found = [obj for obj in vars(mod).values()

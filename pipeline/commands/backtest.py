@@ -1,25 +1,45 @@
-"""``run.py backtest [--config F] [--strategy NAME] [--data F] [--json] [--out DIR]``.
+"""``run.py backtest [--config F] [--strategy NAME] [--data F] [--params-schedule F] [--json]
+[--out DIR]``.
 
-Cold path (operator's shell). Runs the deterministic backtest of ``strategies.backtest`` for one
-strategy instance, or for each enabled instance when --strategy is not given, and writes the
-report, the equity curve (CSV) and its plot (PNG) into --out (default
-runs/backtest/<UTC timestamp>). Imports numpy/numba only inside the handler.
+Cold path (operator's shell). Runs the deterministic backtest of ``strategies.backtest``: one
+strategy instance alone (--strategy), or every enabled instance together in one simulated
+market under one risk state (the default), and writes the report(s), the equity curve(s) (CSV)
+and plot(s) (PNG) into --out (default runs/backtest/<UTC timestamp>): per strategy
+``<name>_equity.csv|png`` and ``<name>_report.json``, for the run of several the total as
+``_total_equity.csv|png`` and ``_total_report.json`` (no strategy name starts with ``_``).
+Imports numpy/numba only inside the handler.
 """
 from __future__ import annotations
 
+SCHEDULE_HELP = """\
+--params-schedule FILE: parameter changes at simulated times, a TOML file (JSON with the
+same structure when the name ends in .json). Each change is applied as `run.py set` applies
+it live and validated as the config is (exit 2 naming the entry and the key); strategy may
+be left out with --strategy. Example:
+    [[change]]
+    at_s = 60
+    strategy = "mm_btc"
+    params = { gamma = 0.5, order_qty_lots = 5 }"""
+
 
 def register(sub) -> None:
+    import argparse
+
     p = sub.add_parser(
-        "backtest", help="deterministic backtest of a strategy on simulated venues or recorded "
-        "data; writes report, equity CSV and PNG")
+        "backtest", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="deterministic backtest of the configured strategies (together, or one with "
+        "--strategy) on simulated venues or recorded data; writes reports, equity CSV and PNG",
+        epilog=SCHEDULE_HELP)
     p.add_argument("--config", default=None, help="config file (default: config.toml)")
     p.add_argument("--strategy", default=None,
-                   help="strategy instance name or kind from [[strategies]] (default: every "
-                   "enabled instance, one after the other)")
+                   help="strategy instance name or kind from [[strategies]]: that instance "
+                   "alone (default: every enabled instance together, in one market, under one "
+                   "risk state, each with its own report and the total)")
     p.add_argument("--data", default=None,
                    help="record file (market/recordfile.py format, e.g. from `run.py replay "
                    "lobster`): replay it instead of simulating; passive fills then come from "
-                   "the queue model backtest.queue_model")
+                   "the queue model backtest.queue_model. Without --strategy, the strategies "
+                   "that can trade what it holds run together (the others are skipped)")
     p.add_argument("--queue-model", default=None, choices=("conservative", "probabilistic"),
                    help="override backtest.queue_model for --data")
     p.add_argument("--duration", type=float, default=None,
@@ -28,19 +48,20 @@ def register(sub) -> None:
     p.add_argument("--event-rate", type=float, default=None,
                    help="background events per second per simulated venue "
                    "(default: backtest.event_rate_per_s, 1000)")
+    p.add_argument("--params-schedule", default=None, metavar="FILE",
+                   help="parameter changes at simulated times (TOML; see below)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     p.add_argument("--out", default=None, help="output folder (default runs/backtest/<UTC time>)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import json
     import sys
     import time
     from pathlib import Path
 
     from common.schema import ConfigError
-    from pipeline.commands._inputs import output_dir
+    from pipeline.commands._inputs import input_file, output_dir
     from pipeline.config import load_config
     from pipeline.exits import EXIT_USAGE, CliError
 
@@ -54,18 +75,26 @@ def run(args) -> int:
         raise CliError(f"--duration {args.duration}: must be > 0 seconds", EXIT_USAGE)
     if args.event_rate is not None and args.event_rate <= 0:
         raise CliError(f"--event-rate {args.event_rate}: must be > 0", EXIT_USAGE)
+    schedule = None
+    if args.params_schedule is not None:
+        from strategies.param_schedule import load_schedule
+
+        input_file(args.params_schedule, "--params-schedule", "schedule file (TOML)")
+        try:
+            schedule = load_schedule(args.params_schedule)
+        except ConfigError as exc:
+            raise CliError(f"--params-schedule {exc}", EXIT_USAGE) from None
 
     from strategies.backtest import _strategy_config, run_backtest
-    from market.report import format_text, to_json, write_equity_csv, write_equity_png
 
     if args.strategy is not None:
         try:
-            names = [_strategy_config(cfg, args.strategy).name]
+            name = _strategy_config(cfg, args.strategy).name
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
     else:
-        names = [s.name for s in cfg.strategies if s.enabled]
-        if not names:
+        name = None
+        if not any(s.enabled for s in cfg.strategies):
             raise CliError(f"{cfg.source}: no enabled [[strategies]] entry", EXIT_USAGE)
     out = Path(args.out) if args.out else \
         Path(cfg.instance.run_dir) / "backtest" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -75,41 +104,57 @@ def run(args) -> int:
     except OSError as exc:
         raise CliError(f"--out {out}: cannot create the directory: {exc.strerror or exc}; "
                        f"choose another --out", EXIT_USAGE) from None
-    reports = {}
-    skipped: list[str] = []
-    for name in names:
-        try:
-            res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
-                               event_rate_per_s=args.event_rate or cfg.backtest.event_rate_per_s,
-                               queue_model=args.queue_model)
-        except (ValueError, KeyError) as exc:
-            raise CliError(f"backtest {name}: {exc}", EXIT_USAGE) from None
-        except ConfigError as exc:
-            if args.data is not None and args.strategy is None:
-                # a replay of a recording runs the strategies that can trade what it holds
-                skipped.append(f"{name} ({exc})")
-                continue
-            hint = "" if args.data is None else (
-                f"; {args.data} may not hold the instruments {name} trades: choose a strategy "
-                f"for them with --strategy")
-            raise CliError(f"backtest {name}: {exc}{hint}", EXIT_USAGE) from None
-        write_equity_csv(out / f"{name}_equity.csv", res.curve)
-        write_equity_png(out / f"{name}_equity.png", res.curve,
-                         f"{name} ({res.kind}) on {res.source}")
-        (out / f"{name}_report.json").write_text(to_json(res.report) + "\n")
-        reports[name] = res.report
-        if not args.json:
-            print(format_text(res.report, name))
-            print(f"  wrote {out / (name + '_equity.csv')}, .png, _report.json")
-    for why in skipped:
-        print(f"skipped {why}", file=sys.stderr)
-    if not reports:
-        raise CliError(f"no strategy of {cfg.source} can trade what {args.data} holds; "
-                       "choose one for it with --strategy", EXIT_USAGE)
-    if args.json:
-        print(to_json(reports if len(reports) > 1 else next(iter(reports.values()))))
+    what = f"backtest {name}" if name else "backtest"
+    try:
+        res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
+                           event_rate_per_s=args.event_rate or cfg.backtest.event_rate_per_s,
+                           queue_model=args.queue_model, schedule=schedule)
+    except (ValueError, KeyError) as exc:
+        raise CliError(f"{what}: {exc}", EXIT_USAGE) from None
+    except ConfigError as exc:
+        if schedule is not None and exc.source == schedule.source:
+            raise CliError(f"--params-schedule {exc}", EXIT_USAGE) from None
+        hint = ""
+        if args.data is not None:
+            hint = (f"; {args.data} may not hold the instruments {name} trades: choose a "
+                    f"strategy for them with --strategy" if name else
+                    "; choose a strategy for it with --strategy")
+        raise CliError(f"{what}: {exc}{hint}", EXIT_USAGE) from None
+    if name is not None:
+        _write(out, name, res, f"{name} ({res.kind}) on {res.source}")
+        _print(args, res.report, name, out)
+    else:
+        for why in res.skipped.items():
+            print(f"skipped {why[0]} ({why[1]})", file=sys.stderr)
+        for n, part in res.strategies.items():
+            _write(out, n, part, f"{n} ({part.kind}) on {res.source}, with "
+                   f"{', '.join(x for x in res.strategies if x != n) or 'nothing else'}")
+        _write(out, "_total", res.total,
+               f"total of {', '.join(res.strategies)} on {res.source}")
+        _print(args, res.report, None, out)
     sys.stdout.flush()
     return 0
+
+
+def _write(out, name: str, res, title: str) -> None:
+    from market.report import to_json, write_equity_csv, write_equity_png
+
+    write_equity_csv(out / f"{name}_equity.csv", res.curve)
+    write_equity_png(out / f"{name}_equity.png", res.curve, title)
+    (out / f"{name}_report.json").write_text(to_json(res.report) + "\n")
+
+
+def _print(args, report: dict, name: str | None, out) -> None:
+    from market.report import format_portfolio, format_text, to_json
+
+    if args.json:
+        print(to_json(report))
+    elif name is not None:
+        print(format_text(report, name))
+        print(f"  wrote {out / (name + '_equity.csv')}, .png, _report.json")
+    else:
+        print(format_portfolio(report))
+        print(f"  wrote <strategy>_equity.csv, .png, _report.json and _total_* into {out}")
 
 
 def _check_data(path: str) -> None:

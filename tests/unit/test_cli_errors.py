@@ -219,8 +219,49 @@ def test_backtest_on_a_recording_runs_the_strategies_that_can_trade_it(shared_da
     code, err = run_cli(capsys, ["backtest", "--data", rec, "--out", out])
     assert code == 0, err
     assert "skipped pairs_btc_eth (" in err and "needs exactly 2 instrument(s)" in err
-    assert sorted(p.name for p in out.iterdir()) == ["mm_btc_equity.csv", "mm_btc_equity.png",
-                                                     "mm_btc_report.json"]
+    # the ones that can trade it run together: here the market maker alone, and the total
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_total_equity.csv", "_total_equity.png", "_total_report.json",
+        "mm_btc_equity.csv", "mm_btc_equity.png", "mm_btc_report.json"]
+
+
+def test_backtest_without_strategy_runs_them_together_and_reports_each_and_the_total(
+        tmp_path, capsys):
+    import json
+
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["backtest", "--duration", "6", "--event-rate", "300",
+                                 "--out", out, "--json"])
+    assert code == 0, err
+    rep = json.loads((out / "_total_report.json").read_text())
+    names = ["mm_btc", "pairs_btc_eth", "arb_btc"]
+    assert rep["strategies"] == names
+    for n in names + ["_total"]:
+        for suffix in ("_equity.csv", "_equity.png", "_report.json"):
+            assert (out / f"{n}{suffix}").is_file()
+    parts = [json.loads((out / f"{n}_report.json").read_text()) for n in names]
+    assert abs(sum(p["pnl"]["total"] for p in parts) - rep["pnl"]["total"]) < 1e-6
+    for key in ("turnover", "rejects", "sharpe", "max_drawdown", "fill_rate"):
+        assert all(key in p for p in parts + [rep])
+
+
+def test_backtest_params_schedule_that_is_wrong_exits_2_naming_the_key(tmp_path, files, capsys):
+    bad = tmp_path / "sched.toml"
+    bad.write_text('[[change]]\nat_s = 2\nstrategy = "mm_btc"\nparams = { gama = 0.5 }\n')
+    assert_input_error(capsys, ["backtest", "--strategy", "mm_btc", "--duration", "5",
+                                "--params-schedule", bad, "--out", tmp_path / "o"],
+                       "--params-schedule", "sched.toml", "change[0].params.gama",
+                       "unknown parameter")
+    bad.write_text('[[change]]\nat_s = 2\nparams = { gamma = -1.0 }\n')
+    assert_input_error(capsys, ["backtest", "--duration", "5", "--params-schedule", bad,
+                                "--out", tmp_path / "o"],
+                       "change[0].strategy: missing")
+    assert_input_error(capsys, ["backtest", "--strategy", "mm_btc", "--params-schedule", bad,
+                                "--out", tmp_path / "o"], "change[0].params.gamma = -1.0")
+    assert_input_error(capsys, ["backtest", "--params-schedule", files / "junk.txt",
+                                "--out", tmp_path / "o"], "junk.txt", "not TOML")
+    assert_input_error(capsys, ["backtest", "--params-schedule", files / "missing.toml",
+                                "--out", tmp_path / "o"], "--params-schedule", "missing.toml")
 
 
 def test_backtest_data_that_is_no_record_file_names_the_fix(shared_data, files, capsys):

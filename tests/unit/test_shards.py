@@ -15,7 +15,8 @@ from market import risk
 from pipeline.config import parse_config
 from shm.records import (EXEC_FILL, INTENT_NEW, REJECT_MAX_OPEN_ORDERS, REJECT_MAX_POSITION,
                          SIDE_BUY, SIDE_SELL)
-from stages.topology import build_topology, shard_position_limits
+from common.runtime import shard_position_limits
+from stages.topology import build_topology
 from tests.unit.test_config_check import DEFAULT, problems_of
 from tests.unit.test_risk import BASE, UNIT, accept, check, exec_for, feed, order
 from tests.unit.scenario_records import instrument
@@ -90,8 +91,9 @@ def test_the_topology_runs_one_process_per_shard_with_its_own_rings_and_block():
     assert "strategy-mm_btc.0" in topo.md_readers["simA"]
     assert "strategy-mm_btc.1" in topo.md_readers["simA"]
     # each shard's own limit: the strategy's split evenly (rounded up) unless configured
-    lim = shard_position_limits(cfg.risk, mm)
-    assert lim == {1: -(-cfg.risk.max_position_lots // 2), 2: -(-cfg.risk.max_position_lots // 2)}
+    lim = shard_position_limits(cfg.risk.max_position_lots, cfg.strategies)
+    half = -(-cfg.risk.max_position_lots // 2)
+    assert (lim[1], lim[2]) == (half, half) and lim[3] == cfg.risk.max_position_lots
 
 
 # -- the risk gate: per shard and per strategy ------------------------------------------------
