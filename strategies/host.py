@@ -199,26 +199,9 @@ def apply_params(strategy, state, hctl, params, version: int | None = None) -> N
     hctl[H_PARAMS_PENDING] = 1
 
 
-class HostedStrategy:
-    """Cold owner of one strategy's books, state and host words, driven by hand (tests, tools,
-    warm-ups). ``step`` runs one batch through ``run_strategy_batch`` and returns a *view* of
-    the intents written (valid until the next call).
-
-    ``timer_ms`` as in config (default: the strategy runtime's default); ``timer_ms=0`` makes
-    every ``step`` a timer tick as well (a test that wants to drive time by hand).
-    """
-
-    def __init__(self, strategy, n_instruments: int | None = None,
-                 max_levels: int = DEFAULT_BOOK_LEVELS, max_intents: int = 256,
-                 timer_ms: float = DEFAULT_TIMER_MS):
-        self.strategy = strategy
-        n = n_instruments or max(i.instrument_id for i in strategy.instruments)
-        self.book = L2Book(n, max_levels)
-        self.state = strategy.make_state(*self.book.arrays, max_intents=max_intents)
-        self.hctl = make_hctl(timer_ms) if timer_ms > 0 else make_hctl(1e-6)
-        self._every_step = timer_ms <= 0
-        self._no_md = np.zeros(0, dtype=MARKET_DTYPE)
-        self._no_ex = np.zeros(0, dtype=EXEC_DTYPE)
+class HostView:
+    """Read access to a host's ``state`` (a StrategyState) and ``hctl``, by name: for tests and
+    tools that drive a strategy (HostedStrategy here, the live host step in the tests)."""
 
     @property
     def ctx(self):
@@ -244,6 +227,29 @@ class HostedStrategy:
     @property
     def halted(self) -> int:
         return int(self.state.ctx.rt[0]["halted"])
+
+
+class HostedStrategy(HostView):
+    """Cold owner of one strategy's books, state and host words, driven by hand (tests, tools,
+    warm-ups). ``step`` runs one batch through ``run_strategy_batch`` and returns a *view* of
+    the intents written (valid until the next call).
+
+    ``timer_ms`` as in config (default: the strategy runtime's default); ``timer_ms=0`` makes
+    every ``step`` a timer tick as well (a test that wants to drive time by hand).
+    """
+
+    def __init__(self, strategy, n_instruments: int | None = None,
+                 max_levels: int = DEFAULT_BOOK_LEVELS, max_intents: int = 256,
+                 timer_ms: float = DEFAULT_TIMER_MS):
+        self.strategy = strategy
+        n = n_instruments or max(i.instrument_id for i in strategy.instruments)
+        self.book = L2Book(n, max_levels)
+        self.state = strategy.make_state(*self.book.arrays, max_intents=max_intents)
+        self.hctl = make_hctl(timer_ms) if timer_ms > 0 else make_hctl(1e-6)
+        self._every_step = timer_ms <= 0
+        self._no_md = np.zeros(0, dtype=MARKET_DTYPE)
+        self._no_ex = np.zeros(0, dtype=EXEC_DTYPE)
+
 
     def set_params(self, params, version: int | None = None) -> None:
         """New parameters (a validated Params instance), applied before the next batch."""

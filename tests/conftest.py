@@ -22,6 +22,17 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run full-size stress tests")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` whole (each compiles code no other default test needs, e.g. a
+    backtest loop for an extra strategy set) run only with --run-slow (``make test-all``)."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-all)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def run_slow(request) -> bool:
     return bool(request.config.getoption("--run-slow"))

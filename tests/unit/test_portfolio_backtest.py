@@ -272,6 +272,7 @@ def _rest_and_take(cfg, monkeypatch, stp: bool):
             res.strategies["taker"].strategy_state.fields)
 
 
+@pytest.mark.slow   # compiles a backtest loop for its own strategy set
 def test_the_gate_stops_an_order_that_would_trade_with_another_strategys(cfg, monkeypatch):
     res, rest, take = _rest_and_take(cfg, monkeypatch, stp=True)
     assert rest.coid != 0 and take.coid != 0 and take.px == rest.px   # it aimed at the rest
@@ -282,6 +283,7 @@ def test_the_gate_stops_an_order_that_would_trade_with_another_strategys(cfg, mo
     assert res.strategies["taker"].counters["orders_sent"] == 0
 
 
+@pytest.mark.slow   # compiles a backtest loop for its own strategy set
 def test_without_the_gates_stp_the_venue_matches_two_strategies_orders(cfg, monkeypatch):
     from shm.records import LIQ_MAKER, LIQ_TAKER
 
@@ -371,6 +373,7 @@ def test_the_default_config_runs_its_full_configured_duration_without_a_halt(cfg
     assert res.report["total"]["counters"]["simulated_s"] == pytest.approx(cfg.sim.duration_s)
 
 
+@pytest.mark.slow   # compiles a backtest loop for its own strategy set
 def test_a_sharded_strategy_backtests_as_its_shards_each_on_its_block(cfg):
     import dataclasses
 

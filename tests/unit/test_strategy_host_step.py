@@ -31,7 +31,7 @@ from strategies.base import (
 )
 from strategies.host import (
     H_CALLS, H_DISCARDED, H_FB_N, H_KERNEL_ERRORS, H_LAST_SEQ, H_OUT, H_PUSHBACK, H_SKIPPED,
-    HostedStrategy, make_hctl, skip_applied,
+    HostedStrategy, HostView, make_hctl, skip_applied,
 )
 from strategies.registry import make_strategy
 from tests.unit.scenario_records import ack, execs, fill, instrument, report, snapshot, top, trade
@@ -40,7 +40,7 @@ from tests.unit.test_strategy_conformance import INSTRUMENTS, KINDS, STEPS, Scri
 MS = 1_000_000
 
 
-class LiveHost:
+class LiveHost(HostView):
     """The strategy-host stage's hot path without its process: the generated host_step over
     one market-data broadcast ring, the exec and reject rings and the intent ring. The clock is
     pinned (ns per tick 0), so ``step(now_ns=t)`` runs the hooks at exactly t. Books, buffer
@@ -75,18 +75,6 @@ class LiveHost:
     def _ring(self, ring):
         self.rings.append(ring)
         return ring
-
-    @property
-    def ctx(self):
-        return self.state.ctx
-
-    @property
-    def st(self):
-        return self.state.fields
-
-    @property
-    def rt(self):
-        return self.state.ctx.rt[0]
 
     def step(self, md=None, ex=None, rejects=None, now_ns=0, drain=True):
         """Publish the inputs, run one host step at ``now_ns``; the intents that reached the
