@@ -75,3 +75,21 @@ def shard_position_limits(max_position_lots: int, strategies) -> dict:
         own = getattr(s, "shard_max_position_lots", None)
         out[sid] = own if own is not None else -(-max_position_lots // int(s.shards))
     return out
+
+
+# ---- hctl: int64 words of one strategy host (strategies/host.py; the backtest loop reads some)
+H_NEXT_TIMER = 0      # time of the next timer tick (ns); -1 = not started (the first batch
+                      # starts the timer: its first tick is one period later)
+H_FB_N = 1            # live: push-back answers waiting for the next batch
+H_MD_IN = 2           # market records read
+H_EX_IN = 3           # execution reports read from the rings
+H_OUT = 4             # intents published to the gate
+H_PUSHBACK = 5        # intents the full intent ring refused (answered REJECT_HALTED)
+H_CALLS = 6           # batches that called hooks
+H_KERNEL_ERRORS = 7   # hook calls that raised (or wrote a bad count): the strategy halted
+H_DISCARDED = 8       # intents discarded with those calls
+H_LAST_SEQ = 9        # newest router sequence number applied (restored from the journal)
+H_SKIPPED = 10        # exec reports skipped as already applied (reserved <= H_LAST_SEQ)
+H_TIMER_NS = 11       # timer period (ns)
+H_PARAMS_PENDING = 12  # a new parameter record is waiting to be applied between batches
+H_WORDS = 16

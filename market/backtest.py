@@ -59,6 +59,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from common.runtime import H_NEXT_TIMER, H_PARAMS_PENDING  # the runtime's hctl words it reads
 from market.accounting import apply_fill, make_positions, unrealized_ticks
 from market.book import L2Book, book_apply_batch, valid_mid_x2
 from market.risk import (GATE_BOOK_LEVELS, check_order, make_risk_state, mark_to_market,
@@ -68,10 +69,6 @@ from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_
                          MARKET_DTYPE, SIDE_BUY)
 from shm.recordops import deny_order
 
-# Words of the runtime's hctl (strategies/host.py) the loop reads; this layer cannot import
-# strategies, tests/unit/test_portfolio_backtest.py checks they agree.
-H_NEXT_TIMER = 0       # = strategies.host.H_NEXT_TIMER (the strategy's next timer tick, ns)
-H_PARAMS_PENDING = 12  # = strategies.host.H_PARAMS_PENDING (new parameters wait for a batch)
 
 # Counters, one row per strategy and a last row for the whole run. In a strategy's row every
 # counter is its own except md_records and curve_points (the run's); in the last row the loop
@@ -208,6 +205,16 @@ def _account(G, k, e):
 
 
 @njit(cache=True, _nrt=False)
+def _curve_row(row, t, initial_cash, realized, unreal, fees, abs_pos):
+    row.t_ns = t
+    row.equity = initial_cash + realized + unreal - fees
+    row.realized = realized
+    row.unrealized = unreal
+    row.fees = fees
+    row.abs_pos = abs_pos
+
+
+@njit(cache=True, _nrt=False)
 def _sample(G, t, initial_cash):
     """One equity point per strategy and for the total (sum over strategies; inventory = sum
     over instruments of |net position|)."""
@@ -230,13 +237,7 @@ def _sample(G, t, initial_cash):
             fees += p.fees
             unreal += unrealized_ticks(p, G.mark[i]) * G.value[i]
             abs_pos += abs(p.pos)
-        row = G.curve[k, n]
-        row.t_ns = t
-        row.equity = initial_cash + realized + unreal - fees
-        row.realized = realized
-        row.unrealized = unreal
-        row.fees = fees
-        row.abs_pos = abs_pos
+        _curve_row(G.curve[k, n], t, initial_cash, realized, unreal, fees, abs_pos)
         t_real += realized
         t_fees += fees
         t_unreal += unreal
@@ -246,13 +247,7 @@ def _sample(G, t, initial_cash):
         for k in range(n_strat):
             net += G.pos[k, i].pos
         net_abs += abs(net)
-    row = G.curve[n_strat, n]
-    row.t_ns = t
-    row.equity = initial_cash + t_real + t_unreal - t_fees
-    row.realized = t_real
-    row.unrealized = t_unreal
-    row.fees = t_fees
-    row.abs_pos = net_abs
+    _curve_row(G.curve[n_strat, n], t, initial_cash, t_real, t_unreal, t_fees, net_abs)
     tot.curve_points = n + 1
 
 

@@ -37,29 +37,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS
+from common.runtime import (  # noqa: F401  (the hctl layout, used here and re-exported)
+    DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, H_CALLS, H_DISCARDED, H_EX_IN, H_FB_N,
+    H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_NEXT_TIMER, H_OUT, H_PARAMS_PENDING, H_PUSHBACK,
+    H_SKIPPED, H_TIMER_NS, H_WORDS,
+)
 from market.book import L2Book, book_apply_batch
 from shm.records import EXEC_DTYPE, MARKET_DTYPE
 from strategies.base import (HALT_BAD_COUNT, HALT_EXEC, HALT_MARKET, HALT_PARAMS, HALT_TIMER,
                              apply_execs, cancel_all, forget_intents, note_market)
 
 
-# ---- hctl: int64 words of one strategy host ---------------------------------------------------
-H_NEXT_TIMER = 0      # time of the next timer tick (ns); -1 = not started (the first batch
-                      # starts the timer: its first tick is one period later)
-H_FB_N = 1            # live: push-back answers waiting for the next batch
-H_MD_IN = 2           # market records read
-H_EX_IN = 3           # execution reports read from the rings
-H_OUT = 4             # intents published to the gate
-H_PUSHBACK = 5        # intents the full intent ring refused (answered REJECT_HALTED)
-H_CALLS = 6           # batches that called hooks
-H_KERNEL_ERRORS = 7   # hook calls that raised (or wrote a bad count): the strategy halted
-H_DISCARDED = 8       # intents discarded with those calls
-H_LAST_SEQ = 9        # newest router sequence number applied (restored from the journal)
-H_SKIPPED = 10        # exec reports skipped as already applied (reserved <= H_LAST_SEQ)
-H_TIMER_NS = 11       # timer period (ns)
-H_PARAMS_PENDING = 12  # a new parameter record is waiting to be applied between batches
-H_WORDS = 16
+# hctl, the host's int64 words (H_*): their layout is common/runtime.py's, shared with the
+# backtest loop (market/backtest.py), which cannot import this module
 
 
 def make_hctl(timer_ms: float = DEFAULT_TIMER_MS) -> np.ndarray:
