@@ -11,21 +11,28 @@ The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-iden
 
     venue.advance(until the next delivery, the next timer tick of any strategy, or now when
                   risk denials or new parameters wait)
-        -> market records and exec reports received at time t
+        -> market records (put venue by venue, as the live rings carry them) and exec
+           reports received at time t
     sample every strategy's equity (and the total) every ``sample_ns``
+    market records into the gate's own L2 book (depth GATE_BOOK_LEVELS, as the live gate's),
+        then every touched instrument marked to market (market.risk.gate_apply_md, gate_mark:
+        the live gate's own kernels, in its order), which gives the reference prices
     each report: to the risk state (market.risk.on_exec, the gate's code); fills into the books
         of record (market.accounting.apply_fill per strategy x instrument); then into the
         report buffer of the strategy whose id it carries
-    market records into the gate's own L2 book (depth GATE_BOOK_LEVELS, as the live gate's),
-        which marks to market (market.risk.mark_to_market) and gives the reference prices
     for each strategy, in strategy-id order (strategy_round):
-        batch(hooks..., ctx, st, p, md, its reports, t, its hctl)   # run_strategy_batch
+        batch(hooks..., ctx, st, p, its venues' md, its reports, t, its hctl)
+                                                              # run_strategy_batch
         each intent: market.risk.check_order(...) against the one risk state
             pass -> risk.on_accept, venue.submit(order, t)   # arrives after the order latency
             deny -> an EXEC_REJECT (EFLAG_FROM_RISK) delivered to it with the next batch
 
-Every strategy sees every market record (each keeps its own books, ``book_levels`` deep) and
-only its own reports; each runs its own timer (``timer_ms``). Orders of different strategies
+This is the order of the live pipeline's sim-time mode round for round (pipeline/lockstep.py),
+which is how the suite proves a live run equal to its backtest.
+
+Every strategy sees the market records of its own instruments' venues (each keeps its own books,
+``book_levels`` deep), as a live strategy host reads only those venues' rings, and only its own
+reports; each runs its own timer (``timer_ms``). Orders of different strategies
 meet on the same simulated books (the matching engine's self-trade prevention is per owner, as
 a venue's is per account) unless the gate stops them first: its self-trade check looks at the
 resting orders of every strategy of the instance, exactly as live. Shared limits (loss,
@@ -61,12 +68,12 @@ from numba import njit
 
 from common.runtime import H_NEXT_TIMER, H_PARAMS_PENDING  # the runtime's hctl words it reads
 from market.accounting import apply_fill, make_positions, unrealized_ticks
-from market.book import L2Book, book_apply_batch, valid_mid_x2
-from market.risk import (GATE_BOOK_LEVELS, check_order, make_risk_state, mark_to_market,
-                         on_accept, on_exec)
+from market.book import L2Book, valid_mid_x2
+from market.risk import (GATE_BOOK_LEVELS, R_MARKS, check_order, gate_apply_md, gate_mark,
+                         make_risk_state, on_accept, on_exec)
 from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL,
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
-                         MARKET_DTYPE, SIDE_BUY)
+                         MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
 from shm.recordops import deny_order
 
 
@@ -108,6 +115,7 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "pos",        # POSITION_DTYPE[N, n_inst + 1]: the books of record (market/accounting.py)
     "value",      # float64[n_inst + 1]: quote value of one tick of one lot
     "mark",       # int64[n_inst + 1]: last valid mid (bid + ask, ticks) of the gate's book
+                  # (the risk state's own marks, rstate[R_MARKS])
     "turnover",   # float64[N]: traded notional, quote currency
     "curve",      # CURVE_DTYPE[N + 1, n_samples]
     "trades",     # float64[cap]: closed-trade PnLs (quote, after that fill's fee), all strategies
@@ -115,21 +123,37 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "qtimes",     # int64[cap]: time in queue of maker fills (ns), all strategies
     "qtime_k",    # int64[cap]
     "acks",       # int64[N, ACK_RING, 2]: (client_order_id, when it (re)joined a queue)
-    "md",         # MARKET_DTYPE[BATCH_MD]: this round's market records
+    "md",         # MARKET_DTYPE[BATCH_MD]: this round's market records, venue by venue
+    "mdk",        # MARKET_DTYPE[BATCH_MD]: the round's records of one strategy's venues
+    "mdv",        # MARKET_DTYPE[BATCH_MD]: scratch of the venue-by-venue ordering
+    "inst_vi",    # int64[n_inst + 1]: venue index of each instrument (-1: none)
+    "svm",        # int64[N, n_venues]: 1 where strategy k reads that venue's market data
+    "sall",       # int64[N]: 1 if strategy k reads every venue (no filtering needed)
+    "touched",    # int64[n_inst + 1]: instruments the round's records touched (gate_mark)
     "exb",        # EXEC_DTYPE[BATCH_EX]: this round's reports (denials first), all strategies
     "denials",    # EXEC_DTYPE[MAX_DENIALS]: risk denials waiting for the next round
     "gpx", "gqty", "gmeta",   # the gate's L2 book (market/book.py)
     "limits",     # market.risk.build_limits(...)
     "rstate",     # market.risk.make_risk_state(limits): one for every strategy
     "loop",       # LOOP_DTYPE[1]
+    "tro",        # ORDER_DTYPE[cap]: trace of every intent as the gate decided it (reject_code)
+    "tre",        # EXEC_DTYPE[cap]: trace of every venue execution report
+    "trn",        # int64[2]: intents, reports traced (beyond cap: counted, not kept)
 ])
 
 
 def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples: int,
-                         trade_capacity: int = 1 << 20) -> BacktestArrays:
+                         trade_capacity: int = 1 << 20, venues=None, strategy_venues=None,
+                         trace_capacity: int = 0) -> BacktestArrays:
     """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
     ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
-    strategies' runtime words (one ``make_hctl`` array each)."""
+    strategies' runtime words (one ``make_hctl`` array each).
+
+    ``venues``: venue names in the live topology's order (default: as the instruments name
+    them first); ``strategy_venues``: for each strategy the venue names whose market data it
+    reads, as a live strategy host reads only the rings of its own instruments' venues
+    (default: every venue). ``trace_capacity``: how many intents and venue reports to keep in
+    order (``tro``, ``tre``; the live = backtest proof compares them with the journal)."""
     sids = np.array(strategy_ids, dtype=np.int64)
     n = len(sids)
     if n == 0:
@@ -144,19 +168,43 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         value[inst.instrument_id] = float(inst.tick_size * inst.lot_size)
     pos = np.zeros((n, n_inst + 1), dtype=make_positions(0).dtype)
     gate = L2Book(n_inst, GATE_BOOK_LEVELS)
+    if venues is None:
+        venues = list(dict.fromkeys(i.venue for i in instruments))
+    venues = list(venues)
+    inst_vi = np.full(n_inst + 1, -1, np.int64)
+    for inst in instruments:
+        inst_vi[inst.instrument_id] = venues.index(inst.venue)
+    svm = np.ones((n, max(1, len(venues))), np.int64)
+    if strategy_venues is not None:
+        if len(strategy_venues) != n:
+            raise ValueError(f"strategy_venues: {len(strategy_venues)} entries for {n} "
+                             "strategies")
+        svm[:] = 0
+        for k, names in enumerate(strategy_venues):
+            for v in names:
+                svm[k, venues.index(v)] = 1
+    sall = (svm.min(axis=1) > 0).astype(np.int64)
+    rstate = make_risk_state(limits)
+    marks = rstate[R_MARKS]
+    if marks.shape[0] < n_inst + 1:
+        raise ValueError(f"limits cover {marks.shape[0] - 1} instruments, the run has {n_inst}")
     return BacktestArrays(
         sids, k_of_sid, np.ascontiguousarray(np.stack(hctls)),
         np.zeros((n, BATCH_EX), dtype=EXEC_DTYPE), np.zeros(n, np.int64),
         np.zeros(n + 1, dtype=COUNTERS_DTYPE),
         np.zeros((n, N_REJECT_CODES), np.int64), np.zeros((n, N_REJECT_CODES), np.int64),
-        pos, value, np.zeros(n_inst + 1, np.int64), np.zeros(n),
+        pos, value, marks, np.zeros(n),
         np.zeros((n + 1, n_samples), dtype=CURVE_DTYPE),
         np.zeros(trade_capacity), np.zeros(trade_capacity, np.int64),
         np.zeros(trade_capacity, np.int64), np.zeros(trade_capacity, np.int64),
         np.zeros((n, ACK_RING, 2), np.int64),
-        np.zeros(BATCH_MD, dtype=MARKET_DTYPE), np.zeros(BATCH_EX, dtype=EXEC_DTYPE),
+        np.zeros(BATCH_MD, dtype=MARKET_DTYPE), np.zeros(BATCH_MD, dtype=MARKET_DTYPE),
+        np.zeros(BATCH_MD, dtype=MARKET_DTYPE), inst_vi, svm, sall, np.zeros(n_inst + 1, np.int64),
+        np.zeros(BATCH_EX, dtype=EXEC_DTYPE),
         np.zeros(MAX_DENIALS, dtype=EXEC_DTYPE), *gate.arrays, limits,
-        make_risk_state(limits), np.zeros(1, dtype=LOOP_DTYPE))
+        rstate, np.zeros(1, dtype=LOOP_DTYPE),
+        np.zeros(trace_capacity, dtype=ORDER_DTYPE), np.zeros(trace_capacity, dtype=EXEC_DTYPE),
+        np.zeros(2, np.int64))
 
 
 def start_loop(G: BacktestArrays, t_start: int) -> None:
@@ -260,6 +308,10 @@ def _on_reports(G, n_ex, now):
         e = G.exb[j]
         if (e.flags & EFLAG_FROM_RISK) == 0:
             on_exec(limits, rstate, e, now)
+            t = G.trn[1]
+            if t < G.tre.shape[0]:
+                G.tre[t] = e
+            G.trn[1] = t + 1
         sid = np.int64(e.strategy_id)
         k = G.k_of_sid[sid] if sid < G.k_of_sid.shape[0] else -1
         if k < 0:
@@ -301,20 +353,47 @@ def _on_reports(G, n_ex, now):
 
 
 @njit(cache=True, _nrt=False)
-def _gate_market(gpx, gqty, gmeta, md, n_md, mark, limits, rstate):
-    """The round's market records into the gate's book; instruments whose valid mid moved are
-    marked to market (the risk state's unrealized PnL, peak, loss latch) and in ``mark``.
-    (Plain arrays, not the BacktestArrays tuple: called every round, and numba passes a tuple
-    of arrays as hundreds of scalar arguments.)"""
-    book_apply_batch(gpx, gqty, gmeta, md, n_md)
-    n_inst = mark.shape[0]
-    for j in range(n_md):
+def _venue_order(md, n, inst_vi, tmp, n_venues):
+    """md[0:n] venue by venue (venue-index order, time order kept within each), as the live
+    venue stage publishes them to one ring per venue and every reader takes its rings in that
+    order; records of no venue are dropped, as no live ring carries them. Returns the count.
+    (Plain arrays: called every round.)"""
+    first = -2
+    mixed = False
+    for j in range(n):
         i = np.int64(md[j].instrument_id)
-        if i > 0 and i < n_inst:
-            m = valid_mid_x2(gpx, gmeta, i)   # marks as the live gate: valid books only
-            if m > 0 and m != mark[i]:
-                mark[i] = m
-                mark_to_market(limits, rstate, i, m)
+        v = inst_vi[i] if 0 <= i < inst_vi.shape[0] else -1
+        if j == 0:
+            first = v
+        elif v != first:
+            mixed = True
+            break
+    if not mixed and first >= 0:
+        return n   # one venue: already in order (every round but the rare tie)
+    m = 0
+    for v in range(n_venues):
+        for j in range(n):
+            i = np.int64(md[j].instrument_id)
+            if 0 <= i < inst_vi.shape[0] and inst_vi[i] == v:
+                tmp[m] = md[j]
+                m += 1
+    for j in range(m):
+        md[j] = tmp[j]
+    return m
+
+
+@njit(cache=True, _nrt=False)
+def _own_md(md, n, inst_vi, svm_k, out):
+    """The records of md[0:n] on the venues strategy k reads (svm_k), into out; the count."""
+    m = 0
+    for j in range(n):
+        i = np.int64(md[j].instrument_id)
+        if 0 <= i < inst_vi.shape[0]:
+            v = inst_vi[i]
+            if v >= 0 and svm_k[v] != 0:
+                out[m] = md[j]
+                m += 1
+    return m
 
 
 # ---- one strategy's turn in a round -------------------------------------------------------
@@ -326,10 +405,14 @@ def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, k, ct
     into G.denials (delivered to it with the next round). Returns the new number of denials."""
     hctl = G.hctl[k]
     n_ex = G.n_ex[k]
+    md = G.md
+    if G.sall[k] == 0:   # only its own venues' records, as a live host reads its rings
+        md = G.mdk
+        n_md = _own_md(G.md, n_md, G.inst_vi, G.svm[k], md)
     if n_md > 0 or n_ex > 0 or now >= hctl[H_NEXT_TIMER] or hctl[H_PARAMS_PENDING] != 0:
         c = G.cnt[k]
         c.strategy_calls += 1
-        kout = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, G.md, n_md, G.ex[k],
+        kout = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md, n_md, G.ex[k],
                      n_ex, now, hctl)
         G.n_ex[k] = 0
         c.intents += kout
@@ -340,9 +423,14 @@ def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, k, ct
             i = np.int64(o.instrument_id)
             ref = valid_mid_x2(G.gpx, G.gmeta, i) if i > 0 and i < n_inst else 0
             code = check_order(G.limits, G.rstate, o, ref, now)
+            o.send_ts_ns = now      # as the live gate stamps every decision
+            o.reject_code = code
+            t = G.trn[0]
+            if t < G.tro.shape[0]:
+                G.tro[t] = o
+            G.trn[0] = t + 1
             if code == 0:
                 on_accept(G.limits, G.rstate, o, now)
-                o.send_ts_ns = now
                 submit(vs, o, now)
                 c.orders_sent += 1
                 if o.kind == INTENT_NEW or o.kind == INTENT_REPLACE:
@@ -394,6 +482,8 @@ def backtest_loop(advance, submit, step_all, vs, S, G, t_stop, t_end, sample_ns,
             G.exb[j] = G.denials[j]
         n_md, n_ex, t = advance(vs, t_lim, G.md, 0, G.exb, n_den, True)
         n_den = 0
+        if n_md > 0:
+            n_md = _venue_order(G.md, n_md, G.inst_vi, G.mdv, G.svm.shape[1])
         now = t
         if now == last_now:
             same_instant += 1
@@ -404,10 +494,11 @@ def backtest_loop(advance, submit, step_all, vs, S, G, t_stop, t_end, sample_ns,
             _sample(G, next_sample, initial_cash)
             next_sample += sample_ns
         tot.md_records += n_md
+        if n_md > 0:   # the live gate's order: market data and marks, then reports
+            gate_apply_md(G.gpx, G.gqty, G.gmeta, G.md, n_md, G.touched)
+            gate_mark(G.limits, G.rstate, G.gpx, G.gmeta, G.touched)
         if n_ex > 0:
             _on_reports(G, n_ex, now)
-        if n_md > 0:
-            _gate_market(G.gpx, G.gqty, G.gmeta, G.md, n_md, G.mark, G.limits, G.rstate)
         n_den = step_all(vs, S, G, n_md, now, n_den)
         if now >= t_stop and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
             break

@@ -49,6 +49,7 @@ from market.risk_state import (  # noqa: F401  (re-exported: the risk API lives 
     on_reject, oo_find, reset_day, roll_day, row_of, set_kill, set_mode,
 )
 from market.accounting import POSITION_DTYPE
+from market.book import book_apply_batch, is_valid, mid_x2
 from shm.instruments import InstrumentTable
 from shm.records import (
     INSTRUMENT_DTYPE, INTENT_CANCEL, INTENT_CANCEL_ALL, INTENT_NEW, INTENT_REPLACE,
@@ -64,6 +65,31 @@ from shm.records import (
 _INT_SAFE = float(2 ** 62)
 # Price levels per side of the gate's own L2 books (its reference prices), live and in backtests.
 GATE_BOOK_LEVELS = 64
+
+
+# =============================================================================================
+# The gate's market data (written once: the live gate's step and the backtest loop)
+@njit(cache=True)
+def gate_apply_md(px, qty, meta, md, n, touched):
+    """md[0:n] into the gate's L2 book; every instrument they name is flagged in ``touched``
+    for ``gate_mark`` (called once after all of a poll's market data, in any number of
+    batches)."""
+    book_apply_batch(px, qty, meta, md, n)
+    for j in range(n):
+        i = np.int64(md[j].instrument_id)
+        if i < touched.shape[0]:
+            touched[i] = 1
+
+
+@njit(cache=True)
+def gate_mark(limits, rstate, px, meta, touched):
+    """Mark to market every flagged instrument whose book is valid, in instrument-id order
+    (unrealized PnL, peak, loss latch), and clear the flags."""
+    for inst in range(1, touched.shape[0]):
+        if touched[inst]:
+            touched[inst] = 0
+            if is_valid(px, meta, inst):
+                mark_to_market(limits, rstate, inst, mid_x2(px, meta, inst))
 
 
 # =============================================================================================

@@ -34,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from market.book import book_apply_batch, is_valid, mid_x2
-from market.risk import check_order, mark_to_market, on_accept, on_exec
+from market.book import is_valid, mid_x2
+from market.risk import check_order, gate_apply_md, gate_mark, on_accept, on_exec
 from shm.histogram import hist_record
 from shm.recordops import deny_order
 from shm.records import OFLAG_RISK_SYSTEM, REJECT_INVALID
@@ -112,14 +112,8 @@ def gate_step(limits, rstate, gctl, cal, px, qty, meta, touched,
             continue
         work += n
         gctl[K_MD] += n
-        book_apply_batch(px, qty, meta, md, n)
-        for j in range(n):
-            touched[md[j].instrument_id] = 1
-    for inst in range(1, touched.shape[0]):
-        if touched[inst]:
-            touched[inst] = 0
-            if is_valid(px, meta, inst):
-                mark_to_market(limits, rstate, inst, mid_x2(px, meta, inst))
+        gate_apply_md(px, qty, meta, md, n, touched)
+    gate_mark(limits, rstate, px, meta, touched)
     # --- fills and order states from the router ---------------------------------------------
     n = spsc_poll(ex_st, ex_slots, ex_i, ex.shape[0])
     work += n

@@ -54,6 +54,7 @@ class BacktestResult:
     counters: dict
     venue_counters: dict = field(default_factory=dict)
     strategy_state: object = None   # the strategy's StrategyState at the end (ctx, st, p)
+    trace: dict | None = None       # run_backtest(trace=N): see _trace
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PortfolioResult:
     counters: dict
     venue_counters: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)   # name -> why it could not trade the data
+    trace: dict | None = None       # run_backtest(trace=N): see _trace
 
 
 def _strategy_config(cfg, which: str | None):
@@ -150,7 +152,8 @@ def _select(cfg, strategy):
 
 def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = None,
                  seed: int | None = None, event_rate_per_s: float | None = None,
-                 queue_model: str | None = None, sample_ms: float = 100.0, schedule=None):
+                 queue_model: str | None = None, sample_ms: float = 100.0, schedule=None,
+                 trace: int = 0):
     """Backtest against the simulated venues of ``cfg`` for ``duration_s`` (default
     cfg.sim.duration_s), or against the record file ``data`` (its instruments; a strategy's
     instruments are taken from the file by key, else in file order).
@@ -164,6 +167,9 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
 
     ``schedule``: parameter changes at simulated times (strategies/param_schedule.py), applied
     as ``run.py set`` applies them live; ConfigError naming every bad entry and key.
+
+    ``trace``: keep the first ``trace`` intents (as the gate decided them) and venue execution
+    reports in order, and the final risk state, in the result's ``trace`` (see ``_trace``).
     """
     from common.schema import ConfigError
     from strategies.registry import get_strategy_class
@@ -202,9 +208,15 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
                           shard_limits=shard_position_limits(cfg.risk.max_position_lots,
                                                              cfg.strategies))
     sample_ns = int(sample_ms * 1e6)
+    venues = [v.name for v in cfg.venues]   # the live topology's ring order
+    venues += [v for v in dict.fromkeys(i.venue for i in mk.instruments) if v not in venues]
     G = make_backtest_arrays(sids, mk.instruments, limits,
                              [make_hctl(sc.timer_ms) for sc, *_ in built],
-                             n_samples=int((mk.t_end - mk.t_start) // sample_ns) + 3)
+                             n_samples=int((mk.t_end - mk.t_start) // sample_ns) + 3,
+                             venues=venues,
+                             strategy_venues=[{i.venue for i in insts}
+                                              for _sc, _s, insts, _st in built],
+                             trace_capacity=int(trace))
     S = tuple((st.ctx, st.st, st.p) for *_x, st in built)
     sets = []
     if schedule:
@@ -238,13 +250,29 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
         parts[sc.name] = _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash,
                                           [s for s in sets if s.index == k],
                                           timing if not together else {}, venue_counters)
+    traced = _trace(G, mk) if trace else None
     if not together:
-        return parts[configs[0].name]
+        one = parts[configs[0].name]
+        one.trace = traced
+        return one
     total = _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters)
     report = {"total": total.report, "strategies": {n: r.report for n, r in parts.items()},
               "source": mk.source, "skipped": dict(skipped)}
     return PortfolioResult(mk.source, report, total, parts, total.counters, venue_counters,
-                           dict(skipped))
+                           dict(skipped), traced)
+
+
+def _trace(G: BacktestArrays, mk) -> dict:
+    """What a live run of the same input must reproduce: ``intents`` (ORDER_DTYPE, every
+    intent as the gate decided it: send_ts_ns = decision time, reject_code), ``reports``
+    (EXEC_DTYPE, every venue report), their totals (``n_intents``, ``n_reports``: beyond the
+    capacity they are counted, not kept), the final risk state and limits, and the run's
+    simulated start and end."""
+    n_o, n_e = int(G.trn[0]), int(G.trn[1])
+    return {"intents": G.tro[:min(n_o, len(G.tro))].copy(),
+            "reports": G.tre[:min(n_e, len(G.tre))].copy(),
+            "n_intents": n_o, "n_reports": n_e, "rstate": G.rstate, "limits": G.limits,
+            "t_start": mk.t_start, "t_end": mk.t_end}
 
 
 def _compile(run, args) -> None:
