@@ -92,6 +92,28 @@ def gate_mark(limits, rstate, px, meta, touched):
                 mark_to_market(limits, rstate, inst, mid_x2(px, meta, inst))
 
 
+def pnl_view(limits, rstate, n_strat: int, n_inst: int):
+    """Cold: (positions int64[n_strat + 1, n_inst + 1] in lots, pnl float64[n_strat + 1, 3]:
+    realized, unrealized, fees in quote currency) by strategy id x instrument id, from the
+    risk state; what the live gate publishes for status and the final report, and what a
+    backtest's risk state is compared with."""
+    lf = limits[0]
+    s_n, i_n = n_strat + 1, n_inst + 1
+    pos, spf, marks = rstate[R_POS], rstate[R_SPF], rstate[R_MARKS]
+    out_pos = np.array(pos[:s_n, :i_n], dtype=np.int64)
+    pnl = np.zeros((s_n, 3))
+    values = lf[LF_INST_VALUE:LF_INST_VALUE + i_n]   # by instrument id
+    for s in range(1, s_n):
+        unreal = 0.0
+        for i in range(1, i_n):
+            if marks[i] > 0 and pos[s, i]:
+                unreal += (pos[s, i] * marks[i] * 0.5 - spf[s, i]["cost"]) * values[i]
+        pnl[s, 0] = (spf[s, 1:i_n]["realized"] * values[1:i_n]).sum()
+        pnl[s, 1] = unreal
+        pnl[s, 2] = spf[s, 1:i_n]["fees"].sum()
+    return out_pos, pnl
+
+
 # =============================================================================================
 # Single checks
 # =============================================================================================

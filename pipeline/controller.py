@@ -49,7 +49,8 @@ class ControllerError(Exception):
 class Controller:
     def __init__(self, cfg, config_path: str, duration_s: float | None = None,
                  notifier=None, log=None, replay: str | None = None,
-                 replay_speed: float = 1.0):
+                 replay_speed: float = 1.0, sim_time: bool = False,
+                 sim_duration_s: float | None = None):
         self.cfg = cfg
         self.config_path = str(Path(config_path).resolve())
         self.instance = cfg.instance.name
@@ -59,6 +60,13 @@ class Controller:
         self.duration_s = duration_s
         self.replay = str(Path(replay).resolve()) if replay else None
         self.replay_speed = float(replay_speed)
+        # sim-time mode: the stages run in lockstep on the backtest's market and clock
+        # (shm/lockstep.py, stages/venue_lockstep.py) until the simulated session ends
+        self.sim_time = bool(sim_time)
+        self.sim_duration_s = sim_duration_s
+        self.clock = None
+        self.sim_failed = ""
+        self._next_progress = 0.0
         self.notifier = notifier
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_requested = False
@@ -136,6 +144,12 @@ class Controller:
             self.ctl_writers[s.name] = self.rings[f"ctl-{s.name}"].writer()
         for name, _title in topo.histograms():
             self.hists[name] = LatencyHistogram.create(self.instance, name)
+        if self.sim_time:
+            from shm.lockstep import LockstepClock
+            from stages.topology import lockstep_schedule
+
+            self.clock = LockstepClock.create(
+                self.instance, [topo.stage(n).slot for n in lockstep_schedule(topo)])
 
     # -- control commands to stages ----------------------------------------------------
     def send_all(self, commands, wait_s: float) -> list[str]:
@@ -215,6 +229,13 @@ class Controller:
         if self.replay:
             self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
                                                       str(self.replay_speed)]
+        if self.sim_time:
+            extra = ["--lockstep"]
+            if self.sim_duration_s:
+                extra += ["--sim-duration", repr(float(self.sim_duration_s))]
+            for spec in self.topology.stages:
+                self.supervisor.stage_args[spec.role] = \
+                    self.supervisor.stage_args.get(spec.role, []) + extra
         tiers = [[s for s in self.topology.start_order() if s.role not in (ROLE_GATE,
                                                                             ROLE_STRATEGY)],
                  [s for s in self.topology.stages if s.role == ROLE_GATE],
@@ -235,6 +256,10 @@ class Controller:
                      f"without compiling ({cache})")
         self.log(f"instance {self.instance}: {len(self.topology.stages)} stages RUNNING "
                  f"(run dir {self.run_dir})")
+        if self.clock is not None:
+            self.log("sim-time: the stages run in lockstep on the backtest's market and "
+                     "simulated clock until the session ends")
+            self.clock.start()
 
     # -- supervision ------------------------------------------------------------------------
     def on_failure(self, name: str, why: str) -> None:
@@ -245,6 +270,13 @@ class Controller:
         self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
         self.log(f"stage {name} {why}")
         self.event("stage_failed", why, stage=name)
+        if self.clock is not None:
+            # a restart cannot rejoin a lockstep session where it left it: the run is over
+            self.sim_failed = f"stage {name} {why}"
+            self.log(f"sim-time: {self.sim_failed}; the session cannot go on, stopping")
+            self.supervisor.reap(name)
+            self.stop_requested = True
+            return
         self.supervisor.reap(name)
         now = time.monotonic()
         self.restarting[name] = now
@@ -449,7 +481,36 @@ class Controller:
         if self.notifier is not None and now >= self._next_wd:
             self.notifier.watchdog()
             self._next_wd = now + self._wd_every
+        if self.clock is not None:
+            return self._sim_progress(now)
         return end is not None and now >= end
+
+    def _sim_progress(self, now: float) -> bool:
+        """Sim-time mode: a progress line every few seconds; True once the session is over."""
+        from shm.lockstep import W_ROUNDS, W_T_END, W_T_START
+
+        h = self.clock.head
+        if self.clock.done:
+            self.log(f"sim-time: session over after {int(h[W_ROUNDS])} rounds, "
+                     f"{(int(h[W_T_END]) - int(h[W_T_START])) / 1e9:g} simulated s")
+            return True
+        if now >= self._next_progress and h[W_T_END] > h[W_T_START]:
+            self._next_progress = now + 5.0
+            t0, t1 = int(h[W_T_START]), int(h[W_T_END])
+            self.log(f"sim-time: {(self.clock.now - t0) / 1e9:.1f} of {(t1 - t0) / 1e9:g} "
+                     f"simulated s, {int(h[W_ROUNDS])} rounds")
+        return False
+
+    def sim_summary(self) -> dict:
+        """The sim-time session as the report shows it."""
+        from shm.lockstep import W_INTENTS, W_REPORTS, W_ROUNDS, W_T_END, W_T_START
+
+        h = self.clock.head
+        return {"done": bool(self.clock.done), "rounds": int(h[W_ROUNDS]),
+                "t_start_ns": int(h[W_T_START]), "t_end_ns": int(h[W_T_END]),
+                "now_ns": self.clock.now, "venue_reports": int(h[W_REPORTS]),
+                "intents": int(h[W_INTENTS]), "source": self.replay or "sim",
+                "failed": self.sim_failed}
 
     def handle_request(self, req: dict) -> dict:
         return ops.handle_request(self, req)
@@ -479,6 +540,8 @@ class Controller:
             closed = ops.wait_orders_closed(self, timeout_s=2.0)
             phase("open orders cancelled" if closed else "orders still open after 2 s")
         self.report = ops.collect_report(self, before_stop=True)
+        if self.clock is not None:
+            self.report["sim_time"] = self.sim_summary()
         for name in ("risk_gate", "order_router", "venue", "journal"):
             if name in sup.procs:
                 sup.stop([name])
@@ -510,10 +573,10 @@ class Controller:
             for h in self.hists.values():
                 h.close()
             self.hists.clear()
-            for obj in (self.status, self.riskview):
+            for obj in (self.status, self.riskview, self.clock):
                 if obj is not None:
                     obj.close()
-            self.status = self.riskview = None
+            self.status = self.riskview = self.clock = None
             unlink_instance(self.instance)
             if self.claim_fd >= 0:
                 from shm.segment import release_claim
@@ -536,7 +599,7 @@ class Controller:
                 on_started(self)
             self.serve()
             self.shutdown()
-            return 0
+            return 1 if self.sim_failed else 0
         except StageStartError as exc:
             self.log(f"error: {exc}")
             if on_started is not None:

@@ -45,6 +45,10 @@ class StageRunner:
         # pipeline.compile_watch.CompileWatch installed by stage_main: while the stage starts,
         # a compilation (a numba cache miss) turns its state to COMPILING
         self.compile_watch = None
+        # sim-time mode (stage_main --lockstep): shm.lockstep.LockstepClock and this stage's
+        # slot; the stage then works only on its turns (``_loop_lockstep``)
+        self.lockstep = None
+        self.lockstep_slot = -1
 
     def _on_signal(self, signum, frame):
         self.stop_requested = True
@@ -133,6 +137,10 @@ class StageRunner:
         self._report_startup(t_start)
         self.write_manifest()
         manifest_again = time.monotonic_ns() + MANIFEST_AGAIN_NS
+        if self.lockstep is not None:
+            if self._loop_lockstep() != 0:
+                return 1
+            return self._stop()
         idle = self.idle
         poll = stage.poll
         next_hb = time.monotonic_ns() + HEARTBEAT_NS
@@ -160,6 +168,10 @@ class StageRunner:
                 if manifest_again and now >= manifest_again:
                     manifest_again = 0   # once more: code first used after the start
                     self.write_manifest()
+        return self._stop()
+
+    def _stop(self) -> int:
+        stage = self.stage
         self.heartbeat(ST_STOPPING)
         try:
             stage.drain()
@@ -167,3 +179,69 @@ class StageRunner:
             stage.on_stop()
             self.heartbeat(ST_STOPPED)
         return self.exit_code
+
+    def _poll_guarded(self, call) -> int:
+        """``call()`` (a poll or a phase); an exception is counted and printed once per run of
+        consecutive failures. Returns its work count (0 on failure), or -1 once there were
+        MAX_CONSECUTIVE_ERRORS failures in a row."""
+        try:
+            n = call()
+            self._consecutive_errors = 0
+            return int(n or 0)
+        except Exception:
+            self.stage.errors += 1
+            self._consecutive_errors += 1
+            if self._consecutive_errors == 1:
+                traceback.print_exc(file=sys.stderr)
+            if self._consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+                print(f"{self.ctx.name}: {MAX_CONSECUTIVE_ERRORS} consecutive errors; exiting",
+                      file=sys.stderr)
+                self.heartbeat(ST_STOPPING)
+                return -1
+            return 0
+
+    def _loop_lockstep(self) -> int:
+        """Sim-time mode (shm/lockstep.py): work only on this stage's turns, in the round's
+        order; sleep on the stage's doorbell in between; heartbeat and control as usual. The
+        stage's SimClock is set to the round's simulated time before each phase. After the
+        session ends, the venue and the router poll freely (they answer the stop's cancels),
+        the others stay still until stopped. A phase that raises is counted like a poll that
+        raises, and the turn is passed on all the same (the pipeline never hangs on it)."""
+        from stages.clock import SimClock
+
+        stage, clk, slot = self.stage, self.lockstep, self.lockstep_slot
+        mine = {p for p, s in enumerate(clk.schedule) if s == slot}
+        clock = getattr(stage, "clock", None)
+        sim = clock if isinstance(clock, SimClock) else None
+        free = bool(getattr(stage, "lockstep_free_after_done", False))
+        start = getattr(stage, "lockstep_start", None)
+        if start is not None:
+            start(clk)
+        next_hb = time.monotonic_ns() + HEARTBEAT_NS
+        while not self.stop_requested:
+            if clk.done:
+                if free:
+                    n = self._poll_guarded(stage.poll)
+                    if n < 0:
+                        return 1
+                    self.idle.idle(n)
+                else:
+                    time.sleep(0.005)
+            else:
+                seen = clk.door_value(slot)
+                pos = clk.position()
+                if pos in mine:
+                    if sim is not None:
+                        sim.set(clk.now)
+                    if self._poll_guarded(lambda: stage.lockstep_phase(clk, pos)) < 0:
+                        return 1
+                    if not clk.done:
+                        clk.pass_turn()
+                else:
+                    clk.wait(slot, seen, 0.005)
+            now = time.monotonic_ns()
+            if now >= next_hb:
+                next_hb = now + HEARTBEAT_NS
+                self.handle_control()
+                self.heartbeat(ST_RUNNING)
+        return 0

@@ -57,13 +57,16 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
-def make_stage(spec, replay: str | None = None):
+def make_stage(spec, replay: str | None = None, lockstep: bool = False):
     from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
                                  ROLE_VENUE)
 
     # numba's cache is keyed by every source compiled into a kernel (pipeline/numba_cache.py,
     # configured by run.py and inherited through NUMBA_CACHE_DIR), so no per-module refresh is
     # needed here.
+    if spec.role == ROLE_VENUE and lockstep:
+        from stages.venue_lockstep import LockstepVenueStage
+        return LockstepVenueStage()
     if spec.role == ROLE_VENUE and replay:
         from stages.feed_replay import FeedReplayStage
         return FeedReplayStage()
@@ -97,6 +100,10 @@ def main(argv=None) -> int:
     ap.add_argument("--parent-pid", type=int, default=0)
     ap.add_argument("--replay", default=None, help="venue stage: replay this record file")
     ap.add_argument("--replay-speed", type=float, default=1.0)
+    ap.add_argument("--lockstep", action="store_true",
+                    help="sim-time mode: work on this stage's turns of the shared clock")
+    ap.add_argument("--sim-duration", type=float, default=None,
+                    help="sim-time mode: simulated seconds of the session (venue)")
     args = ap.parse_args(argv)
     t_main = time.monotonic_ns()
     _die_with_parent(args.parent_pid)
@@ -130,17 +137,30 @@ def main(argv=None) -> int:
                        restarts=args.restarts, extra={"spec": spec,
                                                       "reconcile": args.reconcile,
                                                       "replay": args.replay,
-                                                      "replay_speed": args.replay_speed})
+                                                      "replay_speed": args.replay_speed,
+                                                      "lockstep": args.lockstep,
+                                                      "sim_duration_s": args.sim_duration})
     t_attached = time.monotonic_ns()
-    stage = make_stage(spec, args.replay)
+    stage = make_stage(spec, args.replay, args.lockstep)
     runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
                          make_idle(spec.idle))
+    clk = None
+    if args.lockstep:
+        from shm.lockstep import LockstepClock
+        from stages.topology import lockstep_schedule
+
+        schedule = [topo.stage(n).slot for n in lockstep_schedule(topo)]
+        if spec.slot in schedule:
+            clk = LockstepClock.attach(args.instance, schedule)
+            runner.lockstep, runner.lockstep_slot = clk, spec.slot
     runner.startup_marks = {"main": t_main, "imports": t_imports, "attached": t_attached}
     runner.compile_watch = watch
     runner.install_signals()
     try:
         return runner.run()
     finally:
+        if clk is not None:
+            clk.close()
         control_ring.close()
         status.close()
 

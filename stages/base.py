@@ -66,6 +66,33 @@ class Stage:
     def on_stop(self) -> None:
         """Flush and detach (cold)."""
 
+    # -- sim-time (lockstep) mode: pipeline/runner.py calls these on the stage's turn -------
+    # After the simulated session ends, a stage with this True keeps polling (the venue and
+    # the router answer the stop's cancels); the others stay still until they are stopped.
+    lockstep_free_after_done = False
+
+    def lockstep_phase(self, clk, position: int) -> None:
+        """One turn: take everything in the input rings (polls until a poll finds nothing and
+        ``lockstep_pending`` is 0: an output ring without room waits, never leaves input for
+        the next round), then post what the clock needs from this stage."""
+        import time
+
+        for _ in range(1_000_000):
+            if self.poll() == 0:
+                if self.lockstep_pending() == 0:
+                    self.lockstep_post(clk)
+                    return
+                time.sleep(50e-6)   # an output ring is full (a slow journal): let it drain
+        raise RuntimeError(f"{self.role}: its input rings never drained in one turn")
+
+    def lockstep_pending(self) -> int:
+        """Records still waiting in the stage's input rings."""
+        return 0
+
+    def lockstep_post(self, clk) -> None:
+        """After the phase: words the venue's next round reads (strategies: timer; gate:
+        denials)."""
+
     def fill_status(self, values) -> None:
         values[W_RECORDS_IN] = self.records_in
         values[W_RECORDS_OUT] = self.records_out

@@ -20,6 +20,11 @@ from numba.extending import intrinsic
 C_BASE_TSC = 0
 C_BASE_NS = 1
 C_NS_PER_TICK = 2
+# sim-time mode (SimClock): C_NS_PER_TICK < 0, and the simulated ns exactly, as two float64
+# words that each hold a 32-bit half (a float64 cannot hold a 2026 timestamp in ns exactly)
+C_SIM_HI = 3
+C_SIM_LO = 4
+CAL_WORDS = 5
 
 
 @intrinsic
@@ -44,7 +49,10 @@ def read_tsc():
 
 @njit(cache=True, inline="always")
 def clock_now_ns(cal):
-    """Wall-clock ns from the calibration array ``cal`` (float64[3])."""
+    """Wall-clock ns from the calibration array ``cal`` (float64[CAL_WORDS]); in sim-time mode
+    (a negative rate) the simulated time the stage runner set."""
+    if cal[C_NS_PER_TICK] < 0.0:
+        return (np.int64(cal[C_SIM_HI]) << 32) | np.int64(cal[C_SIM_LO])
     return np.int64(cal[C_BASE_NS] + (rdtsc() - cal[C_BASE_TSC]) * cal[C_NS_PER_TICK])
 
 
@@ -57,7 +65,7 @@ class TscClock:
     """Owner of one calibration array; ``recalibrate()`` from the cold path (per heartbeat)."""
 
     def __init__(self):
-        self.cal = np.zeros(3, dtype=np.float64)
+        self.cal = np.zeros(CAL_WORDS, dtype=np.float64)
         t0, n0 = self._pair()
         time.sleep(0.005)
         t1, n1 = self._pair()
@@ -84,3 +92,34 @@ class TscClock:
 
     def now_ns(self) -> int:
         return int(_now(self.cal))
+
+
+class SimClock:
+    """The sim-time mode's clock, with TscClock's interface: ``cal`` makes ``clock_now_ns``
+    return the simulated time the stage runner sets before each of the stage's phases
+    (pipeline/runner.py), so the kernels read simulated time through the very call that reads
+    the wall clock live."""
+
+    def __init__(self, now_ns: int = 0):
+        self.cal = np.zeros(CAL_WORDS, dtype=np.float64)
+        self.cal[C_NS_PER_TICK] = -1.0
+        self.set(now_ns)
+
+    def set(self, now_ns: int) -> None:
+        now_ns = int(now_ns)
+        if now_ns < 0:
+            raise ValueError(f"simulated time {now_ns} < 0")
+        self.cal[C_SIM_HI] = float(now_ns >> 32)
+        self.cal[C_SIM_LO] = float(now_ns & 0xFFFFFFFF)
+        self.cal[C_BASE_NS] = float(now_ns)   # approximate: for cold readers of the array
+
+    def recalibrate(self) -> None:
+        pass   # simulated time moves only with the rounds
+
+    def now_ns(self) -> int:
+        return int(_now(self.cal))
+
+
+def make_clock(ctx):
+    """The stage's clock: a SimClock in a sim-time (lockstep) run, else the calibrated TSC."""
+    return SimClock() if ctx.extra.get("lockstep") else TscClock()

@@ -39,7 +39,7 @@ class OrderRouterStage(Stage):
         self._ppid = os.getppid()   # the controller (drain: has it died?)
         from shm.histogram import LatencyHistogram
         from shm.ring import SpscRing
-        from stages.clock import TscClock
+        from stages.clock import make_clock
         from stages.riskview import RiskView
         from stages.topology import HIST_ROUTER, HIST_T2T, HIST_VENUE_ACK
 
@@ -72,7 +72,7 @@ class OrderRouterStage(Stage):
         self.rv = RiskView.attach(inst)
         self.hists = [LatencyHistogram.attach(inst, h[0]) for h in (HIST_ROUTER, HIST_T2T,
                                                                    HIST_VENUE_ACK)]
-        self.clock = TscClock()
+        self.clock = make_clock(ctx)
         n_strat = len(strats)
         self.tab = np.zeros((n_strat + 1, rk.TAB_ROWS, rk.T_WORDS), dtype=np.int64)
         self.ctl = np.zeros(rk.CTL_WORDS, dtype=np.int64)
@@ -186,6 +186,11 @@ class OrderRouterStage(Stage):
             if self.poll() == 0 and self.ctl[rk.C_OPEN] <= 0:
                 break
             time.sleep(0.0005)
+
+    lockstep_free_after_done = True
+
+    def lockstep_pending(self) -> int:
+        return self.appr.pending() + sum(r.pending() for r in self.ven_in)
 
     def fill_status(self, values) -> None:
         self.clock.recalibrate()

@@ -66,7 +66,7 @@ class RiskGateStage(Stage):
         from shm.histogram import LatencyHistogram
         from shm.instruments import InstrumentTable
         from shm.ring import BroadcastRing, SpscRing
-        from stages.clock import TscClock
+        from stages.clock import make_clock
         from stages.riskview import RiskView
         from common.runtime import shard_position_limits
         from stages.topology import HIST_GATE
@@ -124,7 +124,7 @@ class RiskGateStage(Stage):
         self.abuf_i, self.jbuf_i, self.rbuf_i = i64(self.abuf), i64(self.jbuf), i64(self.rbuf)
         self.gctl = np.zeros(gk.K_WORDS, dtype=np.int64)
         self.hist = LatencyHistogram.attach(inst, HIST_GATE[0])
-        self.clock = TscClock()
+        self.clock = make_clock(ctx)
         self.rv = RiskView.attach(inst)
         self.rv.gate[G_READY] = 0
         self.day_start_utc = cfg.risk.trading_day_start_utc
@@ -332,6 +332,8 @@ class RiskGateStage(Stage):
         from market.risk import roll_day
         from shm.records import REJECT_NAMES
 
+        if self.ctx.extra.get("lockstep"):
+            return   # a sim-time run is one session, as a backtest: no day roll
         day = trading_day(time.time(), self.day_offset_s)
         if day == self.day:
             return
@@ -361,22 +363,16 @@ class RiskGateStage(Stage):
 
     # -- status (cold) ---------------------------------------------------------------------
     def publish_view(self) -> None:
-        from market.risk import GF_PEAK, LF_INST_VALUE, risk_mode
+        from market.risk import GF_PEAK, pnl_view, risk_mode
 
         lf = self.limits[0]
-        pos, spf, marks = self.rstate[2], self.rstate[10], self.rstate[12]
         rv = self.rv
         s_n, i_n = rv.gate_pos.shape
-        rv.gate_pos[:] = pos[:s_n, :i_n]
-        values = lf[LF_INST_VALUE:LF_INST_VALUE + i_n]   # by instrument id
-        for s in range(1, s_n):
-            unreal = 0.0
-            for i in range(1, i_n):
-                if marks[i] > 0 and pos[s, i]:
-                    unreal += (pos[s, i] * marks[i] * 0.5 - spf[s, i]["cost"]) * values[i]
-            rv.gate_pnl[s, PNL_REALIZED] = (spf[s, 1:i_n]["realized"] * values[1:i_n]).sum()
-            rv.gate_pnl[s, PNL_FEES] = spf[s, 1:i_n]["fees"].sum()
-            rv.gate_pnl[s, PNL_UNREALIZED] = unreal
+        pos, pnl = pnl_view(self.limits, self.rstate, s_n - 1, i_n - 1)
+        rv.gate_pos[:] = pos
+        rv.gate_pnl[1:, PNL_REALIZED] = pnl[1:, 0]
+        rv.gate_pnl[1:, PNL_UNREALIZED] = pnl[1:, 1]
+        rv.gate_pnl[1:, PNL_FEES] = pnl[1:, 2]
         rv.gate_pnl[0, PNL_PEAK] = self.rstate[1][GF_PEAK]
         rv.gate[G_STATE] = risk_mode(lf, self.rstate)
         rv.gate[G_APPROVED] = self.gctl[gk.K_APPROVED]
@@ -404,6 +400,20 @@ class RiskGateStage(Stage):
         for _ in range(1000):
             if self.poll() == 0:
                 break
+
+    def lockstep_phase(self, clk, position: int) -> None:
+        self._rejected_before = int(self.gctl[gk.K_REJECTED])
+        super().lockstep_phase(clk, position)
+
+    def lockstep_pending(self) -> int:
+        return (sum(r.pending() for r in self.in_r) + self.ex_r.pending()
+                + sum(r.pending() for r in self.md_r))
+
+    def lockstep_post(self, clk) -> None:
+        from shm.lockstep import W_INTENTS, W_N_DEN
+
+        clk.head[W_N_DEN] = int(self.gctl[gk.K_REJECTED]) - self._rejected_before
+        clk.head[W_INTENTS] = int(self.gctl[gk.K_INTENTS])
 
     def on_stop(self) -> None:
         self.publish_view()

@@ -71,7 +71,7 @@ class StrategyHostStage(Stage):
         from shm.histogram import LatencyHistogram
         from shm.instruments import InstrumentTable
         from shm.ring import BroadcastRing, SpscRing
-        from stages.clock import TscClock
+        from stages.clock import make_clock
         from strategies.registry import make_strategy
 
         spec = ctx.extra["spec"]
@@ -107,8 +107,10 @@ class StrategyHostStage(Stage):
             self._rings.append(ring)
             self.md_r.append(ring.reader(topo.md_readers[v][spec.name]))
             self.venue_insts.append([i.instrument_id for i in table if i.venue == v])
-        ex_rings = [SpscRing.attach(inst, f"exec-{spec.process}", EXEC_DTYPE),
-                    SpscRing.attach(inst, f"reject-{spec.process}", EXEC_DTYPE)]
+        # the gate's denials first, then the venues' reports: the backtest's order (a denial
+        # is answered with the next round, before that round's reports)
+        ex_rings = [SpscRing.attach(inst, f"reject-{spec.process}", EXEC_DTYPE),
+                    SpscRing.attach(inst, f"exec-{spec.process}", EXEC_DTYPE)]
         intent_ring = SpscRing.attach(inst, f"intent-{spec.process}", ORDER_DTYPE)
         self._rings += ex_rings + [intent_ring]
         self.ex_r = [r.reader() for r in ex_rings]
@@ -130,7 +132,7 @@ class StrategyHostStage(Stage):
         self.rv = RiskView.attach(inst)
         self.sid = spec.strategy_id
         self.inst_ids = [i.instrument_id for i in instruments]
-        self.clock = TscClock()
+        self.clock = make_clock(ctx)
         self.book_clears = 0
         self.kernel_errors_seen = 0
         lost_before = [r.lost for r in self.md_r]
@@ -142,6 +144,11 @@ class StrategyHostStage(Stage):
         for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]
+        if ctx.extra.get("lockstep"):
+            from common.runtime import H_NEXT_TIMER
+
+            self.hctl[H_NEXT_TIMER] = -1   # as the backtest's: the first round ticks it
+            self.lockstep_slot = spec.slot
 
     def restore_from_journal(self, ctx) -> dict | None:
         """Positions and open orders of this strategy id from ``<run dir>/journal`` (cold; see
@@ -256,6 +263,15 @@ class StrategyHostStage(Stage):
 
     def drain(self) -> None:
         pass  # a stopping strategy sends nothing more; the router cancels its orders
+
+    def lockstep_pending(self) -> int:
+        return sum(r.pending() for r in self.md_r) + sum(r.pending() for r in self.ex_r)
+
+    def lockstep_post(self, clk) -> None:
+        from common.runtime import H_NEXT_TIMER, H_PARAMS_PENDING
+
+        clk.timer[self.lockstep_slot] = self.hctl[H_NEXT_TIMER]
+        clk.pending[self.lockstep_slot] = self.hctl[H_PARAMS_PENDING]
 
     def on_stop(self) -> None:
         self.publish_positions()

@@ -96,6 +96,17 @@ class Topology:
         return out
 
 
+def lockstep_schedule(topo: Topology) -> list[str]:
+    """The stages of one round of the sim-time (lockstep) mode, in turn order: the venue
+    delivers what is due, the router fans its reports out, every strategy takes its batch (in
+    strategy-id order), the gate takes market data, reports and every strategy's intents, the
+    router forwards the approved orders; the venue takes them at the start of the next round.
+    This is market/backtest.py's round, stage by stage. The journal is not in it (it only
+    records)."""
+    return (["venue", "order_router"] + [s.name for s in topo.strategies()]
+            + ["risk_gate", "order_router"])
+
+
 def build_topology(cfg) -> Topology:
     st = cfg.stages
     stages: list[StageSpec] = []

@@ -105,6 +105,12 @@ class _Market:
         return found
 
 
+def backtest_market(cfg, data=None, duration_s: float | None = None) -> _Market:
+    """The market ``run.py backtest`` would run on, with its defaults (the sim-time mode of the
+    live pipeline plays it: stages/venue_lockstep.py)."""
+    return _market(cfg, data, duration_s, None, None, None)
+
+
 def _market(cfg, data, duration_s, seed, event_rate_per_s, queue_model) -> _Market:
     from shm.instruments import InstrumentTable
 

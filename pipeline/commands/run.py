@@ -17,6 +17,12 @@ def register(sub) -> None:
     p.add_argument("--replay-speed", type=float, default=1.0,
                    help="with --replay: 1 = recorded pace, 2 = twice as fast, 0 = as fast as "
                         "possible")
+    p.add_argument("--sim-time", action="store_true",
+                   help="run the live stages in lockstep on the backtest's market and "
+                        "simulated clock (the venue simulator, or the --replay FILE matched by "
+                        "the backtest's replay venue): the same input gives the same intents, "
+                        "fills and PnL as `run.py backtest`. --duration is then simulated "
+                        "seconds (0: the config's sim.duration_s, or the whole file)")
     p.set_defaults(func=run)
 
 
@@ -37,8 +43,10 @@ def run(args) -> int:
         raise CliError(f"instance {cfg.instance.name!r} is already running (stop it with "
                        "`run.py stop`)", 1)
     ctl = Controller(cfg, str(Path(args.config or DEFAULT_CONFIG).resolve()),
-                     duration_s=args.duration or None, replay=args.replay,
-                     replay_speed=args.replay_speed)
+                     duration_s=None if args.sim_time else (args.duration or None),
+                     replay=args.replay, replay_speed=args.replay_speed,
+                     sim_time=args.sim_time,
+                     sim_duration_s=(args.duration or None) if args.sim_time else None)
     try:
         rc = ctl.run()
     except ControllerError as exc:
@@ -53,6 +61,13 @@ def format_report(r: dict) -> str:
 
     lines = [f"=== hftfarm final report: instance {r['instance']}, {r['duration_s']} s ===",
              f"run dir: {r['run_dir']}", ""]
+    sim = r.get("sim_time")
+    if sim:
+        lines += [f"sim-time: {(sim['now_ns'] - sim['t_start_ns']) / 1e9:g} of "
+                  f"{(sim['t_end_ns'] - sim['t_start_ns']) / 1e9:g} simulated s on "
+                  f"{sim['source']}, {sim['rounds']} rounds in lockstep"
+                  + ("" if sim["done"] else " (stopped before the end)")
+                  + (f"; FAILED: {sim['failed']}" if sim["failed"] else ""), ""]
     o = r.get("orders") or {}
     risk = r["risk"]
     if "error" in o:

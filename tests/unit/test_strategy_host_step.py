@@ -68,7 +68,7 @@ class LiveHost(HostView):
         self.ex = np.zeros(512, EXEC_DTYPE)
         self.ex_i = self.ex.view(np.int64).reshape(len(self.ex), -1)
         self.fb = np.zeros(256, EXEC_DTYPE)
-        self.cal = np.zeros(3)
+        self.cal = np.zeros(5)
         self.hist = LatencyHistogram.local()
         self.got = np.zeros(4096, ORDER_DTYPE)
 
