@@ -266,7 +266,9 @@ class _L2:
                     self._add(side, px, amt, changed)
 
     def snapshot(self, bids, asks):
-        """Replace the book inside the snapshot's price range by the snapshot."""
+        """Replace the book inside the snapshot's price range by the snapshot. Held-back
+        takers are settled by it too: what is left of them rests (and is in the snapshot)
+        or is gone."""
         for side, rows in ((BID, bids), (ASK, asks)):
             snap = {}
             for p, q in rows:
@@ -280,6 +282,10 @@ class _L2:
                 for p in inside:
                     del lv[p]
             lv.update(snap)
+        for oid, (side, px, amt) in list(self.pending.items()):
+            if not self._crosses(side, px):
+                del self.pending[oid]
+                self.resting[oid] = (side, px, amt)
 
 
 def convert(path, max_seconds: float | None = None, max_lines: int | None = None,
@@ -344,8 +350,6 @@ def convert(path, max_seconds: float | None = None, max_lines: int | None = None
         else:   # order_book
             n_snap += 1
             book.snapshot(doc["bids"], doc["asks"])
-            changed = {}
-            book.release_pending(changed)
             lv_b, lv_a = book.levels
             batch.append((MSG_SNAP_START, 0, 0, 0, 0, lineno, len(lv_b) + len(lv_a)))
             for p in sorted(lv_b, reverse=True):

@@ -1,9 +1,9 @@
 """LOBSTER (NASDAQ) message + order book files -> hftfarm market records, and back to rows.
 
-Cold path: runs in ``run.py replay lobster``, ``run.py book``, ``run.py sim facts`` and in tests.
-The files may be gzip-compressed (``.csv.gz``, as in shared/data/calibration/lobster/). All parsing is
-integer/Decimal-exact (prices are already USD x 10000 integers; times are decimal seconds after
-midnight and become integer nanoseconds without passing through float).
+Cold path: runs in ``run.py replay lobster``, ``run.py book``, ``run.py sim facts`` and in
+tests. The files may be gzip-compressed (``.csv.gz``, as in shared/data/calibration/lobster/).
+All parsing is integer/Decimal-exact (prices are already USD x 10000 integers; times are
+decimal seconds after midnight and become integer nanoseconds without passing through float).
 
 Conversion (one batch of records per LOBSTER message; the last record of each batch carries
 MFLAG_LAST_IN_BATCH, every record MFLAG_REPLAY):
