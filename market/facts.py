@@ -49,13 +49,16 @@ R_NS, R_PX, R_QTY, R_SIDE, R_MID_X2 = range(5)
 class Tape:
     """What the facts are measured on. ``top`` int64[n, 6] (time, valid, bid px, bid qty,
     ask px, ask qty) one row per change of the top of book; ``trades`` int64[m, 5] (time, px,
-    qty lots, aggressor SIDE_*, mid x2 of the last valid book before the trade, 0 if none)."""
+    qty lots, aggressor SIDE_*, mid x2 of the last valid book before the trade, 0 if none).
+    ``tick_scale``: reported ticks per px_tick (1; 0.01 for LOBSTER, whose px_ticks are
+    1/10000 USD while the market's tick is a cent)."""
     top: np.ndarray
     trades: np.ndarray
     t_start_ns: int
     t_end_ns: int
     tick_size: float
     lot_size: float
+    tick_scale: float = 1.0
 
     @property
     def duration_s(self) -> float:
@@ -195,7 +198,7 @@ def spread_depth(tape: Tape, step_ns: int = SPREAD_GRID_NS) -> dict:
     mid = (s[:, T_ASK] + s[:, T_BID]) / 2.0
     depth = np.concatenate([s[:, T_BID_QTY], s[:, T_ASK_QTY]]).astype(np.float64)
     value = np.concatenate([s[:, T_BID_QTY] * s[:, T_BID], s[:, T_ASK_QTY] * s[:, T_ASK]])
-    return {"spread_ticks": distribution(spread), "spread_bps": distribution(spread / mid * 1e4),
+    return {"spread_ticks": distribution(spread * tape.tick_scale), "spread_bps": distribution(spread / mid * 1e4),
             "depth_lots": distribution(depth),
             "depth_value": distribution(value * tape.tick_size * tape.lot_size)}
 
@@ -276,8 +279,8 @@ def _mid_move(tape: Tape, t_eval: np.ndarray, mid_before_x2: np.ndarray):
         z = np.zeros(len(t_eval))
         return z, z, np.zeros(len(t_eval), dtype=bool)
     after = sample_at(t, mid, t_eval)
-    move = (after - mid_before_x2) / 2.0
-    bps = np.where(usable, move / np.maximum(mid_before_x2, 1) * 2.0 * 1e4, 0.0)
+    move = (after - mid_before_x2) / 2.0 * tape.tick_scale
+    bps = np.where(usable, (after - mid_before_x2) / np.maximum(mid_before_x2, 1) * 1e4, 0.0)
     return move, bps, usable
 
 
@@ -315,8 +318,8 @@ def markouts(tape: Tape, horizons=MARKOUT_HORIZONS) -> dict:
         if not usable.any():
             out[name] = {"n": 0, "ticks": None, "bps": None, "edge_ticks": None}
             continue
-        after_x2 = tr[:, R_MID_X2] + 2.0 * move
-        edge = maker * (after_x2 / 2.0 - tr[:, R_PX])
+        after_x2 = tr[:, R_MID_X2] + 2.0 * move / tape.tick_scale
+        edge = maker * (after_x2 / 2.0 - tr[:, R_PX]) * tape.tick_scale
         out[name] = {"n": int(usable.sum()), "ticks": _f(np.mean(maker[usable] * move[usable])),
                      "bps": _f(np.mean(maker[usable] * bps[usable])),
                      "edge_ticks": _f(np.mean(edge[usable]))}
@@ -357,11 +360,14 @@ def _life_stats(life: np.ndarray) -> dict:
             "p90_s": _f(np.percentile(life, 90))}
 
 
-def measure(records: np.ndarray, instrument, source: str = "") -> dict:
+def measure(records: np.ndarray, instrument, source: str = "", price_tick=None) -> dict:
     """Every statistic of one instrument's records (``instrument``: an object with
-    instrument_id, key, tick_size and lot_size) as a JSON-ready dict."""
+    instrument_id, key, tick_size and lot_size) as a JSON-ready dict; figures in ticks are in
+    ``price_tick`` (a Decimal; default the instrument's tick size)."""
     tape = build_tape(records, instrument.instrument_id, instrument.tick_size,
                       instrument.lot_size)
+    if price_tick is not None:
+        tape.tick_scale = float(instrument.tick_size / price_tick)
     return measure_tape(tape, source=source, instrument=instrument.key)
 
 
@@ -378,7 +384,7 @@ def measure_tape(tape: Tape, source: str = "", instrument: str = "") -> dict:
     return {
         "source": source, "instrument": instrument,
         "duration_s": _f(tape.duration_s), "book_changes": int(len(tape.top)),
-        "tick_size": tape.tick_size, "lot_size": tape.lot_size,
+        "tick_size": tape.tick_size / tape.tick_scale, "lot_size": tape.lot_size,
         "mid_first": _f(mid[0] / 2 * tape.tick_size) if len(mid) else None,
         **spread_depth(tape),
         "trade_size": trade_sizes(tr[:, R_QTY], tape.lot_size, tape.duration_s),

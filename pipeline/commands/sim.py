@@ -99,10 +99,10 @@ def run_facts(args) -> int:
     _progress(f"sim: measuring {len(recs)} records of {inst.key}")
     columns = {"sim": measure(recs, inst, f"sim {cfg.source} seed {seed}, {rate:g} ev/s")}
     if data is not None:
-        recs_d, inst_d, source = data
+        recs_d, inst_d, source, price_tick = data
         _progress(f"data: measuring {len(recs_d)} records of {inst_d.key}")
         try:
-            columns["data"] = measure(recs_d, inst_d, source)
+            columns["data"] = measure(recs_d, inst_d, source, price_tick)
         except ValueError as exc:
             raise CliError(f"--data {args.data}: {exc}", EXIT_USAGE) from None
     if args.json:
@@ -161,9 +161,11 @@ def simulate(cfg, inst, duration_s: float, seed: int, rate: float, chunk_s: floa
 
 
 def _load_data(path: str, max_seconds: float, inst_key: str | None):
-    """(records, instrument, source text) of a recording, or CliError(2) naming the file."""
+    """(records, instrument, source text, tick the ticks are reported in or None) of a
+    recording, or CliError(2) naming the file."""
     import re
     import warnings
+    from decimal import Decimal
     from pathlib import Path
 
     from pipeline.commands._inputs import input_file, sniff
@@ -183,8 +185,10 @@ def _load_data(path: str, max_seconds: float, inst_key: str | None):
             recs, meta = convert(p, ob, info["levels"], max_seconds)
         except LobsterError as exc:
             raise CliError(f"--data {exc}", EXIT_USAGE) from None
+        # px_ticks are the file's 1/10000 USD; the market's tick is a cent (NASDAQ, >= $1)
         return recs, lobster_instrument(info["ticker"]), \
-            f"LOBSTER {info['ticker']} {info['date']}, {meta['messages']} messages"
+            f"LOBSTER {info['ticker']} {info['date']}, {meta['messages']} messages", \
+            Decimal("0.01")
     if "orderbook_" in name and re.search(r"\.csv(\.gz)?$", name):
         raise CliError(f"--data {path}: a LOBSTER order book file; give the message file "
                        f"beside it (..._message_N.csv[.gz])", EXIT_USAGE)
@@ -199,7 +203,7 @@ def _load_data(path: str, max_seconds: float, inst_key: str | None):
         except BitstampError as exc:
             raise CliError(f"--data {exc}", EXIT_USAGE) from None
         return recs, bitstamp_instrument(), \
-            f"Bitstamp BTC/USD, {meta['lines']} lines, {meta['trades']} trades"
+            f"Bitstamp BTC/USD, {meta['lines']} lines, {meta['trades']} trades", None
     if sniff(p) == "record":
         from market.recordfile import RecordFileError, instruments_from_header, open_record_file
         from shm.records import MARKET_DTYPE
@@ -226,7 +230,7 @@ def _load_data(path: str, max_seconds: float, inst_key: str | None):
         t = recs["exch_ts_ns"] if not np.any(recs["exch_ts_ns"] == 0) else recs["recv_ts_ns"]
         if len(recs):
             recs = recs[t <= t[0] + int(max_seconds * 1e9)]
-        return recs, inst, f"record file {Path(path).name}"
+        return recs, inst, f"record file {Path(path).name}", None
     raise CliError(f"--data {path}: not a recording this command reads; give a LOBSTER "
                    f"message file, the Bitstamp events log or an hftfarm record file",
                    EXIT_USAGE)

@@ -86,6 +86,15 @@ def test_spread_and_depth_are_sampled_every_100ms_from_the_valid_book():
     assert out["depth_value"]["p10"] == pytest.approx(4 * 0.5 * 10.00)
 
 
+def test_ticks_can_be_reported_in_a_coarser_tick_than_the_records_price_unit():
+    s = Stream().snapshot(0.0, [(1000, 4)], [(1004, 6)]).level(1.0, SIDE_BUY, 1000, 5)
+    coarse = facts.measure(s.records(), INST, price_tick=Decimal("0.02"))
+    fine = facts.measure(s.records(), INST)
+    assert fine["spread_ticks"]["p50"] == 4 and coarse["spread_ticks"]["p50"] == 2
+    assert coarse["spread_bps"] == fine["spread_bps"]
+    assert coarse["tick_size"] == pytest.approx(0.02)
+
+
 def test_a_crossed_or_one_sided_book_is_not_priced_and_the_last_valid_mid_holds():
     s = Stream().snapshot(0.0, [(1000, 1)], [(1002, 1)])
     s.level(1.0, SIDE_SELL, 1002, 0)          # one-sided from 1 s to 2 s
@@ -344,6 +353,17 @@ def test_sim_facts_prints_every_statistic_for_the_sim_and_the_bitstamp_log(
     assert 500 < cols["data"]["duration_s"] <= 600
     assert cols["sim"]["trade_size"]["trades_per_s"] > 10     # the sim at 1000 events/s
     assert 230 < cols["data"]["mid_first"] < 240
+
+
+def test_sim_facts_reads_a_lobster_message_file_with_its_orderbook_beside_it(shared_data,
+                                                                            capsys):
+    msg = shared_data / "lobster" / "AAPL_2012-06-21_34200000_57600000_message_10.csv"
+    assert cli_main(["sim", "facts", "--duration", "5", "--data", str(msg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["instrument"] == "AAPL@LOBSTER"
+    assert data["tick_size"] == pytest.approx(0.01)       # reported in cents, not 1/10000 USD
+    assert data["trade_size"]["n"] > 0 and data["spread_ticks"]["p10"] >= 1
+    assert 500 < data["mid_first"] < 600
 
 
 def test_sim_facts_table_has_a_row_per_statistic(capsys):
