@@ -230,7 +230,9 @@ def _load_data(path: str, max_seconds: float, inst_key: str | None):
         t = recs["exch_ts_ns"] if not np.any(recs["exch_ts_ns"] == 0) else recs["recv_ts_ns"]
         if len(recs):
             recs = recs[t <= t[0] + int(max_seconds * 1e9)]
-        return recs, inst, f"record file {Path(path).name}", None
+        # a converted LOBSTER file keeps LOBSTER's 1/10000 USD price unit; report in cents
+        tick = Decimal("0.01") if inst.venue == "LOBSTER" else None
+        return recs, inst, f"record file {Path(path).name}", tick
     raise CliError(f"--data {path}: not a recording this command reads; give a LOBSTER "
                    f"message file, the Bitstamp events log or an hftfarm record file",
                    EXIT_USAGE)

@@ -366,6 +366,26 @@ def test_sim_facts_reads_a_lobster_message_file_with_its_orderbook_beside_it(sha
     assert 500 < data["mid_first"] < 600
 
 
+def test_sim_facts_reads_a_record_file_within_max_seconds(shared_data, tmp_path, capsys):
+    from market.lobster import convert_to_file
+
+    d = shared_data / "lobster"
+    stem = "AAPL_2012-06-21_34200000_57600000"
+    rec = tmp_path / "aapl.rec"
+    convert_to_file(d / f"{stem}_message_10.csv", d / f"{stem}_orderbook_10.csv", 10, rec)
+    direct = ["sim", "facts", "--duration", "3", "--json", "--data"]
+    assert cli_main([*direct, str(d / f"{stem}_message_10.csv")]) == 0
+    via_lobster = json.loads(capsys.readouterr().out)["data"]
+    assert cli_main([*direct, str(rec)]) == 0
+    via_rec = json.loads(capsys.readouterr().out)["data"]
+    for key in ("spread_ticks", "trade_size", "markout", "best_level_lifetime"):
+        assert via_rec[key] == via_lobster[key]
+    assert cli_main([*direct, str(rec), "--max-seconds", "2"]) == 0
+    short = json.loads(capsys.readouterr().out)["data"]
+    assert short["duration_s"] <= 2.0 < via_rec["duration_s"]
+    assert short["trade_size"]["n"] < via_rec["trade_size"]["n"]
+
+
 def test_sim_facts_table_has_a_row_per_statistic(capsys):
     assert cli_main(["sim", "facts", "--duration", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
