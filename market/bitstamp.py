@@ -26,9 +26,9 @@ every record MFLAG_REPLAY; exch_ts_ns = recv_ts_ns = the line's receive time, be
 - ``trade``: a TRADE record (px, qty, aux0 = Bitstamp trade id, aux1 = the trade line's receive
   time in ns) with the aggressor inferred from the order events that executed it: an execution
   is an ``order_changed`` that lowers an order's amount or an ``order_deleted`` with amount 0,
-  at or through the trade price, between the previous trade line and this one (within
-  MATCH_WINDOW_MS). If executions of both sides are found, the newer order (larger id: Bitstamp
-  ids grow with time) is the taker; if only one side's are found at the trade price they are
+  at or through the trade price, not yet taken by an earlier trade, in the MATCH_WINDOW_MS
+  before the trade line. If executions of both sides are found, the newer order (larger id:
+  Bitstamp ids grow with time) is the taker; if only one side's are found at the trade price they are
   the makers (a market order shows no order events) and the aggressor is the other side; an
   execution through the trade price can only be the taker's. The TRADE record is placed in the
   batch of its first execution event, before that event's level change, with that event's time
@@ -165,10 +165,12 @@ def _match_trades(events, notes):
             continue
         px = to_ticks(doc["price"])
         qty = to_lots(doc["amount"])
+        while events[lo][0] < ms - MATCH_WINDOW_MS:
+            lo += 1
         cand = {BID: [], ASK: []}
         for k in range(lo, j):
             n = notes[k]
-            if n is None or not n[5] or k in consumed or events[k][0] < ms - MATCH_WINDOW_MS:
+            if n is None or not n[5] or k in consumed:
                 continue
             side, opx = n[0], n[1]
             if (side == BID and opx >= px) or (side == ASK and opx <= px):
@@ -193,11 +195,9 @@ def _match_trades(events, notes):
                 method = "maker"
         else:
             out[j] = (j, 0, "book")
-            lo = j + 1
             continue
         consumed.update(chosen)
         out[j] = (min(chosen), side, method)
-        lo = j + 1
     return out
 
 

@@ -293,6 +293,16 @@ def test_bitstamp_trade_sides_follow_the_order_events(bitstamp_head):
     assert tr[8111042]["aux1"] == 1430438406348 * 1_000_000
 
 
+def test_bitstamp_buys_print_above_the_mid_before_them_and_sells_below(bitstamp_head):
+    _src, _lines, recs, _meta = bitstamp_head
+    tape = facts.build_tape(recs, 1, Decimal("0.01"), Decimal("0.00000001"))
+    tr = tape.trades
+    off_mid = 2 * tr[:, facts.R_PX] - tr[:, facts.R_MID_X2]
+    known = (tr[:, facts.R_MID_X2] > 0) & (off_mid != 0)
+    agree = (off_mid > 0) == (tr[:, facts.R_SIDE] == SIDE_BUY)
+    assert known.sum() > 20 and agree[known].mean() >= 0.9
+
+
 def test_bitstamp_book_is_never_crossed_and_equals_each_snapshot_on_its_top_20(bitstamp_head):
     _src, lines, recs, _meta = bitstamp_head
     snaps = [json.loads(x.split(" ", 2)[2]) for x in lines if x.split(" ", 2)[1] == "order_book"]
