@@ -28,12 +28,13 @@ every record MFLAG_REPLAY; exch_ts_ns = recv_ts_ns = the line's receive time, be
   is an ``order_changed`` that lowers an order's amount or an ``order_deleted`` with amount 0,
   at or through the trade price, not yet taken by an earlier trade, in the MATCH_WINDOW_MS
   before the trade line. If executions of both sides are found, the newer order (larger id:
-  Bitstamp ids grow with time) is the taker; if only one side's are found at the trade price they are
-  the makers (a market order shows no order events) and the aggressor is the other side; an
-  execution through the trade price can only be the taker's. The TRADE record is placed in the
-  batch of its first execution event, before that event's level change, with that event's time
-  (as a venue publishes a trade before the book update it causes). A trade with no execution
-  event found takes the side of the book it printed against (meta ``trades_by_book``).
+  Bitstamp ids grow with time) is the taker; if only one side's are found at the trade price
+  they are the makers (a market order shows no order events) and the aggressor is the other
+  side; an execution through the trade price can only be the taker's. The TRADE record is
+  placed in the batch of its first execution event, before that event's level change, with
+  that event's time (as a venue publishes a trade before the book update it causes). A trade
+  with no execution event found takes the side of the book it printed against (meta
+  ``trades_by_book``).
 
 Instrument: id 1, symbol "BTC/USD", venue "BITSTAMP", tick 0.01 USD, lot 0.00000001 BTC.
 """
@@ -359,8 +360,7 @@ def convert(path, max_seconds: float | None = None, max_lines: int | None = None
             batch.append((MSG_SNAP_END, 0, 0, 0, 0, lineno, 0))
         if not batch:
             batch.append((MSG_STATUS, 0, 0, 0, 0, STATUS_UNCHANGED, lineno))
-        t_ms = ms
-        emit(batch, t_ms)
+        emit(batch, ms)
         if progress and k and k % 20000 == 0:
             progress(f"bitstamp: {k}/{len(events)} lines converted")
     recs = np.array(out, dtype=MARKET_DTYPE) if out else np.zeros(0, MARKET_DTYPE)

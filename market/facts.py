@@ -198,7 +198,8 @@ def spread_depth(tape: Tape, step_ns: int = SPREAD_GRID_NS) -> dict:
     mid = (s[:, T_ASK] + s[:, T_BID]) / 2.0
     depth = np.concatenate([s[:, T_BID_QTY], s[:, T_ASK_QTY]]).astype(np.float64)
     value = np.concatenate([s[:, T_BID_QTY] * s[:, T_BID], s[:, T_ASK_QTY] * s[:, T_ASK]])
-    return {"spread_ticks": distribution(spread * tape.tick_scale), "spread_bps": distribution(spread / mid * 1e4),
+    return {"spread_ticks": distribution(spread * tape.tick_scale),
+            "spread_bps": distribution(spread / mid * 1e4),
             "depth_lots": distribution(depth),
             "depth_value": distribution(value * tape.tick_size * tape.lot_size)}
 

@@ -338,8 +338,8 @@ STATISTICS = ["spread_ticks.mean", "spread_ticks.p10", "spread_ticks.p50", "spre
               "impact_1s.q4.bps", "best_level_lifetime.both.median_s",
               "best_level_lifetime.both.p90_s", "markout.100ms.ticks", "markout.1s.bps",
               "markout.10s.ticks"]
-EVERY_KEY = STATISTICS + ["returns.10s.vol_bps", "returns.60s.excess_kurtosis", "abs_return_acf_1s.30",
-                          "trade_sign_acf.50", "depth_lots.mean"]
+EVERY_KEY = STATISTICS + ["returns.10s.vol_bps", "returns.60s.excess_kurtosis",
+                          "abs_return_acf_1s.30", "trade_sign_acf.50", "depth_lots.mean"]
 
 
 def test_sim_facts_prints_every_statistic_for_the_sim_and_the_bitstamp_log(
