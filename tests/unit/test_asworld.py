@@ -213,3 +213,37 @@ def test_table_text_names_every_gamma_and_the_published_figures():
     text = format_table(res)
     assert "gamma = 0.01" in text and "gamma = 0.5" in text and "gamma = 0.1 " not in text
     assert "66.78" in text and "33.92" in text and "closed form" in text
+
+
+def _direct_paper_simulation(gamma, n, seed, fill_mid):
+    """The paper's procedure written straight from its formulas (a reference model, numpy,
+    continuous prices): quotes r -+ spread / 2 with r = s - q gamma sigma^2 (T - t)."""
+    rng = np.random.default_rng(seed)
+    sigma, steps = 2.0, 200
+    s = np.full(n, 100.0)
+    q = np.zeros(n)
+    cash = np.zeros(n)
+    for i in range(steps):
+        tau = 1.0 - i * DT
+        r = s - q * gamma * sigma ** 2 * tau
+        half = 0.5 * (gamma * sigma ** 2 * tau + 2 / gamma * math.log(1 + gamma / K))
+        ask, bid = r + half, r - half
+        s_new = s + np.where(rng.random(n) < 0.5, 1.0, -1.0) * sigma * math.sqrt(DT)
+        ref = s_new if fill_mid == "moved" else s
+        hit_a = rng.random(n) < np.minimum(1, A * np.exp(-K * (ask - ref)) * DT)
+        hit_b = rng.random(n) < np.minimum(1, A * np.exp(-K * (ref - bid)) * DT)
+        q += hit_b.astype(float) - hit_a
+        cash += hit_a * ask - hit_b * bid
+        s = s_new
+    return cash + q * s, q
+
+
+@pytest.mark.parametrize("gamma,fill_mid", [(0.5, "moved"), (0.1, "quoted")])
+def test_kernel_in_the_world_matches_the_papers_formulas_simulated_directly(gamma, fill_mid):
+    n_ref, n = 20000, 400
+    ref_profit, ref_q = _direct_paper_simulation(gamma, n_ref, 1, fill_mid)
+    ours = summarize(simulate(gamma, "inventory", n, seed=21, setting=Setting(fill_mid=fill_mid)))
+    se = math.sqrt(ours["se_profit"] ** 2 + ref_profit.var() / n_ref)
+    assert abs(ours["profit"] - ref_profit.mean()) < 4 * se
+    assert abs(ours["std_final_q"] / ref_q.std() - 1) < 4 / math.sqrt(2 * n)
+    assert abs(ours["std_profit"] / ref_profit.std() - 1) < 4 / math.sqrt(2 * n)
