@@ -193,7 +193,7 @@ def trade_stats(trade_pnls, capital: float) -> dict:
         "win_rate": win_rate(p) if p.size else nan,
         "profit_factor": _finite_or_none(profit_factor(p)),
         "gross_profit": float(wins.sum()),
-        "gross_loss": float(-losses.sum()),
+        "gross_loss": float(0.0 - losses.sum()),     # 0.0, not -0.0, without losses
         "net": float(p.sum()),
         "mean_pnl": float(p.mean()) if p.size else nan,
         "mean_win": float(wins.mean()) if wins.size else nan,
