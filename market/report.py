@@ -218,11 +218,13 @@ def report_warnings(sharpe_st: dict, trades: dict) -> list[dict]:
                     f"or too short a sample"})
     n_ret, dur = sharpe_st["returns"], sharpe_st["duration_s"]
     if n_ret < MIN_RETURNS or dur < SECONDS_PER_DAY:
-        out.append({"code": "sharpe_short_sample", "message":
-                    f"Sharpe from {n_ret} {_period_name(sharpe_st['period_s'])} returns over "
-                    f"{dur / 3600:.2g} h: an annual figure from under a day (or under "
-                    f"{MIN_RETURNS} returns) is an extrapolation, not an estimate (standard "
-                    f"error ~{_num(sharpe_st['se_annualised'], '.3g')} annualised)"})
+        what = (f"no Sharpe: {n_ret} {_period_name(sharpe_st['period_s'])} returns in "
+                f"{dur:.3g} s (it needs 2 or more; reported as 0)" if n_ret < 2 else
+                f"Sharpe from {n_ret} {_period_name(sharpe_st['period_s'])} returns over "
+                f"{dur / 3600:.2g} h: an annual figure from under a day (or under "
+                f"{MIN_RETURNS} returns) is an extrapolation, not an estimate (standard "
+                f"error ~{sharpe_st['se_annualised']:.3g} annualised)")
+        out.append({"code": "sharpe_short_sample", "message": what})
     n = trades["closed_trades"]
     if n >= WIN_RATE_MIN_TRADES and trades["win_rate"] > WIN_RATE_IMPLAUSIBLE:
         out.append({"code": "win_rate_implausible", "message":
