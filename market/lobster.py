@@ -1,8 +1,9 @@
 """LOBSTER (NASDAQ) message + order book files -> hftfarm market records, and back to rows.
 
-Cold path: runs in ``run.py replay lobster`` and ``run.py book`` and in tests. All parsing is
-integer/Decimal-exact (prices are already USD x 10000 integers; times are decimal seconds after
-midnight and become integer nanoseconds without passing through float).
+Cold path: runs in ``run.py replay lobster``, ``run.py book``, ``run.py sim facts`` and in
+tests. The files may be gzip-compressed (``.csv.gz``, as in shared/data/calibration/lobster/).
+All parsing is integer/Decimal-exact (prices are already USD x 10000 integers; times are
+decimal seconds after midnight and become integer nanoseconds without passing through float).
 
 Conversion (one batch of records per LOBSTER message; the last record of each batch carries
 MFLAG_LAST_IN_BATCH, every record MFLAG_REPLAY):
@@ -26,6 +27,7 @@ meta keeps ``midnight_ns`` so seconds after midnight are recovered exactly.
 """
 from __future__ import annotations
 
+import gzip
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -41,7 +43,7 @@ DUMMY_ASK_PX = 9999999999
 DUMMY_BID_PX = -9999999999
 TICK_SIZE = Decimal("0.0001")
 _NAME_RE = re.compile(r"^(?P<ticker>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_"
-                      r"(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv$")
+                      r"(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv(\.gz)?$")
 
 
 class LobsterError(ValueError):
@@ -74,10 +76,17 @@ def midnight_ns(date: str | None) -> int:
     return int(d.timestamp()) * 1_000_000_000
 
 
-def read_messages(path) -> np.ndarray:
-    """int64[rows, 6]: time ns after midnight, type, order id, size, price, direction."""
+def open_text(path):
+    """A LOBSTER CSV for reading as text, gzip-compressed (``.gz``) or not."""
+    return gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)
+
+
+def read_messages(path, max_seconds: float | None = None) -> np.ndarray:
+    """int64[rows, 6]: time ns after midnight, type, order id, size, price, direction; with
+    ``max_seconds`` only the messages up to that long after the first one."""
     rows = []
-    with open(path) as f:
+    limit = None
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -86,16 +95,24 @@ def read_messages(path) -> np.ndarray:
                 raise LobsterError(f"{path}:{lineno}: {len(parts)} columns, a LOBSTER message "
                                    f"has 6")
             try:
-                rows.append((seconds_to_ns(parts[0]), *(int(p) for p in parts[1:6])))
+                row = (seconds_to_ns(parts[0]), *(int(p) for p in parts[1:6]))
             except ValueError as exc:
                 raise LobsterError(f"{path}:{lineno}: {exc}") from None
+            if max_seconds is not None:
+                if limit is None:
+                    limit = row[0] + int(max_seconds * 1_000_000_000)
+                if row[0] > limit:
+                    break
+            rows.append(row)
     return np.array(rows, dtype=np.int64).reshape(-1, 6)
 
 
-def read_orderbook(path, levels: int) -> np.ndarray:
-    """int64[rows, 4 * levels] (ask px, ask size, bid px, bid size per level)."""
+def read_orderbook(path, levels: int, max_rows: int | None = None) -> np.ndarray:
+    """int64[rows, 4 * levels] (ask px, ask size, bid px, bid size per level); the first
+    ``max_rows`` rows only when given."""
     try:
-        ob = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+        with open_text(path) as f:
+            ob = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2, max_rows=max_rows)
     except ValueError as exc:
         raise LobsterError(f"{path}: not an integer LOBSTER order book file: {exc}") from None
     if ob.shape[1] < 4 * levels:
@@ -116,10 +133,11 @@ def _side_map(row, levels, side):
     return out
 
 
-def convert(message_path, orderbook_path, levels: int):
-    """(MARKET_DTYPE records, meta dict) for a LOBSTER pair."""
-    msgs = read_messages(message_path)
-    ob = read_orderbook(orderbook_path, levels)
+def convert(message_path, orderbook_path, levels: int, max_seconds: float | None = None):
+    """(MARKET_DTYPE records, meta dict) for a LOBSTER pair (files may be gzip-compressed);
+    with ``max_seconds`` only the first that many seconds of the day."""
+    msgs = read_messages(message_path, max_seconds)
+    ob = read_orderbook(orderbook_path, levels, len(msgs) if max_seconds is not None else None)
     if len(msgs) != len(ob):
         raise LobsterError(f"{message_path} has {len(msgs)} messages but {orderbook_path} has "
                            f"{len(ob)} order book rows; LOBSTER pairs have equal row counts")

@@ -26,9 +26,23 @@ The recorded trade records come before the level records of the same event (as t
 converter and the matching engine write them), so a level decrease caused by a trade is
 recognised and not counted twice (``QF_TRADED``).
 
-Latency: records reach the strategy at recv_ts if the recording has a receive time later than
-the exchange time, else at exch_ts + the venue's market-data latency (FIFO); orders reach the
-venue after the order latency and reports come back after it again, as in ``market.sim``.
+Which time drives the replay (``replay_clock``, applied once when the venue is made): the
+venue applies record k at its *venue time*, which is its exchange time ``exch_ts_ns`` where it
+has one, else its receive time ``recv_ts_ns`` (venue recordings converted by ``run.py replay
+binance|coinbase|kraken`` carry no exchange time on snapshots, status records and many level
+updates: ``exch_ts_ns == 0`` there; the live replay stage, stages/feed_replay.py, makes the
+same substitution). The venue applies the file in file order, the order its books were built
+in, so venue times are made non-decreasing (a record never applies before the one ahead of it:
+a running maximum; exchange times in a venue recording come from the venue's clock and may run
+a few ms out of step with the receive clock). A record reaches the strategy at its recorded
+receive time if that is later than its venue time, else at the venue time + the venue's
+market-data latency (FIFO), and never before the record ahead of it. The run's time span is
+first venue time .. last delivery (``replay_time_span``); a record with neither time, or a span
+over ``MAX_REPLAY_SPAN_NS``, is refused with a ``ReplayTimeError`` naming the file, before
+anything is sized from the span.
+
+Latency: orders reach the venue after the order latency and reports come back after it again,
+as in ``market.sim``.
 """
 from __future__ import annotations
 
@@ -72,13 +86,81 @@ Q_ACTIVE, Q_COID, Q_INST, Q_SIDE, Q_PX, Q_LEAVES, Q_CUM, Q_STRAT, Q_VOID, Q_CAUS
 Q_WORDS = 11
 QF_AHEAD = 0
 QF_TRADED = 1
+# The longest span a replay may have: the backtest sizes its equity curve from the span (one
+# sample per 100 ms by default), so a span of decades (a time of 0 beside epoch times) must be
+# refused, not allocated. A week of 100 ms samples is ~290 MB per curve row.
+MAX_REPLAY_SPAN_NS = 7 * 86_400 * 1_000_000_000
+
+
+class ReplayTimeError(ValueError):
+    """Record times that cannot define a replay; the message names the file."""
+
+
+def _source_of(records, source) -> str:
+    """The file behind ``records`` (a numpy.memmap, or a view of one) for error messages."""
+    if source:
+        return str(source)
+    a = records
+    while a is not None:
+        name = getattr(a, "filename", None)
+        if name:
+            return str(name)
+        a = getattr(a, "base", None)
+    return "the replayed records"
+
+
+def replay_clock(records, source=None) -> np.ndarray:
+    """A copy of ``records`` whose ``exch_ts_ns`` is the venue time the replay applies each
+    record at (see the module docstring): the exchange time, else the receive time, made
+    non-decreasing in file order. ReplayTimeError (naming the file) for a record with neither
+    time or a span over MAX_REPLAY_SPAN_NS."""
+    recs = np.array(records, dtype=records.dtype, copy=True)
+    if len(recs) == 0:
+        return recs
+    name = _source_of(records, source)
+    exch = recs["exch_ts_ns"].copy()
+    recv = recs["recv_ts_ns"]
+    missing = exch <= 0
+    exch[missing] = recv[missing]
+    bad = np.flatnonzero(exch <= 0)
+    if bad.size:
+        raise ReplayTimeError(f"{name}: record {int(bad[0])} ({bad.size} of {len(recs)} "
+                              f"records) has neither an exchange time nor a receive time; a "
+                              f"replay needs one of them on every record")
+    exch = np.maximum.accumulate(exch)
+    recs["exch_ts_ns"] = exch
+    start = int(exch[0])
+    end = max(int(exch[-1]), int(recv.max()))
+    if end - start > MAX_REPLAY_SPAN_NS:
+        k = int(np.argmax(np.diff(exch))) + 1 if len(exch) > 1 else 0
+        late = int(recv.max()) > int(exch[-1])
+        where = (f"receive time {int(recv.max())} ns at record {int(np.argmax(recv))}" if late
+                 else f"the largest jump is at record {k}: {int(exch[k - 1]) if k else start}"
+                      f" -> {int(exch[k])} ns")
+        raise ReplayTimeError(f"{name}: record times span {(end - start) / 86_400e9:.1f} days "
+                              f"({start} .. {end} ns; {where}), more than the "
+                              f"{MAX_REPLAY_SPAN_NS // 86_400_000_000_000} days a replay may "
+                              f"span: the file's times are wrong (a time in other units, or "
+                              f"missing) or the recording must be split")
+    return recs
+
+
+def replay_time_span(records, source=None) -> tuple[int, int]:
+    """(first venue time, last venue or receive time) of ``records``, in ns, on the clock the
+    replay runs on (``replay_clock``); ReplayTimeError naming the file for bad times. (0, 0)
+    for no records."""
+    if len(records) == 0:
+        return 0, 0
+    recs = replay_clock(records, source)
+    return int(recs["exch_ts_ns"][0]), max(int(recs["exch_ts_ns"][-1]),
+                                           int(recs["recv_ts_ns"].max()))
 
 
 class ReplayVenue:
     """Recorded MARKET_DTYPE records as a venue for our orders (see the module docstring)."""
 
     def __init__(self, records: np.ndarray, instruments, cfg, *, queue_model: str,
-                 seed: int = 0, max_levels: int = 256):
+                 seed: int = 0, max_levels: int = 256, source: str | None = None):
         if queue_model not in QUEUE_MODELS:
             raise ValueError(f"queue model {queue_model!r}: choose one of "
                              f"{', '.join(QUEUE_MODELS)}")
@@ -104,8 +186,12 @@ class ReplayVenue:
         rng = np.zeros(n_venues + 2, dtype=np.uint64)
         rng_seed(rng, seed)
         fifo = np.zeros((n_venues + 1, 3), dtype=np.int64)
-        recs = np.array(records, dtype=records.dtype, copy=True)
+        recs = replay_clock(records, source)
         stamp_receive_times(recs, lat.params, lat.hist, lat.hist_n, rng, inst_venue, fifo)
+        if len(recs):
+            # delivered in file order: a record never reaches the strategy before the one
+            # ahead of it (recorded receive times beside stamped ones)
+            recs["recv_ts_ns"] = np.maximum.accumulate(recs["recv_ts_ns"])
         self.records = recs
         st = np.zeros(RS_WORDS, dtype=np.int64)
         st[RS_MODEL] = QUEUE_MODELS[queue_model]

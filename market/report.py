@@ -4,15 +4,30 @@ Definitions (each is a small function so a test can check it on a scripted curve
 
 - equity(t) = initial cash + realized PnL + unrealized PnL (positions marked at the mid) - fees;
   sampled by the backtest every ``sample_ns`` of simulated time.
-- Sharpe: per-period simple returns r_k = (E_k - E_{k-1}) / E_{k-1} of the equity sampled every
-  ``period_s`` (default 1 s), annualised as mean(r) / std(r) * sqrt(periods per year) with a
-  365 x 24 x 3600 s year (crypto venues trade around the clock); 0 when std(r) == 0.
-- max drawdown: the largest drop from a running peak of equity, in quote currency (and as a
-  fraction of that peak).
+- Sharpe (``sharpe_stats``): simple returns r_k = (E_k - E_{k-1}) / E_{k-1} of the equity
+  resampled to a period: 1 minute for runs shorter than a day, 1 day for longer ones (a
+  one-second return is mostly bid/ask noise of the mark, and its Sharpe annualised by
+  sqrt(31,536,000) says nothing a year could bear out). The per-period Sharpe mean(r) / std(r)
+  (ddof 1, risk-free rate 0) is scaled to a daily-equivalent Sharpe by sqrt(periods per day)
+  and annualised by sqrt(365) (crypto venues trade every day of the year): ``sharpe`` is the
+  annualised figure, ``sharpe_basis`` says how it was made. Its standard error is Lo's (2002)
+  iid approximation sqrt((1 + SR_p^2 / 2) / n), annualised alike; with enough returns a 95%
+  interval comes from a seeded circular block bootstrap (BOOTSTRAP_RESAMPLES resamples, blocks
+  of round(sqrt(n)) returns, so short-range autocorrelation survives the resampling). 0 when
+  std(r) == 0 or there are fewer than 2 returns.
+- max drawdown: the largest drop from a running peak of equity, in quote currency, as a
+  fraction of that peak and as a fraction of the capital (the backtest's initial cash,
+  ``[backtest].initial_cash``).
 - trades: fills. A *closed trade* is a fill that reduces a position; its PnL is the realized PnL
   against the average entry price minus the fees of that fill. win rate = closed trades with
   PnL > 0 / closed trades; profit factor = sum of positive PnLs / |sum of negative PnLs|
-  (inf with no loss, 0 with no gain, nan with neither).
+  (inf with no loss, 0 with no gain, nan with neither). ``trade_stats`` gives the sums behind
+  them (gross profit, gross loss), the mean trade and the mean win / loss in quote currency and
+  as fractions of the capital, and a block-bootstrap 95% interval of the mean trade PnL.
+- warnings (``warnings``: code and message): figures a reader should not take at face value: an
+  |annualised Sharpe| above SHARPE_IMPLAUSIBLE, a win rate above WIN_RATE_IMPLAUSIBLE over
+  WIN_RATE_MIN_TRADES or more closed trades, fewer than MIN_TRADES closed trades, a Sharpe from
+  less than a day of data or fewer than MIN_RETURNS returns.
 - fill rate: orders with at least one fill / orders accepted by the venue; also filled / sent
   quantity.
 - inventory: mean |q| over samples, max |q| (over fills, so nothing is missed between samples),
@@ -35,6 +50,16 @@ from pathlib import Path
 import numpy as np
 
 SECONDS_PER_YEAR = 365.0 * 24.0 * 3600.0
+SECONDS_PER_DAY = 86_400.0
+DAYS_PER_YEAR = 365.0            # crypto: every day trades
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 20_240_614
+MIN_BOOTSTRAP_SAMPLES = 20       # fewer returns / trades: no interval (and the report says why)
+MIN_RETURNS = 30                 # fewer returns than this: the Sharpe is flagged as short
+MIN_TRADES = 30                  # fewer closed trades: win rate, profit factor flagged
+SHARPE_IMPLAUSIBLE = 20.0        # |annualised Sharpe| above this is flagged
+WIN_RATE_IMPLAUSIBLE = 0.95
+WIN_RATE_MIN_TRADES = 50
 
 
 def max_drawdown(equity) -> tuple[float, float]:
@@ -62,6 +87,156 @@ def sharpe(equity, period_s: float) -> float:
     return float(np.mean(r) / sd * math.sqrt(SECONDS_PER_YEAR / period_s))
 
 
+def returns_period_s(duration_s: float) -> float:
+    """The return period of the report's Sharpe: 1 minute for runs shorter than a day, else 1
+    day."""
+    return 60.0 if duration_s < SECONDS_PER_DAY else SECONDS_PER_DAY
+
+
+def _period_name(period_s: float) -> str:
+    if period_s == SECONDS_PER_DAY:
+        return "daily"
+    if period_s == 60.0:
+        return "1-minute"
+    return f"{period_s:g}-second"
+
+
+def simple_returns(equity) -> np.ndarray:
+    e = np.asarray(equity, dtype=np.float64)
+    if e.size < 2:
+        return np.zeros(0)
+    return np.diff(e) / e[:-1]
+
+
+def _sharpe_of_returns(r, periods_per_year: float) -> float:
+    if r.size < 2:
+        return 0.0
+    sd = float(np.std(r, ddof=1))
+    if sd == 0.0 or not math.isfinite(sd):
+        return 0.0
+    return float(np.mean(r) / sd * math.sqrt(periods_per_year))
+
+
+def block_bootstrap_indices(n: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                            seed: int = BOOTSTRAP_SEED, block_len: int | None = None):
+    """(resamples x n index array, block length) of a circular block bootstrap: each resample
+    is ceil(n / L) blocks of L consecutive indices (wrapping), started uniformly, cut to n."""
+    L = max(1, int(round(math.sqrt(n)))) if block_len is None else int(block_len)
+    blocks = -(-n // L)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n, size=(resamples, blocks))
+    idx = (starts[:, :, None] + np.arange(L)[None, None, :]) % n
+    return idx.reshape(resamples, blocks * L)[:, :n], L
+
+
+def bootstrap_ci(values, statistic, *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED, min_samples: int = MIN_BOOTSTRAP_SAMPLES) -> dict:
+    """Percentile interval of ``statistic`` (a function of a (resamples, n) array -> (resamples,)
+    values, nan where undefined) under a seeded circular block bootstrap of ``values``.
+    ``{"low", "high", "level", "resamples", "block_len", "seed"}``, or ``{"omitted": why}`` with
+    fewer than ``min_samples`` values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < min_samples:
+        return {"omitted": f"{v.size} samples, fewer than the {min_samples} a block bootstrap "
+                           f"needs"}
+    idx, L = block_bootstrap_indices(v.size, resamples=resamples, seed=seed)
+    stats = np.asarray(statistic(v[idx]), dtype=np.float64)
+    stats = stats[np.isfinite(stats)]
+    if stats.size < resamples // 2:
+        return {"omitted": "the statistic is undefined on most resamples (no variation)"}
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return {"low": float(lo), "high": float(hi), "level": level, "resamples": resamples,
+            "block_len": L, "seed": seed}
+
+
+def sharpe_stats(t_ns, equity, period_s: float | None = None) -> dict:
+    """The report's Sharpe (see the module docstring): annualised, daily-equivalent, per
+    period, its standard error, a block-bootstrap interval, and the basis in words."""
+    t = np.asarray(t_ns, dtype=np.int64)
+    duration_s = float(t[-1] - t[0]) / 1e9 if t.size else 0.0
+    if period_s is None:
+        period_s = returns_period_s(duration_s)
+    r = simple_returns(resample(t, equity, int(period_s * 1e9)))
+    per_day = SECONDS_PER_DAY / period_s
+    ppy = per_day * DAYS_PER_YEAR
+    sr_p = _sharpe_of_returns(r, 1.0)
+    annual = sr_p * math.sqrt(ppy)
+    name = _period_name(period_s)
+    basis = (f"{name} returns (n={r.size}), daily-equivalent x sqrt({per_day:g}), annualised "
+             f"x sqrt(365): x sqrt({ppy:g}) in all; risk-free rate 0")
+    se = math.sqrt((1.0 + 0.5 * sr_p * sr_p) / r.size) * math.sqrt(ppy) if r.size >= 2 \
+        else None                # undefined figures are None (JSON null), never nan
+
+    def stat(samples):
+        sd = samples.std(axis=1, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(sd > 0, samples.mean(axis=1) / sd, np.nan) * math.sqrt(ppy)
+
+    ci = bootstrap_ci(r, stat) if r.size >= 2 else {"omitted": f"{r.size} returns"}
+    return {"annualised": annual, "daily": sr_p * math.sqrt(per_day), "per_period": sr_p,
+            "period_s": period_s, "returns": int(r.size), "duration_s": duration_s,
+            "se_annualised": se, "ci95": ci, "basis": basis}
+
+
+def _finite_or_none(x: float):
+    return None if math.isnan(x) else x
+
+
+def trade_stats(trade_pnls, capital: float) -> dict:
+    """Closed-trade figures in quote currency and as fractions of ``capital``."""
+    p = np.asarray(trade_pnls, dtype=np.float64)
+    wins, losses = p[p > 0], p[p < 0]
+    nan = None                   # undefined figures are None (JSON null), never nan
+    out = {
+        "closed_trades": int(p.size),
+        "win_rate": win_rate(p) if p.size else nan,
+        "profit_factor": _finite_or_none(profit_factor(p)),
+        "gross_profit": float(wins.sum()),
+        "gross_loss": float(0.0 - losses.sum()),     # 0.0, not -0.0, without losses
+        "net": float(p.sum()),
+        "mean_pnl": float(p.mean()) if p.size else nan,
+        "mean_win": float(wins.mean()) if wins.size else nan,
+        "mean_loss": float(losses.mean()) if losses.size else nan,
+        "capital": float(capital),
+    }
+    for k in ("gross_profit", "gross_loss", "net", "mean_pnl", "mean_win", "mean_loss"):
+        out[k + "_of_capital"] = out[k] / capital if capital > 0 and out[k] is not None \
+            else nan
+    out["mean_pnl_ci95"] = bootstrap_ci(p, lambda s: s.mean(axis=1))
+    return out
+
+
+def report_warnings(sharpe_st: dict, trades: dict) -> list[dict]:
+    """Figures not to take at face value: [{"code", "message"}]."""
+    out = []
+    sr = sharpe_st["annualised"]
+    if abs(sr) > SHARPE_IMPLAUSIBLE:
+        out.append({"code": "sharpe_implausible", "message":
+                    f"annualised Sharpe {sr:.1f} is beyond +-{SHARPE_IMPLAUSIBLE:g}: no strategy "
+                    f"sustains that; suspect the simulation (fills too easy, marks too smooth) "
+                    f"or too short a sample"})
+    n_ret, dur = sharpe_st["returns"], sharpe_st["duration_s"]
+    if n_ret < MIN_RETURNS or dur < SECONDS_PER_DAY:
+        what = (f"no Sharpe: {n_ret} {_period_name(sharpe_st['period_s'])} returns in "
+                f"{dur:.3g} s (it needs 2 or more; reported as 0)" if n_ret < 2 else
+                f"Sharpe from {n_ret} {_period_name(sharpe_st['period_s'])} returns over "
+                f"{dur / 3600:.2g} h: an annual figure from under a day (or under "
+                f"{MIN_RETURNS} returns) is an extrapolation, not an estimate (standard "
+                f"error ~{sharpe_st['se_annualised']:.3g} annualised)")
+        out.append({"code": "sharpe_short_sample", "message": what})
+    n = trades["closed_trades"]
+    if n >= WIN_RATE_MIN_TRADES and trades["win_rate"] > WIN_RATE_IMPLAUSIBLE:
+        out.append({"code": "win_rate_implausible", "message":
+                    f"win rate {trades['win_rate']:.3f} over {n} closed trades: real fills are "
+                    f"adversely selected far more often than that"})
+    if n < MIN_TRADES:
+        out.append({"code": "few_trades", "message":
+                    f"{n} closed trades (fewer than {MIN_TRADES}): win rate, profit factor and "
+                    f"mean trade PnL rest on too few trades"})
+    return out
+
+
 def win_rate(trade_pnls) -> float:
     p = np.asarray(trade_pnls, dtype=np.float64)
     return float((p > 0).sum() / p.size) if p.size else float("nan")
@@ -82,7 +257,9 @@ def resample(t_ns, values, period_ns: int) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if t.size == 0:
         return v
-    grid = np.arange(t[0], t[-1] + 1, period_ns, dtype=np.int64)
+    # integer arithmetic: np.arange(t0, t1, step) sizes itself in float64, which at epoch
+    # nanoseconds (~1.7e18, a spacing of 256 ns) can drop the last boundary
+    grid = t[0] + np.arange((t[-1] - t[0]) // period_ns + 1, dtype=np.int64) * period_ns
     idx = np.searchsorted(t, grid, side="right") - 1
     return v[np.clip(idx, 0, v.size - 1)]
 
@@ -96,14 +273,18 @@ def time_weighted_mean(t_ns, values) -> float:
 
 
 def build_report(*, curve: dict, trade_pnls, queue_times_ns, counters: dict,
-                 initial_cash: float, sharpe_period_s: float = 1.0) -> dict:
+                 initial_cash: float, sharpe_period_s: float | None = None) -> dict:
     """The report dict from an equity curve (arrays t_ns, equity, realized, unrealized, fees,
     abs_pos), the closed-trade PnLs, the maker fills' times in queue and the backtest's
-    counters (fills, orders, quantities, events, max_abs_pos...)."""
+    counters (fills, orders, quantities, events, max_abs_pos...). ``initial_cash`` is the
+    capital the relative figures are of; ``sharpe_period_s`` overrides the return period
+    (default: ``returns_period_s`` of the curve's span)."""
     t = np.asarray(curve["t_ns"], dtype=np.int64)
     eq = np.asarray(curve["equity"], dtype=np.float64)
     dd, dd_rel = max_drawdown(eq)
-    period_ns = int(sharpe_period_s * 1e9)
+    sst = sharpe_stats(t, eq, sharpe_period_s)
+    tst = trade_stats(trade_pnls, initial_cash)
+    cap = float(initial_cash)
     q = np.asarray(queue_times_ns, dtype=np.float64)
     absq = np.asarray(curve["abs_pos"], dtype=np.float64)
     orders_acked = counters.get("orders_acked", 0)
@@ -114,10 +295,16 @@ def build_report(*, curve: dict, trade_pnls, queue_times_ns, counters: dict,
             "unrealized": float(curve["unrealized"][-1]) if eq.size else 0.0,
             "fees": float(curve["fees"][-1]) if eq.size else 0.0,
         },
-        "sharpe": sharpe(resample(t, eq, period_ns), sharpe_period_s),
-        "sharpe_note": f"per-{sharpe_period_s:g}s returns, x sqrt(365*86400/{sharpe_period_s:g})",
+        "capital": cap,
+        "return_on_capital": float(eq[-1] - initial_cash) / cap if eq.size and cap > 0 else 0.0,
+        "sharpe": sst["annualised"],
+        "sharpe_basis": sst["basis"],
+        "sharpe_note": sst["basis"],          # the key older readers know
+        "sharpe_stats": sst,
         "max_drawdown": dd,
         "max_drawdown_frac": dd_rel,
+        "max_drawdown_of_capital": dd / cap if cap > 0 else 0.0,
+        "trade_stats": tst,
         "trades": int(counters.get("fills", 0)),
         "closed_trades": int(len(trade_pnls)),
         "win_rate": win_rate(trade_pnls),
@@ -139,6 +326,7 @@ def build_report(*, curve: dict, trade_pnls, queue_times_ns, counters: dict,
         "counters": {k: (int(v) if float(v).is_integer() else float(v))
                      for k, v in counters.items()},
     }
+    rep["warnings"] = report_warnings(sst, tst)
     return rep
 
 
@@ -178,6 +366,8 @@ def write_equity_png(path: Path, curve: dict, title: str) -> None:
 def _jsonable(x):
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
@@ -194,11 +384,14 @@ def format_text(report: dict, name: str) -> str:
     lines = [
         f"backtest {name}",
         f"  pnl total {p['total']:.2f}  realized {p['realized']:.2f}  "
-        f"unrealized {p['unrealized']:.2f}  fees {p['fees']:.2f}",
-        f"  sharpe {report['sharpe']:.2f} ({report['sharpe_note']})  max drawdown "
-        f"{report['max_drawdown']:.2f} ({report['max_drawdown_frac'] * 100:.3f}%)",
+        f"unrealized {p['unrealized']:.2f}  fees {p['fees']:.2f}"
+        f"{_return_on_capital(report)}",
+        *_sharpe_lines(report),
+        f"  max drawdown {report['max_drawdown']:.2f} ({_pct(report['max_drawdown_frac'])} "
+        f"of peak{_of_capital(report, report.get('max_drawdown_of_capital'))})",
         f"  trades {report['trades']}  closed {report['closed_trades']}  win rate "
         f"{report['win_rate']:.3f}  profit factor {report['profit_factor']:.3f}",
+        *_trade_lines(report),
         f"  fill rate {report['fill_rate']:.3f} (qty {report['fill_rate_qty']:.3f})",
         f"  inventory |q| mean {inv['mean_abs']:.1f}  max {inv['max_abs']:.1f}  "
         f"time-weighted {inv['time_weighted_abs']:.1f} lots",
@@ -218,6 +411,8 @@ def format_text(report: dict, name: str) -> str:
     if "halted" in report:
         h = report["halted"]
         lines.append(f"  halted at {h['at_s']:.3f} s: {h['reason']}")
+    for w in report.get("warnings", ()):
+        lines.append(f"  warning: {w['message']}")
     c = report["counters"]
     if "events" in c and "wall_s" in c:
         per_cpu = (f", {c['events'] / c['cpu_s'] / 1e6:.2f} M/CPU-s in {c['cpu_s']:.2f} "
@@ -228,6 +423,58 @@ def format_text(report: dict, name: str) -> str:
         lines.append(f"  strategy kernel errors {c['kernel_errors']} (their "
                      f"{c.get('intents_discarded', 0)} intents discarded; the run went on)")
     return "\n".join(lines)
+
+
+def _ci(ci: dict | None, fmt: str) -> str:
+    if not ci:
+        return ""
+    if "omitted" in ci:
+        return f", no 95% interval ({ci['omitted']})"
+    return (f", 95% interval [{ci['low']:{fmt}}, {ci['high']:{fmt}}] (block bootstrap, "
+            f"{ci['resamples']} resamples, blocks of {ci['block_len']})")
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pct(frac: float) -> str:
+    return f"{frac * 100:.3g}%"
+
+
+def _return_on_capital(report: dict) -> str:
+    if "return_on_capital" not in report:
+        return ""
+    return f"  ({_pct(report['return_on_capital'])} of capital {report['capital']:,.0f})"
+
+
+def _of_capital(report: dict, frac) -> str:
+    if frac is None or "capital" not in report:
+        return ""
+    return f", {_pct(frac)} of capital {report['capital']:,.0f}"
+
+
+def _sharpe_lines(report: dict) -> list[str]:
+    st = report.get("sharpe_stats")
+    if st is None:
+        return [f"  sharpe {report['sharpe']:.2f} ({report.get('sharpe_note', '')})"]
+    return [f"  sharpe {report['sharpe']:.2f} annualised, {st['daily']:.3f} daily-equivalent "
+            f"(standard error {_num(st['se_annualised'], '.3g')}{_ci(st.get('ci95'), '.2f')})",
+            f"    basis: {st['basis']}"]
+
+
+def _trade_lines(report: dict) -> list[str]:
+    ts = report.get("trade_stats")
+    if ts is None or not ts["closed_trades"]:
+        return []
+    pct = _pct if ts["capital"] > 0 else (lambda v: "-")
+    return [f"  closed trades: gross profit {ts['gross_profit']:.2f} "
+            f"({pct(ts['gross_profit_of_capital'])} of capital), gross loss "
+            f"{ts['gross_loss']:.2f} "
+            f"({pct(ts['gross_loss_of_capital'])}), mean win {_num(ts['mean_win'], '.4g')}, "
+            f"mean loss {_num(ts['mean_loss'], '.4g')}",
+            f"    mean trade PnL {ts['mean_pnl']:.4g} ({pct(ts['mean_pnl_of_capital'])} of "
+            f"capital){_ci(ts.get('mean_pnl_ci95'), '.4g')}"]
 
 
 def _reasons(counts: dict) -> str:

@@ -36,10 +36,13 @@ def register(sub) -> None:
                    "alone (default: every enabled instance together, in one market, under one "
                    "risk state, each with its own report and the total)")
     p.add_argument("--data", default=None,
-                   help="record file (market/recordfile.py format, e.g. from `run.py replay "
-                   "lobster`): replay it instead of simulating; passive fills then come from "
-                   "the queue model backtest.queue_model. Without --strategy, the strategies "
-                   "that can trade what it holds run together (the others are skipped)")
+                   help="record file (market/recordfile.py format, from `run.py replay "
+                   "lobster|binance|coinbase|kraken`): replay it instead of simulating; passive "
+                   "fills then come from the queue model backtest.queue_model. The replay runs "
+                   "on each record's exchange time, its receive time where it has none "
+                   "(market/replayvenue.py); a file whose times span more than a week is "
+                   "refused. Without --strategy, the strategies that can trade what it holds "
+                   "run together (the others are skipped)")
     p.add_argument("--queue-model", default=None, choices=("conservative", "probabilistic"),
                    help="override backtest.queue_model for --data")
     p.add_argument("--duration", type=float, default=None,
