@@ -196,7 +196,7 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
                 strat = get_strategy_class(sc.kind)(sc.params, insts,
                                                     ids.get((sc0.name, k),
                                                             strategy_id_of(cfg, sc0.name)), k)
-            except ConfigError as exc:
+            except (ConfigError, ValueError) as exc:   # it refuses the file's instruments
                 if not (together and data is not None):
                     raise
                 skipped[sc.name] = str(exc)

@@ -4,14 +4,13 @@
 [--data F] [--max-seconds S] [--json]`` measures the stylized facts of ``market.facts`` on the
 simulator's output and, with --data, on a real recording, and prints them side by side.
 
-Cold path (operator's shell). Registration is cheap (argparse only); the handler imports numpy
-and numba. Subcommands hang off ``sim``'s own subparsers: ``register`` also lets
-``pipeline/sim_paper_cli.py`` add its parser there when that module exists
-(``add_paper_parser(sim_subparsers)``), so ``run.py sim paper ...`` can live beside ``facts``.
+``run.py sim paper avellaneda-stoikov ...`` reproduces a published table in its model world
+(pipeline/sim_paper_cli.py, docs/avellaneda-stoikov.md).
+
+Cold path (operator's shell). Registration is cheap (argparse only); the handlers import numpy
+and numba.
 """
 from __future__ import annotations
-
-import importlib.util
 
 DEFAULT_DURATION_S = 600.0
 DEFAULT_MAX_SECONDS = 3600.0
@@ -23,10 +22,9 @@ def register(sub) -> None:
     sim_sub = p.add_subparsers(dest="sim_command", metavar="<subcommand>")
     sim_sub.required = True
     add_facts_parser(sim_sub)
-    if importlib.util.find_spec("pipeline.sim_paper_cli") is not None:
-        from pipeline.sim_paper_cli import add_paper_parser
+    from pipeline.sim_paper_cli import add_paper_parser
 
-        add_paper_parser(sim_sub)
+    add_paper_parser(sim_sub)
 
 
 def add_facts_parser(sim_sub) -> None:
