@@ -66,6 +66,7 @@ class Controller:
         self.sim_duration_s = sim_duration_s
         self.clock = None
         self.sim_failed = ""
+        self.sim_stopped_early = False
         self._next_progress = 0.0
         self.notifier = notifier
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -506,7 +507,8 @@ class Controller:
         from shm.lockstep import W_INTENTS, W_REPORTS, W_ROUNDS, W_T_END, W_T_START
 
         h = self.clock.head
-        return {"done": bool(self.clock.done), "rounds": int(h[W_ROUNDS]),
+        return {"done": bool(self.clock.done) and not self.sim_stopped_early,
+                "rounds": int(h[W_ROUNDS]),
                 "t_start_ns": int(h[W_T_START]), "t_end_ns": int(h[W_T_END]),
                 "now_ns": self.clock.now, "venue_reports": int(h[W_REPORTS]),
                 "intents": int(h[W_INTENTS]), "source": self.replay or "sim",
@@ -527,6 +529,11 @@ class Controller:
         sup = self.supervisor
         if sup is None:
             return
+        if self.clock is not None and not self.clock.done:
+            # stopped before the simulated session's end: end it, so that the venue answers
+            # the stop's cancels and no stage takes another turn
+            self.sim_stopped_early = True
+            self.clock.finish()
         sup.stop_spare()
         t0 = time.monotonic()
 

@@ -113,6 +113,7 @@ class LockstepVenueStage(Stage):
 
     def lockstep_start(self, clk) -> None:
         """Before the first round (the runner calls it once the clock is attached)."""
+        self.clk = clk
         clk.head[W_T_START] = self.mk.t_start
         clk.head[W_T_END] = self.t_stop
         clk.head[W_NOW] = self.mk.t_start
@@ -173,7 +174,10 @@ class LockstepVenueStage(Stage):
     # -- after the session (and the free-running poll before it starts: nothing) --------
     def poll(self) -> int:
         if not self.closed:
-            return 0
+            clk = getattr(self, "clk", None)
+            if clk is None or not clk.done:
+                return 0
+            self.closed = True   # the controller ended the session early (a stop)
         work = 0
         for i, r in enumerate(self.in_r):
             n = r.poll(self.orders)
