@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from market.latency import rng_normal, rng_seed, rng_uniform
+from shm.recordops import reply_to_order
 from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_FILL,
                          EXEC_PARTIAL, EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW,
                          INTENT_REPLACE, LIQ_MAKER, MARKET_DTYPE, MFLAG_LAST_IN_BATCH,
@@ -227,28 +228,9 @@ def _reject(s, order, code, kind, now):
     if w.n_out >= out.shape[0]:
         return
     e = out[w.n_out]
+    reply_to_order(e, order, kind, 0, code, now)
     e.ring_seq = 0
-    e.kind = kind
-    e.side = order.side
-    e.liquidity = 0
-    e.flags = 0
-    e.instrument_id = order.instrument_id
-    e.client_order_id = order.client_order_id
-    e.venue_order_id = 0
-    e.px_ticks = order.px_ticks
-    e.qty_lots = order.qty_lots
-    e.leaves_lots = 0
-    e.cum_qty_lots = 0
-    e.venue_ts_ns = now
-    e.cause_recv_ts_ns = order.cause_recv_ts_ns
-    e.send_ts_ns = now
-    e.fee_e9 = 0
-    e.strategy_id = order.strategy_id
-    e.reject_code = code
     e.venue_id = w.venue_id
-    e.order_px_ticks = order.px_ticks
-    e.trade_id = 0
-    e.reserved = 0
     w.n_out += 1
 
 

@@ -27,11 +27,10 @@ import time
 import numpy as np
 
 from common.status import ST_RUNNING, W_STATE, W_X0, W_X1
-from shm.records import (EXEC_DTYPE, EXEC_REJECT, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE,
-                         REJECT_VENUE_DOWN)
+from shm.records import EXEC_DTYPE, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE
 from shm.status import StatusTable
 from stages.base import Stage
-from stages.venue_sim import attach_venue_side, split_publish_md
+from stages.venue_sim import answer_without_market, attach_venue_side, split_publish_md
 
 BATCH = 4096
 READERS_WAIT_S = 120.0  # start anyway after this long without every reader (and say so)
@@ -150,15 +149,8 @@ class FeedReplayStage(Stage):
             if not n:
                 continue
             work += n
-            o, e = self.orders[:n], self.rej[:n]
-            e[:] = 0
-            e["kind"] = EXEC_REJECT
-            for f in ("side", "instrument_id", "client_order_id", "px_ticks", "qty_lots",
-                      "cause_recv_ts_ns", "strategy_id", "venue_id"):
-                e[f] = o[f]
-            e["order_px_ticks"] = o["px_ticks"]
-            e["reject_code"] = REJECT_VENUE_DOWN
-            e["venue_ts_ns"] = time.time_ns()
+            e = self.rej[:n]
+            answer_without_market(self.orders[:n], e, time.time_ns(), ack_cancels=False)
             self.out_w[i].publish(e)
         return work
 

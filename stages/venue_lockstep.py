@@ -32,10 +32,10 @@ from __future__ import annotations
 import numpy as np
 
 from shm.lockstep import W_N_DEN, W_NOW, W_REPORTS, W_ROUNDS, W_T_END, W_T_START
-from shm.records import (EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_REJECT,
-                         INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE, ORDER_DTYPE, REJECT_VENUE_DOWN)
+from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage
-from stages.venue_sim import attach_venue_side, split_publish_ex, split_publish_md
+from stages.venue_sim import (answer_without_market, attach_venue_side, split_publish_ex,
+                               split_publish_md)
 
 # as market/backtest.py's buffers: a round's deliveries are cut at the same sizes
 BATCH_MD = 4096
@@ -184,19 +184,8 @@ class LockstepVenueStage(Stage):
             if not n:
                 continue
             work += n
-            o, e = self.orders[:n], self.answers[:n]
-            e[:] = 0
-            for f in ("side", "instrument_id", "client_order_id", "px_ticks", "qty_lots",
-                      "cause_recv_ts_ns", "strategy_id", "venue_id"):
-                e[f] = o[f]
-            e["order_px_ticks"] = o["px_ticks"]
-            cancel = o["kind"] == INTENT_CANCEL
-            e["kind"] = np.where(cancel, EXEC_CANCEL_ACK,
-                                 np.where(o["kind"] == INTENT_NEW, EXEC_REJECT,
-                                          EXEC_CANCEL_REJECT))
-            e["reject_code"] = np.where(cancel, 0, REJECT_VENUE_DOWN)
-            e["venue_ts_ns"] = self.now
-            e["send_ts_ns"] = self.now
+            e = self.answers[:n]
+            answer_without_market(self.orders[:n], e, self.now, ack_cancels=True)
             self.out_w[i].publish(e)
             self.records_out += n
         return work

@@ -157,6 +157,29 @@ class SimVenueStage(Stage):
             r.close()
 
 
+def answer_without_market(o, e, now: int, ack_cancels: bool) -> None:
+    """Answer the orders ``o`` (ORDER_DTYPE) into ``e`` (EXEC_DTYPE, same length) for a venue
+    stage with no market behind it (a replay without matching, a sim-time session that has
+    ended): every order EXEC_REJECT with REJECT_VENUE_DOWN; with ``ack_cancels`` a cancel is
+    acknowledged instead (the order is gone with the session) and a replace refused
+    (EXEC_CANCEL_REJECT). Cold (numpy over the batch)."""
+    from shm.records import (EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_REJECT, INTENT_NEW,
+                             REJECT_VENUE_DOWN)
+
+    e[:] = 0
+    for f in ("side", "instrument_id", "client_order_id", "px_ticks", "qty_lots",
+              "cause_recv_ts_ns", "strategy_id", "venue_id"):
+        e[f] = o[f]
+    e["order_px_ticks"] = o["px_ticks"]
+    cancel = (o["kind"] == INTENT_CANCEL) & ack_cancels
+    refused = EXEC_CANCEL_REJECT if ack_cancels else EXEC_REJECT
+    e["kind"] = np.where(cancel, EXEC_CANCEL_ACK,
+                         np.where(o["kind"] == INTENT_NEW, EXEC_REJECT, refused))
+    e["reject_code"] = np.where(cancel, 0, REJECT_VENUE_DOWN)
+    e["venue_ts_ns"] = now
+    e["send_ts_ns"] = now
+
+
 def attach_venue_side(stage, inst: str, venues) -> None:
     """The venue side of every venue's rings, for the stage that plays the venues (the
     simulator or a recording's replay): writer of ``md-<v>``, reader of ``vorder-<v>``, writer
