@@ -3,7 +3,9 @@
 Cold path, operator's shell. ``replay lobster`` is market.lobster (LOBSTER message + order book
 files); ``replay binance|coinbase|kraken`` hand the venue recordings to the feed handlers via
 ``feeds.convert.convert_recording`` (imported lazily, so this command registers even in a
-checkout without the feeds package).
+checkout without the feeds package); ``replay bitstamp`` is market.bitstamp (the Bitstamp
+BTC/USD order-event log of ../shared/data/calibration/bitstamp/: L3 events aggregated into L2
+levels, trades with their inferred aggressor, the top-20 snapshots).
 """
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ def register(sub) -> None:
     lp.add_argument("--levels", type=int, required=True, help="levels to use (<= the file's N)")
     lp.add_argument("--out", required=True, help="record file to write")
     lp.set_defaults(func=run_lobster)
+    bp = rsub.add_parser("bitstamp", help="the Bitstamp BTC/USD order-event log (.log or .log.gz) "
+                         "-> L2 level updates and trades (market/bitstamp.py)")
+    bp.add_argument("--file", required=True, help="bitstamp_..._events.log(.gz)")
+    bp.add_argument("--max-seconds", type=float, default=None,
+                    help="only the first S seconds of the log (default: all of it)")
+    bp.add_argument("--out", required=True, help="record file to write")
+    bp.set_defaults(func=run_bitstamp)
     for venue in VENUES:
         vp = rsub.add_parser(venue, help=f"{venue} recording(s) -> record file through the live "
                              "feed handler")
@@ -56,6 +65,37 @@ def run_lobster(args) -> int:
     except OSError as exc:
         raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
     print(f"{args.out}: {n} market records from {args.message}")
+    return 0
+
+
+def run_bitstamp(args) -> int:
+    import sys
+
+    from pipeline.commands._inputs import input_file, output_file
+    from pipeline.exits import EXIT_USAGE, CliError
+
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise CliError(f"--max-seconds {args.max_seconds}: must be > 0", EXIT_USAGE)
+    input_file(args.file, "--file", "Bitstamp event log")
+    output_file(args.out, "--out")
+    from market.bitstamp import (BitstampError, bitstamp_instrument, convert,
+                                 looks_like_bitstamp)
+    from market.recordfile import RecordFileWriter
+    from shm.records import MARKET_DTYPE
+
+    if not looks_like_bitstamp(args.file):
+        raise CliError(f"--file {args.file}: not a Bitstamp event log (lines of "
+                       "'<ms> <event> {json}')", EXIT_USAGE)
+    try:
+        recs, meta = convert(args.file, max_seconds=args.max_seconds,
+                             progress=lambda text: print(text, file=sys.stderr, flush=True))
+    except BitstampError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
+    with RecordFileWriter(args.out, MARKET_DTYPE, [bitstamp_instrument()], meta=meta) as w:
+        w.append(recs)
+    print(f"{args.out}: {len(recs)} market records from {args.file}")
     return 0
 
 
