@@ -170,7 +170,8 @@ BacktestArrays = namedtuple("BacktestArrays", [
 
 def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples: int,
                          trade_capacity: int = 1 << 20, venues=None, strategy_venues=None,
-                         trace_capacity: int = 0) -> BacktestArrays:
+                         trace_capacity: int = 0,
+                         markout_capacity: int = MARKOUT_RING) -> BacktestArrays:
     """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
     ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
     strategies' runtime words (one ``make_hctl`` array each).
@@ -179,7 +180,11 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
     them first); ``strategy_venues``: for each strategy the venue names whose market data it
     reads, as a live strategy host reads only the rings of its own instruments' venues
     (default: every venue). ``trace_capacity``: how many intents and venue reports to keep in
-    order (``tro``, ``tre``; the live = backtest proof compares them with the journal)."""
+    order (``tro``, ``tre``; the live = backtest proof compares them with the journal).
+    ``markout_capacity``: fills that may wait for their markout horizons at once (a power of
+    two; beyond it a fill is counted in ``mko_ctl.overflow`` and not marked out)."""
+    if markout_capacity <= 0 or markout_capacity & (markout_capacity - 1):
+        raise ValueError(f"markout_capacity {markout_capacity}: a power of two")
     sids = np.array(strategy_ids, dtype=np.int64)
     n = len(sids)
     if n == 0:
@@ -231,7 +236,7 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         rstate, np.zeros(1, dtype=LOOP_DTYPE),
         np.zeros(trace_capacity, dtype=ORDER_DTYPE), np.zeros(trace_capacity, dtype=EXEC_DTYPE),
         np.zeros(2, np.int64),
-        np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(MARKOUT_RING, dtype=MARKOUT_DTYPE),
+        np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(markout_capacity, dtype=MARKOUT_DTYPE),
         np.zeros(len(MARKOUT_HORIZONS_NS), np.int64), _markout_ctl(),
         np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
         np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)))

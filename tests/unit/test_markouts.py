@@ -264,3 +264,65 @@ def test_markout_cells_give_mean_quote_and_standard_error():
     assert mo["all"]["1s"]["n"] == 4 and mo["maker"]["1s"]["n"] == 4
     assert mo["left_out"] == {"100ms": 0, "1s": 1, "10s": 2}
     assert fq["realized_spread_1s_ticks"] == pytest.approx(2 * t.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# The ring itself: bounded, in time order, the mid at or before each horizon
+# ---------------------------------------------------------------------------------------------
+def _arrays(capacity):
+    from market.backtest import make_backtest_arrays
+    from market.risk import build_limits
+    from shm.instruments import InstrumentTable
+    from strategies.host import make_hctl
+
+    cfg = load_config()
+    insts = list(InstrumentTable.from_config(cfg))
+    G = make_backtest_arrays([1], insts, build_limits(cfg.risk, insts, max_strategies=1),
+                             [make_hctl(100.0)], n_samples=4, markout_capacity=capacity)
+    return G, insts[0].instrument_id
+
+
+def _fill(inst, t, side, px, qty=1):
+    from shm.records import EXEC_DTYPE
+
+    e = np.zeros(1, dtype=EXEC_DTYPE)[0]
+    e["kind"], e["instrument_id"], e["venue_ts_ns"] = EXEC_FILL, inst, t
+    e["side"], e["px_ticks"], e["qty_lots"], e["liquidity"] = side, px, qty, LIQ_MAKER
+    return e
+
+
+def test_a_full_ring_counts_the_fills_it_cannot_hold_and_takes_them_again_once_drained():
+    from market.backtest import MO_N, MO_TICKS, _markout_push, _markouts_due, _markouts_end
+
+    G, i = _arrays(4)
+    G.mark[i] = 2 * 1000                                   # mid 1000
+    for j in range(6):                                     # 6 buys at 999, 1 ms apart
+        _markout_push(G, 0, _fill(i, T0 + j * MS, SIDE_BUY, 999))
+    ctl = G.mko_ctl[0]
+    assert int(ctl["tail"]) == 4 and int(ctl["overflow"]) == 2
+    assert G.mko_sum[0, 0, 0, 0, MO_N] == 4 and G.mko_sum[0, 0, 0, 0, MO_TICKS] == 4.0
+    G.mark[i] = 2 * 1003                                   # the mid rises to 1003
+    # due exactly now, before this round's marks: still waiting (the mark at or before it
+    # may be the one about to arrive)
+    _markouts_due(G, np.int64(T0 + 100 * MS), True)
+    assert G.mko_sum[0, 0, 0, 1, MO_N] == 0
+    _markouts_due(G, np.int64(T0 + 100 * MS), False)      # now it counts: the first fill only
+    assert G.mko_sum[0, 0, 0, 1, MO_N] == 1 and G.mko_sum[0, 0, 0, 1, MO_TICKS] == 4.0
+    assert int(ctl["next_due"]) == T0 + 101 * MS
+    _markouts_due(G, np.int64(T0 + 10 * S + 3 * MS), False)   # every horizon of all four
+    assert [G.mko_sum[0, 0, 0, h, MO_N] for h in range(4)] == [4, 4, 4, 4]
+    _markout_push(G, 0, _fill(i, T0 + 11 * S, SIDE_SELL, 1005))   # room again
+    assert int(ctl["tail"]) == 5 and int(ctl["overflow"]) == 2
+    _markouts_end(G, np.int64(T0 + 11 * S + 500 * MS))    # 100 ms due, 1 s and 10 s are not
+    assert G.mko_sum[0, 1, 0, 1, MO_N] == 1 and G.mko_sum[0, 1, 0, 1, MO_TICKS] == 2.0
+    assert G.mko_left[0].tolist() == [0, 0, 1, 1]
+
+
+def test_a_fill_before_any_mark_is_counted_not_marked_out():
+    from market.backtest import _markout_push
+
+    G, i = _arrays(4)
+    _markout_push(G, 0, _fill(i, T0, SIDE_BUY, 999))
+    assert int(G.mko_ctl[0]["no_mark"]) == 1 and int(G.mko_ctl[0]["tail"]) == 0
+    with pytest.raises(ValueError, match="power of two"):
+        _arrays(6)
