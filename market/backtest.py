@@ -106,12 +106,15 @@ MARKOUT_HORIZONS_NS = (0, 100_000_000, 1_000_000_000, 10_000_000_000)
 MARKOUT_NAMES = ("at_fill", "100ms", "1s", "10s")
 MARKOUT_RING = 1 << 16   # fills waiting for their horizons, power of two; beyond: counted
 # mko_sum[k, side, liquidity, horizon, :]: side 0 buy / 1 sell, liquidity 0 maker / 1 taker
-MO_N, MO_TICKS, MO_QUOTE, MO_TICKS_SQ = 0, 1, 2, 3
-MO_SUMS = 4
-# a fill waiting for its markouts (64 bytes): when, whose, what, and the sign of our side
+# (drift: side x (mid at the horizon - mid at the fill), the mid's move since the fill, whose
+# mean is minus the adverse selection; its own squares, for its standard error)
+MO_N, MO_TICKS, MO_QUOTE, MO_TICKS_SQ, MO_DRIFT, MO_DRIFT_SQ = 0, 1, 2, 3, 4, 5
+MO_SUMS = 6
+# a fill waiting for its markouts (64 bytes): when, whose, what, the sign of our side and the
+# mark (mid x 2) at the fill
 MARKOUT_DTYPE = np.dtype([("t_ns", "i8"), ("k", "i8"), ("inst", "i8"), ("sign", "i8"),
                           ("px_ticks", "i8"), ("qty_lots", "i8"), ("taker", "i8"),
-                          ("pad", "i8")], align=True)
+                          ("mark0_x2", "i8")], align=True)
 # the markout ring's positions and what it left out
 # (next_due: the earliest horizon still to come, so a round with none due costs one compare)
 MARKOUT_CTL_DTYPE = np.dtype([("tail", "i8"), ("next_due", "i8"), ("overflow", "i8"),
@@ -164,7 +167,8 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "mko_left",   # int64[N, n_h]: fills whose horizon fell beyond the end of the run (left
                   # out of the sums), per strategy
     "mko_sum",    # float64[N, 2, 2, n_h, MO_SUMS]: count, sum of ticks, of quote value, of
-                  # ticks^2 per strategy, side, liquidity (maker / taker) and horizon
+                  # ticks^2, of the mid's drift since the fill and its squares, per strategy,
+                  # side, liquidity (maker / taker) and horizon
 ])
 
 
@@ -269,12 +273,15 @@ def _markout_add(G, r, h, mark_x2):
     """Fill r marked out at horizon h against the mark mark_x2 (mid x 2, ticks): positive =
     the mid went our way (above our buy, below our sell)."""
     ticks = 0.5 * float(r.sign * (mark_x2 - 2 * r.px_ticks))
+    drift = 0.5 * float(r.sign * (mark_x2 - r.mark0_x2))
     quote = ticks * float(r.qty_lots) * G.value[r.inst]
     a = G.mko_sum[r.k, 0 if r.sign > 0 else 1, r.taker, h]
     a[MO_N] += 1.0
     a[MO_TICKS] += ticks
     a[MO_QUOTE] += quote
     a[MO_TICKS_SQ] += ticks * ticks
+    a[MO_DRIFT] += drift
+    a[MO_DRIFT_SQ] += drift * drift
 
 
 @njit(cache=True, _nrt=False)
@@ -298,6 +305,7 @@ def _markout_push(G, k, e):
     r.px_ticks = e.px_ticks
     r.qty_lots = e.qty_lots
     r.taker = 0 if e.liquidity == LIQ_MAKER else 1
+    r.mark0_x2 = G.mark[i]
     ctl.tail = tail + 1
     due = r.t_ns + G.mko_h[1]
     if due < ctl.next_due:

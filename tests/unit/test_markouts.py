@@ -110,6 +110,15 @@ def _expected(fills, side, horizon_s, t_end):
     return ticks, n_left
 
 
+def _drifts(fills, side, horizon_s, t_end):
+    """side x (mid(t + h) - mid(t)) of our ``side``'s fills whose horizon is within the run."""
+    path = _mid_path()
+    sign = 1 if side == SIDE_BUY else -1
+    t_fill = [int(f["venue_ts_ns"]) for f in fills[fills["side"] == side]]
+    return [sign * (_mid_at(t + int(round(horizon_s * S)), path) - _mid_at(t, path))
+            for t in t_fill if t + int(round(horizon_s * S)) <= t_end]
+
+
 def test_the_scripted_fills_are_the_trades_through_the_resting_orders(scripted):
     res, fills = scripted
     assert len(fills) > 0
@@ -134,6 +143,8 @@ def test_each_markout_is_the_known_mid_move_against_the_fill_price(scripted, sid
         assert cell["n"] == len(ticks)
         assert ticks, h
         assert cell["mean_ticks"] == pytest.approx(np.mean(ticks), abs=1e-12)
+        drift = [d for d in _drifts(fills, side, hs, t_end)]
+        assert cell["drift_ticks"] == pytest.approx(np.mean(drift), abs=1e-12)
         if len(ticks) > 1:
             assert cell["se_ticks"] == pytest.approx(np.std(ticks, ddof=1) / np.sqrt(len(ticks)),
                                                      abs=1e-9)
@@ -205,13 +216,16 @@ def test_edge_at_fill_and_realized_spread(scripted):
 NAMES = ("at_fill", "100ms", "1s", "10s")
 
 
-def _sums(maker_ticks_1s, taker_ticks_1s=()):
-    """sums[side, liquidity, horizon, 4] with these 1 s markouts (all buys)."""
-    s = np.zeros((2, 2, len(NAMES), 4))
-    for liq, ticks in ((0, maker_ticks_1s), (1, taker_ticks_1s)):
-        t = np.asarray(ticks, dtype=float)
+def _sums(maker_drift_1s, taker_drift_1s=(), edge=5.0):
+    """sums[side, liquidity, horizon, 6] of buys whose mid drifted these ticks since the fill
+    (at every horizon), each bought ``edge`` ticks below the mid: markout = edge + drift."""
+    s = np.zeros((2, 2, len(NAMES), 6))
+    for liq, drift in ((0, maker_drift_1s), (1, taker_drift_1s)):
+        d = np.asarray(drift, dtype=float)
+        t = d + edge
         for h in range(len(NAMES)):
-            s[0, liq, h] = (t.size, t.sum(), t.sum() * 0.01, (t * t).sum())
+            s[0, liq, h] = (t.size, t.sum(), t.sum() * 0.01, (t * t).sum(), d.sum(),
+                            (d * d).sum())
     return s
 
 
@@ -233,19 +247,23 @@ def test_maker_fills_free_of_adverse_selection_are_warned_about():
     rep = _report(_sums(rng.normal(0.5, 2.0, 200)))
     assert "no_adverse_selection" in _codes(rep)
     msg = [w["message"] for w in rep["warnings"] if w["code"] == "no_adverse_selection"][0]
-    assert "fills with no adverse selection" in msg and "200 maker fills" in msg
-    # a mean just above minus one standard error still looks free of adverse selection
-    t = rng.normal(0.0, 1.0, 400)
-    t = t - t.mean() - 0.5 * t.std(ddof=1) / np.sqrt(t.size)
-    assert "no_adverse_selection" in _codes(_report(_sums(t)))
+    assert "fills with no adverse selection" in msg and "200" in msg
+    # a drift just above minus one standard error still looks free of adverse selection
+    d = rng.normal(0.0, 1.0, 400)
+    d = d - d.mean() - 0.5 * d.std(ddof=1) / np.sqrt(d.size)
+    assert "no_adverse_selection" in _codes(_report(_sums(d)))
 
 
 def test_adversely_selected_maker_fills_and_few_fills_are_not_warned_about():
     rng = np.random.default_rng(4)
-    t = rng.normal(0.0, 1.0, 400)
-    t = t - t.mean() - 1.5 * t.std(ddof=1) / np.sqrt(t.size)     # below zero by 1.5 se
-    assert "no_adverse_selection" not in _codes(_report(_sums(t)))
-    assert "no_adverse_selection" not in _codes(_report(_sums(rng.normal(-1.0, 1.0, 300))))
+    d = rng.normal(0.0, 1.0, 400)
+    d = d - d.mean() - 1.5 * d.std(ddof=1) / np.sqrt(d.size)     # against us by 1.5 se
+    assert "no_adverse_selection" not in _codes(_report(_sums(d)))
+    # the mid moves 1 tick against the fills, which still earn 4 of the 5 ticks captured: a
+    # positive markout against the price, and adverse selection all the same
+    rep = _report(_sums(rng.normal(-1.0, 1.0, 300)))
+    assert rep["markouts"]["maker"]["1s"]["mean_ticks"] > 3.5
+    assert "no_adverse_selection" not in _codes(rep)
     # favourable, but only 99 maker fills: not judged
     assert "no_adverse_selection" not in _codes(_report(_sums(rng.normal(1.0, 1.0, 99))))
     # taker fills do not count: favourable takers, adverse makers
@@ -255,7 +273,7 @@ def test_adversely_selected_maker_fills_and_few_fills_are_not_warned_about():
 
 def test_markout_cells_give_mean_quote_and_standard_error():
     t = np.array([1.0, -2.0, 3.0, 0.0])
-    mo, fq = markout_report(_sums(t), NAMES, left_out=[0, 0, 1, 2])
+    mo, fq = markout_report(_sums(t, edge=0.0), NAMES, left_out=[0, 0, 1, 2])
     c = mo["buy"]["1s"]
     assert c["n"] == 4 and c["mean_ticks"] == pytest.approx(t.mean())
     assert c["se_ticks"] == pytest.approx(t.std(ddof=1) / 2.0)
@@ -264,6 +282,8 @@ def test_markout_cells_give_mean_quote_and_standard_error():
     assert mo["all"]["1s"]["n"] == 4 and mo["maker"]["1s"]["n"] == 4
     assert mo["left_out"] == {"100ms": 0, "1s": 1, "10s": 2}
     assert fq["realized_spread_1s_ticks"] == pytest.approx(2 * t.mean())
+    assert c["drift_ticks"] == pytest.approx(t.mean())
+    assert c["se_drift_ticks"] == pytest.approx(t.std(ddof=1) / 2.0)
 
 
 # ---------------------------------------------------------------------------------------------
