@@ -18,8 +18,14 @@ The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-iden
         then every touched instrument marked to market (market.risk.gate_apply_md, gate_mark:
         the live gate's own kernels, in its order), which gives the reference prices
     each report: to the risk state (market.risk.on_exec, the gate's code); fills into the books
-        of record (market.accounting.apply_fill per strategy x instrument); then into the
-        report buffer of the strategy whose id it carries
+        of record (market.accounting.apply_fill per strategy x instrument) and the markout
+        ring (edge at the current mark); then into the report buffer of the strategy whose id
+        it carries
+    fills whose markout horizon (+100 ms, +1 s, +10 s after the fill's venue time) has come:
+        marked out against the gate's mark at or before it (before the round's market data
+        moves the marks for a horizon before now, after it for one at now); at the end of the
+        run, the ones beyond it are counted and left out. Nothing of this reaches a strategy,
+        the gate or a venue: it only measures.
     for each strategy, in strategy-id order (strategy_round):
         batch(hooks..., ctx, st, p, its venues' md, its reports, t, its hctl)
                                                               # run_strategy_batch
@@ -161,7 +167,7 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "tre",        # EXEC_DTYPE[cap]: trace of every venue execution report
     "trn",        # int64[2]: intents, reports traced (beyond cap: counted, not kept)
     "mko_h",      # int64[n_h]: markout horizons, ns after the fill (MARKOUT_HORIZONS_NS)
-    "mko_ring",   # MARKOUT_DTYPE[MARKOUT_RING]: fills waiting for a horizon (in time order)
+    "mko_ring",   # MARKOUT_DTYPE[markout_capacity]: fills waiting for a horizon (in time order)
     "mko_head",   # int64[n_h]: per horizon, the first ring entry not yet marked out at it
     "mko_ctl",    # MARKOUT_CTL_DTYPE[1]: tail (entries pushed), overflow, fills with no mark
     "mko_left",   # int64[N, n_h]: fills whose horizon fell beyond the end of the run (left
