@@ -51,6 +51,8 @@ Definitions (each is a small function so a test can check it on a scripted curve
   before t + h; fills whose t + h falls after the end of the run are left out (counted). Means
   per side, over both sides and over maker / taker fills, each with its standard error
   sqrt(var / n) (iid fills: fills close in time are correlated, so read it as a lower bound).
+  Ticks of different instruments add as they are (a strategy on several instruments, the
+  total): their quote figures are the comparable ones.
 - fill quality (``fill_quality``): the edge at the fill, side x (mid - price) with the mid the
   gate's mark when the fill's report arrives (for a maker fill about half the spread captured,
   for a taker fill about minus half the spread); the effective spread 2 x edge; the realized
