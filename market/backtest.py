@@ -18,8 +18,14 @@ The loop, on a simulated clock (no wall clock anywhere, so two runs are bit-iden
         then every touched instrument marked to market (market.risk.gate_apply_md, gate_mark:
         the live gate's own kernels, in its order), which gives the reference prices
     each report: to the risk state (market.risk.on_exec, the gate's code); fills into the books
-        of record (market.accounting.apply_fill per strategy x instrument); then into the
-        report buffer of the strategy whose id it carries
+        of record (market.accounting.apply_fill per strategy x instrument) and the markout
+        ring (edge at the current mark); then into the report buffer of the strategy whose id
+        it carries
+    fills whose markout horizon (+100 ms, +1 s, +10 s after the fill's venue time) has come:
+        marked out against the gate's mark at or before it (before the round's market data
+        moves the marks for a horizon before now, after it for one at now); at the end of the
+        run, the ones beyond it are counted and left out. Nothing of this reaches a strategy,
+        the gate or a venue: it only measures.
     for each strategy, in strategy-id order (strategy_round):
         batch(hooks..., ctx, st, p, its venues' md, its reports, t, its hctl)
                                                               # run_strategy_batch
@@ -99,6 +105,27 @@ N_REJECT_CODES = 64    # rejects are counted by REJECT_* code below this
 BATCH_MD = 4096
 BATCH_EX = 4096
 MAX_DENIALS = 256
+# Markouts (fill quality): the mid move after each fill, at these horizons of simulated time
+# from the fill's venue time; slot 0 is the fill itself (the mark when its report arrives: the
+# edge captured). Names as the report shows them.
+MARKOUT_HORIZONS_NS = (0, 100_000_000, 1_000_000_000, 10_000_000_000)
+MARKOUT_NAMES = ("at_fill", "100ms", "1s", "10s")
+MARKOUT_RING = 1 << 16   # fills waiting for their horizons, power of two; beyond: counted
+# mko_sum[k, side, liquidity, horizon, :]: side 0 buy / 1 sell, liquidity 0 maker / 1 taker
+# (drift: side x (mid at the horizon - mid at the fill), the mid's move since the fill, whose
+# mean is minus the adverse selection; its own squares, for its standard error)
+MO_N, MO_TICKS, MO_QUOTE, MO_TICKS_SQ, MO_DRIFT, MO_DRIFT_SQ = 0, 1, 2, 3, 4, 5
+MO_SUMS = 6
+# a fill waiting for its markouts (64 bytes): when, whose, what, the sign of our side and the
+# mark (mid x 2) at the fill
+MARKOUT_DTYPE = np.dtype([("t_ns", "i8"), ("k", "i8"), ("inst", "i8"), ("sign", "i8"),
+                          ("px_ticks", "i8"), ("qty_lots", "i8"), ("taker", "i8"),
+                          ("mark0_x2", "i8")], align=True)
+# the markout ring's positions and what it left out
+# (next_due: the earliest horizon still to come, so a round with none due costs one compare)
+MARKOUT_CTL_DTYPE = np.dtype([("tail", "i8"), ("next_due", "i8"), ("overflow", "i8"),
+                              ("no_mark", "i8")])
+NO_DUE = np.int64(0x7FFFFFFFFFFFFFFF)
 # Background events per second per simulated venue in backtests come from
 # backtest.event_rate_per_s (default 1000). sim.event_rate_per_s (20000) is the live
 # simulator's rate; a 30-minute, 2-venue backtest at that rate is 72 M matching-engine events.
@@ -139,12 +166,22 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "tro",        # ORDER_DTYPE[cap]: trace of every intent as the gate decided it (reject_code)
     "tre",        # EXEC_DTYPE[cap]: trace of every venue execution report
     "trn",        # int64[2]: intents, reports traced (beyond cap: counted, not kept)
+    "mko_h",      # int64[n_h]: markout horizons, ns after the fill (MARKOUT_HORIZONS_NS)
+    "mko_ring",   # MARKOUT_DTYPE[markout_capacity]: fills waiting for a horizon (in time order)
+    "mko_head",   # int64[n_h]: per horizon, the first ring entry not yet marked out at it
+    "mko_ctl",    # MARKOUT_CTL_DTYPE[1]: tail (entries pushed), overflow, fills with no mark
+    "mko_left",   # int64[N, n_h]: fills whose horizon fell beyond the end of the run (left
+                  # out of the sums), per strategy
+    "mko_sum",    # float64[N, 2, 2, n_h, MO_SUMS]: count, sum of ticks, of quote value, of
+                  # ticks^2, of the mid's drift since the fill and its squares, per strategy,
+                  # side, liquidity (maker / taker) and horizon
 ])
 
 
 def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples: int,
                          trade_capacity: int = 1 << 20, venues=None, strategy_venues=None,
-                         trace_capacity: int = 0) -> BacktestArrays:
+                         trace_capacity: int = 0,
+                         markout_capacity: int = MARKOUT_RING) -> BacktestArrays:
     """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
     ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
     strategies' runtime words (one ``make_hctl`` array each).
@@ -153,7 +190,11 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
     them first); ``strategy_venues``: for each strategy the venue names whose market data it
     reads, as a live strategy host reads only the rings of its own instruments' venues
     (default: every venue). ``trace_capacity``: how many intents and venue reports to keep in
-    order (``tro``, ``tre``; the live = backtest proof compares them with the journal)."""
+    order (``tro``, ``tre``; the live = backtest proof compares them with the journal).
+    ``markout_capacity``: fills that may wait for their markout horizons at once (a power of
+    two; beyond it a fill is counted in ``mko_ctl.overflow`` and not marked out)."""
+    if markout_capacity <= 0 or markout_capacity & (markout_capacity - 1):
+        raise ValueError(f"markout_capacity {markout_capacity}: a power of two")
     sids = np.array(strategy_ids, dtype=np.int64)
     n = len(sids)
     if n == 0:
@@ -204,7 +245,17 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         np.zeros(MAX_DENIALS, dtype=EXEC_DTYPE), *gate.arrays, limits,
         rstate, np.zeros(1, dtype=LOOP_DTYPE),
         np.zeros(trace_capacity, dtype=ORDER_DTYPE), np.zeros(trace_capacity, dtype=EXEC_DTYPE),
-        np.zeros(2, np.int64))
+        np.zeros(2, np.int64),
+        np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(markout_capacity, dtype=MARKOUT_DTYPE),
+        np.zeros(len(MARKOUT_HORIZONS_NS), np.int64), _markout_ctl(),
+        np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
+        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)))
+
+
+def _markout_ctl():
+    ctl = np.zeros(1, dtype=MARKOUT_CTL_DTYPE)
+    ctl[0]["next_due"] = NO_DUE
+    return ctl
 
 
 def start_loop(G: BacktestArrays, t_start: int) -> None:
@@ -215,6 +266,97 @@ def start_loop(G: BacktestArrays, t_start: int) -> None:
     lp["n_den"] = 0
     lp["same_instant"] = 0
     lp["last_now"] = -1
+
+
+# ---- markouts -------------------------------------------------------------------------------
+# Why a ring and sums: the report needs means and standard errors per strategy, side and
+# horizon, not the fills themselves; a fill costs one 64-byte push and, per horizon, one add when
+# the clock passes it. Fills come in time order of their reports, which is (up to report
+# latency differences of one venue) the order of their venue times, so one head per horizon
+# walks the ring. Marks are the gate's (G.mark: mid x 2 in ticks, the last valid one).
+@njit(cache=True, _nrt=False)
+def _markout_add(G, r, h, mark_x2):
+    """Fill r marked out at horizon h against the mark mark_x2 (mid x 2, ticks): positive =
+    the mid went our way (above our buy, below our sell)."""
+    ticks = 0.5 * float(r.sign * (mark_x2 - 2 * r.px_ticks))
+    drift = 0.5 * float(r.sign * (mark_x2 - r.mark0_x2))
+    quote = ticks * float(r.qty_lots) * G.value[r.inst]
+    a = G.mko_sum[r.k, 0 if r.sign > 0 else 1, r.taker, h]
+    a[MO_N] += 1.0
+    a[MO_TICKS] += ticks
+    a[MO_QUOTE] += quote
+    a[MO_TICKS_SQ] += ticks * ticks
+    a[MO_DRIFT] += drift
+    a[MO_DRIFT_SQ] += drift * drift
+
+
+@njit(cache=True, _nrt=False)
+def _markout_push(G, k, e):
+    """A fill of strategy k: its edge at the current mark now, its horizons later."""
+    i = np.int64(e.instrument_id)
+    ctl = G.mko_ctl[0]
+    if i <= 0 or i >= G.mark.shape[0] or G.mark[i] <= 0:
+        ctl.no_mark += 1   # no valid mid yet: nothing to measure against
+        return
+    tail = ctl.tail
+    ring = G.mko_ring
+    if tail - G.mko_head[G.mko_head.shape[0] - 1] >= ring.shape[0]:
+        ctl.overflow += 1   # the longest horizon's head is the oldest entry still needed
+        return
+    r = ring[tail & (ring.shape[0] - 1)]
+    r.t_ns = e.venue_ts_ns
+    r.k = k
+    r.inst = i
+    r.sign = 1 if e.side == SIDE_BUY else -1
+    r.px_ticks = e.px_ticks
+    r.qty_lots = e.qty_lots
+    r.taker = 0 if e.liquidity == LIQ_MAKER else 1
+    r.mark0_x2 = G.mark[i]
+    ctl.tail = tail + 1
+    due = r.t_ns + G.mko_h[1]
+    if due < ctl.next_due:
+        ctl.next_due = due
+    _markout_add(G, r, 0, G.mark[i])
+
+
+@njit(cache=True, _nrt=False)
+def _markouts_due(G, now, before_marks):
+    """Mark out every waiting fill whose horizon has come: due < now when called before this
+    round's market data moves the marks (their mark is the last one before the horizon), due
+    <= now after it. The mid "at" a horizon is the last mark at or before it."""
+    ctl = G.mko_ctl[0]
+    tail = ctl.tail
+    ring = G.mko_ring
+    mask = ring.shape[0] - 1
+    next_due = NO_DUE
+    for h in range(1, G.mko_h.shape[0]):
+        head = G.mko_head[h]
+        hz = G.mko_h[h]
+        while head < tail:
+            r = ring[head & mask]
+            due = r.t_ns + hz
+            if due > now or (before_marks and due == now):
+                if due < next_due:
+                    next_due = due
+                break
+            _markout_add(G, r, h, G.mark[r.inst])
+            head += 1
+        G.mko_head[h] = head
+    ctl.next_due = next_due
+
+
+@njit(cache=True, _nrt=False)
+def _markouts_end(G, t_end):
+    """At the end of the run: what is due by t_end is marked out, the rest left out
+    (counted per horizon)."""
+    _markouts_due(G, t_end, False)
+    tail = G.mko_ctl[0].tail
+    ring = G.mko_ring
+    for h in range(1, G.mko_h.shape[0]):
+        for j in range(G.mko_head[h], tail):
+            G.mko_left[ring[j & (ring.shape[0] - 1)].k, h] += 1
+        G.mko_head[h] = tail
+    G.mko_ctl[0].next_due = NO_DUE
 
 
 # ---- books of record ----------------------------------------------------------------------
@@ -336,6 +478,7 @@ def _on_reports(G, n_ex, now):
             if e.cum_qty_lots == e.qty_lots:
                 c.orders_filled += 1
             _account(G, k, e)
+            _markout_push(G, k, e)
             if e.liquidity == LIQ_MAKER:
                 c.maker_fills += 1
                 slot = e.client_order_id & (G.acks.shape[1] - 1)
@@ -494,11 +637,16 @@ def backtest_loop(advance, submit, step_all, vs, S, G, t_stop, t_end, sample_ns,
             _sample(G, next_sample, initial_cash)
             next_sample += sample_ns
         tot.md_records += n_md
+        mko = G.mko_ctl[0]
         if n_md > 0:   # the live gate's order: market data and marks, then reports
+            if now > mko.next_due:
+                _markouts_due(G, now, True)
             gate_apply_md(G.gpx, G.gqty, G.gmeta, G.md, n_md, G.touched)
             gate_mark(G.limits, G.rstate, G.gpx, G.gmeta, G.touched)
         if n_ex > 0:
             _on_reports(G, n_ex, now)
+        if now >= mko.next_due:
+            _markouts_due(G, now, False)
         n_den = step_all(vs, S, G, n_md, now, n_den)
         if now >= t_stop and (n_den == 0 or same_instant >= MAX_SAME_INSTANT):
             break
@@ -508,6 +656,7 @@ def backtest_loop(advance, submit, step_all, vs, S, G, t_stop, t_end, sample_ns,
             G.cnt[kd].dropped_denials += 1
         n_den = 0
         _sample(G, t_end, initial_cash)
+        _markouts_end(G, t_end)
     lp.now = now
     lp.next_sample = next_sample
     lp.n_den = n_den

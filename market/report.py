@@ -27,7 +27,15 @@ Definitions (each is a small function so a test can check it on a scripted curve
 - warnings (``warnings``: code and message): figures a reader should not take at face value: an
   |annualised Sharpe| above SHARPE_IMPLAUSIBLE, a win rate above WIN_RATE_IMPLAUSIBLE over
   WIN_RATE_MIN_TRADES or more closed trades, fewer than MIN_TRADES closed trades, a Sharpe from
-  less than a day of data or fewer than MIN_RETURNS returns.
+  less than a day of data or fewer than MIN_RETURNS returns; maker fills that show no adverse
+  selection (``no_adverse_selection``): over NO_ADVERSE_MIN_FILLS or more maker fills, the mid's
+  drift 1 s after the fill, side x (mid(t + 1 s) - mid(t)), is not below zero by at least one
+  standard error (mean > -se). A resting order fills when someone trades into it, and that
+  someone is informed often enough that the mid moves against a maker's fills on average;
+  fills free of that are a simulation that fills too kindly. Why the drift and not the markout
+  against the fill price: that one includes the half spread the maker captured, and a positive
+  realized spread is normal for real makers in a wide market; adverse selection is the part
+  after the fill.
 - fill rate: orders with at least one fill / orders accepted by the venue; also filled / sent
   quantity.
 - inventory: mean |q| over samples, max |q| (over fills, so nothing is missed between samples),
@@ -35,6 +43,24 @@ Definitions (each is a small function so a test can check it on a scripted curve
 - time in queue: from the venue's ack of a passive order to each of its maker fills.
 - turnover: traded notional, sum of price x quantity over fills, quote currency.
 - rejects: risk denials and venue rejects counted by reason (shm.records.REJECT_NAMES).
+- markouts (``markout_report``): for every fill, the mid move against it at +100 ms, +1 s and
+  +10 s of simulated time after the fill's venue time, side x (mid(t + h) - fill price): in
+  ticks and in quote currency (x lots x the instrument's tick value). Positive = the mid moved
+  our way (above our buy, below our sell); negative = adverse selection. The mid "at" t + h is
+  the last mark of the backtest's gate (its L2 book's mid, as market data reaches it) at or
+  before t + h; fills whose t + h falls after the end of the run are left out (counted). Means
+  per side, over both sides and over maker / taker fills, each with its standard error
+  sqrt(var / n) (iid fills: fills close in time are correlated, so read it as a lower bound).
+  Ticks of different instruments add as they are (a strategy on several instruments, the
+  total): their quote figures are the comparable ones.
+- fill quality (``fill_quality``): the edge at the fill, side x (mid - price) with the mid the
+  gate's mark when the fill's report arrives (for a maker fill about half the spread captured,
+  for a taker fill about minus half the spread); the effective spread 2 x edge; the realized
+  spread at 1 s, 2 x side x (mid(t + 1 s) - price) (the standard full-spread definition, from
+  our side: what the fill earns once the market has moved); the price impact (adverse
+  selection) at 1 s = effective - realized = 2 x side x (mid(t) - mid(t + 1 s)); time in queue
+  of maker fills, median and p90. Each markout cell also carries the drift, side x (mid(t + h)
+  - mid(t)), with its own standard error: the markout less the edge at the fill, per fill.
 
 Several strategies run together (strategies/backtest.py): each has its own report, its equity
 curve being the initial cash plus its own PnL; the total's curve is the initial cash plus the
@@ -60,6 +86,11 @@ MIN_TRADES = 30                  # fewer closed trades: win rate, profit factor 
 SHARPE_IMPLAUSIBLE = 20.0        # |annualised Sharpe| above this is flagged
 WIN_RATE_IMPLAUSIBLE = 0.95
 WIN_RATE_MIN_TRADES = 50
+NO_ADVERSE_MIN_FILLS = 100       # maker fills before "no adverse selection" is judged
+NO_ADVERSE_HORIZON = "1s"
+# markout sums: sums[side, liquidity, horizon, :] with side 0 buy / 1 sell, liquidity 0 maker /
+# 1 taker (market/backtest.py mko_sum)
+MO_N, MO_TICKS, MO_QUOTE, MO_TICKS_SQ, MO_DRIFT, MO_DRIFT_SQ = 0, 1, 2, 3, 4, 5
 
 
 def max_drawdown(equity) -> tuple[float, float]:
@@ -207,9 +238,81 @@ def trade_stats(trade_pnls, capital: float) -> dict:
     return out
 
 
-def report_warnings(sharpe_st: dict, trades: dict) -> list[dict]:
+def _mean_se(n: int, total: float, squares: float):
+    """(mean, standard error sqrt(var / n), var with ddof 1) from a count and sums; the
+    standard error is None under 2 values."""
+    mean = total / n
+    if n < 2:
+        return mean, None
+    var = max(0.0, (squares - n * mean * mean) / (n - 1))
+    return mean, math.sqrt(var / n)
+
+
+def _markout_cell(a) -> dict:
+    """{n, mean_ticks, se_ticks, mean_quote, sum_quote, drift_ticks, se_drift_ticks} of one
+    row of sums (count, ticks, quote, ticks^2, drift, drift^2); undefined figures None."""
+    n = int(a[MO_N])
+    if n == 0:
+        return {"n": 0, "mean_ticks": None, "mean_quote": None, "se_ticks": None,
+                "sum_quote": 0.0, "drift_ticks": None, "se_drift_ticks": None}
+    mean, se = _mean_se(n, float(a[MO_TICKS]), float(a[MO_TICKS_SQ]))
+    drift, se_drift = _mean_se(n, float(a[MO_DRIFT]), float(a[MO_DRIFT_SQ]))
+    return {"n": n, "mean_ticks": mean, "mean_quote": float(a[MO_QUOTE]) / n, "se_ticks": se,
+            "sum_quote": float(a[MO_QUOTE]), "drift_ticks": drift, "se_drift_ticks": se_drift}
+
+
+def markout_report(sums, names, *, left_out=None, queue_times_ns=None,
+                   dropped: dict | None = None) -> tuple[dict, dict]:
+    """(markouts, fill_quality) of the report (definitions: the module docstring) from
+    ``sums[side, liquidity, horizon, 6]`` (side 0 buy / 1 sell, liquidity 0 maker / 1 taker;
+    count, sum of ticks, of quote value, of ticks^2, of the drift side x (mid(t + h) -
+    mid(t)) and of its squares) for horizons ``names`` (the first, "at_fill", is the fill
+    itself); ``left_out[h]``: fills whose horizon h fell after the end.
+
+    markouts = {"buy" | "sell" | "all" | "maker" | "taker": {horizon name: cell}, "left_out":
+    {name: n}}, cell = {"n", "mean_ticks", "mean_quote", "se_ticks", "sum_quote",
+    "drift_ticks", "se_drift_ticks"}."""
+    s = np.asarray(sums, dtype=np.float64)
+    groups = {"buy": s[0].sum(axis=0), "sell": s[1].sum(axis=0), "all": s.sum(axis=(0, 1)),
+              "maker": s[:, 0].sum(axis=0), "taker": s[:, 1].sum(axis=0)}
+    mo = {g: {name: _markout_cell(a[h]) for h, name in enumerate(names)}
+          for g, a in groups.items()}
+    mo["left_out"] = {name: int(left_out[h]) if left_out is not None else 0
+                      for h, name in enumerate(names) if h > 0}
+    if dropped:
+        mo.update(dropped)
+    allf = mo["all"]
+    edge = allf[names[0]]["mean_ticks"]
+    rs = allf["1s"]["mean_ticks"] if "1s" in allf else None
+    q = np.asarray(queue_times_ns if queue_times_ns is not None else [], dtype=np.float64)
+    fq = {
+        "fills": allf[names[0]]["n"],
+        "edge_at_fill_ticks": edge,
+        "effective_spread_ticks": None if edge is None else 2.0 * edge,
+        "realized_spread_1s_ticks": None if rs is None else 2.0 * rs,
+        "price_impact_1s_ticks": None if rs is None or edge is None else 2.0 * (edge - rs),
+        "maker_edge_at_fill_ticks": mo["maker"][names[0]]["mean_ticks"],
+        "maker_markout_1s_ticks": mo["maker"]["1s"]["mean_ticks"] if "1s" in allf else None,
+        "maker_drift_1s_ticks": mo["maker"]["1s"]["drift_ticks"] if "1s" in allf else None,
+        "time_in_queue_ms": {"n": int(q.size),
+                             "p50": float(np.median(q) / 1e6) if q.size else None,
+                             "p90": float(np.percentile(q, 90) / 1e6) if q.size else None},
+    }
+    return mo, fq
+
+
+def report_warnings(sharpe_st: dict, trades: dict, markouts: dict | None = None) -> list[dict]:
     """Figures not to take at face value: [{"code", "message"}]."""
     out = []
+    mk = (markouts or {}).get("maker", {}).get(NO_ADVERSE_HORIZON)
+    if mk and mk["n"] >= NO_ADVERSE_MIN_FILLS and mk["se_drift_ticks"] is not None \
+            and mk["drift_ticks"] > -mk["se_drift_ticks"]:
+        out.append({"code": "no_adverse_selection", "message":
+                    f"fills with no adverse selection: {NO_ADVERSE_HORIZON} after {mk['n']} "
+                    f"maker fills the mid has moved {mk['drift_ticks']:+.3f} ticks their way "
+                    f"(standard error {mk['se_drift_ticks']:.3f}), not against them by a "
+                    f"standard error; real resting orders are filled by informed traders often "
+                    f"enough that the mid moves against them: suspect the simulated fills"})
     sr = sharpe_st["annualised"]
     if abs(sr) > SHARPE_IMPLAUSIBLE:
         out.append({"code": "sharpe_implausible", "message":
@@ -273,12 +376,15 @@ def time_weighted_mean(t_ns, values) -> float:
 
 
 def build_report(*, curve: dict, trade_pnls, queue_times_ns, counters: dict,
-                 initial_cash: float, sharpe_period_s: float | None = None) -> dict:
+                 initial_cash: float, sharpe_period_s: float | None = None,
+                 markouts: dict | None = None) -> dict:
     """The report dict from an equity curve (arrays t_ns, equity, realized, unrealized, fees,
     abs_pos), the closed-trade PnLs, the maker fills' times in queue and the backtest's
     counters (fills, orders, quantities, events, max_abs_pos...). ``initial_cash`` is the
     capital the relative figures are of; ``sharpe_period_s`` overrides the return period
-    (default: ``returns_period_s`` of the curve's span)."""
+    (default: ``returns_period_s`` of the curve's span). ``markouts``: ``markout_report``'s
+    keyword arguments but the queue times ({"sums", "names", "left_out", "dropped"}): adds
+    ``markouts`` and ``fill_quality``."""
     t = np.asarray(curve["t_ns"], dtype=np.int64)
     eq = np.asarray(curve["equity"], dtype=np.float64)
     dd, dd_rel = max_drawdown(eq)
@@ -326,7 +432,11 @@ def build_report(*, curve: dict, trade_pnls, queue_times_ns, counters: dict,
         "counters": {k: (int(v) if float(v).is_integer() else float(v))
                      for k, v in counters.items()},
     }
-    rep["warnings"] = report_warnings(sst, tst)
+    if markouts is not None:
+        m = dict(markouts)
+        rep["markouts"], rep["fill_quality"] = markout_report(
+            m.pop("sums"), m.pop("names"), queue_times_ns=queue_times_ns, **m)
+    rep["warnings"] = report_warnings(sst, tst, rep.get("markouts"))
     return rep
 
 
@@ -398,6 +508,7 @@ def format_text(report: dict, name: str) -> str:
         f"  time in queue: {q['maker_fills']} maker fills, mean {q['mean']:.1f} ms, "
         f"median {q['median']:.1f} ms",
     ]
+    lines += _markout_lines(report)
     if "turnover" in report:
         lines.append(f"  turnover {report['turnover']:.2f}")
     rej = report.get("rejects")
@@ -475,6 +586,51 @@ def _trade_lines(report: dict) -> list[str]:
             f"mean loss {_num(ts['mean_loss'], '.4g')}",
             f"    mean trade PnL {ts['mean_pnl']:.4g} ({pct(ts['mean_pnl_of_capital'])} of "
             f"capital){_ci(ts.get('mean_pnl_ci95'), '.4g')}"]
+
+
+def _signed(x, fmt: str = "+.3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _markout_lines(report: dict) -> list[str]:
+    mo = report.get("markouts")
+    if not mo or not mo["all"]["at_fill"]["n"]:
+        return []
+    names = list(mo["all"])
+    lines = ["  markouts: side x (mid after - fill price), mean ticks +- standard error "
+             "(+ = our way, - = adverse); quote: mean per fill",
+             "    " + f"{'':6}{'fills':>7}" + "".join(f"{n:>17}" for n in names)]
+    for g in ("buy", "sell", "maker", "taker", "all"):
+        row = mo[g]
+        if not row[names[0]]["n"]:
+            continue
+        cells = []
+        for n in names:
+            c = row[n]
+            se = f"+-{c['se_ticks']:.2f}" if c["se_ticks"] is not None else ""
+            cells.append(f"{_signed(c['mean_ticks'], '+.2f') + se:>17}")
+        lines.append(f"    {g:6}{row[names[0]]['n']:>7}" + "".join(cells))
+    mk = mo["maker"]
+    if mk[names[0]]["n"]:
+        lines.append("    " + f"{'drift':6}{'':7}" + "".join(
+            f"{_signed(mk[n]['drift_ticks'], '+.2f'):>17}" for n in names)
+            + "   (makers: mid since the fill)")
+    a = mo["all"]
+    lines.append("    " + f"{'quote':6}{'':7}" + "".join(
+        f"{_signed(a[n]['mean_quote'], '+.4g'):>17}" for n in names))
+    left = {k: v for k, v in mo.get("left_out", {}).items() if v}
+    if left:
+        lines.append("    left out (horizon after the end of the run): "
+                     + ", ".join(f"{k} {v}" for k, v in left.items()))
+    fq = report.get("fill_quality")
+    if fq:
+        tq = fq["time_in_queue_ms"]
+        lines.append(f"  fill quality: edge at fill {_signed(fq['edge_at_fill_ticks'])} ticks, "
+                     f"effective spread {_signed(fq['effective_spread_ticks'])}, realized "
+                     f"spread 1 s {_signed(fq['realized_spread_1s_ticks'])}, price impact 1 s "
+                     f"{_signed(fq['price_impact_1s_ticks'])}; time in queue p50 "
+                     f"{_signed(tq['p50'], '.1f')} ms, p90 {_signed(tq['p90'], '.1f')} ms")
+    return lines
 
 
 def _reasons(counts: dict) -> str:

@@ -19,7 +19,8 @@ import numpy as np
 
 from common.runtime import (group_ids, process_name, shard_instruments, shard_position_limits,
                             strategy_ids)
-from market.backtest import (COUNTER_NAMES, BacktestArrays, make_backtest_arrays, start_loop)
+from market.backtest import (COUNTER_NAMES, MARKOUT_NAMES, BacktestArrays, make_backtest_arrays,
+                             start_loop)
 from market.book import L2Book
 from market.risk import build_limits
 from shm.records import REJECT_NAMES
@@ -293,11 +294,22 @@ def _rejects(row) -> dict:
     return {REJECT_NAMES.get(c, f"REJECT_{c}"): int(n) for c, n in enumerate(row) if n}
 
 
-def _report(curve, trades, qtimes, counters, initial_cash):
+def _report(curve, trades, qtimes, counters, initial_cash, markouts=None):
     from market.report import build_report
 
     return build_report(curve=curve, trade_pnls=trades, queue_times_ns=qtimes, counters=counters,
-                        initial_cash=initial_cash)
+                        initial_cash=initial_cash, markouts=markouts)
+
+
+def _markouts(G: BacktestArrays, ks) -> dict:
+    """build_report's ``markouts`` for the strategies ``ks`` together (their sums added); the
+    ring's overflow and fills without a mark are the run's."""
+    ks = list(ks)
+    ctl = G.mko_ctl[0]
+    return {"sums": G.mko_sum[ks].sum(axis=0), "names": MARKOUT_NAMES,
+            "left_out": G.mko_left[ks].sum(axis=0),
+            "dropped": {"ring_overflow": int(ctl["overflow"]),
+                        "no_mark": int(ctl["no_mark"])}}
 
 
 def _curve(G: BacktestArrays, row: int) -> dict:
@@ -323,7 +335,7 @@ def _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash, sets, timi
     tp = G.trades[:n_tr][G.trade_k[:n_tr] == k].copy()
     qt = G.qtimes[:n_q][G.qtime_k[:n_q] == k].copy()
     curve = _curve(G, k)
-    report = _report(curve, tp, qt, counters, initial_cash)
+    report = _report(curve, tp, qt, counters, initial_cash, _markouts(G, [k]))
     report["strategy"] = {"name": sc.name, "kind": sc.kind, "strategy_id": strat.strategy_id,
                           "instruments": [i.key for i in insts]}
     report["source"] = mk.source
@@ -355,7 +367,7 @@ def _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters) -> B
     tp = G.trades[:n_tr].copy()
     qt = G.qtimes[:n_q].copy()
     curve = _curve(G, len(parts))
-    report = _report(curve, tp, qt, counters, initial_cash)
+    report = _report(curve, tp, qt, counters, initial_cash, _markouts(G, range(len(parts))))
     report["strategies"] = list(parts)
     report["source"] = mk.source
     report["kernel_errors"] = counters["kernel_errors"]
