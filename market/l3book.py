@@ -194,7 +194,10 @@ def better(side, a, b):
     return a < b
 
 
-@njit(cache=True, _nrt=False)
+# The mutators below are inline="always": they take ``eng`` (9 arrays, about 80 machine words
+# once numba explodes them into arguments) and run once or twice per matched order, so a call
+# cost more than its body (see market.matching, engine_process_inline).
+@njit(cache=True, _nrt=False, inline="always")
 def level_position(eng, ins, side, px):
     """(position, found): where px is or would be inserted in the side's sorted level array."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
@@ -206,7 +209,7 @@ def level_position(eng, ins, side, px):
     return i, found
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def get_or_add_level(eng, ins, side, px):
     """Level slot for px, created if absent; NIL when the side or the level pool is full."""
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
@@ -230,7 +233,7 @@ def get_or_add_level(eng, ins, side, px):
     return lv
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _drop_level(eng, ins, side, lv):
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
     pos, found = level_position(eng, ins, side, levels[lv, LV_PX])
@@ -243,7 +246,7 @@ def _drop_level(eng, ins, side, lv):
     st[S_LFREE_N] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def append_order(eng, o, lv):
     """Put order slot o at the back of level lv's FIFO (time priority: last)."""
     orders, levels = eng[0], eng[1]
@@ -260,7 +263,7 @@ def append_order(eng, o, lv):
     levels[lv, LV_COUNT] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def unlink_order(eng, o):
     """Take order o out of its level; returns the level's remaining qty (0: level removed)."""
     orders, levels = eng[0], eng[1]
@@ -285,7 +288,7 @@ def unlink_order(eng, o):
     return left
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def alloc_order(eng):
     st, ofree = eng[6], eng[7]
     if st[S_OFREE_N] == 0:
@@ -294,7 +297,7 @@ def alloc_order(eng):
     return ofree[st[S_OFREE_N]]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def free_order(eng, o):
     orders, st, ofree = eng[0], eng[6], eng[7]
     orders[o, O_ACTIVE] = 0

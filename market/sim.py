@@ -34,7 +34,8 @@ from market.flow import (ACT_CANCEL, ACT_LIMIT, INFORMED_BPS, MIN_LEVELS, NS, P_
 from market.l3book import S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
                             rng_seed, rng_uniform, sample_latency_ns)
-from market.matching import STP_CANCEL_NEWEST, engine_process, engine_set_fees, engine_snapshot
+from market.matching import (STP_CANCEL_NEWEST, engine_process, engine_process_inline,
+                             engine_set_fees, engine_snapshot)
 from market.venuequeue import NEVER, make_queue, q_drain_due, q_min, q_next_ns, q_push, q_remove
 from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
                          ORD_LIMIT, ORD_MARKET, ORDER_DTYPE, SIDE_BUY, SIDE_SELL)
@@ -119,7 +120,7 @@ class SimVenue:
         fifo = np.zeros((n_venues + 1, 3), dtype=np.int64)
         pend = make_queue(ORDER_DTYPE, 4096)
         outbox = make_queue(EXEC_DTYPE, 8192)
-        scratch = (np.zeros(1, dtype=ORDER_DTYPE), np.zeros(SCRATCH, dtype=EXEC_DTYPE),
+        scratch = (np.zeros(2, dtype=ORDER_DTYPE), np.zeros(SCRATCH, dtype=EXEC_DTYPE),
                    np.zeros(SCRATCH, dtype=MARKET_DTYPE), np.zeros(64, dtype=MARKET_DTYPE),
                    np.zeros(4, dtype=np.int64))
         self.state = (st, rng, self.flow.arrays, self.eng, self.latency.arrays, inst_venue,
@@ -167,7 +168,13 @@ class SimVenue:
 # ------------------------------------------------------------------------------------------
 # Kernels (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
+# Why inline="always" on the per-event kernels below: numba passes every array argument as
+# its exploded struct (7-11 machine words), so a call that takes the engine tuple and the
+# simulator state pushes 150-250 words on the stack; measured on the venue alone, these
+# argument copies were the largest single cost of a background event. Each inlined kernel has
+# ONE call site in ``sim_advance`` (the engine is entered from one place, see ``_apply_op``),
+# so the compiled code does not multiply.
+@njit(cache=True, _nrt=False, inline="always")
 def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
     """Queue recs[0:n] (one venue message) for delivery: one latency draw for the message."""
     if n == 0:
@@ -188,7 +195,7 @@ def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
         st[ST_MD_OUT] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
     """Strategy-owned reports of one venue message into the outbox (background ones are the
     flow's own business and dropped)."""
@@ -206,12 +213,18 @@ def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
         q_push(recs, q_t, q_seq, q_st, ex[k], due)
 
 
-@njit(cache=True, _nrt=False)
-def _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, order, t):
-    o1, ex, md = scratch[0], scratch[1], scratch[2]
-    o1[0] = order
-    _done, kx, km = engine_process(eng, o1, 1, ex, md, t)
-    v = inst_venue[order.instrument_id]
+@njit(cache=True, _nrt=False, inline="always")
+def _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
+              background, t):
+    """One order (scratch[0][k]) through the matching engine at t: its market records
+    published, its strategy-owned reports routed. A background cancel of an order that had
+    been filled already is counted (st[ST_STALE_CANCELS])."""
+    ops, ex, md = scratch[0], scratch[1], scratch[2]
+    _done, kx, km = engine_process_inline(eng, ops[k:k + 1], 1, ex, md, t)
+    if background and ops[k].kind == INTENT_CANCEL:
+        if kx > 0 and ex[0].kind != EXEC_CANCEL_ACK:   # the order had been filled already
+            st[ST_STALE_CANCELS] += 1
+    v = inst_venue[ops[k].instrument_id]
     _publish(st, lat, rng, md_ring, md_ht, fifo, v, md, km, t)
     _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t)
 
@@ -228,28 +241,26 @@ def _bg_order(o, kind, inst, side, otype, px, qty, coid):
     o.strategy_id = 0
 
 
-@njit(cache=True, _nrt=False)
-def _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, pool,
-               pool_n, inst, j, stream, t):
+@njit(cache=True, _nrt=False, inline="always")
+def _bg_cancel(pool, pool_n, inst, j, op):
+    """A cancel of the background order pool[inst, j] into op (the pool forgets it now)."""
     coid = pool[inst, j]
     pool_n[inst] -= 1
     pool[inst, j] = pool[inst, pool_n[inst]]
-    rec = scratch[0]
-    _bg_order(rec[0], INTENT_CANCEL, inst, 0, ORD_LIMIT, 0, 0, coid)
-    ex = scratch[1]
-    _done, kx, km = engine_process(eng, rec, 1, ex, scratch[2], t)
-    if kx > 0 and ex[0].kind != EXEC_CANCEL_ACK:   # the order had been filled already
-        st[ST_STALE_CANCELS] += 1
-    _publish(st, lat, rng, md_ring, md_ht, fifo, inst_venue[inst], scratch[2], km, t)
+    _bg_order(op, INTENT_CANCEL, inst, 0, ORD_LIMIT, 0, 0, coid)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, pool, pool_n,
                       md_ring, md_ht, fifo, outbox, scratch, v, t):
+    """Draw one background event of venue v at t: scheduled model events (news published
+    here), then the event's orders into scratch[0][0:n] for the engine, in the order they
+    reach it (a cancel that makes room in a full pool, then the new order). Returns n."""
     ip, is_, gp, gs, gl = fm
     t0 = st[ST_T0]
     act_out = scratch[4]
     news = scratch[3]
+    ops = scratch[0]
     n_news = run_scheduled(ip, is_, gp, gs, gl, float(t - t0), rng, 0, news, 0)
     for k in range(n_news):
         news[k].exch_ts_ns += t0
@@ -285,25 +296,28 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
     if act == ACT_CANCEL:
         if pool_n[inst] > 0:
             j = rng_below(rng, v, pool_n[inst])
-            _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                       pool, pool_n, inst, j, v, t)
-        return
-    rec = scratch[0]
+            _bg_cancel(pool, pool_n, inst, j, ops[0])
+            return 1
+        return 0
+    n = 0
     if act == ACT_LIMIT:
         if pool_n[inst] >= pool.shape[1]:
             j = rng_below(rng, v, pool_n[inst])
-            _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                       pool, pool_n, inst, j, v, t)
+            _bg_cancel(pool, pool_n, inst, j, ops[0])
+            # the order record is reused from op to op: carry the one field _bg_order does
+            # not set, so the engine stores exactly what it stored from a single scratch slot
+            ops[1].cause_recv_ts_ns = ops[0].cause_recv_ts_ns
+            n = 1
         st[ST_NEXT_COID] -= 1
         coid = st[ST_NEXT_COID]
-        _bg_order(rec[0], INTENT_NEW, inst, act_out[1], ORD_LIMIT, act_out[2], act_out[3], coid)
+        _bg_order(ops[n], INTENT_NEW, inst, act_out[1], ORD_LIMIT, act_out[2], act_out[3], coid)
         pool[inst, pool_n[inst]] = coid
         pool_n[inst] += 1
     else:
         st[ST_NEXT_COID] -= 1
-        _bg_order(rec[0], INTENT_NEW, inst, act_out[1], ORD_MARKET, 0, act_out[3],
+        _bg_order(ops[n], INTENT_NEW, inst, act_out[1], ORD_MARKET, 0, act_out[3],
                   st[ST_NEXT_COID])
-    _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, rec[0], t)
+    return n + 1
 
 
 @njit(cache=True, _nrt=False)
@@ -337,7 +351,7 @@ def sim_start(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, ra
             vnext[v] = t0 + np.int64(rng_exp(rng, v, NS / rates[v])) + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _next_md_venue(md_ring, md_ht):
     best = -1
     best_t = NEVER
@@ -364,7 +378,7 @@ def sim_next_ns(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
     return min(t, tm)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _deliver(md_ring, md_ht, outbox, t, out_md, n_md, out_ex, n_ex):
     cap = md_ring.shape[1]
     while n_md < out_md.shape[0]:
@@ -410,14 +424,18 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
             return n_md, n_ex, t_limit
         st[ST_NOW] = te
         if ve < 0:
-            order = pend[0][jo]
+            scratch[0][0] = pend[0][jo]
             st[ST_ORDERS_IN] += 1
-            _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                        order, te)
             q_remove(pend[0], pend[1], pend[2], pend[3], jo)
+            n_ops = 1
         else:
-            _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, pool,
-                              pool_n, md_ring, md_ht, fifo, outbox, scratch, ve, te)
+            n_ops = _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n,
+                                      pool, pool_n, md_ring, md_ht, fifo, outbox, scratch, ve,
+                                      te)
+        for k in range(n_ops):
+            _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
+                      ve > 0, te)
+        if ve > 0:
             rate = rates[ve] * event_rate_mult(gl)
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
