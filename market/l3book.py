@@ -85,6 +85,8 @@ S_MD_DROPPED = 7      # market records that did not fit
 S_OPEN_ORDERS = 8
 S_HBITS = 9
 S_MAX_OPEN = 10       # resting orders allowed (max_orders)
+S_QUIET_ANON = 11     # 1: write no exec reports for anonymous (owner 0) orders; the simulated
+                      # venue drops them unread (its background flow), so it sets this
 S_WORDS = 16
 
 NIL = -1
@@ -372,6 +374,8 @@ def write_ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, or
 @njit(cache=True, _nrt=False)
 def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now):
     orders = eng[0]
+    if orders[o, O_OWNER] == 0 and eng[6][S_QUIET_ANON] != 0:
+        return k
     return write_ex(eng, ex, k, kind, orders[o, O_SIDE] + 1, orders[o, O_INST],
                     orders[o, O_CLIENT], orders[o, O_VENUE_OID], orders[o, O_OWNER],
                     orders[o, O_CAUSE_TS], orders[o, O_PX], px, qty, orders[o, O_LEAVES],
@@ -380,6 +384,8 @@ def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now)
 
 @njit(cache=True, _nrt=False)
 def write_ex_input(eng, ex, k, rec, kind, reject, now):
+    if rec.strategy_id == 0 and eng[6][S_QUIET_ANON] != 0:
+        return k
     return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, _Z,
                     rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks,
                     rec.qty_lots, _Z, _Z, LIQ_NONE, _Z, _Z, reject, now)

@@ -30,14 +30,14 @@ from numba import njit
 
 from market.flow import (ACT_CANCEL, ACT_LIMIT, INFORMED_BPS, MIN_LEVELS, NS, P_INFORMED,
                          FlowModel, draw_action, draw_limit, event_rate_mult, flow_init,
-                         latent_price_ticks, run_scheduled)
-from market.l3book import S_VENUE_ID, l3_best_px, make_engine_arrays
+                         latent_price_ticks, next_scheduled_ns, run_scheduled)
+from market.l3book import S_QUIET_ANON, S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
                             rng_seed, rng_uniform, sample_latency_ns)
 from market.matching import (STP_CANCEL_NEWEST, engine_process, engine_process_inline,
                              engine_set_fees, engine_snapshot)
 from market.venuequeue import NEVER, make_queue, q_drain_due, q_min, q_next_ns, q_push, q_remove
-from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
+from shm.records import (EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
                          ORD_LIMIT, ORD_MARKET, ORDER_DTYPE, SIDE_BUY, SIDE_SELL)
 
 DEFAULT_T0_NS = 1_767_225_600_000_000_000   # 2026-01-01T00:00:00Z: backtests start here
@@ -91,6 +91,7 @@ class SimVenue:
         self.eng = make_engine_arrays(n_inst, max_orders=1 << 14, max_levels=1024)
         self.eng[6][S_VENUE_ID] = 0   # stamped per instrument instead, see module doc
         self.eng[6][4] = STP_CANCEL_NEWEST
+        self.eng[6][S_QUIET_ANON] = 1   # background reports would be dropped unread
         inst_venue = np.zeros(n_inst + 1, dtype=np.int64)
         venue_insts = np.zeros((n_venues + 1, max(1, len(insts))), dtype=np.int64)
         venue_n = np.zeros(n_venues + 1, dtype=np.int64)
@@ -221,9 +222,10 @@ def _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scrat
     been filled already is counted (st[ST_STALE_CANCELS])."""
     ops, ex, md = scratch[0], scratch[1], scratch[2]
     _done, kx, km = engine_process_inline(eng, ops[k:k + 1], 1, ex, md, t)
-    if background and ops[k].kind == INTENT_CANCEL:
-        if kx > 0 and ex[0].kind != EXEC_CANCEL_ACK:   # the order had been filled already
-            st[ST_STALE_CANCELS] += 1
+    if background and ops[k].kind == INTENT_CANCEL and km == 0:
+        # the order had been filled already (the engine writes no reports for background
+        # orders, S_QUIET_ANON; a cancel that found its order always publishes its level)
+        st[ST_STALE_CANCELS] += 1
     v = inst_venue[ops[k].instrument_id]
     _publish(st, lat, rng, md_ring, md_ht, fifo, v, md, km, t)
     _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t)
@@ -261,7 +263,9 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
     act_out = scratch[4]
     news = scratch[3]
     ops = scratch[0]
-    n_news = run_scheduled(ip, is_, gp, gs, gl, float(t - t0), rng, 0, news, 0)
+    n_news = 0
+    if next_scheduled_ns(ip, is_, gs, gl) <= float(t - t0):   # rare: run_scheduled's own test
+        n_news = run_scheduled(ip, is_, gp, gs, gl, float(t - t0), rng, 0, news, 0)
     for k in range(n_news):
         news[k].exch_ts_ns += t0
         iv = inst_venue[news[k].instrument_id]
