@@ -132,8 +132,15 @@ def make_engine_arrays(n_instruments: int, max_orders: int = 1 << 16, max_levels
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
 def _hash(key, hbits):
-    x = np.uint64(key) * np.uint64(11400714819323198485)  # Fibonacci hashing
-    return np.int64(x >> np.uint64(64 - hbits))
+    """Home slot of a key: the key's low 10 bits kept in order, its high bits Fibonacci-hashed
+    into a base. Client order ids are handed out in sequence (the background flow's -1, -2, ...,
+    a strategy's 1, 2, ...), and the orders resting at a time are mostly recent ones: a hash
+    that spreads neighbouring keys over the whole table (2**hbits x 16 bytes, 512 KiB in the
+    simulator) made nearly every lookup a cache miss, while runs of 1024 neighbouring keys
+    now share a few cache lines. Any high-bit pattern still lands on spread bases."""
+    x = np.uint64(key)
+    base = ((x >> np.uint64(10)) * np.uint64(11400714819323198485)) >> np.uint64(64 - hbits)
+    return np.int64((x + base) & ((np.uint64(1) << np.uint64(hbits)) - np.uint64(1)))
 
 
 @njit(cache=True, _nrt=False)

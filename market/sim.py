@@ -43,7 +43,7 @@ from shm.records import (EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
 DEFAULT_T0_NS = 1_767_225_600_000_000_000   # 2026-01-01T00:00:00Z: backtests start here
 POOL = 400               # resting background orders kept per instrument (bounds book depth)
 INITIAL_ORDERS = 60      # background orders placed per instrument before the start
-MD_RING = 1 << 14        # in-flight market records per venue
+MD_RING = 1 << 14        # in-flight market records per venue (a power of two: slots are masked)
 SCRATCH = 1024
 
 # st[ST_*] int64 words of the simulator
@@ -189,7 +189,7 @@ def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
         if md_ht[venue, 1] - md_ht[venue, 0] >= cap:
             st[ST_MD_DROPPED] += 1
             continue
-        slot = md_ht[venue, 1] % cap
+        slot = md_ht[venue, 1] & (cap - 1)   # cap = MD_RING, a power of two: no division
         md_ring[venue, slot] = recs[k]
         md_ring[venue, slot].recv_ts_ns = recv
         md_ht[venue, 1] += 1
@@ -362,7 +362,7 @@ def _next_md_venue(md_ring, md_ht):
     cap = md_ring.shape[1]
     for v in range(1, md_ht.shape[0]):
         if md_ht[v, 0] < md_ht[v, 1]:
-            t = md_ring[v, md_ht[v, 0] % cap].recv_ts_ns
+            t = md_ring[v, md_ht[v, 0] & (cap - 1)].recv_ts_ns
             if t < best_t:
                 best_t = t
                 best = v
@@ -389,7 +389,7 @@ def _deliver(md_ring, md_ht, outbox, t, out_md, n_md, out_ex, n_ex):
         v, tm = _next_md_venue(md_ring, md_ht)
         if v < 0 or tm > t:
             break
-        out_md[n_md] = md_ring[v, md_ht[v, 0] % cap]
+        out_md[n_md] = md_ring[v, md_ht[v, 0] & (cap - 1)]
         md_ht[v, 0] += 1
         n_md += 1
     n_ex = q_drain_due(outbox[0], outbox[1], outbox[2], outbox[3], t, out_ex, n_ex)
