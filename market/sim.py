@@ -145,7 +145,8 @@ class SimVenue:
         """Run the venues up to ``now_ns`` and write what has been received by then into the
         caller's arrays. Returns (n_md, n_ex); if an array filled up, the rest follows on the
         next call (``now_ns`` of the simulator then stays behind the wall clock)."""
-        n_md, n_ex, _ = sim_advance(*self.state, np.int64(now_ns), out_md, 0, out_ex, 0, False)
+        n_md, n_ex, _ = sim_advance_state(self.state, np.int64(now_ns), out_md, 0, out_ex, 0,
+                                           False)
         return int(n_md), int(n_ex)
 
     def submit(self, order: np.ndarray, send_ns: int) -> None:
@@ -159,7 +160,8 @@ class SimVenue:
         out_ex = np.zeros(256, dtype=EXEC_DTYPE)
         parts = []
         while True:
-            n_md, _n_ex, t = sim_advance(*self.state, np.int64(end), out_md, 0, out_ex, 0, False)
+            n_md, _n_ex, t = sim_advance_state(self.state, np.int64(end), out_md, 0, out_ex, 0,
+                                              False)
             parts.append(out_md[:n_md].copy())
             if t >= end and n_md < batch:
                 break
@@ -402,7 +404,20 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
                 out_ex, n_ex, stop_at_delivery):
     """Run venue events and order arrivals in time order up to t_limit, appending what is
     received into out_md[n_md:] / out_ex[n_ex:]. With ``stop_at_delivery`` it returns at the
-    first delivery time (one batch for the strategy). Returns (n_md, n_ex, time reached)."""
+    first delivery time (one batch for the strategy). Returns (n_md, n_ex, time reached).
+    The work is done by ``sim_advance_state`` (on the state tuple)."""
+    return sim_advance_state((st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext,
+                              rates, pool, pool_n, md_ring, md_ht, fifo, pend, outbox, scratch),
+                             t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery)
+
+
+# The backtest calls the venue on its state tuple once per delivery; the body lives here, so
+# no second call re-passes the 18 members as exploded arguments (about 200 machine words).
+@njit(cache=True, _nrt=False)
+def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
+    """``sim_advance`` on the state tuple (the backtest's venue interface)."""
+    (st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool, pool_n,
+     md_ring, md_ht, fifo, pend, outbox, scratch) = s
     gl = fm[4]
     while True:
         te = NEVER
@@ -444,7 +459,7 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")   # small: sim_submit_state takes it whole
 def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
                pool_n, md_ring, md_ht, fifo, pend, outbox, scratch, order, send_ns):
     """A strategy order sent at send_ns: it reaches its venue after the order latency."""
@@ -456,14 +471,6 @@ def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, r
     due = fifo_arrival(fifo[:, F_ORDER_IN], v, send_ns,
                        sample_latency_ns(params, hist, hist_n, rng, 1 + nv + v, v, CH_ORDER))
     return q_push(pend[0], pend[1], pend[2], pend[3], order, due)
-
-
-@njit(cache=True, _nrt=False)
-def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
-    """``sim_advance`` on the state tuple (the backtest's venue interface)."""
-    return sim_advance(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11],
-                       s[12], s[13], s[14], s[15], s[16], s[17], t_limit, out_md, n_md, out_ex,
-                       n_ex, stop_at_delivery)
 
 
 @njit(cache=True, _nrt=False)
