@@ -254,7 +254,11 @@ def group_log_price(gp, gs, gl, g):
     return x
 
 
-@njit(cache=True, _nrt=False)
+# inline="always" on the per-event functions (latent_price_ticks, next_scheduled_ns,
+# draw_action, draw_limit): numba passes each array argument as its exploded struct (7-9 words),
+# so a call taking the model's five arrays and the streams pushed about 60 words, more than
+# the work of a cheap draw (see market.sim).
+@njit(cache=True, _nrt=False, inline="always")
 def latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream):
     """Latent price of instrument i at time t (float ticks); advances the model to t."""
     g = np.int64(ip[i, IP_GROUP])
@@ -264,7 +268,7 @@ def latent_price_ticks(ip, is_, gp, gs, gl, i, t, rng, stream):
     return math.exp(group_log_price(gp, gs, gl, g) + is_[i, IS_DISLOC]) / ip[i, IP_TICK]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def next_scheduled_ns(ip, is_, gs, gl):
     """The earliest scheduled model event (regime switch, jump, shock, burst start)."""
     t = gl[GL_NEXT_SWITCH]
@@ -351,7 +355,7 @@ def event_rate_mult(gl):
 # ------------------------------------------------------------------------------------------
 # Background orders (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream, out):
     """Decide one background event of a venue at time t. ``out`` int64[4] receives
     (instrument id, side, price ticks, qty lots); returns ACT_*. For ACT_CANCEL the caller
@@ -382,7 +386,7 @@ def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream,
     return ACT_MARKET
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def draw_limit(ip, is_, gp, gs, gl, i, side, t, rng, stream, out):
     """A background limit order of instrument i on ``side`` at time t into out (see
     ``draw_action``): latent -/+ (half spread + Exp(depth)), on the instrument's price grid."""

@@ -85,6 +85,8 @@ S_MD_DROPPED = 7      # market records that did not fit
 S_OPEN_ORDERS = 8
 S_HBITS = 9
 S_MAX_OPEN = 10       # resting orders allowed (max_orders)
+S_QUIET_ANON = 11     # 1: write no exec reports for anonymous (owner 0) orders; the simulated
+                      # venue drops them unread (its background flow), so it sets this
 S_WORDS = 16
 
 NIL = -1
@@ -130,8 +132,15 @@ def make_engine_arrays(n_instruments: int, max_orders: int = 1 << 16, max_levels
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
 def _hash(key, hbits):
-    x = np.uint64(key) * np.uint64(11400714819323198485)  # Fibonacci hashing
-    return np.int64(x >> np.uint64(64 - hbits))
+    """Home slot of a key: the key's low 10 bits kept in order, its high bits Fibonacci-hashed
+    into a base. Client order ids are handed out in sequence (the background flow's -1, -2, ...,
+    a strategy's 1, 2, ...), and the orders resting at a time are mostly recent ones: a hash
+    that spreads neighbouring keys over the whole table (2**hbits x 16 bytes, 512 KiB in the
+    simulator) made nearly every lookup a cache miss, while runs of 1024 neighbouring keys
+    now share a few cache lines. Any high-bit pattern still lands on spread bases."""
+    x = np.uint64(key)
+    base = ((x >> np.uint64(10)) * np.uint64(11400714819323198485)) >> np.uint64(64 - hbits)
+    return np.int64((x + base) & ((np.uint64(1) << np.uint64(hbits)) - np.uint64(1)))
 
 
 @njit(cache=True, _nrt=False)
@@ -194,7 +203,10 @@ def better(side, a, b):
     return a < b
 
 
-@njit(cache=True, _nrt=False)
+# The mutators below are inline="always": they take ``eng`` (9 arrays, about 80 machine words
+# once numba explodes them into arguments) and run once or twice per matched order, so a call
+# cost more than its body (see market.matching, engine_process_inline).
+@njit(cache=True, _nrt=False, inline="always")
 def level_position(eng, ins, side, px):
     """(position, found): where px is or would be inserted in the side's sorted level array."""
     levels, sidelv, inst = eng[1], eng[2], eng[3]
@@ -206,7 +218,7 @@ def level_position(eng, ins, side, px):
     return i, found
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def get_or_add_level(eng, ins, side, px):
     """Level slot for px, created if absent; NIL when the side or the level pool is full."""
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
@@ -230,7 +242,7 @@ def get_or_add_level(eng, ins, side, px):
     return lv
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _drop_level(eng, ins, side, lv):
     levels, sidelv, inst, st, lfree = eng[1], eng[2], eng[3], eng[6], eng[8]
     pos, found = level_position(eng, ins, side, levels[lv, LV_PX])
@@ -243,7 +255,7 @@ def _drop_level(eng, ins, side, lv):
     st[S_LFREE_N] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def append_order(eng, o, lv):
     """Put order slot o at the back of level lv's FIFO (time priority: last)."""
     orders, levels = eng[0], eng[1]
@@ -260,7 +272,7 @@ def append_order(eng, o, lv):
     levels[lv, LV_COUNT] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def unlink_order(eng, o):
     """Take order o out of its level; returns the level's remaining qty (0: level removed)."""
     orders, levels = eng[0], eng[1]
@@ -285,7 +297,7 @@ def unlink_order(eng, o):
     return left
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def alloc_order(eng):
     st, ofree = eng[6], eng[7]
     if st[S_OFREE_N] == 0:
@@ -294,7 +306,7 @@ def alloc_order(eng):
     return ofree[st[S_OFREE_N]]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def free_order(eng, o):
     orders, st, ofree = eng[0], eng[6], eng[7]
     orders[o, O_ACTIVE] = 0
@@ -369,6 +381,8 @@ def write_ex(eng, ex, k, kind, side, ins, client, venue_oid, owner, cause_ts, or
 @njit(cache=True, _nrt=False)
 def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now):
     orders = eng[0]
+    if orders[o, O_OWNER] == 0 and eng[6][S_QUIET_ANON] != 0:
+        return k
     return write_ex(eng, ex, k, kind, orders[o, O_SIDE] + 1, orders[o, O_INST],
                     orders[o, O_CLIENT], orders[o, O_VENUE_OID], orders[o, O_OWNER],
                     orders[o, O_CAUSE_TS], orders[o, O_PX], px, qty, orders[o, O_LEAVES],
@@ -377,6 +391,8 @@ def write_ex_slot(eng, ex, k, o, kind, px, qty, liq, fee, trade_id, reject, now)
 
 @njit(cache=True, _nrt=False)
 def write_ex_input(eng, ex, k, rec, kind, reject, now):
+    if rec.strategy_id == 0 and eng[6][S_QUIET_ANON] != 0:
+        return k
     return write_ex(eng, ex, k, kind, rec.side, rec.instrument_id, rec.client_order_id, _Z,
                     rec.strategy_id, rec.cause_recv_ts_ns, rec.px_ticks, rec.px_ticks,
                     rec.qty_lots, _Z, _Z, LIQ_NONE, _Z, _Z, reject, now)

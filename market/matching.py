@@ -160,7 +160,7 @@ def _walk(eng, ins, side, limit, qty, owner):
     return avail, False
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _match(eng, o, limit, ex, kx, md, km, now):
     """Match taker slot o against the opposite side; returns (kx, km, stopped_by_stp)."""
     orders, levels, sidelv, inst, st = eng[0], eng[1], eng[2], eng[3], eng[6]
@@ -211,7 +211,7 @@ def _match(eng, o, limit, ex, kx, md, km, now):
     return kx, km, False
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _after_match(eng, o, ex, kx, md, km, stp_hit, now):
     """Rest, expire or cancel what is left of taker slot o; frees the slot when done."""
     orders, st = eng[0], eng[6]
@@ -251,7 +251,7 @@ def _after_match(eng, o, ex, kx, md, km, stp_hit, now):
     return kx, km
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _new(eng, rec, ex, kx, md, km, now):
     orders, inst, st = eng[0], eng[3], eng[6]
     ins = np.int64(rec.instrument_id)
@@ -305,7 +305,7 @@ def _new(eng, rec, ex, kx, md, km, now):
     return _after_match(eng, o, ex, kx, md, km, stp_hit, now)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _cancel_slot(eng, o, ex, kx, md, km, now):
     orders, st = eng[0], eng[6]
     left = unlink_order(eng, o)
@@ -321,7 +321,7 @@ def _cancel_slot(eng, o, ex, kx, md, km, now):
     return kx, km
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _find_own(eng, rec):
     o = h_find(eng[5], eng[6], rec.client_order_id)
     if o != NIL and eng[0][o, O_OWNER] != rec.strategy_id:
@@ -374,7 +374,7 @@ def _replace(eng, rec, ex, kx, md, km, now):
     return _after_match(eng, o, ex, kx, md, km, stp_hit, now)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _process_one(eng, rec, ex, kx, md, km, now):
     kind = rec.kind
     if kind == INTENT_NEW:
@@ -388,18 +388,35 @@ def _process_one(eng, rec, ex, kx, md, km, now):
     if kind == INTENT_REPLACE:
         return _replace(eng, rec, ex, kx, md, km, now)
     if kind == INTENT_CANCEL_ALL:
-        orders = eng[0]
-        for o in range(orders.shape[0]):
-            if orders[o, O_ACTIVE] == 1 and orders[o, O_OWNER] == rec.strategy_id and \
-                    (rec.instrument_id == 0 or orders[o, O_INST] == rec.instrument_id):
-                kx, km = _cancel_slot(eng, o, ex, kx, md, km, now)
-        return kx, km
+        return _cancel_all(eng, rec, ex, kx, md, km, now)
     return write_ex_input(eng, ex, kx, rec, EXEC_REJECT, REJECT_INVALID, now), km
+
+
+@njit(cache=True, _nrt=False)
+def _cancel_all(eng, rec, ex, kx, md, km, now):
+    orders = eng[0]
+    for o in range(orders.shape[0]):
+        if orders[o, O_ACTIVE] == 1 and orders[o, O_OWNER] == rec.strategy_id and \
+                (rec.instrument_id == 0 or orders[o, O_INST] == rec.instrument_id):
+            kx, km = _cancel_slot(eng, o, ex, kx, md, km, now)
+    return kx, km
 
 
 @njit(cache=True, _nrt=False)
 def engine_process(eng, orders_in, n, ex, md, now_ns):
     """Process orders_in[0:n]; returns (orders consumed, exec reports written, md written)."""
+    return engine_process_inline(eng, orders_in, n, ex, md, now_ns)
+
+
+# Why inline="always" on the path of a NEW and a CANCEL (``engine_process_inline``,
+# ``_process_one``, ``_new``, ``_match``, ``_after_match``, ``_cancel_slot`` and the l3book
+# mutators they call): numba passes each array argument as its exploded struct, so every call
+# taking ``eng`` (9 arrays) pushes about 80 words; these copies cost more than the matching
+# itself. The rare paths (REPLACE, CANCEL_ALL) stay calls, so the engine is compiled into its
+# one hot caller (market.sim.sim_advance) once, and into ``engine_process`` once.
+@njit(cache=True, _nrt=False, inline="always")
+def engine_process_inline(eng, orders_in, n, ex, md, now_ns):
+    """``engine_process``, inlined into its caller (see above)."""
     kx = Z
     km = Z
     done = Z

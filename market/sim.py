@@ -30,19 +30,20 @@ from numba import njit
 
 from market.flow import (ACT_CANCEL, ACT_LIMIT, INFORMED_BPS, MIN_LEVELS, NS, P_INFORMED,
                          FlowModel, draw_action, draw_limit, event_rate_mult, flow_init,
-                         latent_price_ticks, run_scheduled)
-from market.l3book import S_VENUE_ID, l3_best_px, make_engine_arrays
+                         latent_price_ticks, next_scheduled_ns, run_scheduled)
+from market.l3book import S_QUIET_ANON, S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
                             rng_seed, rng_uniform, sample_latency_ns)
-from market.matching import STP_CANCEL_NEWEST, engine_process, engine_set_fees, engine_snapshot
+from market.matching import (STP_CANCEL_NEWEST, engine_process, engine_process_inline,
+                             engine_set_fees, engine_snapshot)
 from market.venuequeue import NEVER, make_queue, q_drain_due, q_min, q_next_ns, q_push, q_remove
-from shm.records import (EXEC_CANCEL_ACK, EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
+from shm.records import (EXEC_DTYPE, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
                          ORD_LIMIT, ORD_MARKET, ORDER_DTYPE, SIDE_BUY, SIDE_SELL)
 
 DEFAULT_T0_NS = 1_767_225_600_000_000_000   # 2026-01-01T00:00:00Z: backtests start here
 POOL = 400               # resting background orders kept per instrument (bounds book depth)
 INITIAL_ORDERS = 60      # background orders placed per instrument before the start
-MD_RING = 1 << 14        # in-flight market records per venue
+MD_RING = 1 << 14        # in-flight market records per venue (a power of two: slots are masked)
 SCRATCH = 1024
 
 # st[ST_*] int64 words of the simulator
@@ -90,6 +91,7 @@ class SimVenue:
         self.eng = make_engine_arrays(n_inst, max_orders=1 << 14, max_levels=1024)
         self.eng[6][S_VENUE_ID] = 0   # stamped per instrument instead, see module doc
         self.eng[6][4] = STP_CANCEL_NEWEST
+        self.eng[6][S_QUIET_ANON] = 1   # background reports would be dropped unread
         inst_venue = np.zeros(n_inst + 1, dtype=np.int64)
         venue_insts = np.zeros((n_venues + 1, max(1, len(insts))), dtype=np.int64)
         venue_n = np.zeros(n_venues + 1, dtype=np.int64)
@@ -119,7 +121,7 @@ class SimVenue:
         fifo = np.zeros((n_venues + 1, 3), dtype=np.int64)
         pend = make_queue(ORDER_DTYPE, 4096)
         outbox = make_queue(EXEC_DTYPE, 8192)
-        scratch = (np.zeros(1, dtype=ORDER_DTYPE), np.zeros(SCRATCH, dtype=EXEC_DTYPE),
+        scratch = (np.zeros(2, dtype=ORDER_DTYPE), np.zeros(SCRATCH, dtype=EXEC_DTYPE),
                    np.zeros(SCRATCH, dtype=MARKET_DTYPE), np.zeros(64, dtype=MARKET_DTYPE),
                    np.zeros(4, dtype=np.int64))
         self.state = (st, rng, self.flow.arrays, self.eng, self.latency.arrays, inst_venue,
@@ -143,7 +145,8 @@ class SimVenue:
         """Run the venues up to ``now_ns`` and write what has been received by then into the
         caller's arrays. Returns (n_md, n_ex); if an array filled up, the rest follows on the
         next call (``now_ns`` of the simulator then stays behind the wall clock)."""
-        n_md, n_ex, _ = sim_advance(*self.state, np.int64(now_ns), out_md, 0, out_ex, 0, False)
+        n_md, n_ex, _ = sim_advance_state(self.state, np.int64(now_ns), out_md, 0, out_ex, 0,
+                                           False)
         return int(n_md), int(n_ex)
 
     def submit(self, order: np.ndarray, send_ns: int) -> None:
@@ -157,7 +160,8 @@ class SimVenue:
         out_ex = np.zeros(256, dtype=EXEC_DTYPE)
         parts = []
         while True:
-            n_md, _n_ex, t = sim_advance(*self.state, np.int64(end), out_md, 0, out_ex, 0, False)
+            n_md, _n_ex, t = sim_advance_state(self.state, np.int64(end), out_md, 0, out_ex, 0,
+                                              False)
             parts.append(out_md[:n_md].copy())
             if t >= end and n_md < batch:
                 break
@@ -167,7 +171,13 @@ class SimVenue:
 # ------------------------------------------------------------------------------------------
 # Kernels (hot path)
 # ------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
+# Why inline="always" on the per-event kernels below: numba passes every array argument as
+# its exploded struct (7-11 machine words), so a call that takes the engine tuple and the
+# simulator state pushes 150-250 words on the stack; measured on the venue alone, these
+# argument copies were the largest single cost of a background event. Each inlined kernel has
+# ONE call site in ``sim_advance`` (the engine is entered from one place, see ``_apply_op``),
+# so the compiled code does not multiply.
+@njit(cache=True, _nrt=False, inline="always")
 def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
     """Queue recs[0:n] (one venue message) for delivery: one latency draw for the message."""
     if n == 0:
@@ -181,14 +191,14 @@ def _publish(st, lat, rng, md_ring, md_ht, fifo, venue, recs, n, t):
         if md_ht[venue, 1] - md_ht[venue, 0] >= cap:
             st[ST_MD_DROPPED] += 1
             continue
-        slot = md_ht[venue, 1] % cap
+        slot = md_ht[venue, 1] & (cap - 1)   # cap = MD_RING, a power of two: no division
         md_ring[venue, slot] = recs[k]
         md_ring[venue, slot].recv_ts_ns = recv
         md_ht[venue, 1] += 1
         st[ST_MD_OUT] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
     """Strategy-owned reports of one venue message into the outbox (background ones are the
     flow's own business and dropped)."""
@@ -206,12 +216,19 @@ def _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t):
         q_push(recs, q_t, q_seq, q_st, ex[k], due)
 
 
-@njit(cache=True, _nrt=False)
-def _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, order, t):
-    o1, ex, md = scratch[0], scratch[1], scratch[2]
-    o1[0] = order
-    _done, kx, km = engine_process(eng, o1, 1, ex, md, t)
-    v = inst_venue[order.instrument_id]
+@njit(cache=True, _nrt=False, inline="always")
+def _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
+              background, t):
+    """One order (scratch[0][k]) through the matching engine at t: its market records
+    published, its strategy-owned reports routed. A background cancel of an order that had
+    been filled already is counted (st[ST_STALE_CANCELS])."""
+    ops, ex, md = scratch[0], scratch[1], scratch[2]
+    _done, kx, km = engine_process_inline(eng, ops[k:k + 1], 1, ex, md, t)
+    if background and ops[k].kind == INTENT_CANCEL and km == 0:
+        # the order had been filled already (the engine writes no reports for background
+        # orders, S_QUIET_ANON; a cancel that found its order always publishes its level)
+        st[ST_STALE_CANCELS] += 1
+    v = inst_venue[ops[k].instrument_id]
     _publish(st, lat, rng, md_ring, md_ht, fifo, v, md, km, t)
     _route_reports(st, lat, rng, inst_venue, fifo, outbox, ex, kx, t)
 
@@ -228,29 +245,29 @@ def _bg_order(o, kind, inst, side, otype, px, qty, coid):
     o.strategy_id = 0
 
 
-@njit(cache=True, _nrt=False)
-def _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, pool,
-               pool_n, inst, j, stream, t):
+@njit(cache=True, _nrt=False, inline="always")
+def _bg_cancel(pool, pool_n, inst, j, op):
+    """A cancel of the background order pool[inst, j] into op (the pool forgets it now)."""
     coid = pool[inst, j]
     pool_n[inst] -= 1
     pool[inst, j] = pool[inst, pool_n[inst]]
-    rec = scratch[0]
-    _bg_order(rec[0], INTENT_CANCEL, inst, 0, ORD_LIMIT, 0, 0, coid)
-    ex = scratch[1]
-    _done, kx, km = engine_process(eng, rec, 1, ex, scratch[2], t)
-    if kx > 0 and ex[0].kind != EXEC_CANCEL_ACK:   # the order had been filled already
-        st[ST_STALE_CANCELS] += 1
-    _publish(st, lat, rng, md_ring, md_ht, fifo, inst_venue[inst], scratch[2], km, t)
+    _bg_order(op, INTENT_CANCEL, inst, 0, ORD_LIMIT, 0, 0, coid)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, pool, pool_n,
                       md_ring, md_ht, fifo, outbox, scratch, v, t):
+    """Draw one background event of venue v at t: scheduled model events (news published
+    here), then the event's orders into scratch[0][0:n] for the engine, in the order they
+    reach it (a cancel that makes room in a full pool, then the new order). Returns n."""
     ip, is_, gp, gs, gl = fm
     t0 = st[ST_T0]
     act_out = scratch[4]
     news = scratch[3]
-    n_news = run_scheduled(ip, is_, gp, gs, gl, float(t - t0), rng, 0, news, 0)
+    ops = scratch[0]
+    n_news = 0
+    if next_scheduled_ns(ip, is_, gs, gl) <= float(t - t0):   # rare: run_scheduled's own test
+        n_news = run_scheduled(ip, is_, gp, gs, gl, float(t - t0), rng, 0, news, 0)
     for k in range(n_news):
         news[k].exch_ts_ns += t0
         iv = inst_venue[news[k].instrument_id]
@@ -285,25 +302,28 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
     if act == ACT_CANCEL:
         if pool_n[inst] > 0:
             j = rng_below(rng, v, pool_n[inst])
-            _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                       pool, pool_n, inst, j, v, t)
-        return
-    rec = scratch[0]
+            _bg_cancel(pool, pool_n, inst, j, ops[0])
+            return 1
+        return 0
+    n = 0
     if act == ACT_LIMIT:
         if pool_n[inst] >= pool.shape[1]:
             j = rng_below(rng, v, pool_n[inst])
-            _bg_cancel(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                       pool, pool_n, inst, j, v, t)
+            _bg_cancel(pool, pool_n, inst, j, ops[0])
+            # the order record is reused from op to op: carry the one field _bg_order does
+            # not set, so the engine stores exactly what it stored from a single scratch slot
+            ops[1].cause_recv_ts_ns = ops[0].cause_recv_ts_ns
+            n = 1
         st[ST_NEXT_COID] -= 1
         coid = st[ST_NEXT_COID]
-        _bg_order(rec[0], INTENT_NEW, inst, act_out[1], ORD_LIMIT, act_out[2], act_out[3], coid)
+        _bg_order(ops[n], INTENT_NEW, inst, act_out[1], ORD_LIMIT, act_out[2], act_out[3], coid)
         pool[inst, pool_n[inst]] = coid
         pool_n[inst] += 1
     else:
         st[ST_NEXT_COID] -= 1
-        _bg_order(rec[0], INTENT_NEW, inst, act_out[1], ORD_MARKET, 0, act_out[3],
+        _bg_order(ops[n], INTENT_NEW, inst, act_out[1], ORD_MARKET, 0, act_out[3],
                   st[ST_NEXT_COID])
-    _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, rec[0], t)
+    return n + 1
 
 
 @njit(cache=True, _nrt=False)
@@ -337,14 +357,14 @@ def sim_start(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, ra
             vnext[v] = t0 + np.int64(rng_exp(rng, v, NS / rates[v])) + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _next_md_venue(md_ring, md_ht):
     best = -1
     best_t = NEVER
     cap = md_ring.shape[1]
     for v in range(1, md_ht.shape[0]):
         if md_ht[v, 0] < md_ht[v, 1]:
-            t = md_ring[v, md_ht[v, 0] % cap].recv_ts_ns
+            t = md_ring[v, md_ht[v, 0] & (cap - 1)].recv_ts_ns
             if t < best_t:
                 best_t = t
                 best = v
@@ -364,14 +384,14 @@ def sim_next_ns(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
     return min(t, tm)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _deliver(md_ring, md_ht, outbox, t, out_md, n_md, out_ex, n_ex):
     cap = md_ring.shape[1]
     while n_md < out_md.shape[0]:
         v, tm = _next_md_venue(md_ring, md_ht)
         if v < 0 or tm > t:
             break
-        out_md[n_md] = md_ring[v, md_ht[v, 0] % cap]
+        out_md[n_md] = md_ring[v, md_ht[v, 0] & (cap - 1)]
         md_ht[v, 0] += 1
         n_md += 1
     n_ex = q_drain_due(outbox[0], outbox[1], outbox[2], outbox[3], t, out_ex, n_ex)
@@ -384,7 +404,20 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
                 out_ex, n_ex, stop_at_delivery):
     """Run venue events and order arrivals in time order up to t_limit, appending what is
     received into out_md[n_md:] / out_ex[n_ex:]. With ``stop_at_delivery`` it returns at the
-    first delivery time (one batch for the strategy). Returns (n_md, n_ex, time reached)."""
+    first delivery time (one batch for the strategy). Returns (n_md, n_ex, time reached).
+    The work is done by ``sim_advance_state`` (on the state tuple)."""
+    return sim_advance_state((st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext,
+                              rates, pool, pool_n, md_ring, md_ht, fifo, pend, outbox, scratch),
+                             t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery)
+
+
+# The backtest calls the venue on its state tuple once per delivery; the body lives here, so
+# no second call re-passes the 18 members as exploded arguments (about 200 machine words).
+@njit(cache=True, _nrt=False)
+def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
+    """``sim_advance`` on the state tuple (the backtest's venue interface)."""
+    (st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool, pool_n,
+     md_ring, md_ht, fifo, pend, outbox, scratch) = s
     gl = fm[4]
     while True:
         te = NEVER
@@ -410,19 +443,23 @@ def sim_advance(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, 
             return n_md, n_ex, t_limit
         st[ST_NOW] = te
         if ve < 0:
-            order = pend[0][jo]
+            scratch[0][0] = pend[0][jo]
             st[ST_ORDERS_IN] += 1
-            _engine_one(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch,
-                        order, te)
             q_remove(pend[0], pend[1], pend[2], pend[3], jo)
+            n_ops = 1
         else:
-            _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, pool,
-                              pool_n, md_ring, md_ht, fifo, outbox, scratch, ve, te)
+            n_ops = _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n,
+                                      pool, pool_n, md_ring, md_ht, fifo, outbox, scratch, ve,
+                                      te)
+        for k in range(n_ops):
+            _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
+                      ve > 0, te)
+        if ve > 0:
             rate = rates[ve] * event_rate_mult(gl)
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")   # small: sim_submit_state takes it whole
 def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, rates, pool,
                pool_n, md_ring, md_ht, fifo, pend, outbox, scratch, order, send_ns):
     """A strategy order sent at send_ns: it reaches its venue after the order latency."""
@@ -434,14 +471,6 @@ def sim_submit(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, vnext, r
     due = fifo_arrival(fifo[:, F_ORDER_IN], v, send_ns,
                        sample_latency_ns(params, hist, hist_n, rng, 1 + nv + v, v, CH_ORDER))
     return q_push(pend[0], pend[1], pend[2], pend[3], order, due)
-
-
-@njit(cache=True, _nrt=False)
-def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
-    """``sim_advance`` on the state tuple (the backtest's venue interface)."""
-    return sim_advance(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11],
-                       s[12], s[13], s[14], s[15], s[16], s[17], t_limit, out_md, n_md, out_ex,
-                       n_ex, stop_at_delivery)
 
 
 @njit(cache=True, _nrt=False)
