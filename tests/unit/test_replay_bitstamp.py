@@ -26,12 +26,12 @@ def test_replay_bitstamp_writes_the_log_s_records_and_a_backtest_trades_on_them(
 
     log = shared_data / "calibration" / "bitstamp" / "bitstamp_btcusd_2015-05-01_events.log.gz"
     out = tmp_path / "bs.rec"
-    r = _run("replay", "bitstamp", "--file", str(log), "--max-seconds", "600", "--out", str(out))
+    r = _run("replay", "bitstamp", "--file", str(log), "--max-seconds", "120", "--out", str(out))
     assert r.returncode == 0, r.stderr
     header, recs = open_record_file(out, MARKET_DTYPE)
     [inst] = instruments_from_header(header)
     assert inst.key == "BTC/USD@BITSTAMP"
-    want, _meta = convert(log, max_seconds=600)
+    want, _meta = convert(log, max_seconds=120)
     assert len(recs) == len(want) and (np.asarray(recs) == want).all()
     assert (recs["kind"] == MSG_TRADE).sum() > 0
     res = run_backtest(load_config(ROOT / "config.toml"), "mm_btc", data=out)
