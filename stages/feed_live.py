@@ -113,6 +113,8 @@ class LiveFeedStage(Stage):
         self.lag_sum_ns = 0
         self.lag_n = 0
         self.snapshots_republished = 0
+        self.first_record_ns = self.last_record_ns = 0
+        self.frames_at_first = self.frames_at_last = 0
         self.view = {"venue": spec.venue, "kind": vc.kind, "state": "starting",
                      "state_code": 0, "reason": ""}
         self.words = (0, 0, 0, 0)
@@ -176,6 +178,12 @@ class LiveFeedStage(Stage):
         n = len(recs)
         self._pub(n)
         self.published += n
+        now = time.time_ns()
+        if not self.first_record_ns:
+            self.first_record_ns = now
+            self.frames_at_first = self.client.stats.frames
+        self.last_record_ns = now
+        self.frames_at_last = self.client.stats.frames
         exch = recs["exch_ts_ns"]
         has = exch > 0
         if has.any():
@@ -234,7 +242,12 @@ class LiveFeedStage(Stage):
                     "snapshots_republished": self.snapshots_republished,
                     "books_valid": valid_books, "last_error": err,
                     "last_invalid": list(getattr(self, "last_invalid", ()) or ()),
-                    "orders_rejected": self.orders_rejected}
+                    "orders_rejected": self.orders_rejected,
+                    # wall clock of the first and last record published, and the frames
+                    # received by then: a burst's rate (a replay at full speed)
+                    "first_record_ns": self.first_record_ns,
+                    "last_record_ns": self.last_record_ns,
+                    "frames_first_to_last": self.frames_at_last - self.frames_at_first}
             if hs.parse_errors > self.view.get("parse_errors", 0):
                 print(f"{self.name}: {hs.parse_errors - self.view.get('parse_errors', 0)} "
                       f"malformed frame(s) skipped (parse_errors {hs.parse_errors}); the "

@@ -75,18 +75,15 @@ def _recording_with_malformed_frames(tmp: Path) -> Path:
     return path
 
 
-def _instruments_toml() -> str:
+def _instruments_toml(venue: str, kind: str, files) -> str:
+    """[[instruments]] of a recording, tick and lot sizes derived from its decimal text."""
     from feeds.meta import derive_instruments
     from feeds.recording import read_recordings
 
-    inst = derive_instruments("binance", read_recordings([str(DATA / "BINANCE.ws.1.0"),
-                                                          str(DATA / "BINANCE.http.0.0")]))
     out = []
-    for sym, fi in inst.items():
-        out += ["[[instruments]]", f'symbol = "{sym}"', 'venue = "bn"',
+    for sym, fi in derive_instruments(kind, read_recordings([str(f) for f in files])).items():
+        out += ["[[instruments]]", f'symbol = "{sym}"', f'venue = "{venue}"',
                 f'tick_size = "{fi.price.step}"', f'lot_size = "{fi.qty.step}"', ""]
-    out += ["[[instruments]]", 'symbol = "XBT/USD"', 'venue = "kr"', 'tick_size = "0.1"',
-            'lot_size = "0.00000001"', ""]
     return "\n".join(out)
 
 
@@ -98,32 +95,145 @@ def _free_port() -> int:
     return port
 
 
+class Pipeline:
+    """One foreground instance (``run.py start --foreground``) of ``body`` (venues,
+    instruments, strategies: the [instance] section is written here); READY=1 from its
+    systemd notify socket means every stage is RUNNING. ``close`` stops it and checks that
+    no segment is left behind (end_instance)."""
+
+    def __init__(self, tmp: Path, body: str):
+        self.tmp = tmp
+        self.instance = f"t{os.getpid()}F{uuid.uuid4().hex[:6]}"
+        self.run_root = tmp / "runs"
+        self.cfg = tmp / "feed.toml"
+        self.cfg.write_text(f"""
+[instance]
+name = "{self.instance}"
+run_dir = "{self.run_root}"
+allow_live = true      # every endpoint below is loopback
+
+[stages]
+heartbeat_timeout_ms = 2000
+
+[journal]
+enabled = true
+market_data = true
+""" + body)
+        r = run_py("check-config", "--config", str(self.cfg))
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.log_path = tmp / "foreground.log"
+        self.proc = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run_root / self.instance / "latest"
+
+    def start(self) -> None:
+        notify_path = str(self.tmp / "notify.sock")
+        sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sd.bind(notify_path)
+        sd.settimeout(START_TIMEOUT_S)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "run.py", "start", "--foreground",
+                                      "--config", str(self.cfg)], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert self.proc.poll() is None, self.log_path.read_text()
+                assert time.monotonic() < deadline, "no READY=1"
+                if sd.recv(4096).startswith(b"READY=1"):
+                    break
+        finally:
+            sd.close()
+
+    def status(self) -> dict:
+        return _status(self.cfg)
+
+    def feed(self, venue: str) -> dict:
+        from stages.feed_live import read_feed_status
+
+        return read_feed_status(self.run_dir, venue) or {}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            end_instance(self.proc, self.instance)
+
+    def close(self) -> None:
+        try:
+            if self.proc is not None:
+                end_instance(self.proc, self.instance)
+        finally:
+            if self.proc is not None:
+                self.log.close()
+
+    def journal(self, venue: str):
+        """(md of ``venue``, intents with the gate's decisions, execution reports), read after
+        the instance stopped (every journal file flushed and closed)."""
+        from market.recordfile import open_record_file
+        from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
+
+        self.stop()
+        jdir = self.run_dir / "journal"
+
+        def read(prefix, dtype):
+            parts = [open_record_file(p, dtype)[1] for p in sorted(jdir.glob(f"{prefix}-*.rec"))]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        return read(f"md-{venue}", MARKET_DTYPE), read("orders", ORDER_DTYPE), read(
+            "exec", EXEC_DTYPE)
+
+    def instrument_id(self, key: str) -> int:
+        from pipeline.config import load_config
+        from shm.instruments import InstrumentTable
+
+        return InstrumentTable.from_config(load_config(self.cfg)).by_key(key).instrument_id
+
+
+def invalid_windows(md, iid: int) -> list[tuple[int, int, int]]:
+    """(reason, from_ns, to_ns) of each stretch where the feed said the book of ``iid`` was
+    invalid (STATUS BOOK_INVALID .. the next BOOK_VALID; to_ns = max int64 when none came)."""
+    from shm.records import MSG_STATUS, STATUS_BOOK_INVALID, STATUS_BOOK_VALID
+
+    st = md[(md["kind"] == MSG_STATUS) & (md["instrument_id"] == iid)]
+    out, start, reason = [], None, 0
+    for r in st:
+        code, t = int(r["aux0"]), int(r["recv_ts_ns"])
+        if code == STATUS_BOOK_INVALID and start is None:
+            start, reason = t, int(r["aux1"])
+        elif code == STATUS_BOOK_VALID and start is not None:
+            out.append((reason, start, t))
+            start = None
+    if start is not None:
+        out.append((reason, start, (1 << 63) - 1))
+    return out
+
+
+def new_intents_while_invalid(orders, iid: int, windows) -> int:
+    from shm.records import INTENT_NEW
+
+    caused = orders[(orders["kind"] == INTENT_NEW) & (orders["instrument_id"] == iid)][
+        "cause_recv_ts_ns"]
+    return int(sum(((caused >= a) & (caused < b)).sum() for _, a, b in windows))
+
+
 @pytest.fixture(scope="module")
 def feedrun(tmp_path_factory):
-    from stages.feed_live import read_feed_status
-
     tmp = tmp_path_factory.mktemp("feedstage")
-    instance = f"t{os.getpid()}F{uuid.uuid4().hex[:6]}"
     go = threading.Event()
-    run_dir = tmp / "runs"
+    files = [_recording_with_malformed_frames(tmp), DATA / "BINANCE.http.0.0"]
+    holder = {}
 
     def all_books_valid():
-        st = read_feed_status(run_dir / instance / "latest", "bn") or {}
-        books = st.get("books_valid") or {}
+        books = holder["p"].feed("bn").get("books_valid") or {}
         return len(books) == 4 and all(books.values())
 
-    server = ServerThread([str(_recording_with_malformed_frames(tmp)),
-                           str(DATA / "BINANCE.http.0.0")], rate=RATE, start_when=go.is_set,
+    server = ServerThread([str(f) for f in files], rate=RATE, start_when=go.is_set,
                           drop_after=DROP_AFTER, drops=1, drop_when=all_books_valid,
                           drop_wait_s=20.0)
     url = f"127.0.0.1:{server.srv.port}"
-    cfg = tmp / "feed.toml"
-    cfg.write_text(f"""
-[instance]
-name = "{instance}"
-run_dir = "{run_dir}"
-allow_live = true      # the endpoints are loopback: the replay server and a closed port
-
+    p = holder["p"] = Pipeline(tmp, f"""
 [[venues]]
 name = "bn"
 kind = "binance"
@@ -134,40 +244,24 @@ stale_after_ms = 60000
 [[venues]]
 name = "kr"
 kind = "kraken-v1"
-ws_url = "ws://127.0.0.1:{_free_port()}"
+ws_url = "ws://127.0.0.1:{_free_port()}"     # nobody listens there
 backoff_max_ms = 1000
 
-{_instruments_toml()}
+{_instruments_toml("bn", "binance", files)}
+[[instruments]]
+symbol = "XBT/USD"
+venue = "kr"
+tick_size = "0.1"
+lot_size = "0.00000001"
+
 [[strategies]]
 name = "mm_nkn"
 kind = "market_making"
 instruments = ["NKNUSDT@bn"]
 params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 50.0 }}
-
-[stages]
-heartbeat_timeout_ms = 2000
-
-[journal]
-enabled = true
-market_data = true
 """)
-    r = run_py("check-config", "--config", str(cfg))
-    assert r.returncode == 0, r.stdout + r.stderr
-    notify_path = str(tmp / "notify.sock")
-    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sd.bind(notify_path)
-    sd.settimeout(START_TIMEOUT_S)
-    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-    log = open(tmp / "foreground.log", "wb")
-    proc = subprocess.Popen([sys.executable, "run.py", "start", "--foreground", "--config",
-                             str(cfg)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, (tmp / "foreground.log").read_text()
-            assert time.monotonic() < deadline, "no READY=1"
-            if sd.recv(4096).startswith(b"READY=1"):
-                break
+        p.start()
         t_go = time.monotonic()
         go.set()
         # the recording twice (the cut, then the whole stream again) at RATE frames/s
@@ -178,23 +272,16 @@ market_data = true
         stream_s = time.monotonic() - t_go
         st = _wait(lambda: (lambda s: s if s["feeds"]["bn"]["frames"] >= DROP_AFTER + total
                             and all(s["feeds"]["bn"]["books_valid"].values()) else None)(
-            _status(cfg)), 30, "the feed stage to count every frame with every book valid",
+            p.status()), 30, "the feed stage to count every frame with every book valid",
             step=0.5)
-        lat = json.loads(run_py("latency", "--json", "--config", str(cfg)).stdout)
-        yield {"cfg": cfg, "instance": instance, "proc": proc, "tmp": tmp, "server": srv,
-               "status": st, "latency": lat["histograms"], "stream_s": stream_s,
-               "total": total, "log": tmp / "foreground.log"}
+        lat = json.loads(run_py("latency", "--json", "--config", str(p.cfg)).stdout)
+        yield {"p": p, "cfg": p.cfg, "server": srv, "status": st,
+               "latency": lat["histograms"], "stream_s": stream_s, "total": total}
     finally:
-        sd.close()
         try:
-            end_instance(proc, instance)
+            p.close()
         finally:
-            log.close()
             server.stop()
-
-
-def _run_dir(feedrun) -> Path:
-    return feedrun["tmp"] / "runs" / feedrun["instance"] / "latest"
 
 
 def test_status_shows_the_live_venue_connected_with_messages_counted(feedrun):
@@ -241,47 +328,131 @@ def test_malformed_frames_are_counted_and_the_stage_lives(feedrun):
     assert bn["parse_errors"] == 2 * len(MALFORMED)
     row = next(s for s in feedrun["status"]["stages"] if s["stage"] == "feed-bn")
     assert row["errors"] == 2 * len(MALFORMED) and row["restarts"] == 0
-    log = (_run_dir(feedrun) / "logs" / "feed-bn.log").read_text()
+    log = (feedrun["p"].run_dir / "logs" / "feed-bn.log").read_text()
     assert "malformed frame(s) skipped (parse_errors" in log
 
 
-def _journal_after_stop(feedrun):
-    from market.recordfile import open_record_file
-    from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
-
-    proc = feedrun["proc"]
-    if proc.poll() is None:
-        end_instance(proc, feedrun["instance"])
-    jdir = _run_dir(feedrun) / "journal"
-
-    def read(prefix, dtype):
-        parts = [open_record_file(p, dtype)[1] for p in sorted(jdir.glob(f"{prefix}-*.rec"))]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype)
-
-    return read("md-bn", MARKET_DTYPE), read("orders", ORDER_DTYPE), read("exec", EXEC_DTYPE)
-
-
 def test_cut_connection_invalid_then_resync_valid_and_no_new_intent_while_invalid(feedrun):
-    from shm.instruments import InstrumentTable
-    from pipeline.config import load_config
-    from shm.records import (EXEC_REJECT, INTENT_NEW, MSG_STATUS, REASON_RECONNECT,
-                             REJECT_VENUE_DOWN, STATUS_BOOK_INVALID, STATUS_BOOK_VALID)
+    from shm.records import EXEC_REJECT, INTENT_NEW, REASON_RECONNECT, REJECT_VENUE_DOWN
 
-    md, orders, execs = _journal_after_stop(feedrun)
-    nkn = InstrumentTable.from_config(load_config(feedrun["cfg"])).by_key(
-        "NKNUSDT@bn").instrument_id
-    st = md[(md["kind"] == MSG_STATUS) & (md["instrument_id"] == nkn)]
-    seq = [(int(r["aux0"]), int(r["aux1"]), int(r["recv_ts_ns"])) for r in st]
-    invalid = [s for s in seq if s[0] == STATUS_BOOK_INVALID]
-    assert [s[1] for s in invalid] == [REASON_RECONNECT], seq     # the cut, and nothing else
-    t_bad = invalid[0][2]
-    t_good = min(s[2] for s in seq if s[0] == STATUS_BOOK_VALID and s[2] > t_bad)
-    assert seq[-1][0] == STATUS_BOOK_VALID                          # valid again at the end
+    p = feedrun["p"]
+    md, orders, execs = p.journal("bn")
+    nkn = p.instrument_id("NKNUSDT@bn")
+    windows = invalid_windows(md, nkn)
+    # the cut, and nothing else; valid again after it
+    assert [w[0] for w in windows] == [REASON_RECONNECT], windows
+    _, t_bad, t_good = windows[0]
+    assert t_good < (1 << 63) - 1
     new = orders[(orders["kind"] == INTENT_NEW) & (orders["instrument_id"] == nkn)]
     assert len(new) > 0, "the strategy never quoted"
-    caused = new["cause_recv_ts_ns"]
-    assert ((caused >= t_bad) & (caused < t_good)).sum() == 0, \
+    assert new_intents_while_invalid(orders, nkn, windows) == 0, \
         "a new order was caused by market data that arrived while the book was invalid"
+    caused = new["cause_recv_ts_ns"]
     assert (caused < t_bad).any() and (caused >= t_good).any()     # it quoted before and after
-    rej = execs[(execs["kind"] == EXEC_REJECT)]
+    rej = execs[execs["kind"] == EXEC_REJECT]
     assert len(rej) and (rej["reject_code"] == REJECT_VENUE_DOWN).any()
+
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_kraken_stalled_feed_goes_stale_then_resubscribes_reconnects_and_is_valid_again(
+        tmp_path):
+    """Kraken v1 (checksummed book-1000): the recording as fast as it goes, then silence.
+    The books go stale (invalid), the client resubscribes them; the replay server ignores
+    subscriptions, so after resync_timeout_ms the client reconnects and the fresh stream's
+    snapshots make them valid again. No new order is caused by data of an invalid book."""
+    from shm.records import REASON_STALE
+
+    files = [SHARED / "kraken/KRAKEN.ws.50.0"]
+    go = threading.Event()
+    server = ServerThread([str(f) for f in files], start_when=go.is_set)
+    url = f"127.0.0.1:{server.srv.port}"
+    p = Pipeline(tmp_path, f"""
+[[venues]]
+name = "kr"
+kind = "kraken-v1"
+ws_url = "ws://{url}"
+depth = 1000
+stale_after_ms = 1500
+resync_timeout_ms = 1000
+backoff_max_ms = 1000
+
+{_instruments_toml("kr", "kraken-v1", files)}
+[[strategies]]
+name = "mm_xmr"
+kind = "market_making"
+instruments = ["XMR/USD@kr"]
+params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 50.0 }}
+""")
+    try:
+        p.start()
+        go.set()
+        f = _wait(lambda: (lambda f: f if f.get("resync_reconnects", 0) >= 1
+                           and f.get("connects", 0) >= 2 and f.get("books_valid")
+                           and all(f["books_valid"].values()) else None)(p.feed("kr")),
+                  30, "stale books, a resubscribe, a reconnect and every book valid again",
+                  step=0.2)
+        st = p.status()
+        assert st["feeds"]["kr"]["kind"] == "kraken-v1"
+        assert f["stale"] >= 10 and f["resubscribes"] >= 1 and f["checksum_fail"] == 0
+        assert f["parse_errors"] == 0 and f["resyncs"] >= 10
+        assert any('"unsubscribe"' in m for m in server.srv.stats.received)
+        md, orders, _ = p.journal("kr")
+        xmr = p.instrument_id("XMR/USD@kr")
+        windows = invalid_windows(md, xmr)
+        assert REASON_STALE in [w[0] for w in windows], windows
+        assert any(b < (1 << 63) - 1 for _, _, b in windows), "never valid again"
+        assert new_intents_while_invalid(orders, xmr, windows) == 0
+    finally:
+        try:
+            p.close()
+        finally:
+            server.stop()
+
+
+def test_coinbase_books_build_at_full_speed_and_the_strategy_reads_them(tmp_path):
+    """Coinbase Exchange level2 (10 products, ~10,000 frames) as fast as the loopback server
+    sends it: every book valid, every frame counted, the strategy's md latency recorded."""
+    files = [SHARED / "coinbase/COINBASE.ws.28.0"]
+    go = threading.Event()
+    server = ServerThread([str(f) for f in files], start_when=go.is_set)
+    url = f"127.0.0.1:{server.srv.port}"
+    p = Pipeline(tmp_path, f"""
+[[venues]]
+name = "cb"
+kind = "coinbase"
+ws_url = "ws://{url}"
+stale_after_ms = 60000
+
+{_instruments_toml("cb", "coinbase", files)}
+[[strategies]]
+name = "mm_skl"
+kind = "market_making"
+instruments = ["SKL-USD@cb"]
+params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 50.0 }}
+""")
+    try:
+        p.start()
+        go.set()
+        total = len(server.srv.ws_frames)
+        f = _wait(lambda: (lambda f: f if f.get("frames", 0) >= total else None)(
+            p.feed("cb")), 30, "every frame through the feed stage", step=0.2)
+        st = p.status()
+        cb = st["feeds"]["cb"]
+        assert cb["state"] == "connected" and cb["parse_errors"] == 0 and cb["gaps"] == 0
+        assert len(cb["books_valid"]) == 10 and all(cb["books_valid"].values())
+        strat = next(s for s in st["stages"] if s["stage"] == "strategy-mm_skl")
+        assert strat["records_in"] > 0
+        lat = json.loads(run_py("latency", "--json", "--config", str(p.cfg)).stdout)
+        assert lat["histograms"]["md_to_strategy-mm_skl"]["count"] > 0
+        span_s = (f["last_record_ns"] - f["first_record_ns"]) / 1e9
+        rate = f["frames_first_to_last"] / max(span_s, 1e-9)
+        (tmp_path / "figures.json").write_text(json.dumps(
+            {"frames": f["frames_first_to_last"], "span_s": span_s, "msgs_per_s": rate}))
+        assert rate > 1000, (f["frames_first_to_last"], span_s)
+    finally:
+        try:
+            p.close()
+        finally:
+            server.stop()
