@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from common.status import (FEED_CONNECTED, FEED_CONNECTING, FEED_DISCONNECTED, FEED_REFUSED,
                            FEED_STATE_NAMES, W_X0, W_X1, W_X2, W_X3)
@@ -55,6 +56,31 @@ from stages.venue_sim import answer_without_market
 SNAPSHOT_EVERY_NS = 1_000_000_000
 STATUS_EVERY_S = 1.0
 STOP_WAIT_S = 5.0
+
+
+# acc words of scan_published
+A_LAG_SUM = 0      # sum of recv_ts - exch_ts (ns) over records with an exchange time
+A_LAG_N = 1
+A_LAST_INVALID_ID = 2
+A_LAST_INVALID_REASON = 3
+
+
+@njit(cache=True)
+def scan_published(recs, n, acc, valid):
+    """Over recs[0:n] just published (HOT PATH, network thread): exchange -> receive lag sums
+    and each instrument's validity as the handler's status records say it (valid[iid])."""
+    for i in range(n):
+        r = recs[i]
+        if r.exch_ts_ns > 0:
+            acc[A_LAG_SUM] += r.recv_ts_ns - r.exch_ts_ns
+            acc[A_LAG_N] += 1
+        if r.kind == MSG_STATUS and 0 < r.instrument_id < valid.shape[0]:
+            if r.aux0 == STATUS_BOOK_VALID:
+                valid[r.instrument_id] = 1
+            elif r.aux0 == STATUS_BOOK_INVALID:
+                valid[r.instrument_id] = 0
+                acc[A_LAST_INVALID_ID] = r.instrument_id
+                acc[A_LAST_INVALID_REASON] = r.aux1
 
 
 def feed_status_path(run_dir, venue: str) -> Path:
@@ -107,11 +133,11 @@ class LiveFeedStage(Stage):
         self.status_file = feed_status_path(ctx.run_dir, spec.venue)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self.name = ctx.name
-        # written by the network thread only; read (whole) by the stage loop
-        self.valid = {iid: False for iid in self.symbol_of}
+        # written by the network thread only
+        self.valid = np.zeros(max(self.symbol_of, default=0) + 1, dtype=np.int64)
+        self.acc = np.zeros(4, dtype=np.int64)
+        scan_published(self.handler.out, 0, self.acc, self.valid)   # compile before RUNNING
         self.published = 0
-        self.lag_sum_ns = 0
-        self.lag_n = 0
         self.snapshots_republished = 0
         self.first_record_ns = self.last_record_ns = 0
         self.frames_at_first = self.frames_at_last = 0
@@ -178,28 +204,13 @@ class LiveFeedStage(Stage):
         n = len(recs)
         self._pub(n)
         self.published += n
+        scan_published(self.handler.out, n, self.acc, self.valid)
         now = time.time_ns()
         if not self.first_record_ns:
             self.first_record_ns = now
             self.frames_at_first = self.client.stats.frames
         self.last_record_ns = now
         self.frames_at_last = self.client.stats.frames
-        exch = recs["exch_ts_ns"]
-        has = exch > 0
-        if has.any():
-            self.lag_sum_ns += int((recs["recv_ts_ns"][has] - exch[has]).sum())
-            self.lag_n += int(has.sum())
-        kinds = recs["kind"]
-        if (kinds == MSG_STATUS).any():
-            for r in recs[kinds == MSG_STATUS]:
-                code = int(r["aux0"])
-                iid = int(r["instrument_id"])
-                if code == STATUS_BOOK_VALID:
-                    self.valid[iid] = True
-                elif code == STATUS_BOOK_INVALID:
-                    self.valid[iid] = False
-                    self.last_invalid = (self.symbol_of.get(iid, str(iid)),
-                                         REASON_NAMES.get(int(r["aux1"]), str(int(r["aux1"]))))
 
     async def _every_second(self) -> None:
         last = (time.monotonic(), 0, 0)
@@ -215,8 +226,9 @@ class LiveFeedStage(Stage):
             hs = self.handler.stats
             dt = max(t - last[0], 1e-9)
             rate = (st.frames - last[1]) / dt
-            lag_us = self.lag_sum_ns / self.lag_n / 1000 if self.lag_n else 0.0
-            self.lag_sum_ns = self.lag_n = 0
+            acc = self.acc
+            lag_us = acc[A_LAG_SUM] / acc[A_LAG_N] / 1000 if acc[A_LAG_N] else 0.0
+            acc[A_LAG_SUM] = acc[A_LAG_N] = 0
             last = (t, st.frames, 0)
             connected = self.client._ws is not None
             code = FEED_CONNECTED if connected else (
@@ -228,7 +240,11 @@ class LiveFeedStage(Stage):
                 reason = f"connection lost, reconnecting ({err or 'closed'})"
             else:
                 reason = f"cannot connect to {self.ws_url}: {err or 'no answer yet'}"
-            valid_books = {self.symbol_of[i]: v for i, v in sorted(self.valid.items())}
+            valid_books = {sym: bool(self.valid[i]) for i, sym in sorted(self.symbol_of.items())}
+            bad = int(acc[A_LAST_INVALID_ID])
+            last_invalid = [self.symbol_of.get(bad, str(bad)), REASON_NAMES.get(
+                int(acc[A_LAST_INVALID_REASON]), str(int(acc[A_LAST_INVALID_REASON])))] \
+                if bad else []
             view = {"venue": self.venue_name, "kind": self.kind, "url": self.ws_url,
                     "state": FEED_STATE_NAMES[code], "state_code": code, "reason": reason,
                     "connects": st.connects, "reconnects": max(0, st.connects - 1),
@@ -241,7 +257,7 @@ class LiveFeedStage(Stage):
                     "resubscribes": st.resubscribes, "resync_reconnects": st.resync_reconnects,
                     "snapshots_republished": self.snapshots_republished,
                     "books_valid": valid_books, "last_error": err,
-                    "last_invalid": list(getattr(self, "last_invalid", ()) or ()),
+                    "last_invalid": last_invalid,
                     "orders_rejected": self.orders_rejected,
                     # wall clock of the first and last record published, and the frames
                     # received by then: a burst's rate (a replay at full speed)
@@ -252,7 +268,7 @@ class LiveFeedStage(Stage):
                 print(f"{self.name}: {hs.parse_errors - self.view.get('parse_errors', 0)} "
                       f"malformed frame(s) skipped (parse_errors {hs.parse_errors}); the "
                       "books they touched resync", file=sys.stderr, flush=True)
-            if code != self.view.get("state_code"):
+            if code != self.view.get("state_code") or err != self.view.get("last_error", ""):
                 print(f"{self.name}: {FEED_STATE_NAMES[code]}"
                       + (f" ({reason})" if reason else ""), file=sys.stderr, flush=True)
             self.view = view
