@@ -96,6 +96,8 @@ class VenueConfig:
                                  "this long reconnects the feed", gt=0, le=MAX_MS)
     backoff_max_ms: int = opt(30_000, "live kinds: longest wait between reconnects (jittered "
                               "exponential backoff from 500 ms)", ge=500, le=MAX_MS)
+    cpu: Optional[int] = opt(None, "live kinds: CPU the venue's feed stage is pinned to "
+                             "(default: [stages] feed.cpu)", ge=0)
 
     def validate(self, broken):
         live = not broken("kind") and self.kind != "sim"
@@ -107,6 +109,9 @@ class VenueConfig:
                 yield key, url, "is for live kinds only (this venue is simulated)"
             elif url.split("://", 1)[0] not in schemes or "://" not in url:
                 yield key, url, f"must be a {' or '.join(s + '://' for s in schemes)} URL"
+        if not broken("kind") and not live and not broken("cpu") and self.cpu is not None:
+            yield ("cpu", self.cpu, "is for live kinds only (simulated venues run in the venue "
+                   "stage: [stages] venue.cpu)")
         if live and self.kind.startswith("kraken") and not broken("depth") \
                 and self.depth not in KRAKEN_DEPTHS:
             yield ("depth", self.depth, f"Kraken accepts only "
@@ -362,6 +367,9 @@ class Config:
         for n, s in enumerate(self.strategies):
             if s is not None and s.cpu is not None:
                 yield f"strategies[{n}].cpu", s.cpu
+        for n, v in enumerate(self.venues):
+            if v is not None and v.cpu is not None:
+                yield f"venues[{n}].cpu", v.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
         for inst in self.instruments:

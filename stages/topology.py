@@ -133,9 +133,10 @@ def build_topology(cfg) -> Topology:
     stages: list[StageSpec] = []
     slot = 0
 
-    def add(name, role, sc, **kw):
+    def add(name, role, sc, cpu=None, **kw):
         nonlocal slot
-        stages.append(StageSpec(name, role, slot, sc.cpu, sc.idle, **kw))
+        stages.append(StageSpec(name, role, slot, sc.cpu if cpu is None else cpu, sc.idle,
+                                **kw))
         slot += 1
 
     journal = bool(cfg.journal.enabled)
@@ -146,7 +147,7 @@ def build_topology(cfg) -> Topology:
         add("venue", ROLE_VENUE, st.venue)
     for v in cfg.venues:
         if v.kind != "sim":
-            add(f"feed-{v.name}", ROLE_FEED, st.feed, venue=v.name)
+            add(f"feed-{v.name}", ROLE_FEED, st.feed, cpu=v.cpu, venue=v.name)
     add("order_router", ROLE_ROUTER, st.order_router, restartable=False)
     add("risk_gate", ROLE_GATE, st.risk_gate, restartable=False)
     ids = strategy_ids(cfg.strategies)

@@ -240,6 +240,7 @@ kind = "binance"
 ws_url = "ws://{url}"
 rest_url = "http://{url}"
 stale_after_ms = 60000
+cpu = 0                # the feed stage is pinned like every stage
 
 [[venues]]
 name = "kr"
@@ -299,6 +300,7 @@ def test_status_shows_the_live_venue_connected_with_messages_counted(feedrun):
                                  "RUNEEUR": True}
     assert bn["books_valid_count"] == 4
     assert stages["feed-bn"]["records_out"] > 0
+    assert stages["feed-bn"]["cpu"] == stages["feed-bn"]["configured_cpu"] == 0
 
 
 def test_a_live_venue_that_cannot_connect_says_why_in_status(feedrun):

@@ -46,6 +46,18 @@ def test_a_live_venue_gets_a_feed_stage_and_the_venue_stage_plays_only_the_sim_o
     assert {"md-simB", "vorder-simB", "vexec-simB", "ctl-feed-simB"} <= names
 
 
+def test_a_feed_stage_is_pinned_to_its_venue_cpu_or_the_feed_default():
+    from stages.topology import build_topology
+
+    text = DEFAULT.replace("allow_live = false", "allow_live = true")
+    text = text.replace('name = "simA"\nkind = "sim"', 'name = "simA"\nkind = "binance"\ncpu = 1')
+    text = text.replace('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "kraken"')
+    text = text.replace('journal = { idle = "backoff" }',
+                        'journal = { idle = "backoff" }\nfeed = { idle = "backoff", cpu = 0 }')
+    topo = build_topology(parse_config(text, "c.toml", build=False))
+    assert {f.name: f.cpu for f in topo.feeds()} == {"feed-simA": 1, "feed-simB": 0}
+
+
 def test_all_live_venues_leave_no_venue_stage():
     from stages.topology import build_topology
 
