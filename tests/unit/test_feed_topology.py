@@ -114,3 +114,14 @@ def test_feed_status_records_make_the_strategy_books_invalid_until_the_resync():
     assert all(is_valid(px, meta, i) for i in ids)
     assert h.stats.resyncs >= len(ids)
     assert np.all(meta[ids, 2] == 1)   # META_VALID
+
+
+def test_the_readme_s_live_venue_example_is_a_valid_config():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Live venues"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    cfg = parse_config(block, "README.md")
+    assert [(v.name, v.kind) for v in cfg.venues] == [("bn", "binance")]
+    assert cfg.instance.allow_live
