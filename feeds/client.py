@@ -177,6 +177,11 @@ class FeedClient:
         if n and self.on_records is not None:
             self.on_records(self.handler.out[:n])
 
+    @property
+    def connected(self) -> bool:
+        """A websocket is open and subscribed (between connect and its loss)."""
+        return self._ws is not None
+
     def stop(self) -> None:
         self._stop.set()
         ws = self._ws

@@ -230,7 +230,7 @@ class LiveFeedStage(Stage):
             lag_us = acc[A_LAG_SUM] / acc[A_LAG_N] / 1000 if acc[A_LAG_N] else 0.0
             acc[A_LAG_SUM] = acc[A_LAG_N] = 0
             last = (t, st.frames, 0)
-            connected = self.client._ws is not None
+            connected = self.client.connected
             code = FEED_CONNECTED if connected else (
                 FEED_DISCONNECTED if st.connects else FEED_CONNECTING)
             err = st.errors[-1] if st.errors else ""
