@@ -26,6 +26,9 @@ Orders: order entry to real venues is not built yet, so every order the router s
 answered EXEC_REJECT / REJECT_VENUE_DOWN at once (a cancel: EXEC_CANCEL_REJECT), the way
 stages/feed_replay.py answers: the router never waits on this venue.
 
+Latency: the histogram ``exch_to_recv_<venue>`` (exchange time -> receive, on the venue's
+clock against ours); receive -> strategy read is each strategy's ``md_to_<strategy>``.
+
 Status: words x0 connection state (common.status.FEED_*), x1 messages/s, x2 exchange -> receive
 lag (mean over the last second, us), x3 books valid; errors = malformed frames. The whole
 per-venue picture (reconnects, gaps, resyncs, book validity per instrument, the last
@@ -47,6 +50,7 @@ from numba import njit
 
 from common.status import (FEED_CONNECTED, FEED_CONNECTING, FEED_DISCONNECTED, FEED_REFUSED,
                            FEED_STATE_NAMES, W_X0, W_X1, W_X2, W_X3)
+from shm.histogram import hist_record
 from shm.records import (EXEC_DTYPE, MARKET_DTYPE, MFLAG_SNAPSHOT, MSG_LEVEL, MSG_SNAP_END,
                          MSG_SNAP_START, MSG_STATUS, ORDER_DTYPE, REASON_NAMES,
                          STATUS_BOOK_INVALID, STATUS_BOOK_VALID)
@@ -66,14 +70,17 @@ A_LAST_INVALID_REASON = 3
 
 
 @njit(cache=True)
-def scan_published(recs, n, acc, valid):
-    """Over recs[0:n] just published (HOT PATH, network thread): exchange -> receive lag sums
-    and each instrument's validity as the handler's status records say it (valid[iid])."""
+def scan_published(recs, n, acc, valid, hist):
+    """Over recs[0:n] just published (HOT PATH, network thread): exchange -> receive lag (sums
+    and histogram ``hist``) and each instrument's validity as the handler's status records
+    say it (valid[iid])."""
     for i in range(n):
         r = recs[i]
         if r.exch_ts_ns > 0:
-            acc[A_LAG_SUM] += r.recv_ts_ns - r.exch_ts_ns
+            lag = r.recv_ts_ns - r.exch_ts_ns
+            acc[A_LAG_SUM] += lag
             acc[A_LAG_N] += 1
+            hist_record(hist, lag)
         if r.kind == MSG_STATUS and 0 < r.instrument_id < valid.shape[0]:
             if r.aux0 == STATUS_BOOK_VALID:
                 valid[r.instrument_id] = 1
@@ -103,6 +110,7 @@ class LiveFeedStage(Stage):
         from feeds.decimal import Scale
         from feeds.handler import FeedInstrument
         from feeds.meta import make_handler
+        from shm.histogram import LatencyHistogram
         from shm.instruments import InstrumentTable
         from shm.ring import BroadcastRing, SpscRing
 
@@ -136,7 +144,9 @@ class LiveFeedStage(Stage):
         # written by the network thread only
         self.valid = np.zeros(max(self.symbol_of, default=0) + 1, dtype=np.int64)
         self.acc = np.zeros(4, dtype=np.int64)
-        scan_published(self.handler.out, 0, self.acc, self.valid)   # compile before RUNNING
+        self.hist = LatencyHistogram.attach(inst, f"exch_to_recv_{spec.venue}")
+        scan_published(self.handler.out, 0, self.acc, self.valid,
+                       self.hist.array)   # compile before RUNNING
         self.published = 0
         self.snapshots_republished = 0
         self.first_record_ns = self.last_record_ns = 0
@@ -204,7 +214,7 @@ class LiveFeedStage(Stage):
         n = len(recs)
         self._pub(n)
         self.published += n
-        scan_published(self.handler.out, n, self.acc, self.valid)
+        scan_published(self.handler.out, n, self.acc, self.valid, self.hist.array)
         now = time.time_ns()
         if not self.first_record_ns:
             self.first_record_ns = now
@@ -339,8 +349,16 @@ class LiveFeedStage(Stage):
             except RuntimeError:
                 pass   # the loop already closed
             self.thread.join(STOP_WAIT_S)
+        if self.thread is not None and self.thread.is_alive():
+            # it may still write into the ring and the histogram: leave them mapped (the
+            # process exits next; the controller unlinks the segments)
+            print(f"{self.name}: the network thread did not end within {STOP_WAIT_S:.0f} s",
+                  file=sys.stderr, flush=True)
+            return
         if self.view:
             self.view = dict(self.view, state="stopped")
             self._write_status(self.view)
         for r in self._rings:
             r.close()
+        if getattr(self, "hist", None) is not None:
+            self.hist.close()

@@ -105,6 +105,9 @@ class Topology:
         out = [HIST_GATE, HIST_ROUTER, HIST_VENUE_ACK, HIST_T2T]
         for s in self.strategies():
             out.append((f"md_to_{s.name}", f"md recv -> {s.name} read"))
+        for f in self.feeds():
+            out.append((f"exch_to_recv_{f.venue}",
+                        f"{f.venue}: exchange time -> feed receive (venue clock vs ours)"))
         return out
 
 

@@ -319,6 +319,9 @@ def test_strategy_reads_valid_books_from_the_live_feed(feedrun):
     strat = next(s for s in st["stages"] if s["stage"] == "strategy-mm_nkn")
     assert strat["records_in"] > 0
     assert feedrun["latency"]["md_to_strategy-mm_nkn"]["count"] > 0
+    # exchange time -> receive: the recording's 2021 exchange times, received now
+    assert feedrun["latency"]["exch_to_recv_bn"]["count"] > 0
+    assert "exch_to_recv_kr" in feedrun["latency"]
     # the strategy quoted on the valid book: its intents reached the gate and were approved
     # (the venue's answers, REJECT_VENUE_DOWN, are checked in the journal below)
     assert st["risk"]["approved"] > 0 and st["risk"]["fills"] == 0
