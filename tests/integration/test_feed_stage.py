@@ -7,8 +7,11 @@ is a closed loopback port. One instance (``run.py start --foreground``) for the 
 * the server cuts the connection once (after frame DROP_AFTER, when the stage's status says
   every book is valid), and the recording carries three malformed frames.
 
-The tests then read its status, latency and journal. Timeouts are ceilings for a loaded 2-core
-machine, not performance claims.
+The tests then read its status, latency and journal. Three more instances, one test each:
+Kraken v1 stalled (stale -> resubscribe -> reconnect -> valid), Kraken v1 with a deleted update
+(checksum gap -> resync), Coinbase at full speed (books build). Every instance is stopped by
+end_instance (no process, no segment left). Timeouts are ceilings for a loaded 2-core machine,
+not performance claims.
 """
 from __future__ import annotations
 
