@@ -47,3 +47,11 @@ ST_COMPILING = 8       # starting, and numba is compiling (not loading from its 
 STATE_NAMES = {ST_EMPTY: "EMPTY", ST_STARTING: "STARTING", ST_RUNNING: "RUNNING",
                ST_STOPPING: "STOPPING", ST_STOPPED: "STOPPED", ST_FAILED: "FAILED",
                ST_RESTARTING: "RESTARTING", ST_DEAD: "DEAD", ST_COMPILING: "COMPILING"}
+
+# a live feed stage's connection state (its status word x0; stages/feed_live.py)
+FEED_CONNECTING = 1    # no connection yet (first try, or waiting out a backoff after a failure)
+FEED_CONNECTED = 2     # connected and subscribed
+FEED_DISCONNECTED = 3  # was connected, lost it; reconnecting with backoff
+FEED_REFUSED = 4       # will not connect (no allow_live for a non-loopback endpoint)
+FEED_STATE_NAMES = {0: "starting", FEED_CONNECTING: "connecting", FEED_CONNECTED: "connected",
+                    FEED_DISCONNECTED: "disconnected", FEED_REFUSED: "refused"}

@@ -177,6 +177,11 @@ class FeedClient:
         if n and self.on_records is not None:
             self.on_records(self.handler.out[:n])
 
+    @property
+    def connected(self) -> bool:
+        """A websocket is open and subscribed (between connect and its loss)."""
+        return self._ws is not None
+
     def stop(self) -> None:
         self._stop.set()
         ws = self._ws
@@ -234,25 +239,30 @@ class FeedClient:
                 t.cancel()
 
     async def _receive(self, ws) -> None:
-        started = time.monotonic()
-        handler = self.handler
-        feed = handler.feed
-        rec = self.recorder
         if self.venue == "binance":
             for sym in self.symbols:
                 self._fetch_snapshot(sym)
+        if self.max_connection_s is None:
+            await self._frames(ws)
+            return
+        # one deadline for the connection's whole life: asyncio.wait_for around each recv()
+        # cost ~10 us a frame (a task per call); cancelling recv() is safe in websockets
+        try:
+            async with asyncio.timeout(self.max_connection_s):
+                await self._frames(ws)
+        except TimeoutError:
+            if self._stop.is_set():
+                return
+            self.stats.scheduled_reconnects += 1
+            await ws.close()
+
+    async def _frames(self, ws) -> None:
+        handler = self.handler
+        feed = handler.feed
+        rec = self.recorder
+        recv = ws.recv
         while not self._stop.is_set():
-            timeout = None
-            if self.max_connection_s is not None:
-                timeout = self.max_connection_s - (time.monotonic() - started)
-                if timeout <= 0:
-                    self.stats.scheduled_reconnects += 1
-                    await ws.close()
-                    return
-            try:
-                frame = await asyncio.wait_for(ws.recv(), timeout)
-            except asyncio.TimeoutError:
-                continue
+            frame = await recv()
             now = time.time_ns()
             self.stats.frames += 1
             if rec is not None:

@@ -15,6 +15,9 @@ first poll where it returns true, so a test's drop lands at a known state of the
 of wherever the race between the stream and the client's REST requests left it. If it never
 returns true, that connection is not dropped (``stats.drops_missed``) and the stream goes on.
 ``rest_429`` answers the first N REST requests with 429 and ``Retry-After: 0``.
+``start_when`` (a zero-argument callable) holds every connection's stream until it returns true
+(polled, for at most ``start_wait_s``; then the stream starts anyway): a test whose client runs
+inside a pipeline lets the stream begin once every reader of the client's ring is up.
 It binds only loopback addresses: a replay server is not a service.
 """
 from __future__ import annotations
@@ -51,7 +54,8 @@ class ReplayStats:
 class ReplayServer:
     def __init__(self, files: list[str], host: str = "127.0.0.1", port: int = 0,
                  rate: float = 0.0, drop_after: int = 0, drops: int = 1, rest_429: int = 0,
-                 drop_when: Callable[[], bool] | None = None, drop_wait_s: float = 10.0):
+                 drop_when: Callable[[], bool] | None = None, drop_wait_s: float = 10.0,
+                 start_when: Callable[[], bool] | None = None, start_wait_s: float = 120.0):
         if not is_loopback_host(host):
             raise ValueError(f"replay server binds loopback only, not {host!r}")
         self.host = host
@@ -60,6 +64,8 @@ class ReplayServer:
         self.drop_after = drop_after
         self.drop_when = drop_when
         self.drop_wait_s = drop_wait_s
+        self.start_when = start_when
+        self.start_wait_s = start_wait_s
         self.drops_left = drops if drop_after or drop_when is not None else 0
         self.rest_429_left = rest_429
         self.ws_frames: list[str] = []
@@ -107,6 +113,8 @@ class ReplayServer:
             drop = True
         reader = asyncio.ensure_future(self._drain(ws))
         try:
+            if self.start_when is not None:
+                await self._hold_until(ws, self.start_when, self.start_wait_s)
             delay = 1.0 / self.rate if self.rate > 0 else 0.0
             for n, frame in enumerate(self.ws_frames):
                 if drop and n >= self.drop_after:
@@ -129,13 +137,13 @@ class ReplayServer:
         finally:
             reader.cancel()
 
-    async def _hold_until(self, ws, predicate) -> bool:
-        """Send nothing until ``predicate()`` is true (True) or ``drop_wait_s`` passed or the
-        connection closed (False)."""
+    async def _hold_until(self, ws, predicate, wait_s: float | None = None) -> bool:
+        """Send nothing until ``predicate()`` is true (True) or ``wait_s`` (default
+        ``drop_wait_s``) passed or the connection closed (False)."""
         from websockets.protocol import State
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drop_wait_s
+        deadline = loop.time() + (self.drop_wait_s if wait_s is None else wait_s)
         while not predicate():
             if loop.time() >= deadline or ws.state is not State.OPEN:
                 return False

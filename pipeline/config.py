@@ -35,6 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 # ------------------------------------------------------------------------------------------
 IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
 VENUE_KINDS = ("sim", "binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
+KRAKEN_DEPTHS = (10, 25, 100, 500, 1000)
 NAME_RE = r"[A-Za-z][A-Za-z0-9_\-]{0,31}"
 # Upper bounds: a value beyond them cannot be built (arrays sized by it, int64 nanoseconds,
 # float64 exactness) or is certainly a typo; each names its reason where it is used.
@@ -83,8 +84,38 @@ class VenueConfig:
                                  le=MAX_LATENCY_US)
     rate_limit_per_s: int = opt(100, "orders per second the router sends to this venue", gt=0,
                                 le=MAX_RATE_PER_S)
-    ws_url: str = opt("", "websocket endpoint (live kinds only)")
-    rest_url: str = opt("", "REST endpoint for snapshots (live kinds only)")
+    ws_url: str = opt("", "websocket endpoint (live kinds only; default: the venue's public "
+                      "endpoint)")
+    rest_url: str = opt("", "REST endpoint for snapshots (live kinds only; Binance)")
+    stale_after_ms: int = opt(10_000, "live kinds: a book without a message (or, on Binance, a "
+                              "connection without a frame) for this long is invalid until it "
+                              "resyncs", gt=0, le=MAX_MS)
+    depth: int = opt(10, "live kinds: book depth subscribed (Kraken: 10, 25, 100, 500 or "
+                     "1000)", ge=1, le=5000)
+    resync_timeout_ms: int = opt(10_000, "live kinds: a resubscribed book still invalid after "
+                                 "this long reconnects the feed", gt=0, le=MAX_MS)
+    backoff_max_ms: int = opt(30_000, "live kinds: longest wait between reconnects (jittered "
+                              "exponential backoff from 500 ms)", ge=500, le=MAX_MS)
+    cpu: Optional[int] = opt(None, "live kinds: CPU the venue's feed stage is pinned to "
+                             "(default: [stages] feed.cpu)", ge=0)
+
+    def validate(self, broken):
+        live = not broken("kind") and self.kind != "sim"
+        for key, schemes in (("ws_url", ("ws", "wss")), ("rest_url", ("http", "https"))):
+            url = getattr(self, key)
+            if broken(key) or not url:
+                continue
+            if not broken("kind") and not live:
+                yield key, url, "is for live kinds only (this venue is simulated)"
+            elif url.split("://", 1)[0] not in schemes or "://" not in url:
+                yield key, url, f"must be a {' or '.join(s + '://' for s in schemes)} URL"
+        if not broken("kind") and not live and not broken("cpu") and self.cpu is not None:
+            yield ("cpu", self.cpu, "is for live kinds only (simulated venues run in the venue "
+                   "stage: [stages] venue.cpu)")
+        if live and self.kind.startswith("kraken") and not broken("depth") \
+                and self.depth not in KRAKEN_DEPTHS:
+            yield ("depth", self.depth, f"Kraken accepts only "
+                   f"{', '.join(map(str, KRAKEN_DEPTHS))} (anything else is refused)")
 
 
 @dataclass(frozen=True)
@@ -196,10 +227,13 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class StagesConfig:
-    venue: StageConfig = opt(StageConfig(), "simulated venues / feed")
+    venue: StageConfig = opt(StageConfig(), "the simulated venues (kind sim) or a replay")
     risk_gate: StageConfig = opt(StageConfig(), "pre-trade risk gate")
     order_router: StageConfig = opt(StageConfig(), "order router")
     journal: StageConfig = opt(StageConfig(), "journal")
+    feed: StageConfig = opt(StageConfig(), "the feed-handler stage of each live venue (its "
+                            "websocket runs on a thread of its own: the stage's loop must "
+                            "sleep when idle, so backoff or blocking)")
     heartbeat_timeout_ms: int = opt(100, "a stage silent this long is reported silent "
                                     "(death is noticed at once through its pidfd)", gt=0,
                                     le=MAX_MS)
@@ -217,6 +251,12 @@ class StagesConfig:
                                    ge=0, le=3600)
     restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0,
                                        le=3600)
+
+    def validate(self, broken):
+        feed = self.feed
+        if not broken("feed") and feed is not None and feed.idle not in ("backoff", "blocking"):
+            yield ("feed.idle", feed.idle, "must be backoff or blocking: the feed's websocket "
+                   "thread needs the interpreter while the stage's loop idles")
 
 
 @dataclass(frozen=True)
@@ -319,7 +359,7 @@ class Config:
         yield from build_problems(self, broken)
 
     def pinned_cpus(self):
-        for stage in ("venue", "risk_gate", "order_router", "journal"):
+        for stage in ("venue", "risk_gate", "order_router", "journal", "feed"):
             sc = getattr(self.stages, stage, None) if self.stages is not None else None
             cpu = getattr(sc, "cpu", None)
             if cpu is not None:
@@ -327,6 +367,9 @@ class Config:
         for n, s in enumerate(self.strategies):
             if s is not None and s.cpu is not None:
                 yield f"strategies[{n}].cpu", s.cpu
+        for n, v in enumerate(self.venues):
+            if v is not None and v.cpu is not None:
+                yield f"venues[{n}].cpu", v.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
         for inst in self.instruments:

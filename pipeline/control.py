@@ -259,6 +259,28 @@ def _stage_reason(ctl, name: str) -> str:
     return ""
 
 
+def feed_snapshot(ctl) -> dict:
+    """Per live venue: its feed stage's status words (connection state, messages/s, exchange ->
+    receive lag, books valid) and the detail it writes every second (reconnects, gaps,
+    resyncs, validity per instrument, why it is not connected)."""
+    from common.status import FEED_CONNECTED, FEED_STATE_NAMES, STATE_NAMES
+    from stages.feed_live import read_feed_status
+
+    out = {}
+    for spec in ctl.topology.feeds():
+        b = ctl.status.read(spec.slot)
+        detail = read_feed_status(ctl.run_dir, spec.venue) or {}
+        code = int(b["x0"])
+        out[spec.venue] = {**detail, "stage": spec.name,
+                           "stage_state": STATE_NAMES.get(int(b["state"]), "?"),
+                           "state": detail.get("state") if detail.get("state") == "stopped"
+                           else FEED_STATE_NAMES.get(code, str(code)),
+                           "connected": code == FEED_CONNECTED, "messages_per_s": int(b["x1"]),
+                           "lag_us": int(b["x2"]), "books_valid_count": int(b["x3"]),
+                           "parse_errors": int(b["errors"])}
+    return out
+
+
 def risk_snapshot(ctl) -> dict:
     from shm.records import RISK_STATE_NAMES
     from stages.riskview import (G_APPROVED, G_REJECTED, G_STATE, PNL_FEES, PNL_REALIZED,
@@ -367,7 +389,7 @@ def handle_request(ctl, req: dict) -> dict:
         return {"ok": True, "instance": ctl.instance, "pid": os.getpid(),
                 "run_dir": str(ctl.run_dir), "uptime_s": round(time_since(ctl.started_at), 1),
                 "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
-                "warm_spare": ctl.supervisor.spare_is_ready(),
+                "feeds": feed_snapshot(ctl), "warm_spare": ctl.supervisor.spare_is_ready(),
                 "params": ctl.live_params.view(), "events": ctl.events[-20:]}
     if cmd == "stop":
         if not ctl.stop_requested:
@@ -432,7 +454,8 @@ def collect_report(ctl, before_stop: bool = False) -> dict:
     rows = stage_table(ctl)
     return {"instance": ctl.instance, "run_dir": str(ctl.run_dir),
             "duration_s": round(time_since(ctl.started_at), 2),
-            "stages": rows, "risk": risk_snapshot(ctl), "params": ctl.live_params.view(),
+            "stages": rows, "risk": risk_snapshot(ctl), "feeds": feed_snapshot(ctl),
+            "params": ctl.live_params.view(),
             "records_lost": sum(r["records_lost"] for r in rows),
             "latency": latency_summary(ctl), "events": list(ctl.events)}
 

@@ -97,6 +97,19 @@ class Controller:
         self.report: dict = {}
 
     # ---------------------------------------------------------------------------------------
+    def check_mode(self) -> None:
+        """A replay (--replay) and sim-time play every venue in the venue stage: a live venue
+        is never simulated nor replayed, so those modes refuse a config that has one."""
+        from stages.topology import live_venues
+
+        live = live_venues(self.cfg)
+        if live and (self.replay or self.sim_time):
+            mode = "--replay" if self.replay else "sim-time"
+            raise ControllerError(
+                f"{mode} plays every venue itself, and venues {', '.join(live)} are live "
+                f"(kind {', '.join(sorted({self.cfg.venue(v).kind for v in live}))}): a live "
+                "venue is never simulated; use a config whose venues are kind = \"sim\"")
+
     def acquire_lock(self) -> None:
         """One controller per instance: an flock on <run_dir>/<name>/controller.lock."""
         self.inst_dir.mkdir(parents=True, exist_ok=True)
@@ -549,7 +562,8 @@ class Controller:
         self.report = ops.collect_report(self, before_stop=True)
         if self.clock is not None:
             self.report["sim_time"] = self.sim_summary()
-        for name in ("risk_gate", "order_router", "venue", "journal"):
+        for name in ("risk_gate", "order_router", "venue",
+                     *[f.name for f in self.topology.feeds()], "journal"):
             if name in sup.procs:
                 sup.stop([name])
                 phase(f"{name} stopped")
@@ -598,6 +612,7 @@ class Controller:
         """The whole life: lock, segments, start, serve, stop, unlink. Returns an exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.check_mode()
         self.acquire_lock()
         try:
             self.create_segments()

@@ -58,8 +58,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def make_stage(spec, replay: str | None = None, lockstep: bool = False):
-    from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
-                                 ROLE_VENUE)
+    from stages.topology import (ROLE_FEED, ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER,
+                                 ROLE_STRATEGY, ROLE_VENUE)
 
     # numba's cache is keyed by every source compiled into a kernel (pipeline/numba_cache.py,
     # configured by run.py and inherited through NUMBA_CACHE_DIR), so no per-module refresh is
@@ -73,6 +73,10 @@ def make_stage(spec, replay: str | None = None, lockstep: bool = False):
     if spec.role == ROLE_VENUE:
         from stages.venue_sim import SimVenueStage
         return SimVenueStage()
+    if spec.role == ROLE_FEED:
+        # a live venue is never simulated nor replayed: its own feed handler plays it
+        from stages.feed_live import LiveFeedStage
+        return LiveFeedStage()
     if spec.role == ROLE_STRATEGY:
         from stages.strategy_host import StrategyHostStage
         return StrategyHostStage()

@@ -5,7 +5,8 @@ Computed the same way by the controller (which creates every segment) and by eac
 
 Rings (segment names under the instance prefix; one writer each, see CONVENTIONS.md):
 
-  md-<venue>        Broadcast MARKET   venue -> strategies on it, risk gate, (journal)
+  md-<venue>        Broadcast MARKET   venue (sim) or feed-<venue> (live kinds) -> strategies
+                                       on it, risk gate, (journal)
   intent-<strat>    SPSC ORDER         strategy -> risk gate
   reject-<strat>    SPSC EXEC          risk gate -> strategy (denials, EFLAG_FROM_RISK)
   exec-<strat>      SPSC EXEC          router -> strategy
@@ -13,8 +14,13 @@ Rings (segment names under the instance prefix; one writer each, see CONVENTIONS
   exec-gate         SPSC EXEC          router -> risk gate
   jorder            SPSC ORDER         risk gate -> journal (every intent + its decision)
   jexec             SPSC EXEC          router -> journal (every execution report)
-  vorder-<venue>    SPSC ORDER         router -> venue
-  vexec-<venue>     SPSC EXEC          venue -> router
+  vorder-<venue>    SPSC ORDER         router -> venue (sim) or feed-<venue> (live kinds)
+  vexec-<venue>     SPSC EXEC          venue or feed-<venue> -> router
+
+Stages: one ``venue`` stage plays every simulated venue (``kind = "sim"``; none when there is
+none), and each live venue (binance, coinbase, kraken ...) has a feed-handler stage of its own,
+``feed-<venue>`` (stages/feed_live.py): the one writer of that venue's md ring, and the venue
+side of its order rings (no live order entry yet: it answers every order REJECT_VENUE_DOWN).
   ctl-<stage>       SPSC CONTROL       controller -> stage
   status, riskview, hist-*             status blocks, risk snapshot, latency histograms
 """
@@ -29,6 +35,7 @@ ROLE_JOURNAL = "journal"
 ROLE_ROUTER = "order_router"
 ROLE_GATE = "risk_gate"
 ROLE_STRATEGY = "strategy"
+ROLE_FEED = "feed"
 
 # latency histograms: (segment name, title)
 HIST_GATE = ("intent_to_gate", "intent -> gate read")
@@ -50,6 +57,7 @@ class StageSpec:
     shard: int = 0            # which shard of its strategy this process is (0..shards-1)
     instruments: tuple = ()   # the instrument keys this process trades (its shard's block)
     group_id: int = 0         # the strategy id of shard 0: the risk gate sums shards under it
+    venue: str = ""           # feed stages: the live venue this process plays
 
     @property
     def process(self) -> str:
@@ -82,17 +90,24 @@ class Topology:
                 return s
         raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
 
+    def feeds(self) -> list[StageSpec]:
+        return [s for s in self.stages if s.role == ROLE_FEED]
+
     def strategies(self) -> list[StageSpec]:
         return [s for s in self.stages if s.role == ROLE_STRATEGY]
 
     def start_order(self) -> list[StageSpec]:
-        rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_ROUTER: 2, ROLE_GATE: 3, ROLE_STRATEGY: 4}
+        rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_FEED: 1, ROLE_ROUTER: 2, ROLE_GATE: 3,
+                ROLE_STRATEGY: 4}
         return sorted(self.stages, key=lambda s: (rank[s.role], s.slot))
 
     def histograms(self) -> list[tuple[str, str]]:
         out = [HIST_GATE, HIST_ROUTER, HIST_VENUE_ACK, HIST_T2T]
         for s in self.strategies():
             out.append((f"md_to_{s.name}", f"md recv -> {s.name} read"))
+        for f in self.feeds():
+            out.append((f"exch_to_recv_{f.venue}",
+                        f"{f.venue}: exchange time -> feed receive (venue clock vs ours)"))
         return out
 
 
@@ -107,21 +122,35 @@ def lockstep_schedule(topo: Topology) -> list[str]:
             + ["risk_gate", "order_router"])
 
 
+def sim_venues(cfg) -> list[str]:
+    """The venues the ``venue`` stage simulates (kind "sim"); the others are live feeds."""
+    return [v.name for v in cfg.venues if v.kind == "sim"]
+
+
+def live_venues(cfg) -> list[str]:
+    return [v.name for v in cfg.venues if v.kind != "sim"]
+
+
 def build_topology(cfg) -> Topology:
     st = cfg.stages
     stages: list[StageSpec] = []
     slot = 0
 
-    def add(name, role, sc, **kw):
+    def add(name, role, sc, cpu=None, **kw):
         nonlocal slot
-        stages.append(StageSpec(name, role, slot, sc.cpu, sc.idle, **kw))
+        stages.append(StageSpec(name, role, slot, sc.cpu if cpu is None else cpu, sc.idle,
+                                **kw))
         slot += 1
 
     journal = bool(cfg.journal.enabled)
     journal_md = journal and bool(cfg.journal.market_data)
     if journal:
         add("journal", ROLE_JOURNAL, st.journal)
-    add("venue", ROLE_VENUE, st.venue)
+    if sim_venues(cfg):
+        add("venue", ROLE_VENUE, st.venue)
+    for v in cfg.venues:
+        if v.kind != "sim":
+            add(f"feed-{v.name}", ROLE_FEED, st.feed, cpu=v.cpu, venue=v.name)
     add("order_router", ROLE_ROUTER, st.order_router, restartable=False)
     add("risk_gate", ROLE_GATE, st.risk_gate, restartable=False)
     ids = strategy_ids(cfg.strategies)

@@ -1,5 +1,6 @@
 """Simulated-venue stage: market/sim.py's SimVenue driven by the wall clock. Runs in the
-``venue`` process.
+``venue`` process. It plays the config's simulated venues (``kind = "sim"``) only: a live venue
+has its own feed stage (stages/feed_live.py) and is never simulated.
 
 Each poll (HOT PATH apart from one Python call per incoming order): take the router's orders
 from every ``vorder-<venue>`` ring into the simulator (they reach the matching engine after the
@@ -46,6 +47,17 @@ def split_publish_md(md, n, inst_venue, sts, slots, tmp, tmp_i, counts):
 
 
 @njit(cache=True)
+def split_publish_ex_mapped(ex, n, venue_row, sts, slots, ex_i, dropped):
+    """Reports to the router: ``venue_row[venue_id]`` is the row of the venue's ring in
+    ``sts`` (the stage plays a subset of the venues); -1 rows are dropped (counted)."""
+    for j in range(n):
+        v = np.int64(ex[j].venue_id)
+        r = venue_row[v] if 0 <= v < venue_row.shape[0] else np.int64(-1)
+        if r < 0 or spsc_publish(sts[r], slots[r], ex_i[j:j + 1], 1) != 1:
+            dropped[0] += 1
+
+
+@njit(cache=True)
 def split_publish_ex(ex, n, sts, slots, one_i, ex_i, dropped):
     """Reports to the router, one SPSC ring per venue (venue_id is 1-based)."""
     for j in range(n):
@@ -63,15 +75,22 @@ class SimVenueStage(Stage):
         from market.sim import SimVenue
         from shm.instruments import InstrumentTable
 
+        from stages.topology import sim_venues
+
         cfg, topo, inst = ctx.config, ctx.topology, ctx.instance
         table = InstrumentTable.from_config(cfg)
-        self.venue = SimVenue(cfg, list(table), t0_ns=time.time_ns())
-        attach_venue_side(self, inst, topo.venues)
-        venue_idx = {v: i for i, v in enumerate(topo.venues)}
+        self.sim_venues = sim_venues(cfg)
+        self.venue = SimVenue(cfg, list(table), t0_ns=time.time_ns(), venues=self.sim_venues)
+        attach_venue_side(self, inst, self.sim_venues)
+        venue_idx = {v: i for i, v in enumerate(self.sim_venues)}
         self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
         for i in table:
-            self.inst_venue[i.instrument_id] = venue_idx[i.venue]
-        self.instrument_ids = [i.instrument_id for i in table]
+            self.inst_venue[i.instrument_id] = venue_idx.get(i.venue, -1)
+        # venue_id (1-based, config order) -> row of its rings here; live venues: -1
+        self.venue_row = np.full(len(cfg.venues) + 1, -1, dtype=np.int64)
+        for n, v in enumerate(cfg.venues, 1):
+            self.venue_row[n] = venue_idx.get(v.name, -1)
+        self.instrument_ids = [i.instrument_id for i in table if i.venue in venue_idx]
         self.md = np.zeros(BATCH_MD, dtype=MARKET_DTYPE)
         self.tmp = np.zeros(BATCH_MD + 4096, dtype=MARKET_DTYPE)
         self.tmp_i = self.tmp.view(np.int64).reshape(len(self.tmp), -1)
@@ -79,7 +98,7 @@ class SimVenueStage(Stage):
         self.ex_i = self.ex.view(np.int64).reshape(BATCH_EX, -1)
         self.one_i = self.ex_i[:1]
         self.orders = np.zeros(256, dtype=ORDER_DTYPE)
-        self.counts = np.zeros(len(topo.venues), dtype=np.int64)
+        self.counts = np.zeros(len(self.sim_venues), dtype=np.int64)
         self.dropped = np.zeros(1, dtype=np.int64)
         self.snap = np.zeros(4096, dtype=MARKET_DTYPE)
         self.next_snapshot = 0
@@ -92,7 +111,7 @@ class SimVenueStage(Stage):
         cache, and the supervisor rightly declares the stage silent."""
         from market.sim import SimVenue
 
-        scratch = SimVenue(cfg, list(table), t0_ns=time.time_ns())
+        scratch = SimVenue(cfg, list(table), t0_ns=time.time_ns(), venues=self.sim_venues)
         warm = np.zeros(1, dtype=ORDER_DTYPE)
         warm[0]["kind"] = INTENT_CANCEL
         warm[0]["instrument_id"] = self.instrument_ids[0]
@@ -101,8 +120,8 @@ class SimVenueStage(Stage):
         now = time.time_ns()
         scratch.submit(warm[0], now)
         scratch.step_until(now + 1_000_000_000, self.md, self.ex)
-        split_publish_ex(self.ex, 0, self.out_sts, self.out_slots, self.one_i, self.ex_i,
-                         self.dropped)
+        split_publish_ex_mapped(self.ex, 0, self.venue_row, self.out_sts, self.out_slots,
+                                self.ex_i, self.dropped)
 
     def publish_snapshots(self, now_ns: int) -> None:
         from market.matching import engine_snapshot
@@ -130,8 +149,8 @@ class SimVenueStage(Stage):
             split_publish_md(self.md, n_md, self.inst_venue, self.md_sts, self.md_slots,
                              self.tmp, self.tmp_i, self.counts)
         if n_ex:
-            split_publish_ex(self.ex, n_ex, self.out_sts, self.out_slots, self.one_i,
-                             self.ex_i, self.dropped)
+            split_publish_ex_mapped(self.ex, n_ex, self.venue_row, self.out_sts,
+                                    self.out_slots, self.ex_i, self.dropped)
         if now >= self.next_snapshot:
             self.next_snapshot = now + SNAPSHOT_EVERY_NS
             self.publish_snapshots(now)

@@ -44,6 +44,19 @@ def format_status(s: dict) -> str:
     notes = [f"  {r['stage']}: {r['reason']}" for r in s["stages"] if r.get("reason")]
     if notes:
         lines += ["", "stages not running:"] + notes
+    feeds = s.get("feeds") or {}
+    if feeds:
+        lines += ["", "live feeds:"]
+    for venue, f in feeds.items():
+        books = f.get("books_valid") or {}
+        lines.append(f"  {venue:<10} {f.get('kind', '?'):<11} {f['state']:<12} "
+                     f"{f['messages_per_s']} msg/s  lag {f['lag_us']} us  reconnects "
+                     f"{f.get('reconnects', 0)}  gaps {f.get('gaps', 0)}  resyncs "
+                     f"{f.get('resyncs', 0)}  malformed {f.get('parse_errors', 0)}  books "
+                     + (", ".join(f"{k} {'valid' if v else 'INVALID'}" for k, v in books.items())
+                        or "none yet"))
+        if f.get("reason"):
+            lines.append(f"  {'':<10} {f['reason']}")
     risk = s["risk"]
     lines += ["", f"risk: {risk['state']}" + (f" ({risk['halted_reason']})"
                                              if risk["halted_reason"] else "")

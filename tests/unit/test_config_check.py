@@ -123,6 +123,33 @@ BROKEN = [
     ("venue rate limit far too high",
      [("rate_limit_per_s = 200", "rate_limit_per_s = 1000000000")],
      "venues[0].rate_limit_per_s = 1000000000: must be <= 1000000"),
+    ("live venue without allow_live", [('name = "simB"\nkind = "sim"', 'name = "simB"\n'
+                                        'kind = "binance"')],
+     "venues simB are live venues but instance.allow_live is false: nothing connects to a "
+     "real venue unless you set it"),
+    ("websocket endpoint on a simulated venue", [('name = "simB"\nkind = "sim"',
+                                                  'name = "simB"\nkind = "sim"\n'
+                                                  'ws_url = "ws://127.0.0.1:9000"')],
+     "venues[1].ws_url = 'ws://127.0.0.1:9000': is for live kinds only"),
+    ("websocket endpoint that is not ws://", [
+        ("allow_live = false", "allow_live = true"),
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "coinbase"\n'
+                                         'ws_url = "https://127.0.0.1:9000"')],
+     "venues[1].ws_url = 'https://127.0.0.1:9000': must be a ws:// or wss:// URL"),
+    ("kraken depth it refuses", [
+        ("allow_live = false", "allow_live = true"),
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "kraken"\ndepth = 20')],
+     "venues[1].depth = 20: Kraken accepts only 10, 25, 100, 500, 1000"),
+    ("live staleness limit of zero", [
+        ("allow_live = false", "allow_live = true"),
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "binance"\nstale_after_ms = 0')],
+     "venues[1].stale_after_ms = 0: must be > 0"),
+    ("feed cpu on a simulated venue", [('name = "simB"\nkind = "sim"',
+                                        'name = "simB"\nkind = "sim"\ncpu = 0')],
+     "venues[1].cpu = 0: is for live kinds only"),
+    ("feed stage that spins", [('journal = { idle = "backoff" }',
+                                'journal = { idle = "backoff" }\nfeed = { idle = "busy-spin" }')],
+     "stages.feed.idle = 'busy-spin': must be backoff or blocking"),
     # rings
     ("market ring of 2**40 records",
      [("market_capacity = 65536", "market_capacity = 1099511627776")],
