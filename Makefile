@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(PY) run.py run --config config.toml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # the slow stress tests at full size, too
 test-all: $(STAMP)

@@ -2,6 +2,8 @@
 left behind. The figures themselves are the benchmark's business, not asserted here."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 
@@ -12,6 +14,7 @@ def _bench_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if ".bench" in n or n.startswith("hftfarm.bench")}
 
 
+@pytest.mark.slow   # compiles the benchmark's own kernels: make test-all
 def test_bench_ipc_json_reports_our_rings_against_the_baseline_and_cleans_up():
     before = _bench_segments()
     r = run_py("bench", "ipc", "--quick", "--json", "--only", "spsc-poll,broadcast-3",

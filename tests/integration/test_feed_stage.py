@@ -372,6 +372,7 @@ def test_cut_connection_invalid_then_resync_valid_and_no_new_intent_while_invali
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.mark.slow   # a pipeline of its own: make test-all
 def test_kraken_stalled_feed_goes_stale_then_resubscribes_reconnects_and_is_valid_again(
         tmp_path):
     """Kraken v1 (checksummed book-1000): the recording as fast as it goes, then silence.
@@ -427,6 +428,7 @@ params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 50.0 }}
             server.stop()
 
 
+@pytest.mark.slow   # a pipeline of its own: make test-all
 def test_coinbase_books_build_at_full_speed_and_the_strategy_reads_them(tmp_path):
     """Coinbase Exchange level2 (10 products, ~10,000 frames) as fast as the loopback server
     sends it: every book valid, every frame counted, the strategy's md latency recorded."""
@@ -496,6 +498,7 @@ def _kraken_recording_without_one_update(tmp: Path) -> Path:
     raise AssertionError("no XMR/USD update whose deletion the checksum notices")
 
 
+@pytest.mark.slow   # a pipeline of its own: make test-all
 def test_kraken_deleted_message_is_a_checksum_gap_then_resync_and_valid_again(tmp_path):
     """A deleted update: the checksum fails on the next one, the book is invalid (reason
     checksum), the client resubscribes, then reconnects (the replay server ignores
