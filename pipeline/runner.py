@@ -213,10 +213,8 @@ class StageRunner:
         mine = {p for p, s in enumerate(clk.schedule) if s == slot}
         clock = getattr(stage, "clock", None)
         sim = clock if isinstance(clock, SimClock) else None
-        free = bool(getattr(stage, "lockstep_free_after_done", False))
-        start = getattr(stage, "lockstep_start", None)
-        if start is not None:
-            start(clk)
+        free = stage.lockstep_free_after_done
+        stage.lockstep_start(clk)
         next_hb = time.monotonic_ns() + HEARTBEAT_NS
         while not self.stop_requested:
             if clk.done:

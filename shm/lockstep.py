@@ -25,7 +25,6 @@ once: no lost wake-up.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 
 import numpy as np
@@ -154,8 +153,3 @@ class LockstepClock:
             self.segment.close()
             self.segment = None
 
-
-def segment_exists(instance: str) -> bool:
-    from shm.segment import segment_name
-
-    return os.path.exists(f"/dev/shm/{segment_name(instance, SEGMENT)}")

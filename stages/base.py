@@ -71,6 +71,9 @@ class Stage:
     # the router answer the stop's cancels); the others stay still until they are stopped.
     lockstep_free_after_done = False
 
+    def lockstep_start(self, clk) -> None:
+        """Once, before the first round (the venue posts the session's times)."""
+
     def lockstep_phase(self, clk, position: int) -> None:
         """One turn: take everything in the input rings (polls until a poll finds nothing and
         ``lockstep_pending`` is 0: an output ring without room waits, never leaves input for

@@ -30,7 +30,8 @@ from common.status import ST_RUNNING, W_STATE, W_X0, W_X1
 from shm.records import EXEC_DTYPE, MARKET_DTYPE, MFLAG_REPLAY, ORDER_DTYPE
 from shm.status import StatusTable
 from stages.base import Stage
-from stages.venue_sim import answer_without_market, attach_venue_side, split_publish_md
+from stages.venue_sim import (answer_without_market, attach_venue_side,
+                               instrument_venue_rows, split_publish_md)
 
 BATCH = 4096
 READERS_WAIT_S = 120.0  # start anyway after this long without every reader (and say so)
@@ -62,10 +63,7 @@ class FeedReplayStage(Stage):
             else self.recs["exch_ts_ns"]
         self.rel_ns = (ts - ts[0]).astype(np.int64) if len(ts) else np.zeros(0, np.int64)
         attach_venue_side(self, inst, topo.venues)
-        venue_idx = {v: i for i, v in enumerate(topo.venues)}
-        self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
-        for i in table:
-            self.inst_venue[i.instrument_id] = venue_idx[i.venue]
+        self.inst_venue = instrument_venue_rows(table, topo.venues)
         self.buf = np.zeros(BATCH, dtype=MARKET_DTYPE)
         self.tmp = np.zeros(BATCH, dtype=MARKET_DTYPE)
         self.tmp_i = self.tmp.view(np.int64).reshape(BATCH, -1)

@@ -52,8 +52,8 @@ from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
 from stages.live_params import (ParamSetError, changed_values, config_params_path, params_path,
                                 read_param_set)
-from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_OUT,
-                             H_PUSHBACK, apply_params, make_hctl)
+from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN,
+                             H_NEXT_TIMER, H_OUT, H_PUSHBACK, apply_params, make_hctl)
 
 RESTART_SHIFT = 32   # each incarnation of a strategy counts client order ids from its own block
 
@@ -144,11 +144,10 @@ class StrategyHostStage(Stage):
         for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]
-        if ctx.extra.get("lockstep"):
-            from common.runtime import H_NEXT_TIMER
-
-            self.hctl[H_NEXT_TIMER] = -1   # as the backtest's: the first round ticks it
-            self.lockstep_slot = spec.slot
+        # the warm-up's timer tick is forgotten: the first real batch starts the timer, as
+        # the backtest's first round does
+        self.hctl[H_NEXT_TIMER] = -1
+        self.lockstep_slot = spec.slot
 
     def restore_from_journal(self, ctx) -> dict | None:
         """Positions and open orders of this strategy id from ``<run dir>/journal`` (cold; see
@@ -268,7 +267,7 @@ class StrategyHostStage(Stage):
         return sum(r.pending() for r in self.md_r) + sum(r.pending() for r in self.ex_r)
 
     def lockstep_post(self, clk) -> None:
-        from common.runtime import H_NEXT_TIMER, H_PARAMS_PENDING
+        from common.runtime import H_PARAMS_PENDING
 
         clk.timer[self.lockstep_slot] = self.hctl[H_NEXT_TIMER]
         clk.pending[self.lockstep_slot] = self.hctl[H_PARAMS_PENDING]

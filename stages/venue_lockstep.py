@@ -34,8 +34,8 @@ import numpy as np
 from shm.lockstep import W_N_DEN, W_NOW, W_REPORTS, W_ROUNDS, W_T_END, W_T_START
 from shm.records import EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage
-from stages.venue_sim import (answer_without_market, attach_venue_side, split_publish_ex,
-                               split_publish_md)
+from stages.venue_sim import (answer_without_market, attach_venue_side,
+                               instrument_venue_rows, split_publish_ex, split_publish_md)
 
 # as market/backtest.py's buffers: a round's deliveries are cut at the same sizes
 BATCH_MD = 4096
@@ -73,10 +73,7 @@ class LockstepVenueStage(Stage):
         self.advance, self.submit = venue_kernels(mk.kind)
         self.max_same_instant = MAX_SAME_INSTANT
         attach_venue_side(self, inst, topo.venues)
-        venue_idx = {v: i for i, v in enumerate(topo.venues)}
-        self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
-        for i in table:
-            self.inst_venue[i.instrument_id] = venue_idx[i.venue]
+        self.inst_venue = instrument_venue_rows(table, topo.venues)
         self.md = np.zeros(BATCH_MD, dtype=MARKET_DTYPE)
         self.tmp = np.zeros(BATCH_MD, dtype=MARKET_DTYPE)
         self.tmp_i = self.tmp.view(np.int64).reshape(len(self.tmp), -1)

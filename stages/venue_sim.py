@@ -83,9 +83,7 @@ class SimVenueStage(Stage):
         self.venue = SimVenue(cfg, list(table), t0_ns=time.time_ns(), venues=self.sim_venues)
         attach_venue_side(self, inst, self.sim_venues)
         venue_idx = {v: i for i, v in enumerate(self.sim_venues)}
-        self.inst_venue = np.full(len(table) + 1, -1, dtype=np.int64)
-        for i in table:
-            self.inst_venue[i.instrument_id] = venue_idx.get(i.venue, -1)
+        self.inst_venue = instrument_venue_rows(table, self.sim_venues)
         # venue_id (1-based, config order) -> row of its rings here; live venues: -1
         self.venue_row = np.full(len(cfg.venues) + 1, -1, dtype=np.int64)
         for n, v in enumerate(cfg.venues, 1):
@@ -197,6 +195,17 @@ def answer_without_market(o, e, now: int, ack_cancels: bool) -> None:
     e["reject_code"] = np.where(cancel, 0, REJECT_VENUE_DOWN)
     e["venue_ts_ns"] = now
     e["send_ts_ns"] = now
+
+
+def instrument_venue_rows(table, venues) -> np.ndarray:
+    """int64[max instrument id + 1]: the row in ``venues`` (the order of the stage's rings) of
+    each instrument's venue, -1 for an instrument on no venue of this stage (split_publish_md
+    publishes its records nowhere)."""
+    row = {v: i for i, v in enumerate(venues)}
+    out = np.full(len(table) + 1, -1, dtype=np.int64)
+    for i in table:
+        out[i.instrument_id] = row.get(i.venue, -1)
+    return out
 
 
 def attach_venue_side(stage, inst: str, venues) -> None:
