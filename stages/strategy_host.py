@@ -144,10 +144,9 @@ class StrategyHostStage(Stage):
         for ins in range(1, len(table) + 1):   # what the warm-up saw may be half a book
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]
-        # the warm-up's timer tick is forgotten: the first real batch starts the timer, as
-        # the backtest's first round does
-        self.hctl[H_NEXT_TIMER] = -1
         self.lockstep_slot = spec.slot
+        if ctx.extra.get("lockstep"):
+            self.hctl[H_NEXT_TIMER] = -1   # as the backtest's: the first round starts the timer
 
     def restore_from_journal(self, ctx) -> dict | None:
         """Positions and open orders of this strategy id from ``<run dir>/journal`` (cold; see
