@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -176,6 +177,25 @@ def test_old_keys_beyond_the_most_recently_used_are_pruned(clean_env, tree):
     d = numba_cache.configure(tree)
     left = sorted(p.name for p in clean_env.iterdir() if p.is_dir())
     assert left == sorted([Path(d).name, "not-a-key", *(o.name for o in olds[-(KEEP - 1):])])
+
+
+def test_keys_in_use_lately_are_kept_however_many(clean_env, tree):
+    """Other checkouts compiling now (or a running instance on older code) keep their keys:
+    only keys unused for PRUNE_UNUSED_S go, and never one of the KEEP used last."""
+    now = time.time()
+    recent = []
+    for i in range(KEEP + 3):   # all used within the last hour
+        d = clean_env / f"{i + 1:016x}"
+        d.mkdir(parents=True)
+        os.utime(d, (now - 3600 + i, now - 3600 + i))
+        recent.append(d.name)
+    stale = clean_env / f"{0xfff:016x}"
+    stale.mkdir()
+    t = now - numba_cache.PRUNE_UNUSED_S - 60
+    os.utime(stale, (t, t))
+    d = numba_cache.configure(tree)
+    left = sorted(p.name for p in clean_env.iterdir() if p.is_dir())
+    assert left == sorted([Path(d).name, *recent])
 
 
 # -- the locator: a clone at another path loads the first one's compiled code ----------------
