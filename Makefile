@@ -19,12 +19,17 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py run --config config.toml
 
+# The suite runs on every core (pytest-xdist, at most 4 workers): cold, most of its time is numba
+# compiling, which is one core per process. Tests that start processes stay on one worker, one
+# after another (tests/conftest.py's _xdist_group). TEST_JOBS=0 runs it in this process.
+TEST_JOBS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --durations=25
 
 # the slow stress tests at full size, too
 test-all: $(STAMP)
-	$(PY) -m pytest -q --run-slow
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --run-slow
 
 bench: $(STAMP)
 	$(PY) run.py bench ipc

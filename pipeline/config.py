@@ -62,6 +62,10 @@ class InstanceConfig:
     run_dir: str = opt("runs", "where journals, latency dumps and reports go (per instance)")
     socket: str = opt("", "control socket path; default <run_dir>/<name>/control.sock")
     allow_live: bool = opt(False, "must be true before any stage connects to a real venue")
+    latency_log_s: float = opt(10.0, "one interval per this many seconds in the latency "
+                               "interval logs <run_dir>/<name>/latency/<hist>.hlog "
+                               "(HdrHistogram log format); 0 = no interval logs", ge=0,
+                               le=86400)
     lock_memory: bool = opt(False, "mlockall() in every stage (reported, not fatal, if denied)")
     realtime_priority: int = opt(0, "SCHED_FIFO priority for stages (1-98; 99 is the kill switch's); 0 = normal scheduling",
                                  ge=0, le=98)

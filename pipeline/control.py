@@ -358,12 +358,35 @@ def latency_summary(ctl, baseline: dict | None = None) -> dict:
     return out
 
 
-def dump_latency(ctl, out_dir, baseline: dict | None = None) -> list[str]:
-    """One .hgrm (percentile distribution, us) and one .hlog (interval log) per histogram."""
+def open_interval_logs(ctl) -> dict:
+    """The run's HdrHistogram interval logs, <run_dir>/latency/<hist>.hlog, one per histogram
+    (cold, controller): ``tick_interval_logs`` adds an interval every
+    ``instance.latency_log_s`` seconds, each holding what the stages recorded in it."""
     from shm.histogram import IntervalLog
+
+    if ctl.cfg.instance.latency_log_s <= 0:
+        return {}
+    out_dir = ctl.run_dir / "latency"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {name: IntervalLog(str(out_dir / f"{name}.hlog"), h,
+                              comment=f"hftfarm {ctl.instance} {name}")
+            for name, h in ctl.hists.items()}
+
+
+def tick_interval_logs(ctl) -> None:
+    for log in ctl.interval_logs.values():
+        log.tick()
+
+
+def dump_latency(ctl, out_dir, baseline: dict | None = None) -> list[str]:
+    """One .hgrm (percentile distribution, us) per histogram and its .hlog: the run's interval
+    log up to now (intervals of ``instance.latency_log_s``, the last one ending now; the whole
+    run, whatever the baseline)."""
+    import shutil
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    logs = getattr(ctl, "interval_logs", {}) or {}
     written = []
     for name, h in ctl.hists.items():
         snap = h.snapshot()
@@ -372,9 +395,13 @@ def dump_latency(ctl, out_dir, baseline: dict | None = None) -> list[str]:
         p = out_dir / f"{name}.hgrm"
         snap.write_hgrm(str(p))
         written.append(str(p))
+        log = logs.get(name)
+        if log is None:
+            continue
+        log.tick()
         lp = out_dir / f"{name}.hlog"
-        log = IntervalLog(str(lp), snap, comment=f"hftfarm {ctl.instance} {name}")
-        log.close()
+        if Path(log.path).resolve() != lp.resolve():
+            shutil.copyfile(log.path, lp)
         written.append(str(lp))
     return written
 

@@ -77,6 +77,8 @@ class Controller:
         self.ctl_writers: dict = {}
         self.ctl_seq = 0
         self.hists: dict = {}
+        self.interval_logs: dict = {}   # hist name -> shm.histogram.IntervalLog (run dir)
+        self._next_hlog = 0.0
         self.supervisor = None
         self.server = None
         # held by each supervision tick and by each control-socket request (other threads)
@@ -446,6 +448,11 @@ class Controller:
         self._wd_every = watchdog_interval_s(1.0)
         self._next_wd = 0.0
         end = time.monotonic() + self.duration_s if self.duration_s else None
+        try:
+            self.interval_logs = ops.open_interval_logs(self)
+        except OSError as exc:
+            self.log(f"latency interval logs off: {exc}")
+        self._next_hlog = time.monotonic() + self.cfg.instance.latency_log_s
         sel = selectors.DefaultSelector()
         sel.register(wake_r, selectors.EVENT_READ, "wake")
         watched: dict[int, str] = {}
@@ -495,6 +502,13 @@ class Controller:
         if self.notifier is not None and now >= self._next_wd:
             self.notifier.watchdog()
             self._next_wd = now + self._wd_every
+        if self.interval_logs and now >= self._next_hlog:
+            self._next_hlog = now + self.cfg.instance.latency_log_s
+            try:
+                ops.tick_interval_logs(self)
+            except OSError as exc:   # a full disk stops the logs, never the supervision
+                self.log(f"latency interval logs stopped: {exc}")
+                self.interval_logs = {}
         if self.clock is not None:
             return self._sim_progress(now)
         return end is not None and now >= end
@@ -591,6 +605,12 @@ class Controller:
             for ring in self.rings.values():
                 ring.close()
             self.rings.clear()
+            for log in self.interval_logs.values():
+                try:
+                    log.close()
+                except OSError:
+                    pass
+            self.interval_logs = {}
             for h in self.hists.values():
                 h.close()
             self.hists.clear()

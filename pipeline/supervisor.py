@@ -25,6 +25,8 @@ from common.status import (ST_COMPILING, ST_DEAD, ST_FAILED, ST_RESTARTING, ST_R
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0   # first start compiles numba kernels: minutes on a busy 2-core box
+START_PROGRESS_S = 30.0   # past the timeout, a start still compiling must show, per this many
+START_PROGRESS_CPU = 0.05  # seconds, this share of a core (a stuck one shows none)
 
 
 class StageStartError(Exception):
@@ -260,9 +262,11 @@ class Supervisor:
             if should_abort is not None and should_abort():
                 raise StageStartError("start-up interrupted")
             if time.monotonic() > deadline:
-                raise StageStartError(
-                    f"stage(s) {', '.join(pending)} not RUNNING after {timeout_s:.0f} s; see "
-                    f"{self.log_dir}")
+                late = [n for n in pending if self.start_overdue(self.procs[n], timeout_s)]
+                if late:
+                    raise StageStartError(
+                        f"stage(s) {', '.join(late)} not RUNNING after {timeout_s:.0f} s "
+                        f"(and no longer compiling at full speed); see {self.log_dir}")
             time.sleep(0.01)
 
     # -- watching -------------------------------------------------------------------------
@@ -281,7 +285,7 @@ class Supervisor:
             slot = proc.spec.slot
             if self.status.read_word(slot, W_STATE) != ST_RUNNING:
                 waited = time.monotonic() - proc.started_mono
-                if waited > START_TIMEOUT_S:
+                if waited > START_TIMEOUT_S and self.start_overdue(proc, START_TIMEOUT_S):
                     out.append((name, f"not RUNNING {waited:.0f} s after it was started"))
                 continue
             if not silence:
@@ -304,6 +308,27 @@ class Supervisor:
             self._silent_noticed.discard(name)
             out.append((name, f"silent for {age / 1e6:.0f} ms"))
         return out
+
+    def start_overdue(self, proc, timeout_s: float) -> bool:
+        """A stage not RUNNING ``timeout_s`` after its start: is it stuck, or still compiling on
+        a machine too busy to give it a core? Stuck when its main thread has had ``timeout_s``
+        of CPU (/proc/<pid>/schedstat), or less than START_PROGRESS_CPU of a core over the last
+        START_PROGRESS_S;
+        a first start on an overloaded 2-core box then takes as long as it takes instead of
+        failing half-compiled."""
+        try:
+            with open(f"/proc/{proc.pid}/schedstat") as f:
+                cpu_s = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return True
+        if cpu_s >= timeout_s:
+            return True
+        now = time.monotonic()
+        mark = getattr(proc, "progress_mark", None)
+        if mark is None or now - mark[0] >= START_PROGRESS_S:
+            proc.progress_mark = (now, cpu_s)
+            return mark is not None and cpu_s - mark[1] < START_PROGRESS_CPU * (now - mark[0])
+        return False
 
     def _starved(self, pid: int, now_ns: int) -> bool:
         """Stale heartbeat, but is the process merely waiting for a CPU? /proc/<pid>/schedstat

@@ -373,6 +373,7 @@ class IntervalLog:
         from hdrh.log import HistogramLogWriter
 
         self._own = not hasattr(out, "write")
+        self.path = None if not self._own else str(out)
         self._file = open(out, "w", encoding="ascii") if self._own else out
         self._source = source
         self._start_s = time.time() if now_s is None else now_s

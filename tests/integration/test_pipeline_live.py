@@ -38,6 +38,7 @@ def live(tmp_path_factory):
     # that tolerates a 2-core machine shared with other work
     text = text.replace("event_rate_per_s = 20000", "event_rate_per_s = 3000")
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
+    text = text.replace("[instance]\n", "[instance]\nlatency_log_s = 0.5\n", 1)
     for i, stage in enumerate(("venue", "risk_gate", "order_router", "journal")):
         text = text.replace(f'{stage} = {{ idle = "backoff" }}',
                             f'{stage} = {{ idle = "backoff", cpu = {i % ncpu} }}')
@@ -104,7 +105,22 @@ def test_orders_flow_and_fills_come_back(live):
     hist = json.loads(r.stdout)["histograms"]
     assert hist["tick_to_trade"]["count"] > 0 and hist["intent_to_gate"]["count"] > 0
     assert (live["tmp"] / "lat" / "tick_to_trade.hgrm").read_text().startswith("       Value")
-    assert (live["tmp"] / "lat" / "tick_to_trade.hlog").exists()
+    # the run's interval log, one interval per latency_log_s, readable by hdrhistogram's reader
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    from shm.histogram import HIGHEST_NS
+
+    reader = HistogramLogReader(str(live["tmp"] / "lat" / "tick_to_trade.hlog"),
+                                HdrHistogram(1, HIGHEST_NS, 2))
+    counts = []
+    while (h := reader.get_next_interval_histogram()) is not None:
+        counts.append(h.get_total_count())
+    reader.close()
+    assert len(counts) >= 2, counts            # the fills took more than one 0.5 s interval
+    r = run_py("latency", "--json", "--config", str(live["cfg"]))   # read after the dump
+    assert r.returncode == 0, r.stderr
+    assert 0 < sum(counts) <= json.loads(r.stdout)["histograms"]["tick_to_trade"]["count"]
 
 
 def test_kill_9_of_a_strategy_restarts_it_and_leaves_the_others_running(live):
