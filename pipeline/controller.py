@@ -95,6 +95,8 @@ class Controller:
         self.live_params = LiveParams(cfg, self.topology, self.run_dir)   # `run.py set`
         self.started_at = time.time()
         self.report: dict = {}
+        self.monitor = None        # pipeline/monitor.py: KPIs and alerts (status, exporter)
+        self.monitoring = None     # pipeline/monitoring.py: monitor thread, exporter, dashboard
 
     # ---------------------------------------------------------------------------------------
     def check_mode(self) -> None:
@@ -575,6 +577,8 @@ class Controller:
         from shm.segment import unlink_instance
 
         try:
+            if self.monitoring is not None:   # its threads read the segments: stop them first
+                self.monitoring.close()
             if self.supervisor is not None:
                 self.supervisor.kill_all()
         finally:
@@ -617,6 +621,10 @@ class Controller:
         try:
             self.create_segments()
             self.start()
+            from pipeline.monitoring import Monitoring
+
+            self.monitoring = Monitoring(self)
+            self.monitoring.start()
             if on_started is not None:
                 on_started(self)
             self.serve()
