@@ -621,10 +621,13 @@ class Controller:
         try:
             self.create_segments()
             self.start()
-            from pipeline.monitoring import Monitoring
+            from pipeline.monitoring import Monitoring, MonitoringError
 
             self.monitoring = Monitoring(self)
-            self.monitoring.start()
+            try:
+                self.monitoring.start()
+            except MonitoringError as exc:
+                raise ControllerError(str(exc)) from None
             if on_started is not None:
                 on_started(self)
             self.serve()

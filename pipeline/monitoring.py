@@ -79,7 +79,9 @@ class Monitoring:
                     self.ctl.log(f"monitoring: closing {part}: {type(exc).__name__}: {exc}")
 
 
-def _error(msg: str) -> Exception:
-    from pipeline.controller import ControllerError
+class MonitoringError(Exception):
+    """A monitoring server could not start (the controller reports it as its own error)."""
 
-    return ControllerError(msg)
+
+def _error(msg: str) -> Exception:
+    return MonitoringError(msg)
