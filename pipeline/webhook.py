@@ -22,6 +22,7 @@ class WebhookSender:
         self.log = log or (lambda msg: None)
         self.q: queue.Queue = queue.Queue(QUEUE_MAX)
         self.sent = self.failed = self.dropped = 0
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
         self._thread.start()
 
@@ -35,7 +36,7 @@ class WebhookSender:
     def _run(self) -> None:
         while True:
             ev = self.q.get()
-            if ev is None:
+            if ev is None or self._closing.is_set():
                 return
             req = urllib.request.Request(self.url, data=json.dumps(ev).encode(), method="POST",
                                          headers={"Content-Type": "application/json",
@@ -50,9 +51,16 @@ class WebhookSender:
                     self.log(f"alert webhook {self.url}: {exc}")
 
     def close(self, wait_s: float = 2.0) -> None:
-        """Stop after what is queued (at most ``wait_s`` more)."""
+        """Deliver what is queued for at most ``wait_s`` more, then drop the rest; the thread
+        is gone when this returns (a request in flight ends within its timeout)."""
         try:
             self.q.put(None, timeout=wait_s)
         except queue.Full:
             pass
-        self._thread.join(timeout=wait_s + self.timeout_s)
+        self._thread.join(timeout=wait_s)
+        self._closing.set()
+        try:
+            self.q.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=self.timeout_s + 1.0)
