@@ -11,10 +11,12 @@ KPI definitions are market/report.py's (the backtest report's), applied to the l
 
 - pnl: realized + unrealized - fees per strategy process (the risk gate's view); daily = since
   the trading day started (``[risk] trading_day_start_utc``) or since the run started.
-- equity curve: the pnl sampled every round (the last ``CURVE_POINTS`` kept); drawdown = peak
-  of that curve minus now; Sharpe = market.report.sharpe_stats of capital + pnl
-  (``[backtest] initial_cash``), 1-minute returns; VaR 95 = minus the 5th percentile of the
-  per-round pnl changes (quote currency, one round's horizon).
+- equity curve: the pnl sampled every round (the last ``CURVE_POINTS`` kept, for the page and
+  VaR) and at each minute (the last ``MINUTE_POINTS``, for Sharpe); drawdown = the run's peak
+  pnl minus now, max drawdown its largest value this run; Sharpe = market.report.sharpe of
+  capital + pnl (``[backtest] initial_cash``) over 1-minute returns (0 before 3 minutes);
+  VaR 95 = minus the 5th percentile of the per-round pnl changes (quote currency, one round's
+  horizon; 0 before 20 rounds).
 - closed trades: every fill of the journal's exec files, accounted with market.accounting's
   apply_fill (the one fill accounting): win rate and profit factor over all closed trades and
   over the last ``win_rate_min_trades`` (the alert's window).
@@ -39,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 CURVE_POINTS = 600
+MINUTE_POINTS = 1440
 HIST_FOR_ALERTS = "tick_to_trade"
 
 
@@ -175,24 +178,18 @@ class Monitor:
     def _read_journal(self) -> None:
         from market.accounting import apply_fill
         from shm.records import (EFLAG_FROM_RISK, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT,
-                                 INTENT_NEW, REJECT_NAMES, SIDE_BUY)
+                                 INTENT_NEW, SIDE_BUY)
 
         orders = self.orders_tail.read_new()
-        for o in orders[orders["kind"] == INTENT_NEW] if len(orders) else ():
-            code = int(o["reject_code"])
-            if code:
-                k = "risk:" + REJECT_NAMES.get(code, str(code))
-                self.rejects[k] = self.rejects.get(k, 0) + 1
-            else:
-                self._book(int(o["strategy_id"])).approved += 1
+        new = orders[orders["kind"] == INTENT_NEW]
+        self._count_rejects("risk:", new["reject_code"][new["reject_code"] != 0])
+        sids, n = np.unique(new["strategy_id"][new["reject_code"] == 0], return_counts=True)
+        for sid, k in zip(sids, n):
+            self._book(int(sid)).approved += int(k)
         execs = self.exec_tail.read_new()
-        for e in execs:
-            kind = int(e["kind"])
-            if kind == EXEC_REJECT and not int(e["flags"]) & EFLAG_FROM_RISK:
-                k = "venue:" + REJECT_NAMES.get(int(e["reject_code"]), str(e["reject_code"]))
-                self.rejects[k] = self.rejects.get(k, 0) + 1
-            if kind not in (EXEC_FILL, EXEC_PARTIAL):
-                continue
+        vrej = execs[(execs["kind"] == EXEC_REJECT) & ((execs["flags"] & EFLAG_FROM_RISK) == 0)]
+        self._count_rejects("venue:", vrej["reject_code"])
+        for e in execs[np.isin(execs["kind"], (EXEC_FILL, EXEC_PARTIAL))]:
             b = self._book(int(e["strategy_id"]))
             i = int(e["instrument_id"])
             if not 0 < i < len(self.tick_value):
@@ -212,46 +209,62 @@ class Monitor:
                 b.closed.append(pnl)
                 b.recent.append(pnl)
 
+    def _count_rejects(self, prefix: str, codes) -> None:
+        from shm.records import REJECT_NAMES
+
+        for code, n in zip(*np.unique(codes, return_counts=True)):
+            k = prefix + REJECT_NAMES.get(int(code), str(int(code)))
+            self.rejects[k] = self.rejects.get(k, 0) + int(n)
+
     def _risk(self, now: float) -> dict:
-        from market.report import max_drawdown, profit_factor, sharpe_stats, win_rate
+        from market.report import profit_factor, sharpe, win_rate
+        from stages.riskview import PNL_FEES, PNL_REALIZED, PNL_UNREALIZED
 
         rv = self.ctl.riskview
         if rv is None:
             return {}
-        from stages.riskview import PNL_FEES, PNL_REALIZED, PNL_UNREALIZED
-
         day = self._day_key()
         if day != self.day_key:
             self.day_key = day
             self.day_start_pnl = {}
         cap = float(self.cfg.backtest.initial_cash)
         t_ns = time.time_ns()
+        minute = t_ns // 60_000_000_000
         out = {}
         for spec in self.ctl.topology.strategies():
             sid = spec.strategy_id
             pnl_w = rv.gate_pnl[sid]
             pnl = float(pnl_w[PNL_REALIZED] + pnl_w[PNL_UNREALIZED] - pnl_w[PNL_FEES])
             name = spec.process
-            curve = self.curve.setdefault(name, collections.deque(maxlen=CURVE_POINTS))
-            curve.append((t_ns, pnl))
-            self.day_start_pnl.setdefault(name, pnl if self.day_key != "run" else 0.0)
+            c = self.curve.get(name)
+            if c is None:
+                c = self.curve[name] = {"fine": collections.deque(maxlen=CURVE_POINTS),
+                                        "minutes": collections.deque(maxlen=MINUTE_POINTS),
+                                        "minute": minute, "peak": pnl, "max_dd": 0.0}
+                c["minutes"].append(pnl)
+            c["fine"].append((t_ns, pnl))
+            if minute != c["minute"]:
+                c["minute"] = minute
+                c["minutes"].append(pnl)
+            c["peak"] = max(c["peak"], pnl)
+            dd = c["peak"] - pnl
+            c["max_dd"] = max(c["max_dd"], dd)
+            self.day_start_pnl.setdefault(name, pnl)
             pos = np.abs(rv.gate_pos[sid, 1:]).astype(np.float64)
             gross = float(pos.sum())
             b = self._book(sid)
             closed = np.asarray(b.closed, dtype=np.float64)
             recent = np.asarray(b.recent, dtype=np.float64)
-            t = np.fromiter((c[0] for c in curve), dtype=np.int64, count=len(curve))
-            e = np.fromiter((c[1] for c in curve), dtype=np.float64, count=len(curve))
-            dd_now = float(e.max() - e[-1]) if e.size else 0.0
-            dd_max, _ = max_drawdown(e + cap)
-            d = np.diff(e)
-            sharpe = sharpe_stats(t, e + cap, 60.0)["annualised"] if e.size >= 3 else 0.0
+            fine = np.fromiter((v for _t, v in c["fine"]), dtype=np.float64,
+                               count=len(c["fine"]))
+            d = np.diff(fine)
+            minutes = np.fromiter(c["minutes"], dtype=np.float64, count=len(c["minutes"]))
             out[name] = {
                 "strategy": spec.strategy.name, "shard": spec.shard,
                 "venues": sorted({k.split("@", 1)[1] for k in spec.instruments}),
                 "pnl_total": pnl, "pnl_daily": pnl - self.day_start_pnl[name],
-                "drawdown": dd_now, "max_drawdown": float(dd_max),
-                "sharpe": _finite(sharpe),
+                "drawdown": dd, "max_drawdown": c["max_dd"],
+                "sharpe": _finite(sharpe(minutes + cap, 60.0)) if minutes.size >= 3 else 0.0,
                 "var95": float(-np.percentile(d, 5)) if d.size >= 20 else 0.0,
                 "closed_trades": int(closed.size),
                 "win_rate": _finite(win_rate(closed)) if closed.size else None,
@@ -263,7 +276,7 @@ class Monitor:
                 "slippage_ticks": b.slippage_sum / b.fills if b.fills else 0.0,
                 "position_concentration": float(pos.max() / gross) if gross else 0.0,
                 "pnl_curve": [[int(a // 1_000_000), round(v, 6)] for a, v in
-                              list(curve)[-120:]]}
+                              list(c["fine"])[-120:]]}
         return out
 
     def _day_key(self):
