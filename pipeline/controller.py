@@ -535,6 +535,8 @@ class Controller:
     # -- stop -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Strategies first, cancel open orders, drain, then gate, router, venue, journal."""
+        if self.monitoring is not None:   # a stop is no alert: monitoring ends before it
+            self.monitoring.close()
         with self.lock:   # no control request runs while the stages are being stopped
             self._shutdown()
 
