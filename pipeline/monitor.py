@@ -348,9 +348,8 @@ class Monitor:
         if t2t is not None and h0 is not None:
             from shm.histogram import LatencyHistogram
 
-            cur = LatencyHistogram(t2t.array.copy())
-            delta = cur.delta(h0) if h0 is not t2t else cur
-            if delta.count:
+            delta = LatencyHistogram(t2t.array.copy()).delta(h0) if h0 is not t2t else None
+            if delta is not None and delta.count:   # none in the first round: no window yet
                 win["tick_to_trade_count"] = delta.count
                 win["tick_to_trade_p99_us"] = delta.percentile(99) / 1e3
         return latency, win
