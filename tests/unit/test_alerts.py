@@ -182,3 +182,22 @@ def test_a_dead_or_silent_webhook_never_blocks_the_caller():
         assert not w._thread.is_alive()
     finally:
         silent.close()
+
+
+def test_status_text_lists_the_alerts_firing_and_the_monitoring_urls():
+    from pipeline.commands.status import format_status
+
+    st = {"instance": "i", "pid": 1, "uptime_s": 2.0, "run_dir": "/r", "stages": [],
+          "risk": {"state": "ACTIVE", "halted_reason": "", "approved": 0, "rejected": 0,
+                   "orders_sent": 0, "fills": 0, "open_orders": 0, "strategies": {}},
+          "monitor": {"alerts": [{"alert": "feed_stale", "subject": "simA",
+                                  "severity": "critical", "message": "venue simA: no market "
+                                  "record for 6.0 s (limit 5 s)"}]},
+          "monitoring": {"metrics_url": "http://127.0.0.1:9464/metrics",
+                         "dashboard_url": None}}
+    text = format_status(st)
+    assert "alerts firing:\n  critical feed_stale (simA): venue simA: no market record" in text
+    assert "monitoring: metrics http://127.0.0.1:9464/metrics" in text
+    assert "dashboard" not in text
+    st["monitor"]["alerts"] = []
+    assert "alerts firing" not in format_status(st)
