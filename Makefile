@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all bench venv clean check-config
+.PHONY: run test test-all bench venv clean check-config deps
 
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)" >&2; exit 2; }
@@ -19,16 +19,27 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py run --config config.toml
 
+# Debian packages the tests use: promtool (prometheus) checks deploy/prometheus, chromium
+# drives the web dashboard. Quick when they are there; installs them as root otherwise.
+DEB_DEPS := promtool:prometheus chromium:chromium
+deps:
+	@missing=""; for d in $(DEB_DEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 2; fi; \
+		echo "make deps: installing$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
 # The suite runs on every core (pytest-xdist, at most 4 workers): cold, most of its time is numba
 # compiling, which is one core per process. Tests that start processes stay on one worker, one
 # after another (tests/conftest.py's _xdist_group). TEST_JOBS=0 runs it in this process.
 TEST_JOBS ?= auto
 
-test: $(STAMP)
+test: $(STAMP) deps
 	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --durations=25
 
 # the slow stress tests at full size, too
-test-all: $(STAMP)
+test-all: $(STAMP) deps
 	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --run-slow
 
 bench: $(STAMP)

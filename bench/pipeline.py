@@ -27,9 +27,16 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--idle", default=None, help="idle strategy for every stage (default: "
                                                "config's, i.e. backoff)")
+    p.add_argument("--exporter", choices=("off", "on", "both"), default="off",
+                   help="the controller's Prometheus exporter: off (default), on (scraped "
+                        "every --scrape-interval s during the window), or both: one instance "
+                        "without it and one with it, per rate, in the same run")
+    p.add_argument("--scrape-interval", type=float, default=1.0,
+                   help="seconds between scrapes with --exporter on (default 1)")
 
 
-def _config_text(instance: str, run_dir, rate: float, idle: str | None) -> str:
+def _config_text(instance: str, run_dir, rate: float, idle: str | None,
+                 exporter: bool = False) -> str:
     from pipeline.config import DEFAULT_CONFIG
 
     text = DEFAULT_CONFIG.read_text()
@@ -44,10 +51,45 @@ def _config_text(instance: str, run_dir, rate: float, idle: str | None) -> str:
         text = text.replace('kind = "pairs_trading"', f'kind = "pairs_trading"\nidle = "{idle}"')
         text = text.replace('kind = "cross_venue_arb"',
                             f'kind = "cross_venue_arb"\nidle = "{idle}"')
+    if exporter:
+        text += "\n[metrics]\nenabled = true\nport = 0\n"
     return text
 
 
-def _measure(rate: float, args) -> dict:
+class _Scraper:
+    """Scrapes the exporter every ``interval_s`` on a thread; wall time of each scrape."""
+
+    def __init__(self, url: str, interval_s: float):
+        import threading
+
+        self.url, self.interval_s, self.times, self.errors = url, interval_s, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+        import urllib.request
+
+        while not self._stop.wait(self.interval_s):
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.times.append(time.perf_counter() - t0)
+            except OSError:
+                self.errors += 1
+
+    def close(self) -> dict:
+        self._stop.set()
+        self._thread.join(10)
+        t = sorted(self.times)
+        return {"scrapes": len(t), "errors": self.errors,
+                "wall_ms_p50": round(t[len(t) // 2] * 1e3, 2) if t else None,
+                "wall_ms_max": round(t[-1] * 1e3, 2) if t else None}
+
+
+def _measure(rate: float, args, exporter: bool = False) -> dict:
     import shutil
     import subprocess
     import sys
@@ -68,7 +110,7 @@ def _measure(rate: float, args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))
     instance = f"bench{uuid.uuid4().hex[:6]}"
     cfg_path = tmp / "bench.toml"
-    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, args.idle))
+    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, args.idle, exporter))
     cfg = load_config(cfg_path)
     r = subprocess.run([sys.executable, "run.py", "start", "--config", str(cfg_path)], cwd=root,
                        capture_output=True, text=True)
@@ -85,6 +127,8 @@ def _measure(rate: float, args) -> dict:
         procs = {name: psutil.Process(s["pid"]) for name, s in stages.items()}
         procs["controller"] = psutil.Process(ctl_pid)
         time.sleep(args.warmup)
+        scraper = _Scraper(st["monitoring"]["metrics_url"], args.scrape_interval) \
+            if exporter else None
         client_request(cfg, {"cmd": "latency", "reset": True})
         for p in procs.values():
             p.cpu_percent(None)
@@ -94,6 +138,7 @@ def _measure(rate: float, args) -> dict:
         dt = time.monotonic() - t0
         after = {n: table.read(i) for n, i in slots.items()}
         cpu = {n: round(p.cpu_percent(None), 1) for n, p in procs.items()}
+        scrapes = scraper.close() if scraper is not None else None
         lat = client_request(cfg, {"cmd": "latency"}, timeout_s=30)["histograms"]
         venue_recs = after["venue"]["records_out"] - before["venue"]["records_out"]
         lost = sum(after[n]["records_lost"] - before[n]["records_lost"] for n in slots)
@@ -101,6 +146,8 @@ def _measure(rate: float, args) -> dict:
         restarts = sum(after[n]["restarts"] for n in slots)
         return {
             "event_rate_per_venue": rate,
+            "exporter": "on" if exporter else "off",
+            "scrapes": scrapes,
             "market_records_per_s": round(venue_recs / dt),
             "records_lost": int(lost),
             "sustained": lost == 0 and behind_ms < 100,
@@ -125,7 +172,8 @@ def main(args) -> int:
     import os
     import platform
 
-    results = [_measure(rate, args) for rate in args.event_rate]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.exporter]
+    results = [_measure(rate, args, exp) for rate in args.event_rate for exp in modes]
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "load_avg": [round(x, 2) for x in os.getloadavg()],
                "idle": args.idle or "config default (backoff)"}
@@ -139,7 +187,11 @@ def main(args) -> int:
               f"{r['market_records_per_s']:,} market records/s, lost {r['records_lost']}, "
               f"simulator behind by {r['sim_behind_wall_clock_ms']} ms -> "
               f"{'sustained' if r['sustained'] else 'NOT sustained'}"
-              + (f" ({r['restarts']} stage restarts)" if r["restarts"] else ""))
+              + (f" ({r['restarts']} stage restarts)" if r["restarts"] else "")
+              + f"; exporter {r['exporter']}"
+              + (f" ({r['scrapes']['scrapes']} scrapes, wall p50 "
+                 f"{r['scrapes']['wall_ms_p50']} ms, max {r['scrapes']['wall_ms_max']} ms)"
+                 if r["scrapes"] else ""))
         print("  latency (us)                                    count      p50      p99    "
               "p99.9")
         for name, h in r["latency"].items():

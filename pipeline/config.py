@@ -296,6 +296,85 @@ class BacktestConfig:
                                   gt=0, le=MAX_EVENT_RATE_PER_S)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = opt(False, "serve Prometheus metrics from the controller (pipeline/exporter.py)")
+    host: str = opt("127.0.0.1", "address the metrics endpoint listens on (loopback unless "
+                    "allow_non_loopback)")
+    port: int = opt(9464, "TCP port of /metrics (0: any free port, shown in status)", ge=0,
+                    le=65535)
+    allow_non_loopback: bool = opt(False, "let host be a non-loopback address (the metrics "
+                                   "show positions and PnL to whoever reaches the port)")
+
+    def validate(self, broken):
+        if not broken("host") and not self.allow_non_loopback and not _is_loopback(self.host):
+            yield ("host", self.host, "is not a loopback address: metrics expose positions and "
+                   "PnL; use 127.0.0.1, or set allow_non_loopback = true and firewall the port")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = opt(False, "serve the read-only web dashboard from the controller "
+                        "(token in <run dir>/dashboard.token, mode 0600)")
+    host: str = opt("127.0.0.1", "address the dashboard listens on (loopback unless "
+                    "allow_non_loopback)")
+    port: int = opt(9465, "TCP port of the dashboard (0: any free port, shown in status)",
+                    ge=0, le=65535)
+    allow_non_loopback: bool = opt(False, "let host be a non-loopback address")
+
+    def validate(self, broken):
+        if not broken("host") and not self.allow_non_loopback and not _is_loopback(self.host):
+            yield ("host", self.host, "is not a loopback address; use 127.0.0.1, or set "
+                   "allow_non_loopback = true")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    enabled: bool = opt(True, "evaluate alerts in the controller (status, journal, webhook)")
+    interval_s: float = opt(1.0, "how often the controller's monitor thread samples and "
+                            "evaluates", gt=0, le=60)
+    webhook_url: str = opt("", "POST each alert event as JSON here (http:// or https://); "
+                           "empty: none")
+    webhook_timeout_s: float = opt(2.0, "timeout of one webhook POST (a thread of its own: "
+                                   "never blocks supervision)", gt=0, le=60)
+    win_rate_min: float = opt(0.3, "win rate of a strategy's recent closed trades below this "
+                              "fires win_rate_degraded", ge=0, le=1)
+    win_rate_min_trades: int = opt(20, "recent closed trades needed before the win rate is "
+                                   "judged (also the window)", ge=1, le=1_000_000)
+    drawdown_fraction: float = opt(0.5, "a strategy's drawdown at this fraction of [risk] "
+                                   "max_drawdown fires drawdown_excessive", gt=0, le=1)
+    tick_to_trade_p99_us: float = opt(5000.0, "tick-to-trade p99 over the last window above "
+                                      "this fires latency_degraded", gt=0)
+    latency_min_count: int = opt(50, "tick-to-trade records needed in the window", ge=1)
+    stale_feed_s: float = opt(5.0, "a venue without a new market record this long fires "
+                              "feed_stale", gt=0, le=86400)
+    reject_rate_per_s: float = opt(20.0, "risk denials per second over the window above this "
+                                   "fires reject_spike ...", gt=0)
+    reject_fraction: float = opt(0.5, "... and only when they are this fraction of decisions",
+                                 ge=0, le=1)
+    restarts_max: int = opt(3, "restarts of one stage within restarts_window_s that fire "
+                            "stage_restarting", ge=1)
+    restarts_window_s: float = opt(300.0, "window of restarts_max, seconds", gt=0)
+    window_s: float = opt(60.0, "window of the rate and latency alerts, seconds", gt=0,
+                          le=86400)
+
+    def validate(self, broken):
+        url = self.webhook_url
+        if not broken("webhook_url") and url and url.split("://", 1)[0] not in ("http", "https"):
+            yield "webhook_url", url, "must be an http:// or https:// URL"
+
+
 @dataclass(frozen=True)
 class Config:
     instance: InstanceConfig = opt(InstanceConfig(), "this instance")
@@ -308,6 +387,9 @@ class Config:
     rings: RingsConfig = opt(RingsConfig(), "ring sizes")
     journal: JournalConfig = opt(JournalConfig(), "the order-path journal")
     backtest: BacktestConfig = opt(BacktestConfig(), "backtest defaults")
+    metrics: MetricsConfig = opt(MetricsConfig(), "Prometheus exporter (loopback only by default)")
+    dashboard: DashboardConfig = opt(DashboardConfig(), "read-only web dashboard")
+    alerts: AlertsConfig = opt(AlertsConfig(), "alert thresholds and the optional webhook")
     # where the config came from (set by the loader; not a key of the file)
     source: str = field(default="config", compare=False, metadata={"internal": True})
 

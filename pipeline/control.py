@@ -417,7 +417,10 @@ def handle_request(ctl, req: dict) -> dict:
                 "run_dir": str(ctl.run_dir), "uptime_s": round(time_since(ctl.started_at), 1),
                 "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
                 "feeds": feed_snapshot(ctl), "warm_spare": ctl.supervisor.spare_is_ready(),
-                "params": ctl.live_params.view(), "events": ctl.events[-20:]}
+                "params": ctl.live_params.view(), "events": ctl.events[-20:],
+                "monitor": ctl.monitor.snapshot() if getattr(ctl, "monitor", None) else None,
+                "monitoring": ctl.monitoring.urls() if getattr(ctl, "monitoring", None)
+                else None}
     if cmd == "stop":
         if not ctl.stop_requested:
             journal_event(ctl, "stop", req)

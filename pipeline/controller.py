@@ -97,6 +97,8 @@ class Controller:
         self.live_params = LiveParams(cfg, self.topology, self.run_dir)   # `run.py set`
         self.started_at = time.time()
         self.report: dict = {}
+        self.monitor = None        # pipeline/monitor.py: KPIs and alerts (status, exporter)
+        self.monitoring = None     # pipeline/monitoring.py: monitor thread, exporter, dashboard
 
     # ---------------------------------------------------------------------------------------
     def check_mode(self) -> None:
@@ -547,6 +549,8 @@ class Controller:
     # -- stop -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Strategies first, cancel open orders, drain, then gate, router, venue, journal."""
+        if self.monitoring is not None:   # a stop is no alert: monitoring ends before it
+            self.monitoring.close()
         with self.lock:   # no control request runs while the stages are being stopped
             self._shutdown()
 
@@ -589,6 +593,8 @@ class Controller:
         from shm.segment import unlink_instance
 
         try:
+            if self.monitoring is not None:   # its threads read the segments: stop them first
+                self.monitoring.close()
             if self.supervisor is not None:
                 self.supervisor.kill_all()
         finally:
@@ -637,6 +643,13 @@ class Controller:
         try:
             self.create_segments()
             self.start()
+            from pipeline.monitoring import Monitoring, MonitoringError
+
+            self.monitoring = Monitoring(self)
+            try:
+                self.monitoring.start()
+            except MonitoringError as exc:
+                raise ControllerError(str(exc)) from None
             if on_started is not None:
                 on_started(self)
             self.serve()

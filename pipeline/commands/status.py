@@ -73,6 +73,14 @@ def format_status(s: dict) -> str:
                              for k, v in live["changed"].items()) or "as in the config"
             lines.append(f"  {'':<16} parameter set {live['version']} (run.py set by "
                          f"{live.get('who', '?')} at {live.get('at', '?')}): {diff}")
+    alerts = (s.get("monitor") or {}).get("alerts") or []
+    if alerts:
+        lines += ["", "alerts firing:"] + [f"  {a['severity']:<8} {a['alert']} ({a['subject']}): "
+                                           f"{a['message']}" for a in alerts]
+    urls = {k: v for k, v in (s.get("monitoring") or {}).items() if v}
+    if urls:
+        lines += ["", "monitoring: " + "  ".join(f"{k.removesuffix('_url')} {v}"
+                                                 for k, v in urls.items())]
     if s.get("events"):
         lines += ["", "events:"] + [f"  {e}" for e in s["events"]]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import monitoring_checks
 from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, write_config
 from tests.integration.test_pipeline_cli import wait_for as _wait
 from tests.integration.test_pipeline_cli import status_json as _status
@@ -32,7 +33,7 @@ def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     instance = f"t{os.getpid()}L{uuid.uuid4().hex[:6]}"
     ncpu = os.cpu_count() or 1
-    cfg = write_config(tmp / "c.toml", instance, tmp / "runs")
+    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", monitoring_checks.CONFIG)
     text = cfg.read_text()
     # pin every stage (status must show the configured CPU); calmer flow and a silence limit
     # that tolerates a 2-core machine shared with other work
@@ -121,6 +122,18 @@ def test_orders_flow_and_fills_come_back(live):
     r = run_py("latency", "--json", "--config", str(live["cfg"]))   # read after the dump
     assert r.returncode == 0, r.stderr
     assert 0 < sum(counts) <= json.loads(r.stdout)["histograms"]["tick_to_trade"]["count"]
+
+
+def test_prometheus_exporter_agrees_with_status_json(live):
+    monitoring_checks.check_exporter_agrees_with_status(live["cfg"])
+
+
+def test_alerts_show_in_status_and_the_events_journal(live):
+    monitoring_checks.check_alerts_in_status_and_journal(live["cfg"])
+
+
+def test_dashboard_needs_its_token_and_shows_what_status_json_shows(live):
+    monitoring_checks.check_dashboard(live["cfg"])
 
 
 def test_kill_9_of_a_strategy_restarts_it_and_leaves_the_others_running(live):
