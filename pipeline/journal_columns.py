@@ -122,3 +122,7 @@ def exec_columns(recs: np.ndarray, instruments, strategy_names: dict) -> dict:
         "venue_id": recs["venue_id"].astype(np.uint32),
         "trade_id": recs["trade_id"].astype(np.int64),
     }
+
+
+def reject_name(code: int) -> str:
+    return REJECT_NAMES.get(int(code), str(int(code))) if code else ""
