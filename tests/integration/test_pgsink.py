@@ -3,6 +3,7 @@ on a Unix socket, stopped and removed after): fills copied with exact prices, an
 stopped and started again mid-run loses and doubles nothing."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from decimal import Decimal
@@ -73,7 +74,21 @@ def test_sink_copies_every_fill_with_its_exact_decimal_price(pg, tmp_path):
         w.append(fills)
     with _writer(rd / "journal" / "orders-0.rec", ORDER_DTYPE, cfg):
         pass
+    (rd / "sink").mkdir()                  # the snapshot spools, as the Snapshotter writes them
+    st = {"pnl": 1.5, "realized_pnl": 1.0, "unrealized_pnl": 0.75, "fees": 0.25,
+          "positions_lots": {"BTC-USD@simA": 3}}
+    (rd / "sink" / "pnl.jsonl").write_text("".join(
+        json.dumps({"seq": k, "ts_ns": time.time_ns(), "strategies": {"mm_btc": st}}) + "\n"
+        for k in (1, 2, 3)))
+    hist = {"count": 10, "p50_us": 5.0, "p90_us": 9.0, "p99_us": 20.0, "max_us": 31.0}
+    (rd / "sink" / "latency.jsonl").write_text(json.dumps(
+        {"seq": 1, "ts_ns": time.time_ns(), "histograms": {"tick_to_trade": hist}}) + "\n")
     assert run_sink(cfg, pg.dsn, rd, follow=False, log=lambda m: None) == 0
+    with psycopg.connect(pg.dsn) as c:
+        assert c.execute("SELECT count(*), sum(pnl), max(positions->>'BTC-USD@simA') "
+                         "FROM hft_pnl").fetchone() == (3, 4.5, "3")
+        assert c.execute("SELECT hop, p50_us FROM hft_latency").fetchall() == \
+            [("tick_to_trade", 5.0)]
     tick = {i.instrument_id: i.tick_size for i in InstrumentTable.from_config(cfg)}
     with psycopg.connect(pg.dsn) as c:
         rows = c.execute("SELECT ring_seq, price, instrument FROM hft_fills "
