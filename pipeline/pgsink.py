@@ -478,6 +478,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=None)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--follow", action="store_true")
+    ap.add_argument("--until-stdin-eof", action="store_true",
+                    help="with --follow: stop (and drain) when stdin reaches EOF")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, build=False)
     pc = cfg.sink.postgres
@@ -486,10 +488,12 @@ def main(argv=None) -> int:
     except SinkConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_sink(cfg, dsn, args.run_dir, follow=args.follow)
+    return run_sink(cfg, dsn, args.run_dir, follow=args.follow,
+                    stop_on_stdin_eof=args.until_stdin_eof)
 
 
-def run_sink(cfg, dsn: str, run_dir, follow: bool, log=None) -> int:
+def run_sink(cfg, dsn: str, run_dir, follow: bool, log=None,
+             stop_on_stdin_eof: bool = False) -> int:
     run_dir = Path(run_dir).resolve()
     pc = cfg.sink.postgres
     source = JournalSource(run_dir, strategy_names_of(cfg))
@@ -504,6 +508,14 @@ def run_sink(cfg, dsn: str, run_dir, follow: bool, log=None) -> int:
     if follow:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if stop_on_stdin_eof:
+            import threading
+
+            def wait_eof():
+                while sys.stdin.buffer.read(4096):
+                    pass
+                stop["now"] = True
+            threading.Thread(target=wait_eof, daemon=True, name="stdin-eof").start()
         snap = Snapshotter(cfg, run_dir) if pc.snapshot_ms > 0 else None
         next_snap = [0.0]
 

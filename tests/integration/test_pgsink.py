@@ -153,3 +153,39 @@ def test_database_restarted_mid_run_loses_and_doubles_nothing(pg, tmp_path):
             "SELECT count(*), count(DISTINCT ring_seq), min(ring_seq), max(ring_seq) "
             "FROM hft_executions WHERE run_id = 'test/run-b'").fetchone()
     assert (n, distinct, lo, hi) == (total, total, 1, total)
+
+
+def test_controller_spawned_sink_process_copies_the_run_and_drains_at_stop(pg, tmp_path,
+                                                                           monkeypatch):
+    """The controller's side (pipeline/sink_proc.py) with [sink.postgres] enabled: the sink
+    process reads the DSN from the environment (never from its argv), tails the journal and,
+    told to stop, drains it into the database."""
+    from types import SimpleNamespace
+
+    from pipeline.config import DEFAULT_CONFIG, load_config
+    from pipeline.sink_proc import start_sink, stop_sink
+    from shm.records import EXEC_DTYPE
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(DEFAULT_CONFIG.read_text() + "\n[sink.postgres]\nenabled = true\n"
+                    "dsn_env = \"HFTFARM_TEST_DSN\"\nsnapshot_ms = 0\npoll_ms = 50\n")
+    monkeypatch.setenv("HFTFARM_TEST_DSN", pg.dsn)
+    cfg = load_config(conf, build=False)
+    rd = tmp_path / "runs" / "run-c"
+    (rd / "journal").mkdir(parents=True)
+    logs = []
+    ctl = SimpleNamespace(cfg=cfg, run_dir=rd, config_path=conf, log=logs.append)
+    with _writer(rd / "journal" / "exec-0.rec", EXEC_DTYPE, cfg) as w:
+        proc = start_sink(ctl)
+        try:
+            assert pg.dsn not in " ".join(proc.args)
+            for k in range(5):
+                w.append(_fills(1 + 1000 * k, 1000, time.time_ns()))
+                time.sleep(0.1)
+        finally:
+            stop_sink(ctl, proc)
+    assert proc.returncode == 0, (rd / "logs" / "pgsink.log").read_text()
+    assert pg.dsn not in (rd / "logs" / "pgsink.log").read_text()
+    with psycopg.connect(pg.dsn) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT ring_seq) FROM hft_fills "
+                         "WHERE run_id = 'default/run-c'").fetchone() == (5000, 5000)
