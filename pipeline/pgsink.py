@@ -235,6 +235,14 @@ class JournalSource:
                     cols["cause_recv_ts_ns"], cols["trade_id"])]
 
 
+def _us(summary: dict, key: str):
+    """A latency figure in us from a histogram summary (shm/histogram.py gives ns)."""
+    if f"{key}_us" in summary:
+        return summary[f"{key}_us"]
+    ns = summary.get(f"{key}_ns")
+    return None if ns is None else ns / 1e3
+
+
 def _spool_rows(stream, recs, run_id):
     from datetime import datetime, timezone
 
@@ -250,8 +258,8 @@ def _spool_rows(stream, recs, run_id):
                             Jsonb(st.get("positions_lots", {}))))
         else:
             for hop, s in r["histograms"].items():
-                out.append((run_id, r["seq"], ts, hop, s.get("count", 0), s.get("p50_us"),
-                            s.get("p90_us"), s.get("p99_us"), s.get("max_us")))
+                out.append((run_id, r["seq"], ts, hop, s.get("count", 0), _us(s, "p50"),
+                            _us(s, "p90"), _us(s, "p99"), _us(s, "max")))
     return out
 
 
