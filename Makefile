@@ -19,7 +19,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py run --config config.toml
 
+# Debian packages the tests need, installed if missing (idempotent; a non-root user needs sudo)
+DEB_POSTGRES = command -v /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
+
 test: $(STAMP)
+	@$(DEB_POSTGRES)
 	$(PY) -m pytest -q --durations=25
 
 # the slow stress tests at full size, too
