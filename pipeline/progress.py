@@ -55,6 +55,28 @@ class LiveLine:
             self.stream.flush()
             self._shown = False
 
+    def take_stderr(self) -> None:
+        """Route other writers' stderr text (the controller's log lines) through a proxy that
+        clears the live line first, so a log line never lands at the end of it."""
+        if self.enabled and sys.stderr is self.stream:
+            sys.stderr = _ClearFirst(self.stream, self)
+
+    def release_stderr(self) -> None:
+        if isinstance(sys.stderr, _ClearFirst) and sys.stderr.line is self:
+            sys.stderr = self.stream
+
+
+class _ClearFirst:
+    def __init__(self, real, line: LiveLine):
+        self.real, self.line = real, line
+
+    def write(self, text):
+        self.line.clear()
+        return self.real.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
 
 class Progress(LiveLine):
     def __init__(self, label: str, total: float | None = None, stream=None,

@@ -81,6 +81,7 @@ class LiveStatus:
         if error or not self.line.enabled:
             return
         self.t0 = time.monotonic()
+        self.line.take_stderr()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="live-status")
         self.thread.start()
@@ -104,6 +105,7 @@ class LiveStatus:
             self.done.set()
             self.thread.join(timeout=3.0)
             self.thread = None
+        self.line.release_stderr()
         self.line.clear()
 
 

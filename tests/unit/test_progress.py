@@ -49,3 +49,19 @@ def test_live_line_shows_elapsed_pnl_fills_rejects_and_tick_to_trade_p50():
     assert format_live_line(status, latency) == (
         "trading 12 s  PnL +1.25  fills 31  rejects 4  tick-to-trade p50 41.5 us  [ACTIVE]")
     assert "p50 -" in format_live_line(status, {})
+
+
+def test_a_log_line_written_to_stderr_clears_the_live_line_first(monkeypatch):
+    import sys
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    line = LiveLine()
+    line.take_stderr()
+    try:
+        line.show("trading 3 s")
+        print("stop: strategies stopped", file=sys.stderr)
+    finally:
+        line.release_stderr()
+    assert sys.stderr is tty
+    assert tty.getvalue() == "\rtrading 3 s\x1b[K\r\x1b[Kstop: strategies stopped\n"
