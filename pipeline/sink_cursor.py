@@ -26,7 +26,8 @@ import numpy as np
 class Cursor:
     k: int = 0           # file (journal incarnation) being read
     pos: int = 0         # records (bytes for a spool) of file k already consumed
-    last_seq: int = 0    # the highest sequence number copied so far
+    last_seq: int = -1   # the highest sequence number copied so far (ring positions start
+                         # at 0, so -1: none yet)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def test_sink_copies_every_fill_with_its_exact_decimal_price(pg, tmp_path):
     cfg = _config()
     rd = tmp_path / "run-a"
     (rd / "journal").mkdir(parents=True)
-    fills = _fills(1, 5000, time.time_ns())
+    fills = _fills(0, 5000, time.time_ns())   # ring positions start at 0
     with _writer(rd / "journal" / "exec-0.rec", EXEC_DTYPE, cfg) as w:
         w.append(fills)
     with _writer(rd / "journal" / "orders-0.rec", ORDER_DTYPE, cfg):
