@@ -74,21 +74,21 @@ CREATE TABLE IF NOT EXISTS hft_sink_cursor (
 HYPERTABLES = (("hft_orders", "send_ts_ns"), ("hft_executions", "send_ts_ns"),
                ("hft_pnl", "ts"), ("hft_latency", "ts"))
 
-ORDER_COLS = ("run_id", "ring_seq", "send_ts_ns", "kind", "side", "order_type", "instrument",
-              "strategy", "client_order_id", "px_ticks", "tick_size", "qty_lots", "lot_size",
-              "reject_reason", "cause_recv_ts_ns")
-EXEC_COLS = ("run_id", "ring_seq", "send_ts_ns", "venue_ts_ns", "kind", "side", "liquidity",
-             "instrument", "strategy", "client_order_id", "venue_order_id", "px_ticks",
-             "tick_size", "qty_lots", "lot_size", "fee_e9", "reject_reason",
-             "cause_recv_ts_ns", "trade_id")
+# record fields copied as int8 columns, then the columns that follow from a few codes per row
+ORDER_INTS = ("ring_seq", "send_ts_ns", "client_order_id", "px_ticks", "qty_lots",
+              "cause_recv_ts_ns")
+ORDER_KEYS = ("kind", "side", "order_type", "instrument_id", "strategy_id", "reject_code")
+ORDER_COLS = ORDER_INTS + ("run_id", "kind", "side", "order_type", "instrument", "strategy",
+                           "reject_reason", "tick_size", "lot_size")
+EXEC_INTS = ("ring_seq", "send_ts_ns", "venue_ts_ns", "client_order_id", "venue_order_id",
+             "px_ticks", "qty_lots", "fee_e9", "cause_recv_ts_ns", "trade_id")
+EXEC_KEYS = ("kind", "side", "liquidity", "instrument_id", "strategy_id", "reject_code")
+EXEC_COLS = EXEC_INTS + ("run_id", "kind", "side", "liquidity", "instrument", "strategy",
+                         "reject_reason", "tick_size", "lot_size")
 PNL_COLS = ("run_id", "seq", "ts", "strategy", "pnl", "realized", "unrealized", "fees",
             "positions")
 LAT_COLS = ("run_id", "seq", "ts", "hop", "count", "p50_us", "p90_us", "p99_us", "max_us")
-# binary COPY (a quarter less server CPU than text, measured): the column types, in order
-ORDER_TYPES = ("text", "int8", "int8", "text", "text", "text", "text", "text", "int8", "int8",
-               "numeric", "int8", "numeric", "text", "int8")
-EXEC_TYPES = ("text", "int8", "int8", "int8", "text", "text", "text", "text", "text", "int8",
-              "int8", "int8", "numeric", "int8", "numeric", "int8", "text", "int8", "int8")
+# binary COPY (a quarter less server CPU than text, measured): the snapshot columns' types
 PNL_TYPES = ("text", "int8", "timestamptz", "text", "float8", "float8", "float8", "float8",
              "jsonb")
 LAT_TYPES = ("text", "int8", "timestamptz", "text", "int8", "float8", "float8", "float8",
@@ -115,6 +115,51 @@ def read_dsn(dsn_env: str, dsn_file: str) -> str:
         return p.read_text().strip()
     raise SinkConfigError(f"sink.postgres: no DSN: set ${dsn_env or 'HFTFARM_PG_DSN'} or "
                           "sink.postgres.dsn_file (a 0600 file)")
+
+
+# -- binary COPY, built in numpy ----------------------------------------------------------
+PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+PG_TRAILER = b"\xff\xff"
+
+
+def binary_copy_payload(int_cols: list, keys: np.ndarray, key_fields) -> bytes:
+    """A whole binary COPY stream (signature, tuples, trailer) of rows whose first fields are
+    the int8 columns ``int_cols`` and whose other fields depend only on a small key per row
+    (``keys``: an (n, m) int array; ``key_fields(key tuple) -> [binary field bytes or None]``:
+    the names of codes, the instrument, the tick size...). The fixed part is one big-endian
+    structured array; each distinct key's tail is encoded once and scattered into place, so
+    the cost per row is numpy's, not Python's (the journal has a few hundred distinct keys)."""
+    n = len(keys)
+    if n == 0:
+        return PG_SIGNATURE + PG_TRAILER
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    tails = []
+    for u in uniq:
+        fields = key_fields(tuple(int(x) for x in u))
+        tails.append(b"".join(b"\xff\xff\xff\xff" if f is None else
+                              len(f).to_bytes(4, "big") + f for f in fields))
+    nfields = len(int_cols) + len(key_fields(tuple(int(x) for x in uniq[0])))
+    fdt = np.dtype([("n", ">i2")] + [(f, t) for k in range(len(int_cols))
+                                      for f, t in ((f"l{k}", ">i4"), (f"v{k}", ">i8"))])
+    fixed = np.empty(n, dtype=fdt)
+    fixed["n"] = nfields
+    for k, col in enumerate(int_cols):
+        fixed[f"l{k}"] = 8
+        fixed[f"v{k}"] = col
+    F = fdt.itemsize
+    tail_len = np.array([len(t) for t in tails], dtype=np.int64)
+    row_len = F + tail_len[inv]
+    start = np.zeros(n, dtype=np.int64)
+    np.cumsum(row_len[:-1], out=start[1:])
+    body = np.empty(int(start[-1] + row_len[-1]), dtype=np.uint8)
+    body[(start[:, None] + np.arange(F)).reshape(-1)] = fixed.view(np.uint8)
+    for u, t in enumerate(tails):
+        rows = np.flatnonzero(inv == u)
+        if len(t) and len(rows):
+            pos = (start[rows] + F)[:, None] + np.arange(len(t))
+            body[pos] = np.frombuffer(t, dtype=np.uint8)[None, :]
+    return PG_SIGNATURE + body.tobytes() + PG_TRAILER
 
 
 # -- the journal as streams ---------------------------------------------------------------
@@ -201,38 +246,29 @@ class JournalSource:
             return np.array([r["seq"] for r in recs], dtype=np.int64)
         return recs["ring_seq"]
 
-    # rows for COPY ---------------------------------------------------------------------
-    def rows(self, stream, recs, run_id: str):
+    # COPY payloads ----------------------------------------------------------------------
+    def payload(self, stream, recs, run_id: str, dumpers) -> bytes:
+        """The binary COPY stream of journal records (columns ORDER_COLS / EXEC_COLS)."""
         from shm.records import EXEC_KIND_NAMES, INTENT_KIND_NAMES, ORDER_TYPE_NAMES
 
         from pipeline.journal_columns import LIQUIDITY_NAMES, SIDE_NAMES, reject_name
 
-        if stream in SPOOL_STREAMS:
-            return _spool_rows(stream, recs, run_id)
-        names = self.strategy_names
-        sizes = self._sizes
+        ints, keys = (ORDER_INTS, ORDER_KEYS) if stream == "orders" else (EXEC_INTS, EXEC_KEYS)
+        kinds = INTENT_KIND_NAMES if stream == "orders" else EXEC_KIND_NAMES
+        third = ORDER_TYPE_NAMES if stream == "orders" else LIQUIDITY_NAMES
+        text, numeric = dumpers
+        run = text(run_id)
         one = (Decimal(1), Decimal(1), "")
-        cols = {f: recs[f].tolist() for f in recs.dtype.names}
-        if stream == "orders":
-            return [(run_id, seq, ts, INTENT_KIND_NAMES.get(kd, str(kd)), SIDE_NAMES.get(sd, ""),
-                     ORDER_TYPE_NAMES.get(ot, str(ot)), sizes.get(i, one)[2] or str(i),
-                     names.get(s, str(s)), coid, px, sizes.get(i, one)[0], q,
-                     sizes.get(i, one)[1], reject_name(rc), cause)
-                    for seq, ts, kd, sd, ot, i, s, coid, px, q, rc, cause in zip(
-                        cols["ring_seq"], cols["send_ts_ns"], cols["kind"], cols["side"],
-                        cols["order_type"], cols["instrument_id"], cols["strategy_id"],
-                        cols["client_order_id"], cols["px_ticks"], cols["qty_lots"],
-                        cols["reject_code"], cols["cause_recv_ts_ns"])]
-        return [(run_id, seq, ts, vts, EXEC_KIND_NAMES.get(kd, str(kd)), SIDE_NAMES.get(sd, ""),
-                 LIQUIDITY_NAMES.get(lq, ""), sizes.get(i, one)[2] or str(i),
-                 names.get(s, str(s)), coid, voi, px, sizes.get(i, one)[0], q,
-                 sizes.get(i, one)[1], fee, reject_name(rc), cause, tid)
-                for seq, ts, vts, kd, sd, lq, i, s, coid, voi, px, q, fee, rc, cause, tid in zip(
-                    cols["ring_seq"], cols["send_ts_ns"], cols["venue_ts_ns"], cols["kind"],
-                    cols["side"], cols["liquidity"], cols["instrument_id"], cols["strategy_id"],
-                    cols["client_order_id"], cols["venue_order_id"], cols["px_ticks"],
-                    cols["qty_lots"], cols["fee_e9"], cols["reject_code"],
-                    cols["cause_recv_ts_ns"], cols["trade_id"])]
+
+        def fields(key):
+            kind, side, x, iid, sid, rc = key
+            tick, lot, name = self._sizes.get(iid, one)
+            return [run, text(kinds.get(kind, str(kind))), text(SIDE_NAMES.get(side, "")),
+                    text(third.get(x, str(x))), text(name or str(iid)),
+                    text(self.strategy_names.get(sid, str(sid))), text(reject_name(rc)),
+                    numeric(tick), numeric(lot)]
+        key_arr = np.stack([recs[k].astype(np.int64) for k in keys], axis=1)
+        return binary_copy_payload([recs[c].astype(np.int64) for c in ints], key_arr, fields)
 
 
 def _us(summary: dict, key: str):
@@ -267,8 +303,8 @@ def _spool_rows(stream, recs, run_id):
 class PostgresStore:
     """Rows and cursors of one run in PostgreSQL; ``commit`` is one transaction."""
 
-    TABLES = {"orders": ("hft_orders", ORDER_COLS, ORDER_TYPES),
-              "exec": ("hft_executions", EXEC_COLS, EXEC_TYPES),
+    TABLES = {"orders": ("hft_orders", ORDER_COLS, None),
+              "exec": ("hft_executions", EXEC_COLS, None),
               "pnl": ("hft_pnl", PNL_COLS, PNL_TYPES),
               "latency": ("hft_latency", LAT_COLS, LAT_TYPES)}
 
@@ -317,18 +353,33 @@ class PostgresStore:
         self.conn.commit()
         return {s: Cursor(int(k), int(p), int(ls)) for s, k, p, ls in rows}
 
+    def _dumpers(self):
+        """Binary encoders of text and numeric values, psycopg's own (used once per distinct
+        value, not per row)."""
+        from psycopg.adapt import PyFormat
+
+        tx = self.conn.adapters
+        dt = tx.get_dumper(str, PyFormat.BINARY)(str, self.conn)
+        dn = tx.get_dumper(Decimal, PyFormat.BINARY)(Decimal, self.conn)
+        return (lambda v: bytes(dt.dump(v))), (lambda v: bytes(dn.dump(v)))
+
     def commit(self, batch: dict, cursors: dict) -> None:
         with self.conn.transaction():
             cur = self.conn.cursor()
             for stream, parts in batch.items():
                 table, cols, types = self.TABLES[stream]
-                rows = [r for part in parts if len(part)
-                        for r in self.source.rows(stream, part, self.run_id)]
-                if rows:
-                    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN "
-                                  "(FORMAT BINARY)") as cp:
-                        cp.set_types(types)
-                        for r in rows:
+                parts = [p for p in parts if len(p)]
+                if not parts:
+                    continue
+                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN "
+                              "(FORMAT BINARY)") as cp:
+                    if types is None:          # journal records: one numpy-built payload
+                        cp.write(self.source.payload(stream, np.concatenate(parts),
+                                                     self.run_id, self._dumpers()))
+                        continue
+                    cp.set_types(types)
+                    for part in parts:
+                        for r in _spool_rows(stream, part, self.run_id):
                             cp.write_row(r)
             cur.executemany(
                 "INSERT INTO hft_sink_cursor (run_id, stream, k, pos, last_seq) VALUES "
@@ -377,8 +428,8 @@ class Sink:
         self.cursors = None                       # whatever we believed: reload from the DB
         self.store.close()
         first = (str(exc).splitlines() or [""])[0]
-        self.log(f"database unavailable ({type(exc).__name__}: {first}); the journal keeps "
-                 "everything, retrying")
+        self.log(f"database unavailable or copy failed ({type(exc).__name__}: {first}); "
+                 "the journal keeps everything, retrying")
 
     def once(self) -> int:
         """One batch; records copied (0: nothing new, or the database is down)."""
