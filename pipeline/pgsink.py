@@ -125,41 +125,45 @@ PG_TRAILER = b"\xff\xff"
 def binary_copy_payload(int_cols: list, keys: np.ndarray, key_fields) -> bytes:
     """A whole binary COPY stream (signature, tuples, trailer) of rows whose first fields are
     the int8 columns ``int_cols`` and whose other fields depend only on a small key per row
-    (``keys``: an (n, m) int array; ``key_fields(key tuple) -> [binary field bytes or None]``:
-    the names of codes, the instrument, the tick size...). The fixed part is one big-endian
-    structured array; each distinct key's tail is encoded once and scattered into place, so
-    the cost per row is numpy's, not Python's (the journal has a few hundred distinct keys)."""
+    (``keys``: an (n, m) array of small non-negative ints; ``key_fields(key tuple) -> [binary
+    field bytes or None]``: the names of codes, the instrument, the tick size...). Rows are
+    grouped by key (the order of rows in a table is no one's business): a group is one
+    big-endian structured array, its fixed tail encoded once, so the cost per row is numpy's,
+    not Python's (a journal has a few hundred distinct keys)."""
     n = len(keys)
     if n == 0:
         return PG_SIGNATURE + PG_TRAILER
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    tails = []
-    for u in uniq:
-        fields = key_fields(tuple(int(x) for x in u))
-        tails.append(b"".join(b"\xff\xff\xff\xff" if f is None else
-                              len(f).to_bytes(4, "big") + f for f in fields))
-    nfields = len(int_cols) + len(key_fields(tuple(int(x) for x in uniq[0])))
-    fdt = np.dtype([("n", ">i2")] + [(f, t) for k in range(len(int_cols))
-                                      for f, t in ((f"l{k}", ">i4"), (f"v{k}", ">i8"))])
-    fixed = np.empty(n, dtype=fdt)
-    fixed["n"] = nfields
-    for k, col in enumerate(int_cols):
-        fixed[f"l{k}"] = 8
-        fixed[f"v{k}"] = col
-    F = fdt.itemsize
-    tail_len = np.array([len(t) for t in tails], dtype=np.int64)
-    row_len = F + tail_len[inv]
-    start = np.zeros(n, dtype=np.int64)
-    np.cumsum(row_len[:-1], out=start[1:])
-    body = np.empty(int(start[-1] + row_len[-1]), dtype=np.uint8)
-    body[(start[:, None] + np.arange(F)).reshape(-1)] = fixed.view(np.uint8)
-    for u, t in enumerate(tails):
-        rows = np.flatnonzero(inv == u)
-        if len(t) and len(rows):
-            pos = (start[rows] + F)[:, None] + np.arange(len(t))
-            body[pos] = np.frombuffer(t, dtype=np.uint8)[None, :]
-    return PG_SIGNATURE + body.tobytes() + PG_TRAILER
+    keys = np.asarray(keys, dtype=np.int64)
+    packed = np.zeros(n, dtype=np.uint64)          # one sortable word per row: the key
+    shift = 0
+    for c in range(keys.shape[1] - 1, -1, -1):
+        width = max(1, int(keys[:, c].max()).bit_length())
+        packed |= keys[:, c].astype(np.uint64) << np.uint64(shift)
+        shift += width
+    if shift > 64:                                 # wide codes: sort the rows as they are
+        _u, inv = np.unique(keys, axis=0, return_inverse=True)
+        packed = inv.reshape(-1).astype(np.uint64)
+    order = np.argsort(packed, kind="stable")
+    sp = packed[order]
+    starts = np.flatnonzero(np.concatenate(([True], sp[1:] != sp[:-1])))
+    ends = np.append(starts[1:], n)
+    base = [("n", ">i2")] + [(f, t) for k in range(len(int_cols))
+                              for f, t in ((f"l{k}", ">i4"), (f"v{k}", ">i8"))]
+    chunks = [PG_SIGNATURE]
+    for a, b in zip(starts, ends):
+        rows = order[a:b]
+        fields = key_fields(tuple(int(x) for x in keys[rows[0]]))
+        tail = b"".join(b"\xff\xff\xff\xff" if f is None else len(f).to_bytes(4, "big") + f
+                        for f in fields)
+        arr = np.empty(len(rows), dtype=np.dtype(base + [("tail", np.void, len(tail))]))
+        arr["n"] = len(int_cols) + len(fields)
+        for k, col in enumerate(int_cols):
+            arr[f"l{k}"] = 8
+            arr[f"v{k}"] = col[rows]
+        arr["tail"] = np.frombuffer(tail, dtype=(np.void, len(tail)))[0]
+        chunks.append(arr.tobytes())
+    chunks.append(PG_TRAILER)
+    return b"".join(chunks)
 
 
 # -- the journal as streams ---------------------------------------------------------------
