@@ -6,7 +6,9 @@ strategy instance alone (--strategy), or every enabled instance together in one 
 market under one risk state (the default), and writes the report(s), the equity curve(s) (CSV)
 and plot(s) (PNG) into --out (default runs/backtest/<UTC timestamp>): per strategy
 ``<name>_equity.csv|png`` and ``<name>_report.json``, for the run of several the total as
-``_total_equity.csv|png`` and ``_total_report.json`` (no strategy name starts with ``_``).
+``_total_equity.csv|png`` and ``_total_report.json`` (no strategy name starts with ``_``), and
+``journal/`` (the intents and venue reports in the live journal's format, for ``run.py report``
+and ``run.py export``). On a terminal it shows its progress on stderr; piped, nothing.
 Imports numpy/numba only inside the handler.
 """
 from __future__ import annotations
