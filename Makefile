@@ -20,10 +20,12 @@ run: $(STAMP)
 	$(PY) run.py run --config config.toml
 
 # Debian packages the tests use: promtool (prometheus) checks deploy/prometheus, chromium
-# drives the web dashboard. Quick when they are there; installs them as root otherwise.
+# drives the web dashboard, PostgreSQL's server takes the sink's test (tests/pgserver.py starts
+# a throwaway one). Quick when they are there; installs them as root otherwise.
 DEB_DEPS := promtool:prometheus chromium:chromium
 deps:
 	@missing=""; for d in $(DEB_DEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 2; fi; \
 		echo "make deps: installing$$missing"; \

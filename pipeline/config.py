@@ -376,6 +376,24 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class PostgresSinkConfig:
+    enabled: bool = opt(False, "copy the journal and PnL / latency snapshots into PostgreSQL "
+                        "(pipeline/pgsink.py, a process of its own, off the data path)")
+    dsn_env: str = opt("HFTFARM_PG_DSN", "environment variable holding the DSN (never logged)")
+    dsn_file: str = opt("", "or a file holding the DSN; must be mode 0600")
+    batch_records: int = opt(50_000, "records per COPY transaction", gt=0, le=10_000_000)
+    poll_ms: int = opt(200, "how often a caught-up sink looks for new journal records", gt=0)
+    snapshot_ms: int = opt(1000, "PnL / latency snapshot period (0: none)", ge=0)
+    drain_s: float = opt(10.0, "at stop, how long the sink may go on copying what is left",
+                         ge=0)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    postgres: PostgresSinkConfig = opt(PostgresSinkConfig(), "the PostgreSQL sink")
+
+
+@dataclass(frozen=True)
 class Config:
     instance: InstanceConfig = opt(InstanceConfig(), "this instance")
     venues: tuple[VenueConfig, ...] = opt((), "venues, simulated or live (at least one)")
@@ -390,6 +408,7 @@ class Config:
     metrics: MetricsConfig = opt(MetricsConfig(), "Prometheus exporter (loopback only by default)")
     dashboard: DashboardConfig = opt(DashboardConfig(), "read-only web dashboard")
     alerts: AlertsConfig = opt(AlertsConfig(), "alert thresholds and the optional webhook")
+    sink: SinkConfig = opt(SinkConfig(), "storage sinks for analysis")
     # where the config came from (set by the loader; not a key of the file)
     source: str = field(default="config", compare=False, metadata={"internal": True})
 

@@ -278,6 +278,8 @@ class Controller:
             self.log("sim-time: the stages run in lockstep on the backtest's market and "
                      "simulated clock until the session ends")
             self.clock.start()
+        from pipeline.sink_proc import start_sink   # [sink.postgres]: a process of its own
+        self.sink_proc = start_sink(self)
 
     # -- supervision ------------------------------------------------------------------------
     def on_failure(self, name: str, why: str) -> None:
@@ -597,6 +599,8 @@ class Controller:
                 self.monitoring.close()
             if self.supervisor is not None:
                 self.supervisor.kill_all()
+            from pipeline.sink_proc import stop_sink   # after the journal: it drains the rest
+            stop_sink(self, getattr(self, "sink_proc", None))
         finally:
             if self.server is not None:
                 self.server.close()

@@ -6,7 +6,9 @@ strategy instance alone (--strategy), or every enabled instance together in one 
 market under one risk state (the default), and writes the report(s), the equity curve(s) (CSV)
 and plot(s) (PNG) into --out (default runs/backtest/<UTC timestamp>): per strategy
 ``<name>_equity.csv|png`` and ``<name>_report.json``, for the run of several the total as
-``_total_equity.csv|png`` and ``_total_report.json`` (no strategy name starts with ``_``).
+``_total_equity.csv|png`` and ``_total_report.json`` (no strategy name starts with ``_``), and
+``journal/`` (the intents and venue reports in the live journal's format, for ``run.py report``
+and ``run.py export``). On a terminal it shows its progress on stderr; piped, nothing.
 Imports numpy/numba only inside the handler.
 """
 from __future__ import annotations
@@ -20,6 +22,9 @@ be left out with --strategy. Example:
     at_s = 60
     strategy = "mm_btc"
     params = { gamma = 0.5, order_qty_lots = 5 }"""
+
+
+JOURNAL_RECORDS = 200_000     # x (64 + 128) bytes kept in memory by the trace: about 38 MB
 
 
 def register(sub) -> None:
@@ -55,6 +60,10 @@ def register(sub) -> None:
                    help="parameter changes at simulated times (TOML; see below)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     p.add_argument("--out", default=None, help="output folder (default runs/backtest/<UTC time>)")
+    p.add_argument("--journal-records", type=int, default=JOURNAL_RECORDS, metavar="N",
+                   help="also write the first N intents and N venue reports into OUT/journal "
+                   "in the live journal's format, so `run.py report OUT` and `run.py export "
+                   f"OUT` read it as they read a live run (default {JOURNAL_RECORDS}; 0: none)")
     p.set_defaults(func=run)
 
 
@@ -78,6 +87,8 @@ def run(args) -> int:
         raise CliError(f"--duration {args.duration}: must be > 0 seconds", EXIT_USAGE)
     if args.event_rate is not None and args.event_rate <= 0:
         raise CliError(f"--event-rate {args.event_rate}: must be > 0", EXIT_USAGE)
+    if args.journal_records < 0:
+        raise CliError(f"--journal-records {args.journal_records}: must be >= 0", EXIT_USAGE)
     schedule = None
     if args.params_schedule is not None:
         from strategies.param_schedule import load_schedule
@@ -108,10 +119,17 @@ def run(args) -> int:
         raise CliError(f"--out {out}: cannot create the directory: {exc.strerror or exc}; "
                        f"choose another --out", EXIT_USAGE) from None
     what = f"backtest {name}" if name else "backtest"
+    from pipeline.progress import Progress
+
     try:
-        res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
-                           event_rate_per_s=args.event_rate or cfg.backtest.event_rate_per_s,
-                           queue_model=args.queue_model, schedule=schedule)
+        with Progress(what) as prog:
+            prog.phase("simulating")
+            res = run_backtest(cfg, name, args.data, duration_s=args.duration, seed=args.seed,
+                               event_rate_per_s=args.event_rate or
+                               cfg.backtest.event_rate_per_s,
+                               queue_model=args.queue_model, schedule=schedule,
+                               trace=args.journal_records)
+            prog.phase("writing")
     except (ValueError, KeyError) as exc:
         raise CliError(f"{what}: {exc}", EXIT_USAGE) from None
     except ConfigError as exc:
@@ -123,6 +141,8 @@ def run(args) -> int:
                     f"strategy for them with --strategy" if name else
                     "; choose a strategy for it with --strategy")
         raise CliError(f"{what}: {exc}{hint}", EXIT_USAGE) from None
+    if res.trace is not None:
+        _write_journal(out / "journal", cfg, args.data, res, name)
     if name is not None:
         _write(out, name, res, f"{name} ({res.kind}) on {res.source}")
         _print(args, res.report, name, out)
@@ -145,6 +165,41 @@ def _write(out, name: str, res, title: str) -> None:
     write_equity_csv(out / f"{name}_equity.csv", res.curve)
     write_equity_png(out / f"{name}_equity.png", res.curve, title)
     (out / f"{name}_report.json").write_text(to_json(res.report) + "\n")
+
+
+def _write_journal(jdir, cfg, data, res, name) -> None:
+    """The backtest's trace (every intent as the gate decided it, every venue report) as
+    ``journal/orders-0.rec`` and ``exec-0.rec`` of the live journal's format, with the
+    instrument table in their headers and ``strategies.json`` (strategy id -> name)."""
+    import json
+    import sys
+
+    import numpy as np
+
+    from market.recordfile import RecordFileWriter, instruments_from_header, read_header
+    from shm.instruments import InstrumentTable
+    from shm.records import EXEC_DTYPE, ORDER_DTYPE
+    from strategies.backtest import strategy_id_of
+
+    insts = instruments_from_header(read_header(data)) if data else \
+        list(InstrumentTable.from_config(cfg))
+    jdir.mkdir(parents=True, exist_ok=True)
+    tr = res.trace
+    meta = {"backtest": True, "source": res.source}
+    for fname, dtype, key, total in (("orders-0.rec", ORDER_DTYPE, "intents", "n_intents"),
+                                     ("exec-0.rec", EXEC_DTYPE, "reports", "n_reports")):
+        recs = np.array(tr[key], dtype=dtype)
+        # the journal's readers keep the first copy of each ring position: a backtest has no
+        # rings, so its records are numbered in the order the gate / the venue made them
+        recs["ring_seq"] = np.arange(1, len(recs) + 1)
+        with RecordFileWriter(jdir / fname, dtype, insts, meta=meta) as w:
+            w.append(recs)
+        if tr[total] > len(recs):
+            print(f"journal: kept the first {len(recs)} of {tr[total]} {key} "
+                  "(raise --journal-records)", file=sys.stderr)
+    names = [name] if name is not None else list(res.strategies)
+    (jdir / "strategies.json").write_text(json.dumps(
+        {str(strategy_id_of(cfg, n)): n for n in names}, indent=1))
 
 
 def _print(args, report: dict, name: str | None, out) -> None:

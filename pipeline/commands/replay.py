@@ -58,8 +58,12 @@ def run_lobster(args) -> int:
             raise CliError(f"{flag} {path}: this is a LOBSTER {_KIND_NAMES[kind]} file; "
                            f"pass it as {other} (--message takes ..._message_N.csv, "
                            f"--orderbook ..._orderbook_N.csv)", EXIT_USAGE)
+    from pipeline.progress import Progress
+
     try:
-        n = convert_to_file(args.message, args.orderbook, args.levels, args.out)
+        with Progress("replay lobster") as prog:
+            prog.phase("converting")
+            n = convert_to_file(args.message, args.orderbook, args.levels, args.out)
     except LobsterError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except OSError as exc:
@@ -69,8 +73,6 @@ def run_lobster(args) -> int:
 
 
 def run_bitstamp(args) -> int:
-    import sys
-
     from pipeline.commands._inputs import input_file, output_file
     from pipeline.exits import EXIT_USAGE, CliError
 
@@ -86,9 +88,13 @@ def run_bitstamp(args) -> int:
     if not looks_like_bitstamp(args.file):
         raise CliError(f"--file {args.file}: not a Bitstamp event log (lines of "
                        "'<ms> <event> {json}')", EXIT_USAGE)
-    try:
-        recs, meta = convert(args.file, max_seconds=args.max_seconds,
-                             progress=lambda text: print(text, file=sys.stderr, flush=True))
+    from pipeline.progress import Progress
+
+    try:   # the converter's progress texts: on a terminal in place, nothing when piped
+        with Progress("replay bitstamp") as prog:
+            recs, meta = convert(args.file, max_seconds=args.max_seconds,
+                                 progress=lambda text: prog.phase(text.removeprefix(
+                                     "bitstamp: ")))
     except BitstampError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except OSError as exc:
@@ -130,8 +136,12 @@ def run_venue(args) -> int:
         config = load_config(args.config) if args.config else None
     except ConfigError as exc:
         raise CliError(f"--config: {exc}", EXIT_USAGE) from None
+    from pipeline.progress import Progress
+
     try:
-        summary = convert_recording(args.venue, args.file, args.out, config)
+        with Progress(f"replay {args.venue}") as prog:
+            prog.phase(f"converting {len(args.file)} recording(s)")
+            summary = convert_recording(args.venue, args.file, args.out, config)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(f"replay {args.venue}: {exc}", EXIT_USAGE) from None
     except OSError as exc:

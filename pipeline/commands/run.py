@@ -47,13 +47,76 @@ def run(args) -> int:
                      replay=args.replay, replay_speed=args.replay_speed,
                      sim_time=args.sim_time,
                      sim_duration_s=(args.duration or None) if args.sim_time else None)
+    live = LiveStatus(cfg)
     try:
-        rc = ctl.run()
+        rc = ctl.run(on_started=live.start)
     except ControllerError as exc:
         raise CliError(str(exc), 1) from None
+    finally:
+        live.stop()
     if ctl.report:
         print(json.dumps(ctl.report, indent=2) if args.json else format_report(ctl.report))
     return rc
+
+
+class LiveStatus:
+    """The line ``run`` shows while it trades, on a terminal only (stderr), about once a
+    second: elapsed time, PnL, fills, rejects, tick-to-trade p50. Read from what the controller
+    already publishes, over its control socket as ``run.py status`` reads it (a thread of this
+    process asks; the controller answers from its own socket threads): no hot-path work."""
+
+    def __init__(self, cfg, period_s: float = 1.0):
+        from pipeline.progress import LiveLine
+
+        self.cfg = cfg
+        self.period_s = period_s
+        self.line = LiveLine()
+        self.thread = None
+        self.done = None
+
+    def start(self, ctl=None, error=None) -> None:
+        import threading
+        import time
+
+        if error or not self.line.enabled:
+            return
+        self.t0 = time.monotonic()
+        self.line.take_stderr()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="live-status")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        from pipeline.control import NotRunning, request
+        from pipeline.paths import socket_path
+
+        path = socket_path(self.cfg)
+        while not self.done.wait(self.period_s):
+            try:
+                st = request(path, {"cmd": "status"}, 1.0)
+                lat = request(path, {"cmd": "latency"}, 1.0)
+            except (NotRunning, OSError, ValueError):
+                continue
+            if st.get("ok"):
+                self.line.show(format_live_line(st, lat if lat.get("ok") else {}))
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join(timeout=3.0)
+            self.thread = None
+        self.line.release_stderr()
+        self.line.clear()
+
+
+def format_live_line(status: dict, latency: dict) -> str:
+    risk = status.get("risk") or {}
+    pnl = sum(s.get("pnl", 0.0) for s in (risk.get("strategies") or {}).values())
+    t2t = ((latency.get("histograms") or {}).get("tick_to_trade") or {})
+    p50 = f"{t2t['p50_ns'] / 1e3:.1f} us" if t2t.get("count") else "-"
+    return (f"trading {status.get('uptime_s', 0):.0f} s  PnL {pnl:+.2f}  fills "
+            f"{risk.get('fills', 0)}  rejects {risk.get('rejected', 0)}  tick-to-trade p50 "
+            f"{p50}  [{risk.get('state', '?')}]")
 
 
 def format_report(r: dict) -> str:

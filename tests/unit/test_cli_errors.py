@@ -210,6 +210,8 @@ def test_backtest_on_a_recording_runs_the_strategies_that_can_trade_it(shared_da
                                                                       capsys):
     """No --strategy and a one-instrument recording: the strategies that need other
     instruments are skipped with their reason, before any of them writes anything."""
+    import json
+
     from market.lobster import convert_to_file
 
     rec = tmp_path / "aapl.rec"
@@ -219,10 +221,12 @@ def test_backtest_on_a_recording_runs_the_strategies_that_can_trade_it(shared_da
     code, err = run_cli(capsys, ["backtest", "--data", rec, "--out", out])
     assert code == 0, err
     assert "skipped pairs_btc_eth (" in err and "needs exactly 2 instrument(s)" in err
-    # the ones that can trade it run together: here the market maker alone, and the total
+    # the ones that can trade it run together: here the market maker alone, and the total;
+    # journal/ holds their intents and venue reports for `run.py report` / `export`
     assert sorted(p.name for p in out.iterdir()) == [
-        "_total_equity.csv", "_total_equity.png", "_total_report.json",
+        "_total_equity.csv", "_total_equity.png", "_total_report.json", "journal",
         "mm_btc_equity.csv", "mm_btc_equity.png", "mm_btc_report.json"]
+    assert json.loads((out / "journal" / "strategies.json").read_text()) == {"1": "mm_btc"}
 
 
 def test_backtest_without_strategy_runs_them_together_and_reports_each_and_the_total(
