@@ -46,7 +46,7 @@ from shm.records import MARKET_DTYPE, MFLAG_SNAPSHOT, MSG_LEVEL, SIDE_BUY, SIDE_
 
 # a record received before ``now`` may still be on its way through the feed's parser into the
 # ring: an order waits this much longer before it is applied without a record after it
-PUBLISH_GUARD_NS = 200_000
+PUBLISH_GUARD_NS = 100_000
 
 # clock words
 PC_VENUE_NS = 0      # venue time reached (non-decreasing)

@@ -17,6 +17,7 @@ US = 1_000
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000
 ORDER_LATENCY_US = 100
+from market.papervenue import PUBLISH_GUARD_NS  # noqa: E402
 
 
 def paper_config(queue_model: str):
@@ -135,7 +136,8 @@ def test_order_reaches_the_venue_after_its_latency_and_reports_come_back_after_i
     # a trade at our price 50 us after sending: the order is still on its way
     p.md(2 * MS + 50 * US, MSG_TRADE, SIDE_SELL, 1000, 7)
     assert p.step(2 * MS + 150 * US).size == 0           # ack due at send + 2 x latency
-    ack = p.step(2 * MS + 200 * US)
+    # with no record after the order's arrival, it waits for the publish guard too
+    ack = p.step(2 * MS + ORDER_LATENCY_US * US + PUBLISH_GUARD_NS)
     assert [int(e["kind"]) for e in ack] == [EXEC_ACK]
     assert int(ack[0]["venue_ts_ns"]) == T0 + 2 * MS + ORDER_LATENCY_US * US
     p.md(3 * MS, MSG_TRADE, SIDE_SELL, 1000, 7)          # now it is at the front
