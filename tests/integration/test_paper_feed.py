@@ -140,7 +140,15 @@ params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lo
     assert len(acks) > 0, "the paper venue acknowledged nothing"
     assert not ((venue_ex["kind"] == EXEC_REJECT)
                 & (venue_ex["reject_code"] == REJECT_VENUE_DOWN)).any(), "refused: venue down"
-    assert len(fills) > 0, "no paper fill arrived"
+    from shm.records import MSG_TRADE
+    trades = md[(md["kind"] == MSG_TRADE) & (md["instrument_id"] == iid)]
+    assert len(fills) > 0, (
+        f"no paper fill arrived: {len(trades)} trades of {symbol} in the market data "
+        f"(px {trades['px_ticks'][:8].tolist()}, side {trades['side'][:8].tolist()}, at "
+        f"{(trades['recv_ts_ns'][:8] // 1_000_000).tolist()} ms); {len(acks)} acks (px "
+        f"{acks['px_ticks'][:8].tolist()}, side {acks['side'][:8].tolist()}, at "
+        f"{(acks['venue_ts_ns'][:8] // 1_000_000).tolist()} ms); exec kinds "
+        f"{np.unique(venue_ex['kind'], return_counts=True)}")
     assert st["risk"]["fills"] > 0                   # the gate counted them as live fills
     assert (fills["venue_id"] == acks["venue_id"][0]).all() and (fills["trade_id"] > 0).all()
     # latency: a report comes back an order latency after the venue time it happened at
@@ -151,8 +159,9 @@ params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lo
 
 
 def test_paper_venue_on_coinbase_fills_from_real_trades_behind_the_queue(tmp_path):
+    # ~25 s of stream: the strategy quotes while the recording's SKL-USD trades print
     out = run_paper(tmp_path, "cb", "coinbase", [SHARED / "coinbase/COINBASE.ws.28.0"],
-                    "SKL-USD")
+                    "SKL-USD", rate=400.0)
     assert out["feed"]["paper"]["maker_fills"] > 0 and out["checked"] > 0
     pos = out["status"]["risk"]["strategies"]["mm"]["positions_lots"]
     assert pos, "the fills reached the strategy's positions"
