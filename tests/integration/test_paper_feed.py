@@ -6,8 +6,9 @@ trades and level changes; the journal (orders, reports and market data) is then 
 against the queue rules: no fill at an order's price before the volume ahead of it traded or
 left the level, unless the market traded through its price or crossed it.
 
-Coinbase (trades and level2, at full speed) is the default test; Binance (depth and REST
-snapshots) and Kraken v1 are ``slow`` (a pipeline each: make test-all). The cut-connection,
+Coinbase (trades and level2, paced) is the default test; Binance (depth and REST snapshots)
+and Kraken v1 are ``slow`` (a pipeline each: make test-all); their recordings carry no trade
+of the traded symbol, so trades printing through the touch are added to them. The cut-connection,
 gap, stale and malformed-frame cases of the feed stage are in test_feed_stage.py.
 """
 from __future__ import annotations
@@ -167,14 +168,47 @@ def test_paper_venue_on_coinbase_fills_from_real_trades_behind_the_queue(tmp_pat
     assert pos, "the fills reached the strategy's positions"
 
 
+def _with_trades_through_the_touch(src, dst, marker: str, trade, every: int):
+    """The recording ``src`` (cryptofeed raw text) with a trade frame after every ``every``-th
+    frame that contains ``marker``, alternately a sell far below every bid and a buy far
+    above every ask: the Binance and Kraken recordings carry no trade of the traded symbol,
+    so these are the trades that print through the paper orders' prices."""
+    out, k = [], 0
+    for line in src.read_text().splitlines(keepends=True):
+        out.append(line)
+        if marker in line and line[:1].isdigit():
+            k += 1
+            if k % every == 0:
+                ts = line.split(":", 1)[0]
+                out.append(f"{ts}: {trade(float(ts), k // every)}\n")
+    dst.write_text("".join(out))
+    return dst
+
+
 @pytest.mark.slow   # a pipeline of its own: make test-all
 def test_paper_venue_on_binance_fills_against_the_real_book(tmp_path):
     data = SHARED / "binance"
-    run_paper(tmp_path, "bn", "binance", [data / "BINANCE.ws.1.0"], "NKNUSDT", rate=200.0,
-              rest=data / "BINANCE.http.0.0")
+
+    def trade(ts, n):
+        sell = n % 2 == 0
+        return ('{"stream":"nknusdt@trade","data":{"e":"trade","E":%d,"s":"NKNUSDT","t":%d,'
+                '"p":"%s","q":"1.00000000","T":%d,"m":%s}}'
+                % (ts * 1000, 900_000 + n, "0.10000000" if sell else "0.90000000", ts * 1000,
+                   "true" if sell else "false"))
+    ws = _with_trades_through_the_touch(data / "BINANCE.ws.1.0", tmp_path / "BINANCE.ws.1.0",
+                                        '"nknusdt@depth', trade, 5)
+    out = run_paper(tmp_path, "bn", "binance", [ws], "NKNUSDT", rate=20.0,
+                    rest=data / "BINANCE.http.0.0")
+    assert out["feed"]["paper"]["maker_fills"] > 0
 
 
 @pytest.mark.slow   # a pipeline of its own: make test-all
 def test_paper_venue_on_kraken_fills_against_the_real_book(tmp_path):
-    run_paper(tmp_path, "kr", "kraken-v1", [SHARED / "kraken/KRAKEN.ws.50.0"], "XMR/USD",
-              extra="depth = 1000")
+    def trade(ts, n):
+        px, side = ("1.00000000", "s") if n % 2 == 0 else ("9999.00000000", "b")
+        return f'[993,[["{px}","0.01000000","{ts:.6f}","{side}","l",""]],"trade","XMR/USD"]'
+    ws = _with_trades_through_the_touch(SHARED / "kraken/KRAKEN.ws.50.0",
+                                        tmp_path / "KRAKEN.ws.50.0", '"XMR/USD"]', trade, 20)
+    out = run_paper(tmp_path, "kr", "kraken-v1", [ws], "XMR/USD", extra="depth = 1000",
+                    rate=400.0)
+    assert out["feed"]["paper"]["maker_fills"] > 0
