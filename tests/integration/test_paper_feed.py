@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.test_feed_stage import SHARED, Pipeline, ServerThread, _instruments_toml
 from tests.integration.test_feed_stage import _wait
+from tests.integration.test_pipeline_cli import run_py
 
 ORDER_LATENCY_US = 100
 
@@ -126,6 +127,10 @@ params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lo
                            and not f["paper"]["dropped"] else None)(p.feed(venue)), 10,
                   "the paper venue's counters in the feed status", step=0.2)
         st = p.status()
+        # the pipeline's own latency figures (receive -> strategy read, tick-to-trade), kept
+        # beside the test's files for whoever reads them
+        lat = run_py("latency", "--json", "--config", str(p.cfg))
+        (tmp_path / "latency.json").write_text(lat.stdout)
         md, orders, execs = p.journal(venue)
     finally:
         try:
