@@ -57,6 +57,14 @@ def add_arguments(p) -> None:
     p.add_argument("--no-peer", action="store_true", help="skip cryptofeed")
     p.add_argument("--no-install", action="store_true",
                    help="do not pip-install cryptofeed if it is missing")
+    p.add_argument("--stage", action="store_true",
+                   help="also the Binance feed stage's path: frame -> handler -> md ring "
+                   "(msg/s, p99) and receive -> read in another process (bench/feed_stage.py)")
+    p.add_argument("--stage-rate", type=float, default=1000.0,
+                   help="frames/s for the receive -> read measure (default 1000)")
+    p.add_argument("--stage-idle", default="backoff",
+                   choices=("busy-spin", "yield", "backoff", "blocking"),
+                   help="the reader's idle strategy (default backoff, the stages' default)")
 
 
 def _category(venue: str, kind: str, data: str) -> str:
@@ -379,6 +387,12 @@ def main(args) -> int:
         else:
             entry["cryptofeed"] = bench_cryptofeed(venue, frames, args.min_seconds)
         res["venues"][venue] = entry
+    if args.stage:
+        from bench.feed_stage import bench_stage
+
+        gc.unfreeze()
+        res["stage"] = bench_stage(str(data), args.min_seconds, args.stage_rate,
+                                   args.stage_idle)
     res["machine"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -422,4 +436,8 @@ def main(args) -> int:
             for cat, c in r["by_category"].items():
                 print(f"{'':27s}{cat:20s} {c['messages']:>6} msgs  {c['msgs_per_s']:>9,} msg/s"
                       f"  p50 {c['p50_us']:8.2f} us  p99 {c['p99_us']:8.2f} us")
+    if "stage" in res:
+        from bench.feed_stage import format_stage
+
+        print(format_stage(res["stage"]))
     return 0

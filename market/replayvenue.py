@@ -15,6 +15,10 @@ The recorded book is the truth at exchange time; our orders live beside it:
   price (a sell below our bid) fills what is left of us;
 - a new or larger level on the other side at or through our price (someone posted a crossing
   order) would have traded with us: we fill up to the size it added;
+- several of our orders share one trade or one added level, never more than its size: at one
+  price they take the trade in the order they joined the level (``Q_JOIN``), and the volume
+  given to our orders ahead does not advance the queue of those behind (it is ours, not
+  the displayed orders'); an added crossing level fills our orders up to its size in all;
 - cancels: ``conservative`` (QUEUE_CONSERVATIVE) never lets cancels advance us, except that the
   queue ahead can never exceed the level's displayed size; ``probabilistic`` (QUEUE_PROB) splits
   a decrease of the level not explained by trades between ahead and behind us: the share ahead
@@ -79,11 +83,12 @@ RS_N_OPEN = 6
 RS_MAKER_FILLS = 7
 RS_TAKER_FILLS = 8
 RS_HI = 9           # 1 + highest order slot in use: scans stop there
-RS_WORDS = 10
+RS_JOIN = 10        # next queue-join sequence (Q_JOIN)
+RS_WORDS = 11
 # ords[k, Q_*]
-Q_ACTIVE, Q_COID, Q_INST, Q_SIDE, Q_PX, Q_LEAVES, Q_CUM, Q_STRAT, Q_VOID, Q_CAUSE, Q_TYPE = \
-    range(11)
-Q_WORDS = 11
+Q_ACTIVE, Q_COID, Q_INST, Q_SIDE, Q_PX, Q_LEAVES, Q_CUM, Q_STRAT, Q_VOID, Q_CAUSE, Q_TYPE, \
+    Q_JOIN = range(12)
+Q_WORDS = 12
 QF_AHEAD = 0
 QF_TRADED = 1
 # The longest span a replay may have: the backtest sizes its equity curve from the span (one
@@ -365,6 +370,8 @@ def _rest_or_take(rv, k, t):
     if otype == ORD_LIMIT or otype == ORD_POST_ONLY:
         qf[k, QF_AHEAD] = _level_qty(vpx, vqty, vmeta, inst, side, limit)
         qf[k, QF_TRADED] = 0.0
+        ords[k, Q_JOIN] = st[RS_JOIN]
+        st[RS_JOIN] += 1
         return
     left = ords[k, Q_LEAVES]
     ords[k, Q_LEAVES] = 0
@@ -479,16 +486,30 @@ def _on_trade(rv, rec, t):
             (maker_side == SIDE_SELL and rec.px_ticks > px)
         if through:
             _fill(rv, k, px, ords[k, Q_LEAVES], LIQ_MAKER, t)
-        elif rec.px_ticks == px:
-            vol = float(rec.qty_lots)
-            qf[k, QF_TRADED] += vol
-            if vol > qf[k, QF_AHEAD]:
-                q = min(np.int64(vol - qf[k, QF_AHEAD]), ords[k, Q_LEAVES])
-                qf[k, QF_AHEAD] = 0.0
-                if q > 0:
-                    _fill(rv, k, px, q, LIQ_MAKER, t)
-            else:
-                qf[k, QF_AHEAD] -= vol
+    # at our price: our orders in the order they joined the level; what the trade gave to
+    # ours ahead is not volume of the displayed queue ahead of the next one
+    given = 0.0
+    last = np.int64(-1)
+    while True:
+        k = -1
+        for j in range(st[RS_HI]):
+            if ords[j, Q_ACTIVE] != 0 and ords[j, Q_INST] == inst and \
+                    ords[j, Q_SIDE] == maker_side and ords[j, Q_PX] == rec.px_ticks and \
+                    ords[j, Q_JOIN] > last and (k < 0 or ords[j, Q_JOIN] < ords[k, Q_JOIN]):
+                k = j
+        if k < 0:
+            break
+        last = ords[k, Q_JOIN]
+        qf[k, QF_TRADED] += float(rec.qty_lots)
+        vol = float(rec.qty_lots) - given
+        if vol > qf[k, QF_AHEAD]:
+            q = min(np.int64(vol - qf[k, QF_AHEAD]), ords[k, Q_LEAVES])
+            qf[k, QF_AHEAD] = 0.0
+            if q > 0:
+                given += float(q)
+                _fill(rv, k, rec.px_ticks, q, LIQ_MAKER, t)
+        elif vol > 0.0:
+            qf[k, QF_AHEAD] -= vol
 
 
 @njit(cache=True, _nrt=False)
@@ -496,6 +517,7 @@ def _on_level(rv, rec, prev, t):
     st, ords, qf = rv[0], rv[5], rv[6]
     inst = rec.instrument_id
     new = rec.qty_lots
+    added = new - prev    # a crossing level's added size, shared by our orders it crosses
     for k in range(st[RS_HI]):
         if ords[k, Q_ACTIVE] == 0 or ords[k, Q_INST] != inst:
             continue
@@ -517,8 +539,10 @@ def _on_level(rv, rec, prev, t):
         else:
             crosses = (ords[k, Q_SIDE] == SIDE_BUY and rec.px_ticks <= px) or \
                 (ords[k, Q_SIDE] == SIDE_SELL and rec.px_ticks >= px)
-            if crosses and new > prev:
-                _fill(rv, k, px, min(ords[k, Q_LEAVES], new - prev), LIQ_MAKER, t)
+            if crosses and added > 0:
+                q = min(ords[k, Q_LEAVES], added)
+                added -= q
+                _fill(rv, k, px, q, LIQ_MAKER, t)
 
 
 @njit(cache=True, _nrt=False)
@@ -595,3 +619,8 @@ def replay_submit(rv, order, send_ns):
     if j >= 0:
         pend[0][j] = order
     return j
+
+
+# The venue-side kernels the paper venue (market/papervenue.py) drives with live records.
+venue_order_arrives = _order_arrives
+venue_apply_record = _apply_record

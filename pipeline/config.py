@@ -35,6 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 # ------------------------------------------------------------------------------------------
 IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
 VENUE_KINDS = ("sim", "binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
+VENUE_MODES = ("paper", "live")
 KRAKEN_DEPTHS = (10, 25, 100, 500, 1000)
 NAME_RE = r"[A-Za-z][A-Za-z0-9_\-]{0,31}"
 # Upper bounds: a value beyond them cannot be built (arrays sized by it, int64 nanoseconds,
@@ -102,6 +103,17 @@ class VenueConfig:
                               "exponential backoff from 500 ms)", ge=500, le=MAX_MS)
     cpu: Optional[int] = opt(None, "live kinds: CPU the venue's feed stage is pinned to "
                              "(default: [stages] feed.cpu)", ge=0)
+    mode: Optional[str] = opt(None, "live kinds: paper (the default: the real feed, orders rest "
+                              "virtually in the real book, nothing is sent to the venue) or "
+                              "live (real order entry; not built yet: every order is refused)",
+                              choices=VENUE_MODES)
+    queue_model: str = opt("probabilistic", "paper mode: queue position of resting orders "
+                           "(market/replayvenue.py)", choices=("conservative", "probabilistic"))
+
+    @property
+    def paper(self) -> bool:
+        """A live kind whose orders the paper venue plays (stages/feed_live.py)."""
+        return self.kind != "sim" and (self.mode or "paper") == "paper"
 
     def validate(self, broken):
         live = not broken("kind") and self.kind != "sim"
@@ -116,6 +128,9 @@ class VenueConfig:
         if not broken("kind") and not live and not broken("cpu") and self.cpu is not None:
             yield ("cpu", self.cpu, "is for live kinds only (simulated venues run in the venue "
                    "stage: [stages] venue.cpu)")
+        if not broken("kind") and not live and not broken("mode") and self.mode is not None:
+            yield ("mode", self.mode, "is for live kinds only (a simulated venue fills orders "
+                   "itself; paper mode is a live venue's real feed with simulated fills)")
         if live and self.kind.startswith("kraken") and not broken("depth") \
                 and self.depth not in KRAKEN_DEPTHS:
             yield ("depth", self.depth, f"Kraken accepts only "
@@ -453,8 +468,13 @@ class Config:
         live = [v.name for n, v in enumerate(self.venues) if v is not None
                 and not broken(f"venues[{n}]") and v.kind != "sim"]
         if live and not broken("instance") and not self.instance.allow_live:
+            paper = [v.name for v in self.venues if v is not None and v.name in live
+                     and v.paper]
             yield (f"venues {', '.join(live)} are live venues but instance.allow_live is false: "
-                   "nothing connects to a real venue unless you set it")
+                   "nothing connects to a real venue unless you set it"
+                   + (f" (paper mode too: venues {', '.join(paper)} send no order, but their "
+                      "market data comes from the real venue; set [instance] allow_live = "
+                      "true to connect)" if paper else ""))
         ncpu = os.cpu_count() or 1
         for path, cpu in self.pinned_cpus():
             if not broken(path) and cpu >= ncpu:

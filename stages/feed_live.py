@@ -22,9 +22,17 @@ What the strategies see (through records, as every consumer of the ring):
   after this stage, and a restarted one jumps to the ring's head) or was lapped gets a complete
   book back within that period.
 
-Orders: order entry to real venues is not built yet, so every order the router sends here is
-answered EXEC_REJECT / REJECT_VENUE_DOWN at once (a cancel: EXEC_CANCEL_REJECT), the way
-stages/feed_replay.py answers: the router never waits on this venue.
+Orders. ``mode = "paper"`` (the default for a live venue): the stage loop is the paper venue
+(market/papervenue.py). It reads this venue's ``md-<venue>`` ring back as one of its readers
+(so it sees exactly the records the strategies see, in the same order), takes the router's
+orders from ``vorder-<venue>``, rests them virtually in the real book with a queue position,
+fills them from the real trades after the venue's latency model and answers on
+``vexec-<venue>`` with the same execution reports a venue sends: the router, risk gate,
+strategies and journal cannot tell it from live. Nothing is sent to the venue. A restarted
+stage has forgotten the resting paper orders (a live venue would still hold them).
+``mode = "live"``: order entry to real venues is not built yet, so every order the router sends
+here is answered EXEC_REJECT / REJECT_VENUE_DOWN at once (a cancel: EXEC_CANCEL_REJECT), the
+way stages/feed_replay.py answers: the router never waits on this venue.
 
 Latency: the histogram ``exch_to_recv_<venue>`` (exchange time -> receive, on the venue's
 clock against ours); receive -> strategy read is each strategy's ``md_to_<strategy>``.
@@ -58,6 +66,8 @@ from stages.base import Stage
 from stages.venue_sim import answer_without_market
 
 SNAPSHOT_EVERY_NS = 1_000_000_000
+PAPER_MD_BATCH = 4096      # records the paper venue reads back per poll
+PAPER_EX_BATCH = 1024
 STATUS_EVERY_S = 1.0
 STOP_WAIT_S = 5.0
 
@@ -138,6 +148,9 @@ class LiveFeedStage(Stage):
         self._pub = self.md_w.publisher(self.handler.out)
         self.orders = np.zeros(64, dtype=ORDER_DTYPE)
         self.rej = np.zeros(64, dtype=EXEC_DTYPE)
+        self.paper = None
+        if vc.paper:
+            self._start_paper(ctx, md)
         self.status_file = feed_status_path(ctx.run_dir, spec.venue)
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         self.name = ctx.name
@@ -185,6 +198,41 @@ class LiveFeedStage(Stage):
         self._started.wait(10.0)
         print(f"{self.name}: {vc.kind} feed for {', '.join(sorted(insts))} from {self.ws_url}",
               file=sys.stderr, flush=True)
+
+    def _start_paper(self, ctx, md) -> None:
+        from market.papervenue import PaperVenue, paper_step, paper_submit
+
+        self.paper = PaperVenue(ctx.config, self.venue_name)
+        self.md_r = md.reader(ctx.topology.md_readers[self.venue_name][ctx.name])
+        self.md_buf = np.zeros(PAPER_MD_BATCH, dtype=MARKET_DTYPE)
+        self._md_poll = self.md_r.poller(self.md_buf)
+        self.paper_ex = np.zeros(PAPER_EX_BATCH, dtype=EXEC_DTYPE)
+        self.backlog = np.zeros(0, dtype=EXEC_DTYPE)
+        self.reports_sent = 0
+        self._paper_step, self._paper_submit = paper_step, paper_submit
+        # compile before RUNNING (nothing reaches the venue: no record, no order)
+        paper_submit(self.paper.state, self.orders, 0)
+        paper_step(self.paper.state, self.paper.clock, self.md_buf, 0, np.int64(0),
+                   np.int64(0), self.paper_ex)
+
+    def _poll_paper(self, n_orders: int) -> int:
+        """The paper venue's turn (stage loop): orders in, live records in, reports out."""
+        pv = self.paper
+        if n_orders:
+            self._paper_submit(pv.state, self.orders, n_orders)
+        m = self._md_poll()
+        k = 0
+        if m or n_orders or pv.pending():
+            k = self._paper_step(pv.state, pv.clock, self.md_buf, m, time.time_ns(),
+                                 pv.md_latency_ns, self.paper_ex)
+        if k or len(self.backlog):
+            # the router reads vexec in every loop; a full ring keeps the rest for the next poll
+            out = np.concatenate((self.backlog, self.paper_ex[:k])) if len(self.backlog) \
+                else self.paper_ex[:k]
+            sent = self.out_w.publish(out)
+            self.reports_sent += sent
+            self.backlog = out[sent:].copy()
+        return m + k
 
     # ---- network thread -------------------------------------------------------------------
     def _net_main(self) -> None:
@@ -269,6 +317,9 @@ class LiveFeedStage(Stage):
                     "books_valid": valid_books, "last_error": err,
                     "last_invalid": last_invalid,
                     "orders_rejected": self.orders_rejected,
+                    "mode": "paper" if self.paper is not None else "live",
+                    "paper": dict(self.paper.counters(), reports=self.reports_sent)
+                    if self.paper is not None else {},
                     # wall clock of the first and last record published, and the frames
                     # received by then: a burst's rate (a replay at full speed)
                     "first_record_ns": self.first_record_ns,
@@ -320,7 +371,10 @@ class LiveFeedStage(Stage):
     # ---- stage loop -----------------------------------------------------------------------
     def poll(self) -> int:
         n = self.in_r.poll(self.orders)
-        if n:
+        if self.paper is not None:
+            self.records_in += n
+            n += self._poll_paper(n)
+        elif n:
             e = self.rej[:n]
             answer_without_market(self.orders[:n], e, time.time_ns(), ack_cancels=False)
             self.out_w.publish(e)

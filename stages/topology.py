@@ -20,7 +20,9 @@ Rings (segment names under the instance prefix; one writer each, see CONVENTIONS
 Stages: one ``venue`` stage plays every simulated venue (``kind = "sim"``; none when there is
 none), and each live venue (binance, coinbase, kraken ...) has a feed-handler stage of its own,
 ``feed-<venue>`` (stages/feed_live.py): the one writer of that venue's md ring, and the venue
-side of its order rings (no live order entry yet: it answers every order REJECT_VENUE_DOWN).
+side of its order rings: in ``mode = "paper"`` (the default) its paper venue fills them
+virtually in the real book (market/papervenue.py, reading ``md-<venue>`` back); in ``live``
+mode (no live order entry yet) it answers every order REJECT_VENUE_DOWN.
   ctl-<stage>       SPSC CONTROL       controller -> stage
   status, riskview, hist-*             status blocks, risk snapshot, latency histograms
 """
@@ -174,6 +176,8 @@ def build_topology(cfg) -> Topology:
                 md_readers[v].setdefault(spec.name, len(md_readers[v]))
     for v in venues:
         md_readers[v]["risk_gate"] = len(md_readers[v])
+        if cfg.venue(v).paper:   # the paper venue in feed-<v> reads the book it fills against
+            md_readers[v][f"feed-{v}"] = len(md_readers[v])
         if journal_md:
             md_readers[v]["journal"] = len(md_readers[v])
 

@@ -9,6 +9,8 @@
         config): the message names the file and the fix, e.g. --venue kraken-v1.
     run.py feed serve --venue V --file F... --port P [--host 127.0.0.1] [--drop-after N]
         replay a recording as a websocket server (and REST endpoint) on loopback.
+    run.py feed live --venue V --symbols S[,S2] [--url ws://...] [--duration S]
+        watch a live venue (pipeline/feedwatch.py): top of book, messages/s, lag.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def register(sub) -> None:
     from pipeline.commands._inputs import non_negative_float, non_negative_int, tcp_port
 
     p = sub.add_parser("feed", help="venue feed handlers: check recordings, serve a replay")
-    fsub = p.add_subparsers(dest="feed_cmd", metavar="<check|serve>")
+    fsub = p.add_subparsers(dest="feed_cmd", metavar="<check|serve|live>")
     fsub.required = True
     c = fsub.add_parser("check", help="replay recordings through a handler and report")
     c.add_argument("--venue", required=True, choices=VENUES)
@@ -39,6 +41,24 @@ def register(sub) -> None:
     s.add_argument("--drop-after", type=non_negative_int, default=0,
                    help="close each connection after N frames (tests reconnects); 0: never")
     s.set_defaults(func=run_serve)
+    lv = fsub.add_parser("live", help="watch a live venue: top of book, message rates, lag "
+                         "(needs internet; market data only)")
+    lv.add_argument("--venue", required=True, choices=VENUES)
+    lv.add_argument("--symbols", required=True, help="comma-separated, as the venue writes "
+                    "them (BTCUSDT, BTC-USD, XBT/USD)")
+    lv.add_argument("--url", default="", help="websocket endpoint instead of the venue's "
+                    "public one (e.g. a loopback run.py feed serve)")
+    lv.add_argument("--rest-url", default="", help="REST endpoint for snapshots (Binance)")
+    lv.add_argument("--duration", type=non_negative_float, default=0.0,
+                    help="stop after S seconds (0: until Ctrl-C)")
+    lv.add_argument("--interval", type=non_negative_float, default=1.0,
+                    help="seconds between printed lines (default 1)")
+    lv.add_argument("--connect-timeout", type=non_negative_float, default=15.0,
+                    help="give up (exit 1) when no connection succeeded by then (default 15)")
+    lv.add_argument("--tick-size", default="0.00000001", help="price step to show prices in")
+    lv.add_argument("--lot-size", default="0.00000001", help="quantity step")
+    lv.add_argument("--depth", type=non_negative_int, default=10, help="Kraken book depth")
+    lv.set_defaults(func=_run_live)
 
 
 def _check_files(venue: str, files) -> None:
@@ -105,6 +125,12 @@ def run_check(args) -> int:
                        f"instruments with --config)", EXIT_USAGE)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["clean"] else 1
+
+
+def _run_live(args) -> int:
+    from pipeline.feedwatch import run_feed_live
+
+    return run_feed_live(args)
 
 
 def run_serve(args) -> int:

@@ -57,6 +57,11 @@ def format_status(s: dict) -> str:
                         or "none yet"))
         if f.get("reason"):
             lines.append(f"  {'':<10} {f['reason']}")
+        pp = f.get("paper")
+        if pp:
+            lines.append(f"  {'':<10} paper venue (no order reaches {venue}): orders "
+                         f"{pp['orders']}  open {pp['open']}  maker fills {pp['maker_fills']}  "
+                         f"taker fills {pp['taker_fills']}")
     risk = s["risk"]
     lines += ["", f"risk: {risk['state']}" + (f" ({risk['halted_reason']})"
                                              if risk["halted_reason"] else "")

@@ -240,6 +240,7 @@ def feedrun(tmp_path_factory):
 [[venues]]
 name = "bn"
 kind = "binance"
+mode = "live"          # no paper venue: orders are refused (no live order entry yet)
 ws_url = "ws://{url}"
 rest_url = "http://{url}"
 stale_after_ms = 60000

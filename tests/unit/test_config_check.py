@@ -127,6 +127,22 @@ BROKEN = [
                                         'kind = "binance"')],
      "venues simB are live venues but instance.allow_live is false: nothing connects to a "
      "real venue unless you set it"),
+    ("paper venue without allow_live names what paper needs", [
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "binance"\nmode = "paper"')],
+     "(paper mode too: venues simB send no order, but their market data comes from the real "
+     "venue; set [instance] allow_live = true to connect)"),
+    ("paper mode on a simulated venue", [('name = "simB"\nkind = "sim"',
+                                          'name = "simB"\nkind = "sim"\nmode = "paper"')],
+     "venues[1].mode = 'paper': is for live kinds only"),
+    ("venue mode misspelt", [
+        ("allow_live = false", "allow_live = true"),
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "binance"\nmode = "papr"')],
+     "venues[1].mode = 'papr': must be one of paper, live (did you mean 'paper'?)"),
+    ("paper queue model misspelt", [
+        ("allow_live = false", "allow_live = true"),
+        ('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "binance"\n'
+                                         'queue_model = "fifo"')],
+     "venues[1].queue_model = 'fifo': must be one of conservative, probabilistic"),
     ("websocket endpoint on a simulated venue", [('name = "simB"\nkind = "sim"',
                                                   'name = "simB"\nkind = "sim"\n'
                                                   'ws_url = "ws://127.0.0.1:9000"')],

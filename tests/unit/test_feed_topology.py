@@ -125,3 +125,19 @@ def test_the_readme_s_live_venue_example_is_a_valid_config():
     cfg = parse_config(block, "README.md")
     assert [(v.name, v.kind) for v in cfg.venues] == [("bn", "binance")]
     assert cfg.instance.allow_live
+
+
+def test_a_paper_venue_reads_its_own_md_ring_and_a_live_mode_venue_does_not():
+    from stages.topology import build_topology
+
+    text = DEFAULT.replace("allow_live = false", "allow_live = true")
+    text = text.replace('name = "simA"\nkind = "sim"', 'name = "simA"\nkind = "binance"')
+    text = text.replace('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "kraken"\n'
+                        'mode = "live"')
+    cfg = parse_config(text, "c.toml", build=False)
+    assert cfg.venue("simA").paper and not cfg.venue("simB").paper   # paper: the default
+    topo = build_topology(cfg)
+    assert "feed-simA" in topo.md_readers["simA"]
+    assert "feed-simB" not in topo.md_readers["simB"]
+    ring = {r.name: r for r in topo.rings}["md-simA"]
+    assert ring.max_readers == len(topo.md_readers["simA"])
