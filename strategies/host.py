@@ -239,6 +239,12 @@ class HostedStrategy(HostView):
         self._every_step = timer_ms <= 0
         self._no_md = np.zeros(0, dtype=MARKET_DTYPE)
         self._no_ex = np.zeros(0, dtype=EXEC_DTYPE)
+        # a registered kind's step is a cached function of a generated module (compiled once
+        # per source tree, loaded by every later process); a class defined elsewhere (a test)
+        # compiles _hosted_step here
+        from strategies.backtest_codegen import hosted_step_for
+
+        self._step = hosted_step_for(type(strategy))
 
 
     def set_params(self, params, version: int | None = None) -> None:
@@ -251,6 +257,10 @@ class HostedStrategy(HostView):
         if self._every_step:
             self.hctl[H_NEXT_TIMER] = now_ns   # due now
         s = self.state
-        k = _hosted_step(*type(self.strategy).hooks(), s.ctx, s.st, s.p, md, len(md), ex,
-                         len(ex), np.int64(now_ns), self.hctl)
+        if self._step is not None:
+            k = self._step(s.ctx, s.st, s.p, md, len(md), ex, len(ex), np.int64(now_ns),
+                           self.hctl)
+        else:
+            k = _hosted_step(*type(self.strategy).hooks(), s.ctx, s.st, s.p, md, len(md), ex,
+                             len(ex), np.int64(now_ns), self.hctl)
         return s.ctx.out[:k]
