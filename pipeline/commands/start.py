@@ -15,8 +15,9 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help="config file (default: config.toml)")
     p.add_argument("--foreground", action="store_true",
                    help="run the controller in this process (systemd, debugging)")
-    p.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds to wait for every stage to come up (default 300)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds to wait for every stage to come up (default 900: a first "
+                        "start compiles its kernels, minutes on a busy 2-core machine)")
     p.add_argument("--replay", metavar="FILE", default=None,
                    help="publish this market-data record file instead of simulating venues")
     p.add_argument("--replay-speed", type=float, default=1.0,

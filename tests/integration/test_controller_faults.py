@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import run_py, write_config
 from tests.integration.test_pipeline_cli import wait_for as _wait
 from tests.integration.test_pipeline_cli import status_json as _status
@@ -88,7 +89,7 @@ def inst(tmp_path_factory):
     os.environ["NOTIFY_SOCKET"] = str(tmp / "notify.sock")
     os.environ["WATCHDOG_USEC"] = str(WATCHDOG_USEC)
     try:
-        r = run_py("start", "--config", str(cfg), timeout=400)
+        r = run_py("start", "--config", str(cfg), timeout=COLD_START_S + 60)
     finally:
         for k, v in old.items():
             if v is None:
@@ -124,7 +125,7 @@ def test_a_second_instance_of_the_same_name_is_refused_and_the_first_untouched(i
 
     cfg2 = write_config(tmp_path / "other.toml", inst["name"], tmp_path / "other-runs")
     before = sorted(s.name for s in list_segments(inst["name"]))
-    r = run_py("start", "--config", str(cfg2), timeout=300)
+    r = run_py("start", "--config", str(cfg2), timeout=COLD_START_S + 60)
     assert r.returncode == 1, r.stdout
     assert f"instance name {inst['name']!r} is in use on this machine" in r.stderr, r.stderr
     assert str(inst["cfg"].parent / "runs") in r.stderr   # names the other one's run dir
@@ -229,7 +230,7 @@ def test_controller_kill_then_start_recovers_and_stop_cleans_a_dead_instance(ins
         assert len(gone) == len(pids), f"stages still alive: {set(pids) - set(gone)}"
         assert list_segments(name)   # what a dead controller leaves ...
         if attempt == "start":
-            r = run_py("start", "--config", str(cfg), timeout=400)
+            r = run_py("start", "--config", str(cfg), timeout=COLD_START_S + 60)
             assert r.returncode == 0, r.stderr + r.stdout
             log = (run_dir.parent / "controller.log").read_text()
             assert "died without stopping" in log

@@ -28,7 +28,9 @@ from tests.integration.test_pipeline_cli import ROOT, end_instance, run_py, writ
 from tests.integration.test_pipeline_cli import wait_for as _wait
 from tests.integration.test_pipeline_cli import status_json as _status
 
-START_TIMEOUT_S = 300
+from tests.integration.test_pipeline_cli import COLD_START_S  # noqa: E402
+
+START_TIMEOUT_S = COLD_START_S
 TARGETS = ["risk_gate", "order_router", "journal", "strategy-mm_btc", "venue",
            "strategy-pairs_btc_eth"]
 

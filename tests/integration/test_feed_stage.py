@@ -34,7 +34,9 @@ from tests.integration.test_pipeline_cli import status_json as _status
 from tests.integration.test_pipeline_cli import wait_for as _wait
 
 DATA = ROOT.parent / "shared" / "data" / "binance"
-START_TIMEOUT_S = 300
+from tests.integration.test_pipeline_cli import COLD_START_S  # noqa: E402
+
+START_TIMEOUT_S = COLD_START_S
 RATE = 60               # frames per second from the replay server (the recording: ~267 frames)
 DROP_AFTER = 100
 MALFORMED = ['{"stream":"nknusdt@depth@100ms","data":{"e":"depthUpdate"',    # cut short
@@ -343,15 +345,19 @@ def test_malformed_frames_are_counted_and_the_stage_lives(feedrun):
 
 def test_cut_connection_invalid_then_resync_valid_and_no_new_intent_while_invalid(feedrun):
     from shm.records import (EXEC_ACK, EXEC_CANCEL_ACK, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT,
-                             EXEC_REPLACE_ACK, INTENT_NEW, REASON_RECONNECT, REJECT_VENUE_DOWN)
+                             EXEC_REPLACE_ACK, INTENT_NEW, REASON_RECONNECT, REASON_STALE,
+                             REJECT_VENUE_DOWN)
 
     p = feedrun["p"]
     md, orders, execs = p.journal("bn")
     nkn = p.instrument_id("NKNUSDT@bn")
     windows = invalid_windows(md, nkn)
-    # the cut, and nothing else; valid again after it
-    assert [w[0] for w in windows] == [REASON_RECONNECT], windows
-    _, t_bad, t_good = windows[0]
+    # the cut, once; valid again after it. Besides it only STALE windows, which a machine too
+    # busy to run the replay server on time rightly produces (the stream paused past its age)
+    cuts = [w for w in windows if w[0] == REASON_RECONNECT]
+    assert len(cuts) == 1 and all(w[0] in (REASON_RECONNECT, REASON_STALE) for w in windows), \
+        windows
+    _, t_bad, t_good = cuts[0]
     assert t_good < (1 << 63) - 1
     new = orders[(orders["kind"] == INTENT_NEW) & (orders["instrument_id"] == nkn)]
     assert len(new) > 0, "the strategy never quoted"

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import ROOT, write_config
 
 SIM_S = 6.0
@@ -43,7 +44,7 @@ def _run_sim_time(cfg_path: Path, instance: str, *extra) -> dict:
     try:
         r = subprocess.run([sys.executable, "run.py", "run", "--sim-time", "--json", "--config",
                             str(cfg_path), *extra], cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+                           timeout=COLD_START_S + 300)
     finally:
         leaked = [s.name for s in list_segments(instance)]
         unlink_instance(instance)

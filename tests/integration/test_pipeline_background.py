@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import run_py, write_config
 
 
@@ -17,7 +18,7 @@ def test_background_start_returns_with_every_stage_running_and_stop_cleans_up(tm
                    .replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000"))
     pids = []
     try:
-        r = run_py("start", "--config", str(cfg), timeout=400)
+        r = run_py("start", "--config", str(cfg), timeout=COLD_START_S + 60)
         assert r.returncode == 0, r.stderr
         assert "started" in r.stdout
         st = json.loads(run_py("status", "--json", "--config", str(cfg)).stdout)

@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# How long a test waits for a pipeline to come up: the first start of a suite run compiles every
+# stage's kernels from a cold cache, which on a 2-core machine running the other pytest-xdist
+# worker's compiles too can take minutes. (A start that is stuck rather than slow is still
+# caught: the supervisor fails a stage that stops using CPU.)
+COLD_START_S = 900
 
 
 def run_py(*args, timeout=120):

@@ -25,7 +25,9 @@ from tests.integration.test_pipeline_cli import wait_for as _wait
 from tests.integration.test_pipeline_cli import status_json as _status
 from tests.integration.test_pipeline_cli import stage_row as _stage
 
-START_TIMEOUT_S = 300
+from tests.integration.test_pipeline_cli import COLD_START_S  # noqa: E402
+
+START_TIMEOUT_S = COLD_START_S
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ from tests.integration.test_pipeline_cli import stage_row as _stage
 from tests.integration.test_pipeline_cli import status_json as _status
 from tests.integration.test_pipeline_cli import wait_for as _wait
 
-START_TIMEOUT_S = 600
+from tests.integration.test_pipeline_cli import COLD_START_S  # noqa: E402
+
+START_TIMEOUT_S = COLD_START_S
 MM = "strategy-mm_btc"
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import ROOT, run_py, write_config
 
 
@@ -40,7 +41,7 @@ def test_replay_as_fast_as_the_readers_allow_reaches_every_strategy_losing_nothi
     path, total, per_venue = sim_record_file
     cfg = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs")
     r = run_py("run", "--config", str(cfg), "--replay", str(path), "--replay-speed", "0",
-               "--duration", "8", "--json", timeout=600)
+               "--duration", "8", "--json", timeout=COLD_START_S + 300)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["records_lost"] == 0

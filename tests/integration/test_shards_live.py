@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import run_py, status_json, wait_for, write_config
 
 MM = '''name = "mm_btc"
@@ -31,7 +32,7 @@ def test_two_shards_trade_as_two_processes_with_their_own_identity(tmp_path):
     text = text.replace("event_rate_per_s = 20000", "event_rate_per_s = 3000")
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     cfg.write_text(text)
-    r = run_py("start", "--config", str(cfg), timeout=600)
+    r = run_py("start", "--config", str(cfg), timeout=COLD_START_S + 60)
     assert r.returncode == 0, r.stderr
     try:
         st = status_json(cfg)

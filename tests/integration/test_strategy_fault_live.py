@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import ROOT, status_json, wait_for, write_config
 
 POISON = '''
@@ -61,7 +62,7 @@ params = { raise_after = 400 }
 
 def _run(*args, env):
     return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=env)
+                          text=True, timeout=COLD_START_S + 300, env=env)
 
 
 def test_a_strategy_whose_hook_raises_halts_alone_with_its_reason_and_orders_cancelled(
