@@ -94,3 +94,56 @@ def test_obi_leaves_when_the_imbalance_flips_or_the_holding_time_is_over():
     # the lean stays but max_hold_ms passes: covers on the timer
     out = h.step(now_ns=t + 1_001 * MS).copy()
     assert len(out) == 1 and out[0]["side"] == SIDE_BUY and out[0]["qty_lots"] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# mean_reversion
+# ------------------------------------------------------------------------------------------
+MR = {"reversion_window": 50, "sample_ms": 100.0, "z_score_threshold": 2.5, "exit_z": 0.0,
+      "stop_z": 8.0, "trend_threshold": 2.0, "order_qty_lots": 4, "max_hold_ms": 60_000.0}
+
+
+def drive(h, mids, t0=1_000, fill_all=True):
+    """One top-of-book update per 100 ms sample at each mid (spread 2 ticks); every intent is
+    filled at its limit on the next step. Returns [(sample index, intent), ...]."""
+    sent = []
+    ex = None
+    for n, m in enumerate(mids):
+        t = t0 + n * 100 * MS
+        md = top(1, m - 1, 10, m + 1, 10, t)
+        if n == 0:
+            md = np.concatenate([snapshot(1, [], [], t), md])
+        out = h.step(md, ex, now_ns=t).copy()
+        ex = execs(*[fill(r) for r in out]) if (fill_all and len(out)) else None
+        sent += [(n, r) for r in out]
+    return sent
+
+
+def quiet(n, rng, center=100_000):
+    return [center + int(v) for v in rng.integers(-3, 4, n)]
+
+
+def test_mean_reversion_sells_above_its_band_and_buys_back_at_the_mean():
+    rng = np.random.default_rng(1)
+    h = host("mean_reversion", MR)
+    mids = quiet(80, rng) + [100_040] + quiet(3, rng) + quiet(5, rng)
+    sent = drive(h, mids)
+    assert [n for n, _ in sent][:1] == [80]    # sold on the spike's own sample
+    first, second = sent[0][1], sent[1][1]
+    assert first["side"] == SIDE_SELL and first["order_type"] == ORD_IOC
+    assert first["qty_lots"] == 4 and first["px_ticks"] == 100_039
+    assert second["side"] == SIDE_BUY and second["qty_lots"] == 4   # back at the mean
+    assert h.positions[0]["pos"] == 0 and h.st.n_entries == 1 and h.st.n_exits == 1
+
+
+def test_mean_reversion_stays_flat_in_a_trend_and_fades_the_same_jump_without_the_filter():
+    def trend_path():
+        rng = np.random.default_rng(2)
+        up = [100_000 + 2 * n + int(v) for n, v in enumerate(rng.integers(-2, 3, 80))]
+        return up + [up[-1] + 45] + [up[-1] + 47 + 2 * n for n in range(5)]
+    h = host("mean_reversion", MR)
+    assert drive(h, trend_path()) == []
+    assert h.st.n_trend_blocked >= 1 and h.st.trend > 3.0
+    no_filter = host("mean_reversion", {**MR, "trend_threshold": 100.0})
+    sent = drive(no_filter, trend_path())
+    assert sent and sent[0][1]["side"] == SIDE_SELL
