@@ -147,3 +147,57 @@ def test_mean_reversion_stays_flat_in_a_trend_and_fades_the_same_jump_without_th
     no_filter = host("mean_reversion", {**MR, "trend_threshold": 100.0})
     sent = drive(no_filter, trend_path())
     assert sent and sent[0][1]["side"] == SIDE_SELL
+
+
+# ------------------------------------------------------------------------------------------
+# volatility_trading
+# ------------------------------------------------------------------------------------------
+VT = {"volatility_window": 20, "bar_ms": 100.0, "ewma_halflife_bars": 5.0,
+      "volatility_threshold": 1.3, "compression_threshold": 0.7, "fade_z": 1.5, "hold_bars": 3,
+      "risk_budget_quote": 0.1, "max_position_lots": 100_000}
+
+
+def bars(h, a, jump, n_calm=30, t0=1_000):
+    """Bars of 100 ms: each calm bar goes c -> c + a (range a, close unchanged); then one bar
+    jumps by ``jump`` ticks; then calm bars at the new level. Intents are filled at their limit
+    on the next step. Returns [(bar index, intent), ...]."""
+    c = 100_000
+    sent, ex = [], None
+    for b in range(n_calm + 6):
+        lo = c if b != n_calm else c + a
+        hi = c + a if b != n_calm else c + a + jump
+        if b > n_calm:
+            lo, hi = c + jump, c + jump + a
+        for k, m in enumerate((lo, hi)):
+            t = t0 + b * 100 * MS + k * 40 * MS
+            md = top(1, m - 1, 10, m + 1, 10, t)
+            if b == 0 and k == 0:
+                md = np.concatenate([snapshot(1, [], [], t), md])
+            out = h.step(md, ex, now_ns=t).copy()
+            ex = execs(*[fill(r) for r in out]) if len(out) else None
+            sent += [(b, r) for r in out]
+    return sent
+
+
+def test_volatility_trading_breaks_out_on_expansion_and_fades_a_stretch_in_compression():
+    h = host("volatility_trading", VT, timer_ms=10.0)
+    sent = bars(h, a=10, jump=90)
+    assert sent and sent[0][1]["side"] == SIDE_BUY and sent[0][1]["order_type"] == ORD_IOC
+    assert h.st.n_breakouts >= 1 and h.st.n_fades == 0
+    # closed hold_bars after the signal
+    assert sent[-1][1]["side"] == SIDE_SELL and h.positions[0]["pos"] == 0
+    fade = host("volatility_trading", VT, timer_ms=10.0)
+    sent = bars(fade, a=10, jump=20)
+    assert sent and sent[0][1]["side"] == SIDE_SELL     # a stretched quiet market is faded
+    assert fade.st.n_fades >= 1 and fade.st.n_breakouts == 0
+
+
+def test_volatility_trading_halves_its_size_when_volatility_doubles():
+    sizes = []
+    for a in (10, 20):
+        h = host("volatility_trading", VT, timer_ms=10.0)
+        sent = bars(h, a=a, jump=9 * a)
+        assert sent and sent[0][1]["side"] == SIDE_BUY
+        sizes.append(int(sent[0][1]["qty_lots"]))
+    assert sizes[0] > 100
+    assert abs(sizes[0] - 2 * sizes[1]) <= 2, sizes
