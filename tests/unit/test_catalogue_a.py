@@ -201,3 +201,67 @@ def test_volatility_trading_halves_its_size_when_volatility_doubles():
         sizes.append(int(sent[0][1]["qty_lots"]))
     assert sizes[0] > 100
     assert abs(sizes[0] - 2 * sizes[1]) <= 2, sizes
+
+
+# ------------------------------------------------------------------------------------------
+# momentum_burst
+# ------------------------------------------------------------------------------------------
+MB = {"momentum_window_ms": 500.0, "ignition_threshold": 1.0, "imbalance_confirm": 0.6,
+      "volume_confirm": 1.5, "volume_halflife_s": 10.0, "exit_imbalance": 0.2,
+      "stop_bps": 20.0, "max_hold_time_ms": 3000.0, "cooldown_ms": 2000.0, "order_qty_lots": 5}
+
+
+def flow(h, t0, n, mid_of, trade_of, ex=None):
+    """n steps 25 ms apart: a top of book at mid_of(k) (spread 2 ticks) and, where trade_of(k)
+    gives (side, qty), an aggressor trade at the touch. Intents are filled at their limit on
+    the next step. Returns the intents and the last step's fills."""
+    sent = []
+    for k in range(n):
+        t = t0 + k * 25 * MS
+        m = mid_of(k)
+        recs = [top(1, m - 1, 20, m + 1, 20, t)]
+        if t0 == 1_000 and k == 0:
+            recs.insert(0, snapshot(1, [], [], t))
+        tr = trade_of(k)
+        if tr is not None:
+            side, q = tr
+            recs.append(trade(1, m + 1 if side == SIDE_BUY else m - 1, q, side, t))
+        out = h.step(np.concatenate(recs), ex, now_ns=t).copy()
+        ex = execs(*[fill(r) for r in out]) if len(out) else None
+        sent += list(out)
+    return sent, ex
+
+
+def test_momentum_burst_joins_a_one_sided_burst_and_leaves_when_it_decays():
+    h = host("momentum_burst", MB)
+    rng = np.random.default_rng(5)
+    walk = 100_000 + np.cumsum(rng.integers(-1, 2, 240))
+    sides = rng.integers(1, 3, 240)
+    # 6 s of noise: random-walk mid, random aggressor sides, 2 lots every 50 ms: nothing fires
+    sent, ex = flow(h, 1_000, 240, lambda k: int(walk[k]),
+                    lambda k: (int(sides[k]), 2) if k % 2 else None)
+    assert sent == [] and h.st.n_ignitions == 0
+    # a burst started by others: buyers lift 8 lots every 25 ms and the mid climbs a tick a step
+    base = int(walk[-1])
+    t1 = 1_000 + 240 * 25 * MS
+    sent, ex = flow(h, t1, 30, lambda k: base + 2 * k, lambda k: (SIDE_BUY, 8), ex)
+    assert len(sent) == 1
+    assert (sent[0]["side"], sent[0]["order_type"], sent[0]["qty_lots"]) == (SIDE_BUY, ORD_IOC, 5)
+    assert h.st.n_ignitions == 1
+    # the burst is over: sellers and buyers alternate, flat mid: it sells out, once
+    t2 = t1 + 30 * 25 * MS
+    top_px = base + 58
+    sent, ex = flow(h, t2, 80, lambda k: top_px,
+                    lambda k: (SIDE_SELL if k % 2 else SIDE_BUY, 2), ex)
+    assert len(sent) == 1 and sent[0]["side"] == SIDE_SELL and sent[0]["qty_lots"] == 5
+    assert h.positions[0]["pos"] == 0 and h.st.n_exits == 1
+
+
+def test_momentum_burst_ignores_price_moves_without_one_sided_flow():
+    # the same climbing mid, but the prints are two-sided: no ignition
+    h = host("momentum_burst", MB)
+    sent, ex = flow(h, 1_000, 240, lambda k: 100_000,
+                    lambda k: (1 + k % 2, 2) if k % 2 == 0 else None)
+    sent2, _ = flow(h, 1_000 + 240 * 25 * MS, 30, lambda k: 100_000 + 2 * k,
+                    lambda k: (SIDE_BUY if k % 2 else SIDE_SELL, 8), ex)
+    assert sent + sent2 == [] and h.st.n_ignitions == 0
