@@ -46,7 +46,6 @@ Parameters (``[strategies].params``; units in the names):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -1,7 +1,7 @@
 """Volatility-regime trading on one instrument: breakouts when realized volatility expands, fades
 when it is compressed, position sized to a volatility target. Runs in a strategy process (live)
-or the backtest; hooks are HOT PATH (@njit, no allocation, O(1) per call): ``on_market`` keeps the current
-bar's high / low / close; estimators and decisions run once per bar, at the first timer tick
+or the backtest; hooks are HOT PATH (@njit, no allocation, O(1) per call): ``on_market``
+keeps the current bar's high / low / close; estimators and decisions run once per bar, at the first timer tick
 or market batch after the bar's end (a batch that arrives after the end is not counted in the
 bar it closes).
 

@@ -10,11 +10,13 @@ import pytest
 
 from common.schema import ConfigError
 from shm.records import (
-    EXEC_FILL, INTENT_CANCEL, INTENT_NEW, ORD_IOC, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL,
+    EXEC_CANCEL_ACK, INTENT_CANCEL, INTENT_NEW, ORD_IOC, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL,
 )
 from strategies.host import HostedStrategy
 from strategies.registry import make_strategy
-from tests.unit.scenario_records import ack, execs, expired, fill, instrument, snapshot, top, trade
+from tests.unit.scenario_records import (
+    ack, execs, fill, instrument, report, snapshot, top, trade,
+)
 
 MS = 1_000_000
 BTC = instrument(1, 1)          # tick 0.01, lot 0.0001: 100_000 ticks = 1_000.00
@@ -265,3 +267,81 @@ def test_momentum_burst_ignores_price_moves_without_one_sided_flow():
     sent2, _ = flow(h, 1_000 + 240 * 25 * MS, 30, lambda k: 100_000 + 2 * k,
                     lambda k: (SIDE_BUY if k % 2 else SIDE_SELL, 8), ex)
     assert sent + sent2 == [] and h.st.n_ignitions == 0
+
+
+# ------------------------------------------------------------------------------------------
+# scalping
+# ------------------------------------------------------------------------------------------
+SC = {"tick_sensitivity": 3, "pattern_window_ms": 200.0, "volume_spike_mult": 2.0,
+      "confidence_threshold": 0.6, "target_profit_bps": 2.0, "stop_bps": 30.0,
+      "max_hold_time_ms": 2000.0, "entry_timeout_ms": 500.0, "entry_interval_ms": 1000.0,
+      "order_qty_lots": 4}
+
+
+def scalp_to_entry(h):
+    """3 s of a quiet balanced market, then a burst: the mid climbs a tick per 25 ms on heavy
+    buying into a bid-heavy book. Returns the entry intent and the time."""
+    t = 1_000
+    h.step(snapshot(1, [(99_999, 20)], [(100_001, 20)], t), now_ns=t)
+    for k in range(1, 120):
+        t = 1_000 + k * 25 * MS
+        md = [top(1, 99_999, 20, 100_001, 20, t)]
+        if k % 4 == 0:
+            buy = k % 8 != 0
+            md.append(trade(1, 100_001 if buy else 99_999, 1, SIDE_BUY if buy else SIDE_SELL, t))
+        assert len(h.step(np.concatenate(md), now_ns=t)) == 0
+    for k in range(1, 12):
+        t = 1_000 + (120 + k) * 25 * MS
+        m = 100_000 + k
+        out = h.step(np.concatenate([top(1, m - 1, 60, m + 1, 10, t),
+                                     trade(1, m + 1, 10, SIDE_BUY, t)]), now_ns=t).copy()
+        if len(out):
+            return out[0], t
+    raise AssertionError(f"no entry: conf {h.st.conf}, pattern {h.st.pattern}")
+
+
+def test_scalping_enters_post_only_on_a_burst_and_exits_at_its_target():
+    h = host("scalping", SC)
+    entry, t = scalp_to_entry(h)
+    assert (entry["side"], entry["order_type"], entry["qty_lots"]) == (SIDE_BUY, ORD_POST_ONLY, 4)
+    bid = entry["px_ticks"]
+    assert h.st.pattern == 1 and h.st.conf >= 0.6
+    # filled: a post-only take-profit 2 bps above the entry goes out at once
+    out = h.step(ex=execs(ack(entry), fill(entry)), now_ns=t + MS).copy()
+    assert len(out) == 1
+    tp = out[0]
+    assert (tp["side"], tp["order_type"], tp["qty_lots"]) == (SIDE_SELL, ORD_POST_ONLY, 4)
+    assert tp["px_ticks"] == bid + 21      # ceil(2e-4 x ~100_010)
+    h.step(ex=ack(tp), now_ns=t + 2 * MS)
+    h.step(ex=fill(tp), now_ns=t + 3 * MS)
+    assert h.positions[0]["pos"] == 0 and h.st.n_targets == 1
+    # a quiet market afterwards: no new entry
+    for k in range(1, 40):
+        tt = t + k * 25 * MS
+        assert len(h.step(top(1, 100_010, 20, 100_012, 20, tt), now_ns=tt)) == 0
+
+
+def test_scalping_leaves_at_max_hold_time_and_never_stays_balanced_out():
+    h = host("scalping", SC)
+    entry, t = scalp_to_entry(h)
+    out = h.step(ex=execs(ack(entry), fill(entry)), now_ns=t + MS).copy()
+    tp = out[0]
+    h.step(ex=ack(tp), now_ns=t + 2 * MS)
+    m = 100_011
+    sent = []
+    for k in range(1, 100):     # the mid idles below the target for 2.5 s
+        tt = t + 2 * MS + k * 25 * MS
+        out = h.step(top(1, m - 1, 20, m + 1, 20, tt), now_ns=tt).copy()
+        sent += list(out)
+        if any(r["kind"] == INTENT_CANCEL for r in out):
+            out = h.step(ex=execs(*[report(r, EXEC_CANCEL_ACK) for r in out
+                                    if r["kind"] == INTENT_CANCEL]),
+                         now_ns=tt + 1).copy()
+            assert len(out) == 1
+            ioc = out[0]
+            assert (ioc["side"], ioc["order_type"], ioc["qty_lots"]) == (SIDE_SELL, ORD_IOC, 4)
+            assert tt - (t + MS) >= 2000 * MS     # not before max_hold_time_ms
+            h.step(ex=fill(ioc), now_ns=tt + 2)
+            break
+    assert h.positions[0]["pos"] == 0 and h.st.n_timeouts == 1
+    assert [r["kind"] for r in sent] == [INTENT_CANCEL]
