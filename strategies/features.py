@@ -38,6 +38,7 @@ Public API::
     spread_ticks(px, meta, inst) -> int64            ask - bid (>= 1); NO_TICKS unless valid
     microprice_ticks(px, qty, meta, inst) -> float64 size-weighted mid at the touch
     depth_imbalance(px, qty, meta, inst, n_levels) -> float64   in [-1, 1]
+    weighted_depth_imbalance(px, qty, meta, inst, n_levels, decay) -> float64   in [-1, 1]
     make_ofi(n_instruments) -> OFI_DTYPE[n + 1]
     ofi_update(ofi, px, qty, meta, inst) -> int64    e_n (lots) of Cont-Kukanov-Stoikov
     ofi_take_lots(ofi, inst) -> int64                sum of e_n since the last take
@@ -146,6 +147,31 @@ def depth_imbalance(px, qty, meta, inst, n_levels):
     for i in range(na):
         a += qty[inst, ASK, i]
     return (b - a) / float(b + a)
+
+
+@njit(**_HOT)
+def weighted_depth_imbalance(px, qty, meta, inst, n_levels, decay):
+    """Depth-weighted imbalance (B_w - A_w) / (B_w + A_w) in [-1, 1], dimensionless: as
+    ``depth_imbalance`` but the lots at the k-th level (k = 0 at the touch) of each side weigh
+    decay^k, so size near the touch counts more than size deep in the book (the volume
+    imbalance of Cartea, Donnelly & Jaimungal 2018, "Enhancing trading strategies with order
+    book signals", Applied Mathematical Finance 25(1), taken over several levels). decay = 1
+    is ``depth_imbalance``; decay in (0, 1]. NaN unless the book is valid, and NaN for
+    n_levels < 1 or a decay outside (0, 1]."""
+    if n_levels < 1 or not (decay > 0.0 and decay <= 1.0) or not is_valid(px, meta, inst):
+        return np.nan
+    nb = min(n_levels, meta[inst, META_N_BID])
+    na = min(n_levels, meta[inst, META_N_ASK])
+    b = 0.0
+    a = 0.0
+    w = 1.0
+    for i in range(max(nb, na)):
+        if i < nb:
+            b += w * qty[inst, BID, i]
+        if i < na:
+            a += w * qty[inst, ASK, i]
+        w *= decay
+    return (b - a) / (b + a)
 
 
 # ---- order-flow imbalance (Cont, Kukanov & Stoikov 2014) ----------------------------------------

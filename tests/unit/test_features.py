@@ -227,6 +227,33 @@ def test_microprice_leans_to_the_thin_side_and_imbalance_needs_a_level():
     assert math.isnan(F.depth_imbalance(px, qty, meta, INST, -1))
 
 
+def test_weighted_depth_imbalance_matches_a_numpy_reference_and_weighs_the_touch_most():
+    rng = np.random.default_rng(16)
+    checked = 0
+    for _ in range(300):
+        bids, asks, synced, invalid = random_case(rng)
+        ref = ref_book(bids, asks, synced, invalid)
+        px, qty, meta = build_book(bids, asks, synced, invalid).arrays
+        n, decay = int(rng.integers(1, 8)), float(rng.choice([0.3, 0.5, 1.0]))
+        got = F.weighted_depth_imbalance(px, qty, meta, INST, n, decay)
+        if ref is None:
+            assert math.isnan(got)
+            continue
+        b = sum(decay ** k * q for k, q in enumerate(ref["bq_sorted"][:n]))
+        a = sum(decay ** k * q for k, q in enumerate(ref["aq_sorted"][:n]))
+        assert got == pytest.approx((b - a) / (b + a), rel=1e-12, abs=1e-12)
+        if decay == 1.0:
+            assert got == pytest.approx(F.depth_imbalance(px, qty, meta, INST, n))
+        checked += 1
+    assert checked > 150
+    # 100 lots deep on the bid, 100 at the ask's touch: decay makes the ask side win
+    px, qty, meta = build_book([(100, 10), (99, 100)], [(101, 100), (102, 10)]).arrays
+    assert F.weighted_depth_imbalance(px, qty, meta, INST, 2, 1.0) == pytest.approx(0.0)
+    assert F.weighted_depth_imbalance(px, qty, meta, INST, 2, 0.5) == pytest.approx(-45 / 165)
+    assert math.isnan(F.weighted_depth_imbalance(px, qty, meta, INST, 2, 0.0))
+    assert math.isnan(F.weighted_depth_imbalance(px, qty, meta, INST, 0, 0.5))
+
+
 # ---- order-flow imbalance ----------------------------------------------------------------------
 
 def ref_ofi_event(prev, cur):
