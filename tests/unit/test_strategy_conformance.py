@@ -25,7 +25,7 @@ KINDS = available_kinds()
 
 def make_host(kind, strategy_id=3, **kw):
     cls = get_strategy_class(kind)
-    return HostedStrategy(cls({}, INSTRUMENTS[:cls.n_instruments], strategy_id), **kw)
+    return HostedStrategy(cls({}, INSTRUMENTS[:cls.smallest_instrument_count()], strategy_id), **kw)
 
 
 def test_the_three_strategies_are_registered():
@@ -169,7 +169,7 @@ def stream(n_steps, seed=11):
 def run_stream(kind, steps):
     h = make_host(kind)
     venue = ScriptedVenue()
-    inst_ids = [i.instrument_id for i in INSTRUMENTS[:type(h.strategy).n_instruments]]
+    inst_ids = [i.instrument_id for i in INSTRUMENTS[:type(h.strategy).smallest_instrument_count()]]
     all_out, seen_coids, last_recv = [], set(), 0
     ex = None
     for t, md in steps:
