@@ -25,9 +25,10 @@ Schedules: f(t) = fraction of the parent that should be done at time t, T = end 
   so bps x s), kappa = sqrt(lambda sigma^2 / eta) (1/s) and the remaining share is
   x(t) / X = sinh(kappa (T - t)) / sinh(kappa T): f = 1 - x / X. Higher risk aversion front-
   loads the trajectory (kappa -> 0 is TWAP).
-- ``pov``:   target = participation_rate x market volume traded by others since start (the
-  tape's volume less our own fills: conservative if our fills are not on the tape). It is
-  also a hard cap: an order is never sized so that filled + working could exceed it.
+- ``pov``:   target = participation_rate x the volume traded by others since start, others =
+  the tape's volume V less our own fills F: F <= rate (V - F), i.e. F <= rate / (1 + rate) V
+  (conservative when our fills are not on the tape). It is also a hard cap: a child is never
+  sized so that filled + working could exceed it.
 
 Child orders, evaluated every ``child_interval_ms`` (on the timer) and on every execution
 report: a passive child (post-only, joining the best bid for a buy, the best ask for a sell)
@@ -180,10 +181,9 @@ def schedule_frac(p, st, t_ns):
 @njit(cache=True)
 def _target(p, st, t_ns, qty):
     if p.mode_code == MODE_POV:
-        others = st.mkt_lots - st.filled_lots
-        if others < 0:
-            others = 0
-        return min(qty, np.int64(math.floor(p.participation_rate * others)))
+        # filled <= rate x (tape - filled)  <=>  filled <= rate / (1 + rate) x tape
+        r = p.participation_rate
+        return min(qty, np.int64(math.floor(r / (1.0 + r) * st.mkt_lots + 1e-9)))
     return min(qty, np.int64(math.ceil(schedule_frac(p, st, t_ns) * qty - 1e-9)))
 
 
