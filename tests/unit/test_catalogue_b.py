@@ -251,7 +251,7 @@ def test_ridge_fit_recovers_known_coefficients():
     true = np.array([1.5, -2.0, 0.25, 4.0, 10.0])
     y = 0.7 + X @ true + rng.normal(0, 0.5, 5000)
     coef, icpt = ridge_fit(X, y, ridge=1e-6)
-    assert np.allclose(coef, true, atol=0.05) and abs(icpt - 0.7) < 0.05
+    assert np.allclose(coef, true, rtol=0.02, atol=0.02) and abs(icpt - 0.7) < 0.05
     assert r_squared(X, y, coef, icpt) > 0.95
     shrunk, _ = ridge_fit(X, y, ridge=1.0)         # the penalty shrinks towards 0
     assert np.all(np.abs(shrunk) < np.abs(coef))
