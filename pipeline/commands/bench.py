@@ -13,6 +13,7 @@ BENCHMARKS = {
     "feeds": "venue feed handlers on the recordings: messages/s and parse+apply latency",
     "pipeline": "the live pipeline: tick-to-trade, per-hop latency, sustained records/s",
     "kill": "the kill switch under load: `run.py kill` from a shell -> risk gate halted",
+    "execution": "vwap / is / pov against a naive twap on the same parent and seeds",
 }
 
 

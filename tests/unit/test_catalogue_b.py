@@ -259,7 +259,7 @@ def test_ridge_fit_recovers_known_coefficients():
 
 def test_microstructure_alpha_buys_a_bid_heavy_book_only_past_its_costs(tmp_path, capsys):
     params = {"coef_ofi": 0.0, "coef_tsi": 0.0, "coef_spread": 0.0, "coef_depth": 0.0,
-              "coef_micro": 8.0, "alpha_threshold_bps": 0.5, "taker_fee_bps": 1.0,
+              "coef_micro": 8.0, "intercept_bps": 0.0, "alpha_threshold_bps": 0.5, "taker_fee_bps": 1.0,
               "order_notional": 1000.0, "horizon_ms": 500.0}
     def run(bid_qty, ask_qty):
         h = HostedStrategy(make_strategy("microstructure_alpha", params, [instrument(1, 1)], 4))
