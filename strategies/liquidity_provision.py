@@ -112,6 +112,7 @@ STATE_FIELDS = [
     ("sample_mid_x2", "f8"), ("next_sample_ns", "f8"),
     ("sigma_bps", "f8"), ("half_spread_bps", "f8"), ("center", "f8"), ("q", "f8"),
     ("n_pulled", "i8"), ("n_requotes", "i8"),
+    ("quoted_mid_x2", "i8"), ("quoted_pos", "i8"),   # mid and inventory of the last requote
     ("bid_px", "i8", (MAX_LEVELS,)), ("ask_px", "i8", (MAX_LEVELS,)),
     ("bid_qty", "i8", (MAX_LEVELS,)), ("ask_qty", "i8", (MAX_LEVELS,)),
     ("bid_coid", "i8", (MAX_LEVELS,)), ("ask_coid", "i8", (MAX_LEVELS,)),
@@ -216,10 +217,13 @@ def lp_requote(ctx, st, p, now_ns):
     px, meta = ctx.px, ctx.meta
     mid2 = valid_mid_x2(px, meta, inst) if meta[inst, META_HALTED] == 0 else 0
     if mid2 <= 0 or not is_valid(px, meta, inst):
+        st.quoted_mid_x2 = 0
         cancel_all(ctx, now_ns)        # no price: nothing of ours rests in the book
         return
     lp_observe_mid(p, st, float(mid2), now_ns)
     inv = position(ctx, 0)
+    st.quoted_mid_x2 = mid2
+    st.quoted_pos = inv
     if not lp_ladder(p, st, mid2, inv * mid2 * 0.5 * p.tick * p.lot):
         cancel_all(ctx, now_ns)
         return
@@ -244,6 +248,16 @@ def lp_requote(ctx, st, p, now_ns):
 
 @njit(cache=True)
 def lp_on_market(ctx, st, p, md, n_md, now_ns):
+    # A full requote only when it can change something: the mid moved by the requote
+    # threshold since the last one or the inventory changed (no level would be replaced
+    # otherwise); the timer and execution reports requote in any case. Keeps the per-record
+    # cost of a quiet book low.
+    inst = ctx.inst[0]
+    mid2 = valid_mid_x2(ctx.px, ctx.meta, inst) if ctx.meta[inst, META_HALTED] == 0 else 0
+    if (mid2 > 0 and st.quoted_mid_x2 > 0 and position(ctx, 0) == st.quoted_pos
+            and abs(mid2 - st.quoted_mid_x2) < p.requote_ticks_per_px * mid2):
+        lp_observe_mid(p, st, float(mid2), now_ns)
+        return
     lp_requote(ctx, st, p, now_ns)
 
 
