@@ -37,7 +37,7 @@ def run_one(cfg, name: str, mode: str, seed: int, duration: float) -> dict:
         sts.append(sc)
     res = run_backtest(dataclasses.replace(cfg, strategies=tuple(sts)), name,
                        duration_s=duration, seed=seed)
-    st = res.state.fields
+    st = res.strategy_state.fields
     qty = dict(cfg_params(cfg, name)).get("quantity_lots", 1000)
     return {"seed": seed, "mode": mode, "filled": int(st.filled_lots) / qty,
             "arrival_bps": float(st.slippage_arrival_bps),
