@@ -200,7 +200,8 @@ def pack_params(params, derived: dict | None = None) -> np.ndarray:
 
 class Strategy:
     """Cold side of a strategy (module docstring). Subclasses set ``kind``, ``Params``,
-    ``n_instruments`` and their hooks, and may override ``state_fields``, ``init_state``,
+    ``n_instruments`` (or 0 with ``min_instruments`` / ``max_instruments`` for a kind that
+    trades a universe of variable size) and their hooks, and may override ``state_fields``, ``init_state``,
     ``derive``, ``check_instruments`` and ``warm_up``.
 
     ``params`` (the ``[strategies].params`` table) is validated with ``load_section``: unknown
@@ -209,7 +210,9 @@ class Strategy:
 
     kind: str = ""
     Params: type = None
-    n_instruments: int = 1
+    n_instruments: int = 1        # exact count; 0 = variable, min_instruments..max_instruments
+    min_instruments: int = 2      # only when n_instruments == 0
+    max_instruments: int = 0      # only when n_instruments == 0; 0 = no upper bound
     max_orders: int = 8
     on_market = staticmethod(no_market)
     on_exec = staticmethod(no_exec)
@@ -223,17 +226,41 @@ class Strategy:
         if not 0 <= shard < MAX_SHARDS:
             raise ValueError(f"{self.kind}: shard {shard} must be in 0..{MAX_SHARDS - 1}")
         instruments = list(instruments)
-        if len(instruments) != self.n_instruments:
+        if not self.instrument_count_ok(len(instruments)):
             keys = ", ".join(i.key for i in instruments) or "none"
-            raise ConfigError([f"strategies.{self.kind}.instruments: needs exactly "
-                               f"{self.n_instruments} instrument(s), got {len(instruments)} "
-                               f"({keys})"])
+            raise ConfigError([f"strategies.{self.kind}.instruments: needs "
+                               f"{self.instrument_count_text()} instrument(s), got "
+                               f"{len(instruments)} ({keys})"])
         self.params = load_section(self.Params, dict(params or {}),
                                    f"strategies.{self.kind}.params")
         self.instruments = instruments
         self.strategy_id = int(strategy_id)
         self.shard = int(shard)
         self.check_instruments()
+
+    # -- how many instruments (cold) ------------------------------------------------------------
+    @classmethod
+    def instrument_count_ok(cls, n: int) -> bool:
+        """Whether the kind trades ``n`` instruments: exactly ``n_instruments``, or (a
+        universe kind, ``n_instruments = 0``) ``min_instruments`` up to ``max_instruments``."""
+        if cls.n_instruments > 0:
+            return n == cls.n_instruments
+        return n >= cls.min_instruments and (cls.max_instruments <= 0
+                                             or n <= cls.max_instruments)
+
+    @classmethod
+    def instrument_count_text(cls) -> str:
+        """The count in words: "exactly 2", "2 or more", "2 to 32"."""
+        if cls.n_instruments > 0:
+            return f"exactly {cls.n_instruments}"
+        if cls.max_instruments <= 0:
+            return f"{cls.min_instruments} or more"
+        return f"{cls.min_instruments} to {cls.max_instruments}"
+
+    @classmethod
+    def smallest_instrument_count(cls) -> int:
+        """The fewest instruments the kind trades (what generic tests give it)."""
+        return cls.n_instruments if cls.n_instruments > 0 else cls.min_instruments
 
     # -- what a strategy may override (cold) --------------------------------------------------
     def check_instruments(self) -> None:

@@ -110,11 +110,11 @@ def validate_strategy(kind: str, params, instruments, path: str, strategy_id: in
     problems: list[str] = []
     instruments = list(instruments)
     keys = [i if isinstance(i, str) else i.key for i in instruments]
-    if len(instruments) != cls.n_instruments:
-        need = cls.n_instruments
-        problems.append(f"{path}.instruments = {keys!r}: {kind} trades exactly {need} "
-                        f"instrument{'s' if need != 1 else ''} (SYMBOL@VENUE), got "
-                        f"{len(instruments)}")
+    if not cls.instrument_count_ok(len(instruments)):
+        need = cls.instrument_count_text()
+        plural = "s" if cls.n_instruments != 1 else ""
+        problems.append(f"{path}.instruments = {keys!r}: {kind} trades {need} "
+                        f"instrument{plural} (SYMBOL@VENUE), got {len(instruments)}")
     if check_params:
         try:
             load_section(cls.Params, dict(params or {}), f"{path}.params")

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "pipeline": "the live pipeline: tick-to-trade, per-hop latency, sustained records/s",
     "kill": "the kill switch under load: `run.py kill` from a shell -> risk gate halted",
     "sink": "the PostgreSQL sink: fills/s copied, and resume after a database restart",
+    "execution": "vwap / is / pov against a naive twap on the same parent and seeds",
 }
 
 

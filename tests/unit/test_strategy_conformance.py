@@ -29,7 +29,8 @@ def make_host(kind, strategy_id=3, **kw):
     # below does make it trade; every other kind runs on its defaults
     cls = get_strategy_class(kind)
     params = dict(getattr(cls, "conformance_params", {}))
-    return HostedStrategy(cls(params, INSTRUMENTS[:cls.n_instruments], strategy_id), **kw)
+    return HostedStrategy(cls(params, INSTRUMENTS[:cls.smallest_instrument_count()],
+                              strategy_id), **kw)
 
 
 def test_the_three_strategies_are_registered():
@@ -173,7 +174,7 @@ def stream(n_steps, seed=11):
 def run_stream(kind, steps):
     h = make_host(kind)
     venue = ScriptedVenue()
-    inst_ids = [i.instrument_id for i in INSTRUMENTS[:type(h.strategy).n_instruments]]
+    inst_ids = [i.instrument_id for i in INSTRUMENTS[:type(h.strategy).smallest_instrument_count()]]
     all_out, seen_coids, last_recv = [], set(), 0
     ex = None
     for t, md in steps:

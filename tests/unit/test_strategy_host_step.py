@@ -140,7 +140,7 @@ def assert_same_state(live, ref):
 
 def make_kind(kind, sid=3):
     cls = registry.get_strategy_class(kind)
-    return cls({}, INSTRUMENTS[:cls.n_instruments], sid)
+    return cls({}, INSTRUMENTS[:cls.smallest_instrument_count()], sid)
 
 
 # ------------------------------------------------------------------------------------------
