@@ -44,8 +44,9 @@ BROKEN = [
     ("unknown kind, close to a known one", [('kind = "market_making"', 'kind = "market_makng"')],
      "strategies[0].kind = 'market_makng': unknown strategy kind (did you mean 'market_making'?)"
      "; known kinds: cross_venue_arb, "),   # the list grows with every new kind
-    ("unknown kind", [('kind = "pairs_trading"', 'kind = "momentum"')],
-     "strategies[1].kind = 'momentum': unknown strategy kind; known kinds: cross_venue_arb, "),
+    ("unknown kind", [('kind = "pairs_trading"', 'kind = "teleportation"')],
+     "strategies[1].kind = 'teleportation': unknown strategy kind; known kinds: "
+     "cross_venue_arb, "),
     ("market making on two instruments",
      [('instruments = ["BTC-USD@simA"]', 'instruments = ["BTC-USD@simA", "ETH-USD@simA"]')],
      "strategies[0].instruments = ['BTC-USD@simA', 'ETH-USD@simA']: market_making trades "

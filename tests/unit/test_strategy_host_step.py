@@ -139,8 +139,9 @@ def assert_same_state(live, ref):
 
 
 def make_kind(kind, sid=3):
-    cls = registry.get_strategy_class(kind)
-    return cls({}, INSTRUMENTS[:cls.smallest_instrument_count()], sid)
+    cls = registry.get_strategy_class(kind)   # a detector silent on noise names the set
+    params = dict(getattr(cls, "conformance_params", {}))   # under which the stream moves it
+    return cls(params, INSTRUMENTS[:cls.smallest_instrument_count()], sid)
 
 
 # ------------------------------------------------------------------------------------------
