@@ -43,6 +43,10 @@ from common.runtime import GENERATED_PREFIX  # the generated host steps' module 
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEP = 3
+# A key directory is removed only when it is beyond the KEEP most recently used AND unused for
+# this long: several checkouts (or a running instance and a newer one) use theirs at the same
+# time, and a directory removed under a process that is compiling into it fails that process.
+PRUNE_UNUSED_S = 2 * 86400
 # the packages whose compiled functions write_manifest lists for the warm spare
 PACKAGES = ("shm", "market", "strategies", "feeds", "stages", "pipeline", "common", "bench",
             "tests")
@@ -251,16 +255,20 @@ def configure(root: Path = ROOT) -> str | None:
 
 
 def _prune(base: Path, target: Path) -> None:
-    """Mark ``target`` used now; remove key directories beyond the ``KEEP`` used last."""
+    """Mark ``target`` used now; remove key directories beyond the ``KEEP`` used last that
+    nothing used for ``PRUNE_UNUSED_S``."""
     import shutil
+    import time
 
     try:
         os.utime(target)
-        olds = sorted((d for d in base.iterdir() if d.is_dir() and d != target
-                       and _KEY_NAME.fullmatch(d.name)),
-                      key=lambda d: d.stat().st_mtime, reverse=True)
-        for d in olds[KEEP - 1:]:
-            shutil.rmtree(d, ignore_errors=True)
+        olds = sorted(((d.stat().st_mtime, d) for d in base.iterdir()
+                       if d.is_dir() and d != target and _KEY_NAME.fullmatch(d.name)),
+                      reverse=True)
+        cutoff = time.time() - PRUNE_UNUSED_S
+        for used, d in olds[KEEP - 1:]:
+            if used < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
     except OSError:
         pass
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from market.calibrate import BANDS, check, loss, targets
+from market.calibrate import BANDS, check, loss
 from market.facts import R_NS, build_tape, measure
 from market.flowparams import FlowParams
 from pipeline.commands.sim import _sim_instrument, simulate
