@@ -10,8 +10,8 @@ Cold path (operator's shell, tests). Method of simulated moments by coordinate s
   figures and squared differences over a scale for signed ones.
 - ``fit``: starts from a method-of-moments guess (``initial_guess``), then for each parameter
   in ``PARAMS`` (each with the statistic that drives it) tries it scaled by each factor of its
-  grid, keeps the best if the loss falls, and repeats for ``rounds`` rounds; the grid shrinks
-  every round. Every candidate is simulated with the same seeds (common random numbers), so a
+  grid, keeps the best if the loss falls, then tries the joint moves of ``JOINT`` alike, and
+  repeats for ``rounds`` rounds; the grid shrinks every round. Every candidate is simulated with the same seeds (common random numbers), so a
   change in the loss is the parameter's doing, not the draw's.
 - ``check(sim, real)``: every fact with its band and whether the simulator is inside it.
 """
@@ -112,6 +112,12 @@ PARAMS = (
     ("p_value", "markout_10s_bps", (0.25, 0.5, 2.0, 4.0)),
     ("p_meta", "sign_acf_1", (0.4, 0.7, 1.4, 2.5)),
     ("hawkes_jump", "abs_ret_acf_1", (0.4, 0.7, 1.4, 2.5)),
+)
+# joint moves (a x f, b x f^power): the event rate up and the market-order share down by the
+# same factor keeps trades per second and changes how busy the book is (best-level lifetime),
+# a direction that one parameter at a time cannot take
+JOINT = (
+    (("event_rate_per_s", 1.0), ("p_market", -1.0), "best_life_median_s", (0.25, 0.5, 2.0, 4.0)),
 )
 PROBABILITIES = ("p_market", "p_informed", "p_meta", "p_value")
 
@@ -247,4 +253,21 @@ def fit(evaluate, real: dict, start: FlowParams, rounds: int = 2, progress=None)
             if progress:
                 progress(f"calibrate: round {rnd + 1} {name} = {getattr(best, name):.6g}, "
                          f"loss {best_loss:.2f}")
+        for (na, pa), (nb, pb), _stat, factors in JOINT:
+            ca, cb = getattr(best, na), getattr(best, nb)
+            for fct in factors:
+                f = math.exp(math.log(fct) * shrink)
+                try:
+                    cand = best.replace(**{na: _clip(na, ca * f ** pa),
+                                           nb: _clip(nb, cb * f ** pb)})
+                except ValueError:
+                    continue
+                c_loss, c_sim = score(cand)
+                if c_loss < best_loss - 1e-9:
+                    best, best_loss, best_sim = cand, c_loss, c_sim
+            if (getattr(best, na), getattr(best, nb)) != (ca, cb):
+                history.append((f"{na}+{nb}", (getattr(best, na), getattr(best, nb)), best_loss))
+            if progress:
+                progress(f"calibrate: round {rnd + 1} {na} = {getattr(best, na):.6g} with "
+                         f"{nb} = {getattr(best, nb):.6g}, loss {best_loss:.2f}")
     return FitResult(best, best_loss, best_sim, len(cache), history)

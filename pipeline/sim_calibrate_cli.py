@@ -22,7 +22,7 @@ import sys
 
 DEFAULT_SIM_SECONDS = 3600.0
 DEFAULT_SEEDS = 3
-DEFAULT_ROUNDS = 2
+DEFAULT_ROUNDS = 3
 WHOLE = 1e9                      # --max-seconds default: the whole recording
 SHARPE_FACTOR = 3.0              # the target of issue 14: sim Sharpe within x3 of the replay's
 

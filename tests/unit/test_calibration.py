@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BITSTAMP = (ROOT.parent / "shared" / "data" / "calibration" / "bitstamp"
             / "bitstamp_btcusd_2015-05-01_events.log.gz")
 
-BASE = FlowParams(event_rate_per_s=200.0, vol_bps=1.0, jump_bps=3.0, half_spread_bps=1.0,
-                  depth_bps=2.0, limit_notional=500.0, market_notional=500.0, p_market=0.05,
+# a market where plain market orders, not the one-sided bursts of market.flow, make most
+# trades (about 1.7 a second), so that each mechanism's effect stands out of the noise
+BASE = FlowParams(event_rate_per_s=10.0, vol_bps=1.0, jump_bps=3.0, half_spread_bps=1.0,
+                  depth_bps=2.0, limit_notional=500.0, market_notional=500.0, p_market=0.3,
                   p_informed=0.3, informed_bps=1.0, impact_bps=0.0, p_meta=0.0,
                   meta_alpha=1.5, hawkes_jump=0.0, hawkes_half_life_s=2.0, p_value=0.0,
                   value_bps=5.0)
@@ -38,7 +40,7 @@ def cfg():
     return load_config()
 
 
-def _run(cfg, params, seed=7, duration=600.0):
+def _run(cfg, params, seed=7, duration=3600.0):
     inst = _sim_instrument(cfg, None)
     recs = simulate(cfg, inst, duration, seed, params.event_rate_per_s, flow_params=params,
                     progress=False)
@@ -52,9 +54,9 @@ def _facts(cfg, params, **kw):
 
 def test_same_seed_same_market_and_another_seed_another(cfg):
     p = BASE.replace(impact_bps=1.0, p_meta=0.3, hawkes_jump=1.0, p_value=0.2)
-    a, _ = _run(cfg, p, seed=3, duration=120.0)
-    b, _ = _run(cfg, p, seed=3, duration=120.0)
-    c, _ = _run(cfg, p, seed=4, duration=120.0)
+    a, _ = _run(cfg, p, seed=3, duration=600.0)
+    b, _ = _run(cfg, p, seed=3, duration=600.0)
+    c, _ = _run(cfg, p, seed=4, duration=600.0)
     assert len(a) > 1000
     assert np.array_equal(a, b)
     assert len(a) != len(c) or not np.array_equal(a, c)
@@ -63,8 +65,8 @@ def test_same_seed_same_market_and_another_seed_another(cfg):
 def test_metaorders_raise_trade_sign_autocorrelation_at_lag_10_and_beyond(cfg):
     off = _facts(cfg, BASE)["trade_sign_acf"]
     on = _facts(cfg, BASE.replace(p_meta=0.5, meta_alpha=1.2))["trade_sign_acf"]
+    assert on["5"] > off["5"] + 0.1, (off, on)
     assert on["10"] > off["10"] + 0.1, (off, on)
-    assert on["50"] > off["50"] + 0.05, (off, on)
 
 
 def _fano(trades: np.ndarray, t0: int, t1: int, step_ns: int = 1_000_000_000) -> float:
@@ -76,11 +78,12 @@ def _fano(trades: np.ndarray, t0: int, t1: int, step_ns: int = 1_000_000_000) ->
 
 def test_hawkes_excitation_makes_trade_arrivals_bursty(cfg):
     fano = []
-    for jump in (0.0, 3.0):
+    for jump in (0.0, 0.1):     # 0.1: about 0.5 extra trades per trade (0.2 explodes)
         recs, inst = _run(cfg, BASE.replace(hawkes_jump=jump, hawkes_half_life_s=1.0))
         tape = build_tape(recs, inst.instrument_id, inst.tick_size, inst.lot_size)
         fano.append(_fano(tape.trades, tape.t_start_ns, tape.t_end_ns))
-    assert fano[1] > 1.5 * fano[0], fano
+    assert 0.8 < fano[0] < 1.3, fano              # without it, near Poisson
+    assert fano[1] > 1.3 * fano[0], fano
 
 
 def test_informed_flow_makes_passive_fill_markouts_adverse(cfg):
