@@ -56,6 +56,10 @@ fitted by ``run.py sim calibrate`` and stored in ``market/calibrated.json``, the
   at META_MAX_CHILDREN); the next L - 1 plain market orders of the instrument are its children,
   all on its side. Power-law lengths give trade signs a long memory (their autocorrelation
   decays like lag^-(alpha - 1), Lillo-Mike-Farmer).
+- rate invariance: ``impact_bps`` and ``hawkes_jump`` are the values at the fitted
+  ``event_rate_per_s``; a venue run at another rate R gets impact x sqrt(fitted / R) and jump
+  x fitted / R, so the impact's variance per second and the extra events per trade stay the
+  fitted ones (``FlowModel``).
 - Hawkes-type clustering of order arrival: each venue's event rate is
   rate x (1 + H_v), H_v jumping by ``hawkes_jump`` at every background market order and
   decaying with half-life ``hawkes_half_life_s`` (self-exciting bursts of activity; the next
@@ -171,8 +175,14 @@ class FlowModel:
     start (exact below 2**53 ns, about 104 days of simulated time).
     """
 
-    def __init__(self, cfg, instruments, params: FlowParams | None = None):
+    def __init__(self, cfg, instruments, params: FlowParams | None = None,
+                 event_rate_per_s: float | None = None):
         self.params = p = FlowParams.default() if params is None else params
+        # impact_bps and hawkes_jump are fitted at p.event_rate_per_s; at another rate they are
+        # scaled so that the impact's variance per second and the extra events a trade
+        # triggers stay what was fitted (else a busier market would be more volatile and its
+        # Hawkes excitation explosive)
+        ratio = 1.0 if event_rate_per_s is None else p.event_rate_per_s / float(event_rate_per_s)
         self.instruments = list(instruments)
         n = max(i.instrument_id for i in self.instruments)
         groups: dict[str, int] = {}
@@ -186,7 +196,7 @@ class FlowModel:
         n_venues = max(i.venue_id for i in self.instruments)
         self.gl = np.zeros(GL_WORDS + 2 * (n_venues + 1))
         self.gl[GL_JUMP_SD] = p.jump_bps * 1e-4
-        self.gl[GL_HK_JUMP] = p.hawkes_jump
+        self.gl[GL_HK_JUMP] = p.hawkes_jump * ratio
         self.gl[GL_HK_DECAY] = 0.6931471805599453 / (p.hawkes_half_life_s * NS)
         by_key = {ic.key: ic for ic in cfg.instruments}
         first_of_group: dict[int, tuple] = {}
@@ -212,7 +222,7 @@ class FlowModel:
             row[IP_P_CANCEL] = 1.0 - p.p_market
             row[IP_P_INFORMED] = p.p_informed
             row[IP_INFORMED] = p.informed_bps * 1e-4
-            row[IP_IMPACT] = p.impact_bps * 1e-4
+            row[IP_IMPACT] = p.impact_bps * 1e-4 * math.sqrt(ratio)
             row[IP_P_META] = p.p_meta
             row[IP_META_ALPHA] = p.meta_alpha
             row[IP_P_VALUE] = p.p_value

@@ -89,7 +89,7 @@ class SimVenue:
         n_inst = max(i.instrument_id for i in instruments)
         n_venues = len(cfg.venues)
         self.latency = LatencyModel.from_config(cfg)
-        self.flow = FlowModel(cfg, insts, flow_params)
+        self.flow = FlowModel(cfg, insts, flow_params, self.rate)
         self.eng = make_engine_arrays(n_inst, max_orders=1 << 14, max_levels=1024)
         self.eng[6][S_VENUE_ID] = 0   # stamped per instrument instead, see module doc
         self.eng[6][4] = STP_CANCEL_NEWEST
