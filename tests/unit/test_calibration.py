@@ -180,3 +180,19 @@ def test_calibrate_command_names_a_missing_or_garbled_recording(tmp_path, capsys
     bad.write_text("1430438404500 order_created {garbled\n")
     rc, _out, err = _cli(capsys, "sim", "calibrate", "--data", str(bad))
     assert rc == 2 and "bitstamp_btcusd_x_events.log" in err, err
+
+
+def test_impact_and_hawkes_jump_keep_their_effect_at_another_event_rate(cfg):
+    from market.flow import GL_HK_JUMP, IP_IMPACT, FlowModel
+    from shm.instruments import InstrumentTable
+
+    insts = list(InstrumentTable.from_config(cfg))
+    p = BASE.replace(impact_bps=2.0, hawkes_jump=0.5)
+    at_fit = FlowModel(cfg, insts, p, p.event_rate_per_s)
+    busy = FlowModel(cfg, insts, p, 100.0 * p.event_rate_per_s)
+    i = insts[0].instrument_id
+    # impact variance per second (per-trade impact^2 x trades) and extra events per trade
+    # (jump x rate) unchanged
+    assert busy.ip[i, IP_IMPACT] ** 2 * 100.0 == pytest.approx(at_fit.ip[i, IP_IMPACT] ** 2)
+    assert busy.gl[GL_HK_JUMP] * 100.0 == pytest.approx(at_fit.gl[GL_HK_JUMP])
+    assert at_fit.ip[i, IP_IMPACT] == pytest.approx(2.0e-4)
