@@ -29,7 +29,7 @@ import pytest
 from tests.integration.test_pipeline_cli import ROOT, write_config
 
 SIM_S = 20.0   # the calibrated market (spreads of a few bps) gives the arbitrage its first
-              # crossing after about 10 s at the busy rate below; 6 s was enough before it
+              # crossing between 6 and 20 s at the busy rate below (seed 42); 6 s was enough before
 BUSY = "\n[backtest]\nevent_rate_per_s = 1000.0\n"
 # the pairs strategy's warm-up in the default config is 5 s of samples: shorter here
 PAIRS_DEFAULT = "params = { window = 100, sample_ms = 50.0, entry_z = 2.0, exit_z = 0.5 }"
