@@ -127,7 +127,8 @@ MARKOUT_CTL_DTYPE = np.dtype([("tail", "i8"), ("next_due", "i8"), ("overflow", "
                               ("no_mark", "i8")])
 NO_DUE = np.int64(0x7FFFFFFFFFFFFFFF)
 # Background events per second per simulated venue in backtests come from
-# backtest.event_rate_per_s (default 1000). sim.event_rate_per_s (20000) is the live
+# backtest.event_rate_per_s (default: the calibrated rate of market/calibrated.json, a few
+# tenths of an event per second, a 2015 Bitstamp book). sim.event_rate_per_s (20000) is the live
 # simulator's rate; a 30-minute, 2-venue backtest at that rate is 72 M matching-engine events.
 
 BacktestArrays = namedtuple("BacktestArrays", [

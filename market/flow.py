@@ -21,24 +21,52 @@ shares one latent price) and instruments i (a group on one venue):
 
 Volatility regimes: a two-state Markov chain (calm / volatile, volatility x VOL_REGIME_MULT and
 event rate x RATE_REGIME_MULT), switching at rates CALM_TO_VOL_HZ / VOL_TO_CALM_HZ.
-Jumps: per group at JUMP_RATE_HZ, normal size JUMP_BPS; half of them market-wide (in F), the
+Jumps: per group at JUMP_RATE_HZ, normal size jump_bps; half of them market-wide (in F), the
 others idiosyncratic (permanent for the leader, into u_g, and so mean-reverting, for the
 others); a fraction NEWS_PROB of jumps is announced by a MSG_NEWS record at the jump time
 (instrument = first instrument of the group, qty_lots = sentiment x 1e4 in [-1e4, 1e4] with
 the jump's sign, aux0 = headline id).
 
-Background orders, per venue event (Poisson, ``event_rate_per_s`` per venue): an instrument of
-the venue uniformly; then a limit order (prob P_LIMIT) on a random side at
-latent -/+ (HALF_SPREAD_BPS + Exp(DEPTH_BPS)) on a price grid of GRID_BPS (marketable when the
-book lags the latent price: that is how books follow it), a cancel of a random resting
-background order (P_CANCEL), or a market order (the rest). Bursts of one-sided flow: per
-instrument at BURST_RATE_HZ, lasting Exp(BURST_S), during which P_BURST_MARKET of events are
-market orders on the burst's side. Sizes are exponential with mean ORDER_NOTIONAL quote units. Liquidity
-providers refill a thin book: while a side has fewer than MIN_LEVELS levels (after a jump
-swept it), the venue's next event is a limit order on that side; and informed traders: with
-probability P_INFORMED an order event whose book lags the latent price by more than
-INFORMED_BPS becomes a marketable limit up to the latent price (``market.sim``), so books
-follow their latent price, dislocations included, within a few events.
+Background orders, per venue event (Poisson, ``event_rate_per_s`` per venue, times the
+Hawkes factor below): an instrument of the venue uniformly; then a limit order (probability
+(1 - p_market) x LIMIT_SHARE) on a random side at latent -/+ (half_spread_bps +
+Exp(depth_bps)) on a price grid of GRID_BPS (marketable when the book lags the latent price:
+that is how books follow it), a cancel of a random resting background order (the rest of
+1 - p_market), or a market order (p_market). Bursts of one-sided flow: per instrument at
+BURST_RATE_HZ, lasting Exp(BURST_S), during which P_BURST_MARKET of events are market orders
+on the burst's side. Sizes are exponential with mean limit_notional / market_notional quote
+units. Liquidity providers refill a thin book: while a side has fewer than MIN_LEVELS levels
+(after a jump swept it), the venue's next event is a limit order on that side; and
+arbitrageurs: with probability p_informed an order event whose book lags the latent price by
+more than informed_bps becomes a marketable limit up to the latent price (``market.sim``), so
+books follow their latent price, dislocations included, within a few events.
+
+Mechanisms added for the calibration to a real market (issue 14; parameters in ``FlowParams``,
+fitted by ``run.py sim calibrate`` and stored in ``market/calibrated.json``, the defaults):
+
+- informed flow (price impact): every background market order carries information: it moves
+  its group's latent price by ``impact_bps`` x sqrt(size / mean size) in its direction
+  (a permanent impact term I_g, part of x_g). Books follow the latent price, so a passive
+  order that was filled is, on average, behind the price a moment later (adverse selection).
+- value agents around a fundamental price: the fundamental is the latent price without I_g.
+  When |I_g| exceeds ``value_bps``, with probability ``p_value`` a venue event is a market
+  order against the deviation (its own impact pulls the price back toward the fundamental).
+- metaorders: a plain market order starts, with probability ``p_meta``, a metaorder of L child
+  orders, L Pareto-distributed with tail exponent ``meta_alpha`` (P(L > l) = l^-alpha, capped
+  at META_MAX_CHILDREN); the next L - 1 plain market orders of the instrument are its children,
+  all on its side. Power-law lengths give trade signs a long memory (their autocorrelation
+  decays like lag^-(alpha - 1), Lillo-Mike-Farmer).
+- rate invariance: ``impact_bps`` and ``hawkes_jump`` are the values at the fitted
+  ``event_rate_per_s``; a venue run at another rate R gets impact x sqrt(fitted / R) and jump
+  x fitted / R, so the impact's variance per second and the extra events per trade stay the
+  fitted ones (``FlowModel``).
+- Hawkes-type clustering of order arrival: each venue's event rate is
+  rate x (1 + H_v), H_v jumping by ``hawkes_jump`` at every background market order and
+  decaying with half-life ``hawkes_half_life_s`` (self-exciting bursts of activity; the next
+  event is drawn at the intensity of the last one, a piecewise-constant approximation of the
+  Hawkes intensity; H is capped at HAWKES_MAX).
+
+All of it is drawn from the same seeded streams: same seed, same events.
 """
 from __future__ import annotations
 
@@ -48,6 +76,7 @@ from decimal import Decimal
 import numpy as np
 from numba import njit
 
+from market.flowparams import FlowParams
 from market.latency import rng_below, rng_exp, rng_normal, rng_uniform
 from shm.records import MSG_NEWS, SIDE_BUY, SIDE_SELL
 
@@ -66,21 +95,16 @@ RATE_REGIME_MULT = 1.5
 CALM_TO_VOL_HZ = 1.0 / 300.0
 VOL_TO_CALM_HZ = 1.0 / 60.0
 JUMP_RATE_HZ = 1.0 / 120.0
-JUMP_BPS = 25.0
 NEWS_PROB = 0.6
 GRID_BPS = 0.1
-HALF_SPREAD_BPS = 0.3
-DEPTH_BPS = 3.0
-P_LIMIT = 0.50
-P_CANCEL = 0.40
 BURST_RATE_HZ = 1.0 / 30.0
 BURST_S = 1.5
 P_BURST_MARKET = 0.5
-ORDER_NOTIONAL = 2000.0
 MIN_LEVELS = 5
-P_INFORMED = 0.3
-INFORMED_BPS = 0.5
-MARKET_NOTIONAL = 1000.0
+LIMIT_SHARE = 0.5 / 0.9         # of the events that are not market orders: limit orders (the
+                                # rest cancels), the pre-calibration 0.5 : 0.4
+META_MAX_CHILDREN = 100_000.0
+HAWKES_MAX = 50.0
 
 # --- flow actions ----------------------------------------------------------------------------
 ACT_NONE = 0
@@ -97,7 +121,16 @@ IP_HALF_SPREAD = 4   # relative (fraction of price)
 IP_DEPTH = 5         # relative
 IP_LIMIT_LOTS = 6    # mean size of limit orders, lots
 IP_MARKET_LOTS = 7
-IP_WORDS = 8
+IP_P_LIMIT = 8
+IP_P_CANCEL = 9      # cumulative: limit below P_LIMIT, cancel below P_CANCEL, else market
+IP_P_INFORMED = 10
+IP_INFORMED = 11     # relative
+IP_IMPACT = 12       # relative latent move per market order of the mean size
+IP_P_META = 13
+IP_META_ALPHA = 14
+IP_P_VALUE = 15
+IP_VALUE = 16        # relative
+IP_WORDS = 17
 # per-instrument state is_[i, IS_*] (float64)
 IS_DISLOC = 0
 IS_T_DISLOC = 1      # ns since start of the last update of d_i
@@ -105,7 +138,9 @@ IS_NEXT_SHOCK = 2
 IS_BURST_SIDE = 3    # 0 none, else SIDE_*
 IS_BURST_END = 4
 IS_NEXT_BURST = 5
-IS_WORDS = 6
+IS_META_SIDE = 6     # side of the running metaorder
+IS_META_LEFT = 7     # its child orders still to come
+IS_WORDS = 8
 # per-group parameters gp[g, GP_*] and state gs[g, GS_*]
 GP_LOGP0 = 0
 GP_BETA = 1
@@ -117,7 +152,8 @@ GS_U = 0
 GS_J = 1
 GS_T = 2
 GS_NEXT_JUMP = 3
-GS_WORDS = 4
+GS_IMPACT = 4        # I_g: the informed flow's permanent impact (log price)
+GS_WORDS = 5
 # global state gl[GL_*]
 GL_F = 0
 GL_T = 1
@@ -126,7 +162,10 @@ GL_NEXT_SWITCH = 3
 GL_SIGMA_F = 4
 GL_HEADLINES = 5
 GL_JUMPS = 6
-GL_WORDS = 7
+GL_JUMP_SD = 7       # relative
+GL_HK_JUMP = 8
+GL_HK_DECAY = 9      # ln 2 / half-life, per ns
+GL_WORDS = 10        # then per venue v: gl[GL_WORDS + 2v] = H_v, gl[GL_WORDS + 2v + 1] = its time
 
 
 class FlowModel:
@@ -136,7 +175,14 @@ class FlowModel:
     start (exact below 2**53 ns, about 104 days of simulated time).
     """
 
-    def __init__(self, cfg, instruments):
+    def __init__(self, cfg, instruments, params: FlowParams | None = None,
+                 event_rate_per_s: float | None = None):
+        self.params = p = FlowParams.default() if params is None else params
+        # impact_bps and hawkes_jump are fitted at p.event_rate_per_s; at another rate they are
+        # scaled so that the impact's variance per second and the extra events a trade
+        # triggers stay what was fitted (else a busier market would be more volatile and its
+        # Hawkes excitation explosive)
+        ratio = 1.0 if event_rate_per_s is None else p.event_rate_per_s / float(event_rate_per_s)
         self.instruments = list(instruments)
         n = max(i.instrument_id for i in self.instruments)
         groups: dict[str, int] = {}
@@ -147,7 +193,11 @@ class FlowModel:
         self.is_ = np.zeros((n + 1, IS_WORDS))
         self.gp = np.zeros((len(groups), GP_WORDS))
         self.gs = np.zeros((len(groups), GS_WORDS))
-        self.gl = np.zeros(GL_WORDS)
+        n_venues = max(i.venue_id for i in self.instruments)
+        self.gl = np.zeros(GL_WORDS + 2 * (n_venues + 1))
+        self.gl[GL_JUMP_SD] = p.jump_bps * 1e-4
+        self.gl[GL_HK_JUMP] = p.hawkes_jump * ratio
+        self.gl[GL_HK_DECAY] = 0.6931471805599453 / (p.hawkes_half_life_s * NS)
         by_key = {ic.key: ic for ic in cfg.instruments}
         first_of_group: dict[int, tuple] = {}
         for inst in self.instruments:
@@ -163,11 +213,20 @@ class FlowModel:
             row[IP_VENUE] = inst.venue_id
             row[IP_TICK] = tick
             row[IP_GRID] = max(1.0, round(price_ticks * GRID_BPS * 1e-4))
-            row[IP_HALF_SPREAD] = HALF_SPREAD_BPS * 1e-4
-            row[IP_DEPTH] = DEPTH_BPS * 1e-4
+            row[IP_HALF_SPREAD] = p.half_spread_bps * 1e-4
+            row[IP_DEPTH] = p.depth_bps * 1e-4
             lot_value = float(p0 * inst.lot_size)
-            row[IP_LIMIT_LOTS] = max(1.0, ORDER_NOTIONAL / lot_value)
-            row[IP_MARKET_LOTS] = max(1.0, MARKET_NOTIONAL / lot_value)
+            row[IP_LIMIT_LOTS] = max(1.0, p.limit_notional / lot_value)
+            row[IP_MARKET_LOTS] = max(1.0, p.market_notional / lot_value)
+            row[IP_P_LIMIT] = (1.0 - p.p_market) * LIMIT_SHARE
+            row[IP_P_CANCEL] = 1.0 - p.p_market
+            row[IP_P_INFORMED] = p.p_informed
+            row[IP_INFORMED] = p.informed_bps * 1e-4
+            row[IP_IMPACT] = p.impact_bps * 1e-4 * math.sqrt(ratio)
+            row[IP_P_META] = p.p_meta
+            row[IP_META_ALPHA] = p.meta_alpha
+            row[IP_P_VALUE] = p.p_value
+            row[IP_VALUE] = p.value_bps * 1e-4
             if g not in first_of_group:
                 first_of_group[g] = (inst.instrument_id, math.log(float(p0)),
                                      ic.volatility_bps * 1e-4)
@@ -248,7 +307,7 @@ def _advance_disloc(is_, i, t, rng, stream):
 @njit(cache=True, _nrt=False)
 def group_log_price(gp, gs, gl, g):
     """x_g at the time of the last advance (no draw)."""
-    x = gp[g, GP_LOGP0] + gp[g, GP_BETA] * gl[GL_F] + gs[g, GS_U]
+    x = gp[g, GP_LOGP0] + gp[g, GP_BETA] * gl[GL_F] + gs[g, GS_U] + gs[g, GS_IMPACT]
     if gp[g, GP_LEADER] > 0.0:
         x += gs[g, GS_J]
     return x
@@ -305,7 +364,7 @@ def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
             if gs[g, GS_NEXT_JUMP] == te:
                 _advance_factor(gl, te, rng, stream)
                 _advance_group(gp, gs, gl, g, te, rng, stream)
-                size = JUMP_BPS * 1e-4 * rng_normal(rng, stream)
+                size = gl[GL_JUMP_SD] * rng_normal(rng, stream)
                 if rng_uniform(rng, stream) < 0.5:
                     gl[GL_F] += size          # market-wide: every group moves (beta_g)
                 elif gp[g, GP_LEADER] > 0.0:
@@ -315,7 +374,7 @@ def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
                 gl[GL_JUMPS] += 1.0
                 if rng_uniform(rng, stream) < NEWS_PROB and n_news < news.shape[0]:
                     gl[GL_HEADLINES] += 1.0
-                    sent = size / (2.0 * JUMP_BPS * 1e-4)
+                    sent = size / (2.0 * gl[GL_JUMP_SD]) if gl[GL_JUMP_SD] > 0.0 else 0.0
                     sent = max(-1.0, min(1.0, sent))
                     rec = news[n_news]
                     rec.kind = MSG_NEWS
@@ -359,7 +418,8 @@ def event_rate_mult(gl):
 def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream, out):
     """Decide one background event of a venue at time t. ``out`` int64[4] receives
     (instrument id, side, price ticks, qty lots); returns ACT_*. For ACT_CANCEL the caller
-    picks the order (from its own pool) with the venue's stream."""
+    picks the order (from its own pool) with the venue's stream. A market order's impact is
+    the caller's (``market_impact``), once it is sent."""
     i = venue_insts[rng_below(rng, stream, n_venue_insts)]
     out[0] = i
     u = rng_uniform(rng, stream)
@@ -374,16 +434,66 @@ def draw_action(ip, is_, gp, gs, gl, venue_insts, n_venue_insts, t, rng, stream,
         return ACT_MARKET
     if burst != 0.0:
         u = (u - P_BURST_MARKET) / (1.0 - P_BURST_MARKET)
-    if u < P_LIMIT:
+    if ip[i, IP_P_VALUE] > 0.0:
+        # value agents: trade the price back toward the fundamental (latent without I_g)
+        dev = gs[np.int64(ip[i, IP_GROUP]), GS_IMPACT]
+        if abs(dev) > ip[i, IP_VALUE] and rng_uniform(rng, stream) < ip[i, IP_P_VALUE]:
+            out[1] = SIDE_SELL if dev > 0.0 else SIDE_BUY
+            out[2] = 0
+            out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_MARKET_LOTS]))
+            return ACT_MARKET
+    if u < ip[i, IP_P_LIMIT]:
         side = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
         draw_limit(ip, is_, gp, gs, gl, i, side, t, rng, stream, out)
         return ACT_LIMIT
-    if u < P_LIMIT + P_CANCEL:
+    if u < ip[i, IP_P_CANCEL]:
         return ACT_CANCEL
-    out[1] = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
+    side = SIDE_BUY if rng_uniform(rng, stream) < 0.5 else SIDE_SELL
+    if is_[i, IS_META_LEFT] > 0.0:
+        # the next child order of the running metaorder
+        side = np.int64(is_[i, IS_META_SIDE])
+        is_[i, IS_META_LEFT] -= 1.0
+    elif ip[i, IP_P_META] > 0.0 and rng_uniform(rng, stream) < ip[i, IP_P_META]:
+        # a new metaorder of L children, P(L > l) = l^-alpha; this order is the first
+        n = math.floor(rng_uniform(rng, stream) ** (-1.0 / ip[i, IP_META_ALPHA]))
+        is_[i, IS_META_SIDE] = side
+        is_[i, IS_META_LEFT] = min(META_MAX_CHILDREN, n) - 1.0
+    out[1] = side
     out[2] = 0
     out[3] = 1 + np.int64(rng_exp(rng, stream, ip[i, IP_MARKET_LOTS]))
     return ACT_MARKET
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def market_impact(ip, gs, i, side, qty):
+    """Informed flow: a background market order of instrument i moves its group's latent
+    price by impact x sqrt(qty / mean qty) its way (the permanent impact term I_g)."""
+    k = ip[i, IP_IMPACT]
+    if k > 0.0:
+        m = k * math.sqrt(qty / ip[i, IP_MARKET_LOTS])
+        g = np.int64(ip[i, IP_GROUP])
+        gs[g, GS_IMPACT] += m if side == SIDE_BUY else -m
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def hawkes_mult(gl, v, t):
+    """1 + H_v at time t (float ns since start), H_v decayed to t."""
+    j = GL_WORDS + 2 * v
+    h = gl[j]
+    if h > 0.0:
+        h *= math.exp(-gl[GL_HK_DECAY] * (t - gl[j + 1]))
+        gl[j] = h
+    gl[j + 1] = t
+    return 1.0 + h
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def hawkes_kick(gl, v, t):
+    """A market order on venue v at t excites its event rate (H_v += jump, capped)."""
+    if gl[GL_HK_JUMP] > 0.0:
+        hawkes_mult(gl, v, t)
+        j = GL_WORDS + 2 * v
+        gl[j] = min(HAWKES_MAX, gl[j] + gl[GL_HK_JUMP])
 
 
 @njit(cache=True, _nrt=False, inline="always")

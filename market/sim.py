@@ -28,9 +28,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from market.flow import (ACT_CANCEL, ACT_LIMIT, INFORMED_BPS, MIN_LEVELS, NS, P_INFORMED,
-                         FlowModel, draw_action, draw_limit, event_rate_mult, flow_init,
-                         latent_price_ticks, next_scheduled_ns, run_scheduled)
+from market.flow import (ACT_CANCEL, ACT_LIMIT, IP_INFORMED, IP_P_INFORMED,
+                         MIN_LEVELS, NS, FlowModel, FlowParams, draw_action, draw_limit,
+                         event_rate_mult, flow_init, hawkes_kick, hawkes_mult,
+                         latent_price_ticks, market_impact, next_scheduled_ns, run_scheduled)
 from market.l3book import S_QUIET_ANON, S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
                             rng_seed, rng_uniform, sample_latency_ns)
@@ -72,7 +73,8 @@ class SimVenue:
     """
 
     def __init__(self, cfg, instruments, seed: int | None = None, *, t0_ns: int = DEFAULT_T0_NS,
-                 event_rate_per_s: float | None = None, venues=None):
+                 event_rate_per_s: float | None = None, venues=None,
+                 flow_params: FlowParams | None = None):
         self.cfg = cfg
         self.seed = cfg.sim.seed if seed is None else int(seed)
         self.rate = float(cfg.sim.event_rate_per_s if event_rate_per_s is None
@@ -87,7 +89,7 @@ class SimVenue:
         n_inst = max(i.instrument_id for i in instruments)
         n_venues = len(cfg.venues)
         self.latency = LatencyModel.from_config(cfg)
-        self.flow = FlowModel(cfg, insts)
+        self.flow = FlowModel(cfg, insts, flow_params, self.rate)
         self.eng = make_engine_arrays(n_inst, max_orders=1 << 14, max_levels=1024)
         self.eng[6][S_VENUE_ID] = 0   # stamped per instrument instead, see module doc
         self.eng[6][4] = STP_CANCEL_NEWEST
@@ -284,13 +286,13 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
         draw_limit(ip, is_, gp, gs, gl, inst, SIDE_BUY if n_bid < n_ask else SIDE_SELL,
                    float(t - t0), rng, v, act_out)
         act = ACT_LIMIT
-    if act != ACT_CANCEL and rng_uniform(rng, v) < P_INFORMED:
-        # informed traders / arbitrageurs: when the book lags the latent price by more than
-        # INFORMED_BPS, take the stale side up to the latent price (a marketable limit)
+    if act != ACT_CANCEL and rng_uniform(rng, v) < ip[inst, IP_P_INFORMED]:
+        # arbitrageurs: when the book lags the latent price by more than informed_bps, take
+        # the stale side up to the latent price (a marketable limit)
         lat_px = latent_price_ticks(ip, is_, gp, gs, gl, inst, float(t - t0), rng, v)
         ask = l3_best_px(eng, inst, 1)
         bid = l3_best_px(eng, inst, 0)
-        edge = lat_px * INFORMED_BPS * 1e-4
+        edge = lat_px * ip[inst, IP_INFORMED]
         if ask > 0 and lat_px - edge > ask:
             act_out[1] = SIDE_BUY
             act_out[2] = np.int64(lat_px - edge)
@@ -323,6 +325,9 @@ def _background_event(st, rng, fm, eng, lat, inst_venue, venue_insts, venue_n, p
         st[ST_NEXT_COID] -= 1
         _bg_order(ops[n], INTENT_NEW, inst, act_out[1], ORD_MARKET, 0, act_out[3],
                   st[ST_NEXT_COID])
+        # informed flow moves the latent price; trades excite the venue's event rate
+        market_impact(ip, gs, inst, act_out[1], act_out[3])
+        hawkes_kick(gl, v, float(t - t0))
     return n + 1
 
 
@@ -455,7 +460,7 @@ def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
             _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
                       ve > 0, te)
         if ve > 0:
-            rate = rates[ve] * event_rate_mult(gl)
+            rate = rates[ve] * event_rate_mult(gl) * hawkes_mult(gl, ve, float(te - st[ST_T0]))
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
 

@@ -24,8 +24,11 @@ from typing import Any, Optional
 
 from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, MAX_SHARDS
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
+from market.flowparams import FlowParams
 from pipeline.buildcheck import build_problems
 from pipeline.paths import INSTANCE_NAME_PATTERN
+
+_FLOW = FlowParams.default()   # the calibrated defaults of the simulated market
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -145,8 +148,9 @@ class InstrumentConfig:
     lot_size: Decimal = req('quantity increment as a decimal string, e.g. "0.0001"')
     group: str = opt("", "asset group: the same asset on several venues shares a group")
     start_price: str = opt("100", "simulated venues: the latent price at start (decimal string)")
-    volatility_bps: float = opt(2.0, "simulated venues: latent price volatility per second, bps",
-                                ge=0, le=10_000)
+    volatility_bps: float = opt(_FLOW.vol_bps, "simulated venues: latent price volatility per "
+                                "second, bps (default: the calibrated vol_bps of "
+                                "market/calibrated.json)", ge=0, le=10_000)
 
     def validate(self, broken):
         for name in ("tick_size", "lot_size"):
@@ -306,8 +310,10 @@ class BacktestConfig:
     queue_model: str = opt("conservative", "passive fills on recorded data",
                            choices=("conservative", "probabilistic"))
     initial_cash: float = opt(1_000_000.0, "starting equity, quote currency", gt=0)
-    event_rate_per_s: float = opt(1000.0, "background events per second per venue in sim "
-                                  "backtests (sim.event_rate_per_s is the live simulator's)",
+    event_rate_per_s: float = opt(_FLOW.event_rate_per_s, "background events per second per "
+                                  "venue in sim backtests (default: the calibrated rate of "
+                                  "market/calibrated.json; sim.event_rate_per_s is the live "
+                                  "simulator's)",
                                   gt=0, le=MAX_EVENT_RATE_PER_S)
 
 

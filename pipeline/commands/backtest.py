@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="override sim.seed")
     p.add_argument("--event-rate", type=float, default=None,
                    help="background events per second per simulated venue "
-                   "(default: backtest.event_rate_per_s, 1000)")
+                   "(default: backtest.event_rate_per_s, the calibrated rate of "
+                   "market/calibrated.json)")
     p.add_argument("--params-schedule", default=None, metavar="FILE",
                    help="parameter changes at simulated times (TOML; see below)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")

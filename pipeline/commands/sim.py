@@ -18,13 +18,17 @@ DEFAULT_MAX_SECONDS = 3600.0
 
 def register(sub) -> None:
     p = sub.add_parser("sim", help="the market simulator on its own: stylized facts against "
-                       "real recordings (sim facts)")
+                       "real recordings (sim facts), its calibration (sim calibrate) and a "
+                       "strategy on it beside a replay (sim compare)")
     sim_sub = p.add_subparsers(dest="sim_command", metavar="<subcommand>")
     sim_sub.required = True
     add_facts_parser(sim_sub)
+    from pipeline.sim_calibrate_cli import add_calibrate_parser, add_compare_parser
     from pipeline.sim_paper_cli import add_paper_parser
 
     add_paper_parser(sim_sub)
+    add_calibrate_parser(sim_sub)
+    add_compare_parser(sim_sub)
 
 
 def add_facts_parser(sim_sub) -> None:
@@ -128,9 +132,11 @@ def _sim_instrument(cfg, key):
                    f"one of {', '.join(i.key for i in insts)}", EXIT_USAGE)
 
 
-def simulate(cfg, inst, duration_s: float, seed: int, rate: float, chunk_s: float = 30.0):
+def simulate(cfg, inst, duration_s: float, seed: int, rate: float, chunk_s: float = 30.0,
+             flow_params=None, progress: bool = True):
     """The market records of ``inst`` from the config's simulated venues (every venue runs, as
-    in a backtest; only this instrument's records are kept)."""
+    in a backtest; only this instrument's records are kept); ``flow_params``: the market's
+    parameters (default: the calibrated defaults)."""
     import numpy as np
 
     from market.sim import SimVenue
@@ -139,7 +145,8 @@ def simulate(cfg, inst, duration_s: float, seed: int, rate: float, chunk_s: floa
 
     table = InstrumentTable.from_config(cfg)
     sims = [v.name for v in cfg.venues if v.kind == "sim"]
-    sv = SimVenue(cfg, list(table.instruments), seed=seed, event_rate_per_s=rate, venues=sims)
+    sv = SimVenue(cfg, list(table.instruments), seed=seed, event_rate_per_s=rate, venues=sims,
+                  flow_params=flow_params)
     out_md = np.zeros(1 << 16, dtype=MARKET_DTYPE)
     out_ex = np.zeros(1024, dtype=EXEC_DTYPE)
     start = sv.now_ns
@@ -154,7 +161,8 @@ def simulate(cfg, inst, duration_s: float, seed: int, rate: float, chunk_s: floa
             parts.append(got[got["instrument_id"] == inst.instrument_id].copy())
             if n_md < len(out_md):
                 break
-        _progress(f"sim: {(target - start) / 1e9:.0f}/{duration_s:g} s simulated")
+        if progress:
+            _progress(f"sim: {(target - start) / 1e9:.0f}/{duration_s:g} s simulated")
     return np.concatenate(parts) if parts else np.zeros(0, MARKET_DTYPE)
 
 

@@ -29,7 +29,9 @@ import pytest
 from tests.integration.test_pipeline_cli import COLD_START_S
 from tests.integration.test_pipeline_cli import ROOT, write_config
 
-SIM_S = 6.0
+SIM_S = 20.0   # the calibrated market (spreads of a few bps) gives the arbitrage its first
+              # crossing between 6 and 20 s at the busy rate below (seed 42); 6 s was enough before
+BUSY = "\n[backtest]\nevent_rate_per_s = 1000.0\n"
 # the pairs strategy's warm-up in the default config is 5 s of samples: shorter here
 PAIRS_DEFAULT = "params = { window = 100, sample_ms = 50.0, entry_z = 2.0, exit_z = 0.5 }"
 PAIRS_FAST = "params = { window = 30, sample_ms = 20.0, entry_z = 1.0, exit_z = 0.3 }"
@@ -105,7 +107,9 @@ def test_live_sim_time_equals_the_backtest_for_every_strategy_kind(tmp_path, shm
     from pipeline.config import load_config
     from strategies.backtest import run_backtest
 
-    path = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs")
+    # every strategy kind must trade within SIM_S: an explicit, busy background flow (the
+    # calibrated default rate is a thin 2015 market's, a few events per second)
+    path = write_config(tmp_path / "c.toml", shm_prefix, tmp_path / "runs", BUSY)
     text = path.read_text()
     assert PAIRS_DEFAULT in text and ARB_DEFAULT in text
     path.write_text(text.replace(PAIRS_DEFAULT, PAIRS_FAST).replace(ARB_DEFAULT, ARB_EAGER))

@@ -346,8 +346,9 @@ def test_sim_facts_prints_every_statistic_for_the_sim_and_the_bitstamp_log(
         shared_data, capsys):
     from pipeline.commands.sim import flatten
 
-    rc = cli_main(["sim", "facts", "--duration", "20", "--data", str(shared_data / BITSTAMP),
-                   "--max-seconds", "600", "--json"])
+    # a busy simulated market (the calibrated default makes a trade every 20 s or so)
+    rc = cli_main(["sim", "facts", "--duration", "20", "--event-rate", "1000", "--data",
+                   str(shared_data / BITSTAMP), "--max-seconds", "600", "--json"])
     assert rc == 0
     cols = json.loads(capsys.readouterr().out)
     assert set(cols) == {"sim", "data"}
