@@ -34,15 +34,15 @@ deps:
 
 # The suite runs on every core (pytest-xdist, at most 4 workers): cold, most of its time is numba
 # compiling, which is one core per process. Tests that start processes stay on one worker, one
-# after another (tests/conftest.py's _xdist_group). TEST_JOBS=0 runs it in this process.
+# after another (tests/conftest.py: _work_unit). TEST_JOBS=0 runs it in this process.
 TEST_JOBS ?= auto
 
 test: $(STAMP) deps
-	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --durations=25
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadscope --durations=25
 
 # the slow stress tests at full size, too
 test-all: $(STAMP) deps
-	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadgroup --run-slow
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadscope --run-slow
 
 bench: $(STAMP)
 	$(PY) run.py bench ipc

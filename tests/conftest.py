@@ -22,26 +22,39 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run full-size stress tests")
 
 
-def _xdist_group(item) -> str:
-    """The pytest-xdist group of a test (``make test`` runs ``-n auto --dist loadgroup``).
+def _work_unit(nodeid: str) -> str:
+    """The unit of work of a test under ``make test``'s pytest-xdist (-n auto --dist loadscope):
+    a worker takes a whole unit and runs its tests in order.
 
-    Every test that starts processes (tests/integration, tests/stress) is in one group, so they
-    run one after another on one worker exactly as in a serial run: their timing (heartbeats,
-    kill drills, latency waits) never competes with a second pipeline. Unit tests are grouped
-    by file, so a file's tests share the kernels its first test compiled."""
-    rel = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
-    if rel.startswith(("tests/integration/", "tests/stress/")):
+    Every test that starts processes (tests/integration, tests/stress) is ONE unit, so they run
+    one after another on one worker exactly as in a serial run: their timing (heartbeats, kill
+    drills, latency waits) never competes with a second pipeline, and a module's pipeline
+    fixture is started once. Unit tests are grouped by file, so a file's tests share the
+    kernels its first test compiled. (xdist's own ``xdist_group`` marks do not work with
+    pytest 9: xdist 3.8 renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith(("tests/integration/", "tests/stress/")):
         return "processes"
-    return rel
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` whole (each compiles code no other default test needs, e.g. a
     backtest loop for an extra strategy set) run only with --run-slow (``make test-all``).
-    Each test also gets its pytest-xdist group (see ``_xdist_group``)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+    """
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-all)")
