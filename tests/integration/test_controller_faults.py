@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -123,9 +125,15 @@ def test_a_second_instance_of_the_same_name_is_refused_and_the_first_untouched(i
     """Another run directory (another checkout's config, say), the same instance name."""
     from shm.segment import list_segments
 
-    cfg2 = write_config(tmp_path / "other.toml", inst["name"], tmp_path / "other-runs")
+    # a short run dir: under pytest-xdist tmp_path is long enough to push the control socket
+    # past the 107 bytes a Unix socket path may have
+    short = Path(tempfile.mkdtemp(prefix="hf2-"))
+    cfg2 = write_config(tmp_path / "other.toml", inst["name"], short / "runs")
     before = sorted(s.name for s in list_segments(inst["name"]))
-    r = run_py("start", "--config", str(cfg2), timeout=COLD_START_S + 60)
+    try:
+        r = run_py("start", "--config", str(cfg2), timeout=COLD_START_S + 60)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     assert r.returncode == 1, r.stdout
     assert f"instance name {inst['name']!r} is in use on this machine" in r.stderr, r.stderr
     assert str(inst["cfg"].parent / "runs") in r.stderr   # names the other one's run dir

@@ -106,7 +106,7 @@ BROKEN = [
      "instruments[0].lot_size = '1E+30': must be between 1E-18 and 1E+6"),
     ("tick size of too many digits", [('tick_size = "0.01"', 'tick_size = "0.01234567891"')],
      "instruments[0].tick_size = '0.01234567891': has more than 9 significant digits"),
-    ("negative volatility", [("volatility_bps = 3.0", "volatility_bps = -1.0")],
+    ("negative volatility", [('start_price = "60000"\n', 'start_price = "60000"\nvolatility_bps = -1.0\n')],
      "instruments[0].volatility_bps = -1.0: must be >= 0"),
     ("symbol wider than the instrument table", [(ETH_B, 'symbol = "' + "X" * 25 + '"\nvenue = '
                                                  '"simB"')],
