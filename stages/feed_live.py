@@ -207,7 +207,7 @@ class LiveFeedStage(Stage):
         self.md_buf = np.zeros(PAPER_MD_BATCH, dtype=MARKET_DTYPE)
         self._md_poll = self.md_r.poller(self.md_buf)
         self.paper_ex = np.zeros(PAPER_EX_BATCH, dtype=EXEC_DTYPE)
-        self.backlog = np.zeros(0, dtype=EXEC_DTYPE)
+        self.backlog = self._no_backlog = np.zeros(0, dtype=EXEC_DTYPE)
         self.reports_sent = 0
         self._paper_step, self._paper_submit = paper_step, paper_submit
         # compile before RUNNING (nothing reaches the venue: no record, no order)
@@ -231,7 +231,8 @@ class LiveFeedStage(Stage):
                 else self.paper_ex[:k]
             sent = self.out_w.publish(out)
             self.reports_sent += sent
-            self.backlog = out[sent:].copy()
+            # only a full ring leaves a backlog (a copy: paper_ex is rewritten next step)
+            self.backlog = out[sent:].copy() if sent < len(out) else self._no_backlog
         return m + k
 
     # ---- network thread -------------------------------------------------------------------
