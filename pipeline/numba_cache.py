@@ -229,6 +229,10 @@ def _writable_dir(path: Path) -> bool:
 def configure(root: Path = ROOT) -> str | None:
     """Set NUMBA_CACHE_DIR (and our locator) for this process and its children; returns the
     directory, or None when nothing is writable (numba then uses its own locations)."""
+    if os.environ.get("HFTFARM_COMPILE_LOG"):   # diagnostic (pipeline/compile_watch.py)
+        from pipeline.compile_watch import log_compiles_from_env
+
+        log_compiles_from_env()
     if os.environ.get("NUMBA_CACHE_DIR"):
         return os.environ["NUMBA_CACHE_DIR"]
     bases = []

@@ -25,6 +25,11 @@ from numba.core.caching import _CacheLocator, _SourceFileBackedLocatorMixin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
+if os.environ.get("HFTFARM_COMPILE_LOG"):   # diagnostic: pipeline/compile_watch.py CompileLog
+    from pipeline.compile_watch import log_compiles_from_env
+
+    log_compiles_from_env()
+
 
 @functools.lru_cache(maxsize=None)
 def _content_hash(path: str, mtime_ns: int, size: int) -> str:

@@ -303,6 +303,37 @@ def test_compile_watch_counts_compilations_and_not_reuse():
     assert CompileWatch().summary() == "kernels from the cache"
 
 
+def test_compile_log_names_each_outermost_compilation_once_and_sums_them(tmp_path):
+    from numba import njit
+    from numba.core import event
+
+    from pipeline.compile_watch import CompileLog, _summary
+
+    path = tmp_path / "compiles.tsv"
+    log = CompileLog(str(path))
+    event.register("numba:compile", log)
+    try:
+        @njit(cache=False)
+        def inner_twice(x):
+            return 2 * x
+
+        @njit(cache=False)
+        def outer_plus_one(x):
+            return inner_twice(x) + 1
+
+        assert outer_plus_one(3) == 7 and outer_plus_one(4) == 9   # compiled once
+    finally:
+        event.unregister("numba:compile", log)
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    assert len(rows) == 1   # inner_twice compiled inside outer_plus_one: one outermost line
+    pid, seconds, nested, name = rows[0]
+    assert int(pid) == os.getpid() and float(seconds) > 0 and int(nested) >= 1
+    assert name.endswith("outer_plus_one")
+    summary = _summary(str(path))
+    assert "1 processes, 1 functions" in summary
+    assert "x1" in summary and "outer_plus_one" in summary
+
+
 @pytest.mark.parametrize("when", ["imports", "on_start"])
 def test_a_stage_that_compiles_while_starting_shows_compiling_then_running(shm_prefix, when):
     from numba import njit
