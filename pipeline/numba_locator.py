@@ -25,6 +25,11 @@ from numba.core.caching import _CacheLocator, _SourceFileBackedLocatorMixin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
+# one compilation per kernel across processes (pipeline/compile_lock.py)
+from pipeline.compile_lock import install as _install_compile_lock  # noqa: E402
+
+_install_compile_lock()
+
 if os.environ.get("HFTFARM_COMPILE_LOG"):   # diagnostic: pipeline/compile_watch.py CompileLog
     from pipeline.compile_watch import log_compiles_from_env
 

@@ -219,7 +219,7 @@ def _mini_project(where: Path) -> Path:
     """A checkout in miniature: hftfarm's cache set-up, a kernel module importing a constant,
     and a kernel under tests/ (outside the key, so only the locator's stamp guards it)."""
     (where / "pipeline").mkdir(parents=True)
-    for f in ("__init__.py", "numba_cache.py", "numba_locator.py"):
+    for f in ("__init__.py", "numba_cache.py", "numba_locator.py", "compile_lock.py"):
         shutil.copy(ROOT / "pipeline" / f, where / "pipeline" / f)
     shutil.copytree(ROOT / "common", where / "common",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -235,7 +235,8 @@ def _mini_project(where: Path) -> Path:
 
 def _run_child(cwd: Path, tmp_path: Path, **extra_env) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NUMBA_CACHE_DIR", "NUMBA_CACHE_LOCATOR_CLASSES", "PYTHONPATH")}
+           if k not in ("NUMBA_CACHE_DIR", "NUMBA_CACHE_LOCATOR_CLASSES", "PYTHONPATH",
+                        "HFTFARM_COMPILE_LOG")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"), **extra_env)
     r = subprocess.run([sys.executable, "-c", _CHILD], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=180)
