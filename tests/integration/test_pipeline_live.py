@@ -232,8 +232,10 @@ def test_kill_switch_with_flatten_halts_cancels_every_order_and_flattens(live):
     r = run_py("kill", "--flatten", "--config", str(live["cfg"]))
     assert r.returncode == 0, r.stderr
 
+    last = {}
+
     def flat_and_closed():
-        x = _status(live["cfg"])
+        x = last["status"] = _status(live["cfg"])
         strategies = x["risk"]["strategies"].values()
         if x["risk"]["open_orders"] == 0 and all(
                 not any(st["positions_lots"].values()) for st in strategies):
@@ -241,7 +243,16 @@ def test_kill_switch_with_flatten_halts_cancels_every_order_and_flattens(live):
         return None
 
     # the flatten orders take thin books level by level, behind a loaded 2-core box's queue
-    s = _wait(flat_and_closed, 60, "no open order and flat positions")
+    try:
+        s = _wait(flat_and_closed, 60, "no open order and flat positions")
+    except AssertionError as e:   # say what was left, and what the gate did about it
+        x = last.get("status") or {}
+        risk = x.get("risk", {})
+        left = {name: {k: v for k, v in st["positions_lots"].items() if v}
+                for name, st in risk.get("strategies", {}).items()}
+        flat_events = [ev for ev in x.get("events", []) if "flatten" in str(ev)][-12:]
+        raise AssertionError(f"{e}; open orders {risk.get('open_orders')}, positions left "
+                             f"{left}, gate events {flat_events}") from None
     assert s["risk"]["state"] == "HALTED"
     assert s["risk"]["router_halted"]
 
