@@ -30,6 +30,7 @@ from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, apply_params, make_hct
 from strategies.param_schedule import as_schedule, resolve
 
 MAX_INTENTS = 256
+PROGRESS_STEPS = 100   # stretches of a run with a progress callback
 # counters a total is not the sum of its strategies' (the loop keeps them for the whole run)
 _RUN_COUNTERS = ("md_records", "curve_points", "closed_trades", "queue_samples", "max_abs_pos")
 
@@ -160,7 +161,7 @@ def _select(cfg, strategy):
 def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = None,
                  seed: int | None = None, event_rate_per_s: float | None = None,
                  queue_model: str | None = None, sample_ms: float = 100.0, schedule=None,
-                 trace: int = 0):
+                 trace: int = 0, progress=None):
     """Backtest against the simulated venues of ``cfg`` for ``duration_s`` (default
     cfg.sim.duration_s), or against the record file ``data`` (its instruments; a strategy's
     instruments are taken from the file by key, else in file order).
@@ -177,6 +178,9 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
 
     ``trace``: keep the first ``trace`` intents (as the gate decided them) and venue execution
     reports in order, and the final risk state, in the result's ``trace`` (see ``_trace``).
+
+    ``progress(done_s, total_s)``: called with the simulated seconds done, PROGRESS_STEPS times
+    over the run (``run.py backtest``'s bar); the result is the same with it or without.
     """
     from common.schema import ConfigError
     from strategies.registry import get_strategy_class
@@ -239,15 +243,29 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
     compile_s = time.perf_counter() - compile_s
 
     start_loop(G, mk.t_start)
+    span = max(1, mk.t_end - mk.t_start)
+    stretch = span // PROGRESS_STEPS + 1 if progress is not None else span + 1
+
+    def run_to(t: int) -> None:
+        """The loop up to simulated time t; with ``progress``, in stretches of 1/PROGRESS_STEPS
+        of the run (the loop keeps its state between them: the same run, to the record)."""
+        while True:
+            stop = min(t, int(G.loop[0]["now"]) + stretch)
+            run(vs, S, G, np.int64(stop), t_end, np.int64(sample_ns), initial_cash)
+            if progress is not None:
+                progress((min(stop, mk.t_end) - mk.t_start) / 1e9, span / 1e9)
+            if stop >= t:
+                return
+
     wall = time.perf_counter()
     cpu = time.thread_time()
     for ss in sets:
         t = np.int64(mk.t_start + ss.t_ns)
         if t > G.loop[0]["now"]:
-            run(vs, S, G, t, t_end, np.int64(sample_ns), initial_cash)
+            run_to(int(t))
         _sc, strat, _i, state = built[ss.index]
         apply_params(strat, state, G.hctl[ss.index], ss.params)
-    run(vs, S, G, t_end, t_end, np.int64(sample_ns), initial_cash)
+    run_to(int(t_end))
     cpu = time.thread_time() - cpu
     wall = time.perf_counter() - wall
     timing = {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s}

@@ -129,7 +129,8 @@ def run(args) -> int:
                                event_rate_per_s=args.event_rate or
                                cfg.backtest.event_rate_per_s,
                                queue_model=args.queue_model, schedule=schedule,
-                               trace=args.journal_records)
+                               trace=args.journal_records,
+                               progress=lambda done, total: prog.update(done, total))
             prog.phase("writing")
     except (ValueError, KeyError) as exc:
         raise CliError(f"{what}: {exc}", EXIT_USAGE) from None

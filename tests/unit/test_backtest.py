@@ -183,6 +183,25 @@ def test_backtest_on_sim_is_deterministic_and_its_equity_adds_up(cfg):
     assert len(a.trade_pnls) == a.report["closed_trades"]
 
 
+def test_a_backtest_with_a_progress_bar_is_the_same_run_to_the_record(cfg):
+    """run.py backtest's bar runs the loop in stretches: nothing of the run may change."""
+    from strategies.backtest import PROGRESS_STEPS, run_backtest
+
+    a = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0, trace=100_000)
+    seen = []
+    b = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0, trace=100_000,
+                     progress=lambda done, total: seen.append((done, total)))
+    assert a.trace["n_intents"] > 0 and a.trace["n_reports"] > 0
+    for k in ("intents", "reports"):
+        assert a.trace[k].tobytes() == b.trace[k].tobytes()
+    assert _comparable(a.report) == _comparable(b.report)
+    for k in a.curve:
+        assert a.curve[k].tobytes() == b.curve[k].tobytes()
+    assert len(seen) == PROGRESS_STEPS and all(t == pytest.approx(8.0) for _d, t in seen)
+    done = [d for d, _t in seen]
+    assert done == sorted(done) and done[0] > 0 and done[-1] == pytest.approx(8.0)
+
+
 def test_backtest_replays_a_lobster_recording_through_the_queue_model(cfg, shared_data,
                                                                       tmp_path):
     from strategies.backtest import run_backtest
