@@ -36,8 +36,8 @@ from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor
 from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
 from shm.status import StatusTable
-from stages.topology import (ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER, ROLE_STRATEGY,
-                             ROLE_VENUE, build_topology)
+from stages.topology import (ROLE_FEED, ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER,
+                             ROLE_STRATEGY, ROLE_VENUE, build_topology)
 
 TICK_S = 0.02
 
@@ -206,6 +206,18 @@ class Controller:
         return ([s for s, a in answers.items() if abs(a) >= seqs[s] and a != -seqs[s]],
                 [s for s, a in answers.items() if a == -seqs[s]])
 
+    def venue_mask(self, spec) -> int:
+        """The venue ids (bit v: venue id v, the config's order from 1) whose resting orders
+        die with stage ``spec``: the simulated venues of the venue stage, a paper venue's own
+        (a live-mode feed rests nothing: it rejects every order); 0 for other stages."""
+        venues = self.cfg.venues
+        if spec.role == ROLE_VENUE:
+            return sum(1 << (n + 1) for n, v in enumerate(venues) if v.kind == "sim")
+        if spec.role == ROLE_FEED:
+            return sum(1 << (n + 1) for n, v in enumerate(venues)
+                       if v.name == spec.venue and v.paper)
+        return 0
+
     def send(self, stage: str, kind: int, arg0: int = 0, arg1: int = 0,
              wait_s: float = 0.0) -> bool:
         """Send a control record; with ``wait_s`` wait until the stage acknowledged it."""
@@ -309,9 +321,12 @@ class Controller:
                 self.send("order_router", CTRL_CANCEL_ALL, spec.strategy_id)
         elif spec.role in (ROLE_GATE, ROLE_ROUTER):
             self.halt(f"{name} {why}")
-        elif spec.role == ROLE_VENUE and self.alive("order_router"):
-            # a new simulator starts with empty books: our orders there are gone
-            self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
+        elif spec.role in (ROLE_VENUE, ROLE_FEED) and self.alive("order_router"):
+            # a new simulator (or paper venue) starts with empty books: our orders at the
+            # venues it ran are gone; those at other venues are not
+            mask = self.venue_mask(spec)
+            if mask:
+                self.send("order_router", CTRL_RECONCILE, mask, wait_s=1.0)
         if delay is None:
             self.give_up(spec, why)
             return

@@ -29,7 +29,10 @@ orders from ``vorder-<venue>``, rests them virtually in the real book with a que
 fills them from the real trades after the venue's latency model and answers on
 ``vexec-<venue>`` with the same execution reports a venue sends: the router, risk gate,
 strategies and journal cannot tell it from live. Nothing is sent to the venue. A restarted
-stage has forgotten the resting paper orders (a live venue would still hold them).
+stage has forgotten the resting paper orders (a live venue would still hold them): the
+controller has the router close them (CTRL_RECONCILE with this venue's bit: EXEC_CANCEL_ACK
+flagged EFLAG_RECONCILE), so the strategy, the gate and the journal all see them gone and no
+order is orphaned; orders at other venues are not touched.
 ``mode = "live"``: order entry to real venues is not built yet, so every order the router sends
 here is answered EXEC_REJECT / REJECT_VENUE_DOWN at once (a cancel: EXEC_CANCEL_REJECT), the
 way stages/feed_replay.py answers: the router never waits on this venue.

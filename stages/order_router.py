@@ -7,7 +7,8 @@ final state. Runs in the ``order_router`` process.
 the venues (a kill with flatten is the risk gate's: its market orders arrive as approved orders
 flagged OFLAG_RISK_SYSTEM, which a halted router still forwards); CTRL_CANCEL_ALL cancels one
 strategy's orders (arg0 = strategy id, 0 = all); CTRL_RESUME lifts the halt; CTRL_RECONCILE
-(the venue process restarted with empty books) closes every open order with a CANCEL_ACK.
+(a venue process restarted with empty books; arg0 = a mask of its venue ids, bit v for venue v,
+0 for all) closes every open order at those venues with a CANCEL_ACK.
 
 After a crash the controller restarts the router with ``--reconcile``: it starts HALTED,
 rebuilds the venue-reported positions from the journal, asks every venue to cancel all of our
@@ -105,7 +106,7 @@ class OrderRouterStage(Stage):
         rk.router_forget_venue_orders(
             self.ctl, self.tab[:0], self.rv.router_open, self.clock.cal, self.obuf, self.one,
             self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st, self.gate_out.slots,
-            self.j_out.st, self.j_out.slots, self.has_journal)
+            self.j_out.st, self.j_out.slots, self.has_journal, np.int64(0))
 
     def _rebuild_from_journal(self) -> None:
         from stages.journal import read_journal_exec
@@ -152,18 +153,22 @@ class OrderRouterStage(Stage):
             self._cancel_all(int(rec["arg0"]))
         elif kind == CTRL_RESUME:
             self.ctl[rk.C_HALTED] = 0
-        elif kind == CTRL_RECONCILE:   # the venue process died: our orders there are gone
-            # first every report the dead venue still managed to send (a fill it made is a
-            # fill), then close what is left, then make sure its successor never executes an
-            # order we just closed: what it had not read of our orders is dropped
+        elif kind == CTRL_RECONCILE:   # a venue process died: our orders there are gone
+            # arg0: the venues it ran (bit v: venue id v; 0: all). First every report the dead
+            # venue still managed to send (a fill it made is a fill), then close what is left
+            # there, then make sure its successor never executes an order we just closed: what
+            # it had not read of our orders is dropped. Orders at other venues stay open.
+            mask = int(rec["arg0"])
             for _ in range(1000):
                 if self.poll() == 0:
                     break
             rk.router_forget_venue_orders(
                 self.ctl, self.tab, self.rv.router_open, self.clock.cal, self.obuf, self.one,
                 self.one_i, self.strat_sts, self.strat_slots, self.gate_out.st,
-                self.gate_out.slots, self.j_out.st, self.j_out.slots, self.has_journal)
-            dropped = sum(w.discard_unread() for w in self.ven_out)
+                self.gate_out.slots, self.j_out.st, self.j_out.slots, self.has_journal,
+                np.int64(mask))
+            dropped = sum(w.discard_unread() for i, w in enumerate(self.ven_out)
+                          if mask == 0 or (mask >> (i + 1)) & 1)
             if dropped:
                 print(f"order_router: venue restart: {dropped} order record(s) it never read "
                       "were closed as cancelled and dropped", file=sys.stderr, flush=True)

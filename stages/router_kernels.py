@@ -295,15 +295,19 @@ def router_cancel_all(tab, sid_only, ven_out_sts, ven_out_slots, obuf, obuf_i, c
 
 @njit(cache=True)
 def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_sts, strat_slots, gate_st,
-                               gate_slots, j_st, j_slots, has_journal):
-    """The venue process restarted and lost its books: every order we had open there is gone.
-    Report each as EXEC_CANCEL_ACK (flag EFLAG_RECONCILE) so strategy, gate and journal all
-    close it; returns how many."""
+                               gate_slots, j_st, j_slots, has_journal, venue_mask):
+    """A venue process restarted and lost its books: every order we had open at the venues of
+    ``venue_mask`` (bit v set: venue id v; 0: every venue) is gone. Report each as
+    EXEC_CANCEL_ACK (flag EFLAG_RECONCILE) so strategy, gate and journal all close it; orders
+    at other venues stay open. Returns how many were closed."""
     now = clock_now_ns(cal)
     n = 0
     for sid in range(1, tab.shape[0]):
-        for row in range(tab.shape[1]):
-            if tab[sid, row, T_COID] == 0:
+        row = 0
+        while row < tab.shape[1]:
+            if tab[sid, row, T_COID] == 0 or (
+                    venue_mask != 0 and (venue_mask >> (tab[sid, row, T_VENUE] + 1)) & 1 == 0):
+                row += 1
                 continue
             o = obuf[0]
             o.side = tab[sid, row, T_SIDE]
@@ -316,9 +320,9 @@ def router_forget_venue_orders(ctl, tab, open_n, cal, obuf, one, one_i, strat_st
             o.venue_id = tab[sid, row, T_VENUE] + 1
             _reject(ctl, o, 0, EXEC_CANCEL_ACK, one, one_i, strat_sts, strat_slots, gate_st,
                     gate_slots, j_st, j_slots, has_journal, now, EFLAG_RECONCILE)
-            # every row of the table is emptied, so no probe run needs a backward shift
-            for w in range(T_WORDS):
-                tab[sid, row, w] = 0
+            # the backward shift may move a later row of the probe run into this one: look at
+            # it again (rows it moves from before this one were looked at and kept)
+            tab_delete(tab, sid, row)
             open_n[sid] -= 1
             ctl[C_OPEN] -= 1
             n += 1

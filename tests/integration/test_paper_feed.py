@@ -217,3 +217,75 @@ def test_paper_venue_on_kraken_fills_against_the_real_book(tmp_path):
     out = run_paper(tmp_path, "kr", "kraken-v1", [ws], "XMR/USD", extra="depth = 1000",
                     rate=400.0)
     assert out["feed"]["paper"]["maker_fills"] > 0
+
+
+def test_a_killed_paper_venue_has_its_resting_orders_closed_once_and_trading_goes_on(tmp_path):
+    """kill -9 of the feed stage that plays the paper venue: its resting orders are gone with
+    it, so the router closes each (EXEC_CANCEL_ACK flagged EFLAG_RECONCILE); no order is
+    orphaned or closed twice, and the restarted stage takes orders again."""
+    import os
+    import signal
+
+    from shm.records import (EFLAG_FROM_RISK, EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK,
+                             EXEC_FINAL_KINDS, INTENT_NEW)
+    from tests.integration.test_pipeline_cli import stage_row
+
+    venue, symbol = "cb", "SKL-USD"
+    files = [SHARED / "coinbase/COINBASE.ws.28.0"]
+    go = threading.Event()
+    server = ServerThread([str(f) for f in files], start_when=go.is_set, rate=400.0)
+    url = f"127.0.0.1:{server.srv.port}"
+    p = Pipeline(tmp_path, f"""
+[[venues]]
+name = "{venue}"
+kind = "coinbase"
+mode = "paper"
+ws_url = "ws://{url}"
+stale_after_ms = 60000
+md_latency_us = 0
+md_jitter_us = 0
+order_latency_us = {ORDER_LATENCY_US}
+order_jitter_us = 0
+
+{_instruments_toml(venue, "coinbase", [str(f) for f in files])}
+[[strategies]]
+name = "mm"
+kind = "market_making"
+instruments = ["{symbol}@{venue}"]
+params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lots = 1 }}
+""")
+    try:
+        p.start()
+        go.set()
+        st = _wait(lambda: (lambda s: s if s["risk"]["open_orders"] > 0 else None)(p.status()),
+                   60, "resting paper orders", step=0.2)
+        victim = stage_row(st, f"feed-{venue}")["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: (lambda r: r["pid"] not in (0, victim) and r["state"] == "RUNNING")(
+            stage_row(p.status(), f"feed-{venue}")), 120, "the feed stage back", step=0.2)
+        # trading goes on: the market maker's new orders are acknowledged by the new stage
+        _wait(lambda: p.status()["risk"]["open_orders"] > 0, 60, "resting orders again",
+              step=0.2)
+        md, orders, execs = p.journal(venue)
+    finally:
+        try:
+            p.close()
+        finally:
+            server.stop()
+    del md
+    venue_ex = execs[(execs["flags"] & EFLAG_FROM_RISK) == 0]
+    reconciled = venue_ex[(venue_ex["flags"] & EFLAG_RECONCILE) != 0]
+    assert len(reconciled) > 0, "no resting order was closed for the killed venue"
+    assert (reconciled["kind"] == EXEC_CANCEL_ACK).all()
+    approved = orders[(orders["kind"] == INTENT_NEW) & (orders["reject_code"] == 0)]
+    finals: dict[int, int] = {}
+    for c in venue_ex[np.isin(venue_ex["kind"], list(EXEC_FINAL_KINDS))]["client_order_id"]:
+        finals[int(c)] = finals.get(int(c), 0) + 1
+    twice = [c for c, n in finals.items() if n > 1]
+    assert not twice, f"orders closed more than once: {twice[:5]}"
+    # every approved order ends in one final state (the instance's stop cancels the rest)
+    orphans = [int(c) for c in approved["client_order_id"] if finals.get(int(c), 0) != 1]
+    assert not orphans, f"{len(orphans)} approved orders without one final outcome"
+    last_reconcile = int(reconciled["send_ts_ns"].max())
+    after = venue_ex[(venue_ex["kind"] == EXEC_ACK) & (venue_ex["send_ts_ns"] > last_reconcile)]
+    assert len(after) > 0, "the restarted paper venue acknowledged no new order"

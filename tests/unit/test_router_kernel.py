@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shm.histogram import LatencyHistogram
 from shm.records import (EFLAG_RECONCILE, EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT,
@@ -163,12 +165,12 @@ class RouterRig:
         return rk.router_cancel_all(self.tab, sid, self.ven_out_sts, self.ven_out_slots,
                                     self.obuf, self.obuf_i, self.cal)
 
-    def forget_venue_orders(self) -> np.ndarray:
+    def forget_venue_orders(self, mask: int = 0) -> np.ndarray:
         n = len(self.gate)
         rk.router_forget_venue_orders(self.ctl, self.tab, self.open_n, self.cal, self.obuf,
                                       self.one, self.one_i, self.strat_sts, self.strat_slots,
                                       self.gate_w.st, self.gate_w.slots, self.j_w.st,
-                                      self.j_w.slots, True)
+                                      self.j_w.slots, True, np.int64(mask))
         self._drain(self.gate_r, self.gate_log)
         self._drain(self.j_r, self.journal_log)
         for s in range(self.n_strats):
@@ -568,3 +570,63 @@ def test_cancel_all_and_venue_restart_reach_every_open_order_of_the_table(shm_pr
         assert kinds(out) == [EXEC_CANCEL_ACK] * 6 and set(out["flags"]) == {EFLAG_RECONCILE}
         assert sorted(out["client_order_id"]) == sorted(mine[1] + mine[2])
         assert rig.ctl[rk.C_OPEN] == 0 and not rig.open_n.any() and not rig.tab.any()
+
+
+def _restart_one_venue(rig, orders, mask):
+    """Open ``orders`` ((sid, coid, venue) ...), then forget the venues of ``mask``; the
+    reports, and what is left open."""
+    for sid, c, v in orders:
+        rig.approve(rig.order(INTENT_NEW, sid, c, venue=v))
+        rig.step()
+    for v in range(1, rig.n_venues + 1):
+        rig.venue_orders(v)
+    out = rig.forget_venue_orders(mask)
+    return out, {(sid, c) for sid, c, v in orders if not (mask >> v) & 1}
+
+
+def _assert_left_open_and_findable(rig, left):
+    assert {(s, c) for s in range(1, rig.n_strats + 1) for c in rig.open_coids(s)} == left
+    for sid, c in left:   # every probe run still leads to its order (backward-shift deletes)
+        assert rk.tab_find(rig.tab, sid, c) >= 0
+    assert rig.ctl[rk.C_OPEN] == len(left)
+    for sid in range(1, rig.n_strats + 1):
+        assert rig.open_n[sid] == sum(1 for s, _c in left if s == sid)
+
+
+def test_a_venue_restart_closes_that_venues_orders_only_and_the_others_stay_findable(
+        shm_prefix):
+    """A paper venue (one feed stage per venue) restarts: its orders are closed, orders at the
+    other venues stay open, even where they share probe runs of the order table."""
+    with RouterRig(shm_prefix, n_venues=3) as rig:
+        # colliding client order ids: one probe run, venues interleaved along it
+        orders = [(1, coid_of(1, 7 + k * 16384), 1 + k % 3) for k in range(9)]
+        orders += [(2, coid_of(2, 7), 2), (2, coid_of(2, 8), 3)]
+        out, left = _restart_one_venue(rig, orders, 1 << 2)
+        assert kinds(out) == [EXEC_CANCEL_ACK] * 4 and set(out["flags"]) == {EFLAG_RECONCILE}
+        assert set(out["venue_id"]) == {2}
+        assert sorted(out["client_order_id"]) == sorted(c for _s, c, v in orders if v == 2)
+        _assert_left_open_and_findable(rig, left)
+        # what is left trades on: a cancel of an order at venue 3 goes there
+        sid, c = next((s, c) for s, c, v in orders if v == 3)
+        rig.approve(rig.order(INTENT_CANCEL, sid, c, venue=3))
+        rig.step()
+        assert list(rig.venue_orders(3)["client_order_id"]) == [c]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 2), st.integers(0, 40), st.integers(1, 3)),
+                min_size=0, max_size=30, unique_by=lambda t: (t[0], t[1])),
+       st.integers(0, 15))
+def test_property_a_venue_restart_closes_exactly_the_orders_at_its_venues(orders, mask):
+    import uuid
+
+    # a few homes only, so probe runs are long and mixed
+    orders = [(sid, coid_of(sid, 7 + (k % 4) + (k // 4) * 16384), v) for sid, k, v in orders]
+    with RouterRig(f"rk{uuid.uuid4().hex[:8]}", n_venues=3, rate=1e9) as rig:
+        out, left = _restart_one_venue(rig, orders, mask)
+        gone = {(s, c) for s, c, v in orders if mask == 0 or (mask >> v) & 1}
+        if mask == 0:
+            left = set()
+        assert {(int(e["strategy_id"]), int(e["client_order_id"])) for e in out} == gone
+        assert len(out) == len(gone) and set(kinds(out)) <= {EXEC_CANCEL_ACK}
+        _assert_left_open_and_findable(rig, left)
