@@ -86,10 +86,9 @@ def queue_violations(md, execs, iid: int) -> tuple[int, list]:
     return checked, bad
 
 
-def run_paper(tmp_path, venue, kind, files, symbol, extra="", rate=0.0, rest=None):
-    from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT,
-                             REJECT_VENUE_DOWN)
-
+def paper_pipeline(tmp_path, venue, kind, files, symbol, extra="", rate=0.0, rest=None):
+    """(pipeline, replay server, go): a market maker on ``symbol`` of a paper venue whose
+    endpoint is the loopback replay server of ``files``; ``go.set()`` starts the stream."""
     go = threading.Event()
     served = [str(f) for f in files] + ([str(rest)] if rest else [])
     server = ServerThread(served, start_when=go.is_set, rate=rate)
@@ -117,6 +116,14 @@ kind = "market_making"
 instruments = ["{symbol}@{venue}"]
 params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lots = 1 }}
 """)
+    return p, server, go
+
+
+def run_paper(tmp_path, venue, kind, files, symbol, extra="", rate=0.0, rest=None):
+    from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_FILL, EXEC_PARTIAL, EXEC_REJECT,
+                             REJECT_VENUE_DOWN)
+
+    p, server, go = paper_pipeline(tmp_path, venue, kind, files, symbol, extra, rate, rest)
     try:
         p.start()
         go.set()
@@ -231,29 +238,8 @@ def test_a_killed_paper_venue_has_its_resting_orders_closed_once_and_trading_goe
     from tests.integration.test_pipeline_cli import stage_row
 
     venue, symbol = "cb", "SKL-USD"
-    files = [SHARED / "coinbase/COINBASE.ws.28.0"]
-    go = threading.Event()
-    server = ServerThread([str(f) for f in files], start_when=go.is_set, rate=400.0)
-    url = f"127.0.0.1:{server.srv.port}"
-    p = Pipeline(tmp_path, f"""
-[[venues]]
-name = "{venue}"
-kind = "coinbase"
-mode = "paper"
-ws_url = "ws://{url}"
-stale_after_ms = 60000
-md_latency_us = 0
-md_jitter_us = 0
-order_latency_us = {ORDER_LATENCY_US}
-order_jitter_us = 0
-
-{_instruments_toml(venue, "coinbase", [str(f) for f in files])}
-[[strategies]]
-name = "mm"
-kind = "market_making"
-instruments = ["{symbol}@{venue}"]
-params = {{ sigma_init_ticks = 5.0, min_requote_interval_ms = 20.0, order_qty_lots = 1 }}
-""")
+    p, server, go = paper_pipeline(tmp_path, venue, "coinbase",
+                                   [SHARED / "coinbase/COINBASE.ws.28.0"], symbol, rate=400.0)
     try:
         p.start()
         go.set()
