@@ -57,11 +57,11 @@ def test_composite_kill_9_is_fail_closed_and_a_faulty_member_halts_alone(tmp_pat
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     text = text.replace("[stages]\n", "[stages]\nrestart_limit = 100\n", 1)
     cfg_path.write_text(composite_config(text) + ENTRY)
+    cfg = load_config(cfg_path)          # before anything is started
     log = open(tmp_path / "controller.log", "wb")
     proc = subprocess.Popen([sys.executable, "run.py", "start", "--foreground", "--config",
                              str(cfg_path)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env=env)
-    cfg = load_config(cfg_path)
     jdir = tmp_path / "runs" / instance / "latest" / "journal"
     pids = set()
     try:
