@@ -231,6 +231,7 @@ def stage_table(ctl) -> list[dict]:
         hb = b["heartbeat_ns"]
         rows.append({
             "stage": spec.name, "role": spec.role, "state": STATE_NAMES.get(b["state"], "?"),
+            "process": spec.unit or spec.name,   # its composite's name, or its own
             "pid": b["pid"], "cpu": None if b["cpu"] < 0 else b["cpu"],
             "configured_cpu": spec.cpu,
             "heartbeat_age_ms": round((now - hb) / 1e6, 1) if hb else None,
