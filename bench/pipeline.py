@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                    choices=("dedicated", "composite"),
                    help="process layout(s) to measure (default: composite); several: one "
                         "instance each, same table")
+    p.add_argument("--config", default=None,
+                   help="base config (default: config.toml); its instance name, run dir, "
+                        "event rate, layout and idle are set by the benchmark")
     p.add_argument("--spin-us", type=float, default=None,
                    help="hybrid idle's spin budget ([stages] spin_us) for this run")
     p.add_argument("--exporter", choices=("off", "on", "both"), default="off",
@@ -64,20 +67,22 @@ idle = "hybrid"
 
 def _config_text(instance: str, run_dir, rate: float, idle: str | None,
                  exporter: bool = False, layout: str = "composite",
-                 spin_us: float | None = None) -> str:
+                 spin_us: float | None = None, base=None) -> str:
     import re
+    from pathlib import Path
 
     from pipeline.config import DEFAULT_CONFIG
 
-    text = DEFAULT_CONFIG.read_text()
+    text = Path(base or DEFAULT_CONFIG).read_text()
     text = re.sub(r"(?m)^layout = .*\n", "", text)
     extra = f'layout = "{layout}"\n' + (f"spin_us = {spin_us}\n" if spin_us is not None else "")
     text = text.replace("[stages]\n", "[stages]\n" + extra, 1)
     if layout == "composite" and "[[composites]]" not in text:
         text += DEFAULT_COMPOSITES
-    text = text.replace('name = "default"', f'name = "{instance}"', 1)
-    text = text.replace('run_dir = "runs"', f'run_dir = "{run_dir}"', 1)
-    text = text.replace("event_rate_per_s = 20000", f"event_rate_per_s = {rate}")
+    text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{instance}"', text, count=1)
+    text = re.sub(r'(?m)^run_dir = "[^"]*"', f'run_dir = "{run_dir}"', text, count=1)
+    text = re.sub(r"(?m)^event_rate_per_s = [0-9.]+", f"event_rate_per_s = {rate}", text,
+                  count=1)
     # a loaded 2-core box stalls processes for longer than the production 100 ms now and then
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     if idle:
@@ -148,7 +153,7 @@ def _measure(rate: float, args, exporter: bool = False, layout: str = "composite
     instance = f"bench{uuid.uuid4().hex[:6]}"
     cfg_path = tmp / "bench.toml"
     cfg_path.write_text(_config_text(instance, tmp / "runs", rate, idle, exporter, layout,
-                                     args.spin_us))
+                                     args.spin_us, args.config))
     cfg = load_config(cfg_path)
     r = subprocess.run([sys.executable, "run.py", "start", "--config", str(cfg_path)], cwd=root,
                        capture_output=True, text=True)
