@@ -159,9 +159,14 @@ class CompositeRunner:
     def run(self) -> int:
         self.start()
         idle, wake, run_once = self.idle, self.wake, self.run_once
-        next_hb = time.monotonic_ns() + HEARTBEAT_NS
+        t0 = time.monotonic_ns()
+        next_hb = t0 + HEARTBEAT_NS
+        rounds = busy = 0
         while self.live and not self.stop_requested:
+            rounds += 1
             n = run_once()
+            if n:
+                busy += 1
             if n:
                 wake()
             idle.idle(n)
@@ -169,6 +174,10 @@ class CompositeRunner:
             if now >= next_hb:
                 next_hb = now + HEARTBEAT_NS
                 self.service(now)
+        dt = max(1, time.monotonic_ns() - t0)
+        print(f"{self.name}: {rounds} rounds in {dt / 1e9:.1f} s ({rounds / dt * 1e9:.0f}/s, "
+              f"{busy} with work), {getattr(idle, 'parks', 0)} parks", file=sys.stderr,
+              flush=True)
         for r in reversed(list(self.live)):   # strategies first, then gate, router, venue
             self.live.remove(r)
             self._stop_member(r)

@@ -72,6 +72,9 @@ class InstanceConfig:
                                "interval logs <run_dir>/<name>/latency/<hist>.hlog "
                                "(HdrHistogram log format); 0 = no interval logs", ge=0,
                                le=86400)
+    controller_cpu: Optional[int] = opt(None, "CPU the controller (and its monitoring "
+                                        "threads) is pinned to, off the hot core (None: any)",
+                                        ge=0)
     lock_memory: bool = opt(False, "mlockall() in every stage (reported, not fatal, if denied)")
     realtime_priority: int = opt(0, "SCHED_FIFO priority for stages (1-98; 99 is the kill switch's); 0 = normal scheduling",
                                  ge=0, le=98)
@@ -532,6 +535,8 @@ class Config:
         yield from build_problems(self, broken)
 
     def pinned_cpus(self):
+        if self.instance is not None and self.instance.controller_cpu is not None:
+            yield "instance.controller_cpu", self.instance.controller_cpu
         for stage in ("venue", "risk_gate", "order_router", "journal", "feed"):
             sc = getattr(self.stages, stage, None) if self.stages is not None else None
             cpu = getattr(sc, "cpu", None)

@@ -747,6 +747,12 @@ class Controller:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.check_mode()
+        cpu = self.cfg.instance.controller_cpu
+        if cpu is not None:   # off the hot core; stages re-pin (or unpin) themselves
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError as exc:
+                self.log(f"cannot pin the controller to CPU {cpu}: {exc.strerror}")
         self.acquire_lock()
         try:
             self.create_segments()

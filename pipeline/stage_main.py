@@ -20,6 +20,11 @@ from pathlib import Path
 def _apply_os_settings(cpu, cfg, name: str) -> int | None:
     """Pin, real-time priority, mlockall; returns the CPU pinned to (None: not pinned)."""
     pinned = None
+    if cpu is None and cfg.instance.controller_cpu is not None:
+        try:   # not the controller's CPU, which we inherited: any
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:
+            pass
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})

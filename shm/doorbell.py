@@ -67,6 +67,8 @@ class Doorbell:
             except posix_ipc.BusyError:
                 self.timeouts += 1
                 return False
+            except posix_ipc.SignalError:
+                return False   # SIGTERM / SIGINT: the handler set a flag the loop reads next
             while True:   # several writers may have rung: one wake-up is enough
                 try:
                     self.sem.acquire(0)

@@ -526,8 +526,8 @@ class RingReader(_End):
             try:
                 self._sem.acquire(timeout_s)
                 return True
-            except posix_ipc.BusyError:
-                return False
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                return False   # timed out, or a signal (its handler has run)
         finally:
             ops.set_parked_at(self._sa, 0)
 

@@ -117,6 +117,11 @@ def test_composite_kill_9_is_fail_closed_and_a_faulty_member_halts_alone(tmp_pat
         assert r.returncode == 0, r.stderr
         proc.wait(60)
         assert proc.returncode == 0
+        # both composites left their loops cleanly (drained, stopped), not by an exception
+        logs = tmp_path / "runs" / instance / "latest" / "logs"
+        for name in ("hot", "md"):
+            tail = (logs / f"{name}.log").read_text().rstrip().splitlines()[-1]
+            assert tail.startswith(f"{name}: ") and " rounds in " in tail, tail
     finally:
         log.close()
         end_instance(proc, instance)                 # fails if a segment was left behind

@@ -304,3 +304,25 @@ def test_a_bad_composite_is_refused_naming_the_composite_and_the_stage(extra, ex
     assert expected in str(exc.value)
     if "risk_gat'" in expected:
         assert "did you mean 'risk_gate'" in str(exc.value)
+
+
+def test_a_signal_during_a_park_ends_the_park_instead_of_raising(shm_prefix):
+    """SIGTERM arrives while the loop is parked: the handler runs, the park returns, and the
+    loop gets to see its stop flag (a raise would skip the drain)."""
+    import signal
+
+    from shm.doorbell import Doorbell
+    from shm.segment import list_segments
+
+    got = []
+    old = signal.signal(signal.SIGALRM, lambda *a: got.append("alarm"))
+    door = Doorbell(shm_prefix)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert door.park(30.0) is False
+        assert got == ["alarm"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        door.close()
+    assert list_segments(shm_prefix) == []
