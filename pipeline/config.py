@@ -285,6 +285,9 @@ class StagesConfig:
     spin_us: float = opt(50.0, "hybrid idle: microseconds a stage (or composite) keeps polling "
                          "after its last work before it parks on its doorbell", ge=0,
                          le=MAX_SPIN_US)
+    member_poll_us: float = opt(1000.0, "composite: a member whose input rings are empty is "
+                                "still polled this often (its timers); a member with input "
+                                "is polled every round", gt=0, le=1_000_000)
     park_timeout_ms: float = opt(5.0, "blocking and hybrid idle: longest park (heartbeats and "
                                  "control records are handled at least this often)", gt=0,
                                  le=100)

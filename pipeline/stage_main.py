@@ -198,7 +198,8 @@ def main(argv=None) -> int:
                 r.startup_marks = {"main": t_main, "imports": t_imports,
                                    "attached": t_attached}
             comp = CompositeRunner(unit.name, runners, idle, wake=wake_parked,
-                                   compile_watch=watch)
+                                   compile_watch=watch,
+                                   member_poll_us=cfg.stages.member_poll_us)
             comp.install_signals()
             return comp.run()
         runner, spec = runners[0], topo.stage(unit.members[0])

@@ -326,3 +326,34 @@ def test_a_signal_during_a_park_ends_the_park_instead_of_raising(shm_prefix):
         signal.signal(signal.SIGALRM, old)
         door.close()
     assert list_segments(shm_prefix) == []
+
+
+def test_a_member_with_empty_input_rings_is_skipped_until_a_record_or_its_timer_comes(
+        table, shm_prefix):
+    from shm.records import MARKET_DTYPE
+    from shm.ring import SpscRing
+
+    ring = SpscRing.create(shm_prefix, "in", MARKET_DTYPE, 16)
+    try:
+        w, rd = ring.writer(), ring.reader()
+        comp, runners, log = _composite(table, [("venue", "venue", []),
+                                                ("strat", "strategy", [])])
+        comp.start()
+        runners[1].inputs = [rd]          # what start() finds for a stage that attaches rings
+        comp.member_poll_ns = 10**15      # its timer never comes in this test
+        comp._relist()
+        log.clear()
+        comp.run_once()
+        comp.run_once()
+        assert log == ["venue", "venue"]  # the clock-driven venue every round, strat skipped
+        w.publish(np.zeros(1, MARKET_DTYPE))
+        comp.run_once()
+        assert log[-2:] == ["venue", "strat"]
+        comp.member_poll_ns = 0           # its timer is due on every round
+        rd.poll(np.zeros(4, MARKET_DTYPE))
+        log.clear()
+        comp.run_once()
+        assert log == ["venue", "strat"]
+    finally:
+        ring.unlink()
+        ring.close()
