@@ -162,6 +162,10 @@ def live_venues(cfg) -> list[str]:
     return [v.name for v in cfg.venues if v.kind != "sim"]
 
 
+FIXED_STAGES = ("venue", "journal", "order_router", "risk_gate")
+STAGE_PREFIXES = ("strategy-", "feed-")
+
+
 def _match_composites(cfg, names: list[str]):
     """(stage -> composite index, problems): which composite runs each stage named in
     ``cfg.composites``. Entries are stage names or shell patterns (``strategy-*``)."""
@@ -182,11 +186,15 @@ def _match_composites(cfg, names: list[str]):
         for entry in comp.stages:
             if any(ch in entry for ch in "*?["):
                 hits = fnmatch.filter(names, entry)
-                if not hits:
+                if not hits and not entry.startswith(STAGE_PREFIXES):
+                    # "strategy-*" or "feed-*" may match nothing in a config without any
                     problems.append(f"{where}.stages: pattern {entry!r} matches no stage "
-                                    f"(stages: {', '.join(names)})")
+                                    f"(stages: {', '.join(names)}; patterns begin "
+                                    f"{' or '.join(map(repr, STAGE_PREFIXES))})")
             elif entry in names:
                 hits = [entry]
+            elif entry in FIXED_STAGES:
+                continue   # a stage this config has none of (no sim venue, no journal)
             else:
                 problems.append(f"{where}.stages: {entry!r} is not a stage (stages: "
                                 f"{', '.join(names)}){did_you_mean(entry, names)}")
@@ -210,7 +218,10 @@ def _match_composites(cfg, names: list[str]):
 def composite_problems(cfg) -> list[str]:
     """Every problem of ``cfg``'s [[composites]] (unknown stage, a stage in two composites,
     a name clash ...), each naming the composite and the entry; [] when sound."""
-    names = [s.name for s in build_topology(cfg, dedicated=True).stages]
+    try:
+        names = [s.name for s in build_topology(cfg, dedicated=True).stages]
+    except (KeyError, ValueError):
+        return []   # the config's other problems (reported on their own) stop the topology
     return _match_composites(cfg, names)[1]
 
 

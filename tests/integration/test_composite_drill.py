@@ -35,7 +35,7 @@ stages = ["strategy-*", "risk_gate", "order_router"]
 
 def composite_config(text: str) -> str:
     """``text`` (a copy of config.toml) with the two composites above, whatever its own."""
-    text = text.split("\n[[composites]]")[0]
+    text = text.split("\n[[composites]]")[0] + "\n"
     text = re.sub(r"(?m)^layout = .*$", "", text)
     return text.replace("[stages]\n", '[stages]\nlayout = "composite"\n', 1) + COMPOSITES
 

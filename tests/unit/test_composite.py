@@ -264,7 +264,7 @@ def _cfg(extra: str, layout: str = "composite"):
     import re
 
     text = (ROOT / "config.toml").read_text()
-    text = text.split("\n[[composites]]")[0]    # the default's own composites (kept last)
+    text = text.split("\n[[composites]]")[0] + "\n"   # the default's own composites (kept last)
     text = re.sub(r"(?m)^layout = .*$", "", text)
     text = text.replace("[stages]\n", f'[stages]\nlayout = "{layout}"\n', 1)
     return parse_config(text + extra, "t.toml", build=False)
