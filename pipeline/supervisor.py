@@ -189,6 +189,10 @@ class Supervisor:
                 if a not in args:
                     args.append(a)
         for m in members:
+            if m.name != pname:   # logs/<stage>.log stays the stage's log: its process's
+                link = self.log_dir / f"{m.name}.log"
+                if not link.is_symlink() and not link.exists():
+                    link.symlink_to(log_path.name)
             self.status.set_word(m.slot, W_STATE, ST_RESTARTING if restarts else 0)
             self.status.set_word(m.slot, W_RESTARTS, restarts)
             self.started_at[m.name] = time.monotonic()

@@ -24,7 +24,7 @@ import os
 import posix_ipc
 
 from shm import ringops as ops
-from shm.ring import LIVE_READERS, PARKED_DOORBELL, ST_WAKE, WAKE_WRITERS, door_name
+from shm.ring import LIVE_READERS, PARKED_DOORBELL, ST_WAKE, WAKE_WRITERS, _entry, door_name
 from shm.segment import MODE
 
 
@@ -50,13 +50,17 @@ class Doorbell:
                                        initial_value=0)
         self.parks = 0
         self.timeouts = 0
+        # the compiled entry point: a dispatcher call types its integers (~0.3 us each), and
+        # a park announces itself on every reader of the process twice
+        self._set_parked = _entry(ops.set_parked_at, 2)
 
     def park(self, timeout_s: float) -> bool:
         """Sleep until a record arrives on any reader of this process or ``timeout_s`` passes;
         False on timeout."""
         readers = list(LIVE_READERS)
+        set_parked = self._set_parked
         for r in readers:
-            ops.set_parked_at(r._sa, PARKED_DOORBELL)
+            set_parked(r._sa, PARKED_DOORBELL)
         try:
             for r in readers:
                 if r._avail(r._sa):
@@ -77,7 +81,7 @@ class Doorbell:
         finally:
             for r in readers:
                 if r._sa:
-                    ops.set_parked_at(r._sa, 0)
+                    set_parked(r._sa, 0)
 
     def close(self) -> None:
         if self.sem is not None:
