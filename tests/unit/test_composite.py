@@ -357,3 +357,36 @@ def test_a_member_with_empty_input_rings_is_skipped_until_a_record_or_its_timer_
     finally:
         ring.unlink()
         ring.close()
+
+
+def test_after_each_strategy_the_gate_and_router_get_their_turn_when_they_have_input(
+        table, shm_prefix):
+    from shm.records import ORDER_DTYPE
+    from shm.ring import SpscRing
+
+    rings = [SpscRing.create(shm_prefix, n, ORDER_DTYPE, 16) for n in ("intent", "approved")]
+    try:
+        (wi, ri), (wa, ra) = [(r.writer(), r.reader()) for r in rings]
+        comp, runners, log = _composite(table, [("router", "order_router", []),
+                                                ("gate", "risk_gate", []),
+                                                ("s1", "strategy", []),
+                                                ("s2", "strategy", [])])
+        comp.start()
+        runners[0].inputs, runners[1].inputs = [ra], [ri]
+        comp.member_poll_ns = 10**15
+        comp._relist()
+        log.clear()
+        comp.run_once()
+        assert log == ["s1", "s2"]                   # nothing for the order path: skipped
+        wi.publish(np.zeros(1, ORDER_DTYPE))         # an intent waits (Scripted reads nothing)
+        log.clear()
+        comp.run_once()
+        assert log == ["s1", "gate", "s2", "gate"]
+        wa.publish(np.zeros(1, ORDER_DTYPE))
+        log.clear()
+        comp.run_once()
+        assert log == ["s1", "gate", "router", "s2", "gate", "router"]
+    finally:
+        for r in rings:
+            r.unlink()
+            r.close()
