@@ -288,7 +288,7 @@ class StagesConfig:
     member_poll_us: float = opt(1000.0, "composite: a member whose input rings are empty is "
                                 "still polled this often (its timers); a member with input "
                                 "is polled every round", gt=0, le=1_000_000)
-    park_timeout_ms: float = opt(5.0, "blocking and hybrid idle: longest park (heartbeats and "
+    park_timeout_ms: float = opt(10.0, "blocking and hybrid idle: longest park (heartbeats and "
                                  "control records are handled at least this often)", gt=0,
                                  le=100)
 
