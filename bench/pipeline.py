@@ -75,6 +75,8 @@ def _config_text(instance: str, run_dir, rate: float, idle: str | None,
 
     text = Path(base or DEFAULT_CONFIG).read_text()
     text = re.sub(r"(?m)^layout = .*\n", "", text)
+    if spin_us is not None:
+        text = re.sub(r"(?m)^spin_us = .*\n", "", text)
     extra = f'layout = "{layout}"\n' + (f"spin_us = {spin_us}\n" if spin_us is not None else "")
     text = text.replace("[stages]\n", "[stages]\n" + extra, 1)
     if layout == "composite" and "[[composites]]" not in text:
