@@ -56,6 +56,7 @@ class StageRunner:
         # after a poll that did work: post the doorbell of any reader that parked on one of
         # this process's rings (shm.doorbell.wake_parked; a no-op without parking readers)
         self.wake = _no_wake
+        self.warm = None
         self._manifest_again = 0
 
     def _on_signal(self, signum, frame):
@@ -139,6 +140,8 @@ class StageRunner:
         self.heartbeat(ST_STARTING)
         t_start = time.monotonic_ns()
         self.stage.on_start(self.ctx)
+        if self.warm is not None:
+            self.warm()   # code the loop will need, compiled while the stage still starts
         if watch is not None and end_compile_watch:
             watch.uninstall()   # RUNNING from here: a later compile must not look like a start
         self.heartbeat(ST_RUNNING)

@@ -69,17 +69,28 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
-def _park_timeout_s(cfg, topo, unit, replay) -> float:
-    """The longest park of ``unit``'s loop. A simulated venue is driven by the clock, not by
-    its input rings: nothing rings its doorbell when its next event falls due, so it parks no
-    longer than the mean gap between its events (at least 20 us)."""
-    timeout_s = cfg.stages.park_timeout_ms / 1e3
-    from stages.topology import ROLE_VENUE, sim_venues
+def _clock_park(park, runner):
+    """``park`` for a process that runs the simulated venue: the venue is driven by the
+    clock, not by its input rings, and nothing rings the doorbell when its next event falls
+    due; so it parks no longer than until then (market/sim.py ``sim_next_ns``, in the
+    simulator's ns, which start at the wall clock). Compiled while the stage starts."""
+    from market.sim import sim_next_ns
 
-    if not replay and any(topo.stage(m).role == ROLE_VENUE for m in unit.members):
-        n = max(1, len(sim_venues(cfg)))
-        timeout_s = min(timeout_s, max(20e-6, 1.0 / (cfg.sim.event_rate_per_s * n)))
-    return timeout_s
+    def next_due_ns() -> int:
+        return int(sim_next_ns(*runner.stage.venue.state))
+
+    runner.warm = next_due_ns
+
+    def clock_park(timeout_s: float) -> bool:
+        venue = getattr(runner.stage, "venue", None)
+        if venue is not None:
+            due_s = (int(sim_next_ns(*venue.state)) - time.time_ns()) / 1e9
+            if due_s <= 0:
+                return True
+            timeout_s = min(timeout_s, due_s)
+        return park(timeout_s)
+
+    return clock_park
 
 
 def make_stage(spec, replay: str | None = None, lockstep: bool = False):
@@ -167,9 +178,10 @@ def main(argv=None) -> int:
         from shm.doorbell import Doorbell
 
         door = Doorbell(args.instance)
-    idle = idle_for(unit.idle, park=door.park if door is not None else None,
+    parker = [door.park if door is not None else None]
+    idle = idle_for(unit.idle, park=lambda t: parker[0](t) if parker[0] else time.sleep(t),
                     spin_us=unit.spin_us if unit.spin_us is not None else cfg.stages.spin_us,
-                    timeout_s=_park_timeout_s(cfg, topo, unit, args.replay))
+                    timeout_s=cfg.stages.park_timeout_ms / 1e3)
     control_rings, runners = [], []
     for name in unit.members:
         spec = topo.stage(name)
@@ -188,6 +200,8 @@ def main(argv=None) -> int:
         runner.wake = wake_parked
         runner.compile_watch = watch
         runners.append(runner)
+        if door is not None and spec.role == "venue" and not (args.replay or args.lockstep):
+            parker[0] = _clock_park(door.park, runner)   # the simulated venue's process
     t_attached = time.monotonic_ns()
     clk = None
     try:

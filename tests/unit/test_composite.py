@@ -390,3 +390,30 @@ def test_after_each_strategy_the_gate_and_router_get_their_turn_when_they_have_i
         for r in rings:
             r.unlink()
             r.close()
+
+
+def test_the_simulated_venue_parks_no_longer_than_until_its_next_event():
+    import time
+
+    from market.sim import SimVenue
+    from pipeline.config import load_config
+    from pipeline.stage_main import _clock_park
+    from shm.instruments import InstrumentTable
+
+    cfg = load_config(ROOT / "config.toml", build=False)
+    table = list(InstrumentTable.from_config(cfg))
+
+    def parked_for(t0_ns):
+        park = FakePark([False])
+        runner = SimpleNamespace(stage=SimpleNamespace(), warm=None)
+        clock_park = _clock_park(park, runner)
+        assert clock_park(10.0) is False and park.calls == [10.0]   # not started: as asked
+        runner.stage.venue = SimVenue(cfg, table, t0_ns=t0_ns, venues=["simA", "simB"])
+        runner.warm()
+        park.answers = [False]
+        return clock_park(10.0), park.calls[1:]
+
+    woke, calls = parked_for(time.time_ns() + 2_000_000_000)   # its session starts in 2 s
+    assert len(calls) == 1 and 1.0 < calls[0] < 10.0
+    woke, calls = parked_for(time.time_ns() - 2_000_000_000)   # events already due
+    assert woke is True and calls == []
