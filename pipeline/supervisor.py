@@ -82,20 +82,19 @@ class RestartPolicy:
         self.stable_s = float(stable_s)
         self.failures: dict[str, list[float]] = {}
         self.quick: dict[str, int] = {}   # consecutive failures soon after a (re)start
+        self.limits: dict[str, int] = {}  # name -> its own limit (a composite's restart_limit)
 
     def recent(self, name: str, now: float) -> int:
         times = [t for t in self.failures.get(name, ()) if now - t <= self.window_s]
         self.failures[name] = times
         return len(times)
 
-    limits: dict   # name -> its own restart limit (a composite's restart_limit)
-
     def on_failure(self, name: str, now: float, uptime_s: float = 0.0) -> float | None:
         """Record a failure at ``now`` of a stage that had run ``uptime_s``; the delay before
         restarting it (s), or None: give up."""
         n = self.recent(name, now) + 1
         self.failures[name].append(now)
-        if n > getattr(self, "limits", {}).get(name, self.limit):
+        if n > self.limits.get(name, self.limit):
             return None
         if uptime_s >= self.stable_s:
             self.quick[name] = 0
@@ -132,7 +131,6 @@ class Supervisor:
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
         self.policy = RestartPolicy(restart_limit, restart_window_s, backoff_s, backoff_max_s,
                                     stable_s)
-        self.policy.limits = {}
         for u in getattr(topology, "units", ()):
             self.restarts.setdefault(u.name, 0)
             if u.restart_limit is not None:

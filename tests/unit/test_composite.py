@@ -417,3 +417,15 @@ def test_the_simulated_venue_parks_no_longer_than_until_its_next_event():
     assert len(calls) == 1 and 1.0 < calls[0] < 10.0
     woke, calls = parked_for(time.time_ns() - 2_000_000_000)   # events already due
     assert woke is True and calls == []
+
+
+def test_a_composite_s_own_restart_limit_counts_its_failures_alone():
+    from pipeline.supervisor import RestartPolicy
+
+    p = RestartPolicy(limit=3, window_s=60, backoff_s=0.5, backoff_max_s=1.5)
+    p.limits["hot"] = 1
+    assert p.on_failure("hot", 0.0, uptime_s=100) == 0.0
+    assert p.on_failure("hot", 1.0, uptime_s=100) is None        # its limit: given up
+    for t in range(3):
+        assert p.on_failure("md", float(t), uptime_s=100) == 0.0  # the default limit
+    assert p.on_failure("md", 4.0, uptime_s=100) is None
