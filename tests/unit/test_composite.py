@@ -429,3 +429,47 @@ def test_a_composite_s_own_restart_limit_counts_its_failures_alone():
     for t in range(3):
         assert p.on_failure("md", float(t), uptime_s=100) == 0.0  # the default limit
     assert p.on_failure("md", 4.0, uptime_s=100) is None
+
+
+def test_the_supervisor_names_a_retired_member_and_a_dead_composite(tmp_path, shm_prefix):
+    """A FAILED member of a live composite is reported by its stage name (the controller
+    contains that stage alone); the composite's death by the composite's name, once."""
+    import subprocess
+    import sys
+    import time
+
+    from common.status import W_HEARTBEAT_NS
+    from pipeline.supervisor import StageProcess, Supervisor
+    from shm.segment import unlink_instance
+    from shm.status import StatusTable
+    from stages.topology import build_topology
+
+    topo = build_topology(_cfg(COMPOSITES))
+    table = StatusTable.create(shm_prefix, len(topo.stages))
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sup = Supervisor(shm_prefix, "c.toml", tmp_path, topo, table, 100, 5)
+        hot = topo.unit("hot")
+        proc = StageProcess(topo.stage(hot.members[0]), popen, tmp_path / "hot.log", hot)
+        sup.units["hot"] = proc
+        for m in hot.members:
+            sup.procs[m] = proc
+            table.set_word(topo.stage(m).slot, W_STATE, ST_RUNNING)
+            table.set_word(topo.stage(m).slot, W_HEARTBEAT_NS, time.monotonic_ns())
+        assert sup.check() == []
+        assert list(sup.pidfds().values()) == ["hot"]
+        table.set_word(topo.stage("strategy-arb_btc").slot, W_STATE, ST_FAILED)
+        assert [n for n, _why in sup.check()] == ["strategy-arb_btc"]
+        sup.drop_member("strategy-arb_btc")
+        assert sup.check() == [] and "risk_gate" in sup.procs
+        popen.kill()
+        popen.wait()
+        assert [n for n, _why in sup.check()] == ["hot"]
+        sup.reap("hot")
+        assert not set(hot.members) & set(sup.procs) and "hot" not in sup.units
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+        table.close()
+        unlink_instance(shm_prefix)
