@@ -32,9 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--idle", nargs="+", default=[None],
                    help="idle strategy of every stage and composite (busy-spin, yield, backoff, "
                         "blocking, hybrid; default: the config's); several: one instance each")
-    p.add_argument("--layout", nargs="+", default=["composite"],
+    p.add_argument("--layout", nargs="+", default=["composite", "dedicated"],
                    choices=("dedicated", "composite"),
-                   help="process layout(s) to measure (default: composite); several: one "
+                   help="process layout(s) to measure (default: both); several: one "
                         "instance each, same table")
     p.add_argument("--config", default=None,
                    help="base config (default: config.toml); its instance name, run dir, "
