@@ -69,6 +69,9 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
 
 
+FEED_PARK_S = 1e-3
+
+
 def _clock_park(park, runner):
     """``park`` for a process that runs the simulated venue: the venue is driven by the
     clock, not by its input rings, and nothing rings the doorbell when its next event falls
@@ -179,9 +182,14 @@ def main(argv=None) -> int:
 
         door = Doorbell(args.instance)
     parker = [door.park if door is not None else None]
+    timeout_s = cfg.stages.park_timeout_ms / 1e3
+    if any(topo.stage(m).role == "feed" for m in unit.members):
+        # a live feed's socket thread hands messages over in memory, not through a ring:
+        # nothing rings the doorbell for them, so such a process parks 1 ms at most
+        timeout_s = min(timeout_s, FEED_PARK_S)
     idle = idle_for(unit.idle, park=lambda t: parker[0](t) if parker[0] else time.sleep(t),
                     spin_us=unit.spin_us if unit.spin_us is not None else cfg.stages.spin_us,
-                    timeout_s=cfg.stages.park_timeout_ms / 1e3)
+                    timeout_s=timeout_s)
     control_rings, runners = [], []
     for name in unit.members:
         spec = topo.stage(name)
