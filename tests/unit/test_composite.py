@@ -402,21 +402,21 @@ def test_the_simulated_venue_parks_no_longer_than_until_its_next_event():
 
     cfg = load_config(ROOT / "config.toml", build=False)
     table = list(InstrumentTable.from_config(cfg))
+    park = FakePark([False, False, False])
+    runner = SimpleNamespace(stage=SimpleNamespace(), warm=None)
+    clock_park = _clock_park(park, runner)
+    assert clock_park(100.0) is False and park.calls == [100.0]   # not started: as asked
 
-    def parked_for(t0_ns):
-        park = FakePark([False])
-        runner = SimpleNamespace(stage=SimpleNamespace(), warm=None)
-        clock_park = _clock_park(park, runner)
-        assert clock_park(10.0) is False and park.calls == [10.0]   # not started: as asked
-        runner.stage.venue = SimVenue(cfg, table, t0_ns=t0_ns, venues=["simA", "simB"])
-        runner.warm()
-        park.answers = [False]
-        return clock_park(10.0), park.calls[1:]
+    def venue(t0_ns):
+        return SimVenue(cfg, table, t0_ns=t0_ns, venues=["simA", "simB"])
 
-    woke, calls = parked_for(time.time_ns() + 2_000_000_000)   # its session starts in 2 s
-    assert len(calls) == 1 and 1.0 < calls[0] < 10.0
-    woke, calls = parked_for(time.time_ns() - 2_000_000_000)   # events already due
-    assert woke is True and calls == []
+    runner.stage.venue = venue(time.time_ns())
+    runner.warm()                       # compiled here, however long that takes
+    runner.stage.venue = venue(time.time_ns() + 30_000_000_000)   # starts in 30 s
+    assert clock_park(100.0) is False
+    assert len(park.calls) == 2 and 1.0 < park.calls[1] < 100.0
+    runner.stage.venue = venue(time.time_ns() - 2_000_000_000)    # events already due
+    assert clock_park(100.0) is True and len(park.calls) == 2     # no park at all
 
 
 def test_a_composite_s_own_restart_limit_counts_its_failures_alone():
