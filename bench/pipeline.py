@@ -1,4 +1,7 @@
-"""``run.py bench pipeline [--json] [--event-rate N] [--seconds S]``: the live pipeline measured.
+"""``run.py bench pipeline [--json] [--event-rate N] [--seconds S] [--layout L ...] [--idle I ...]``:
+the live pipeline measured, for each layout (dedicated: one process per stage; composite: the
+config's [[composites]], or venue+journal and strategies+gate+router on CPUs 0 and 1) and each
+idle strategy asked for, in one run and one table.
 
 Cold path (the benchmark process only observes). Starts a private instance of the default
 config (two simulated venues, three strategies, risk gate, router, journal; default idle
@@ -20,13 +23,24 @@ from __future__ import annotations
 
 def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--event-rate", type=float, nargs="+", default=[80000.0],
-                   help="background events per second per simulated venue (default 80000: "
-                        "about 200k market records/s from the two venues)")
+    p.add_argument("--event-rate", type=float, nargs="+", default=[20000.0],
+                   help="background events per second per simulated venue (default 20000, the "
+                        "config's; 80000 gives about 200k market records/s from the two "
+                        "venues; 1 is a market with next to no data: the idle CPU)")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window (default 10)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    p.add_argument("--idle", default=None, help="idle strategy for every stage (default: "
-                                               "config's, i.e. backoff)")
+    p.add_argument("--idle", nargs="+", default=[None],
+                   help="idle strategy of every stage and composite (busy-spin, yield, backoff, "
+                        "blocking, hybrid; default: the config's); several: one instance each")
+    p.add_argument("--layout", nargs="+", default=["composite", "dedicated"],
+                   choices=("dedicated", "composite"),
+                   help="process layout(s) to measure (default: both); several: one "
+                        "instance each, same table")
+    p.add_argument("--config", default=None,
+                   help="base config (default: config.toml); its instance name, run dir, "
+                        "event rate, layout and idle are set by the benchmark")
+    p.add_argument("--spin-us", type=float, default=None,
+                   help="hybrid idle's spin budget ([stages] spin_us) for this run")
     p.add_argument("--exporter", choices=("off", "on", "both"), default="off",
                    help="the controller's Prometheus exporter: off (default), on (scraped "
                         "every --scrape-interval s during the window), or both: one instance "
@@ -35,18 +49,46 @@ def add_arguments(p) -> None:
                    help="seconds between scrapes with --exporter on (default 1)")
 
 
+# the composite layout used when the config has none: a 2-core machine's
+DEFAULT_COMPOSITES = '''
+[[composites]]
+name = "md"
+stages = ["venue", "journal"]
+cpu = 0
+idle = "hybrid"
+
+[[composites]]
+name = "hot"
+stages = ["strategy-*", "risk_gate", "order_router"]
+cpu = 1
+idle = "hybrid"
+'''
+
+
 def _config_text(instance: str, run_dir, rate: float, idle: str | None,
-                 exporter: bool = False) -> str:
+                 exporter: bool = False, layout: str = "composite",
+                 spin_us: float | None = None, base=None) -> str:
+    import re
+    from pathlib import Path
+
     from pipeline.config import DEFAULT_CONFIG
 
-    text = DEFAULT_CONFIG.read_text()
-    text = text.replace('name = "default"', f'name = "{instance}"', 1)
-    text = text.replace('run_dir = "runs"', f'run_dir = "{run_dir}"', 1)
-    text = text.replace("event_rate_per_s = 20000", f"event_rate_per_s = {rate}")
+    text = Path(base or DEFAULT_CONFIG).read_text()
+    text = re.sub(r"(?m)^layout = .*\n", "", text)
+    if spin_us is not None:
+        text = re.sub(r"(?m)^spin_us = .*\n", "", text)
+    extra = f'layout = "{layout}"\n' + (f"spin_us = {spin_us}\n" if spin_us is not None else "")
+    text = text.replace("[stages]\n", "[stages]\n" + extra, 1)
+    if layout == "composite" and "[[composites]]" not in text:
+        text += DEFAULT_COMPOSITES
+    text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{instance}"', text, count=1)
+    text = re.sub(r'(?m)^run_dir = "[^"]*"', f'run_dir = "{run_dir}"', text, count=1)
+    text = re.sub(r"(?m)^event_rate_per_s = [0-9.]+", f"event_rate_per_s = {rate}", text,
+                  count=1)
     # a loaded 2-core box stalls processes for longer than the production 100 ms now and then
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     if idle:
-        text = text.replace('idle = "backoff"', f'idle = "{idle}"')
+        text = re.sub(r'idle = "[a-z-]+"', f'idle = "{idle}"', text)
         text = text.replace('kind = "market_making"', f'kind = "market_making"\nidle = "{idle}"')
         text = text.replace('kind = "pairs_trading"', f'kind = "pairs_trading"\nidle = "{idle}"')
         text = text.replace('kind = "cross_venue_arb"',
@@ -89,7 +131,9 @@ class _Scraper:
                 "wall_ms_max": round(t[-1] * 1e3, 2) if t else None}
 
 
-def _measure(rate: float, args, exporter: bool = False) -> dict:
+def _measure(rate: float, args, exporter: bool = False, layout: str = "composite",
+             idle: str | None = None) -> dict:
+    import os
     import shutil
     import subprocess
     import sys
@@ -110,7 +154,8 @@ def _measure(rate: float, args, exporter: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))
     instance = f"bench{uuid.uuid4().hex[:6]}"
     cfg_path = tmp / "bench.toml"
-    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, args.idle, exporter))
+    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, idle, exporter, layout,
+                                     args.spin_us, args.config))
     cfg = load_config(cfg_path)
     r = subprocess.run([sys.executable, "run.py", "start", "--config", str(cfg_path)], cwd=root,
                        capture_output=True, text=True)
@@ -124,7 +169,10 @@ def _measure(rate: float, args, exporter: bool = False) -> dict:
         stages = {s["stage"]: s for s in st["stages"]}
         table = StatusTable.attach(instance)
         slots = {s["stage"]: i for i, s in enumerate(st["stages"])}
-        procs = {name: psutil.Process(s["pid"]) for name, s in stages.items()}
+        by_pid: dict[int, list[str]] = {}   # a composite's stages share one process
+        for name, s in stages.items():
+            by_pid.setdefault(s["pid"], []).append(name)
+        procs = {"+".join(names): psutil.Process(pid) for pid, names in by_pid.items()}
         procs["controller"] = psutil.Process(ctl_pid)
         time.sleep(args.warmup)
         scraper = _Scraper(st["monitoring"]["metrics_url"], args.scrape_interval) \
@@ -145,6 +193,10 @@ def _measure(rate: float, args, exporter: bool = False) -> dict:
         behind_ms = table.read_word(slots["venue"], W_X1) / 1e6
         restarts = sum(after[n]["restarts"] for n in slots)
         return {
+            "layout": layout, "idle": idle or "config's",
+            "processes": len(by_pid),
+            "cpu_total_percent": round(sum(cpu.values()), 1),
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
             "event_rate_per_venue": rate,
             "exporter": "on" if exporter else "off",
             "scrapes": scrapes,
@@ -173,22 +225,23 @@ def main(args) -> int:
     import platform
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.exporter]
-    results = [_measure(rate, args, exp) for rate in args.event_rate for exp in modes]
+    results = [_measure(rate, args, exp, layout, idle) for rate in args.event_rate
+               for layout in args.layout for idle in args.idle for exp in modes]
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "load_avg": [round(x, 2) for x in os.getloadavg()],
-               "idle": args.idle or "config default (backoff)"}
+               "load_avg": [round(x, 2) for x in os.getloadavg()]}
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return 0
-    print(f"pipeline benchmark: {machine['cpus']} CPUs, load {machine['load_avg']}, idle "
-          f"{machine['idle']}, window {args.seconds:.0f} s")
+    print(f"pipeline benchmark: {machine['cpus']} CPUs, window {args.seconds:.0f} s per "
+          f"instance, load at the end {machine['load_avg']}")
     for r in results:
-        print(f"\nevent rate {r['event_rate_per_venue']:.0f}/s per venue: "
+        print(f"\n{r['layout']} layout ({r['processes']} stage processes), idle {r['idle']}, "
+              f"event rate {r['event_rate_per_venue']:.0f}/s per venue: "
               f"{r['market_records_per_s']:,} market records/s, lost {r['records_lost']}, "
               f"simulator behind by {r['sim_behind_wall_clock_ms']} ms -> "
               f"{'sustained' if r['sustained'] else 'NOT sustained'}"
               + (f" ({r['restarts']} stage restarts)" if r["restarts"] else "")
-              + f"; exporter {r['exporter']}"
+              + f"; load {r['load_avg']}; exporter {r['exporter']}"
               + (f" ({r['scrapes']['scrapes']} scrapes, wall p50 "
                  f"{r['scrapes']['wall_ms_p50']} ms, max {r['scrapes']['wall_ms_max']} ms)"
                  if r["scrapes"] else ""))
@@ -197,5 +250,15 @@ def main(args) -> int:
         for name, h in r["latency"].items():
             print(f"  {h['title']:<46} {h['count']:>8} {h['p50_ns'] / 1e3:>8.1f} "
                   f"{h['p99_ns'] / 1e3:>8.1f} {h['p999_ns'] / 1e3:>8.1f}")
-        print("  CPU % of one core: " + ", ".join(f"{k} {v}" for k, v in r["cpu_percent"].items()))
+        print(f"  CPU % of one core: total {r['cpu_total_percent']}; "
+              + ", ".join(f"{k} {v}" for k, v in r["cpu_percent"].items()))
+    if len(results) > 1:
+        print("\nsummary (us)              layout      idle        t2t p50  t2t p99 t2t p99.9"
+              "   lost  CPU%")
+        for r in results:
+            t = r["latency"].get("tick_to_trade", {})
+            print(f"  rate {r['event_rate_per_venue']:>8.0f}/s  {r['layout']:<11} "
+                  f"{r['idle']:<11} {t.get('p50_ns', 0) / 1e3:>8.1f} "
+                  f"{t.get('p99_ns', 0) / 1e3:>8.1f} {t.get('p999_ns', 0) / 1e3:>9.1f} "
+                  f"{r['records_lost']:>6} {r['cpu_total_percent']:>5}")
     return 0

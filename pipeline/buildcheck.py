@@ -120,7 +120,7 @@ def ring_bytes(cfg) -> dict[str, tuple[int, int]]:
     from stages.topology import build_topology
 
     out = {"rings.market_capacity": (0, 0), "rings.order_capacity": (0, 0)}
-    for r in build_topology(cfg).rings:
+    for r in build_topology(cfg, dedicated=True).rings:
         if r.dtype == "control":
             continue   # fixed 64 records, not configurable
         key = "rings.market_capacity" if r.dtype == "market" else "rings.order_capacity"

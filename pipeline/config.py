@@ -36,7 +36,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 # ------------------------------------------------------------------------------------------
 # Sections
 # ------------------------------------------------------------------------------------------
-IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
+IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking", "hybrid")
+LAYOUTS = ("dedicated", "composite")
+MAX_SPIN_US = 1_000_000.0   # one second of spinning before a park is certainly a typo
 VENUE_KINDS = ("sim", "binance", "coinbase", "coinbase-at", "kraken", "kraken-v1")
 VENUE_MODES = ("paper", "live")
 KRAKEN_DEPTHS = (10, 25, 100, 500, 1000)
@@ -70,6 +72,9 @@ class InstanceConfig:
                                "interval logs <run_dir>/<name>/latency/<hist>.hlog "
                                "(HdrHistogram log format); 0 = no interval logs", ge=0,
                                le=86400)
+    controller_cpu: Optional[int] = opt(None, "CPU the controller (and its monitoring "
+                                        "threads) is pinned to, off the hot core (None: any)",
+                                        ge=0)
     lock_memory: bool = opt(False, "mlockall() in every stage (reported, not fatal, if denied)")
     realtime_priority: int = opt(0, "SCHED_FIFO priority for stages (1-98; 99 is the kill switch's); 0 = normal scheduling",
                                  ge=0, le=98)
@@ -274,12 +279,47 @@ class StagesConfig:
                                    ge=0, le=3600)
     restart_backoff_max_s: float = opt(10.0, "longest wait before a restart (s)", ge=0,
                                        le=3600)
+    layout: str = opt("dedicated", "dedicated: one process per stage; composite: the stages "
+                      "named in [[composites]] share one process (and core) each, the others "
+                      "keep their own", choices=LAYOUTS)
+    spin_us: float = opt(50.0, "hybrid idle: microseconds a stage (or composite) keeps polling "
+                         "after its last work before it parks on its doorbell", ge=0,
+                         le=MAX_SPIN_US)
+    member_poll_us: float = opt(1000.0, "composite: a member whose input rings are empty is "
+                                "still polled this often (its timers); a member with input "
+                                "is polled every round", gt=0, le=1_000_000)
+    park_timeout_ms: float = opt(10.0, "blocking and hybrid idle: longest park (heartbeats and "
+                                 "control records are handled at least this often)", gt=0,
+                                 le=100)
 
     def validate(self, broken):
         feed = self.feed
         if not broken("feed") and feed is not None and feed.idle not in ("backoff", "blocking"):
             yield ("feed.idle", feed.idle, "must be backoff or blocking: the feed's websocket "
                    "thread needs the interpreter while the stage's loop idles")
+
+
+@dataclass(frozen=True)
+class CompositeConfig:
+    name: str = req("the composite's process name (unique; not a stage's name)",
+                    pattern=NAME_RE)
+    stages: tuple[str, ...] = req("stage names it runs in one loop, e.g. \"venue\", "
+                                  "\"journal\", \"risk_gate\", \"order_router\", "
+                                  "\"strategy-mm_btc\"; shell patterns such as "
+                                  "\"strategy-*\" match several")
+    cpu: Optional[int] = opt(None, "CPU the composite's process is pinned to (None: any)", ge=0)
+    idle: str = opt("hybrid", "idle strategy of the composite's loop (idle when no member "
+                    "found work)", choices=IDLE_CHOICES)
+    spin_us: Optional[float] = opt(None, "hybrid idle: spin budget (default: [stages] "
+                                   "spin_us)", ge=0, le=MAX_SPIN_US)
+    restart_limit: Optional[int] = opt(None, "restarts of this composite within [stages] "
+                                       "restart_window_s before the controller gives up "
+                                       "(default: [stages] restart_limit)", ge=0,
+                                       le=1_000_000)
+
+    def validate(self):
+        if not self.stages:
+            yield ("stages", [], "name at least one stage")
 
 
 @dataclass(frozen=True)
@@ -423,6 +463,9 @@ class Config:
     risk: RiskConfig = opt(RiskConfig(), "pre-trade risk limits")
     sim: SimConfig = opt(SimConfig(), "simulated venues")
     stages: StagesConfig = opt(StagesConfig(), "pinning and idling of the fixed stages")
+    composites: tuple[CompositeConfig, ...] = opt((), "stages sharing one process and core "
+                                                  "(used when [stages] layout = "
+                                                  "\"composite\")")
     rings: RingsConfig = opt(RingsConfig(), "ring sizes")
     journal: JournalConfig = opt(JournalConfig(), "the order-path journal")
     backtest: BacktestConfig = opt(BacktestConfig(), "backtest defaults")
@@ -485,11 +528,18 @@ class Config:
         for path, cpu in self.pinned_cpus():
             if not broken(path) and cpu >= ncpu:
                 yield f"{path} = {cpu}: this machine has CPUs 0..{ncpu - 1}"
+        if self.composites and not any(broken(k) for k in ("composites", "strategies",
+                                                             "venues", "journal", "stages")):
+            from stages.topology import composite_problems
+
+            yield from composite_problems(self)
         if not _BUILD[-1]:
             return
         yield from build_problems(self, broken)
 
     def pinned_cpus(self):
+        if self.instance is not None and self.instance.controller_cpu is not None:
+            yield "instance.controller_cpu", self.instance.controller_cpu
         for stage in ("venue", "risk_gate", "order_router", "journal", "feed"):
             sc = getattr(self.stages, stage, None) if self.stages is not None else None
             cpu = getattr(sc, "cpu", None)
@@ -501,6 +551,9 @@ class Config:
         for n, v in enumerate(self.venues):
             if v is not None and v.cpu is not None:
                 yield f"venues[{n}].cpu", v.cpu
+        for n, c in enumerate(self.composites):
+            if c is not None and c.cpu is not None:
+                yield f"composites[{n}].cpu", c.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
         for inst in self.instruments:

@@ -231,6 +231,7 @@ def stage_table(ctl) -> list[dict]:
         hb = b["heartbeat_ns"]
         rows.append({
             "stage": spec.name, "role": spec.role, "state": STATE_NAMES.get(b["state"], "?"),
+            "process": spec.unit or spec.name,   # its composite's name, or its own
             "pid": b["pid"], "cpu": None if b["cpu"] < 0 else b["cpu"],
             "configured_cpu": spec.cpu,
             "heartbeat_age_ms": round((now - hb) / 1e6, 1) if hb else None,
@@ -253,7 +254,12 @@ def _stage_reason(ctl, name: str) -> str:
         from strategies.base import HALT_NAMES
 
         return f"halted: {HALT_NAMES.get(int(halted), halted)} (orders cancelled)"
-    due = getattr(ctl, "pending_restarts", {}).get(name)
+    pending = getattr(ctl, "pending_restarts", {})
+    due = pending.get(name)
+    topo = getattr(ctl, "topology", None)
+    unit = getattr(topo.stage(name), "unit", "") if topo is not None else ""
+    if due is None and unit and unit != name:
+        due = pending.get(unit)   # its composite restarts as one
     if due is not None:
         return f"restart in {max(0.0, due - _time.monotonic()):.1f} s (backoff)"
     return ""

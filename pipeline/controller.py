@@ -34,7 +34,8 @@ from pipeline import control as ops
 from pipeline.live_params import LiveParams
 from pipeline.paths import instance_dir, socket_path
 from pipeline.supervisor import StageStartError, Supervisor
-from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME)
+from shm.records import (CONTROL_DTYPE, CTRL_CANCEL_ALL, CTRL_KILL, CTRL_RECONCILE, CTRL_RESUME,
+                         CTRL_STOP)
 from shm.status import StatusTable
 from stages.topology import (ROLE_FEED, ROLE_GATE, ROLE_JOURNAL, ROLE_ROUTER,
                              ROLE_STRATEGY, ROLE_VENUE, build_topology)
@@ -54,7 +55,9 @@ class Controller:
         self.cfg = cfg
         self.config_path = str(Path(config_path).resolve())
         self.instance = cfg.instance.name
-        self.topology = build_topology(cfg)
+        # sim-time turns are per stage: that mode runs one process per stage whatever the
+        # layout (pipeline/stage_main.py does the same)
+        self.topology = build_topology(cfg, dedicated=bool(sim_time))
         self.inst_dir = instance_dir(cfg)
         self.run_dir = self.inst_dir / time.strftime("run-%Y%m%d-%H%M%S")
         self.duration_s = duration_s
@@ -151,13 +154,18 @@ class Controller:
         self.status = StatusTable.create(self.instance, len(topo.stages))
         self.riskview = RiskView.create(self.instance, len(topo.strategies()),
                                         len(self.cfg.instruments))
+        # a parking idle (blocking, hybrid) needs its writers to look for parked readers
+        from pipeline.idle import PARKING_IDLES
+
+        wakeups = any(u.idle in PARKING_IDLES for u in topo.units)
         for r in topo.rings:
             dt = RECORD_DTYPES[r.dtype]
             if r.kind == "broadcast":
                 self.rings[r.name] = BroadcastRing.create(self.instance, r.name, dt, r.capacity,
-                                                          r.max_readers)
+                                                          r.max_readers, wakeups=wakeups)
             else:
-                self.rings[r.name] = SpscRing.create(self.instance, r.name, dt, r.capacity)
+                self.rings[r.name] = SpscRing.create(self.instance, r.name, dt, r.capacity,
+                                                     wakeups=wakeups)
         for s in topo.stages:
             self.ctl_writers[s.name] = self.rings[f"ctl-{s.name}"].writer()
         for name, _title in topo.histograms():
@@ -256,6 +264,7 @@ class Controller:
                                      backoff_s=stages_cfg.restart_backoff_s,
                                      backoff_max_s=stages_cfg.restart_backoff_max_s,
                                      stable_s=stages_cfg.restart_stable_s)
+        self.supervisor.member_stop = lambda stage: self.send(stage, CTRL_STOP)
         if self.replay:
             self.supervisor.stage_args[ROLE_VENUE] = ["--replay", self.replay, "--replay-speed",
                                                       str(self.replay_speed)]
@@ -298,7 +307,14 @@ class Controller:
         """A stage died or went silent: contain it now (a strategy's orders cancelled, trading
         halted for the gate or router), restart it when its restart policy says (at once the
         first time in the window, later with backoff), or give up on it."""
+        unit = next((u for u in self.topology.units if u.name == name), None)
+        if unit is not None and unit.composite:
+            self.on_composite_failure(unit, why)
+            return
         spec = self.topology.stage(name)
+        if spec.unit and spec.unit != spec.name:
+            self.on_member_fault(spec, why)
+            return
         self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
         self.log(f"stage {name} {why}")
         self.event("stage_failed", why, stage=name)
@@ -339,6 +355,97 @@ class Controller:
             return
         self.restart_stage(spec)
 
+    def on_member_fault(self, spec, why: str) -> None:
+        """A member retired by its composite's loop (its poll kept raising) while the others
+        run on. A strategy is left down (its orders cancelled), as a strategy that halted
+        itself; any other member takes its composite through a restart (fail-closed: the
+        gate's halt and reconciliation as if the process had died)."""
+        name = spec.name
+        self.events.append(f"{time.strftime('%H:%M:%S')} {name} {why}")
+        self.log(f"stage {name} {why}")
+        self.event("stage_failed", why, stage=name, process=spec.unit)
+        self.supervisor.drop_member(name)
+        if spec.role != ROLE_STRATEGY:
+            self.on_composite_failure(self.topology.unit(spec.unit), f"(member {name} {why})")
+            return
+        if self.alive("order_router"):
+            self.send("order_router", CTRL_CANCEL_ALL, spec.strategy_id)
+        reason = f"{why}; left down until composite {spec.unit} restarts"
+        self.supervisor.given_up[name] = reason
+        self.event("stage_given_up", reason, stage=name)
+
+    def on_composite_failure(self, unit, why: str) -> None:
+        """A composite's process died, went silent, or lost a non-strategy member: every
+        member is contained as its role asks (strategies' orders cancelled; gate or router:
+        trading halts; venue: the router reconciles), then the composite restarts as one, by
+        its own restart policy, with ``--reconcile`` when it runs the gate or the router (they
+        start HALTED; trading resumes only after reconciliation)."""
+        self.events.append(f"{time.strftime('%H:%M:%S')} {unit.name} {why}")
+        self.log(f"composite {unit.name} ({', '.join(unit.members)}) {why}")
+        members = [self.topology.stage(m) for m in unit.members]
+        for m in members:
+            self.event("stage_failed", why, stage=m.name, process=unit.name)
+        if self.clock is not None:
+            self.sim_failed = f"composite {unit.name} {why}"
+            self.supervisor.reap(unit.name)
+            self.stop_requested = True
+            return
+        self.supervisor.reap(unit.name)
+        now = time.monotonic()
+        self.restarting[unit.name] = now
+        uptime = now - self.supervisor.started_at.get(unit.name, now)
+        delay = self.supervisor.policy.on_failure(unit.name, now, uptime)
+        roles = {m.role for m in members}
+        if roles & {ROLE_GATE, ROLE_ROUTER}:
+            self.halt(f"composite {unit.name} {why}")
+        elif self.alive("order_router"):
+            for m in members:
+                if m.role == ROLE_STRATEGY:
+                    self.send("order_router", CTRL_CANCEL_ALL, m.strategy_id)
+            # a new simulator (or paper venue) starts with empty books: our orders there are
+            # gone. arg0: the venue ids that died with the composite, where the controller
+            # has ``venue_mask`` (its router then closes only those venues' orders); before
+            # that, the router closes every venue's on a venue restart
+            mask_of = getattr(self, "venue_mask", None)
+            if mask_of is not None:
+                mask = sum(mask_of(m) for m in members)
+                if mask:
+                    self.send("order_router", CTRL_RECONCILE, mask, wait_s=1.0)
+            elif ROLE_VENUE in roles:
+                self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
+        if delay is None:
+            sc = self.cfg.stages
+            reason = (f"failed more than its restart limit within {sc.restart_window_s:.0f} s "
+                      f"(last: {why}); left down")
+            self.restarting.pop(unit.name, None)
+            for m in members:
+                self.supervisor.given_up[m.name] = reason
+                self.status.set_word(m.slot, W_STATE, ST_FAILED)
+            self.log(f"composite {unit.name} {reason}")
+            self.event("stage_given_up", reason, stage=unit.name)
+            if roles - {ROLE_STRATEGY}:
+                self.halt(f"composite {unit.name} failed permanently")
+            return
+        if delay > 0:
+            self.pending_restarts[unit.name] = now + delay
+            self.log(f"composite {unit.name}: restart in {delay:.1f} s")
+            for m in members:
+                self.status.set_word(m.slot, W_STATE, ST_RESTARTING)
+            return
+        self.restart_unit(unit)
+
+    def restart_unit(self, unit) -> None:
+        members = [self.topology.stage(m) for m in unit.members]
+        for m in members:
+            self.supervisor.given_up.pop(m.name, None)
+        reconcile = any(m.role in (ROLE_GATE, ROLE_ROUTER) for m in members)
+        if "journal" not in unit.members:
+            self.flush_journal(wait_s=0.5 if not reconcile else 2.0)
+        self.supervisor.restart(members[0], reconcile=reconcile)
+        for m in members:
+            if m.role in (ROLE_GATE, ROLE_ROUTER):
+                self.reconciling[m.name] = time.monotonic() + 60.0
+
     def give_up(self, spec, why: str) -> None:
         """Leave a stage down: a strategy alone (its orders were cancelled; the others trade
         on), any other stage halts trading."""
@@ -361,7 +468,11 @@ class Controller:
         for name, due in list(self.pending_restarts.items()):
             if now >= due:
                 del self.pending_restarts[name]
-                self.restart_stage(self.topology.stage(name))
+                unit = next((u for u in self.topology.units if u.name == name), None)
+                if unit is not None and unit.composite:
+                    self.restart_unit(unit)
+                else:
+                    self.restart_stage(self.topology.stage(name))
 
     def restart_stage(self, spec) -> None:
         if spec.role == ROLE_STRATEGY:
@@ -415,10 +526,12 @@ class Controller:
 
     def note_restarts_running(self) -> None:
         for name, t0 in list(self.restarting.items()):
-            proc = self.supervisor.procs.get(name)
+            proc = self.supervisor.proc_of(name)
             if proc is None:
                 del self.restarting[name]
-            elif self.status.read_word(proc.spec.slot, W_STATE) == ST_RUNNING:
+            elif all(self.status.read_word(self.topology.stage(m).slot, W_STATE) == ST_RUNNING
+                     for m in (proc.unit.members if proc.unit is not None
+                               else (proc.spec.name,))):
                 del self.restarting[name]
                 self.events.append(f"{time.strftime('%H:%M:%S')} {name} restarted (pid "
                                    f"{proc.pid}), RUNNING {time.monotonic() - t0:.1f} s after "
@@ -658,6 +771,12 @@ class Controller:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.check_mode()
+        cpu = self.cfg.instance.controller_cpu
+        if cpu is not None:   # off the hot core; stages re-pin (or unpin) themselves
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError as exc:
+                self.log(f"cannot pin the controller to CPU {cpu}: {exc.strerror}")
         self.acquire_lock()
         try:
             self.create_segments()

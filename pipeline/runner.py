@@ -31,6 +31,10 @@ MAX_CONSECUTIVE_ERRORS = 100
 MANIFEST_AGAIN_NS = 2_000_000_000  # the compiled-code list again, 2 s into the run
 
 
+def _no_wake() -> None:
+    pass
+
+
 class StageRunner:
     def __init__(self, stage, ctx, status_writer, control_reader, idle):
         self.stage = stage
@@ -49,6 +53,11 @@ class StageRunner:
         # slot; the stage then works only on its turns (``_loop_lockstep``)
         self.lockstep = None
         self.lockstep_slot = -1
+        # after a poll that did work: post the doorbell of any reader that parked on one of
+        # this process's rings (shm.doorbell.wake_parked; a no-op without parking readers)
+        self.wake = _no_wake
+        self.warm = None
+        self._manifest_again = 0
 
     def _on_signal(self, signum, frame):
         self.stop_requested = True
@@ -122,27 +131,42 @@ class StageRunner:
                     ack = -ack   # answered, but not done: the controller tells the two apart
             self.status.set(W_CTRL_ACK, ack)
 
-    def run(self) -> int:
-        stage = self.stage
+    def begin(self, end_compile_watch: bool = True) -> None:
+        """Everything before the loop: STARTING (or COMPILING), on_start, RUNNING (cold)."""
         self.status.set(W_STARTED_NS, time.monotonic_ns())
         watch = self.compile_watch
         if watch is not None:
             watch.call_on_compile(self._compiling)
         self.heartbeat(ST_STARTING)
         t_start = time.monotonic_ns()
-        stage.on_start(self.ctx)
-        if watch is not None:
+        self.stage.on_start(self.ctx)
+        if self.warm is not None:
+            self.warm()   # code the loop will need, compiled while the stage still starts
+        if watch is not None and end_compile_watch:
             watch.uninstall()   # RUNNING from here: a later compile must not look like a start
         self.heartbeat(ST_RUNNING)
         self._report_startup(t_start)
         self.write_manifest()
-        manifest_again = time.monotonic_ns() + MANIFEST_AGAIN_NS
+        self._manifest_again = time.monotonic_ns() + MANIFEST_AGAIN_NS
+
+    def service(self, now: int) -> None:
+        """Once per heartbeat period: control records, the status block, the manifest."""
+        self.handle_control()
+        self.heartbeat(ST_RUNNING)
+        if self._manifest_again and now >= self._manifest_again:
+            self._manifest_again = 0   # once more: code first used after the start
+            self.write_manifest()
+
+    def run(self) -> int:
+        stage = self.stage
+        self.begin()
         if self.lockstep is not None:
             if self._loop_lockstep() != 0:
                 return 1
             return self._stop()
         idle = self.idle
         poll = stage.poll
+        wake = self.wake
         next_hb = time.monotonic_ns() + HEARTBEAT_NS
         while not self.stop_requested:
             try:
@@ -159,15 +183,13 @@ class StageRunner:
                           "poll(); exiting", file=sys.stderr)
                     self.heartbeat(ST_STOPPING)
                     return 1
+            if n:
+                wake()
             idle.idle(n)
             now = time.monotonic_ns()
             if now >= next_hb:
                 next_hb = now + HEARTBEAT_NS
-                self.handle_control()
-                self.heartbeat(ST_RUNNING)
-                if manifest_again and now >= manifest_again:
-                    manifest_again = 0   # once more: code first used after the start
-                    self.write_manifest()
+                self.service(now)
         return self._stop()
 
     def _stop(self) -> int:

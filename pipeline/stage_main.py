@@ -20,6 +20,11 @@ from pathlib import Path
 def _apply_os_settings(cpu, cfg, name: str) -> int | None:
     """Pin, real-time priority, mlockall; returns the CPU pinned to (None: not pinned)."""
     pinned = None
+    if cpu is None and cfg.instance.controller_cpu is not None:
+        try:   # not the controller's CPU, which we inherited: any
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:
+            pass
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})
@@ -27,6 +32,13 @@ def _apply_os_settings(cpu, cfg, name: str) -> int | None:
         except OSError as exc:
             print(f"{name}: cannot pin to CPU {cpu}: {exc.strerror} (running unpinned)",
                   file=sys.stderr)
+    # a park (sem_timedwait) or sleep ends up to the timer slack late (50 us by default): a
+    # stage wakes within a few microseconds of its deadline instead
+    PR_SET_TIMERSLACK = 29
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
     prio = cfg.instance.realtime_priority
     if prio:
         try:
@@ -55,6 +67,33 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if parent_pid and os.getppid() != parent_pid:
         sys.exit(f"controller {parent_pid} is gone before this stage started")
+
+
+FEED_PARK_S = 1e-3
+
+
+def _clock_park(park, runner):
+    """``park`` for a process that runs the simulated venue: the venue is driven by the
+    clock, not by its input rings, and nothing rings the doorbell when its next event falls
+    due; so it parks no longer than until then (market/sim.py ``sim_next_ns``, in the
+    simulator's ns, which start at the wall clock). Compiled while the stage starts."""
+    from market.sim import sim_next_ns
+
+    def next_due_ns() -> int:
+        return int(sim_next_ns(*runner.stage.venue.state))
+
+    runner.warm = next_due_ns
+
+    def clock_park(timeout_s: float) -> bool:
+        venue = getattr(runner.stage, "venue", None)
+        if venue is not None:
+            due_s = (int(sim_next_ns(*venue.state)) - time.time_ns()) / 1e9
+            if due_s <= 0:
+                return True
+            timeout_s = min(timeout_s, due_s)
+        return park(timeout_s)
+
+    return clock_park
 
 
 def make_stage(spec, replay: str | None = None, lockstep: bool = False):
@@ -116,9 +155,10 @@ def main(argv=None) -> int:
     watch = CompileWatch().install()   # before any kernel module is imported
 
     from pipeline.config import load_config
-    from pipeline.idle import make_idle
+    from pipeline.idle import PARKING_IDLES, idle_for
     from pipeline.runner import StageRunner
     from shm.records import CONTROL_DTYPE
+    from shm.doorbell import wake_parked
     from shm.ring import SpscRing
     from shm.status import StatusTable
     from stages.base import StageContext
@@ -131,41 +171,78 @@ def main(argv=None) -> int:
     if cfg.instance.name != args.instance:
         cfg = dataclasses.replace(cfg, instance=dataclasses.replace(cfg.instance,
                                                                      name=args.instance))
-    topo = build_topology(cfg)
-    spec = topo.stage(args.stage)
-    cpu = _apply_os_settings(spec.cpu, cfg, spec.name)
+    # sim-time turns are per stage: that mode always runs one process per stage
+    topo = build_topology(cfg, dedicated=args.lockstep)
+    unit = topo.unit(args.stage)
+    cpu = _apply_os_settings(unit.cpu, cfg, unit.name)
     status = StatusTable.attach(args.instance, timeout_s=5.0)
-    control_ring = SpscRing.attach(args.instance, f"ctl-{spec.name}", CONTROL_DTYPE)
-    ctx = StageContext(instance=args.instance, name=spec.name, role=spec.role, config=cfg,
-                       topology=topo, run_dir=Path(args.run_dir), slot=spec.slot, cpu=cpu,
-                       restarts=args.restarts, extra={"spec": spec,
-                                                      "reconcile": args.reconcile,
-                                                      "replay": args.replay,
-                                                      "replay_speed": args.replay_speed,
-                                                      "lockstep": args.lockstep,
-                                                      "sim_duration_s": args.sim_duration})
-    t_attached = time.monotonic_ns()
-    stage = make_stage(spec, args.replay, args.lockstep)
-    runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(),
-                         make_idle(spec.idle))
-    clk = None
-    if args.lockstep:
-        from shm.lockstep import LockstepClock
-        from stages.topology import lockstep_schedule
+    door = None
+    if unit.idle in PARKING_IDLES:
+        from shm.doorbell import Doorbell
 
-        schedule = [topo.stage(n).slot for n in lockstep_schedule(topo)]
-        if spec.slot in schedule:
-            clk = LockstepClock.attach(args.instance, schedule)
-            runner.lockstep, runner.lockstep_slot = clk, spec.slot
-    runner.startup_marks = {"main": t_main, "imports": t_imports, "attached": t_attached}
-    runner.compile_watch = watch
-    runner.install_signals()
+        door = Doorbell(args.instance)
+    parker = [door.park if door is not None else None]
+    timeout_s = cfg.stages.park_timeout_ms / 1e3
+    if any(topo.stage(m).role == "feed" for m in unit.members):
+        # a live feed's socket thread hands messages over in memory, not through a ring:
+        # nothing rings the doorbell for them, so such a process parks 1 ms at most
+        timeout_s = min(timeout_s, FEED_PARK_S)
+    idle = idle_for(unit.idle, park=lambda t: parker[0](t) if parker[0] else time.sleep(t),
+                    spin_us=unit.spin_us if unit.spin_us is not None else cfg.stages.spin_us,
+                    timeout_s=timeout_s)
+    control_rings, runners = [], []
+    for name in unit.members:
+        spec = topo.stage(name)
+        control_ring = SpscRing.attach(args.instance, f"ctl-{spec.name}", CONTROL_DTYPE)
+        control_rings.append(control_ring)
+        ctx = StageContext(instance=args.instance, name=spec.name, role=spec.role, config=cfg,
+                           topology=topo, run_dir=Path(args.run_dir), slot=spec.slot, cpu=cpu,
+                           restarts=args.restarts, extra={"spec": spec,
+                                                          "reconcile": args.reconcile,
+                                                          "replay": args.replay,
+                                                          "replay_speed": args.replay_speed,
+                                                          "lockstep": args.lockstep,
+                                                          "sim_duration_s": args.sim_duration})
+        stage = make_stage(spec, args.replay, args.lockstep)
+        runner = StageRunner(stage, ctx, status.block(spec.slot), control_ring.reader(), idle)
+        runner.wake = wake_parked
+        runner.compile_watch = watch
+        runners.append(runner)
+        if door is not None and spec.role == "venue" and not (args.replay or args.lockstep):
+            parker[0] = _clock_park(door.park, runner)   # the simulated venue's process
+    t_attached = time.monotonic_ns()
+    clk = None
     try:
+        if unit.composite:
+            from pipeline.composite import CompositeRunner
+
+            for r in runners:
+                r.startup_marks = {"main": t_main, "imports": t_imports,
+                                   "attached": t_attached}
+            comp = CompositeRunner(unit.name, runners, idle, wake=wake_parked,
+                                   compile_watch=watch,
+                                   member_poll_us=cfg.stages.member_poll_us)
+            comp.install_signals()
+            return comp.run()
+        runner, spec = runners[0], topo.stage(unit.members[0])
+        if args.lockstep:
+            from shm.lockstep import LockstepClock
+            from stages.topology import lockstep_schedule
+
+            schedule = [topo.stage(n).slot for n in lockstep_schedule(topo)]
+            if spec.slot in schedule:
+                clk = LockstepClock.attach(args.instance, schedule)
+                runner.lockstep, runner.lockstep_slot = clk, spec.slot
+        runner.startup_marks = {"main": t_main, "imports": t_imports, "attached": t_attached}
+        runner.install_signals()
         return runner.run()
     finally:
         if clk is not None:
             clk.close()
-        control_ring.close()
+        for ring in control_rings:
+            ring.close()
+        if door is not None:
+            door.close()
         status.close()
 
 

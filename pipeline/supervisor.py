@@ -34,8 +34,13 @@ class StageStartError(Exception):
 
 
 class StageProcess:
-    def __init__(self, spec, popen: subprocess.Popen, log_path: Path):
+    """One stage process: a dedicated stage, or a composite running several (``unit``, a
+    stages.topology.ProcessUnit; ``spec`` is its first member's)."""
+
+    def __init__(self, spec, popen: subprocess.Popen, log_path: Path, unit=None):
         self.spec = spec
+        self.unit = unit
+        self.name = unit.name if unit is not None else spec.name
         self.popen = popen
         self.pid = popen.pid
         self.log_path = log_path
@@ -77,6 +82,7 @@ class RestartPolicy:
         self.stable_s = float(stable_s)
         self.failures: dict[str, list[float]] = {}
         self.quick: dict[str, int] = {}   # consecutive failures soon after a (re)start
+        self.limits: dict[str, int] = {}  # name -> its own limit (a composite's restart_limit)
 
     def recent(self, name: str, now: float) -> int:
         times = [t for t in self.failures.get(name, ()) if now - t <= self.window_s]
@@ -88,7 +94,7 @@ class RestartPolicy:
         restarting it (s), or None: give up."""
         n = self.recent(name, now) + 1
         self.failures[name].append(now)
-        if n > self.limit:
+        if n > self.limits.get(name, self.limit):
             return None
         if uptime_s >= self.stable_s:
             self.quick[name] = 0
@@ -121,9 +127,18 @@ class Supervisor:
         self._sched: dict[int, tuple[int, int]] = {}   # pid -> (when, run-queue wait ns)
         self.starved_ticks = 0
         self.stage_args: dict[str, list[str]] = {}   # role -> extra stage_main arguments
+        # restarts per process: a dedicated stage's name, or a composite's
         self.restarts: dict[str, int] = {s.name: 0 for s in topology.stages}
         self.policy = RestartPolicy(restart_limit, restart_window_s, backoff_s, backoff_max_s,
                                     stable_s)
+        for u in getattr(topology, "units", ()):
+            self.restarts.setdefault(u.name, 0)
+            if u.restart_limit is not None:
+                self.policy.limits[u.name] = u.restart_limit
+        self.units: dict[str, StageProcess] = {}   # process name -> its process
+        # stops one member of a live composite (the controller's CTRL_STOP on its control
+        # ring); set by the controller
+        self.member_stop = None
         self.started_at: dict[str, float] = {}   # stage -> when its current process started
         self.given_up: dict[str, str] = {}   # stage -> why it is left down
         self.spawn_order: list[str] = []   # stages in the order first spawned
@@ -139,20 +154,49 @@ class Supervisor:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
+    def unit_of(self, spec):
+        """The process unit running ``spec`` (None: a topology without units)."""
+        units = getattr(self.topology, "units", None)
+        if not units:
+            return None
+        return self.topology.unit(getattr(spec, "unit", "") or spec.name)
+
+    def proc_of(self, name: str) -> StageProcess | None:
+        """The live process of stage or process ``name``."""
+        return self.procs.get(name) or self.units.get(name)
+
     def spawn(self, spec, *, reconcile: bool = False) -> StageProcess:
-        log_path = self.log_dir / f"{spec.name}.log"
+        """Start the process that runs ``spec``: the stage alone, or its whole composite (a
+        composite already running is not started twice: its process is returned)."""
+        unit = self.unit_of(spec)
+        pname = unit.name if unit is not None else spec.name
+        live = self.units.get(pname)
+        if live is not None and live.exited() is None:
+            return live
+        members = [self.topology.stage(m) for m in unit.members] if unit is not None \
+            else [spec]
+        log_path = self.log_dir / f"{pname}.log"
+        restarts = self.restarts.setdefault(pname, 0)
         args = ["--instance", self.instance, "--config", self.config_path, "--run-dir",
-                str(self.run_dir), "--stage", spec.name, "--restarts",
-                str(self.restarts[spec.name]), "--parent-pid", str(os.getpid())]
+                str(self.run_dir), "--stage", pname, "--restarts",
+                str(restarts), "--parent-pid", str(os.getpid())]
         if reconcile:
             args.append("--reconcile")
-        args += self.stage_args.get(spec.role, [])
-        self.status.set_word(spec.slot, W_STATE, ST_RESTARTING if self.restarts[spec.name]
-                             else 0)
-        self.status.set_word(spec.slot, W_RESTARTS, self.restarts[spec.name])
-        self.started_at[spec.name] = time.monotonic()
-        if spec.name not in self.spawn_order:
-            self.spawn_order.append(spec.name)
+        for role in dict.fromkeys(m.role for m in members):
+            for a in self.stage_args.get(role, []):
+                if a not in args:
+                    args.append(a)
+        for m in members:
+            if m.name != pname:   # logs/<stage>.log stays the stage's log: its process's
+                link = self.log_dir / f"{m.name}.log"
+                if not link.is_symlink() and not link.exists():
+                    link.symlink_to(log_path.name)
+            self.status.set_word(m.slot, W_STATE, ST_RESTARTING if restarts else 0)
+            self.status.set_word(m.slot, W_RESTARTS, restarts)
+            self.started_at[m.name] = time.monotonic()
+            if m.name not in self.spawn_order:
+                self.spawn_order.append(m.name)
+        self.started_at[pname] = time.monotonic()
         popen = self._take_spare(args, log_path)
         if popen is None:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -161,10 +205,12 @@ class Supervisor:
                                          cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=self._env(),
                                          start_new_session=True, close_fds=True)
-        proc = StageProcess(spec, popen, log_path)
+        proc = StageProcess(members[0], popen, log_path, unit)
         # the pid is known now; the stage itself confirms it with its first heartbeat
-        self.status.set_word(spec.slot, W_PID, popen.pid)
-        self.procs[spec.name] = proc
+        for m in members:
+            self.status.set_word(m.slot, W_PID, popen.pid)
+            self.procs[m.name] = proc
+        self.units[pname] = proc
         return proc
 
     # -- the warm spare -----------------------------------------------------------------
@@ -246,7 +292,7 @@ class Supervisor:
                     raise StageStartError(
                         f"stage {name} exited with code {rc} during start-up; last lines of "
                         f"{proc.log_path}:\n{log_tail(proc.log_path)}")
-                state = self.status.read_word(proc.spec.slot, W_STATE)
+                state = self.status.read_word(self.topology.stage(name).slot, W_STATE)
                 if state == ST_COMPILING and name not in self.compiled:
                     self.compiled.add(name)
                     print(f"compiling kernels: {name} ({self.spawn_order.index(name) + 1}/"
@@ -271,26 +317,43 @@ class Supervisor:
 
     # -- watching -------------------------------------------------------------------------
     def pidfds(self) -> dict[int, str]:
-        return {p.pidfd: name for name, p in self.procs.items() if p.pidfd >= 0}
+        return {p.pidfd: name for name, p in self.units.items() if p.pidfd >= 0}
+
+    def _members(self, proc) -> list[str]:
+        """The stages of ``proc`` still under watch (a stopped or retired member is not)."""
+        if proc.unit is None:
+            return [proc.spec.name] if proc.spec.name in self.procs else []
+        return [m for m in proc.unit.members if self.procs.get(m) is proc]
 
     def check(self, silence: bool = True) -> list[tuple[str, str]]:
-        """(stage, why) for each stage that died or went silent since the last check."""
+        """(stage or process, why) for each process that died or went silent since the last
+        check, and each member of a live composite that its loop retired (FAILED)."""
         out = []
         now = time.monotonic_ns()
-        for name, proc in list(self.procs.items()):
+        for name, proc in list(self.units.items()):
             rc = proc.exited()
             if rc is not None:
                 out.append((name, f"exited with code {rc}"))
                 continue
-            slot = proc.spec.slot
-            if self.status.read_word(slot, W_STATE) != ST_RUNNING:
+            members = self._members(proc)
+            if proc.unit is not None and proc.unit.composite:
+                failed = [m for m in members if self.status.read_word(
+                    self.topology.stage(m).slot, W_STATE) == ST_FAILED]
+                for m in failed:
+                    out.append((m, f"faulted inside composite {name} (retired from its loop; "
+                                   "the other members run on)"))
+                members = [m for m in members if m not in failed]
+            if not members:
+                continue
+            slots = [self.topology.stage(m).slot for m in members]
+            if any(self.status.read_word(sl, W_STATE) != ST_RUNNING for sl in slots):
                 waited = time.monotonic() - proc.started_mono
                 if waited > START_TIMEOUT_S and self.start_overdue(proc, START_TIMEOUT_S):
                     out.append((name, f"not RUNNING {waited:.0f} s after it was started"))
                 continue
             if not silence:
                 continue
-            age = now - self.status.read_word(slot, W_HEARTBEAT_NS)
+            age = max(now - self.status.read_word(sl, W_HEARTBEAT_NS) for sl in slots)
             if age <= self.heartbeat_timeout_ns:
                 self._sched.pop(proc.pid, None)
                 self._silent_noticed.discard(name)
@@ -349,8 +412,9 @@ class Supervisor:
         return dt > 0 and (wait_ns - prev[1]) > dt // 4
 
     def reap(self, name: str, state: int = ST_DEAD) -> None:
-        """Make sure the process is gone (SIGKILL if silent) and forget it."""
-        proc = self.procs.pop(name, None)
+        """Make sure the process of stage or process ``name`` is gone (SIGKILL if silent) and
+        forget it, with every stage it ran."""
+        proc = self.proc_of(name)
         if proc is None:
             return
         if proc.exited() is None:
@@ -360,16 +424,42 @@ class Supervisor:
                 pass
             proc.popen.wait()
         proc.close()
-        self.status.set_word(proc.spec.slot, W_STATE, state)
+        from shm.doorbell import unlink_doorbell
+
+        unlink_doorbell(self.instance, proc.pid)   # a killed process could not remove it
+        self.units.pop(proc.name, None)
+        for m, p in list(self.procs.items()):
+            if p is proc:
+                del self.procs[m]
+                if self.status.read_word(self.topology.stage(m).slot, W_STATE) != ST_FAILED \
+                        or state != ST_DEAD:
+                    self.status.set_word(self.topology.stage(m).slot, W_STATE, state)
+
+    def drop_member(self, name: str) -> None:
+        """Stop watching one member of a live composite (retired by its loop, or stopped)."""
+        self.procs.pop(name, None)
 
     def restart(self, spec, **kw) -> StageProcess:
-        self.restarts[spec.name] += 1
+        unit = self.unit_of(spec)
+        pname = unit.name if unit is not None else spec.name
+        self.restarts[pname] = self.restarts.get(pname, 0) + 1
         return self.spawn(spec, **kw)
 
     # -- stopping -------------------------------------------------------------------------
     def stop(self, names, timeout_s: float = 10.0) -> None:
-        """SIGTERM (the runner drains and exits cleanly), SIGKILL after ``timeout_s``."""
-        procs = [self.procs[n] for n in names if n in self.procs]
+        """SIGTERM (the runner drains and exits cleanly), SIGKILL after ``timeout_s``. Some
+        members of a composite only: CTRL_STOP to each (``member_stop``), and wait for their
+        STOPPED; the process goes on with the others."""
+        names = [n for n in names if n in self.procs]
+        procs = []
+        for n in names:
+            p = self.procs[n]
+            if p not in procs:
+                procs.append(p)
+        partial = [(p, m) for p in procs for m in self._members(p)
+                   if not set(self._members(p)) <= set(names) and m in names]
+        procs = [p for p in procs if set(self._members(p)) <= set(names)]
+        self._stop_members(partial, timeout_s)
         for p in procs:
             if p.exited() is None:
                 try:
@@ -382,13 +472,32 @@ class Supervisor:
             try:
                 p.popen.wait(left)
             except subprocess.TimeoutExpired:
-                print(f"stage {p.spec.name} ignored SIGTERM for {timeout_s:.0f} s: SIGKILL",
+                print(f"stage {p.name} ignored SIGTERM for {timeout_s:.0f} s: SIGKILL",
                       file=sys.stderr)
-            self.reap(p.spec.name, ST_STOPPED)
+            self.reap(p.name, ST_STOPPED)
+
+    def _stop_members(self, pairs, timeout_s: float) -> None:
+        if not pairs:
+            return
+        for _p, m in pairs:
+            if self.member_stop is not None:
+                self.member_stop(m)
+        deadline = time.monotonic() + timeout_s
+        waiting = [m for _p, m in pairs]
+        while waiting and time.monotonic() < deadline:
+            waiting = [m for m in waiting if self.procs[m].exited() is None and
+                       self.status.read_word(self.topology.stage(m).slot, W_STATE)
+                       not in (ST_STOPPED, ST_FAILED)]
+            time.sleep(0.005)
+        for m in waiting:
+            print(f"stage {m} (in composite {self.procs[m].name}) did not stop within "
+                  f"{timeout_s:.0f} s; it stops with its process", file=sys.stderr)
+        for _p, m in pairs:
+            self.drop_member(m)
 
     def kill_all(self) -> None:
         self.stop_spare()
-        for name in list(self.procs):
+        for name in list(self.units):
             self.reap(name, ST_FAILED)
 
     def state_name(self, slot: int) -> str:

@@ -37,6 +37,14 @@ def _entry(kernel, n_args):
         e = _ENTRIES[key] = ops.int_entry(kernel, n_args)
     return e
 
+# The ends this process holds, for process-wide parking (shm/doorbell.py): every reader (a
+# parked process announces itself on each), and every writer of a ring made with wakeups
+# (after a batch, the process posts the doorbells its kernels flagged).
+LIVE_READERS: list = []
+WAKE_WRITERS: list = []
+PARKED_OWN_SEM = 1     # reader block's parked word: sleeping on the reader's own semaphore
+PARKED_DOORBELL = 2    # ... on its process's doorbell (shm/doorbell.py, keyed by its pid)
+
 KIND_SPSC = "spsc"
 KIND_BROADCAST = "broadcast"
 FLAG_WAKEUPS = 1
@@ -200,6 +208,11 @@ def _sem_name(instance: str, name: str, i: int) -> str:
     return segment_name(instance, name) + f".r{i}"
 
 
+def door_name(instance: str, pid: int) -> str:
+    """The doorbell semaphore of process ``pid`` (shm/doorbell.py)."""
+    return segment_name(instance, f"door.{int(pid)}")
+
+
 def _create_sem(sem_name: str) -> None:
     """Create a reader's semaphore (owner-only, value 0). Called after the ring's segment was
     created exclusively, so a semaphore already there belongs to no live ring: a crashed ring
@@ -315,8 +328,10 @@ class RingWriter(_End):
         super().__init__(ring, st)
         self._publish = _entry(ops.spsc_publish_from if ring.kind == KIND_SPSC
                                else ops.bcast_publish_from, 4)
-        self._sems: dict[int, posix_ipc.Semaphore] = {}
+        self._sems: dict = {}
         self._wakeups = ring.wakeups
+        if self._wakeups:
+            WAKE_WRITERS.append(self)
 
     def publish(self, records: np.ndarray, n: int | None = None) -> int:
         """Append ``records`` (or its first ``n``); returns how many were taken (SPSC: fewer =
@@ -352,16 +367,25 @@ class RingWriter(_End):
         return publish
 
     def wake_readers(self) -> None:
-        """Post the semaphore of each parked reader (blocking idle strategy)."""
+        """Post the semaphore of each parked reader (blocking idle strategy): its own, or its
+        process's doorbell (shm/doorbell.py) when it parked there."""
         self.st[ops.ST_WAKE] = 0
+        ctrl = self.ring._ctrl
         for i in range(self.ring.n_readers):
-            parked = self.ring._ctrl[(ops.BLOCK * (1 + i) + ops.RB_PARKED) // 8]
-            if parked:
-                sem = self._sems.get(i)
-                if sem is None:
-                    sem = self._sems[i] = posix_ipc.Semaphore(
-                        _sem_name(self.ring.instance, self.ring.name, i))
-                sem.release()
+            blk = ops.BLOCK * (1 + i)
+            parked = ctrl[(blk + ops.RB_PARKED) // 8]
+            if not parked:
+                continue
+            key = i if parked != PARKED_DOORBELL else ("door", int(ctrl[(blk + ops.RB_PID) // 8]))
+            sem = self._sems.get(key)
+            if sem is None:
+                name = (_sem_name(self.ring.instance, self.ring.name, i) if key == i
+                        else door_name(self.ring.instance, key[1]))
+                try:
+                    sem = self._sems[key] = posix_ipc.Semaphore(name)
+                except posix_ipc.ExistentialError:
+                    continue   # the reader's process is gone (its doorbell with it)
+            sem.release()
 
     @property
     def position(self) -> int:
@@ -384,6 +408,8 @@ class RingWriter(_End):
 
     def _drop(self):
         super()._drop()
+        if self in WAKE_WRITERS:
+            WAKE_WRITERS.remove(self)
         for sem in self._sems.values():
             sem.close()
         self._sems.clear()
@@ -417,6 +443,7 @@ class RingReader(_End):
                                        _entry(ops.bcast_available_at, 1))
         self._sem = None
         self._peek = self._commit = None
+        LIVE_READERS.append(self)
 
     def poll(self, out: np.ndarray) -> int:
         """Copy up to len(out) records into out[:n]; returns n. One kernel call (~0.2 us from
@@ -437,14 +464,15 @@ class RingReader(_End):
         the ring until ``commit(n)``. A reader that must make what it read durable first (the
         journal) peeks, writes, then commits: if it dies in between, its successor reads the
         same records again."""
-        if self.ring.kind != KIND_SPSC:
-            raise TypeError(f"ring {self.ring.name!r}: peek/commit is for SPSC rings")
         if self._sa == 0:
             raise self._closed()
-        self._check_buffer(out)
         if self._peek is None:
+            if self.ring.kind != KIND_SPSC:
+                raise TypeError(f"ring {self.ring.name!r}: peek/commit is for SPSC rings")
             self._peek, self._commit = _entry(ops.spsc_peek_at, 3), _entry(ops.spsc_commit_at, 2)
-        return self._peek(self._sa, out.ctypes.data, len(out))
+        if out is not self._last_arr:
+            self._bind(out)   # checked once per buffer: a structured dtype compare is ~5 us
+        return self._peek(self._sa, self._last_addr, self._last_len)
 
     def commit(self, n: int) -> None:
         """Release the first n records of the last ``peek`` to the writer."""
@@ -492,20 +520,22 @@ class RingReader(_End):
         if self._sem is None:
             self._sem = posix_ipc.Semaphore(_sem_name(self.ring.instance, self.ring.name,
                                                       self.index))
-        ops.set_parked_at(self._sa, 1)
+        ops.set_parked_at(self._sa, PARKED_OWN_SEM)
         try:
             if self.available():
                 return True
             try:
                 self._sem.acquire(timeout_s)
                 return True
-            except posix_ipc.BusyError:
-                return False
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                return False   # timed out, or a signal (its handler has run)
         finally:
             ops.set_parked_at(self._sa, 0)
 
     def _drop(self):
         super()._drop()
+        if self in LIVE_READERS:
+            LIVE_READERS.remove(self)
         if self._sem is not None:
             self._sem.close()
             self._sem = None

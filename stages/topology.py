@@ -60,12 +60,26 @@ class StageSpec:
     instruments: tuple = ()   # the instrument keys this process trades (its shard's block)
     group_id: int = 0         # the strategy id of shard 0: the risk gate sums shards under it
     venue: str = ""           # feed stages: the live venue this process plays
+    unit: str = ""            # the process that runs it: its own name, or its composite's
 
     @property
     def process(self) -> str:
         """The strategy process's own name (rings, histograms): the strategy's name, or
         ``name.k`` for shard k of a sharded strategy."""
         return process_name(self.strategy.name, self.shard, self.strategy.shards)
+
+
+@dataclass(frozen=True)
+class ProcessUnit:
+    """One stage process: a dedicated stage (``members`` is just it, ``name`` its name) or a
+    composite ([[composites]]: several stages polled in one loop, pipeline/composite.py)."""
+    name: str
+    members: tuple            # stage names, in start order
+    cpu: int | None
+    idle: str
+    composite: bool = False
+    spin_us: float | None = None
+    restart_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +99,27 @@ class Topology:
     md_readers: dict[str, dict[str, int]] = field(default_factory=dict)  # venue -> stage -> idx
     journal: bool = True
     journal_md: bool = False
+    units: list[ProcessUnit] = field(default_factory=list)
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
             if s.name == name:
                 return s
         raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
+
+    def unit(self, name: str) -> ProcessUnit:
+        """The process unit called ``name`` (a composite, or a dedicated stage)."""
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise KeyError(f"no process {name!r} (processes: "
+                       f"{', '.join(u.name for u in self.units)})")
+
+    def unit_of(self, stage: str) -> ProcessUnit:
+        return self.unit(self.stage(stage).unit)
+
+    def composites(self) -> list[ProcessUnit]:
+        return [u for u in self.units if u.composite]
 
     def feeds(self) -> list[StageSpec]:
         return [s for s in self.stages if s.role == ROLE_FEED]
@@ -133,7 +162,102 @@ def live_venues(cfg) -> list[str]:
     return [v.name for v in cfg.venues if v.kind != "sim"]
 
 
-def build_topology(cfg) -> Topology:
+FIXED_STAGES = ("venue", "journal", "order_router", "risk_gate")
+STAGE_PREFIXES = ("strategy-", "feed-")
+
+
+def _match_composites(cfg, names: list[str]):
+    """(stage -> composite index, problems): which composite runs each stage named in
+    ``cfg.composites``. Entries are stage names or shell patterns (``strategy-*``)."""
+    import fnmatch
+
+    from common.schema import did_you_mean
+
+    owner: dict[str, int] = {}
+    problems: list[str] = []
+    comp_names = [c.name for c in cfg.composites]
+    for dup in sorted({n for n in comp_names if comp_names.count(n) > 1}):
+        problems.append(f"composites: name {dup!r} appears more than once")
+    for n, comp in enumerate(cfg.composites):
+        where = f"composites[{n}] ({comp.name})"
+        if comp.name in names:
+            problems.append(f"{where}.name = {comp.name!r}: is a stage's name; give the "
+                            "composite a name of its own")
+        for entry in comp.stages:
+            if any(ch in entry for ch in "*?["):
+                hits = fnmatch.filter(names, entry)
+                if not hits and not entry.startswith(STAGE_PREFIXES):
+                    # "strategy-*" or "feed-*" may match nothing in a config without any
+                    problems.append(f"{where}.stages: pattern {entry!r} matches no stage "
+                                    f"(stages: {', '.join(names)}; patterns begin "
+                                    f"{' or '.join(map(repr, STAGE_PREFIXES))})")
+            elif entry in names:
+                hits = [entry]
+            elif entry in FIXED_STAGES:
+                continue   # a stage this config has none of (no sim venue, no journal)
+            else:
+                problems.append(f"{where}.stages: {entry!r} is not a stage (stages: "
+                                f"{', '.join(names)}){did_you_mean(entry, names)}")
+                continue
+            for stage in hits:
+                prev = owner.get(stage)
+                if prev is not None and prev != n:
+                    problems.append(f"{where}.stages: stage {stage!r} is already in "
+                                    f"composites[{prev}] ({cfg.composites[prev].name}); a "
+                                    "stage runs in one process only")
+                else:
+                    owner[stage] = n
+        live = [s for s, i in owner.items() if i == n and s.startswith("feed-")]
+        if live and comp.idle in ("busy-spin", "yield"):
+            problems.append(f"{where}.idle = {comp.idle!r}: it runs feed stage(s) "
+                            f"{', '.join(live)}, whose websocket thread needs the interpreter "
+                            "while the loop idles: use hybrid, blocking or backoff")
+    return owner, problems
+
+
+def composite_problems(cfg) -> list[str]:
+    """Every problem of ``cfg``'s [[composites]] (unknown stage, a stage in two composites,
+    a name clash ...), each naming the composite and the entry; [] when sound."""
+    try:
+        names = [s.name for s in build_topology(cfg, dedicated=True).stages]
+    except (KeyError, ValueError):
+        return []   # the config's other problems (reported on their own) stop the topology
+    return _match_composites(cfg, names)[1]
+
+
+def _units(cfg, stages: list[StageSpec], dedicated: bool):
+    """The stage specs (cpu / idle / unit as their process runs them) and the process units."""
+    import dataclasses
+
+    owner: dict[str, int] = {}
+    if not dedicated and cfg.stages.layout == "composite" and cfg.composites:
+        owner, problems = _match_composites(cfg, [s.name for s in stages])
+        if problems:
+            raise ValueError("; ".join(problems))
+    out, units = [], []
+    for s in stages:
+        n = owner.get(s.name)
+        if n is None:
+            out.append(dataclasses.replace(s, unit=s.name))
+            units.append(ProcessUnit(s.name, (s.name,), s.cpu, s.idle))
+        else:
+            c = cfg.composites[n]
+            out.append(dataclasses.replace(s, unit=c.name, cpu=c.cpu, idle=c.idle))
+    rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_FEED: 1, ROLE_ROUTER: 2, ROLE_GATE: 3,
+            ROLE_STRATEGY: 4}
+    for n, c in enumerate(cfg.composites):
+        members = sorted((s for s in out if owner.get(s.name) == n),
+                         key=lambda s: (rank[s.role], s.slot))
+        if members:
+            units.append(ProcessUnit(c.name, tuple(s.name for s in members), c.cpu, c.idle,
+                                     composite=True, spin_us=c.spin_us,
+                                     restart_limit=c.restart_limit))
+    return out, units
+
+
+def build_topology(cfg, dedicated: bool = False) -> Topology:
+    """``dedicated``: one process per stage whatever [stages] layout says (sim-time mode,
+    whose lockstep turns are per stage)."""
     st = cfg.stages
     stages: list[StageSpec] = []
     slot = 0
@@ -167,6 +291,7 @@ def build_topology(cfg) -> Topology:
                                     group_id=ids[(s.name, 0)]))
             slot += 1
 
+    stages, units = _units(cfg, stages, dedicated)
     venues = [v.name for v in cfg.venues]
     md_readers: dict[str, dict[str, int]] = {v: {} for v in venues}
     for spec in stages:
@@ -199,4 +324,4 @@ def build_topology(cfg) -> Topology:
                   RingSpec(f"vexec-{v}", "spsc", "exec", oc * 4)]
     for spec in stages:
         rings.append(RingSpec(f"ctl-{spec.name}", "spsc", "control", 64))
-    return Topology(stages, rings, venues, md_readers, journal, journal_md)
+    return Topology(stages, rings, venues, md_readers, journal, journal_md, units)

@@ -30,16 +30,21 @@ def format_status(s: dict) -> str:
     lines = [f"instance {s['instance']}  controller pid {s['pid']}  up {s['uptime_s']} s  "
              f"run dir {s['run_dir']}", ""]
     hdr = ("stage", "state", "pid", "cpu", "hb ms", "in", "out", "lag", "lost", "err", "rst")
+    # composite layout: which process runs each stage (a last column, only then)
+    shared = any(r.get("process", r["stage"]) != r["stage"] for r in s["stages"])
+    if shared:
+        hdr += ("process",)
     rows = [hdr]
     for r in s["stages"]:
         rows.append((r["stage"], r["state"], str(r["pid"]),
                      "-" if r["cpu"] is None else str(r["cpu"]),
                      "-" if r["heartbeat_age_ms"] is None else f"{r['heartbeat_age_ms']:.0f}",
                      str(r["records_in"]), str(r["records_out"]), str(r["ring_lag"]),
-                     str(r["records_lost"]), str(r["errors"]), str(r["restarts"])))
+                     str(r["records_lost"]), str(r["errors"]), str(r["restarts"]))
+                    + ((r.get("process", r["stage"]),) if shared else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(hdr))]
     for row in rows:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+        lines.append("  ".join(c.ljust(w) if i < 2 or i == 11 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))))
     notes = [f"  {r['stage']}: {r['reason']}" for r in s["stages"] if r.get("reason")]
     if notes:

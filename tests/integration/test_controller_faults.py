@@ -81,7 +81,7 @@ def inst(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("faults")
     name = f"t{os.getpid()}F{uuid.uuid4().hex[:6]}"
-    cfg = write_config(tmp / "c.toml", name, tmp / "runs")
+    cfg = write_config(tmp / "c.toml", name, tmp / "runs", layout="dedicated")
     text = cfg.read_text().replace("event_rate_per_s = 20000", "event_rate_per_s = 2000")
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     text = text.replace("[stages]", "[stages]\nrestart_limit = 1\nrestart_window_s = 600")
@@ -128,7 +128,8 @@ def test_a_second_instance_of_the_same_name_is_refused_and_the_first_untouched(i
     # a short run dir: under pytest-xdist tmp_path is long enough to push the control socket
     # past the 107 bytes a Unix socket path may have
     short = Path(tempfile.mkdtemp(prefix="hf2-"))
-    cfg2 = write_config(tmp_path / "other.toml", inst["name"], short / "runs")
+    cfg2 = write_config(tmp_path / "other.toml", inst["name"], short / "runs",
+                        layout="dedicated")
     before = sorted(s.name for s in list_segments(inst["name"]))
     try:
         r = run_py("start", "--config", str(cfg2), timeout=COLD_START_S + 60)

@@ -44,7 +44,8 @@ def drilled(tmp_path_factory, request):
     run_slow = request.config.getoption("--run-slow")
     tmp = tmp_path_factory.mktemp("drill")
     instance = f"t{os.getpid()}D{uuid.uuid4().hex[:6]}"
-    cfg_path = write_config(tmp / "c.toml", instance, tmp / "runs")
+    cfg_path = write_config(tmp / "c.toml", instance, tmp / "runs",
+                            layout="dedicated")   # drills each stage's own process
     text = cfg_path.read_text().replace("event_rate_per_s = 20000", "event_rate_per_s = 3000")
     text = text.replace("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 2000")
     text = text.replace("[stages]", "[stages]\nrestart_limit = 100")

@@ -65,8 +65,13 @@ def end_instance(proc, instance: str) -> None:
     assert not leaked, f"segments left behind: {leaked}"
 
 
-def write_config(path: Path, instance: str, run_dir: Path, extra: str = "") -> Path:
+def write_config(path: Path, instance: str, run_dir: Path, extra: str = "",
+                 layout: str | None = None) -> Path:
+    """config.toml for a test instance; ``layout`` ("dedicated": one process per stage, for
+    tests that kill or stop one stage's process) overrides the default's."""
     text = (ROOT / "config.toml").read_text()
+    if layout is not None:
+        text = text.replace('layout = "composite"', f'layout = "{layout}"', 1)
     text = text.replace('name = "default"', f'name = "{instance}"', 1)
     text = text.replace('run_dir = "runs"', f'run_dir = "{run_dir}"', 1)
     path.write_text(text + extra)

@@ -35,7 +35,8 @@ def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     instance = f"t{os.getpid()}L{uuid.uuid4().hex[:6]}"
     ncpu = os.cpu_count() or 1
-    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", monitoring_checks.CONFIG)
+    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", monitoring_checks.CONFIG,
+                       layout="dedicated")   # it kills and stops single stages
     text = cfg.read_text()
     # pin every stage (status must show the configured CPU); calmer flow and a silence limit
     # that tolerates a 2-core machine shared with other work

@@ -25,7 +25,8 @@ def test_two_shards_trade_as_two_processes_with_their_own_identity(tmp_path):
     from strategies.base import COID_SHIFT, SHARD_SHIFT
 
     instance = f"t{uuid.uuid4().hex[:8]}sh"
-    cfg = write_config(tmp_path / "c.toml", instance, tmp_path / "runs")
+    cfg = write_config(tmp_path / "c.toml", instance, tmp_path / "runs",
+                       layout="dedicated")   # its claim is about separate processes
     text = cfg.read_text()
     assert MM in text
     text = text.replace(MM, SHARDED, 1)

@@ -27,16 +27,20 @@ from strategies.base import Strategy, open_count, place
 
 @dataclass(frozen=True)
 class PoisonParams:
-    raise_after: int = opt(300, "market batches before on_market raises", ge=1)
+    raise_after: int = opt(300, "market batches after its first quote before on_market "
+                           "raises", ge=1)
 
 
 @njit(cache=True)
 def on_market(ctx, st, p, md, n_md, now_ns):
-    st.calls += 1
     inst = ctx.inst[0]
     if open_count(ctx) == 0 and is_valid(ctx.px, ctx.meta, inst):
         place(ctx, 0, SIDE_BUY, ORD_POST_ONLY, best_bid_px(ctx.px, ctx.meta, inst) - 20, 1,
               now_ns)
+        st.quoted = 1
+    # counted from its first quote: how many batches a second brings depends on how often
+    # the stage is polled (a composite polls a strategy whenever a record waits)
+    st.calls += st.quoted
     if st.calls >= p.raise_after:
         raise ValueError("poisoned")
 
@@ -48,7 +52,7 @@ class PoisonLive(Strategy):
     on_market = staticmethod(on_market)
 
     def state_fields(self):
-        return [("calls", "i8")]
+        return [("calls", "i8"), ("quoted", "i8")]
 '''
 
 ENTRY = '''

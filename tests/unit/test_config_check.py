@@ -202,7 +202,7 @@ BROKEN = [
     ("source as a config key", [("[sim]", 'source = "feed.rec"\n\n[sim]')],
      "source = 'feed.rec': unknown key"),
     ("idle strategy misspelt", [('venue = { idle = "backoff" }', 'venue = { idle = "busyspin" }')],
-     "stages.venue.idle = 'busyspin': must be one of busy-spin, yield, backoff, blocking "
+     "stages.venue.idle = 'busyspin': must be one of busy-spin, yield, backoff, blocking, hybrid "
      "(did you mean 'busy-spin'?)"),
     ("heartbeat timeout beyond an hour",
      [("heartbeat_timeout_ms = 100", "heartbeat_timeout_ms = 100000000000")],

@@ -54,8 +54,14 @@ def test_a_feed_stage_is_pinned_to_its_venue_cpu_or_the_feed_default():
     text = text.replace('name = "simB"\nkind = "sim"', 'name = "simB"\nkind = "kraken"')
     text = text.replace('journal = { idle = "backoff" }',
                         'journal = { idle = "backoff" }\nfeed = { idle = "backoff", cpu = 0 }')
-    topo = build_topology(parse_config(text, "c.toml", build=False))
+    # per-stage pins are the dedicated layout's; the composite layout pins its processes
+    ded = text.replace('layout = "composite"', 'layout = "dedicated"')
+    topo = build_topology(parse_config(ded, "c.toml", build=False))
     assert {f.name: f.cpu for f in topo.feeds()} == {"feed-simA": 1, "feed-simB": 0}
+    comp = build_topology(parse_config(text, "c.toml", build=False))
+    md = next(u for u in comp.units if u.composite and "journal" in u.members)
+    assert {f.name: (f.unit, f.cpu) for f in comp.feeds()} == \
+        {"feed-simA": (md.name, md.cpu), "feed-simB": (md.name, md.cpu)}
 
 
 def test_all_live_venues_leave_no_venue_stage():
