@@ -402,17 +402,13 @@ class Controller:
             for m in members:
                 if m.role == ROLE_STRATEGY:
                     self.send("order_router", CTRL_CANCEL_ALL, m.strategy_id)
-            # a new simulator (or paper venue) starts with empty books: our orders there are
-            # gone. arg0: the venue ids that died with the composite, where the controller
-            # has ``venue_mask`` (its router then closes only those venues' orders); before
-            # that, the router closes every venue's on a venue restart
-            mask_of = getattr(self, "venue_mask", None)
-            if mask_of is not None:
-                mask = sum(mask_of(m) for m in members)
-                if mask:
-                    self.send("order_router", CTRL_RECONCILE, mask, wait_s=1.0)
-            elif ROLE_VENUE in roles:
-                self.send("order_router", CTRL_RECONCILE, wait_s=1.0)
+            # a new simulator (or paper venue) starts with empty books: our orders at the
+            # venues that died with the composite are gone (arg0: their mask), others are not
+            mask = 0
+            for m in members:
+                mask |= self.venue_mask(m)
+            if mask:
+                self.send("order_router", CTRL_RECONCILE, mask, wait_s=1.0)
         if delay is None:
             sc = self.cfg.stages
             reason = (f"failed more than its restart limit within {sc.restart_window_s:.0f} s "
