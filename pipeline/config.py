@@ -26,6 +26,7 @@ from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, MAX_SHARDS
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
 from market.flowparams import FlowParams
 from pipeline.buildcheck import build_problems
+from pipeline.farm_config import BudgetConfig, SignalConfig, farm_problems
 from pipeline.paths import INSTANCE_NAME_PATTERN
 
 _FLOW = FlowParams.default()   # the calibrated defaults of the simulated market
@@ -208,6 +209,11 @@ class StrategyConfig:
                                                  "max_position_lots / shards, rounded up); the "
                                                  "strategy's shards together stay within "
                                                  "[risk] max_position_lots", gt=0, le=MAX_LOTS)
+    # agent farms (pipeline/farm_config.py)
+    signals: tuple[str, ...] = opt((), "names of the [[signals]] agents this strategy "
+                                   "subscribes to (its on_signal hook)")
+    budget: Optional[BudgetConfig] = opt(None, "the farm's risk budget, reallocated across "
+                                         "its shards by the farm coordinator")
 
     def validate(self):
         if self.shards > 1 and len(self.instruments) % self.shards:
@@ -420,6 +426,7 @@ class Config:
     venues: tuple[VenueConfig, ...] = opt((), "venues, simulated or live (at least one)")
     instruments: tuple[InstrumentConfig, ...] = opt((), "tradable instruments (at least one)")
     strategies: tuple[StrategyConfig, ...] = opt((), "strategy instances, one process each")
+    signals: tuple[SignalConfig, ...] = opt((), "signal agents (farms), one process each")
     risk: RiskConfig = opt(RiskConfig(), "pre-trade risk limits")
     sim: SimConfig = opt(SimConfig(), "simulated venues")
     stages: StagesConfig = opt(StagesConfig(), "pinning and idling of the fixed stages")
@@ -485,6 +492,7 @@ class Config:
         for path, cpu in self.pinned_cpus():
             if not broken(path) and cpu >= ncpu:
                 yield f"{path} = {cpu}: this machine has CPUs 0..{ncpu - 1}"
+        yield from farm_problems(self, broken)
         if not _BUILD[-1]:
             return
         yield from build_problems(self, broken)
@@ -501,6 +509,9 @@ class Config:
         for n, v in enumerate(self.venues):
             if v is not None and v.cpu is not None:
                 yield f"venues[{n}].cpu", v.cpu
+        for n, g in enumerate(self.signals):
+            if g is not None and g.cpu is not None:
+                yield f"signals[{n}].cpu", g.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
         for inst in self.instruments:
