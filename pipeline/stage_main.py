@@ -89,6 +89,9 @@ def make_stage(spec, replay: str | None = None, lockstep: bool = False):
     if spec.role == ROLE_JOURNAL:
         from stages.journal import JournalStage
         return JournalStage()
+    if spec.role == "signal":   # a farm's signal agent (stages.topology.ROLE_SIGNAL)
+        from stages.signal_agent import SignalAgentStage
+        return SignalAgentStage()
     raise ValueError(f"no stage class for role {spec.role!r}")
 
 
