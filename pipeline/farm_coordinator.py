@@ -137,6 +137,7 @@ class FarmCoordinator:
         b = f.budget
         alloc = allocate(b.notional, b.loss, perf, b.min_share, b.tilt)
         values = self.values(f, alloc.notional)
+        t_decided = time.monotonic()
         lp = self.ctl.live_params
         try:
             version, path = lp.commit_shards(f.name, values, "coordinator", reason)
@@ -145,8 +146,12 @@ class FarmCoordinator:
             self.ctl.event("farm_reallocation_refused", str(exc), who="coordinator",
                            strategy=f.name)
             return None
+        t_written = time.monotonic()
         acked, failed, not_acked = send_params(self.ctl, f.name, version, wait_s=0.5)
-        round_trip_ms = (time.monotonic() - t0) * 1e3
+        t_acked = time.monotonic()
+        # decision -> new limits active in every shard: each acknowledges after it applied the
+        # set between two batches (stages/strategy_host.py apply_live_params)
+        round_trip_ms = (t_acked - t_decided) * 1e3
         f.rounds += 1
         shards = {}
         for k, s in enumerate(f.specs):
@@ -159,7 +164,10 @@ class FarmCoordinator:
                                  b.param: values[s.shard][b.param], "why": alloc.reasons[k]}
         rec = {"round": f.rounds, "version": version, "reason": reason, "shards": shards,
                "acked": acked, "failed": failed, "not_acked": not_acked,
-               "round_trip_ms": round(round_trip_ms, 2), "at": time.strftime("%H:%M:%S")}
+               "round_trip_ms": round(round_trip_ms, 2),
+               "decide_ms": round((t_decided - t0) * 1e3, 2),
+               "write_ms": round((t_written - t_decided) * 1e3, 2),
+               "ack_ms": round((t_acked - t_written) * 1e3, 2), "at": time.strftime("%H:%M:%S")}
         f.last = rec
         self.ctl.event("farm_reallocation", reason, who="coordinator", strategy=f.name,
                        file=path, **{k: v for k, v in rec.items() if k != "at"})

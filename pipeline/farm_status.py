@@ -1,8 +1,8 @@
 """What ``status`` shows of each farm. Cold path: runs in the controller, inside a request.
 
 A farm is a ``[[strategies]]`` entry with ``shards > 1``, ``signals`` or a ``budget``. Per farm:
-its shards (process, state, instruments, PnL, inventory, open orders, new orders, fills, fill
-rate, the budget parameter in force, and each subscription as that shard sees it: cells valid
+its shards (process, state, instruments, PnL, inventory, open orders, approved new orders,
+fills and fill rate (the monitor's KPIs, from the journal), the budget parameter in force, and each subscription as that shard sees it: cells valid
 and the age of the oldest), its agents (state, records published, age of the last publish) and
 its budget (the coordinator's last reallocation).
 """
@@ -42,6 +42,8 @@ def farm_snapshot(ctl) -> dict:
     budgets = ctl.farms.view() if getattr(ctl, "farms", None) is not None else {}
     overrides = ctl.live_params.shard_overrides
     rv = ctl.riskview
+    mon = ctl.monitor.snapshot() if getattr(ctl, "monitor", None) is not None else None
+    kpis = (mon or {}).get("kpis", {})
     insts = list(ctl.cfg.instruments)
     from stages.riskview import PNL_FEES, PNL_REALIZED, PNL_UNREALIZED
 
@@ -60,7 +62,7 @@ def farm_snapshot(ctl) -> dict:
             p = float(pnl[PNL_REALIZED] + pnl[PNL_UNREALIZED] - pnl[PNL_FEES])
             total_pnl += p
             view = ctl.farmview.read(spec.slot) if ctl.farmview is not None else {}
-            news, fills = view.get("news", 0), view.get("fills", 0)
+            k = kpis.get(spec.process, {})
             shards.append({
                 "process": spec.process, "shard": spec.shard, "stage": spec.name,
                 "state": STATE_NAMES.get(int(b["state"]), "?"), "pid": int(b["pid"]),
@@ -70,8 +72,11 @@ def farm_snapshot(ctl) -> dict:
                                    for i in range(1, len(insts) + 1)
                                    if insts[i - 1].key in spec.instruments},
                 "open_orders": int(rv.router_open[sid]),
-                "new_orders": news, "fills": fills,
-                "fill_rate": round(fills / news, 4) if news > 0 else None,
+                # the monitor's KPIs (pipeline/monitor.py, from the journal): approved new
+                # orders, fill reports, and the share of approved new orders that filled
+                "approved_orders": k.get("approved_orders"), "fills": k.get("fills"),
+                "fill_rate": None if not k.get("approved_orders") else round(k["fill_rate"], 4),
+                "sharpe": k.get("sharpe"),
                 "budget_values": overrides.get(sc.name, {}).get(spec.shard, {}),
                 "signals": [{"kind": kind_names.get(s["kind"], s["kind"]), "cells": s["cells"],
                              "valid": s["valid"], "oldest_age_ms": s["oldest_age_ms"]}

@@ -200,7 +200,7 @@ class StrategyHostStage(Stage):
         self.sg_i = self.sg.view(np.int64).reshape(BATCH_SG, -1)
         self.sg_hist = self.hist
         self.sig_r = []
-        self.sig_kinds = []   # (agent name, SIG_* code, max age ns) of each subscription
+        self.sig_kinds = []   # (agent name, SIG_* code, max age ns, agent's ids) per subscription
 
     def attach_signals(self, ctx, spec) -> None:
         """Read the rings of the signal agents the strategy subscribes to (``signals``): each
@@ -218,7 +218,11 @@ class StrategyHostStage(Stage):
             self.sig_r.append(ring.reader(ctx.topology.sig_readers[name][spec.name]))
             code = SIGNAL_KIND_CODES[g.kind]
             subscribe_signal(self.state.ctx.sig, code, g.max_age_ns)
-            self.sig_kinds.append((name, code, g.max_age_ns))
+            from shm.instruments import InstrumentTable
+
+            table = InstrumentTable.from_config(ctx.config)
+            self.sig_kinds.append((name, code, g.max_age_ns,
+                                   [table.by_key(k).instrument_id for k in g.instruments]))
         if self.sig_r:
             self.sg_sts = stack_states(self.sig_r)
             self.sg_hist = LatencyHistogram.attach(ctx.instance, f"sig_to_{spec.name}")
@@ -249,16 +253,17 @@ class StrategyHostStage(Stage):
 
     def signal_view(self, now_ns: int) -> list[tuple]:
         """Per subscription, what the strategy sees now (cold): (agent, kind code, cells of
-        its instruments, cells valid, age of the oldest cell in ns or -1 if one never came)."""
+        its instruments (a pair kind: each of its instruments with each other instrument of
+        the agent), cells valid, age of the oldest cell in ns or -1 if one never came)."""
         from shm.records import SIG_CORRELATION
         from strategies.base import _cell_value, _signal_cell
 
         ctx = self.state.ctx
         ids = [int(i) for i in ctx.inst]
         out = []
-        for name, code, _age in self.sig_kinds:
-            pairs = ([(a, b) for n, a in enumerate(ids) for b in ids[n + 1:]]
-                     if code == SIG_CORRELATION else [(a, 0) for a in ids])
+        for name, code, _age, agent_ids in self.sig_kinds:
+            pairs = ([(a, b) for a in ids if a in agent_ids for b in agent_ids if b != a]
+                     if code == SIG_CORRELATION else [(a, 0) for a in ids if a in agent_ids])
             cells = [int(_signal_cell(ctx, code, a, b)) for a, b in pairs]
             valid = sum(1 for c in cells if c >= 0 and _cell_value(ctx, c, now_ns) ==
                         _cell_value(ctx, c, now_ns))

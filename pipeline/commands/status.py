@@ -121,7 +121,7 @@ def farm_lines(farms: dict) -> list[str]:
             vals = ", ".join(f"{k} {v}" for k, v in sh["budget_values"].items())
             lines.append(f"  {sh['process']:<16} {sh['state']:<10} {', '.join(sh['instruments'])}"
                          f"  pnl {sh['pnl']:+.2f}  inventory {inv or 'flat'}  orders "
-                         f"{sh['new_orders']} fills {sh['fills']} ({rate})"
+                         f"{sh['approved_orders']} fills {sh['fills']} (fill rate {rate})"
                          + (f"  budget {vals}" if vals else "") + (f"  signals: {sig}" if sig
                                                                    else ""))
     return lines
