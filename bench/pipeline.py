@@ -14,6 +14,10 @@ venue, lets it warm up, then over a ``--seconds`` window measures:
 
 Then it stops the instance (everything unlinked). Several ``--event-rate`` values may be given:
 one instance per rate, so the table shows where the machine stops keeping up.
+
+``--farm N [N ...]``: instead of the default strategies, one farm per N: the market maker as N
+shards over the first N of the config's instruments (one each), subscribed to a realized-vol
+signal agent over them (issue 18's ``bench pipeline --farm``); the other strategies are off.
 """
 from __future__ import annotations
 
@@ -31,15 +35,44 @@ def add_arguments(p) -> None:
                    help="the controller's Prometheus exporter: off (default), on (scraped "
                         "every --scrape-interval s during the window), or both: one instance "
                         "without it and one with it, per rate, in the same run")
+    p.add_argument("--farm", type=int, nargs="+", default=None, metavar="SHARDS",
+                   help="measure a farm of this many market-maker shards (1 to 4: one per "
+                        "instrument of the default config) with a signal agent, instead of the "
+                        "default strategies; several values: one instance each")
     p.add_argument("--scrape-interval", type=float, default=1.0,
                    help="seconds between scrapes with --exporter on (default 1)")
 
 
+FARM_INSTRUMENTS = ["BTC-USD@simA", "ETH-USD@simA", "BTC-USD@simB", "ETH-USD@simB"]
+MM_BLOCK = '''[[strategies]]
+name = "mm_btc"
+kind = "market_making"
+instruments = ["BTC-USD@simA"]'''
+
+
+def _farm_text(text: str, shards: int) -> str:
+    """The default config with a farm of ``shards`` market-maker shards and a signal agent in
+    place of its strategies."""
+    if not 1 <= shards <= len(FARM_INSTRUMENTS):
+        raise SystemExit(f"--farm {shards}: 1 to {len(FARM_INSTRUMENTS)} shards (one per "
+                         "instrument of the default config)")
+    keys = ", ".join(f'"{k}"' for k in FARM_INSTRUMENTS[:shards])
+    farm = (f'[[signals]]\nname = "rv"\nkind = "realized_vol"\ninstruments = [{keys}]\n\n'
+            f'[[strategies]]\nname = "mm_farm"\nkind = "market_making"\nshards = {shards}\n'
+            f'instruments = [{keys}]\nsignals = ["rv"]')
+    text = text.replace(MM_BLOCK, farm, 1)
+    for name in ("pairs_btc_eth", "arb_btc"):
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nenabled = false\n')
+    return text
+
+
 def _config_text(instance: str, run_dir, rate: float, idle: str | None,
-                 exporter: bool = False) -> str:
+                 exporter: bool = False, farm: int | None = None) -> str:
     from pipeline.config import DEFAULT_CONFIG
 
     text = DEFAULT_CONFIG.read_text()
+    if farm:
+        text = _farm_text(text, farm)
     text = text.replace('name = "default"', f'name = "{instance}"', 1)
     text = text.replace('run_dir = "runs"', f'run_dir = "{run_dir}"', 1)
     text = text.replace("event_rate_per_s = 20000", f"event_rate_per_s = {rate}")
@@ -51,6 +84,7 @@ def _config_text(instance: str, run_dir, rate: float, idle: str | None,
         text = text.replace('kind = "pairs_trading"', f'kind = "pairs_trading"\nidle = "{idle}"')
         text = text.replace('kind = "cross_venue_arb"',
                             f'kind = "cross_venue_arb"\nidle = "{idle}"')
+        text = text.replace('kind = "realized_vol"', f'kind = "realized_vol"\nidle = "{idle}"')
     if exporter:
         text += "\n[metrics]\nenabled = true\nport = 0\n"
     return text
@@ -89,7 +123,7 @@ class _Scraper:
                 "wall_ms_max": round(t[-1] * 1e3, 2) if t else None}
 
 
-def _measure(rate: float, args, exporter: bool = False) -> dict:
+def _measure(rate: float, args, exporter: bool = False, farm: int | None = None) -> dict:
     import shutil
     import subprocess
     import sys
@@ -110,7 +144,7 @@ def _measure(rate: float, args, exporter: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="hftfarm-bench-"))
     instance = f"bench{uuid.uuid4().hex[:6]}"
     cfg_path = tmp / "bench.toml"
-    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, args.idle, exporter))
+    cfg_path.write_text(_config_text(instance, tmp / "runs", rate, args.idle, exporter, farm))
     cfg = load_config(cfg_path)
     r = subprocess.run([sys.executable, "run.py", "start", "--config", str(cfg_path)], cwd=root,
                        capture_output=True, text=True)
@@ -145,6 +179,7 @@ def _measure(rate: float, args, exporter: bool = False) -> dict:
         behind_ms = table.read_word(slots["venue"], W_X1) / 1e6
         restarts = sum(after[n]["restarts"] for n in slots)
         return {
+            "farm_shards": farm,
             "event_rate_per_venue": rate,
             "exporter": "on" if exporter else "off",
             "scrapes": scrapes,
@@ -173,7 +208,9 @@ def main(args) -> int:
     import platform
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.exporter]
-    results = [_measure(rate, args, exp) for rate in args.event_rate for exp in modes]
+    farms = args.farm or [None]
+    results = [_measure(rate, args, exp, farm) for farm in farms for rate in args.event_rate
+               for exp in modes]
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "load_avg": [round(x, 2) for x in os.getloadavg()],
                "idle": args.idle or "config default (backoff)"}
@@ -183,7 +220,8 @@ def main(args) -> int:
     print(f"pipeline benchmark: {machine['cpus']} CPUs, load {machine['load_avg']}, idle "
           f"{machine['idle']}, window {args.seconds:.0f} s")
     for r in results:
-        print(f"\nevent rate {r['event_rate_per_venue']:.0f}/s per venue: "
+        print((f"\nfarm of {r['farm_shards']} shard(s), " if r["farm_shards"] else "\n")
+              + f"event rate {r['event_rate_per_venue']:.0f}/s per venue: "
               f"{r['market_records_per_s']:,} market records/s, lost {r['records_lost']}, "
               f"simulator behind by {r['sim_behind_wall_clock_ms']} ms -> "
               f"{'sustained' if r['sustained'] else 'NOT sustained'}"
