@@ -139,6 +139,11 @@ def farm_problems(cfg, broken):
                 if not agent.enabled and sc.enabled:
                     yield (f"{path}.signals: {name!r} has enabled = false; a running strategy "
                            "cannot subscribe to an agent that does not run")
+                if not broken(f"{path}.instruments") and not \
+                        set(agent.instruments) & set(sc.instruments or ()):
+                    yield (f"{path}.signals: {name!r} computes for none of this strategy's "
+                           f"instruments ({', '.join(agent.instruments)}); list them in the "
+                           "agent's instruments")
                 if name not in sound_kind:
                     continue
                 if agent.kind in kinds:

@@ -116,3 +116,13 @@ def test_a_strategy_cannot_subscribe_to_a_disabled_agent():
     text = farm_text(**{'publish_ms = 1000.0': 'publish_ms = 1000.0\nenabled = false'})
     out = problems(text)
     assert any("strategies[0].signals: 'corr' has enabled = false" in p for p in out), out
+
+
+def test_an_agent_that_covers_none_of_the_strategys_instruments_is_refused():
+    text = farm_text()
+    text = text.replace('name = "rv"\nkind = "realized_vol"\ninstruments = ["BTC-USD@simA", '
+                        '"ETH-USD@simA"]', 'name = "rv"\nkind = "realized_vol"\ninstruments = '
+                        '["BTC-USD@simB"]')
+    out = problems(text)
+    assert any("strategies[0].signals: 'rv' computes for none of this strategy's instruments "
+               "(BTC-USD@simB)" in p for p in out), out
