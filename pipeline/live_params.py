@@ -113,7 +113,25 @@ class LiveParams:
             raise SetRefused(f"invalid parameters for {name} (nothing changed): {where}: the "
                              "new values pack into another record layout than the running "
                              "one (derive() depends on them)")
+        self.check_shards(name, strategy, new, where)
         return strategy, new
+
+    def check_shards(self, name: str, strategy, new, where: str) -> None:
+        """A farm's shards run the new set with the coordinator's per-shard values on top:
+        each of those sets must be valid too (else that shard would refuse it, and refuse to
+        start on it after a restart). SetRefused naming the shard; nothing changed."""
+        from common.schema import ConfigError
+        from stages.live_params import params_dict
+
+        base = params_dict(new)
+        for shard, ov in sorted(self.shard_overrides.get(name, {}).items()):
+            try:
+                strategy.updated_params({**base, **ov}, where)
+            except ConfigError as exc:
+                raise SetRefused(f"invalid parameters for {name} (nothing changed): with the "
+                                 f"farm coordinator's values for shard {shard} ("
+                                 + ", ".join(f"{k} = {v!r}" for k, v in ov.items()) + "):\n  "
+                                 + "\n  ".join(exc.problems)) from None
 
     def commit(self, name: str, new, who: str, why: str) -> tuple[int, dict, str]:
         """Write the new full set (the next version) and make it the current one. Returns

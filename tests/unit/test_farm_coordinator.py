@@ -108,3 +108,18 @@ def test_a_reallocation_writes_each_shard_its_value_and_journals_why(tmp_path):
     ev = ctl.journal[-1]
     assert ev["what"] == "farm_reallocation" and ev["why"] == "test"
     assert ev["not_acked"] == ["strategy-mm_farm.0", "strategy-mm_farm.1"]   # none running
+
+
+def test_run_py_set_is_refused_when_a_shard_could_not_run_it_with_its_budget_value(tmp_path):
+    from pipeline.live_params import SetRefused
+
+    ctl = FakeCtl(farm_cfg("notional = 60000.0, loss = 1000.0"), tmp_path)
+    co = FarmCoordinator(ctl)
+    f, = co.farms
+    ctl.live_params.commit_shards("mm_farm", {0: {"max_inventory_lots": 50},
+                                              1: {"max_inventory_lots": 500}}, "coordinator", "t")
+    with pytest.raises(SetRefused, match="shard 0 \\(max_inventory_lots = 50\\)") as exc:
+        ctl.live_params.validate("mm_farm", {"order_qty_lots": 100})
+    assert "must be >= order_qty_lots (100)" in str(exc.value)
+    _strategy, new = ctl.live_params.validate("mm_farm", {"order_qty_lots": 40})
+    assert new.order_qty_lots == 40
