@@ -30,6 +30,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "examples" / "farm.toml"))
     ap.add_argument("--settle-s", type=float, default=25.0)
+    ap.add_argument("--agent-first", action="store_true",
+                    help="kill the agent, then the shard as soon as the agent is back (the "
+                         "restart's warm spare is then still being replaced)")
     args = ap.parse_args()
     from pipeline.config import load_config
     from pipeline.control import client_request
@@ -69,56 +72,66 @@ def main() -> int:
         out["latency_ns"] = {k: {q: v.get(q) for q in ("count", "p50_ns", "p99_ns")}
                              for k, v in lat.items()
                              if k.startswith(("sig_to_", "md_to_", "tick_to_trade"))}
-        # 1. shard 0 (the warm spare is ready: nothing was restarted yet)
-        stage0 = f"strategy-{farm.name}.0"
-        stage1 = f"strategy-{farm.name}.1"
-        victim = pids[stage0]
-        sids = {sh["shard"]: sh for sh in s["risk"]["strategies"].values()
-                if sh["strategy"] == farm.name}
-        t0 = time.monotonic()
-        kill_ns = time.time_ns()
-        os.kill(victim, signal.SIGKILL)
-        t_run = None
-        while time.monotonic() - t0 < 60:
+        def kill_shard():
+            # 1. shard 0 (the warm spare is ready: nothing was restarted yet)
+            stage0 = f"strategy-{farm.name}.0"
+            stage1 = f"strategy-{farm.name}.1"
+            victim = pids[stage0]
+            sids = {sh["shard"]: sh for sh in s["risk"]["strategies"].values()
+                    if sh["strategy"] == farm.name}
+            t0 = time.monotonic()
+            kill_ns = time.time_ns()
+            os.kill(victim, signal.SIGKILL)
+            t_run = None
+            while time.monotonic() - t0 < 60:
+                rows = {row["stage"]: row for row in st()["stages"]}
+                if rows[stage0]["state"] == "RUNNING" and rows[stage0]["pid"] != victim:
+                    t_run = time.monotonic() - t0
+                    break
+                time.sleep(0.005)
+            back_ns = time.time_ns()
             rows = {row["stage"]: row for row in st()["stages"]}
-            if rows[stage0]["state"] == "RUNNING" and rows[stage0]["pid"] != victim:
-                t_run = time.monotonic() - t0
-                break
-            time.sleep(0.005)
-        back_ns = time.time_ns()
-        rows = {row["stage"]: row for row in st()["stages"]}
-        time.sleep(1.0)   # the journal's flush
-        from shm.records import INTENT_NEW
-        from stages.journal import read_journal_orders
+            time.sleep(1.0)   # the journal's flush
+            from shm.records import INTENT_NEW
+            from stages.journal import read_journal_orders
 
-        o = read_journal_orders(Path(s["run_dir"]) / "journal")
-        win = o[(o["kind"] == INTENT_NEW) & (o["reject_code"] == 0)
-                & (o["send_ts_ns"] > kill_ns) & (o["send_ts_ns"] < back_ns)]
-        out["shard_kill"] = {"running_again_after_s": t_run,
-                             "new_orders_while_down": {
-                                 f"shard {k}": int((win["strategy_id"] ==
-                                                    sids[k]["strategy_id"]).sum())
-                                 for k in sorted(sids)},
-                             "other_shard_same_pid": rows[stage1]["pid"] == pids[stage1],
-                             "other_shard_restarts": rows[stage1]["restarts"]}
-        time.sleep(args.settle_s / 2)
-        # 2. the signal agent, once the restart's spare is ready again
-        victim = pids[f"signal-{agent}"]
-        t0 = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
-        t_missing = t_back = None
-        while time.monotonic() - t0 < 60:
-            v = seen(st())
-            now = time.monotonic() - t0
-            if t_missing is None and all(x[0] == 0 for x in v):
-                t_missing = now
-            if t_missing is not None and all(a == c for a, c in v):
-                t_back = now
-                break
-            time.sleep(0.01)
-        out["agent_kill"] = {"missing_after_s": t_missing, "valid_again_after_s": t_back,
-                             "stale_ms": next(g.max_age_ns for g in cfg.signals
-                                              if g.name == agent) / 1e6}
+            o = read_journal_orders(Path(s["run_dir"]) / "journal")
+            win = o[(o["kind"] == INTENT_NEW) & (o["reject_code"] == 0)
+                    & (o["send_ts_ns"] > kill_ns) & (o["send_ts_ns"] < back_ns)]
+            out["shard_kill"] = {"running_again_after_s": t_run,
+                                 "new_orders_while_down": {
+                                     f"shard {k}": int((win["strategy_id"] ==
+                                                        sids[k]["strategy_id"]).sum())
+                                     for k in sorted(sids)},
+                                 "other_shard_same_pid": rows[stage1]["pid"] == pids[stage1],
+                                 "other_shard_restarts": rows[stage1]["restarts"]}
+
+        def kill_agent():
+            # 2. the signal agent, once the restart's spare is ready again
+            victim = pids[f"signal-{agent}"]
+            t0 = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            t_missing = t_back = None
+            while time.monotonic() - t0 < 60:
+                v = seen(st())
+                now = time.monotonic() - t0
+                if t_missing is None and all(x[0] == 0 for x in v):
+                    t_missing = now
+                if t_missing is not None and all(a == c for a, c in v):
+                    t_back = now
+                    break
+                time.sleep(0.01)
+            out["agent_kill"] = {"missing_after_s": t_missing, "valid_again_after_s": t_back,
+                                 "stale_ms": next(g.max_age_ns for g in cfg.signals
+                                                  if g.name == agent) / 1e6}
+
+        if args.agent_first:   # back to back: the shard dies while the spare is being replaced
+            kill_agent()
+            kill_shard()
+        else:
+            kill_shard()
+            time.sleep(args.settle_s / 2)
+            kill_agent()
         time.sleep(3)
         s = st()
         run_dir = Path(s["run_dir"])

@@ -224,7 +224,12 @@ def standby(parent_pid: int, run_dir: str | None = None) -> int:
     from pipeline.config import load_config  # noqa: F401
     from pipeline.runner import StageRunner  # noqa: F401
 
-    _preload(run_dir)
+    import select
+
+    # an order already waiting (a restart came while we were importing): become that stage
+    # now; preloading every stage's compiled code first made such a restart wait seconds
+    if not select.select([sys.stdin], [], [], 0)[0]:
+        _preload(run_dir)
     try:
         os.write(1, b"ready\n")   # the supervisor counts on us from here
     except BrokenPipeError:
