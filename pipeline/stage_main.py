@@ -181,9 +181,9 @@ def _import_for_preload(name: str):
 
     if name.startswith(prefix):
         from stages.host_codegen import host_step_for
-        from stages.strategy_host import TIMER_NS
 
-        host_step_for(name[len(prefix):], TIMER_NS)
+        host_step_for(name[len(prefix):])   # (it took a timer argument once: an ImportError
+        # here had left every restarted strategy to load its host step itself)
         return sys.modules[name]
     return importlib.import_module(name)
 
