@@ -46,6 +46,7 @@ kind = "market_making"
 shards = 2
 instruments = ["BTC-USD@simA", "ETH-USD@simA"]
 signals = ["rv"]
+params = { sigma_from_signal = true }
 budget = { notional = 200000.0, loss = 20000.0, rebalance_s = 2.0, lookback_s = 30.0 }'''
 
 

@@ -239,3 +239,32 @@ def test_the_live_host_step_delivers_signals_from_a_broadcast_ring(probe, live_h
 
 
 from tests.unit.test_strategy_host_step import live_hosts  # noqa: E402,F401  (the fixture)
+
+
+# ------------------------------------------------------------------------------------------
+# A strategy that uses a signal: the market maker's sigma_from_signal
+# ------------------------------------------------------------------------------------------
+def test_the_market_maker_prices_with_the_farms_vol_while_valid_and_never_with_a_missing_one():
+    from shm.records import INTENT_CANCEL, INTENT_NEW
+    from strategies.market_making import MarketMaking
+    from tests.unit.scenario_records import ack, execs
+
+    def host(use):
+        h = HostedStrategy(MarketMaking({"sigma_from_signal": use}, [instrument(1, 1)], 3),
+                           timer_ms=1000.0)
+        h.subscribe(SIG_REALIZED_VOL, 300 * MS)
+        return h
+
+    book = snapshot(1, [(9990, 50)], [(10010, 50)], ts=1)
+    vol = sig(SIG_REALIZED_VOL, 1, 0.5, 10 * MS)
+    off, on = host(False), host(True)
+    # without its own estimate yet (no mid samples): only the signal can price
+    assert len(off.step(book, sg=vol, now_ns=11 * MS)) == 0
+    quotes = on.step(book, sg=vol, now_ns=11 * MS).copy()
+    assert sorted(quotes["kind"].tolist()) == [INTENT_NEW, INTENT_NEW]
+    assert on.st.sigma2 == pytest.approx((0.5 * 10000.0) ** 2 / SECONDS_PER_YEAR_365D)
+    on.step(ex=execs(*(ack(q, ts=12 * MS) for q in quotes)), now_ns=12 * MS)
+    # the agent died: its value ages past 300 ms and goes missing; with no own estimate the
+    # market maker cannot price, so it pulls its quotes (it never prices with sigma 0)
+    out = on.step(book, now_ns=10 * MS + 300 * MS + 1)
+    assert sorted(out["kind"].tolist()) == [INTENT_CANCEL, INTENT_CANCEL]
