@@ -17,6 +17,10 @@ venue, lets it warm up, then over a ``--seconds`` window measures:
 
 Then it stops the instance (everything unlinked). Several ``--event-rate`` values may be given:
 one instance per rate, so the table shows where the machine stops keeping up.
+
+``--farm N [N ...]``: instead of the default strategies, one farm per N: the market maker as N
+shards over the first N of the config's instruments (one each), subscribed to a realized-vol
+signal agent over them (issue 18's ``bench pipeline --farm``); the other strategies are off.
 """
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ def add_arguments(p) -> None:
                    help="the controller's Prometheus exporter: off (default), on (scraped "
                         "every --scrape-interval s during the window), or both: one instance "
                         "without it and one with it, per rate, in the same run")
+    p.add_argument("--farm", type=int, nargs="+", default=None, metavar="SHARDS",
+                   help="measure a farm of this many market-maker shards (1 to 4: one per "
+                        "instrument of the default config) with a signal agent, instead of the "
+                        "default strategies; several values: one instance each")
     p.add_argument("--scrape-interval", type=float, default=1.0,
                    help="seconds between scrapes with --exporter on (default 1)")
 
@@ -65,15 +73,41 @@ idle = "hybrid"
 '''
 
 
+FARM_INSTRUMENTS = ["BTC-USD@simA", "ETH-USD@simA", "BTC-USD@simB", "ETH-USD@simB"]
+MM_BLOCK = '''[[strategies]]
+name = "mm_btc"
+kind = "market_making"
+instruments = ["BTC-USD@simA"]'''
+
+
+def _farm_text(text: str, shards: int) -> str:
+    """The default config with a farm of ``shards`` market-maker shards and a signal agent in
+    place of its strategies."""
+    if not 1 <= shards <= len(FARM_INSTRUMENTS):
+        raise SystemExit(f"--farm {shards}: 1 to {len(FARM_INSTRUMENTS)} shards (one per "
+                         "instrument of the default config)")
+    keys = ", ".join(f'"{k}"' for k in FARM_INSTRUMENTS[:shards])
+    farm = (f'[[signals]]\nname = "rv"\nkind = "realized_vol"\ninstruments = [{keys}]\n\n'
+            f'[[strategies]]\nname = "mm_farm"\nkind = "market_making"\nshards = {shards}\n'
+            f'instruments = [{keys}]\nsignals = ["rv"]')
+    text = text.replace(MM_BLOCK, farm, 1)
+    for name in ("pairs_btc_eth", "arb_btc"):
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nenabled = false\n')
+    return text
+
+
 def _config_text(instance: str, run_dir, rate: float, idle: str | None,
                  exporter: bool = False, layout: str = "composite",
-                 spin_us: float | None = None, base=None) -> str:
+                 spin_us: float | None = None, base=None,
+                 farm: int | None = None) -> str:
     import re
     from pathlib import Path
 
     from pipeline.config import DEFAULT_CONFIG
 
     text = Path(base or DEFAULT_CONFIG).read_text()
+    if farm:
+        text = _farm_text(text, farm)
     text = re.sub(r"(?m)^layout = .*\n", "", text)
     if spin_us is not None:
         text = re.sub(r"(?m)^spin_us = .*\n", "", text)
@@ -93,6 +127,7 @@ def _config_text(instance: str, run_dir, rate: float, idle: str | None,
         text = text.replace('kind = "pairs_trading"', f'kind = "pairs_trading"\nidle = "{idle}"')
         text = text.replace('kind = "cross_venue_arb"',
                             f'kind = "cross_venue_arb"\nidle = "{idle}"')
+        text = text.replace('kind = "realized_vol"', f'kind = "realized_vol"\nidle = "{idle}"')
     if exporter:
         text += "\n[metrics]\nenabled = true\nport = 0\n"
     return text
@@ -132,7 +167,7 @@ class _Scraper:
 
 
 def _measure(rate: float, args, exporter: bool = False, layout: str = "composite",
-             idle: str | None = None) -> dict:
+             idle: str | None = None, farm: int | None = None) -> dict:
     import os
     import shutil
     import subprocess
@@ -155,7 +190,7 @@ def _measure(rate: float, args, exporter: bool = False, layout: str = "composite
     instance = f"bench{uuid.uuid4().hex[:6]}"
     cfg_path = tmp / "bench.toml"
     cfg_path.write_text(_config_text(instance, tmp / "runs", rate, idle, exporter, layout,
-                                     args.spin_us, args.config))
+                                     args.spin_us, args.config, farm))
     cfg = load_config(cfg_path)
     r = subprocess.run([sys.executable, "run.py", "start", "--config", str(cfg_path)], cwd=root,
                        capture_output=True, text=True)
@@ -197,6 +232,7 @@ def _measure(rate: float, args, exporter: bool = False, layout: str = "composite
             "processes": len(by_pid),
             "cpu_total_percent": round(sum(cpu.values()), 1),
             "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "farm_shards": farm,
             "event_rate_per_venue": rate,
             "exporter": "on" if exporter else "off",
             "scrapes": scrapes,
@@ -225,8 +261,10 @@ def main(args) -> int:
     import platform
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.exporter]
-    results = [_measure(rate, args, exp, layout, idle) for rate in args.event_rate
-               for layout in args.layout for idle in args.idle for exp in modes]
+    farms = args.farm or [None]
+    results = [_measure(rate, args, exp, layout, idle, farm) for farm in farms
+               for rate in args.event_rate for layout in args.layout
+               for idle in args.idle for exp in modes]
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "load_avg": [round(x, 2) for x in os.getloadavg()]}
     if args.json:
@@ -235,7 +273,8 @@ def main(args) -> int:
     print(f"pipeline benchmark: {machine['cpus']} CPUs, window {args.seconds:.0f} s per "
           f"instance, load at the end {machine['load_avg']}")
     for r in results:
-        print(f"\n{r['layout']} layout ({r['processes']} stage processes), idle {r['idle']}, "
+        print((f"\nfarm of {r['farm_shards']} shard(s), " if r["farm_shards"] else "\n")
+              + f"{r['layout']} layout ({r['processes']} stage processes), idle {r['idle']}, "
               f"event rate {r['event_rate_per_venue']:.0f}/s per venue: "
               f"{r['market_records_per_s']:,} market records/s, lost {r['records_lost']}, "
               f"simulator behind by {r['sim_behind_wall_clock_ms']} ms -> "

@@ -92,4 +92,5 @@ H_LAST_SEQ = 9        # newest router sequence number applied (restored from the
 H_SKIPPED = 10        # exec reports skipped as already applied (reserved <= H_LAST_SEQ)
 H_TIMER_NS = 11       # timer period (ns)
 H_PARAMS_PENDING = 12  # a new parameter record is waiting to be applied between batches
+H_SG_IN = 13          # signal records read (farm signal agents)
 H_WORDS = 16

@@ -79,8 +79,10 @@ from market.risk import (GATE_BOOK_LEVELS, R_MARKS, check_order, gate_apply_md, 
                          make_risk_state, on_accept, on_exec)
 from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_PARTIAL,
                          EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_NEW, INTENT_REPLACE, LIQ_MAKER,
-                         MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY)
+                         MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY, SIGNAL_DTYPE)
 from shm.recordops import deny_order
+
+_NO_SIGNALS = np.zeros(1, dtype=SIGNAL_DTYPE)   # a constant to numba; read with a count of 0
 
 
 # Counters, one row per strategy and a last row for the whole run. In a strategy's row every
@@ -542,8 +544,8 @@ def _own_md(md, n, inst_vi, svm_k, out):
 
 # ---- one strategy's turn in a round -------------------------------------------------------
 @njit(inline="always")
-def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, k, ctx, st, p, vs,
-                   G, n_md, now, n_den):
+def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, on_signal, k, ctx,
+                   st, p, vs, G, n_md, now, n_den):
     """Strategy k's batch of this round, if it has market records, reports, a due timer or new
     parameters, and its intents through the gate: approved ones to the venue, denied ones
     into G.denials (delivered to it with the next round). Returns the new number of denials."""
@@ -556,8 +558,10 @@ def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, k, ct
     if n_md > 0 or n_ex > 0 or now >= hctl[H_NEXT_TIMER] or hctl[H_PARAMS_PENDING] != 0:
         c = G.cnt[k]
         c.strategy_calls += 1
-        kout = batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md, n_md, G.ex[k],
-                     n_ex, now, hctl)
+        # no signal agents run in a backtest yet: on_signal is never called, ctx.sig stays
+        # missing (a strategy's signal reads are NaN, as live while its agent is down)
+        kout = batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, md, n_md,
+                     G.ex[k], n_ex, _NO_SIGNALS, 0, now, hctl)
         G.n_ex[k] = 0
         c.intents += kout
         out = ctx.out

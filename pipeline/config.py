@@ -26,6 +26,7 @@ from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, MAX_SHARDS
 from common.schema import ConfigError, did_you_mean, load_section, opt, req
 from market.flowparams import FlowParams
 from pipeline.buildcheck import build_problems
+from pipeline.farm_config import BudgetConfig, SignalConfig, farm_problems
 from pipeline.paths import INSTANCE_NAME_PATTERN
 
 _FLOW = FlowParams.default()   # the calibrated defaults of the simulated market
@@ -213,6 +214,11 @@ class StrategyConfig:
                                                  "max_position_lots / shards, rounded up); the "
                                                  "strategy's shards together stay within "
                                                  "[risk] max_position_lots", gt=0, le=MAX_LOTS)
+    # agent farms (pipeline/farm_config.py)
+    signals: tuple[str, ...] = opt((), "names of the [[signals]] agents this strategy "
+                                   "subscribes to (its on_signal hook)")
+    budget: Optional[BudgetConfig] = opt(None, "the farm's risk budget, reallocated across "
+                                         "its shards by the farm coordinator")
 
     def validate(self):
         if self.shards > 1 and len(self.instruments) % self.shards:
@@ -460,6 +466,7 @@ class Config:
     venues: tuple[VenueConfig, ...] = opt((), "venues, simulated or live (at least one)")
     instruments: tuple[InstrumentConfig, ...] = opt((), "tradable instruments (at least one)")
     strategies: tuple[StrategyConfig, ...] = opt((), "strategy instances, one process each")
+    signals: tuple[SignalConfig, ...] = opt((), "signal agents (farms), one process each")
     risk: RiskConfig = opt(RiskConfig(), "pre-trade risk limits")
     sim: SimConfig = opt(SimConfig(), "simulated venues")
     stages: StagesConfig = opt(StagesConfig(), "pinning and idling of the fixed stages")
@@ -533,6 +540,7 @@ class Config:
             from stages.topology import composite_problems
 
             yield from composite_problems(self)
+        yield from farm_problems(self, broken)
         if not _BUILD[-1]:
             return
         yield from build_problems(self, broken)
@@ -554,6 +562,9 @@ class Config:
         for n, c in enumerate(self.composites):
             if c is not None and c.cpu is not None:
                 yield f"composites[{n}].cpu", c.cpu
+        for n, g in enumerate(self.signals):
+            if g is not None and g.cpu is not None:
+                yield f"signals[{n}].cpu", g.cpu
 
     def instrument(self, key: str) -> InstrumentConfig:
         for inst in self.instruments:

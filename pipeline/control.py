@@ -287,6 +287,12 @@ def feed_snapshot(ctl) -> dict:
     return out
 
 
+def farm_snapshot(ctl) -> dict:
+    from pipeline.farm_status import farm_snapshot as snapshot
+
+    return snapshot(ctl)
+
+
 def risk_snapshot(ctl) -> dict:
     from shm.records import RISK_STATE_NAMES
     from stages.riskview import (G_APPROVED, G_REJECTED, G_STATE, PNL_FEES, PNL_REALIZED,
@@ -424,6 +430,7 @@ def handle_request(ctl, req: dict) -> dict:
                 "stages": stage_table(ctl), "risk": risk_snapshot(ctl),
                 "feeds": feed_snapshot(ctl), "warm_spare": ctl.supervisor.spare_is_ready(),
                 "params": ctl.live_params.view(), "events": ctl.events[-20:],
+                "farms": farm_snapshot(ctl),
                 "monitor": ctl.monitor.snapshot() if getattr(ctl, "monitor", None) else None,
                 "monitoring": ctl.monitoring.urls() if getattr(ctl, "monitoring", None)
                 else None}

@@ -76,6 +76,7 @@ class Controller:
         self.stop_requested = False
         self.status = None
         self.riskview = None
+        self.farmview = None
         self.rings: dict = {}
         self.ctl_writers: dict = {}
         self.ctl_seq = 0
@@ -102,6 +103,7 @@ class Controller:
         self.report: dict = {}
         self.monitor = None        # pipeline/monitor.py: KPIs and alerts (status, exporter)
         self.monitoring = None     # pipeline/monitoring.py: monitor thread, exporter, dashboard
+        self.farms = None          # pipeline/farm_coordinator.py: farms' budgets (after start)
 
     # ---------------------------------------------------------------------------------------
     def check_mode(self) -> None:
@@ -158,6 +160,9 @@ class Controller:
         from pipeline.idle import PARKING_IDLES
 
         wakeups = any(u.idle in PARKING_IDLES for u in topo.units)
+        from stages.farmview import FarmView   # farms: what each strategy process sees
+
+        self.farmview = FarmView.create(self.instance, len(topo.stages))
         for r in topo.rings:
             dt = RECORD_DTYPES[r.dtype]
             if r.kind == "broadcast":
@@ -624,6 +629,8 @@ class Controller:
         self.restart_due()
         self.drive_reconciliation()
         self.note_strategy_halts()
+        if self.farms is not None and self.clock is None and not self.kill_switch:
+            self.farms.tick(time.monotonic())
         if not self.restarting and not self.reconciling:
             self.supervisor.keep_spare()   # a warm spare for the next restart
         now = time.monotonic()
@@ -748,10 +755,10 @@ class Controller:
             for h in self.hists.values():
                 h.close()
             self.hists.clear()
-            for obj in (self.status, self.riskview, self.clock):
+            for obj in (self.status, self.riskview, self.clock, self.farmview):
                 if obj is not None:
                     obj.close()
-            self.status = self.riskview = self.clock = None
+            self.status = self.riskview = self.clock = self.farmview = None
             unlink_instance(self.instance)
             if self.claim_fd >= 0:
                 from shm.segment import release_claim
@@ -777,6 +784,9 @@ class Controller:
         try:
             self.create_segments()
             self.start()
+            from pipeline.farm_coordinator import FarmCoordinator
+
+            self.farms = FarmCoordinator(self)
             from pipeline.monitoring import Monitoring, MonitoringError
 
             self.monitoring = Monitoring(self)

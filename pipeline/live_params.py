@@ -47,6 +47,8 @@ class LiveParams:
         self.run_dir = run_dir
         self.versions: dict[str, int] = {}
         self.last_set: dict[str, dict] = {}
+        # farm coordinator: per strategy, shard -> {key: value} on top of the strategy's set
+        self.shard_overrides: dict[str, dict[int, dict]] = {}
         self._strategies: dict = {}
         self._config_params: dict = {}
 
@@ -111,7 +113,25 @@ class LiveParams:
             raise SetRefused(f"invalid parameters for {name} (nothing changed): {where}: the "
                              "new values pack into another record layout than the running "
                              "one (derive() depends on them)")
+        self.check_shards(name, strategy, new, where)
         return strategy, new
+
+    def check_shards(self, name: str, strategy, new, where: str) -> None:
+        """A farm's shards run the new set with the coordinator's per-shard values on top:
+        each of those sets must be valid too (else that shard would refuse it, and refuse to
+        start on it after a restart). SetRefused naming the shard; nothing changed."""
+        from common.schema import ConfigError
+        from stages.live_params import params_dict
+
+        base = params_dict(new)
+        for shard, ov in sorted(self.shard_overrides.get(name, {}).items()):
+            try:
+                strategy.updated_params({**base, **ov}, where)
+            except ConfigError as exc:
+                raise SetRefused(f"invalid parameters for {name} (nothing changed): with the "
+                                 f"farm coordinator's values for shard {shard} ("
+                                 + ", ".join(f"{k} = {v!r}" for k, v in ov.items()) + "):\n  "
+                                 + "\n  ".join(exc.problems)) from None
 
     def commit(self, name: str, new, who: str, why: str) -> tuple[int, dict, str]:
         """Write the new full set (the next version) and make it the current one. Returns
@@ -120,12 +140,44 @@ class LiveParams:
 
         strategy = self.strategy(name)
         version = self.versions.get(name, 0) + 1
-        path = write_param_set(self.run_dir, name, version, params_dict(new), who, why)
+        path = write_param_set(self.run_dir, name, version, params_dict(new), who, why,
+                               shards=self.shard_overrides.get(name))
         changed = changed_values(strategy.params, new)
         strategy.params = new
         self.versions[name] = version
         self.last_set[name] = {"who": who, "why": why, "at": time.strftime("%H:%M:%S")}
         return version, changed, str(path)
+
+    def commit_shards(self, name: str, overrides: dict, who: str, why: str) -> tuple[int, str]:
+        """Per-shard values (``{shard: {key: value}}``, the farm coordinator's) on top of the
+        strategy's current set: each shard's whole set is validated as the config is (SetRefused,
+        nothing changed, when one is not), then written as the next version. Returns
+        (version, file)."""
+        from common.schema import ConfigError
+        from stages.live_params import config_params_path, params_dict, write_param_set
+
+        self.check_name(name)
+        strategy = self.strategy(name)
+        base = params_dict(strategy.params)
+        where = config_params_path(self.cfg, name)
+        for shard, ov in overrides.items():
+            try:
+                strategy.kernel_params(strategy.updated_params({**base, **ov}, where))
+            except ConfigError as exc:
+                raise SetRefused(f"shard {shard} of {name} (nothing changed):\n  "
+                                 + "\n  ".join(exc.problems)) from None
+        version = self.versions.get(name, 0) + 1
+        merged = {int(k): dict(v) for k, v in self.shard_overrides.get(name, {}).items()}
+        for shard, ov in overrides.items():
+            merged.setdefault(int(shard), {}).update(ov)
+        try:
+            path = write_param_set(self.run_dir, name, version, base, who, why, shards=merged)
+        except OSError as exc:
+            raise SetRefused(f"could not write the parameter set of {name}: {exc}",
+                             exit_code=1) from None
+        self.shard_overrides[name] = merged
+        self.versions[name] = version
+        return version, str(path)
 
     def view(self) -> dict:
         """Per running strategy: the version of its parameter set (0: the config's) and every
@@ -140,6 +192,8 @@ class LiveParams:
                 diff = changed_values(self._config_params[name], self.strategy(name).params)
                 entry["changed"] = {k: {"config": a, "now": b} for k, (a, b) in diff.items()}
                 entry.update(self.last_set.get(name, {}))
+            if self.shard_overrides.get(name):
+                entry["shards"] = {str(k): v for k, v in self.shard_overrides[name].items()}
             out[name] = entry
         return out
 
@@ -189,3 +243,19 @@ def handle_set(ctl, req: dict) -> dict:
     return {"ok": True, "strategy": name, "version": version, "changed": changed,
             "old": old, "new": new_values, "file": path, "acked": acked, "failed": failed,
             "not_acked": not_acked}
+
+
+def send_params(ctl, name: str, version: int, wait_s: float = ACK_WAIT_S):
+    """CTRL_PARAMS with ``version`` to every live process of strategy ``name``; waits up to
+    ``wait_s`` for the running ones. Returns (acked, failed, not answered) stage names."""
+    from shm.records import CTRL_PARAMS
+
+    lp = ctl.live_params
+    seqs = {}
+    for spec in lp.processes(name):
+        if spec.name in ctl.supervisor.procs and ctl.send(spec.name, CTRL_PARAMS, version) \
+                and ctl.alive(spec.name):
+            seqs[spec.name] = ctl.ctl_seq
+    acked, failed = ctl.await_answers(seqs, wait_s=wait_s)
+    not_acked = [s.name for s in lp.processes(name) if s.name not in acked + failed]
+    return acked, failed, not_acked

@@ -128,6 +128,9 @@ def make_stage(spec, replay: str | None = None, lockstep: bool = False):
     if spec.role == ROLE_JOURNAL:
         from stages.journal import JournalStage
         return JournalStage()
+    if spec.role == "signal":   # a farm's signal agent (stages.topology.ROLE_SIGNAL)
+        from stages.signal_agent import SignalAgentStage
+        return SignalAgentStage()
     raise ValueError(f"no stage class for role {spec.role!r}")
 
 
@@ -255,9 +258,9 @@ def _import_for_preload(name: str):
 
     if name.startswith(prefix):
         from stages.host_codegen import host_step_for
-        from stages.strategy_host import TIMER_NS
 
-        host_step_for(name[len(prefix):], TIMER_NS)
+        host_step_for(name[len(prefix):])   # (it took a timer argument once: an ImportError
+        # here had left every restarted strategy to load its host step itself)
         return sys.modules[name]
     return importlib.import_module(name)
 
@@ -298,7 +301,12 @@ def standby(parent_pid: int, run_dir: str | None = None) -> int:
     from pipeline.config import load_config  # noqa: F401
     from pipeline.runner import StageRunner  # noqa: F401
 
-    _preload(run_dir)
+    import select
+
+    # an order already waiting (a restart came while we were importing): become that stage
+    # now; preloading every stage's compiled code first made such a restart wait seconds
+    if not select.select([sys.stdin], [], [], 0)[0]:
+        _preload(run_dir)
     try:
         os.write(1, b"ready\n")   # the supervisor counts on us from here
     except BrokenPipeError:

@@ -282,6 +282,59 @@ REJECT_NAMES = {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Signal record (signal agent -> the strategy hosts subscribed to it, broadcast ring sig-<agent>):
+# 64 bytes. A signal is a state, not an event: a reader that is lapped, or joins late, loses
+# nothing but older values of the same cells.
+#
+#   0        8         10        12             16             24             32
+#   +--------+---------+---------+--------------+--------------+--------------+
+#   |ring_seq|  kind   |  flags  |instrument_id |    ts_ns     |cause_recv_ns |
+#   +--------+---------+---------+--------------+--------------+--------------+
+#   32             40             48             56             64
+#   +--------------+--------------+--------------+--------------+
+#   |    value     |  other_inst  |    n_obs     |  agent_seq   |
+#   +--------------+--------------+--------------+--------------+
+#
+#   kind                  value (float64)                              other_inst
+#   SIG_REALIZED_VOL      realized volatility of the mid, annualised   0
+#                         (365-day year; a fraction: 0.6 = 60 %)
+#   SIG_ORDER_FLOW_IMB    order-flow imbalance over the publish period, 0
+#                         lots (Cont, Kukanov & Stoikov e_n summed)
+#   SIG_CORRELATION       Pearson correlation of the sampled mids' log   the pair's other id
+#                         returns over the agent's window, in [-1, 1]
+#
+#   flags & SFLAG_VALID   0: the agent has no value for this cell now (book invalid, window not
+#                         full enough); value is NaN. A subscriber sees such a cell, a cell never
+#                         written and a cell older than the agent's stale_ms as MISSING, never 0.
+#   ts_ns                 when the agent computed it (the shared clock); the age subscribers judge
+#   cause_recv_ns         receive time of the newest market record the agent had read
+#   n_obs                 observations behind the value (returns in the window, e_n summed)
+# ---------------------------------------------------------------------------------------------
+SIGNAL_DTYPE = np.dtype(
+    [
+        ("ring_seq", "<i8"),
+        ("kind", "<u2"),
+        ("flags", "<u2"),
+        ("instrument_id", "<u4"),
+        ("ts_ns", "<i8"),
+        ("cause_recv_ns", "<i8"),
+        ("value", "<f8"),
+        ("other_inst", "<i8"),
+        ("n_obs", "<i8"),
+        ("agent_seq", "<i8"),
+    ],
+    align=True,
+)
+
+SIG_REALIZED_VOL = 1
+SIG_ORDER_FLOW_IMB = 2
+SIG_CORRELATION = 3
+N_SIGNAL_KINDS = 4     # kind codes 1..3; the strategies' signal table keeps a plane per code
+SIGNAL_KIND_CODES = {"realized_vol": SIG_REALIZED_VOL, "order_flow_imbalance": SIG_ORDER_FLOW_IMB,
+                     "correlation": SIG_CORRELATION}
+SFLAG_VALID = 1
+
+# ---------------------------------------------------------------------------------------------
 # Control / heartbeat record (controller <-> stages, risk state broadcasts): 64 bytes
 #
 #   0        8    9    10        12             16             24
@@ -355,6 +408,7 @@ RECORD_DTYPES = {
     "order": ORDER_DTYPE,
     "exec": EXEC_DTYPE,
     "control": CONTROL_DTYPE,
+    "signal": SIGNAL_DTYPE,
 }
 
 

@@ -53,15 +53,15 @@ from numba import njit
 
 from stages.host_codegen import get_strategy_class, live_host_step
 
-on_market, on_exec, on_timer, on_params = get_strategy_class({kind!r}).hooks()
+on_market, on_exec, on_timer, on_params, on_signal = get_strategy_class({kind!r}).hooks()
 
 
 @njit(cache=True)
 def host_step(ctx, st, p, hctl, cal, md_sts, md_slots, md, md_i, ex_sts, ex_slots, ex, ex_i,
-              fb, out_i, in_st, in_slots, h_md):
-    return live_host_step(on_market, on_exec, on_timer, on_params, ctx, st, p, hctl, cal,
-                          md_sts, md_slots, md, md_i, ex_sts, ex_slots, ex, ex_i, fb, out_i,
-                          in_st, in_slots, h_md)
+              fb, out_i, in_st, in_slots, h_md, sg_sts, sg, sg_i, h_sg):
+    return live_host_step(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, hctl,
+                          cal, md_sts, md_slots, md, md_i, ex_sts, ex_slots, ex, ex_i, fb,
+                          out_i, in_st, in_slots, h_md, sg_sts, sg, sg_i, h_sg)
 '''
 
 
@@ -82,13 +82,15 @@ def answer_unsent(out, first, k, fb, hctl, now):
 
 
 @njit(cache=False, inline="always")   # why inline: strategies/host.py's docstring
-def live_host_step(on_market, on_exec, on_timer, on_params, ctx, st, p, hctl, cal, md_sts,
-                   md_slots, md, md_i, ex_sts, ex_slots, ex, ex_i, fb, out_i, in_st, in_slots,
-                   h_md):
+def live_host_step(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, hctl, cal,
+                   md_sts, md_slots, md, md_i, ex_sts, ex_slots, ex, ex_i, fb, out_i, in_st,
+                   in_slots, h_md, sg_sts, sg, sg_i, h_sg):
     """The live strategy host's poll (HOT PATH): rings in, ``run_strategy_batch``, intents out.
 
     Market records of every venue ring into md, push-back answers then exec reports / denials
-    into ex; nothing new, no timer due and no new parameters -> 0. Otherwise the batch goes
+    into ex, signal records of every subscribed agent's ring (``sg_sts``: one row per ring, none
+    for a strategy without signals) into sg, recording agent publish -> strategy read in
+    ``h_sg``; nothing new, no timer due and no new parameters -> 0. Otherwise the batch goes
     through ``strategies.host.run_strategy_batch`` (books, dedupe, bookkeeping, timer, guarded
     hooks: the backtest's step, unchanged), and the intents are stamped and published; what
     does not fit is answered by ``answer_unsent``. Returns records in + intents out."""
@@ -106,12 +108,20 @@ def live_host_step(on_market, on_exec, on_timer, on_params, ctx, st, p, hctl, ca
     hctl[H_FB_N] = 0
     for r in range(ex_sts.shape[0]):
         n_ex += spsc_poll(ex_sts[r], ex_slots[r], ex_i[n_ex:], ex.shape[0] - n_ex)
-    if n_md == 0 and n_ex == 0 and not timer_due(hctl, now) and hctl[H_PARAMS_PENDING] == 0:
+    n_sg = 0
+    for r in range(sg_sts.shape[0]):
+        n_sg += bcast_poll(sg_sts[r], sg_i, sg_i[n_sg:], sg.shape[0] - n_sg)
+    if n_sg > 0:
+        t_sg = clock_now_ns(cal)
+        for j in range(n_sg):
+            hist_record(h_sg, t_sg - sg[j].ts_ns)
+    if n_md == 0 and n_ex == 0 and n_sg == 0 and not timer_due(hctl, now) \
+            and hctl[H_PARAMS_PENDING] == 0:
         return 0
     hctl[H_MD_IN] += n_md
     hctl[H_EX_IN] += n_ex - nfb
-    k = run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md, n_md, ex,
-                           n_ex, now, hctl)
+    k = run_strategy_batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, md,
+                           n_md, ex, n_ex, sg, n_sg, now, hctl)
     if k > 0:
         out = ctx.out
         t = clock_now_ns(cal)
@@ -121,7 +131,7 @@ def live_host_step(on_market, on_exec, on_timer, on_params, ctx, st, p, hctl, ca
         hctl[H_OUT] += sent
         if sent < k:
             answer_unsent(out, sent, k, fb, hctl, t)
-    return n_md + n_ex + k
+    return n_md + n_ex + n_sg + k
 
 
 def _fingerprint() -> str:

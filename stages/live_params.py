@@ -10,6 +10,10 @@ One JSON object per strategy name (every shard of the strategy reads the same fi
     {"strategy": "mm_btc", "version": 2, "params": {<every field of its Params>},
      "ts_ns": ..., "who": "cli", "why": "..."}
 
+A farm's coordinator (pipeline/farm_coordinator.py) adds ``"shards": {"<k>": {key: value}}``:
+values that only shard k takes on top of ``params`` (its share of the farm's budget). A shard's
+set is ``params`` updated with its own entry (``shard_params``), validated as a whole.
+
 ``params`` is the full set, so a reader never has to know the history; ``version`` counts the
 sets of this run (1 = the first ``run.py set``). The file is written owner-only (file 0600,
 directory 0700) and atomically: a temporary file in the same directory, fsync, rename over the
@@ -46,13 +50,15 @@ def config_params_path(cfg, strategy: str) -> str:
 
 
 def write_param_set(run_dir, strategy: str, version: int, params: dict, who: str = "",
-                    why: str = "") -> Path:
+                    why: str = "", shards: dict | None = None) -> Path:
     """Replace ``<run_dir>/params/<strategy>.json`` atomically (module docstring)."""
     path = params_path(run_dir, strategy)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    body = json.dumps({"strategy": strategy, "version": int(version), "params": params,
-                       "ts_ns": time.time_ns(), "who": who, "why": why},
-                      sort_keys=True, allow_nan=False, indent=1).encode() + b"\n"
+    rec = {"strategy": strategy, "version": int(version), "params": params,
+           "ts_ns": time.time_ns(), "who": who, "why": why}
+    if shards:
+        rec["shards"] = {str(k): dict(v) for k, v in shards.items()}
+    body = json.dumps(rec, sort_keys=True, allow_nan=False, indent=1).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -96,7 +102,16 @@ def read_param_set(run_dir, strategy: str) -> dict | None:
         raise ParamSetError(f"{path}: version = {version!r}: must be an integer >= 1")
     if not isinstance(params, dict):
         raise ParamSetError(f"{path}: params = {params!r}: must be a table")
+    shards = rec.get("shards", {})
+    if not isinstance(shards, dict) or not all(isinstance(v, dict) for v in shards.values()):
+        raise ParamSetError(f"{path}: shards = {shards!r}: must be a table of tables")
     return rec
+
+
+def shard_params(rec: dict, shard: int) -> dict:
+    """The full parameter table shard ``shard`` runs on: ``params`` with its own entry of
+    ``shards`` (the coordinator's share of the farm's budget) on top."""
+    return {**rec["params"], **rec.get("shards", {}).get(str(int(shard)), {})}
 
 
 def changed_values(before, after) -> dict:

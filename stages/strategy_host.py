@@ -51,7 +51,7 @@ from shm.records import CTRL_PARAMS, EXEC_DTYPE, MARKET_DTYPE, ORDER_DTYPE
 from stages.base import Stage, stack_states
 from stages.host_codegen import host_step_for
 from stages.live_params import (ParamSetError, changed_values, config_params_path, params_path,
-                                read_param_set)
+                                read_param_set, shard_params)
 from strategies.host import (H_CALLS, H_EX_IN, H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN,
                              H_NEXT_TIMER, H_OUT, H_PUSHBACK, apply_params, make_hctl)
 
@@ -59,6 +59,8 @@ RESTART_SHIFT = 32   # each incarnation of a strategy counts client order ids fr
 
 BATCH_MD = 2048
 BATCH_EX = 256
+BATCH_SG = 1024
+VIEW_EVERY_NS = 100_000_000   # the farm snapshot row: status needs no more
 MAX_INTENTS = 256
 JOURNAL_READ_TRIES = 5   # a journal file created an instant ago may not have its header yet
 
@@ -126,6 +128,7 @@ class StrategyHostStage(Stage):
         self.hctl = make_hctl(sc.timer_ms)
         self.restored = self.restore_from_journal(ctx)
         self.hist = LatencyHistogram.attach(inst, f"md_to_{spec.name}")
+        self.no_signals(spec)
         from stages.riskview import RiskView
 
         # this strategy's own positions for status and reconciliation (its row only)
@@ -145,6 +148,10 @@ class StrategyHostStage(Stage):
             book_clear(self.px, self.qty, self.meta, ins)
         self.lost_seen = [r.lost for r in self.md_r]
         self.lockstep_slot = spec.slot
+        self.slot = ctx.slot
+        self.attach_signals(ctx, spec)
+        self.farmview = self.attach_farmview(ctx)
+        self._next_view_ns = 0
         if ctx.extra.get("lockstep"):
             self.hctl[H_NEXT_TIMER] = -1   # as the backtest's: the first round starts the timer
 
@@ -181,6 +188,90 @@ class StrategyHostStage(Stage):
               f"{summary['not_restored']} orders beyond the table", file=sys.stderr, flush=True)
         return summary
 
+    # -- farm signals (cold) ------------------------------------------------------------
+    def no_signals(self, spec) -> None:
+        """Until ``attach_signals``: no signal ring (a zero-row state array: the host step's
+        loop over signal rings never runs) and the market histogram as a placeholder."""
+        from shm.records import SIGNAL_DTYPE
+        from shm.ringops import ST_SIZE
+
+        self.sg_sts = np.zeros((0, ST_SIZE), dtype=np.int64)
+        self.sg = np.zeros(BATCH_SG, dtype=SIGNAL_DTYPE)
+        self.sg_i = self.sg.view(np.int64).reshape(BATCH_SG, -1)
+        self.sg_hist = self.hist
+        self.sig_r = []
+        self.sig_kinds = []   # (agent name, SIG_* code, max age ns, agent's ids) per subscription
+
+    def attach_signals(self, ctx, spec) -> None:
+        """Read the rings of the signal agents the strategy subscribes to (``signals``): each
+        agent's kind becomes readable in ctx.sig, missing once older than its stale_ms."""
+        from shm.histogram import LatencyHistogram
+        from shm.records import SIGNAL_DTYPE, SIGNAL_KIND_CODES
+        from shm.ring import BroadcastRing
+        from strategies.base import subscribe_signal
+
+        agents = {g.name: g for g in getattr(ctx.config, "signals", ())}
+        for name in spec.strategy.signals:
+            g = agents[name]
+            ring = BroadcastRing.attach(ctx.instance, f"sig-{name}", SIGNAL_DTYPE)
+            self._rings.append(ring)
+            self.sig_r.append(ring.reader(ctx.topology.sig_readers[name][spec.name]))
+            code = SIGNAL_KIND_CODES[g.kind]
+            subscribe_signal(self.state.ctx.sig, code, g.max_age_ns)
+            from shm.instruments import InstrumentTable
+
+            table = InstrumentTable.from_config(ctx.config)
+            self.sig_kinds.append((name, code, g.max_age_ns,
+                                   [table.by_key(k).instrument_id for k in g.instruments]))
+        if self.sig_r:
+            self.sg_sts = stack_states(self.sig_r)
+            self.sg_hist = LatencyHistogram.attach(ctx.instance, f"sig_to_{spec.name}")
+            self._sg_hist_own = True
+
+    @staticmethod
+    def attach_farmview(ctx):
+        """The controller's farm snapshot segment (stages/farmview.py); None without one (a
+        harness that builds only the rings)."""
+        from shm.segment import SegmentError
+        from stages.farmview import FarmView
+
+        try:
+            return FarmView.attach(ctx.instance)
+        except (SegmentError, OSError, TimeoutError):
+            return None
+
+    def publish_farm_row(self) -> None:
+        """This process's row of the farm snapshot, at most every VIEW_EVERY_NS (cold)."""
+        now = time.time_ns()
+        if self.farmview is None or now < self._next_view_ns:
+            return
+        self._next_view_ns = now + VIEW_EVERY_NS
+        rt = self.state.ctx.rt[0]
+        news = (int(rt["next_coid"]) & ((1 << RESTART_SHIFT) - 1)) - 1
+        self.farmview.write(self.slot, now, news, int(rt["fills"]),
+                            self.signal_view(int(self.clock.now_ns())))
+
+    def signal_view(self, now_ns: int) -> list[tuple]:
+        """Per subscription, what the strategy sees now (cold): (agent, kind code, cells of
+        its instruments (a pair kind: each of its instruments with each other instrument of
+        the agent), cells valid, age of the oldest cell in ns or -1 if one never came)."""
+        from shm.records import SIG_CORRELATION
+        from strategies.base import _cell_value, _signal_cell
+
+        ctx = self.state.ctx
+        ids = [int(i) for i in ctx.inst]
+        out = []
+        for name, code, _age, agent_ids in self.sig_kinds:
+            pairs = ([(a, b) for a in ids if a in agent_ids for b in agent_ids if b != a]
+                     if code == SIG_CORRELATION else [(a, 0) for a in ids if a in agent_ids])
+            cells = [int(_signal_cell(ctx, code, a, b)) for a, b in pairs]
+            valid = sum(1 for c in cells if c >= 0 and _cell_value(ctx, c, now_ns) ==
+                        _cell_value(ctx, c, now_ns))
+            ts = [int(ctx.sig[c]["ts_ns"]) for c in cells if c >= 0]
+            oldest = -1 if not ts or min(ts) == 0 else now_ns - min(ts)
+            out.append((name, code, len(cells), valid, oldest))
+        return out
+
     # -- live parameters (cold: between batches, never inside the host step) -------------
     def read_live_params(self, newer_than: int = 0):
         """(validated Params, version) of ``<run dir>/params/<name>.json`` when its version is
@@ -191,7 +282,8 @@ class StrategyHostStage(Stage):
         rec = read_param_set(self.run_dir, self.name)
         if rec is None or rec["version"] <= newer_than:
             return None
-        return self.strategy.updated_params(rec["params"], self.params_where), rec["version"]
+        return (self.strategy.updated_params(shard_params(rec, self.strategy.shard),
+                                             self.params_where), rec["version"])
 
     def apply_live_params(self, announced: int) -> None:
         """CTRL_PARAMS (arg0 = the set's version): read the set, validate, pack it into the
@@ -221,7 +313,8 @@ class StrategyHostStage(Stage):
         return self.host_step(s.ctx, s.st, s.p, self.hctl, self.clock.cal, self.md_sts,
                               self.md_slots, self.md, self.md_i, self.ex_sts, self.ex_slots,
                               self.ex, self.ex_i, self.fb, self.out_i, self.intent_w.st,
-                              self.intent_w.slots, self.hist.array)
+                              self.intent_w.slots, self.hist.array, self.sg_sts, self.sg,
+                              self.sg_i, self.sg_hist.array)
 
     def check_lapped(self) -> None:
         from market.book import book_clear
@@ -251,6 +344,7 @@ class StrategyHostStage(Stage):
         values[W_X2] = h[H_CALLS]
         values[W_X3] = int(self.state.ctx.rt[0]["halted"])
         self.publish_positions()
+        self.publish_farm_row()
 
     def publish_positions(self) -> None:
         pos = self.state.ctx.pos["pos"]
@@ -274,6 +368,10 @@ class StrategyHostStage(Stage):
     def on_stop(self) -> None:
         self.publish_positions()
         self.rv.close()
+        if self.farmview is not None:
+            self.farmview.close()
+        if getattr(self, "_sg_hist_own", False):
+            self.sg_hist.close()
         self.hist.close()
         for r in self._rings:
             r.close()

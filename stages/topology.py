@@ -23,6 +23,7 @@ none), and each live venue (binance, coinbase, kraken ...) has a feed-handler st
 side of its order rings: in ``mode = "paper"`` (the default) its paper venue fills them
 virtually in the real book (market/papervenue.py, reading ``md-<venue>`` back); in ``live``
 mode (no live order entry yet) it answers every order REJECT_VENUE_DOWN.
+  sig-<agent>       Broadcast SIGNAL   signal-<agent> -> the strategy processes subscribed to it
   ctl-<stage>       SPSC CONTROL       controller -> stage
   status, riskview, hist-*             status blocks, risk snapshot, latency histograms
 """
@@ -38,6 +39,9 @@ ROLE_ROUTER = "order_router"
 ROLE_GATE = "risk_gate"
 ROLE_STRATEGY = "strategy"
 ROLE_FEED = "feed"
+ROLE_SIGNAL = "signal"   # a farm's signal agent (stages/signal_agent.py)
+SIGNAL_RING_CAPACITY = 4096   # records per sig-<agent> ring (signals are states: a lapped
+                              # reader loses only older values of the same cells)
 
 # latency histograms: (segment name, title)
 HIST_GATE = ("intent_to_gate", "intent -> gate read")
@@ -61,6 +65,7 @@ class StageSpec:
     group_id: int = 0         # the strategy id of shard 0: the risk gate sums shards under it
     venue: str = ""           # feed stages: the live venue this process plays
     unit: str = ""            # the process that runs it: its own name, or its composite's
+    signal: object = None     # SignalConfig for signal agents
 
     @property
     def process(self) -> str:
@@ -97,6 +102,8 @@ class Topology:
     rings: list[RingSpec]
     venues: list[str]
     md_readers: dict[str, dict[str, int]] = field(default_factory=dict)  # venue -> stage -> idx
+    # signal agent name -> subscribed strategy stage -> reader index of sig-<agent>
+    sig_readers: dict[str, dict[str, int]] = field(default_factory=dict)
     journal: bool = True
     journal_md: bool = False
     units: list[ProcessUnit] = field(default_factory=list)
@@ -127,15 +134,20 @@ class Topology:
     def strategies(self) -> list[StageSpec]:
         return [s for s in self.stages if s.role == ROLE_STRATEGY]
 
+    def signals(self) -> list[StageSpec]:
+        return [s for s in self.stages if s.role == ROLE_SIGNAL]
+
     def start_order(self) -> list[StageSpec]:
-        rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_FEED: 1, ROLE_ROUTER: 2, ROLE_GATE: 3,
-                ROLE_STRATEGY: 4}
+        rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_FEED: 1, ROLE_ROUTER: 2, ROLE_SIGNAL: 2,
+                ROLE_GATE: 3, ROLE_STRATEGY: 4}
         return sorted(self.stages, key=lambda s: (rank[s.role], s.slot))
 
     def histograms(self) -> list[tuple[str, str]]:
         out = [HIST_GATE, HIST_ROUTER, HIST_VENUE_ACK, HIST_T2T]
         for s in self.strategies():
             out.append((f"md_to_{s.name}", f"md recv -> {s.name} read"))
+            if s.strategy.signals:
+                out.append((f"sig_to_{s.name}", f"signal publish -> {s.name} read"))
         for f in self.feeds():
             out.append((f"exch_to_recv_{f.venue}",
                         f"{f.venue}: exchange time -> feed receive (venue clock vs ours)"))
@@ -163,7 +175,7 @@ def live_venues(cfg) -> list[str]:
 
 
 FIXED_STAGES = ("venue", "journal", "order_router", "risk_gate")
-STAGE_PREFIXES = ("strategy-", "feed-")
+STAGE_PREFIXES = ("strategy-", "feed-", "signal-")
 
 
 def _match_composites(cfg, names: list[str]):
@@ -244,7 +256,7 @@ def _units(cfg, stages: list[StageSpec], dedicated: bool):
             c = cfg.composites[n]
             out.append(dataclasses.replace(s, unit=c.name, cpu=c.cpu, idle=c.idle))
     rank = {ROLE_JOURNAL: 0, ROLE_VENUE: 1, ROLE_FEED: 1, ROLE_ROUTER: 2, ROLE_GATE: 3,
-            ROLE_STRATEGY: 4}
+            ROLE_SIGNAL: 4, ROLE_STRATEGY: 5}
     for n, c in enumerate(cfg.composites):
         members = sorted((s for s in out if owner.get(s.name) == n),
                          key=lambda s: (rank[s.role], s.slot))
@@ -279,6 +291,11 @@ def build_topology(cfg, dedicated: bool = False) -> Topology:
             add(f"feed-{v.name}", ROLE_FEED, st.feed, cpu=v.cpu, venue=v.name)
     add("order_router", ROLE_ROUTER, st.order_router, restartable=False)
     add("risk_gate", ROLE_GATE, st.risk_gate, restartable=False)
+    for g in getattr(cfg, "signals", ()):
+        if g.enabled:
+            stages.append(StageSpec(f"signal-{g.name}", ROLE_SIGNAL, slot, g.cpu, g.idle,
+                                    signal=g, instruments=tuple(g.instruments)))
+            slot += 1
     ids = strategy_ids(cfg.strategies)
     for s in cfg.strategies:
         if not s.enabled:
@@ -295,10 +312,17 @@ def build_topology(cfg, dedicated: bool = False) -> Topology:
     venues = [v.name for v in cfg.venues]
     md_readers: dict[str, dict[str, int]] = {v: {} for v in venues}
     for spec in stages:
-        if spec.role == ROLE_STRATEGY:
+        if spec.role in (ROLE_STRATEGY, ROLE_SIGNAL):
             for key in spec.instruments:
                 v = cfg.instrument(key).venue
                 md_readers[v].setdefault(spec.name, len(md_readers[v]))
+    sig_readers: dict[str, dict[str, int]] = {s.signal.name: {} for s in stages
+                                              if s.role == ROLE_SIGNAL}
+    for spec in stages:
+        if spec.role == ROLE_STRATEGY:
+            for agent in spec.strategy.signals:
+                if agent in sig_readers:
+                    sig_readers[agent][spec.name] = len(sig_readers[agent])
     for v in venues:
         md_readers[v]["risk_gate"] = len(md_readers[v])
         if cfg.venue(v).paper:   # the paper venue in feed-<v> reads the book it fills against
@@ -314,6 +338,8 @@ def build_topology(cfg, dedicated: bool = False) -> Topology:
             rings += [RingSpec(f"intent-{n}", "spsc", "order", oc),
                       RingSpec(f"reject-{n}", "spsc", "exec", oc),
                       RingSpec(f"exec-{n}", "spsc", "exec", oc)]
+    rings += [RingSpec(f"sig-{a}", "broadcast", "signal", SIGNAL_RING_CAPACITY, max(1, len(r)))
+              for a, r in sig_readers.items()]
     rings += [RingSpec("approved", "spsc", "order", oc), RingSpec("exec-gate", "spsc", "exec", oc)]
     if journal:
         # the journal sees every record of the order path: give it room to lag a flush
@@ -324,4 +350,5 @@ def build_topology(cfg, dedicated: bool = False) -> Topology:
                   RingSpec(f"vexec-{v}", "spsc", "exec", oc * 4)]
     for spec in stages:
         rings.append(RingSpec(f"ctl-{spec.name}", "spsc", "control", 64))
-    return Topology(stages, rings, venues, md_readers, journal, journal_md, units)
+    return Topology(stages, rings, venues, md_readers, journal=journal, journal_md=journal_md,
+                    units=units, sig_readers=sig_readers)

@@ -103,12 +103,13 @@ def backtest_run_for(venue: str, classes):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cls.kind):
             raise ValueError(f"strategy kind {cls.kind!r} is not a Python identifier")
     module, advance, submit = VENUES[venue]
-    hooks = "\n".join(f"on_market_{k}, on_exec_{k}, on_timer_{k}, on_params_{k} = "
-                      f"get_strategy_class({cls.kind!r}).hooks()"
+    hooks = "\n".join(f"on_market_{k}, on_exec_{k}, on_timer_{k}, on_params_{k}, "
+                      f"on_signal_{k} = get_strategy_class({cls.kind!r}).hooks()"
                       for k, cls in enumerate(classes))
     rounds = "\n".join(f"    n_den = strategy_round(batch, submit, on_market_{k}, on_exec_{k}, "
-                       f"on_timer_{k}, on_params_{k}, {k}, S[{k}][0], S[{k}][1], S[{k}][2], "
-                       f"vs, G, n_md, now, n_den)" for k in range(len(classes)))
+                       f"on_timer_{k}, on_params_{k}, on_signal_{k}, {k}, S[{k}][0], "
+                       f"S[{k}][1], S[{k}][2], vs, G, n_md, now, n_den)"
+                       for k in range(len(classes)))
     kinds = [cls.kind for cls in classes]
     text = TEMPLATE.format(venue=venue, kinds=", ".join(kinds), venue_module=module,
                            advance=advance, submit=submit, hooks=hooks, rounds=rounds,
@@ -132,18 +133,18 @@ from numba import njit
 from strategies.host import run_strategy_batch as batch
 from strategies.registry import get_strategy_class
 
-on_market, on_exec, on_timer, on_params = get_strategy_class({kind!r}).hooks()
+on_market, on_exec, on_timer, on_params, on_signal = get_strategy_class({kind!r}).hooks()
 
 
 @njit(cache=True)
-def step(ctx, st, p, md, n_md, ex, n_ex, now_ns, hctl):
-    return batch(on_market, on_exec, on_timer, on_params, ctx, st, p, md, n_md, ex, n_ex, now_ns,
-                 hctl)
+def step(ctx, st, p, md, n_md, ex, n_ex, sg, n_sg, now_ns, hctl):
+    return batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, md, n_md, ex,
+                 n_ex, sg, n_sg, now_ns, hctl)
 '''
 
 
 def hosted_step_for(cls):
-    """The cached ``step(ctx, st, p, md, n_md, ex, n_ex, now_ns, hctl)`` of the registered
+    """The cached ``step(ctx, st, p, md, n_md, ex, n_ex, sg, n_sg, now_ns, hctl)`` of the registered
     strategy class ``cls`` (generated on first use); None for a class the registry does not
     give for its kind (one defined in a test: HostedStrategy then compiles its step in the
     process, uncached)."""

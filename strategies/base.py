@@ -28,6 +28,9 @@ the books and to the strategy's order table and positions; a strategy never does
     on_exec(ctx, st, p, ex, n_ex, now_ns)     execution reports / risk denials ex[:n_ex]
     on_timer(ctx, st, p, now_ns)              every ``timer_ms`` of the strategy's config
     on_params(ctx, st, p, now_ns)             parameters changed (``run.py set``)
+    on_signal(ctx, st, p, sg, n_sg, now_ns)   signal records sg[:n_sg] of the farm's signal
+                                              agents arrived (already in ctx.sig: read them
+                                              with ``signal_value`` / ``signal_pair``)
 
 ``p`` is the packed parameter record: every numeric field of ``Params`` by name (bools as
 0/1), plus ``derive()``'s values. ``st`` is the strategy's state record (``state_fields``, set
@@ -40,6 +43,9 @@ up by ``init_state``). ``ctx`` is the runtime's part, a named tuple:
     ctx.pos      market.accounting.POSITION_DTYPE[n]: positions, cost, realized PnL, fees
     ctx.out      ORDER_DTYPE[max_intents]: intents of the current hook call
     ctx.px, ctx.qty, ctx.meta   the L2 books (market/book.py), indexed by global id
+    ctx.sig      SIGNAL_CELL_DTYPE[N_SIGNAL_KINDS * n_ids * n_ids]: the newest value of every
+                 signal cell the strategy subscribes to (kind, instrument id[, other id]),
+                 kept by the runtime; a missing or stale cell reads as NaN, never 0
 
 Orders are sent with ``place`` / ``cancel`` / ``replace`` / ``cancel_all`` (by client order
 id); intents carry ``client_order_id = strategy_id << 48 | shard << 40 | counter`` and the
@@ -53,6 +59,7 @@ accounted); see strategies/host.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -62,6 +69,7 @@ from common.runtime import MAX_SHARDS, MAX_STRATEGY_ID
 from common.schema import ConfigError, load_section
 from market.accounting import POSITION_DTYPE, apply_fill, make_positions
 from shm.records import (
+    N_SIGNAL_KINDS, SFLAG_VALID, SIGNAL_DTYPE,
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
     EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORDER_DTYPE,
 )
@@ -90,9 +98,21 @@ RUNTIME_DTYPE = np.dtype([
 ], align=True)
 
 HALT_NONE, HALT_MARKET, HALT_EXEC, HALT_TIMER, HALT_PARAMS, HALT_BAD_COUNT = 0, 1, 2, 3, 4, 5
+HALT_SIGNAL = 6
 HALT_NAMES = {HALT_MARKET: "on_market raised", HALT_EXEC: "on_exec raised",
               HALT_TIMER: "on_timer raised", HALT_PARAMS: "on_params raised",
-              HALT_BAD_COUNT: "wrote more intents than ctx.out holds"}
+              HALT_BAD_COUNT: "wrote more intents than ctx.out holds",
+              HALT_SIGNAL: "on_signal raised"}
+
+# One cell of the signal table (ctx.sig): the newest value of one signal, as the runtime
+# applied it from the agent's records. max_age_ns 0: the strategy does not subscribe to the
+# kind (every read is missing); ts_ns 0: never written.
+SIGNAL_CELL_DTYPE = np.dtype([
+    ("value", "f8"),          # NaN when the agent said it has no value
+    ("ts_ns", "i8"),          # when the agent computed it (shared clock)
+    ("max_age_ns", "i8"),     # older than this is missing (the agent's stale_ms)
+    ("n_obs", "i8"),
+], align=True)
 
 ORDER_SLOT_DTYPE = np.dtype([
     ("coid", "i8"),       # client_order_id; 0 = free slot
@@ -113,7 +133,29 @@ OST_LIVE = 2
 OST_PENDING_CANCEL = 3
 OST_PENDING_REPLACE = 4
 
-Ctx = namedtuple("Ctx", "rt inst venue orders pos out px qty meta")
+Ctx = namedtuple("Ctx", "rt inst venue orders pos out px qty meta sig")
+
+
+def make_signal_table(n_ids: int) -> np.ndarray:
+    """Cold: an empty signal table for instrument ids 0..n_ids-1 (every cell missing)."""
+    return np.zeros(N_SIGNAL_KINDS * n_ids * n_ids, dtype=SIGNAL_CELL_DTYPE)
+
+
+def subscribe_signal(sig: np.ndarray, kind: int, max_age_ns: int) -> None:
+    """Cold: the strategy reads signal ``kind`` (SIG_*); a value older than ``max_age_ns``
+    (the agent's stale_ms) is missing."""
+    if not 0 < kind < N_SIGNAL_KINDS:
+        raise ValueError(f"signal kind {kind}: must be in 1..{N_SIGNAL_KINDS - 1}")
+    if max_age_ns <= 0:
+        raise ValueError(f"signal kind {kind}: max_age_ns must be > 0, got {max_age_ns}")
+    n = signal_ids(sig)
+    sig["max_age_ns"][kind * n * n:(kind + 1) * n * n] = int(max_age_ns)
+
+
+@njit(cache=True)
+def signal_ids(sig):
+    """Instrument ids the table covers (its planes are n x n)."""
+    return np.int64(round(math.sqrt(sig.shape[0] // N_SIGNAL_KINDS)))
 
 
 class StrategyState:
@@ -162,6 +204,11 @@ def no_timer(ctx, st, p, now_ns):
 
 @njit(cache=True)
 def no_params(ctx, st, p, now_ns):
+    pass
+
+
+@njit(cache=True)
+def no_signal(ctx, st, p, sg, n_sg, now_ns):
     pass
 
 
@@ -218,6 +265,7 @@ class Strategy:
     on_exec = staticmethod(no_exec)
     on_timer = staticmethod(no_timer)
     on_params = staticmethod(no_params)
+    on_signal = staticmethod(no_signal)
 
     def __init__(self, params: dict, instruments, strategy_id: int, shard: int = 0):
         if not 0 < strategy_id <= MAX_STRATEGY_ID:
@@ -296,7 +344,7 @@ class Strategy:
     # -- the runtime's side ----------------------------------------------------------------------
     @classmethod
     def hooks(cls) -> tuple:
-        return cls.on_market, cls.on_exec, cls.on_timer, cls.on_params
+        return cls.on_market, cls.on_exec, cls.on_timer, cls.on_params, cls.on_signal
 
     def kernel_params(self, params=None) -> np.ndarray:
         """The packed parameter record for ``params`` (default: the strategy's own)."""
@@ -325,7 +373,8 @@ class Strategy:
         ctx = Ctx(rt, np.array([i.instrument_id for i in self.instruments], dtype=np.int64),
                   np.array([i.venue_id for i in self.instruments], dtype=np.int64),
                   np.zeros(self.max_orders, dtype=ORDER_SLOT_DTYPE), make_positions(n),
-                  np.zeros(max_intents, dtype=ORDER_DTYPE), px, qty, meta)
+                  np.zeros(max_intents, dtype=ORDER_DTYPE), px, qty, meta,
+                  make_signal_table(px.shape[0]))
         fields = self.state_fields() or [("_none", "i8")]
         st = np.zeros(1, dtype=np.dtype(fields, align=True))
         self.init_state(st[0])
@@ -363,6 +412,48 @@ def rejects(ctx):
 @njit(cache=True)
 def last_reject_ns(ctx):
     return ctx.rt[0].last_reject_ns
+
+
+@njit(cache=True)
+def _signal_cell(ctx, kind, inst, other):
+    n = signal_ids(ctx.sig)
+    if kind <= 0 or kind >= N_SIGNAL_KINDS or inst < 0 or inst >= n or other < 0 or other >= n:
+        return np.int64(-1)
+    return (kind * n + inst) * n + other
+
+
+@njit(cache=True)
+def _cell_value(ctx, c, now_ns):
+    if c < 0:
+        return np.nan
+    cell = ctx.sig[c]
+    if cell.ts_ns == 0 or cell.max_age_ns == 0 or now_ns - cell.ts_ns > cell.max_age_ns:
+        return np.nan
+    return cell.value
+
+
+@njit(cache=True)
+def signal_value(ctx, kind, instrument_id, now_ns):
+    """The newest value of per-instrument signal ``kind`` (SIG_REALIZED_VOL,
+    SIG_ORDER_FLOW_IMB) for a global instrument id, or NaN when it is MISSING: not subscribed,
+    never received, the agent said it has none, or older than the agent's stale_ms (a dead
+    agent's last value goes missing, it never reads as 0)."""
+    return _cell_value(ctx, _signal_cell(ctx, kind, instrument_id, 0), now_ns)
+
+
+@njit(cache=True)
+def signal_pair(ctx, kind, instrument_a, instrument_b, now_ns):
+    """A pairwise signal (SIG_CORRELATION) of two global instrument ids; NaN when missing."""
+    return _cell_value(ctx, _signal_cell(ctx, kind, instrument_a, instrument_b), now_ns)
+
+
+@njit(cache=True)
+def signal_age_ns(ctx, kind, instrument_id, other_id, now_ns):
+    """Age of a cell's newest value (ns), -1 when it never arrived."""
+    c = _signal_cell(ctx, kind, instrument_id, other_id)
+    if c < 0 or ctx.sig[c].ts_ns == 0:
+        return np.int64(-1)
+    return now_ns - ctx.sig[c].ts_ns
 
 
 @njit(cache=True)
@@ -522,6 +613,31 @@ def note_market(ctx, md, n_md):
     for j in range(n_md):
         if md[j].recv_ts_ns > rt.last_recv_ts:
             rt.last_recv_ts = md[j].recv_ts_ns
+
+
+@njit(cache=True)
+def apply_signals(ctx, sg, n_sg):
+    """Store signal records sg[:n_sg] into ctx.sig (newest wins; a pair fills both (a, b) and
+    (b, a)). A record without SFLAG_VALID stores NaN: the agent has no value now. Records of
+    kinds the strategy does not subscribe to are stored too and stay unreadable."""
+    for j in range(n_sg):
+        r = sg[j]
+        other = np.int64(r.other_inst)
+        inst = np.int64(r.instrument_id)
+        c = _signal_cell(ctx, np.int64(r.kind), inst, other)
+        if c < 0:
+            continue
+        v = r.value if (r.flags & SFLAG_VALID) != 0 else np.nan
+        if r.ts_ns < ctx.sig[c].ts_ns:
+            continue   # an older value (a restarted agent's ring read late): keep the newer
+        ctx.sig[c].value = v
+        ctx.sig[c].ts_ns = r.ts_ns
+        ctx.sig[c].n_obs = r.n_obs
+        if other != 0:
+            c2 = _signal_cell(ctx, np.int64(r.kind), other, inst)
+            ctx.sig[c2].value = v
+            ctx.sig[c2].ts_ns = r.ts_ns
+            ctx.sig[c2].n_obs = r.n_obs
 
 
 @njit(cache=True)
@@ -740,6 +856,7 @@ def restore_state(state: StrategyState, orders: np.ndarray, execs: np.ndarray) -
 
 
 __all__ = ["COID_SHIFT", "Ctx", "HALT_NAMES", "ORDER_SLOT_DTYPE", "POSITION_DTYPE",
-           "RUNTIME_DTYPE", "Strategy", "StrategyState", "cancel", "cancel_all", "emit",
-           "local_index", "open_count", "open_on", "order_slot", "pending_count", "place",
-           "position", "replace", "restore_state"]
+           "RUNTIME_DTYPE", "SIGNAL_CELL_DTYPE", "SIGNAL_DTYPE", "Strategy", "StrategyState",
+           "cancel", "cancel_all", "emit", "local_index", "open_count", "open_on", "order_slot",
+           "pending_count", "place", "position", "replace", "restore_state", "signal_age_ns",
+           "signal_pair", "signal_value", "subscribe_signal"]

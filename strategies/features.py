@@ -64,6 +64,7 @@ Public API::
     vwap_add_trade(vw, slot, px_ticks, qty_lots, ts_ns) -> bool
     vwap_on_market(vw, slot, rec, inst) -> bool      a MARKET_DTYPE MSG_TRADE record
     vwap_ticks(vw, slot, now_ns) -> float64;  vwap_reset(vw, slot)
+    pearson_correlation(x, y, n) -> float64          of x[:n] and y[:n]; NaN if undefined
 """
 from __future__ import annotations
 
@@ -715,6 +716,40 @@ def rv_reset(rv, slot):
     rolling_reset(rv.r2, slot)
     rv.hdr[slot].last_px = 0.0
     rv.hdr[slot].last_ts_ns = 0
+
+
+# ---- correlation ---------------------------------------------------------------------------------
+
+@njit(**_HOT)
+def pearson_correlation(x, y, n):
+    """Pearson correlation of x[:n] and y[:n] (two-pass: means first, then the centred sums,
+    so large common offsets cost no precision). The pairs may sit in any order, as long as x[k]
+    and y[k] belong together (a ring buffer shared by both is fine). NaN when it is undefined:
+    fewer than two pairs, a value that is not finite, or a series without variance."""
+    if n < 2:
+        return np.nan
+    mx = 0.0
+    my = 0.0
+    for k in range(n):
+        if not (math.isfinite(x[k]) and math.isfinite(y[k])):
+            return np.nan
+        mx += x[k]
+        my += y[k]
+    mx /= n
+    my /= n
+    sxx = 0.0
+    syy = 0.0
+    sxy = 0.0
+    for k in range(n):
+        dx = x[k] - mx
+        dy = y[k] - my
+        sxx += dx * dx
+        syy += dy * dy
+        sxy += dx * dy
+    if not (sxx > 0.0 and syy > 0.0):
+        return np.nan
+    r = sxy / math.sqrt(sxx * syy)
+    return min(1.0, max(-1.0, r))
 
 
 # ---- VWAP --------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ One batch, in this order (written once, here):
    ``hctl[H_LAST_SEQ]``: a restarted strategy rebuilt them from the journal) are dropped from
    ``ex``, exactly the dedupe the risk gate does; newer ones advance it;
 3. the runtime's bookkeeping (strategies/base.py): ``note_market`` (cause time of this batch's
-   intents) and ``apply_execs`` (order table, positions, reject counters);
+   intents), ``apply_execs`` (order table, positions, reject counters) and ``apply_signals``
+   (the farm's signal records into ``ctx.sig``);
 4. the hooks, inside one ``try / except`` (caught inside numba): ``on_exec`` if reports came,
-   ``on_market`` if market records came, ``on_timer`` if the strategy's timer is due
+   ``on_signal`` if signal records came, ``on_market`` if market records came, ``on_timer`` if
+   the strategy's timer is due
    (``hctl[H_NEXT_TIMER]``; period ``hctl[H_TIMER_NS]``, the strategy's ``timer_ms``).
 
 A hook that raises (or writes more intents than ``ctx.out`` holds) HALTS the strategy: the
@@ -40,12 +42,13 @@ from numba import njit
 from common.runtime import (  # noqa: F401  (the hctl layout, used here and re-exported)
     DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, H_CALLS, H_DISCARDED, H_EX_IN, H_FB_N,
     H_KERNEL_ERRORS, H_LAST_SEQ, H_MD_IN, H_NEXT_TIMER, H_OUT, H_PARAMS_PENDING, H_PUSHBACK,
-    H_SKIPPED, H_TIMER_NS, H_WORDS,
+    H_SG_IN, H_SKIPPED, H_TIMER_NS, H_WORDS,
 )
 from market.book import L2Book, book_apply_batch
-from shm.records import EXEC_DTYPE, MARKET_DTYPE
-from strategies.base import (HALT_BAD_COUNT, HALT_EXEC, HALT_MARKET, HALT_PARAMS, HALT_TIMER,
-                             apply_execs, cancel_all, forget_intents, note_market)
+from shm.records import EXEC_DTYPE, MARKET_DTYPE, SIGNAL_DTYPE
+from strategies.base import (HALT_BAD_COUNT, HALT_EXEC, HALT_MARKET, HALT_PARAMS, HALT_SIGNAL,
+                             HALT_TIMER, apply_execs, apply_signals, cancel_all, forget_intents,
+                             note_market)
 
 
 # hctl, the host's int64 words (H_*): their layout is common/runtime.py's, shared with the
@@ -100,10 +103,11 @@ def timer_due(hctl, now_ns):
 
 
 @njit(cache=False, inline="always")
-def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md, n_md,
-                       ex, n_ex, now_ns, hctl):
+def run_strategy_batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st_arr, p_arr,
+                       md, n_md, ex, n_ex, sg, n_sg, now_ns, hctl):
     """One batch (module docstring): books, dedupe, bookkeeping, then the hooks. Returns the
-    number of intents written to ctx.out[0:k].
+    number of intents written to ctx.out[0:k]. ``sg[:n_sg]``: signal records (SIGNAL_DTYPE) of
+    the agents the strategy subscribes to (none in a backtest yet: n_sg = 0).
 
     A batch with no records still runs the timer when it is due; ``p_arr`` is the packed
     parameter record (a new one set between batches is announced with hctl[H_PARAMS_PENDING]:
@@ -114,6 +118,9 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
         n_ex = skip_applied(ex, n_ex, hctl)
     note_market(ctx, md, n_md)
     apply_execs(ctx, ex, n_ex)
+    if n_sg > 0:
+        apply_signals(ctx, sg, n_sg)
+        hctl[H_SG_IN] += n_sg
     rt = ctx.rt[0]
     rt.n_out = 0
     tick = False
@@ -130,7 +137,7 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
         hctl[H_PARAMS_PENDING] = 0   # no hook runs again: on_params included
         return rt.n_out
     params = hctl[H_PARAMS_PENDING] != 0
-    if n_ex == 0 and n_md == 0 and not tick and not params:
+    if n_ex == 0 and n_md == 0 and n_sg == 0 and not tick and not params:
         return np.int64(0)
     hctl[H_CALLS] += 1
     stage = 0
@@ -142,6 +149,9 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
         if n_ex > 0:
             stage = HALT_EXEC
             on_exec(ctx, st_arr[0], p_arr[0], ex, n_ex, now_ns)
+        if n_sg > 0:
+            stage = HALT_SIGNAL
+            on_signal(ctx, st_arr[0], p_arr[0], sg, n_sg, now_ns)
         if n_md > 0:
             stage = HALT_MARKET
             on_market(ctx, st_arr[0], p_arr[0], md, n_md, now_ns)
@@ -159,10 +169,10 @@ def run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_a
 
 
 @njit(cache=False)
-def _hosted_step(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md, n_md, ex,
-                 n_ex, now_ns, hctl):
-    return run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr, md,
-                              n_md, ex, n_ex, now_ns, hctl)
+def _hosted_step(on_market, on_exec, on_timer, on_params, on_signal, ctx, st_arr, p_arr, md,
+                 n_md, ex, n_ex, sg, n_sg, now_ns, hctl):
+    return run_strategy_batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st_arr,
+                              p_arr, md, n_md, ex, n_ex, sg, n_sg, now_ns, hctl)
 
 
 def apply_params(strategy, state, hctl, params, version: int | None = None) -> None:
@@ -239,6 +249,7 @@ class HostedStrategy(HostView):
         self._every_step = timer_ms <= 0
         self._no_md = np.zeros(0, dtype=MARKET_DTYPE)
         self._no_ex = np.zeros(0, dtype=EXEC_DTYPE)
+        self._no_sg = np.zeros(0, dtype=SIGNAL_DTYPE)
         # a registered kind's step is a cached function of a generated module (compiled once
         # per source tree, loaded by every later process); a class defined elsewhere (a test)
         # compiles _hosted_step here
@@ -247,20 +258,29 @@ class HostedStrategy(HostView):
         self._step = hosted_step_for(type(strategy))
 
 
+    def subscribe(self, kind: int, max_age_ns: int) -> None:
+        """Read signal ``kind`` (SIG_*), missing once older than ``max_age_ns``."""
+        from strategies.base import subscribe_signal
+
+        subscribe_signal(self.state.ctx.sig, kind, max_age_ns)
+
     def set_params(self, params, version: int | None = None) -> None:
         """New parameters (a validated Params instance), applied before the next batch."""
         apply_params(self.strategy, self.state, self.hctl, params, version)
 
-    def step(self, md=None, ex=None, now_ns: int = 0) -> np.ndarray:
+    def step(self, md=None, ex=None, now_ns: int = 0, sg=None) -> np.ndarray:
+        """One batch of market records ``md``, reports ``ex`` and signal records ``sg``
+        (SIGNAL_DTYPE; see ``subscribe`` for reading them)."""
         md = self._no_md if md is None else md
         ex = self._no_ex if ex is None else ex.copy()   # the dedupe compacts ex in place
+        sg = self._no_sg if sg is None else sg
         if self._every_step:
             self.hctl[H_NEXT_TIMER] = now_ns   # due now
         s = self.state
         if self._step is not None:
-            k = self._step(s.ctx, s.st, s.p, md, len(md), ex, len(ex), np.int64(now_ns),
-                           self.hctl)
+            k = self._step(s.ctx, s.st, s.p, md, len(md), ex, len(ex), sg, len(sg),
+                           np.int64(now_ns), self.hctl)
         else:
             k = _hosted_step(*type(self.strategy).hooks(), s.ctx, s.st, s.p, md, len(md), ex,
-                             len(ex), np.int64(now_ns), self.hctl)
+                             len(ex), sg, len(sg), np.int64(now_ns), self.hctl)
         return s.ctx.out[:k]

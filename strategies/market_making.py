@@ -47,6 +47,9 @@ Parameters (``[strategies].params``; units in the names):
                            supply them from recorded data)
   k_init                   prior k (1/tick) the trade-distance EWMA starts from
   k_halflife_trades        EWMA half-life of trade distances, in trades
+  sigma_from_signal        in a farm subscribed to a realized_vol signal agent: price with the
+                           agent's volatility while it is valid, and with the own estimate
+                           whenever it is missing or stale (never with 0)
 """
 from __future__ import annotations
 
@@ -60,8 +63,10 @@ from common.schema import opt
 from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_apply_market,
                          is_valid, mid_x2, valid_mid_x2)
 from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
+from shm.records import SIG_REALIZED_VOL
 from strategies.base import (OST_FREE, OST_LIVE, Strategy, cancel, cancel_all, order_slot,
-                             place, position, replace)
+                             place, position, replace, signal_value)
+from strategies.features import SECONDS_PER_YEAR_365D
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class MarketMakingParams:
                                  "0 (warm_up() can supply them)", ge=1)
     k_init: float = opt(0.5, "initial order-arrival decay k, 1/tick", gt=0)
     k_halflife_trades: float = opt(100.0, "EWMA half-life of trade distances, trades", gt=0)
+    sigma_from_signal: bool = opt(False, "farms: price with the realized_vol signal agent's "
+                                  "volatility while it is valid, the own estimate while it is "
+                                  "missing (subscribe with signals = [...])")
 
     def validate(self):
         if self.max_inventory_lots < self.order_qty_lots:
@@ -147,13 +155,30 @@ def mm_observe_trade(p, st, trade_px, ref_mid2):
 
 
 @njit(cache=True)
-def mm_quotes(p, st, mid2, inventory_lots):
+def signal_sigma2(ctx, p, mid2, now_ns):
+    """sigma^2 (ticks^2 per second) from the farm's realized-vol signal (annualised over a
+    365-day year, a fraction of the price), or NaN when the strategy does not use it or it is
+    missing / stale (strategies/base.py signal_value)."""
+    if p.sigma_from_signal == 0 or mid2 <= 0:
+        return np.nan
+    v = signal_value(ctx, SIG_REALIZED_VOL, ctx.inst[0], now_ns)
+    if not (v >= 0.0):
+        return np.nan
+    s = v * (mid2 * 0.5)
+    return s * s / SECONDS_PER_YEAR_365D
+
+
+@njit(cache=True)
+def mm_quotes(p, st, mid2, inventory_lots, sigma2_signal):
     """Avellaneda-Stoikov quotes (bid, ask) in ticks for the current estimates; 0, 0 if sigma is
-    not known yet. Also stores r, delta, sigma^2, k in the state."""
+    not known yet. ``sigma2_signal``: sigma^2 from the farm's signal agent, used when finite
+    (NaN: the own estimate). Also stores r, delta, sigma^2, k in the state."""
     bid = np.int64(0)
     ask = np.int64(0)
-    if st.n_samples >= p.min_sigma_samples:
-        sigma2 = st.var / (p.sample_ns * 1e-9)
+    own = st.n_samples >= p.min_sigma_samples
+    if own or math.isfinite(sigma2_signal):
+        sigma2 = sigma2_signal if math.isfinite(sigma2_signal) else \
+            st.var / (p.sample_ns * 1e-9)
         k = 1.0 / st.dist
         gamma = p.gamma
         tau = p.horizon_s
@@ -219,7 +244,7 @@ def mm_requote(ctx, st, p, now_ns):
     inv = position(ctx, 0)
     if mid2 > 0:
         mm_observe_mid(p, st, mid2, now_ns)
-        bid, ask = mm_quotes(p, st, mid2, inv)
+        bid, ask = mm_quotes(p, st, mid2, inv, signal_sigma2(ctx, p, mid2, now_ns))
     if bid <= 0 or ask <= 0:
         # Invalid, crossed, locked, halted or one-sided book, or no volatility estimate yet:
         # we cannot price, so nothing of ours rests in the book.

@@ -19,7 +19,7 @@ from common.codegen import import_file
 STRATEGY_PATH_ENV = "HFTFARM_STRATEGY_PATH"
 
 _NOT_STRATEGIES = {"base", "registry", "host", "backtest", "backtest_codegen", "param_schedule",
-                   "features", "__init__"}
+                   "features", "signals", "__init__"}   # signals: the farm's signal agents
 _cache: dict[str, type] = {}
 
 

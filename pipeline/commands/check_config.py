@@ -27,5 +27,10 @@ def run(args) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     print(f"{cfg.source}: ok ({len(cfg.venues)} venues, {len(cfg.instruments)} instruments, "
-          f"{len(cfg.strategies)} strategies)")
+          f"{len(cfg.strategies)} strategies"
+          + (f", {len(cfg.signals)} signal agents" if cfg.signals else "")
+          + (f", farms: {', '.join(farms)}" if (farms := [s.name for s in cfg.strategies
+                                                         if s.shards > 1 or s.signals
+                                                         or s.budget is not None]) else "")
+          + ")")
     return 0

@@ -83,6 +83,7 @@ def format_status(s: dict) -> str:
                              for k, v in live["changed"].items()) or "as in the config"
             lines.append(f"  {'':<16} parameter set {live['version']} (run.py set by "
                          f"{live.get('who', '?')} at {live.get('at', '?')}): {diff}")
+    lines += farm_lines(s.get("farms") or {})
     alerts = (s.get("monitor") or {}).get("alerts") or []
     if alerts:
         lines += ["", "alerts firing:"] + [f"  {a['severity']:<8} {a['alert']} ({a['subject']}): "
@@ -94,3 +95,38 @@ def format_status(s: dict) -> str:
     if s.get("events"):
         lines += ["", "events:"] + [f"  {e}" for e in s["events"]]
     return "\n".join(lines)
+
+
+def farm_lines(farms: dict) -> list[str]:
+    """The farms section: per farm its budget, agents and shards (pipeline/farm_status.py)."""
+    lines = []
+    for name, f in farms.items():
+        lines += ["", f"farm {name} ({f['kind']}, {len(f['shards'])} shards, "
+                      f"{len(f['instruments'])} instruments): pnl {f['pnl']:+.2f}"]
+        b = f.get("budget")
+        if b:
+            last = b.get("last") or {}
+            lines.append(f"  budget notional {b['notional']:g}  loss {b['loss']:g}  "
+                         f"reallocated {b['rounds']} times (every {b['rebalance_s']:g} s, next "
+                         f"in {b['next_in_s']:g} s)"
+                         + (f"; last {last['at']} v{last['version']} in "
+                            f"{last['round_trip_ms']:.1f} ms" if last else ""))
+        for a, g in f.get("agents", {}).items():
+            age = g["last_publish_age_ms"]
+            lines.append(f"  signal {a:<12} {g['kind']:<21} {g['state']:<10} published "
+                         f"{g['published']}  last {'never' if age is None else f'{age:.0f} ms ago'}"
+                         f" (stale after {g['stale_ms']:g} ms)  restarts {g['restarts']}")
+        for sh in f["shards"]:
+            inv = ", ".join(f"{k} {v:+d}" for k, v in sh["inventory_lots"].items())
+            rate = "-" if sh["fill_rate"] is None else f"{sh['fill_rate']:.1%}"
+            sig = "  ".join(f"{x['kind']} {x['valid']}/{x['cells']} valid"
+                            + ("" if x["oldest_age_ms"] is None
+                               else f" (oldest {x['oldest_age_ms']:.0f} ms)")
+                            for x in sh["signals"])
+            vals = ", ".join(f"{k} {v}" for k, v in sh["budget_values"].items())
+            lines.append(f"  {sh['process']:<16} {sh['state']:<10} {', '.join(sh['instruments'])}"
+                         f"  pnl {sh['pnl']:+.2f}  inventory {inv or 'flat'}  orders "
+                         f"{sh['approved_orders']} fills {sh['fills']} (fill rate {rate})"
+                         + (f"  budget {vals}" if vals else "") + (f"  signals: {sig}" if sig
+                                                                   else ""))
+    return lines

@@ -49,10 +49,13 @@ from market.asworld import (FILL_MID_MOVED, FILL_MID_QUOTED, NEVER, AsWorld, as_
                             as_next_ns, as_submit, make_out_buffers)
 from market.book import L2Book
 from shm.instruments import Instrument
+from shm.records import SIGNAL_DTYPE
 from strategies.host import make_hctl, run_strategy_batch
 from strategies.market_making import MarketMaking
 
-on_market, on_exec, on_timer, on_params = MarketMaking.hooks()
+_NO_SIGNALS = np.zeros(1, dtype=SIGNAL_DTYPE)   # no signal agents here: read with a count of 0
+
+on_market, on_exec, on_timer, on_params, on_signal = MarketMaking.hooks()
 
 # ---- the paper's setting ----------------------------------------------------------------
 S0 = 100.0
@@ -199,8 +202,8 @@ def _run_path(ctx, st_arr, p_arr, hctl, vs, md, ex, finite, t_end_ns):
         if finite and n_md > 0 and now < t_end_ns:
             p_arr[0].horizon_s = (t_end_ns - now) * 1e-9
             hctl[H_PARAMS_PENDING] = 1
-        k = run_strategy_batch(on_market, on_exec, on_timer, on_params, ctx, st_arr, p_arr,
-                               md, n_md, ex, n_ex, now, hctl)
+        k = run_strategy_batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st_arr,
+                               p_arr, md, n_md, ex, n_ex, _NO_SIGNALS, 0, now, hctl)
         batches += 1
         for j in range(k):
             o = ctx.out[j]

@@ -20,6 +20,7 @@ from shm.histogram import LatencyHistogram
 from shm.records import (
     EXEC_CANCEL_REJECT, EXEC_DTYPE, EXEC_PARTIAL, EXEC_REJECT, INTENT_CANCEL, INTENT_NEW,
     MARKET_DTYPE, MSG_TRADE, ORD_IOC, ORDER_DTYPE, REJECT_HALTED, SIDE_BUY, SIDE_SELL,
+    SIGNAL_DTYPE,
 )
 from shm.ring import BroadcastRing, SpscRing
 from stages.base import stack_states
@@ -56,6 +57,11 @@ class LiveHost(HostView):
         intent = self._ring(SpscRing.create(prefix, "intent", ORDER_DTYPE, intent_capacity))
         self.md_w, self.ex_w, self.rej_w = md.writer(), ex.writer(), rej.writer()
         self.intent_w, self.intent_r = intent.writer(), intent.reader()
+        sig = self._ring(BroadcastRing.create(prefix, "sig", SIGNAL_DTYPE, 256, 1))
+        self.sig_w = sig.writer()
+        self.sg_sts = stack_states([sig.reader(0)])
+        self.sg = np.zeros(256, SIGNAL_DTYPE)
+        self.sg_i = self.sg.view(np.int64).reshape(len(self.sg), -1)
         md_r, ex_r = [md.reader(0)], [ex.reader(), rej.reader()]
         self.md_sts, self.md_slots = stack_states(md_r), tuple(r.slots for r in md_r)
         self.ex_sts, self.ex_slots = stack_states(ex_r), tuple(r.slots for r in ex_r)
@@ -76,10 +82,11 @@ class LiveHost(HostView):
         self.rings.append(ring)
         return ring
 
-    def step(self, md=None, ex=None, rejects=None, now_ns=0, drain=True):
+    def step(self, md=None, ex=None, rejects=None, now_ns=0, drain=True, sg=None):
         """Publish the inputs, run one host step at ``now_ns``; the intents that reached the
         intent ring (all of them, unless ``drain`` is False)."""
-        for w, recs in ((self.md_w, md), (self.ex_w, ex), (self.rej_w, rejects)):
+        for w, recs in ((self.md_w, md), (self.ex_w, ex), (self.rej_w, rejects),
+                        (self.sig_w, sg)):
             if recs is not None and len(recs):
                 assert w.publish(recs) == len(recs)
         self.cal[C_BASE_NS] = now_ns
@@ -87,7 +94,8 @@ class LiveHost(HostView):
         out_i = s.ctx.out.view(np.int64).reshape(len(s.ctx.out), -1)
         self.step_fn(s.ctx, s.st, s.p, self.hctl, self.cal, self.md_sts, self.md_slots,
                      self.md, self.md_i, self.ex_sts, self.ex_slots, self.ex, self.ex_i, self.fb,
-                     out_i, self.intent_w.st, self.intent_w.slots, self.hist.array)
+                     out_i, self.intent_w.st, self.intent_w.slots, self.hist.array,
+                     self.sg_sts, self.sg, self.sg_i, self.hist.array)
         if not drain:
             return self.got[:0]
         return self.got[:self.intent_r.poll(self.got)].copy()
