@@ -74,7 +74,8 @@ def signal_cells(f: dict, k: int) -> tuple[int, int]:
 def inst(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("farm")
     instance = f"t{os.getpid()}F{uuid.uuid4().hex[:6]}"
-    cfg = write_config(tmp / "c.toml", instance, tmp / "runs")
+    # its claims are about separate processes (a shard killed alone, an agent killed alone)
+    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", layout="dedicated")
     text = cfg.read_text()
     assert MM in text
     text = text.replace(MM, FARM, 1)
