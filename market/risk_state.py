@@ -190,7 +190,11 @@ def _accept(g, open_buy, open_sell, n_open, sc, order_ts, cancel_ts, od, oh, ofr
         if kind == INTENT_REPLACE:
             j = row_of(oh, rec.client_order_id)
             if j >= 0:
-                # exposure grows at once (worst case) and shrinks only when the venue confirms
+                # exposure grows at once (worst case) and shrinks only when the venue confirms:
+                # while the replace is pending the order counts max(leaves, new qty), fills
+                # included (_fill keeps it so), whichever way the venue answers, and whatever
+                # the order of fills and the replace (so a replay of the journal needs no
+                # more than the causal order, see replay)
                 inc = max(rec.qty_lots - od[j, OO_LEAVES], 0)
                 od[j, OO_PEND_INC] = inc
                 od[j, OO_NEW_PX] = rec.px_ticks
@@ -239,8 +243,12 @@ def _fill(lf, g, gf, pos, open_buy, open_sell, n_open, sc, od, oh, ofree, ilist,
     j = row_of(oh, e.client_order_id)
     if j >= 0:
         leaves = e.leaves_lots if e.kind == EXEC_PARTIAL else 0
-        _add_open(open_buy, open_sell, s, inst, od[j, OO_SIDE], leaves - od[j, OO_LEAVES])
+        before = od[j, OO_LEAVES] + od[j, OO_PEND_INC]
         od[j, OO_LEAVES] = leaves
+        if od[j, OO_STATE] == OOS_REPLACING:   # still max(leaves, new qty): see _accept
+            od[j, OO_PEND_INC] = max(od[j, OO_NEW_QTY] - leaves, 0)
+        _add_open(open_buy, open_sell, s, inst, od[j, OO_SIDE],
+                  od[j, OO_LEAVES] + od[j, OO_PEND_INC] - before)
         if od[j, OO_STATE] == OOS_PENDING:
             od[j, OO_STATE] = OOS_LIVE
         if leaves <= 0:
@@ -317,22 +325,84 @@ def on_exec(limits, rstate, e, now_ns):
 
 
 @njit(cache=True)
+def _next_decision(coids, by_coid, sorted_coids, approved, coid, kind, i):
+    """Index of the first approved decision of ``kind`` for ``coid`` at or after ``i``, or -1.
+    ``by_coid``: the decisions' indexes sorted (stably) by client_order_id, ``sorted_coids``
+    their ids in that order."""
+    p = np.searchsorted(sorted_coids, coid)
+    while p < len(by_coid) and sorted_coids[p] == coid:
+        k = by_coid[p]
+        if k >= i and approved[k].kind == kind:
+            return k
+        p += 1
+    return -1
+
+
+@njit(cache=True)
 def replay(limits, rstate, approved, execs):
     """Rebuild the state from a journal (cold, once per gate restart, compiled because a day's
-    journal holds millions of records): the approved orders and the exec reports, merged by
-    their ``send_ts_ns`` (an order before a report stamped at the same nanosecond; each list
-    stays in its own order). Same effect as on_accept / on_exec called in that order."""
-    i = 0
-    j = 0
+    journal holds millions of records): the approved orders in the gate's decision order and
+    the exec reports in the order the gate applied them (the router's), merged so that the
+    result is what the live gate held. Same effect as on_accept / on_exec called in that order.
+
+    The merge is by ``send_ts_ns`` (an order before a report stamped at the same nanosecond),
+    corrected by causality where the stamps cannot be trusted: they come from two processes'
+    clocks (the gate stamps its decisions, the router its reports), so a report can carry a
+    stamp a little before a decision the gate took before applying it, or after. Wrong sides
+    of such a pair corrupt the open-order table, so:
+      1. a report for an order whose NEW is not applied yet waits for it (a venue answers only
+         what it was sent);
+      2. a REPLACE_ACK or CANCEL_REJECT waits for the REPLACE it answers, when the order is
+         not being replaced yet and a REPLACE of it is still to come;
+      3. a REPLACE of an order still being replaced waits for the reports before it (the live
+         gate refuses a replace while one is pending, so it had applied the answer);
+      4. a NEW that finds the open-order table full waits for the reports before it (the live
+         gate refuses a NEW then, so it had applied a report that freed a row).
+    Should two records wait for each other (a journal not written by one gate), time order
+    decides. Fills and a REPLACE of the same order may come in either order: a pending
+    replace's exposure does not depend on it (see _accept)."""
+    r_oo_hash = rstate[R_OO_HASH]
+    od = rstate[R_OO]
+    g = rstate[R_G]
     na = len(approved)
     ne = len(execs)
+    coids = np.empty(na, dtype=np.int64)
+    for k in range(na):
+        coids[k] = approved[k].client_order_id
+    by_coid = np.argsort(coids, kind="mergesort")
+    sorted_coids = coids[by_coid]
+    i = 0
+    j = 0
     while i < na or j < ne:
-        if j >= ne or (i < na and approved[i].send_ts_ns <= execs[j].send_ts_ns):
-            on_accept(limits, rstate, approved[i], approved[i].send_ts_ns)
-            i += 1
-        else:
+        take_exec = j < ne and (i >= na or execs[j].send_ts_ns < approved[i].send_ts_ns)
+        if take_exec and i < na:
+            e = execs[j]
+            k = _next_decision(coids, by_coid, sorted_coids, approved, e.client_order_id,
+                               INTENT_NEW, i)
+            if k < 0 and (e.kind == EXEC_REPLACE_ACK or e.kind == EXEC_CANCEL_REJECT):
+                r = row_of(r_oo_hash, e.client_order_id)
+                if r >= 0 and od[r, OO_STATE] != OOS_REPLACING:
+                    k = _next_decision(coids, by_coid, sorted_coids, approved,
+                                       e.client_order_id, INTENT_REPLACE, i)
+            if k >= 0:
+                take_exec = False   # rules 1 and 2: the decisions up to k first
+        elif not take_exec and j < ne:
+            d = approved[i]
+            first = False
+            if d.kind == INTENT_REPLACE:
+                r = row_of(r_oo_hash, d.client_order_id)
+                first = r >= 0 and od[r, OO_STATE] == OOS_REPLACING          # rule 3
+            elif d.kind == INTENT_NEW:
+                first = g[G_OPEN_TOTAL] >= od.shape[0]                        # rule 4
+            if first and _next_decision(coids, by_coid, sorted_coids, approved,
+                                        execs[j].client_order_id, INTENT_NEW, i) < 0:
+                take_exec = True   # the reports first, one at a time
+        if take_exec:
             on_exec(limits, rstate, execs[j], execs[j].send_ts_ns)
             j += 1
+        else:
+            on_accept(limits, rstate, approved[i], approved[i].send_ts_ns)
+            i += 1
 
 
 # The per-kind names of the brief; each is on_exec (which dispatches on e.kind).

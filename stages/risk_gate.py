@@ -41,7 +41,7 @@ from stages.riskview import (G_APPROVED, G_FILLS, G_READY, G_REJECTED, G_SEQ, G_
 
 BATCH_MD = 4096
 BATCH = 512
-FLATTEN_TRIES = 10
+FLATTEN_TRIES = 11   # 10 rounds of market orders, then an account of what is left
 FLATTEN_RETRY_NS = 300_000_000
 FLATTEN_COID_BIT = 1 << 47   # the gate's own orders: strategies count their ids below 2**47
 
@@ -133,6 +133,8 @@ class RiskGateStage(Stage):
         self.flatten_tries = 0
         self.next_flatten_ns = 0
         self.flatten_seq = 0
+        self.flatten_denials: dict = {}
+        self.flatten_cap: dict = {}   # instrument id -> lots per flatten order (max_notional)
         self.redo: dict = {}
         if ctx.extra.get("reconcile") or ctx.restarts:
             set_kill(self.rstate, 1)   # fail closed until the controller says positions match
@@ -166,10 +168,14 @@ class RiskGateStage(Stage):
             orders = orders[np.argsort(orders["ring_seq"], kind="stable")]
         execs = read_journal_exec(self.jdir)
         approved = orders[orders["reject_code"] == 0] if len(orders) else orders
-        # both in time order (stable: ties keep journal order), merged by replay
+        # decisions in the gate's order (its own stamps, stable: ties keep journal order),
+        # reports in the order it applied them: the router's sequence number (its stamps where
+        # a report has none); replay merges the two
         approved = np.ascontiguousarray(
             approved[np.argsort(approved["send_ts_ns"], kind="stable")])
-        execs = np.ascontiguousarray(execs[np.argsort(execs["send_ts_ns"], kind="stable")])
+        key = execs["reserved"] if len(execs) and (execs["reserved"] > 0).all() \
+            else execs["send_ts_ns"]
+        execs = np.ascontiguousarray(execs[np.argsort(key, kind="stable")])
         replay(self.limits, self.rstate, approved, execs)
         if len(execs):
             self.gctl[gk.K_LAST_SEQ] = int(execs["reserved"].max())
@@ -289,13 +295,15 @@ class RiskGateStage(Stage):
         self.publish_view()   # the controller reads the new mode as soon as we acknowledge
 
     def maybe_flatten(self) -> None:
-        """Cold, per heartbeat after a kill with flatten: once nothing of ours is open, a market
-        order per (strategy, instrument) position, until flat (bounded retries, spaced so the
-        previous round's fills are in). Opposite positions of two strategies in one instrument
+        """Cold, per heartbeat after a kill with flatten: once nothing of ours is open, market
+        orders per (strategy, instrument) position, each within max_order_qty_lots, until flat
+        (bounded retries, spaced so the previous round's fills are in; then an event names
+        what is left and the last reasons the gate denied). Opposite positions of two strategies in one instrument
         go one round after the other: self-trade prevention denies the second (two market
         orders of ours on both sides could trade with each other: a wash trade)."""
-        from market.risk import G_OPEN_TOTAL, R_G, R_POS
-        from shm.records import INTENT_NEW, ORD_MARKET, SIDE_BUY, SIDE_SELL
+        from market.risk import G_OPEN_TOTAL, LF_MAX_ORDER_QTY, R_G, R_POS
+        from shm.records import (INTENT_NEW, ORD_MARKET, REJECT_MAX_NOTIONAL, REJECT_NAMES,
+                                 SIDE_BUY, SIDE_SELL)
 
         if self.flatten_tries <= 0:
             return
@@ -308,25 +316,51 @@ class RiskGateStage(Stage):
             self.flatten_tries = 0
             self._event("flattened", "every position is flat")
             return
+        if self.flatten_tries == 1:   # the rounds are spent: say what is left, and why
+            self.flatten_tries = 0
+            self._event("flatten_incomplete", f"positions left after {FLATTEN_TRIES - 1} "
+                        "rounds; the kill switch stays on: flatten them by hand or run "
+                        "kill --flatten again",
+                        positions={f"{int(s)}:{int(i)}": int(pos[s, i]) for s, i in todo},
+                        last_denials=self.flatten_denials)
+            return
         self.flatten_tries -= 1
         self.next_flatten_ns = now + FLATTEN_RETRY_NS
-        n = min(len(todo), BATCH)
+        # each position in orders the gate's own checks pass: at most max_order_qty_lots, and
+        # half as much again after a max_notional denial of that instrument
+        max_qty = max(1, int(self.limits[0][LF_MAX_ORDER_QTY]))
+        orders = []
+        for sid, inst in todo:
+            q = int(pos[sid, inst])
+            chunk = min(max_qty, self.flatten_cap.get(int(inst), max_qty))
+            left = abs(q)
+            while left > 0 and len(orders) < BATCH:
+                orders.append((int(sid), int(inst), q, min(chunk, left)))
+                left -= chunk
+        n = len(orders)
         b = self.ibuf
         b[:n] = np.zeros(1, dtype=ORDER_DTYPE)
-        for k, (sid, inst) in enumerate(todo[:n]):
-            q = int(pos[sid, inst])
+        for k, (sid, inst, q, qty) in enumerate(orders):
             self.flatten_seq += 1
             b[k]["kind"], b[k]["order_type"] = INTENT_NEW, ORD_MARKET
             b[k]["side"] = SIDE_SELL if q > 0 else SIDE_BUY
             b[k]["flags"] = OFLAG_RISK_SYSTEM
             b[k]["instrument_id"], b[k]["strategy_id"] = inst, sid
-            b[k]["client_order_id"] = (int(sid) << 48) | FLATTEN_COID_BIT | self.flatten_seq
-            b[k]["qty_lots"] = abs(q)
+            b[k]["client_order_id"] = (sid << 48) | FLATTEN_COID_BIT | self.flatten_seq
+            b[k]["qty_lots"] = qty
             b[k]["send_ts_ns"] = self.clock.now_ns()
             b[k]["venue_id"] = self.inst_venue_id[inst]
         approved = self._submit(n)
+        # the gate's decisions are in the records (strategy id: instrument id -> reason)
+        self.flatten_denials = {} if approved < 0 else {
+            f"{int(r['strategy_id'])}:{int(r['instrument_id'])}":
+                REJECT_NAMES.get(int(r["reject_code"]), int(r["reject_code"]))
+            for r in b[:n] if int(r["reject_code"]) != 0}
+        for r in b[:n] if approved >= 0 else ():
+            if int(r["reject_code"]) == REJECT_MAX_NOTIONAL:
+                self.flatten_cap[int(r["instrument_id"])] = max(1, int(r["qty_lots"]) // 2)
         self._event("flatten_round", "kill with flatten", orders=n, approved=max(approved, 0),
-                    tries_left=self.flatten_tries)
+                    denied=self.flatten_denials, tries_left=self.flatten_tries - 1)
 
     def check_day_roll(self) -> None:
         from market.risk import roll_day

@@ -251,9 +251,11 @@ def test_kill_switch_with_flatten_halts_cancels_every_order_and_flattens(live):
         risk = x.get("risk", {})
         left = {name: {k: v for k, v in st["positions_lots"].items() if v}
                 for name, st in risk.get("strategies", {}).items()}
-        flat_events = [ev for ev in x.get("events", []) if "flatten" in str(ev)][-12:]
+        from stages.journal import read_events
+        jdir = Path(live["tmp"]) / "runs" / live["instance"] / "latest" / "journal"
+        gate_events = [ev for ev in read_events(jdir) if ev.get("who") == "gate"][-12:]
         raise AssertionError(f"{e}; open orders {risk.get('open_orders')}, positions left "
-                             f"{left}, gate events {flat_events}") from None
+                             f"{left}, gate events {gate_events}") from None
     assert s["risk"]["state"] == "HALTED"
     assert s["risk"]["router_halted"]
 

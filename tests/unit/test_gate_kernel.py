@@ -8,7 +8,8 @@ import pytest
 
 from market.risk import G_OPEN_TOTAL, R_G, R_POS
 from shm.records import (CONTROL_DTYPE, CTRL_KILL, CTRL_RESUME, EFLAG_FROM_RISK, EXEC_DTYPE,
-                         EXEC_FILL, EXEC_REJECT, INTENT_CANCEL, INTENT_NEW, OFLAG_RISK_SYSTEM,
+                         EXEC_FILL, EXEC_REJECT, INTENT_CANCEL, INTENT_NEW, MARKET_DTYPE,
+                         MSG_STATUS, OFLAG_RISK_SYSTEM, REJECT_NO_REFERENCE, STATUS_BOOK_INVALID,
                          ORD_LIMIT, ORD_MARKET, ORDER_DTYPE, REJECT_DAILY_LOSS, REJECT_INVALID,
                          REJECT_KILL_SWITCH, REJECT_SELF_TRADE, RESUME_OPERATOR, RISK_ACTIVE, RISK_HALTED,
                          SIDE_BUY, SIDE_SELL)
@@ -251,6 +252,113 @@ def test_kill_with_flatten_sends_the_gates_own_orders_through_its_journal(inst):
     assert not gate.rstate[R_POS].any() and gate.rstate[R_G][G_OPEN_TOTAL] == 0
     assert gate.flatten_tries == 0
     assert "flattened" in [e["what"] for e in read_events(inst.jdir)]
+
+
+def _flatten_round(gate, p):
+    gate.next_flatten_ns = 0
+    gate.maybe_flatten()
+    return p.outputs()
+
+
+def test_kill_with_flatten_splits_a_position_into_orders_the_gates_checks_pass(inst):
+    gate = inst.stage("risk_gate")
+    p = Pipeline(inst)
+    p.md.publish(market(INST, 9_999, 10_001))
+    p.send(1, intents(1, 2, qty=60))                   # 120 lots long; max_order_qty_lots 100
+    gate.poll()
+    for o in p.outputs()[0]:
+        p.fill(o)
+    gate.poll()
+    assert gate.rstate[R_POS][1, INST] == 120
+    gate.on_control(CTRL_KILL, control(CTRL_KILL, 1))
+    ap, _r, j = _flatten_round(gate, p)
+    assert j["reject_code"].tolist() == [0, 0]
+    assert [(int(o["side"]), int(o["qty_lots"])) for o in ap] == [(SIDE_SELL, 100),
+                                                                   (SIDE_SELL, 20)]
+    for o in ap:
+        p.fill(o, px=10_000)
+    gate.poll()
+    _flatten_round(gate, p)
+    assert not gate.rstate[R_POS].any() and gate.flatten_tries == 0
+    assert [e["what"] for e in read_events(inst.jdir)][-1] == "flattened"
+
+
+def test_a_flatten_the_gate_keeps_denying_ends_with_an_account_of_what_is_left(inst):
+    gate = inst.stage("risk_gate")
+    p = Pipeline(inst)
+    p.md.publish(market(INST, 9_999, 10_001))
+    p.send(1, intents(1, 1, qty=30))
+    gate.poll()
+    p.fill(p.outputs()[0][0])
+    gate.poll()
+    invalid = np.zeros(1, dtype=MARKET_DTYPE)          # the feed says the book is not to be
+    invalid["kind"], invalid["instrument_id"] = MSG_STATUS, INST   # trusted: no reference
+    invalid["aux0"] = STATUS_BOOK_INVALID
+    p.md.publish(invalid)
+    gate.poll()
+    gate.on_control(CTRL_KILL, control(CTRL_KILL, 1))
+    rounds = 0
+    while gate.flatten_tries > 0:
+        _ap, _r, j = _flatten_round(gate, p)
+        assert (j["reject_code"] == REJECT_NO_REFERENCE).all()
+        rounds += len(j) > 0
+    assert rounds == 10
+    events = [e for e in read_events(inst.jdir) if e["what"].startswith("flatten")]
+    assert events[0]["denied"] == {f"1:{INST}": "no_reference"}
+    last = events[-1]
+    assert last["what"] == "flatten_incomplete"
+    assert last["positions"] == {f"1:{INST}": 30}
+    assert last["last_denials"] == {f"1:{INST}": "no_reference"}
+    assert gate.rstate[R_POS][1, INST] == 30           # nothing was sent: nothing moved
+
+
+@pytest.mark.parametrize("skew", [-25, 0, 25])
+def test_replay_rebuilds_what_the_gate_held_whichever_way_the_two_clocks_are_off(inst, skew):
+    """A restarted gate's replay merges two journals stamped by two processes' clocks. In the
+    live order below a report stamped ``skew`` off lands on the wrong side of a decision: a
+    fill before its NEW (early clock), a REPLACE_ACK before its REPLACE, the next REPLACE
+    before the ack of the previous one (late clock). The rebuilt table is the live one."""
+    from market.risk import make_risk_state
+    from market.risk_state import (R_N_OPEN, R_OO_COUNT, R_OPEN_BUY, R_OPEN_SELL, on_accept,
+                                   on_exec, replay)
+    from shm.records import EXEC_ACK, EXEC_PARTIAL, EXEC_REPLACE_ACK, INTENT_REPLACE
+
+    gate = inst.stage("risk_gate")
+    a = intents(1, 1, qty=10)[0]
+    b = intents(1, 1, start=2, qty=4, side=SIDE_SELL, px=10_010)[0]
+
+    def rep(o, qty):
+        r = o.copy()
+        r["kind"], r["qty_lots"] = INTENT_REPLACE, qty
+        return r
+
+    def report(o, kind, leaves=0, qty=0):
+        e = fill_of(o, 0)[0]
+        e["kind"], e["leaves_lots"], e["qty_lots"] = kind, leaves, qty
+        return e
+
+    # the live gate's order: (decision or report, record), 10 ns apart
+    live = [("d", a), ("e", report(a, EXEC_ACK, 10)), ("d", rep(a, 15)), ("d", b),
+            ("e", report(a, EXEC_REPLACE_ACK, 15)), ("e", fill_of(b, 0)[0]), ("d", rep(a, 20)),
+            ("e", report(a, EXEC_PARTIAL, 12, qty=3))]
+    want = make_risk_state(gate.limits)
+    ap, ex = [], []
+    for k, (what, r) in enumerate(live):
+        r = r.copy()
+        if what == "d":
+            r["send_ts_ns"] = 1_000 + 10 * k
+            on_accept(gate.limits, want, r, r["send_ts_ns"])
+            ap.append(r)
+        else:
+            r["send_ts_ns"], r["reserved"] = 1_000 + 10 * k + skew, len(ex) + 1
+            on_exec(gate.limits, want, r, r["send_ts_ns"])
+            ex.append(r)
+    got = make_risk_state(gate.limits)
+    replay(gate.limits, got, np.array(ap, dtype=ORDER_DTYPE), np.array(ex, dtype=EXEC_DTYPE))
+    for part in (R_POS, R_OPEN_BUY, R_OPEN_SELL, R_N_OPEN, R_OO_COUNT):
+        assert np.array_equal(got[part], want[part]), part
+    # a pending replace to 20 after a partial fill to 12 counts max(12, 20) = 20
+    assert want[R_OPEN_BUY][1, INST] == 20 and want[R_POS][1, INST] == 3 - 4
 
 
 # -- the write-ahead order: a gate killed in the middle of a batch --------------------------
