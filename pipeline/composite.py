@@ -211,7 +211,6 @@ class CompositeRunner:
             n = run_once()
             if n:
                 busy += 1
-            if n:
                 wake()
             idle.idle(n)
             now = time.monotonic_ns()

@@ -79,7 +79,8 @@ def farm_snapshot(ctl) -> dict:
                 "sharpe": k.get("sharpe"),
                 "budget_values": overrides.get(sc.name, {}).get(spec.shard, {}),
                 "signals": [{"kind": kind_names.get(s["kind"], s["kind"]), "cells": s["cells"],
-                             "valid": s["valid"], "oldest_age_ms": s["oldest_age_ms"]}
+                             "valid": s["valid"], "oldest_age_ms": s["oldest_age_ms"],
+                             "dropouts": s["dropouts"]}
                             for s in view.get("signals", [])]})
         out[sc.name] = {"kind": sc.kind, "instruments": list(sc.instruments),
                         "pnl": round(total_pnl, 4), "shards": shards,

@@ -202,8 +202,6 @@ def handle_set(ctl, req: dict) -> dict:
     """The ``set`` request (module docstring). Replies ``ok`` with the version, what changed,
     and which processes acknowledged, refused or did not answer; or ``ok: false`` with the
     message and ``exit_code`` (2: a bad name or value, 1: the set could not be written)."""
-    from shm.records import CTRL_PARAMS
-
     lp = ctl.live_params
     name = req.get("strategy")
     who = str(req.get("who") or "cli")[:32]
@@ -219,16 +217,7 @@ def handle_set(ctl, req: dict) -> dict:
                              f"{exc}", exit_code=1) from None
     except SetRefused as exc:
         return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-    # Every live process gets the command, a starting one too (it may have read the file
-    # before this set was written; the command is then waiting for it after its start). Only
-    # running ones are waited for: this runs under the controller's lock, which a kill waits on.
-    seqs = {}
-    for spec in lp.processes(name):
-        if spec.name in ctl.supervisor.procs and ctl.send(spec.name, CTRL_PARAMS, version) \
-                and ctl.alive(spec.name):
-            seqs[spec.name] = ctl.ctl_seq
-    acked, failed = ctl.await_answers(seqs, wait_s=ACK_WAIT_S)
-    not_acked = [s.name for s in lp.processes(name) if s.name not in acked + failed]
+    acked, failed, not_acked = send_params(ctl, name, version)
     new_values = {k: getattr(new, k) for k in overrides}
     summary = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "no change"
     ctl.events.append(f"{time.strftime('%H:%M:%S')} {name} parameters v{version} ({summary}) "
@@ -247,7 +236,11 @@ def handle_set(ctl, req: dict) -> dict:
 
 def send_params(ctl, name: str, version: int, wait_s: float = ACK_WAIT_S):
     """CTRL_PARAMS with ``version`` to every live process of strategy ``name``; waits up to
-    ``wait_s`` for the running ones. Returns (acked, failed, not answered) stage names."""
+    ``wait_s`` for the running ones. Returns (acked, failed, not answered) stage names.
+
+    Every live process gets the command, a starting one too (it may have read the file before
+    this set was written; the command is then waiting for it after its start). Only running
+    ones are waited for: this runs under the controller's lock, which a kill waits on."""
     from shm.records import CTRL_PARAMS
 
     lp = ctl.live_params

@@ -9,9 +9,12 @@ stores do not tear on x86-64, and a reader needs a recent, not an instantaneous,
       FV_NEWS         new orders this incarnation sent
       FV_FILLS        fill reports it applied (restored ones included)
       FV_N_SUBS       signal subscriptions described below (at most MAX_SUBS)
-      then per subscription s, 4 words from FV_SUBS + 4 s:
+      then per subscription s, SUB_WORDS words from FV_SUBS + SUB_WORDS s:
         kind code (SIG_*), cells (its instruments or pairs), cells valid now,
-        age of the oldest cell in microseconds (-1: a cell never arrived)
+        age of the oldest cell in microseconds (-1: a cell never arrived),
+        dropouts: how often this incarnation saw the subscription go from every cell valid to
+        some missing (a restart of its agent, a stale feed), counted at each row write, so an
+        operator (and a drill) sees an outage that is over by the time it looks
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import numpy as np
 
 FV_WRITTEN_NS, FV_NEWS, FV_FILLS, FV_N_SUBS = 0, 1, 2, 3
 FV_SUBS = 4
-MAX_SUBS = 6
-ROW_WORDS = 32   # 256 bytes: one writer per row, rows never share a cache line
+SUB_WORDS = 5
+MAX_SUBS = 5
+ROW_WORDS = 32   # 256 bytes (FV_SUBS + SUB_WORDS * MAX_SUBS <= 32): one writer per row, rows never share a cache line
 SEGMENT = "farmview"
 
 
@@ -53,9 +57,10 @@ class FarmView:
         row[FV_NEWS] = news
         row[FV_FILLS] = fills
         subs = list(subs)[:MAX_SUBS]
-        for s, (_name, code, cells, valid, oldest_ns) in enumerate(subs):
-            w = FV_SUBS + 4 * s
-            row[w:w + 4] = (code, cells, valid, oldest_ns // 1000 if oldest_ns >= 0 else -1)
+        for s, (_name, code, cells, valid, oldest_ns, dropouts) in enumerate(subs):
+            w = FV_SUBS + SUB_WORDS * s
+            row[w:w + SUB_WORDS] = (code, cells, valid,
+                                    oldest_ns // 1000 if oldest_ns >= 0 else -1, dropouts)
         row[FV_N_SUBS] = len(subs)
         row[FV_WRITTEN_NS] = now_ns
 
@@ -63,9 +68,11 @@ class FarmView:
         row = self.rows[slot].copy()
         subs = []
         for s in range(min(int(row[FV_N_SUBS]), MAX_SUBS)):
-            code, cells, valid, age_us = (int(x) for x in row[FV_SUBS + 4 * s:FV_SUBS + 4 * s + 4])
+            w = FV_SUBS + SUB_WORDS * s
+            code, cells, valid, age_us, dropouts = (int(x) for x in row[w:w + SUB_WORDS])
             subs.append({"kind": code, "cells": cells, "valid": valid,
-                         "oldest_age_ms": None if age_us < 0 else round(age_us / 1000, 1)})
+                         "oldest_age_ms": None if age_us < 0 else round(age_us / 1000, 1),
+                         "dropouts": dropouts})
         return {"written_ns": int(row[FV_WRITTEN_NS]), "news": int(row[FV_NEWS]),
                 "fills": int(row[FV_FILLS]), "signals": subs}
 

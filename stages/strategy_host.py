@@ -152,6 +152,8 @@ class StrategyHostStage(Stage):
         self.attach_signals(ctx, spec)
         self.farmview = self.attach_farmview(ctx)
         self._next_view_ns = 0
+        self._sig_whole: dict = {}      # subscription -> every cell valid at the last view
+        self._sig_dropouts: dict = {}   # subscription -> whole-to-missing transitions seen
         if ctx.extra.get("lockstep"):
             self.hctl[H_NEXT_TIMER] = -1   # as the backtest's: the first round starts the timer
 
@@ -254,7 +256,8 @@ class StrategyHostStage(Stage):
     def signal_view(self, now_ns: int) -> list[tuple]:
         """Per subscription, what the strategy sees now (cold): (agent, kind code, cells of
         its instruments (a pair kind: each of its instruments with each other instrument of
-        the agent), cells valid, age of the oldest cell in ns or -1 if one never came)."""
+        the agent), cells valid, age of the oldest cell in ns or -1 if one never came,
+        dropouts: how often a call found some cell missing after one that found all valid)."""
         from shm.records import SIG_CORRELATION
         from strategies.base import _cell_value, _signal_cell
 
@@ -269,7 +272,11 @@ class StrategyHostStage(Stage):
                         _cell_value(ctx, c, now_ns))
             ts = [int(ctx.sig[c]["ts_ns"]) for c in cells if c >= 0]
             oldest = -1 if not ts or min(ts) == 0 else now_ns - min(ts)
-            out.append((name, code, len(cells), valid, oldest))
+            whole = bool(cells) and valid == len(cells)
+            if not whole and self._sig_whole.get(name):
+                self._sig_dropouts[name] = self._sig_dropouts.get(name, 0) + 1
+            self._sig_whole[name] = whole
+            out.append((name, code, len(cells), valid, oldest, self._sig_dropouts.get(name, 0)))
         return out
 
     # -- live parameters (cold: between batches, never inside the host step) -------------

@@ -122,6 +122,7 @@ def farm_lines(farms: dict) -> list[str]:
             sig = "  ".join(f"{x['kind']} {x['valid']}/{x['cells']} valid"
                             + ("" if x["oldest_age_ms"] is None
                                else f" (oldest {x['oldest_age_ms']:.0f} ms)")
+                            + (f", {x['dropouts']} dropouts" if x.get("dropouts") else "")
                             for x in sh["signals"])
             vals = ", ".join(f"{k} {v}" for k, v in sh["budget_values"].items())
             lines.append(f"  {sh['process']:<16} {sh['state']:<10} {', '.join(sh['instruments'])}"
