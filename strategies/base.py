@@ -71,7 +71,8 @@ from market.accounting import POSITION_DTYPE, apply_fill, make_positions
 from shm.records import (
     N_SIGNAL_KINDS, SFLAG_VALID, SIGNAL_DTYPE,
     EXEC_ACK, EXEC_CANCEL_ACK, EXEC_CANCEL_REJECT, EXEC_EXPIRED, EXEC_FILL, EXEC_PARTIAL,
-    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORDER_DTYPE,
+    EXEC_REJECT, EXEC_REPLACE_ACK, INTENT_CANCEL, INTENT_NEW, INTENT_REPLACE, ORD_POST_ONLY,
+    ORDER_DTYPE, SIDE_BUY, SIDE_SELL,
 )
 
 COID_SHIFT = 48          # client_order_id = strategy_id << 48 | shard << 40 | counter
@@ -571,6 +572,50 @@ def cancel_all(ctx, now_ns):
             if cancel(ctx, ctx.orders[s].coid, now_ns):
                 n += 1
     return n
+
+
+@njit(cache=True)
+def keep_quote(ctx, i, coid, sent_ns, side, want_px, want_qty, move_ticks, qty_slack,
+               min_gap_ns, now_ns):
+    """One post-only quote on local instrument i brought to (want_px, want_qty); returns (its
+    client order id now, 0 if none, and when it was last sent). Placed when there is none,
+    cancelled when want_px or want_qty is 0, replaced when its price is off by ``move_ticks``
+    or more or its size by more than ``qty_slack`` lots; new and replace at most once per
+    ``min_gap_ns`` (rate-limited requotes). While a request is in flight it waits."""
+    s = order_slot(ctx, coid)
+    can_send = sent_ns == 0 or now_ns - sent_ns >= min_gap_ns
+    if s < 0:
+        coid = np.int64(0)
+        if want_px > 0 and want_qty > 0 and can_send:
+            coid = place(ctx, i, side, ORD_POST_ONLY, want_px, want_qty, now_ns)
+            if coid != 0:
+                sent_ns = now_ns
+        return coid, sent_ns
+    o = ctx.orders[s]
+    if o.state != OST_LIVE:
+        return coid, sent_ns
+    if want_px <= 0 or want_qty <= 0:
+        cancel(ctx, coid, now_ns)
+    elif (abs(want_px - o.px) >= move_ticks or abs(want_qty - o.leaves) > qty_slack) \
+            and can_send:
+        if replace(ctx, coid, want_px, want_qty, now_ns):
+            sent_ns = now_ns
+    return coid, sent_ns
+
+
+@njit(cache=True)
+def own_extreme(ctx, side):
+    """Highest price of our buy orders / lowest of our sells, counting both the working and a
+    pending replace price; 0 (buys) or a huge value (sells) when there is none. A quote on
+    the other side that would reach it could trade with our own order (self-trade)."""
+    best = np.int64(0) if side == SIDE_BUY else np.int64(1 << 62)
+    for s in range(ctx.orders.shape[0]):
+        o = ctx.orders[s]
+        if o.state != OST_FREE and o.side == side:
+            for q in (o.px, o.new_px):
+                if (side == SIDE_BUY and q > best) or (side == SIDE_SELL and 0 < q < best):
+                    best = q
+    return best
 
 
 @njit(cache=True)

@@ -68,11 +68,9 @@ from numba import njit
 
 from common.schema import opt
 from market.book import META_HALTED, best_ask_px, best_bid_px, is_valid, valid_mid_x2
-from shm.records import ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
-from strategies.base import (OST_LIVE, Strategy, cancel, cancel_all, order_slot, place,
-                             position, replace)
+from shm.records import SIDE_BUY, SIDE_SELL
+from strategies.base import Strategy, cancel_all, keep_quote, own_extreme, position
 from strategies.features import EWMA_DTYPE, ewma_mean, ewma_update, make_ewma
-from strategies.market_making import _own_extreme
 
 MAX_LEVELS = 8
 
@@ -186,32 +184,6 @@ def lp_ladder(p, st, mid2, inv_notional):
 
 
 @njit(cache=True)
-def _level(ctx, p, coid, sent, side, want_px, want_qty, now_ns):
-    """One ladder level; returns (its client order id now, when it was last sent)."""
-    s = order_slot(ctx, coid)
-    can_send = sent == 0 or now_ns - sent >= p.requote_ns
-    if s < 0:
-        coid = np.int64(0)
-        if want_px > 0 and want_qty > 0 and can_send:
-            coid = place(ctx, 0, side, ORD_POST_ONLY, want_px, want_qty, now_ns)
-            if coid != 0:
-                sent = now_ns
-        return coid, sent
-    o = ctx.orders[s]
-    if o.state != OST_LIVE:
-        return coid, sent               # a request is in flight: wait for its answer
-    if want_px <= 0 or want_qty <= 0:
-        cancel(ctx, coid, now_ns)
-        return coid, sent
-    moved = abs(want_px - o.px) >= p.requote_ticks_per_px * want_px
-    resized = abs(want_qty - o.leaves) * 10 > want_qty
-    if (moved or resized) and can_send:
-        if replace(ctx, coid, want_px, want_qty, now_ns):
-            sent = now_ns
-    return coid, sent
-
-
-@njit(cache=True)
 def lp_requote(ctx, st, p, now_ns):
     inst = ctx.inst[0]
     px, meta = ctx.px, ctx.meta
@@ -229,8 +201,8 @@ def lp_requote(ctx, st, p, now_ns):
         return
     best_bid = best_bid_px(px, meta, inst)
     best_ask = best_ask_px(px, meta, inst)
-    own_ask = _own_extreme(ctx, SIDE_SELL)
-    own_bid = _own_extreme(ctx, SIDE_BUY)
+    own_ask = own_extreme(ctx, SIDE_SELL)
+    own_bid = own_extreme(ctx, SIDE_BUY)
     for k in range(np.int64(p.levels)):
         b = st.bid_px[k]
         bq = st.bid_qty[k]
@@ -240,10 +212,14 @@ def lp_requote(ctx, st, p, now_ns):
         aq = st.ask_qty[k]
         if a <= best_bid or a <= own_bid:
             aq = 0
-        st.bid_coid[k], st.bid_sent[k] = _level(ctx, p, st.bid_coid[k], st.bid_sent[k],
-                                                SIDE_BUY, b, bq, now_ns)
-        st.ask_coid[k], st.ask_sent[k] = _level(ctx, p, st.ask_coid[k], st.ask_sent[k],
-                                                SIDE_SELL, a, aq, now_ns)
+        # a level is replaced when its price is off by requote_ticks_per_px of it, or its
+        # size by more than a tenth
+        st.bid_coid[k], st.bid_sent[k] = keep_quote(
+            ctx, 0, st.bid_coid[k], st.bid_sent[k], SIDE_BUY, b, bq,
+            p.requote_ticks_per_px * b, bq / 10.0, p.requote_ns, now_ns)
+        st.ask_coid[k], st.ask_sent[k] = keep_quote(
+            ctx, 0, st.ask_coid[k], st.ask_sent[k], SIDE_SELL, a, aq,
+            p.requote_ticks_per_px * a, aq / 10.0, p.requote_ns, now_ns)
 
 
 @njit(cache=True)

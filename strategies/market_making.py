@@ -62,10 +62,10 @@ from numba import njit
 from common.schema import opt
 from market.book import (META_HALTED, L2Book, best_ask_px, best_bid_px, book_apply_market,
                          is_valid, mid_x2, valid_mid_x2)
-from shm.records import MSG_TRADE, ORD_POST_ONLY, SIDE_BUY, SIDE_SELL
+from shm.records import MSG_TRADE, SIDE_BUY, SIDE_SELL
 from shm.records import SIG_REALIZED_VOL
-from strategies.base import (OST_FREE, OST_LIVE, Strategy, cancel, cancel_all, order_slot,
-                             place, position, replace, signal_value)
+from strategies.base import (Strategy, cancel_all, keep_quote, own_extreme, position,
+                             signal_value)
 from strategies.features import SECONDS_PER_YEAR_365D
 
 
@@ -197,42 +197,6 @@ def mm_quotes(p, st, mid2, inventory_lots, sigma2_signal):
 
 
 @njit(cache=True)
-def _manage_side(ctx, p, coid, sent_ns, side, want_px, want_qty, now_ns):
-    """One quote side; returns (client order id of the quote now, when it was last sent)."""
-    s = order_slot(ctx, coid)
-    can_send = sent_ns == 0 or now_ns - sent_ns >= p.requote_ns
-    if s < 0:
-        coid = np.int64(0)
-        if want_px > 0 and want_qty > 0 and can_send:
-            coid = place(ctx, 0, side, ORD_POST_ONLY, want_px, want_qty, now_ns)
-            if coid != 0:
-                sent_ns = now_ns
-    elif ctx.orders[s].state == OST_LIVE:   # otherwise a request is in flight: wait for it
-        o = ctx.orders[s]
-        if want_px <= 0 or want_qty <= 0:
-            cancel(ctx, coid, now_ns)
-        elif ((abs(want_px - o.px) >= p.requote_threshold_ticks
-               or want_qty != o.leaves) and can_send):
-            replace(ctx, coid, want_px, want_qty, now_ns)
-            sent_ns = now_ns
-    return coid, sent_ns
-
-
-@njit(cache=True)
-def _own_extreme(ctx, side):
-    """Highest price of our buy orders / lowest of our sells, counting both the working and a
-    pending replace price; 0 (buys) or a huge value (sells) when there is none."""
-    best = np.int64(0) if side == SIDE_BUY else np.int64(1 << 62)
-    for s in range(ctx.orders.shape[0]):
-        o = ctx.orders[s]
-        if o.state != OST_FREE and o.side == side:
-            for q in (o.px, o.new_px):
-                if (side == SIDE_BUY and q > best) or (side == SIDE_SELL and 0 < q < best):
-                    best = q
-    return best
-
-
-@njit(cache=True)
 def mm_requote(ctx, st, p, now_ns):
     """Price both sides from the current book and estimates, and bring the quotes there."""
     inst = ctx.inst[0]
@@ -264,12 +228,16 @@ def mm_requote(ctx, st, p, now_ns):
     st.ask = ask
     # Never cross our own resting order (self-trade): a quote that would reach our other
     # side's old or pending price waits until that side has moved away (next call).
-    if bid_qty <= 0 or bid < _own_extreme(ctx, SIDE_SELL):
-        st.coid_bid, st.sent_bid_ns = _manage_side(ctx, p, st.coid_bid, st.sent_bid_ns,
-                                                   SIDE_BUY, bid, bid_qty, now_ns)
-    if ask_qty <= 0 or ask > _own_extreme(ctx, SIDE_BUY):
-        st.coid_ask, st.sent_ask_ns = _manage_side(ctx, p, st.coid_ask, st.sent_ask_ns,
-                                                   SIDE_SELL, ask, ask_qty, now_ns)
+    # One quote per side, replaced when the price is off by requote_threshold_ticks or the
+    # size changed at all.
+    if bid_qty <= 0 or bid < own_extreme(ctx, SIDE_SELL):
+        st.coid_bid, st.sent_bid_ns = keep_quote(ctx, 0, st.coid_bid, st.sent_bid_ns, SIDE_BUY,
+                                                 bid, bid_qty, p.requote_threshold_ticks, 0,
+                                                 p.requote_ns, now_ns)
+    if ask_qty <= 0 or ask > own_extreme(ctx, SIDE_BUY):
+        st.coid_ask, st.sent_ask_ns = keep_quote(ctx, 0, st.coid_ask, st.sent_ask_ns, SIDE_SELL,
+                                                 ask, ask_qty, p.requote_threshold_ticks, 0,
+                                                 p.requote_ns, now_ns)
 
 
 @njit(cache=True)
