@@ -82,7 +82,6 @@ from shm.records import (EFLAG_FROM_RISK, EXEC_ACK, EXEC_DTYPE, EXEC_FILL, EXEC_
                          MARKET_DTYPE, ORDER_DTYPE, SIDE_BUY, SIGNAL_DTYPE)
 from shm.recordops import deny_order
 
-_NO_SIGNALS = np.zeros(1, dtype=SIGNAL_DTYPE)   # a constant to numba; read with a count of 0
 
 
 # Counters, one row per strategy and a last row for the whole run. In a strategy's row every
@@ -178,6 +177,7 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "mko_sum",    # float64[N, 2, 2, n_h, MO_SUMS]: count, sum of ticks, of quote value, of
                   # ticks^2, of the mid's drift since the fill and its squares, per strategy,
                   # side, liquidity (maker / taker) and horizon
+    "sg",         # SIGNAL_DTYPE[1]: the signal records of a round, none yet (a count of 0)
 ])
 
 
@@ -252,7 +252,7 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(markout_capacity, dtype=MARKOUT_DTYPE),
         np.zeros(len(MARKOUT_HORIZONS_NS), np.int64), _markout_ctl(),
         np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
-        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)))
+        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)), np.zeros(1, SIGNAL_DTYPE))
 
 
 def _markout_ctl():
@@ -544,11 +544,14 @@ def _own_md(md, n, inst_vi, svm_k, out):
 
 # ---- one strategy's turn in a round -------------------------------------------------------
 @njit(inline="always")
-def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, on_signal, k, ctx,
-                   st, p, vs, G, n_md, now, n_den):
+def strategy_round(step, submit, k, ctx, st, p, vs, G, n_md, now, n_den):
     """Strategy k's batch of this round, if it has market records, reports, a due timer or new
     parameters, and its intents through the gate: approved ones to the venue, denied ones
-    into G.denials (delivered to it with the next round). Returns the new number of denials."""
+    into G.denials (delivered to it with the next round). Returns the new number of denials.
+
+    ``step``: the strategy kind's cached one-batch step (strategies/backtest_codegen.py
+    ``hosted_step_for``: strategies.host.run_strategy_batch with its hooks), called, not
+    inlined, so that a kind compiles once for every set of strategies it runs in."""
     hctl = G.hctl[k]
     n_ex = G.n_ex[k]
     md = G.md
@@ -560,8 +563,7 @@ def strategy_round(batch, submit, on_market, on_exec, on_timer, on_params, on_si
         c.strategy_calls += 1
         # no signal agents run in a backtest yet: on_signal is never called, ctx.sig stays
         # missing (a strategy's signal reads are NaN, as live while its agent is down)
-        kout = batch(on_market, on_exec, on_timer, on_params, on_signal, ctx, st, p, md, n_md,
-                     G.ex[k], n_ex, _NO_SIGNALS, 0, now, hctl)
+        kout = step(ctx, st, p, md, n_md, G.ex[k], n_ex, G.sg, np.int64(0), now, hctl)
         G.n_ex[k] = 0
         c.intents += kout
         out = ctx.out

@@ -278,8 +278,10 @@ class HostedStrategy(HostView):
             self.hctl[H_NEXT_TIMER] = now_ns   # due now
         s = self.state
         if self._step is not None:
-            k = self._step(s.ctx, s.st, s.p, md, len(md), ex, len(ex), sg, len(sg),
-                           np.int64(now_ns), self.hctl)
+            # counts as int64, not Python ints (numba would type a 0 as a literal): the types
+            # of the backtest's and the live host's calls, so all three share one compilation
+            k = self._step(s.ctx, s.st, s.p, md, np.int64(len(md)), ex, np.int64(len(ex)), sg,
+                           np.int64(len(sg)), np.int64(now_ns), self.hctl)
         else:
             k = _hosted_step(*type(self.strategy).hooks(), s.ctx, s.st, s.p, md, len(md), ex,
                              len(ex), sg, len(sg), np.int64(now_ns), self.hctl)
