@@ -62,6 +62,13 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def unknown_instruments(field: str, wanted, keys) -> list[str]:
+    """A problem for each instrument key in ``wanted`` that is not one of ``keys``
+    (SYMBOL@VENUE), for the config field ``field``."""
+    return [f"{field}: {key!r} is not a configured instrument (SYMBOL@VENUE; known: "
+            f"{', '.join(keys)}){did_you_mean(key, keys)}" for key in wanted if key not in keys]
+
+
 # ------------------------------------------------------------------------------------------
 # Generic dataclass reader
 # ------------------------------------------------------------------------------------------

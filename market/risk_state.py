@@ -325,7 +325,7 @@ def on_exec(limits, rstate, e, now_ns):
 
 
 @njit(cache=True)
-def _next_decision(coids, by_coid, sorted_coids, approved, coid, kind, i):
+def _next_decision(by_coid, sorted_coids, approved, coid, kind, i):
     """Index of the first approved decision of ``kind`` for ``coid`` at or after ``i``, or -1.
     ``by_coid``: the decisions' indexes sorted (stably) by client_order_id, ``sorted_coids``
     their ids in that order."""
@@ -377,12 +377,12 @@ def replay(limits, rstate, approved, execs):
         take_exec = j < ne and (i >= na or execs[j].send_ts_ns < approved[i].send_ts_ns)
         if take_exec and i < na:
             e = execs[j]
-            k = _next_decision(coids, by_coid, sorted_coids, approved, e.client_order_id,
+            k = _next_decision(by_coid, sorted_coids, approved, e.client_order_id,
                                INTENT_NEW, i)
             if k < 0 and (e.kind == EXEC_REPLACE_ACK or e.kind == EXEC_CANCEL_REJECT):
                 r = row_of(r_oo_hash, e.client_order_id)
                 if r >= 0 and od[r, OO_STATE] != OOS_REPLACING:
-                    k = _next_decision(coids, by_coid, sorted_coids, approved,
+                    k = _next_decision(by_coid, sorted_coids, approved,
                                        e.client_order_id, INTENT_REPLACE, i)
             if k >= 0:
                 take_exec = False   # rules 1 and 2: the decisions up to k first
@@ -394,7 +394,7 @@ def replay(limits, rstate, approved, execs):
                 first = r >= 0 and od[r, OO_STATE] == OOS_REPLACING          # rule 3
             elif d.kind == INTENT_NEW:
                 first = g[G_OPEN_TOTAL] >= od.shape[0]                        # rule 4
-            if first and _next_decision(coids, by_coid, sorted_coids, approved,
+            if first and _next_decision(by_coid, sorted_coids, approved,
                                         execs[j].client_order_id, INTENT_NEW, i) < 0:
                 take_exec = True   # the reports first, one at a time
         if take_exec:

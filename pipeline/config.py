@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from common.runtime import DEFAULT_BOOK_LEVELS, DEFAULT_TIMER_MS, MAX_SHARDS
-from common.schema import ConfigError, did_you_mean, load_section, opt, req
+from common.schema import ConfigError, did_you_mean, load_section, opt, req, unknown_instruments
 from market.flowparams import FlowParams
 from pipeline.buildcheck import build_problems
 from pipeline.farm_config import BudgetConfig, SignalConfig, farm_problems
@@ -516,11 +516,8 @@ class Config:
             for n, strat in strats:
                 if broken(f"strategies[{n}].instruments"):
                     continue
-                for key in strat.instruments:
-                    if key not in keys:
-                        yield (f"strategies[{n}].instruments: {key!r} is not a configured "
-                               f"instrument (SYMBOL@VENUE; known: {', '.join(keys)})"
-                               f"{did_you_mean(key, keys)}")
+                yield from unknown_instruments(f"strategies[{n}].instruments",
+                                               strat.instruments, keys)
         live = [v.name for n, v in enumerate(self.venues) if v is not None
                 and not broken(f"venues[{n}]") and v.kind != "sim"]
         if live and not broken("instance") and not self.instance.allow_live:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from common.schema import did_you_mean, opt, req
+from common.schema import did_you_mean, opt, req, unknown_instruments
 
 NAME_RE = r"[A-Za-z][A-Za-z0-9_\-]{0,31}"
 IDLE_CHOICES = ("busy-spin", "yield", "backoff", "blocking")
@@ -118,10 +118,7 @@ def farm_problems(cfg, broken):
         for n, s in sigs:
             if broken(f"signals[{n}].instruments"):
                 continue
-            for key in s.instruments:
-                if key not in keys:
-                    yield (f"signals[{n}].instruments: {key!r} is not a configured instrument "
-                           f"(SYMBOL@VENUE; known: {', '.join(keys)}){did_you_mean(key, keys)}")
+            yield from unknown_instruments(f"signals[{n}].instruments", s.instruments, keys)
     by_name = {s.name: s for n, s in sigs if not broken(f"signals[{n}].name")}
     sound_kind = {s.name for n, s in sigs if not broken(f"signals[{n}].kind")}
     for n, sc in enumerate(cfg.strategies):

@@ -24,7 +24,9 @@ FV_WRITTEN_NS, FV_NEWS, FV_FILLS, FV_N_SUBS = 0, 1, 2, 3
 FV_SUBS = 4
 SUB_WORDS = 5
 MAX_SUBS = 5
-ROW_WORDS = 32   # 256 bytes (FV_SUBS + SUB_WORDS * MAX_SUBS <= 32): one writer per row, rows never share a cache line
+# 256 bytes (FV_SUBS + SUB_WORDS * MAX_SUBS <= 32): one writer per row, rows never share a
+# cache line
+ROW_WORDS = 32
 SEGMENT = "farmview"
 
 

@@ -93,8 +93,8 @@ def live_host_step(step, ctx, st, p, hctl, cal, md_sts, md_slots, md, md_i, ex_s
     for a strategy without signals) into sg, recording agent publish -> strategy read in
     ``h_sg``; nothing new, no timer due and no new parameters -> 0. Otherwise the batch goes
     through ``step`` (strategies.host.run_strategy_batch: books, dedupe, bookkeeping, timer,
-    guarded hooks: the backtest's step, the same compiled function), and the intents are stamped and published; what
-    does not fit is answered by ``answer_unsent``. Returns records in + intents out."""
+    guarded hooks: the backtest's step, the same compiled function), and the intents are
+    stamped and published; what does not fit is answered by ``answer_unsent``. Returns records in + intents out."""
     now = clock_now_ns(cal)
     n_md = 0
     for r in range(md_sts.shape[0]):

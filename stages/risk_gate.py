@@ -298,9 +298,10 @@ class RiskGateStage(Stage):
         """Cold, per heartbeat after a kill with flatten: once nothing of ours is open, market
         orders per (strategy, instrument) position, each within max_order_qty_lots, until flat
         (bounded retries, spaced so the previous round's fills are in; then an event names
-        what is left and the last reasons the gate denied). Opposite positions of two strategies in one instrument
-        go one round after the other: self-trade prevention denies the second (two market
-        orders of ours on both sides could trade with each other: a wash trade)."""
+        what is left and the last reasons the gate denied). Opposite positions of two
+        strategies in one instrument go one round after the other: self-trade prevention
+        denies the second (two market orders of ours on both sides could trade with each
+        other: a wash trade)."""
         from market.risk import G_OPEN_TOTAL, LF_MAX_ORDER_QTY, R_G, R_POS
         from shm.records import (INTENT_NEW, ORD_MARKET, REJECT_MAX_NOTIONAL, REJECT_NAMES,
                                  SIDE_BUY, SIDE_SELL)
