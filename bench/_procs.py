@@ -20,35 +20,14 @@ import time
 import traceback
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+
+from common.tsc import rdtsc, read_tsc  # noqa: F401  (rdtsc: for the timing loops)
 
 _CTX = mp.get_context("fork")
 _PR_SET_PDEATHSIG = 1
 
 
 # -- clock ----------------------------------------------------------------------------------
-@intrinsic
-def rdtsc(typingctx):
-    """The invariant TSC (llvm.readcyclecounter): ~10 ns to read, cacheable, unlike a ctypes
-    clock_gettime whose address numba cannot cache."""
-
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(ir.IntType(64), [])
-        fn = builder.module.globals.get("llvm.readcyclecounter")
-        if fn is None:
-            fn = ir.Function(builder.module, fnty, "llvm.readcyclecounter")
-        return builder.call(fn, [])
-
-    return types.int64(), codegen
-
-
-@njit(cache=True)
-def read_tsc():
-    return rdtsc()
-
-
 def tsc_ns_per_tick(window_s: float = 0.05) -> float:
     """TSC rate against CLOCK_MONOTONIC, measured over ``window_s`` (twice; the smaller error)."""
     read_tsc()

@@ -73,6 +73,7 @@ import numpy as np
 from numba import njit
 
 from common.runtime import H_NEXT_TIMER, H_PARAMS_PENDING  # the runtime's hctl words it reads
+from common.tsc import rdtsc
 from market.accounting import apply_fill, make_positions, unrealized_ticks
 from market.book import L2Book, valid_mid_x2
 from market.risk import (GATE_BOOK_LEVELS, R_MARKS, check_order, gate_apply_md, gate_mark,
@@ -178,13 +179,29 @@ BacktestArrays = namedtuple("BacktestArrays", [
                   # ticks^2, of the mid's drift since the fill and its squares, per strategy,
                   # side, liquidity (maker / taker) and horizon
     "sg",         # SIGNAL_DTYPE[1]: the signal records of a round, none yet (a count of 0)
+    "hold_t",     # int64[N, n_inst + 1]: when strategy k's position in i last changed (ns)
+    "hold",       # float64[N, 2]: HOLD_AREA (sum of |position| x time, lot-seconds) and
+                  # HOLD_OPENED (lots opened) per strategy: mean holding time by Little's law
+    "kt",         # int64[N, KT_KINDS, ring]: kernel timing (``kernel_timing``): the last
+                  # ``ring`` calls of strategy k's step, TSC ticks, per KT_* kind of call (per
+                  # market record for KT_MARKET); ring 0 = not timed (the default)
+    "ktn",        # int64[N, KT_KINDS, 3]: KTN_CALLS timed, KTN_TICKS (their sum) and
+                  # KTN_RECORDS (market records they took), per kind
 ])
+HOLD_AREA, HOLD_OPENED = 0, 1
+# kinds of a timed step call: with market records (its cost per record), with reports but no
+# market records, and with neither (the timer: periodic scans and refits, or new parameters)
+KT_MARKET, KT_EXEC, KT_TIMER = 0, 1, 2
+KT_KINDS = 3
+KT_NAMES = ("market", "exec", "timer")
+KTN_CALLS, KTN_TICKS, KTN_RECORDS = 0, 1, 2
 
 
 def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples: int,
                          trade_capacity: int = 1 << 20, venues=None, strategy_venues=None,
                          trace_capacity: int = 0,
-                         markout_capacity: int = MARKOUT_RING) -> BacktestArrays:
+                         markout_capacity: int = MARKOUT_RING,
+                         kernel_timing: int = 0) -> BacktestArrays:
     """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
     ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
     strategies' runtime words (one ``make_hctl`` array each).
@@ -195,9 +212,14 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
     (default: every venue). ``trace_capacity``: how many intents and venue reports to keep in
     order (``tro``, ``tre``; the live = backtest proof compares them with the journal).
     ``markout_capacity``: fills that may wait for their markout horizons at once (a power of
-    two; beyond it a fill is counted in ``mko_ctl.overflow`` and not marked out)."""
+    two; beyond it a fill is counted in ``mko_ctl.overflow`` and not marked out).
+    ``kernel_timing``: 0, or how many of the last step calls of each strategy to keep timed,
+    per kind of call (a power of two; ``kt``): two TSC reads around every call, for ``run.py
+    bench strategies``."""
     if markout_capacity <= 0 or markout_capacity & (markout_capacity - 1):
         raise ValueError(f"markout_capacity {markout_capacity}: a power of two")
+    if kernel_timing < 0 or kernel_timing & (kernel_timing - 1):
+        raise ValueError(f"kernel_timing {kernel_timing}: 0 or a power of two")
     sids = np.array(strategy_ids, dtype=np.int64)
     n = len(sids)
     if n == 0:
@@ -252,7 +274,9 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(markout_capacity, dtype=MARKOUT_DTYPE),
         np.zeros(len(MARKOUT_HORIZONS_NS), np.int64), _markout_ctl(),
         np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
-        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)), np.zeros(1, SIGNAL_DTYPE))
+        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)), np.zeros(1, SIGNAL_DTYPE),
+        np.zeros((n, n_inst + 1), np.int64), np.zeros((n, 2)),
+        np.zeros((n, KT_KINDS, kernel_timing), np.int64), np.zeros((n, KT_KINDS, 3), np.int64))
 
 
 def _markout_ctl():
@@ -364,10 +388,11 @@ def _markouts_end(G, t_end):
 
 # ---- books of record ----------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
-def _account(G, k, e):
+def _account(G, k, e, now):
     """One fill of strategy k into its position (market.accounting.apply_fill); a fill that
     reduces the position closes a trade: its PnL (closed_pnl x tick value - this fill's fee)
-    goes to the shared trade buffer."""
+    goes to the shared trade buffer. The position held until ``now`` and the lots this fill
+    opens go to the holding-time sums (G.hold)."""
     i = np.int64(e.instrument_id)
     if i <= 0 or i >= G.value.shape[0]:
         return
@@ -375,6 +400,13 @@ def _account(G, k, e):
     before = p.pos
     reduces = before != 0.0 and ((before > 0.0) != (e.side == SIDE_BUY))
     apply_fill(p, e.side, e.px_ticks, e.qty_lots, e.fee_e9)
+    G.hold[k, HOLD_AREA] += abs(before) * (now - G.hold_t[k, i]) / 1e9
+    G.hold_t[k, i] = now
+    after = p.pos
+    if before == 0.0 or (before > 0.0) != (after > 0.0):
+        G.hold[k, HOLD_OPENED] += abs(after)       # from flat, or through zero
+    elif abs(after) > abs(before):
+        G.hold[k, HOLD_OPENED] += abs(after) - abs(before)
     value = G.value[i]
     G.turnover[k] += float(e.px_ticks) * float(e.qty_lots) * value
     c = G.cnt[k]
@@ -480,7 +512,7 @@ def _on_reports(G, n_ex, now):
             c.qty_filled += e.qty_lots
             if e.cum_qty_lots == e.qty_lots:
                 c.orders_filled += 1
-            _account(G, k, e)
+            _account(G, k, e, now)
             _markout_push(G, k, e)
             if e.liquidity == LIQ_MAKER:
                 c.maker_fills += 1
@@ -543,6 +575,17 @@ def _own_md(md, n, inst_vi, svm_k, out):
 
 
 # ---- one strategy's turn in a round -------------------------------------------------------
+@njit(cache=True, _nrt=False)
+def _kt_note(G, k, ticks, n_md, n_ex):
+    """One timed step call of strategy k (``ticks`` TSC ticks) into its ring and sums."""
+    kind = KT_MARKET if n_md > 0 else (KT_EXEC if n_ex > 0 else KT_TIMER)
+    n = G.ktn[k, kind, KTN_CALLS]
+    G.kt[k, kind, n & (G.kt.shape[2] - 1)] = ticks // n_md if n_md > 0 else ticks
+    G.ktn[k, kind, KTN_CALLS] = n + 1
+    G.ktn[k, kind, KTN_TICKS] += ticks
+    G.ktn[k, kind, KTN_RECORDS] += n_md
+
+
 @njit(inline="always")
 def strategy_round(step, submit, k, ctx, st, p, vs, G, n_md, now, n_den):
     """Strategy k's batch of this round, if it has market records, reports, a due timer or new
@@ -563,7 +606,11 @@ def strategy_round(step, submit, k, ctx, st, p, vs, G, n_md, now, n_den):
         c.strategy_calls += 1
         # no signal agents run in a backtest yet: on_signal is never called, ctx.sig stays
         # missing (a strategy's signal reads are NaN, as live while its agent is down)
+        timed = G.kt.shape[2] > 0
+        t0 = rdtsc() if timed else np.int64(0)
         kout = step(ctx, st, p, md, n_md, G.ex[k], n_ex, G.sg, np.int64(0), now, hctl)
+        if timed:
+            _kt_note(G, k, rdtsc() - t0, n_md, n_ex)
         G.n_ex[k] = 0
         c.intents += kout
         out = ctx.out

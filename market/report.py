@@ -42,6 +42,10 @@ Definitions (each is a small function so a test can check it on a scripted curve
   time-weighted mean |q| (integral of |q| dt / duration), in lots, summed over instruments.
 - time in queue: from the venue's ack of a passive order to each of its maker fills.
 - turnover: traded notional, sum of price x quantity over fills, quote currency.
+- mean holding time (``mean_holding_s``, set by the backtest): by Little's law, the integral of
+  |position| dt summed over instruments (lot-seconds; a position still open at the end counts
+  up to the end) over the lots opened (``lots_opened``): how long a lot stays in inventory on
+  average. None when no lot was opened.
 - rejects: risk denials and venue rejects counted by reason (shm.records.REJECT_NAMES).
 - markouts (``markout_report``): for every fill, the mid move against it at +100 ms, +1 s and
   +10 s of simulated time after the fill's venue time, side x (mid(t + h) - fill price): in
@@ -487,6 +491,14 @@ def to_json(report: dict) -> str:
     return json.dumps(_jsonable(report), indent=2, sort_keys=True)
 
 
+def _duration(s: float) -> str:
+    if s < 1.0:
+        return f"{s * 1e3:.1f} ms"
+    if s < 120.0:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min"
+
+
 def format_text(report: dict, name: str) -> str:
     p = report["pnl"]
     inv = report["inventory_lots"]
@@ -511,6 +523,9 @@ def format_text(report: dict, name: str) -> str:
     lines += _markout_lines(report)
     if "turnover" in report:
         lines.append(f"  turnover {report['turnover']:.2f}")
+    if report.get("mean_holding_s") is not None:
+        lines.append(f"  mean holding time {_duration(report['mean_holding_s'])} "
+                     f"({report['lots_opened']:.0f} lots opened)")
     rej = report.get("rejects")
     if rej is not None:
         lines.append(f"  rejects: risk {_reasons(rej.get('risk', {}))}; venue "

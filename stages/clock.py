@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
+
+from common.tsc import rdtsc, read_tsc  # noqa: F401  (read_tsc: used here, re-exported)
 
 C_BASE_TSC = 0
 C_BASE_NS = 1
@@ -25,26 +25,6 @@ C_NS_PER_TICK = 2
 C_SIM_HI = 3
 C_SIM_LO = 4
 CAL_WORDS = 5
-
-
-@intrinsic
-def rdtsc(typingctx):
-    """The CPU's time-stamp counter (llvm.readcyclecounter; RDTSC on x86-64)."""
-
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(ir.IntType(64), [])
-        mod = builder.module
-        fn = mod.globals.get("llvm.readcyclecounter")
-        if fn is None:
-            fn = ir.Function(mod, fnty, "llvm.readcyclecounter")
-        return builder.call(fn, [])
-
-    return types.int64(), codegen
-
-
-@njit(cache=True)
-def read_tsc():
-    return rdtsc()
 
 
 @njit(cache=True, inline="always")

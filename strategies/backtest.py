@@ -19,7 +19,9 @@ import numpy as np
 
 from common.runtime import (group_ids, process_name, shard_instruments, shard_position_limits,
                             strategy_ids)
-from market.backtest import (COUNTER_NAMES, MARKOUT_NAMES, BacktestArrays, make_backtest_arrays,
+from market.backtest import (COUNTER_NAMES, HOLD_AREA, HOLD_OPENED, KT_NAMES, KTN_CALLS,
+                             KTN_RECORDS, KTN_TICKS, MARKOUT_NAMES, BacktestArrays,
+                             make_backtest_arrays,
                              start_loop)
 from market.book import L2Book
 from market.risk import build_limits
@@ -161,7 +163,7 @@ def _select(cfg, strategy):
 def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = None,
                  seed: int | None = None, event_rate_per_s: float | None = None,
                  queue_model: str | None = None, sample_ms: float = 100.0, schedule=None,
-                 trace: int = 0, progress=None):
+                 trace: int = 0, progress=None, kernel_timing: int = 0):
     """Backtest against the simulated venues of ``cfg`` for ``duration_s`` (default
     cfg.sim.duration_s), or against the record file ``data`` (its instruments; a strategy's
     instruments are taken from the file by key, else in file order).
@@ -181,6 +183,11 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
 
     ``progress(done_s, total_s)``: called with the simulated seconds done, PROGRESS_STEPS times
     over the run (``run.py backtest``'s bar); the result is the same with it or without.
+
+    ``kernel_timing``: 0, or a power of two: time every call of each strategy's step and keep
+    the last ``kernel_timing`` of each kind (market records, reports only, timer); each
+    report then has ``kernel_ns`` (``_kernel_figures``). For ``run.py bench strategies``; the
+    trading is the same with it or without.
     """
     from common.schema import ConfigError
     from strategies.registry import get_strategy_class
@@ -227,7 +234,7 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
                              venues=venues,
                              strategy_venues=[{i.venue for i in insts}
                                               for _sc, _s, insts, _st in built],
-                             trace_capacity=int(trace))
+                             trace_capacity=int(trace), kernel_timing=int(kernel_timing))
     S = tuple((st.ctx, st.st, st.p) for *_x, st in built)
     sets = []
     if schedule:
@@ -257,6 +264,9 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
             if stop >= t:
                 return
 
+    from common.tsc import TscSpan
+
+    tsc = TscSpan().start()
     wall = time.perf_counter()
     cpu = time.thread_time()
     for ss in sets:
@@ -269,12 +279,14 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
     cpu = time.thread_time() - cpu
     wall = time.perf_counter() - wall
     timing = {"wall_s": wall, "cpu_s": cpu, "compile_s": compile_s}
+    ns_per_tick = tsc.ns_per_tick()
     venue_counters = mk.venue.counters() if hasattr(mk.venue, "counters") else {}
     parts = {}
     for k, (sc, strat, insts, state) in enumerate(built):
         parts[sc.name] = _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash,
                                           [s for s in sets if s.index == k],
-                                          timing if not together else {}, venue_counters)
+                                          timing if not together else {}, venue_counters,
+                                          ns_per_tick)
     traced = _trace(G, mk) if trace else None
     if not together:
         one = parts[configs[0].name]
@@ -336,8 +348,43 @@ def _curve(G: BacktestArrays, row: int) -> dict:
     return {name: c[name].copy() for name in c.dtype.names}
 
 
+def _holding(G: BacktestArrays, ks, t_end: int) -> dict:
+    """Mean holding time of the strategies ``ks`` together, by Little's law: the sum over
+    instruments of |position| x time (lot-seconds; a position still open at the end counts up
+    to ``t_end``) over the lots opened. None when no lot was opened."""
+    area = opened = 0.0
+    for k in ks:
+        pos = G.pos[k]["pos"]
+        open_ = np.abs(pos) > 0
+        area += float(G.hold[k, HOLD_AREA])
+        area += float((np.abs(pos[open_]) * (t_end - G.hold_t[k][open_]) / 1e9).sum())
+        opened += float(G.hold[k, HOLD_OPENED])
+    return {"mean_holding_s": area / opened if opened > 0 else None,
+            "lots_opened": opened}
+
+
+def _kernel_figures(G: BacktestArrays, k: int, ns_per_tick: float) -> dict:
+    """Strategy k's timed step calls (``kernel_timing``), per kind of call: calls, market
+    records, and ns per call (per market record for "market"): p50, p99, max of the calls kept,
+    and the mean over all of them."""
+    out = {}
+    ring = G.kt.shape[2]
+    for kind, name in enumerate(KT_NAMES):
+        n = int(G.ktn[k, kind, KTN_CALLS])
+        if n == 0:
+            continue
+        x = G.kt[k, kind, :min(n, ring)] * ns_per_tick
+        recs = int(G.ktn[k, kind, KTN_RECORDS])
+        per = recs if kind == 0 else n
+        out[name] = {"calls": n, "records": recs, "kept": int(min(n, ring)),
+                     "p50": float(np.percentile(x, 50)), "p99": float(np.percentile(x, 99)),
+                     "max": float(x.max()),
+                     "mean": float(G.ktn[k, kind, KTN_TICKS]) * ns_per_tick / per}
+    return out
+
+
 def _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash, sets, timing,
-                     venue_counters) -> BacktestResult:
+                     venue_counters, ns_per_tick: float = 0.0) -> BacktestResult:
     cnt = G.cnt[k]
     counters = {name: int(cnt[name]) for name in COUNTER_NAMES}
     for name in ("md_records", "curve_points"):
@@ -367,6 +414,9 @@ def _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash, sets, timi
     if rt["halted"]:
         report["halted"] = {"reason": HALT_NAMES.get(int(rt["halted"]), "halted"),
                             "at_s": (int(rt["halt_ns"]) - mk.t_start) / 1e9}
+    report.update(_holding(G, [k], mk.t_end))
+    if ns_per_tick > 0 and G.kt.shape[2] > 0:
+        report["kernel_ns"] = _kernel_figures(G, k, ns_per_tick)
     return BacktestResult(sc.name, sc.kind, mk.source, report, curve, tp, qt, counters,
                           venue_counters, state)
 
@@ -388,6 +438,7 @@ def _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters) -> B
     report = _report(curve, tp, qt, counters, initial_cash, _markouts(G, range(len(parts))))
     report["strategies"] = list(parts)
     report["source"] = mk.source
+    report.update(_holding(G, range(len(parts)), mk.t_end))
     report["kernel_errors"] = counters["kernel_errors"]
     report["turnover"] = float(G.turnover.sum())
     report["rejects"] = {"risk": _rejects(G.rej_risk.sum(axis=0)),

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "kill": "the kill switch under load: `run.py kill` from a shell -> risk gate halted",
     "sink": "the PostgreSQL sink: fills/s copied, and resume after a database restart",
     "execution": "vwap / is / pov against a naive twap on the same parent and seeds",
+    "strategies": "each strategy's kernel ns per market record and per timer call, events/s",
 }
 
 

@@ -202,6 +202,79 @@ def test_a_backtest_with_a_progress_bar_is_the_same_run_to_the_record(cfg):
     assert done == sorted(done) and done[0] > 0 and done[-1] == pytest.approx(8.0)
 
 
+def _hold_arrays(cfg):
+    from market.backtest import make_backtest_arrays
+    from market.risk import build_limits
+    from strategies.host import make_hctl
+
+    insts = [Instrument(1, "BTC-USD", "simA", 1, Decimal("0.01"), Decimal("0.001"))]
+    return make_backtest_arrays([1], insts, build_limits(cfg.risk, insts, max_strategies=1),
+                                [make_hctl(10.0)], n_samples=4)
+
+
+def _fill(G, side, qty, t_s, px=100):
+    from market.backtest import _account
+
+    e = np.zeros(1, dtype=EXEC_DTYPE)
+    e["instrument_id"] = 1
+    e["side"] = side
+    e["px_ticks"] = px
+    e["qty_lots"] = qty
+    _account(G, 0, e[0], np.int64(t_s * 1_000_000_000))
+
+
+@pytest.mark.parametrize("fills, t_end_s, area, opened", [
+    # (side, lots, at s): a round trip of 10 lots held 2 s
+    ([(SIDE_BUY, 10, 1), (SIDE_SELL, 10, 3)], 5, 20.0, 10.0),
+    # scaled in: 5 lots for 1 s, then 10 for 1 s
+    ([(SIDE_BUY, 5, 0), (SIDE_BUY, 5, 1), (SIDE_SELL, 10, 2)], 5, 15.0, 10.0),
+    # through zero: long 10 for 1 s, short 10 for 2 s (the flip opens 10 short lots)
+    ([(SIDE_BUY, 10, 0), (SIDE_SELL, 20, 1), (SIDE_BUY, 10, 3)], 5, 30.0, 20.0),
+    # partly closed, the rest still open at the end: 10 for 1 s, then 4 until t_end = 6 s
+    ([(SIDE_BUY, 10, 0), (SIDE_SELL, 6, 1)], 6, 10.0 + 4 * 5.0, 10.0),
+])
+def test_mean_holding_time_is_lot_seconds_held_over_lots_opened(cfg, fills, t_end_s, area,
+                                                                opened):
+    from strategies.backtest import _holding
+
+    G = _hold_arrays(cfg)
+    for side, qty, t in fills:
+        _fill(G, side, qty, t)
+    h = _holding(G, [0], t_end_s * 1_000_000_000)
+    assert h["lots_opened"] == pytest.approx(opened)
+    assert h["mean_holding_s"] == pytest.approx(area / opened)
+
+
+def test_no_lot_opened_has_no_holding_time(cfg):
+    from strategies.backtest import _holding
+
+    assert _holding(_hold_arrays(cfg), [0], 10**9) == {"mean_holding_s": None,
+                                                        "lots_opened": 0.0}
+
+
+def test_timed_kernels_trade_exactly_as_untimed_and_every_call_is_counted(cfg):
+    """run.py bench strategies times the backtest's own step calls: the timing must not change
+    a single intent, and every call must land in exactly one kind (market / exec / timer)."""
+    from strategies.backtest import run_backtest
+
+    a = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0, trace=100_000)
+    b = run_backtest(cfg, "mm_btc", duration_s=8.0, event_rate_per_s=300.0, trace=100_000,
+                     kernel_timing=1 << 10)
+    for k in ("intents", "reports"):
+        assert a.trace[k].tobytes() == b.trace[k].tobytes()
+    assert "kernel_ns" not in a.report
+    kn = b.report["kernel_ns"]
+    calls = sum(v["calls"] for v in kn.values())
+    assert calls == b.counters["strategy_calls"] > 0
+    m = kn["market"]
+    assert m["calls"] <= m["records"] <= b.counters["md_records"]
+    assert m["kept"] == min(m["calls"], 1 << 10)
+    for v in kn.values():
+        assert 0 < v["p50"] <= v["p99"] <= v["max"]
+        assert v["mean"] > 0
+    assert kn["timer"]["calls"] > 0   # the timer ran between records, alone
+
+
 def test_backtest_replays_a_lobster_recording_through_the_queue_model(cfg, shared_data,
                                                                       tmp_path):
     from strategies.backtest import run_backtest

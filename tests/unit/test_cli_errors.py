@@ -287,3 +287,26 @@ def test_bench_with_a_missing_config_exits_2_without_a_traceback(files, capsys):
 def test_bench_kill_refuses_nonsense_rounds_before_starting_anything(capsys):
     assert_input_error(capsys, ["bench", "kill", "--rounds", "0"], "--rounds")
     assert_input_error(capsys, ["bench", "kill", "--event-rate", "-5"], "--event-rate")
+
+
+def test_bench_strategies_refuses_nonsense_before_running_anything(capsys):
+    assert_input_error(capsys, ["bench", "strategies", "--duration", "0"], "--duration")
+    assert_input_error(capsys, ["bench", "strategies", "--repeat", "0"], "--repeat")
+    assert_input_error(capsys, ["bench", "strategies", "--config", "config.toml", "--strategy",
+                                "nope"], "'nope'")
+
+
+def test_bench_strategies_prints_each_strategys_kernel_figures(capsys):
+    import json
+
+    code = cli_main(["bench", "strategies", "--config", "config.toml", "--duration", "3",
+                     "--event-rate", "300", "--repeat", "1", "--no-alone", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    (res,) = out["results"]
+    assert set(res["strategies"]) == {"mm_btc", "pairs_btc_eth", "arb_btc"}
+    for r in res["strategies"].values():
+        m = r["kernel_ns"]["market"]
+        assert m["records"] > 0 and 0 < m["p50"] <= m["p99"]
+        assert r["kernel_ns"]["timer"]["calls"] > 0
+    assert res["together"]["runs"] == 1 and res["together"]["median"] > 0
