@@ -65,6 +65,12 @@ fitted by ``run.py sim calibrate`` and stored in ``market/calibrated.json``, the
   decaying with half-life ``hawkes_half_life_s`` (self-exciting bursts of activity; the next
   event is drawn at the intensity of the last one, a piecewise-constant approximation of the
   Hawkes intensity; H is capped at HAWKES_MAX).
+- an intraday activity profile (issue 16, for the execution algorithms): the venues' event
+  rate times ``session_mult``, a U-shape over each session of ``sim.session_s`` seconds with
+  amplitude ``sim.session_amplitude`` (busiest at the open and the close, as equity and futures
+  sessions are: Admati and Pfleiderer (1988), "A theory of intraday patterns", Rev. Fin.
+  Studies 1(1); Jain and Joh (1988)). Flat by default; a VWAP schedule has a volume curve to
+  learn only where it is on.
 
 All of it is drawn from the same seeded streams: same seed, same events.
 """
@@ -165,7 +171,9 @@ GL_JUMPS = 6
 GL_JUMP_SD = 7       # relative
 GL_HK_JUMP = 8
 GL_HK_DECAY = 9      # ln 2 / half-life, per ns
-GL_WORDS = 10        # then per venue v: gl[GL_WORDS + 2v] = H_v, gl[GL_WORDS + 2v + 1] = its time
+GL_SESSION_AMP = 10  # the intraday profile's amplitude a (0: flat)
+GL_SESSION_NS = 11   # the session's length, ns
+GL_WORDS = 12        # then per venue v: gl[GL_WORDS + 2v] = H_v, gl[GL_WORDS + 2v + 1] = its time
 
 
 class FlowModel:
@@ -198,6 +206,12 @@ class FlowModel:
         self.gl[GL_JUMP_SD] = p.jump_bps * 1e-4
         self.gl[GL_HK_JUMP] = p.hawkes_jump * ratio
         self.gl[GL_HK_DECAY] = 0.6931471805599453 / (p.hawkes_half_life_s * NS)
+        sim = getattr(cfg, "sim", None)
+        amp = float(getattr(sim, "session_amplitude", 0.0))
+        if not 0.0 <= amp < 1.0:
+            raise ValueError(f"sim.session_amplitude {amp}: in [0, 1)")
+        self.gl[GL_SESSION_AMP] = amp
+        self.gl[GL_SESSION_NS] = float(getattr(sim, "session_s", 3600.0)) * NS
         by_key = {ic.key: ic for ic in cfg.instruments}
         first_of_group: dict[int, tuple] = {}
         for inst in self.instruments:
@@ -409,6 +423,18 @@ def run_scheduled(ip, is_, gp, gs, gl, t, rng, stream, news, n_news):
 @njit(cache=True, _nrt=False)
 def event_rate_mult(gl):
     return RATE_REGIME_MULT if gl[GL_REGIME] > 0.0 else 1.0
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def session_mult(gl, t):
+    """The intraday profile at t (float ns since start): 1 + a (3 (2 phase - 1)^2 - 1), phase
+    the position in the session in [0, 1): 1 + 2a at the open and the close, 1 - a mid-session,
+    mean 1 over a session. Exactly 1.0 when a = 0 (the default: the flow is what it was)."""
+    a = gl[GL_SESSION_AMP]
+    if a == 0.0:
+        return 1.0
+    x = 2.0 * ((t % gl[GL_SESSION_NS]) / gl[GL_SESSION_NS]) - 1.0
+    return 1.0 + a * (3.0 * x * x - 1.0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from numba import njit
 
 from market.flow import (ACT_CANCEL, ACT_LIMIT, IP_INFORMED, IP_P_INFORMED,
                          MIN_LEVELS, NS, FlowModel, FlowParams, draw_action, draw_limit,
-                         event_rate_mult, flow_init, hawkes_kick, hawkes_mult,
+                         event_rate_mult, flow_init, hawkes_kick, hawkes_mult, session_mult,
                          latent_price_ticks, market_impact, next_scheduled_ns, run_scheduled)
 from market.l3book import S_QUIET_ANON, S_VENUE_ID, l3_best_px, make_engine_arrays
 from market.latency import (CH_MD, CH_ORDER, LatencyModel, fifo_arrival, rng_below, rng_exp,
@@ -460,7 +460,8 @@ def sim_advance_state(s, t_limit, out_md, n_md, out_ex, n_ex, stop_at_delivery):
             _apply_op(st, rng, lat, eng, inst_venue, md_ring, md_ht, fifo, outbox, scratch, k,
                       ve > 0, te)
         if ve > 0:
-            rate = rates[ve] * event_rate_mult(gl) * hawkes_mult(gl, ve, float(te - st[ST_T0]))
+            tf = float(te - st[ST_T0])
+            rate = rates[ve] * event_rate_mult(gl) * hawkes_mult(gl, ve, tf) * session_mult(gl, tf)
             vnext[ve] = te + np.int64(rng_exp(rng, ve, NS / rate)) + 1
 
 

@@ -191,6 +191,13 @@ class SimConfig:
     event_rate_per_s: float = opt(20000.0, "background events per second per venue (live sim)",
                                   gt=0, le=MAX_EVENT_RATE_PER_S)
     duration_s: float = opt(1800.0, "backtest: simulated seconds", gt=0, le=MAX_SIM_DURATION_S)
+    session_s: float = opt(3600.0, "length of the simulated trading session over which the "
+                           "intraday activity profile (session_amplitude) repeats, seconds",
+                           gt=0, le=MAX_SIM_DURATION_S)
+    session_amplitude: float = opt(0.0, "intraday U-shape of the background event rate: "
+                                   "x (1 + a (3 (2 phase - 1)^2 - 1)) over each session, busiest "
+                                   "at its open and close (1 + 2a), quietest mid-session "
+                                   "(1 - a), mean 1; 0 = flat (market/flow.py)", ge=0, lt=1)
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,69 @@ def test_books_stay_uncrossed_and_levels_are_published(table, run_120s):
         for i in range(1, len(table) + 1):
             if meta[i, 0] and meta[i, 1]:
                 assert px[i, 0, 0] < px[i, 1, 0]
+
+
+# --- the intraday activity profile (sim.session_s / session_amplitude) ------------------------
+def _session_gl(amp, session_s):
+    from market.flow import GL_SESSION_AMP, GL_SESSION_NS, GL_WORDS
+
+    gl = np.zeros(GL_WORDS + 4)
+    gl[GL_SESSION_AMP] = amp
+    gl[GL_SESSION_NS] = session_s * 1e9
+    return gl
+
+
+def test_the_session_profile_is_a_u_with_mean_one_and_flat_when_off():
+    from market.flow import session_mult
+
+    @njit
+    def profile(gl, ts):
+        return np.array([session_mult(gl, t) for t in ts])
+
+    ts = (np.arange(100_000) + 0.5) / 100_000 * 3600e9
+    flat = profile(_session_gl(0.0, 3600.0), ts)
+    assert (flat == 1.0).all()
+    u = profile(_session_gl(0.6, 3600.0), ts)
+    assert u.mean() == pytest.approx(1.0, abs=1e-6)
+    assert u[0] == pytest.approx(1.0 + 2 * 0.6, abs=1e-3)          # the open
+    assert u[-1] == pytest.approx(1.0 + 2 * 0.6, abs=1e-3)         # the close
+    assert u.min() == pytest.approx(1.0 - 0.6, abs=1e-6)           # mid-session
+    assert np.argmin(u) in (49_999, 50_000)
+    nxt = profile(_session_gl(0.6, 3600.0), ts + 3600e9)           # it repeats every session
+    np.testing.assert_allclose(nxt, u, rtol=1e-9)
+
+
+def test_the_venues_are_busier_at_the_open_than_mid_session_as_the_profile_says(cfg, table):
+    """Events counted in the first tenth of a 100 s session against the middle tenth: the
+    profile's integrals give 1.864 / 0.406 = 4.6 at amplitude 0.6; flat, about 1."""
+    def counts(amp):
+        c = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, session_s=100.0,
+                                                               session_amplitude=amp))
+        sv = SimVenue(c, list(table), seed=5, event_rate_per_s=RATE)
+        out_md = np.zeros(1 << 16, dtype=MARKET_DTYPE)
+        out_ex = np.zeros(64, dtype=EXEC_DTYPE)
+        t0 = sv.now_ns
+        edges = [0, 10, 45, 55]
+        seen = []
+        for e in edges:
+            while sv.now_ns < t0 + e * 1_000_000_000:
+                sv.step_until(t0 + e * 1_000_000_000, out_md, out_ex)
+            seen.append(sv.counters()["events"])
+        return seen[1] - seen[0], seen[3] - seen[2]
+
+    open_, mid = counts(0.6)
+    assert 3.0 < open_ / mid < 6.5
+    open_, mid = counts(0.0)
+    assert 0.6 < open_ / mid < 1.6
+
+
+def test_a_session_amplitude_of_one_or_more_is_refused(tmp_path):
+    from common.schema import ConfigError
+
+    from pathlib import Path
+
+    text = tmp_path / "c.toml"
+    base = (Path(__file__).resolve().parents[2] / "config.toml").read_text()
+    text.write_text(base.replace("[sim]\n", "[sim]\nsession_amplitude = 1.0\n", 1))
+    with pytest.raises(ConfigError, match="session_amplitude"):
+        load_config(str(text))
