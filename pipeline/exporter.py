@@ -29,7 +29,17 @@ Series (all prefixed ``hftfarm_``; labels ``instance`` = the hftfarm instance na
                  at most 0.78 % wide, so that is the error); tick-to-trade is hop
                  ``tick_to_trade``.
 
-Farms and goals do not exist in hftfarm yet: no series or labels for them.
+  farms          farm_pnl, farm_shards, farm_shards_running, farm_budget_notional,
+  (farm)         farm_budget_loss, farm_budget_rounds_total, farm_budget_value (shard,
+                 param: the budget parameter in force on each shard),
+                 farm_signal_cells / farm_signal_valid_cells / farm_signal_oldest_age_seconds /
+                 farm_signal_dropouts_total (shard, signal: each subscription as that shard
+                 sees it)
+  signal agents  signal_agent_up, signal_published_total, signal_last_publish_age_seconds
+  (agent, kind)
+
+The farm series are those of ``status``'s ``farms`` (pipeline/farm_status.py), computed the
+same way. Goals do not exist in hftfarm yet: no series or labels for them.
 """
 from __future__ import annotations
 
@@ -232,6 +242,8 @@ class HftfarmCollector:
             al.add_metric([inst, a["alert"], a["subject"], a["severity"]], 1.0)
         yield al
 
+        yield from self._farms(g, c)
+
         # -- latency ---------------------------------------------------------------------
         lat = HistogramMetricFamily("hftfarm_latency_seconds", "per-hop and tick-to-trade "
                                     "latency (from the HDR histograms)",
@@ -243,6 +255,64 @@ class HftfarmCollector:
             buckets, total_s, _n = hdr_to_buckets(arr)
             lat.add_metric([inst, name], buckets, total_s)
         yield lat
+
+
+    def _farms(self, g, c):
+        """Farms and signal agents: status's ``farms`` figures (pipeline/farm_status.py)."""
+        from pipeline.farm_status import agent_snapshot, farm_snapshot, is_farm
+
+        ctl, inst = self.ctl, self.ctl.instance
+        # the families are always declared (empty without a farm), so dashboards and rules
+        # over them name series that exist
+        any_farm = any(is_farm(sc) for sc in ctl.cfg.strategies)
+        fl = ["farm"]
+        pnl = g("farm_pnl", "the farm's PnL over its shards (risk gate's view), quote", fl)
+        shards = g("farm_shards", "shard processes configured", fl)
+        running = g("farm_shards_running", "shard processes RUNNING", fl)
+        notional = g("farm_budget_notional", "the coordinator's notional budget, quote", fl)
+        loss = g("farm_budget_loss", "the coordinator's loss budget, quote", fl)
+        rounds = c("farm_budget_rounds", "budget reallocations so far", fl)
+        value = g("farm_budget_value", "the budget parameter in force on each shard",
+                  fl + ["shard", "param"])
+        sl = fl + ["shard", "signal"]
+        cells = g("farm_signal_cells", "cells the shard subscribes to", sl)
+        valid = g("farm_signal_valid_cells", "cells valid now (missing: stale or not yet seen)",
+                  sl)
+        oldest = g("farm_signal_oldest_age_seconds", "age of the oldest valid cell", sl)
+        drops = c("farm_signal_dropouts", "times a valid cell went missing", sl)
+        for name, f in (farm_snapshot(ctl) if any_farm else {}).items():
+            lb = [inst, name]
+            pnl.add_metric(lb, float(f["pnl"]))
+            shards.add_metric(lb, len(f["shards"]))
+            running.add_metric(lb, sum(1 for sh in f["shards"] if sh["state"] == "RUNNING"))
+            b = f.get("budget")
+            if b:
+                notional.add_metric(lb, float(b["notional"]))
+                loss.add_metric(lb, float(b["loss"]))
+                rounds.add_metric(lb, int(b["rounds"]))
+            for sh in f["shards"]:
+                for param, v in (sh.get("budget_values") or {}).items():
+                    value.add_metric(lb + [str(sh["shard"]), param], float(v))
+                for sig in sh["signals"]:
+                    sb = lb + [str(sh["shard"]), str(sig["kind"])]
+                    cells.add_metric(sb, sig["cells"])
+                    valid.add_metric(sb, sig["valid"])
+                    age = sig["oldest_age_ms"]
+                    oldest.add_metric(sb, float("nan") if age is None else age / 1e3)
+                    drops.add_metric(sb, sig["dropouts"])
+        yield from (pnl, shards, running, notional, loss, rounds, value, cells, valid, oldest,
+                    drops)
+        al = ["agent", "kind"]
+        up = g("signal_agent_up", "1 when the signal agent is RUNNING", al)
+        pub = c("signal_published", "signal records published", al)
+        age = g("signal_last_publish_age_seconds", "seconds since the agent last published", al)
+        for name, a in (agent_snapshot(ctl) if ctl.topology.signals() else {}).items():
+            lb = [inst, name, a["kind"]]
+            up.add_metric(lb, 1.0 if a["state"] == "RUNNING" else 0.0)
+            pub.add_metric(lb, a["published"])
+            ms = a["last_publish_age_ms"]
+            age.add_metric(lb, float("nan") if ms is None else ms / 1e3)
+        yield from (up, pub, age)
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

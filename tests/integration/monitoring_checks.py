@@ -171,6 +171,31 @@ def check_dashboard(cfg) -> None:
     assert stable(raw) == stable(cli)
 
 
+def check_dashboard_farms(cfg) -> None:
+    """The page's Farms table shows each farm, its budget and every shard as the snapshot it
+    rendered says (state, PnL, each subscription's valid / cells and oldest age)."""
+    st = status_json(cfg)
+    token = (Path(st["run_dir"]) / "dashboard.token").read_text().strip()
+    dom = _chromium_dom(f"{st['monitoring']['dashboard_url']}?token={token}")
+    shown = _page_view(dom)
+    raw = json.loads(shown["raw"])
+    assert raw["farms"], "no farm in the snapshot"
+    want = {}
+    for name, f in raw["farms"].items():
+        b = f["budget"]
+        want[name] = {
+            "pnl": f"{f['pnl']:.2f}",
+            "budget": (f"notional {b['notional']:g}, loss {b['loss']:g}, {b['rounds']} rounds"
+                       if b else "-"),
+            "shards": [(s["shard"], s["process"], s["state"], f"{s['pnl']:.2f}",
+                        "; ".join(f"{g['kind']} {g['valid']}/{g['cells']}"
+                                  + ("" if g["oldest_age_ms"] is None
+                                     else f", {g['oldest_age_ms']:g}")
+                                  for g in s["signals"]) or "-")
+                       for s in f["shards"]]}
+    assert shown["farms"] == want
+
+
 def _chromium_dom(url: str) -> str:
     """The page's DOM after its script ran (headless Chromium, its own profile, its whole
     process group ended afterwards: nothing is left running)."""
@@ -216,8 +241,17 @@ def _page_view(dom: str) -> dict:
     for name, row in re.findall(r'<tr data-strategy="([^"]*)">(.*?)</tr>', dom, re.S):
         c = cells(row)
         strategies[html.unescape(name)] = (c["pnl"], c["open"])
+    farms = {}
+    for name, row in re.findall(r'<tr data-farm="([^"]*)">(.*?)</tr>', dom, re.S):
+        c = cells(row)
+        farms[html.unescape(name)] = {"pnl": c["pnl"], "budget": c["budget"], "shards": []}
+    for name, k, row in re.findall(r'<tr data-farm="([^"]*)" data-shard="([^"]*)">(.*?)</tr>',
+                                   dom, re.S):
+        c = cells(row)
+        farms[html.unescape(name)]["shards"].append((int(k), c["name"].strip(), c["state"],
+                                                     c["pnl"], c["signals"]))
     assert 'data-rendered="' in dom, "the page never rendered a status (see its #err)"
-    return {"instance": text("instance"), "risk_state": text("risk-state"),
+    return {"farms": farms, "instance": text("instance"), "risk_state": text("risk-state"),
             "stages": stages, "strategies": strategies,
             "hops": re.findall(r'<tr data-hop="([^"]*)">', dom),
             "alerts": re.findall(r'<li [^>]*data-alert="([^"]*)"', dom),

@@ -79,7 +79,9 @@ def inst(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("farm")
     instance = f"t{os.getpid()}F{uuid.uuid4().hex[:6]}"
     # its claims are about separate processes (a shard killed alone, an agent killed alone)
-    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", layout="dedicated")
+    cfg = write_config(tmp / "c.toml", instance, tmp / "runs", layout="dedicated",
+                       extra="\n[metrics]\nenabled = true\nport = 0\n"
+                             "\n[dashboard]\nenabled = true\nport = 0\n")
     text = cfg.read_text()
     assert MM in text
     text = text.replace(MM, FARM, 1)
@@ -158,6 +160,58 @@ def test_status_shows_the_farm_its_shards_agents_and_fresh_signals(inst):
     r = run_py("status", "--config", str(inst["cfg"]), timeout=60)
     assert r.returncode == 0 and "farm mm_farm (market_making, 2 shards" in r.stdout
     assert "signal rv" in r.stdout and "realized_vol 1/1 valid" in r.stdout
+
+
+def test_the_exporter_shows_the_farm_as_status_does(inst):
+    """/metrics carries the farm's series (pipeline/exporter.py), the figures of status."""
+    import math
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fresh():
+        f = farm(inst["cfg"])
+        return f if f and all(signal_cells(f, k) == (1, 1) for k in (0, 1)) else None
+
+    before = wait_for(fresh, 60, "both shards seeing the realized-vol signal valid", step=0.5)
+    url = status(inst["cfg"])["monitoring"]["metrics_url"]
+    with urllib.request.urlopen(url, timeout=20) as r:
+        text = r.read().decode()
+    after = farm(inst["cfg"])
+    m = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            lab = {k: v for k, v in smp.labels.items() if k != "instance"}
+            m[(smp.name, tuple(sorted(lab.items())))] = smp.value
+
+    def one(name, **labels):
+        return m[(name, tuple(sorted(labels.items())))]
+
+    assert one("hftfarm_farm_shards", farm="mm_farm") == 2
+    assert one("hftfarm_farm_shards_running", farm="mm_farm") == 2
+    assert one("hftfarm_farm_budget_notional", farm="mm_farm") == 200000.0
+    assert one("hftfarm_farm_budget_loss", farm="mm_farm") == 20000.0
+    assert (before["budget"]["rounds"] <= one("hftfarm_farm_budget_rounds_total", farm="mm_farm")
+            <= after["budget"]["rounds"])
+    assert math.isfinite(one("hftfarm_farm_pnl", farm="mm_farm"))
+    for k in (0, 1):
+        sig = dict(farm="mm_farm", shard=str(k), signal="realized_vol")
+        assert one("hftfarm_farm_signal_cells", **sig) == 1
+        assert one("hftfarm_farm_signal_valid_cells", **sig) == 1
+        assert 0 <= one("hftfarm_farm_signal_oldest_age_seconds", **sig) < 0.4
+        d = one("hftfarm_farm_signal_dropouts_total", **sig)
+        assert dropouts(before, k) <= d <= dropouts(after, k)
+    agent = dict(agent="rv", kind="realized_vol")
+    assert one("hftfarm_signal_agent_up", **agent) == 1
+    assert (before["agents"]["rv"]["published"] <= one("hftfarm_signal_published_total", **agent)
+            <= after["agents"]["rv"]["published"])
+    assert one("hftfarm_signal_last_publish_age_seconds", **agent) < 0.4
+
+
+def test_the_web_dashboard_shows_the_farm_as_status_does(inst):
+    from tests.integration import monitoring_checks
+
+    monitoring_checks.check_dashboard_farms(inst["cfg"])
 
 
 def test_the_coordinator_reallocates_within_gate_limits_through_live_parameters(inst):

@@ -57,7 +57,7 @@ def exported(tmp_path_factory):
         rig.ctl.monitor.sample()
         out = {}
         for fam in HftfarmCollector(rig.ctl).collect():
-            labels = {"instance"}
+            labels = {"instance"} | set(getattr(fam, "_labelnames", ()))   # declared ones
             for smp in fam.samples:
                 labels |= set(smp.labels)
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
