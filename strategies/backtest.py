@@ -19,10 +19,9 @@ import numpy as np
 
 from common.runtime import (group_ids, process_name, shard_instruments, shard_position_limits,
                             strategy_ids)
-from market.backtest import (COUNTER_NAMES, HOLD_AREA, HOLD_OPENED, KT_NAMES, KTN_CALLS,
-                             KTN_RECORDS, KTN_TICKS, MARKOUT_NAMES, BacktestArrays,
-                             make_backtest_arrays,
-                             start_loop)
+from market.backtest import (COUNTER_NAMES, HOLD_AREA, HOLD_OPENED, KT_MARKET, KT_NAMES,
+                             KTN_CALLS, KTN_RECORDS, KTN_TICKS, MARKOUT_NAMES, BacktestArrays,
+                             make_backtest_arrays, start_loop)
 from market.book import L2Book
 from market.risk import build_limits
 from shm.records import REJECT_NAMES
@@ -375,7 +374,7 @@ def _kernel_figures(G: BacktestArrays, k: int, ns_per_tick: float) -> dict:
             continue
         x = G.kt[k, kind, :min(n, ring)] * ns_per_tick
         recs = int(G.ktn[k, kind, KTN_RECORDS])
-        per = recs if kind == 0 else n
+        per = recs if kind == KT_MARKET else n
         out[name] = {"calls": n, "records": recs, "kept": int(min(n, ring)),
                      "p50": float(np.percentile(x, 50)), "p99": float(np.percentile(x, 99)),
                      "max": float(x.max()),
