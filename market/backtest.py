@@ -178,7 +178,7 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "mko_sum",    # float64[N, 2, 2, n_h, MO_SUMS]: count, sum of ticks, of quote value, of
                   # ticks^2, of the mid's drift since the fill and its squares, per strategy,
                   # side, liquidity (maker / taker) and horizon
-    "sg",         # SIGNAL_DTYPE[1]: the signal records of a round, none yet (a count of 0)
+    "sg",         # SIGNAL_DTYPE[1]: unused (kept for the layout's order)
     "hold_t",     # int64[N, n_inst + 1]: when strategy k's position in i last changed (ns)
     "hold",       # float64[N, 2]: HOLD_AREA (sum of |position| x time, lot-seconds) and
                   # HOLD_OPENED (lots opened) per strategy: mean holding time by Little's law
@@ -187,6 +187,9 @@ BacktestArrays = namedtuple("BacktestArrays", [
                   # market record for KT_MARKET); ring 0 = not timed (the default)
     "ktn",        # int64[N, KT_KINDS, 3]: KTN_CALLS timed, KTN_TICKS (their sum) and
                   # KTN_RECORDS (market records they took), per kind
+    "sgk",        # SIGNAL_DTYPE[N, cap]: strategy k's signal records of this round, from the
+                  # agents it subscribes to (strategies/signals.py agent_round)
+    "n_sg",       # int64[N]
 ])
 HOLD_AREA, HOLD_OPENED = 0, 1
 # kinds of a timed step call: with market records (its cost per record), with reports but no
@@ -201,7 +204,7 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
                          trade_capacity: int = 1 << 20, venues=None, strategy_venues=None,
                          trace_capacity: int = 0,
                          markout_capacity: int = MARKOUT_RING,
-                         kernel_timing: int = 0) -> BacktestArrays:
+                         kernel_timing: int = 0, signal_capacity: int = 1) -> BacktestArrays:
     """Cold: the loop's arrays for strategies ``strategy_ids`` (run in that order) trading
     ``instruments`` (shm.instruments.Instrument), under ``limits``; ``hctls`` are the
     strategies' runtime words (one ``make_hctl`` array each).
@@ -215,7 +218,8 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
     two; beyond it a fill is counted in ``mko_ctl.overflow`` and not marked out).
     ``kernel_timing``: 0, or how many of the last step calls of each strategy to keep timed,
     per kind of call (a power of two; ``kt``): two TSC reads around every call, for ``run.py
-    bench strategies``."""
+    bench strategies``. ``signal_capacity``: signal records one round may bring a strategy
+    (every record one publish of all the run's agents writes)."""
     if markout_capacity <= 0 or markout_capacity & (markout_capacity - 1):
         raise ValueError(f"markout_capacity {markout_capacity}: a power of two")
     if kernel_timing < 0 or kernel_timing & (kernel_timing - 1):
@@ -276,7 +280,8 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
         np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)), np.zeros(1, SIGNAL_DTYPE),
         np.zeros((n, n_inst + 1), np.int64), np.zeros((n, 2)),
-        np.zeros((n, KT_KINDS, kernel_timing), np.int64), np.zeros((n, KT_KINDS, 3), np.int64))
+        np.zeros((n, KT_KINDS, kernel_timing), np.int64), np.zeros((n, KT_KINDS, 3), np.int64),
+        np.zeros((n, max(1, int(signal_capacity))), dtype=SIGNAL_DTYPE), np.zeros(n, np.int64))
 
 
 def _markout_ctl():
@@ -601,17 +606,20 @@ def strategy_round(step, submit, k, ctx, st, p, vs, G, n_md, now, n_den):
     if G.sall[k] == 0:   # only its own venues' records, as a live host reads its rings
         md = G.mdk
         n_md = _own_md(G.md, n_md, G.inst_vi, G.svm[k], md)
-    if n_md > 0 or n_ex > 0 or now >= hctl[H_NEXT_TIMER] or hctl[H_PARAMS_PENDING] != 0:
+    n_sg = G.n_sg[k]
+    if (n_md > 0 or n_ex > 0 or n_sg > 0 or now >= hctl[H_NEXT_TIMER]
+            or hctl[H_PARAMS_PENDING] != 0):
         c = G.cnt[k]
         c.strategy_calls += 1
-        # no signal agents run in a backtest yet: on_signal is never called, ctx.sig stays
-        # missing (a strategy's signal reads are NaN, as live while its agent is down)
+        # signal records: what the agents it subscribes to published this round (their turn
+        # came first, strategies/signals.py agent_round), as live from their rings
         timed = G.kt.shape[2] > 0
         t0 = rdtsc() if timed else np.int64(0)
-        kout = step(ctx, st, p, md, n_md, G.ex[k], n_ex, G.sg, np.int64(0), now, hctl)
+        kout = step(ctx, st, p, md, n_md, G.ex[k], n_ex, G.sgk[k], n_sg, now, hctl)
         if timed:
             _kt_note(G, k, rdtsc() - t0, n_md, n_ex)
         G.n_ex[k] = 0
+        G.n_sg[k] = 0
         c.intents += kout
         out = ctx.out
         n_inst = G.mark.shape[0]

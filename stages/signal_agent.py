@@ -29,10 +29,9 @@ from market.book import book_apply_batch
 from shm.ringops import bcast_poll, bcast_publish
 from stages.base import Stage, stack_states
 from stages.clock import clock_now_ns
-from strategies.signals import agent_step
+from strategies.signals import AGENT_BOOK_LEVELS, agent_step
 
 BATCH_MD = 2048
-BOOK_LEVELS = 16   # the features read the touch (and a few levels at most)
 
 
 @njit(cache=True)
@@ -69,7 +68,7 @@ class SignalAgentStage(Stage):
         instruments = [table.by_key(k) for k in sc.instruments]
         self.agent = make_agent(sc.kind, [i.instrument_id for i in instruments], sc.window,
                                 sc.sample_ms, sc.publish_ms)
-        self.book = L2Book(len(table), BOOK_LEVELS)
+        self.book = L2Book(len(table), AGENT_BOOK_LEVELS)
         self.px, self.qty, self.meta = self.book.arrays
         self._rings = []
         self.md_r = []

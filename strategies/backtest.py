@@ -27,7 +27,7 @@ from market.risk import build_limits
 from shm.records import REJECT_NAMES
 from strategies.backtest_codegen import backtest_run_for
 from strategies.base import HALT_NAMES
-from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, apply_params, make_hctl
+from strategies.host import H_DISCARDED, H_KERNEL_ERRORS, H_SG_IN, apply_params, make_hctl
 from strategies.param_schedule import as_schedule, resolve
 
 MAX_INTENTS = 256
@@ -217,6 +217,7 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
     if not built:
         raise ConfigError([f"{name}: {why}" for name, why in skipped.items()],
                           f"no strategy can trade what {data} holds")
+    agents, agent_names, sg_cap = _signal_agents(cfg, built, mk, n_inst)
     n_enabled = len(ids)
     sids = [s.strategy_id for _sc, s, _i, _st in built]
     # sized as the live gate sizes it for this config (stages/risk_gate.py)
@@ -233,14 +234,15 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
                              venues=venues,
                              strategy_venues=[{i.venue for i in insts}
                                               for _sc, _s, insts, _st in built],
-                             trace_capacity=int(trace), kernel_timing=int(kernel_timing))
-    S = tuple((st.ctx, st.st, st.p) for *_x, st in built)
+                             trace_capacity=int(trace), kernel_timing=int(kernel_timing),
+                             signal_capacity=sg_cap)
+    S = tuple((st.ctx, st.st, st.p) for *_x, st in built) + tuple(agents)
     sets = []
     if schedule:
         sets = resolve(as_schedule(schedule), {sc.name: s for sc, s, *_ in built},
                        {sc.name: st for sc, _s, _i, st in built},
                        (mk.t_end - mk.t_start) / 1e9)
-    run = backtest_run_for(mk.kind, [type(s) for _sc, s, *_ in built])
+    run = backtest_run_for(mk.kind, [type(s) for _sc, s, *_ in built], len(agents))
     vs = mk.venue.state
     initial_cash = float(cfg.backtest.initial_cash)
     t_end = np.int64(mk.t_end)
@@ -287,11 +289,21 @@ def run_backtest(cfg, strategy=None, data=None, *, duration_s: float | None = No
                                           timing if not together else {}, venue_counters,
                                           ns_per_tick)
     traced = _trace(G, mk) if trace else None
+    from shm.records import SIGNAL_KIND_CODES
+
+    kind_names = {v: k for k, v in SIGNAL_KIND_CODES.items()}
+    ran = {name: {"kind": kind_names.get(int(a.ctl[0]["kind"]), "?"),
+                  "records": int(a.ctl[0]["seq"]), "publishes": int(a.ctl[0]["publishes"])}
+           for name, (a, *_r) in zip(agent_names, agents)}
     if not together:
         one = parts[configs[0].name]
         one.trace = traced
+        if ran:
+            one.report["signal_agents"] = ran
         return one
     total = _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters)
+    if ran:
+        total.report["signal_agents"] = ran
     report = {"total": total.report, "strategies": {n: r.report for n, r in parts.items()},
               "source": mk.source, "skipped": dict(skipped)}
     return PortfolioResult(mk.source, report, total, parts, total.counters, venue_counters,
@@ -347,6 +359,37 @@ def _curve(G: BacktestArrays, row: int) -> dict:
     return {name: c[name].copy() for name in c.dtype.names}
 
 
+def _signal_agents(cfg, built, mk, n_inst: int):
+    """The ``[[signals]]`` agents the backtested strategies subscribe to, as the live farm runs
+    them (stages/signal_agent.py): (one (agent, px, qty, meta, subscriber indices) each, their
+    names, the signal records one round can bring a strategy). Each subscriber's ctx.sig
+    reads the agent's kind, missing once older than its stale_ms, as a live strategy host
+    subscribes it. An agent whose instruments the market does not hold (a recording of
+    others) does not run: its subscribers see its signal missing, as live while it is down."""
+    from shm.records import SIGNAL_KIND_CODES
+    from strategies.base import subscribe_signal
+    from strategies.signals import AGENT_BOOK_LEVELS, make_agent
+
+    wanted = {name for sc, *_ in built for name in sc.signals}
+    agents, names, cap = [], [], 0
+    by_key = {i.key: i for i in mk.instruments}
+    for g in getattr(cfg, "signals", ()):
+        if g.name not in wanted or not g.enabled:
+            continue
+        if any(k not in by_key for k in g.instruments):
+            continue
+        a = make_agent(g.kind, [by_key[k].instrument_id for k in g.instruments], g.window,
+                       g.sample_ms, g.publish_ms)
+        subs = [k for k, (sc, *_r) in enumerate(built) if g.name in sc.signals]
+        for k in subs:
+            subscribe_signal(built[k][3].ctx.sig, SIGNAL_KIND_CODES[g.kind], g.max_age_ns)
+        px, qty, meta = L2Book(n_inst, AGENT_BOOK_LEVELS).arrays   # as the agent stage's
+        agents.append((a, px, qty, meta, np.array(subs, dtype=np.int64)))
+        names.append(g.name)
+        cap += len(a.out)
+    return agents, names, max(1, cap)
+
+
 def _holding(G: BacktestArrays, ks, t_end: int) -> dict:
     """Mean holding time of the strategies ``ks`` together, by Little's law: the sum over
     instruments of |position| x time (lot-seconds; a position still open at the end counts up
@@ -391,6 +434,7 @@ def _strategy_result(G, k, sc, strat, insts, state, mk, initial_cash, sets, timi
     hctl = G.hctl[k]
     counters["kernel_errors"] = int(hctl[H_KERNEL_ERRORS])
     counters["intents_discarded"] = int(hctl[H_DISCARDED])
+    counters["signal_records"] = int(hctl[H_SG_IN])
     counters.update(timing)
     counters["events"] = counters["md_records"] + counters["exec_reports"]
     counters["simulated_s"] = (mk.t_end - mk.t_start) / 1e9
@@ -424,7 +468,7 @@ def _total_result(G, parts, mk, initial_cash, sets, timing, venue_counters) -> B
     counters = {name: sum(p.counters[name] for p in parts.values()) for name in COUNTER_NAMES}
     for name in _RUN_COUNTERS:
         counters[name] = int(G.cnt[-1][name])
-    for name in ("kernel_errors", "intents_discarded"):
+    for name in ("kernel_errors", "intents_discarded", "signal_records"):
         counters[name] = sum(p.counters[name] for p in parts.values())
     counters.update(timing)
     counters["events"] = counters["md_records"] + counters["exec_reports"]

@@ -67,12 +67,14 @@ from market.backtest import backtest_loop, strategy_round
 from {venue_module} import {advance} as advance, {submit} as submit
 from strategies.backtest_codegen import hosted_step_for
 from strategies.registry import get_strategy_class
+from strategies.signals import agent_round
 
 {steps}
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def step_all(vs, S, G, n_md, now, n_den):
+{agents}
 {rounds}
     return n_den
 
@@ -96,10 +98,12 @@ def step_sources(classes) -> list[Path]:
     return files
 
 
-def backtest_run_for(venue: str, classes):
+def backtest_run_for(venue: str, classes, n_agents: int = 0):
     """The cached ``run(vs, S, G, t_stop, t_end, sample_ns, initial_cash)`` of the loop on
     ``venue`` ("sim" or "replay") for strategies of the Strategy classes ``classes``, in
-    order (generated on first use)."""
+    order, and ``n_agents`` signal agents (generated on first use). ``S``: one (ctx, st, p)
+    per strategy, then one (agent, px, qty, meta, subscribers) per signal agent
+    (strategies/signals.py ``agent_round``: each round the agents go first)."""
     if venue not in VENUES:
         raise ValueError(f"venue kind {venue!r}: one of {', '.join(VENUES)}")
     classes = list(classes)
@@ -118,12 +122,18 @@ def backtest_run_for(venue: str, classes):
     rounds = "\n".join(f"    n_den = strategy_round(step_{k}, submit, {k}, S[{k}][0], S[{k}][1], "
                        f"S[{k}][2], vs, G, n_md, now, n_den)"
                        for k in range(len(classes)))
+    n = len(classes)
+    agents = "\n".join(f"    agent_round(S[{n + j}][0], S[{n + j}][1], S[{n + j}][2], "
+                        f"S[{n + j}][3], S[{n + j}][4], G.md, n_md, now, G.sgk, G.n_sg)"
+                        for j in range(int(n_agents)))
     kinds = [cls.kind for cls in classes]
     text = TEMPLATE.format(venue=venue, kinds=", ".join(kinds), venue_module=module,
                            advance=advance, submit=submit, steps=steps, rounds=rounds,
+                           agents=agents or "    # no signal agents",
                            fingerprint=sources_fingerprint(step_sources(classes)))
     # named by what the text binds (the same set is one file across processes and runs)
-    ident = "|".join([venue] + [f"{c.kind}={c.__module__}.{c.__qualname__}" for c in classes])
+    ident = "|".join([venue] + [f"{c.kind}={c.__module__}.{c.__qualname__}" for c in classes]
+                     + ([f"agents={int(n_agents)}"] if n_agents else []))
     digest = hashlib.sha1(ident.encode()).hexdigest()[:16]
     mod = load_generated(generated_dir(GEN_SUBDIR, GEN_DIR_ENV), f"bt_{digest}.py", text,
                          MODULE_PREFIX + digest)

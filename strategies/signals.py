@@ -36,12 +36,14 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from market.book import is_valid
+from market.book import book_apply_batch, is_valid
 from shm.records import (SFLAG_VALID, SIG_CORRELATION, SIG_ORDER_FLOW_IMB, SIG_REALIZED_VOL,
                          SIGNAL_DTYPE)
 from strategies.features import (NO_LOTS, SECONDS_PER_YEAR_365D, make_ofi, make_realized_vol,
                                  mid_ticks, ofi_take_lots, ofi_update, pearson_correlation,
                                  realized_vol_annualised, rolling_count, rv_update)
+
+AGENT_BOOK_LEVELS = 16   # an agent's books: the features read the touch (and a few levels)
 
 AGENT_CTL_DTYPE = np.dtype([
     ("kind", "i8"),              # SIG_*
@@ -200,3 +202,26 @@ def agent_step(a, px, qty, meta, md, n_md, now_ns):
         c.next_publish_ns = now_ns + c.publish_ns
         return _publish(a, px, meta, now_ns)
     return np.int64(0)
+
+
+@njit(cache=True)
+def agent_round(a, px, qty, meta, subs, md, n_md, now_ns, sgk, n_sg):
+    """A signal agent's turn in a backtest round (the generated loop of
+    strategies/backtest_codegen.py, before the strategies' turns): the round's market records
+    into its books, ``agent_step``, and what it publishes appended to the round's signal
+    records of each strategy ``subs[j]`` that subscribes to it (``sgk[k, :n_sg[k]]``), as a
+    live strategy host reads its agents' rings. Records beyond a strategy's buffer are dropped
+    (it holds every record one round of all its agents can publish). Returns the records
+    published."""
+    if n_md > 0:
+        book_apply_batch(px, qty, meta, md, n_md)
+    k = agent_step(a, px, qty, meta, md, n_md, now_ns)
+    for j in range(subs.shape[0]):
+        s = subs[j]
+        m = n_sg[s]
+        for r in range(k):
+            if m < sgk.shape[1]:
+                sgk[s, m] = a.out[r]
+                m += 1
+        n_sg[s] = m
+    return k

@@ -268,3 +268,50 @@ def test_the_market_maker_prices_with_the_farms_vol_while_valid_and_never_with_a
     # market maker cannot price, so it pulls its quotes (it never prices with sigma 0)
     out = on.step(book, now_ns=10 * MS + 300 * MS + 1)
     assert sorted(out["kind"].tolist()) == [INTENT_CANCEL, INTENT_CANCEL]
+
+
+# --- signal agents in the backtest (strategies/backtest.py _signal_agents, agent_round) -------
+def _farm_cfg(tmp_path, sigma_from_signal=True, with_agent=True):
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    base = (Path(__file__).resolve().parents[2] / "config.toml").read_text()
+    mm = '[[strategies]]\nname = "mm_btc"\nkind = "market_making"\ninstruments = ["BTC-USD@simA"]'
+    assert mm in base
+    agent = ('[[signals]]\nname = "rv"\nkind = "realized_vol"\ninstruments = ["BTC-USD@simA"]\n'
+             'publish_ms = 100.0\nsample_ms = 50.0\nwindow = 20\n\n') if with_agent else ""
+    subs = 'signals = ["rv"]\n' if with_agent else ""
+    flag = str(sigma_from_signal).lower()
+    text = base.replace(mm, agent + mm + f'\n{subs}params = {{ sigma_from_signal = {flag} }}', 1)
+    p = tmp_path / f"farm_{sigma_from_signal}_{with_agent}.toml"
+    p.write_text(text)
+    return load_config(str(p))
+
+
+def test_a_backtest_runs_the_signal_agents_its_strategies_subscribe_to(tmp_path):
+    """The subscriber gets the agent's records through on_signal (as live from the ring), the
+    others none; the run is deterministic; and the signal changes how the market maker
+    quotes (sigma_from_signal), so it is the agent's value the strategy trades on."""
+    from strategies.backtest import run_backtest
+
+    cfg = _farm_cfg(tmp_path)
+    names = ["mm_btc", "pairs_btc_eth"]
+    a = run_backtest(cfg, names, duration_s=20.0, event_rate_per_s=300.0, trace=100_000)
+    b = run_backtest(cfg, names, duration_s=20.0, event_rate_per_s=300.0, trace=100_000)
+    ag = a.report["total"]["signal_agents"]["rv"]
+    assert ag["kind"] == "realized_vol" and ag["records"] > 0
+    # 20 s at one publish per 100 ms, each round at most one strategy timer (10 ms) late
+    assert 150 <= ag["publishes"] <= 200
+    mm, pairs = a.strategies["mm_btc"], a.strategies["pairs_btc_eth"]
+    assert mm.counters["signal_records"] == ag["records"]   # every record, once
+    assert pairs.counters["signal_records"] == 0
+    assert a.trace["intents"].tobytes() == b.trace["intents"].tobytes()
+    v = signal_value(mm.strategy_state.ctx, SIG_REALIZED_VOL, 1, np.int64(a.trace["t_end"]))
+    assert math.isfinite(v) and v > 0
+    # without the signal the same market maker (sigma_from_signal off) quotes otherwise
+    off = run_backtest(_farm_cfg(tmp_path, sigma_from_signal=False, with_agent=False), names,
+                       duration_s=20.0,
+                       event_rate_per_s=300.0, trace=100_000)
+    assert off.trace["intents"].tobytes() != a.trace["intents"].tobytes()
+    assert "signal_agents" not in off.report["total"]
