@@ -523,6 +523,12 @@ def format_text(report: dict, name: str) -> str:
     lines += _markout_lines(report)
     if "turnover" in report:
         lines.append(f"  turnover {report['turnover']:.2f}")
+    for name, a in (report.get("signal_agents") or {}).items():
+        lines.append(f"  signal agent {name} ({a['kind']}): {a['records']:,} records in "
+                     f"{a['publishes']:,} publishes")
+    n_sig = report.get("counters", {}).get("signal_records", 0)
+    if n_sig:
+        lines.append(f"  signal records taken: {n_sig:,}")
     if report.get("mean_holding_s") is not None:
         lines.append(f"  mean holding time {_duration(report['mean_holding_s'])} "
                      f"({report['lots_opened']:.0f} lots opened)")

@@ -306,6 +306,10 @@ def test_a_backtest_runs_the_signal_agents_its_strategies_subscribe_to(tmp_path)
     mm, pairs = a.strategies["mm_btc"], a.strategies["pairs_btc_eth"]
     assert mm.counters["signal_records"] == ag["records"]   # every record, once
     assert pairs.counters["signal_records"] == 0
+    from market.report import format_text
+
+    assert (f"signal agent rv (realized_vol): {ag['records']:,} records in "
+            f"{ag['publishes']:,} publishes") in format_text(a.report["total"], "total")
     assert a.trace["intents"].tobytes() == b.trace["intents"].tobytes()
     v = signal_value(mm.strategy_state.ctx, SIG_REALIZED_VOL, 1, np.int64(a.trace["t_end"]))
     assert math.isfinite(v) and v > 0
