@@ -90,21 +90,34 @@ def _check_args(args) -> None:
         raise ConfigError(bad, "bench strategies")
 
 
-def bench_config(path: str, args) -> dict:
+def _chosen(configs, wanted) -> list:
+    """(path, config, names to bench) per config: every enabled strategy, or the ``wanted``
+    names it holds (a config holding none of them is left out). ConfigError naming every
+    wanted name no config holds."""
+    from common.schema import ConfigError
     from pipeline.config import load_config
+
+    out, seen = [], set()
+    for path in configs:
+        cfg = load_config(path)
+        if wanted:
+            known = {s.name for s in cfg.strategies}
+            names = [n for n in wanted if n in known]
+            seen.update(names)
+        else:
+            names = [s.name for s in cfg.strategies if s.enabled]
+        if names:
+            out.append((path, cfg, names))
+    missing = [n for n in (wanted or ()) if n not in seen]
+    if missing:
+        raise ConfigError([f"--strategy {n!r}: not a [[strategies]] name of "
+                           f"{', '.join(configs)}" for n in missing], "bench strategies")
+    return out
+
+
+def bench_config(path: str, cfg, names, args) -> dict:
     from strategies.backtest import run_backtest
 
-    cfg = load_config(path)
-    names = [s.name for s in cfg.strategies if s.enabled]
-    if args.strategy:
-        known = {s.name for s in cfg.strategies}
-        missing = [n for n in args.strategy if n not in known]
-        names = [n for n in args.strategy if n in known]
-        if not names:
-            from common.schema import ConfigError
-
-            raise ConfigError([f"--strategy {n!r}: not a [[strategies]] name of {path}"
-                               for n in missing], "bench strategies")
     run = dict(duration_s=args.duration, event_rate_per_s=args.event_rate, seed=args.seed)
     t0 = time.perf_counter()
     _say(f"{path}: timing {len(names)} strategies together ({args.duration:g} simulated s at "
@@ -178,7 +191,8 @@ def main(args) -> int:
     from bench._procs import machine_info
 
     _check_args(args)
-    results = [bench_config(path, args) for path in (args.config or DEFAULT_CONFIGS)]
+    chosen = _chosen(list(args.config or DEFAULT_CONFIGS), args.strategy)
+    results = [bench_config(path, cfg, names, args) for path, cfg, names in chosen]
     if args.json:
         print(json.dumps({"machine": machine_info(), "duration_s": args.duration,
                           "event_rate_per_s": args.event_rate, "results": results}, indent=2))

@@ -294,6 +294,21 @@ def test_bench_strategies_refuses_nonsense_before_running_anything(capsys):
     assert_input_error(capsys, ["bench", "strategies", "--repeat", "0"], "--repeat")
     assert_input_error(capsys, ["bench", "strategies", "--config", "config.toml", "--strategy",
                                 "nope"], "'nope'")
+    # one name no config holds is an error even when another name is found
+    assert_input_error(capsys, ["bench", "strategies", "--strategy", "mm_btc", "--strategy",
+                                "nope"], "'nope'")
+
+
+def test_bench_strategies_benches_a_named_strategy_in_the_config_that_holds_it(capsys):
+    """--strategy mm_btc with the default configs: the catalogue holds no mm_btc and is left
+    out; config.toml's mm_btc alone is benched."""
+    import json
+
+    code = cli_main(["bench", "strategies", "--strategy", "mm_btc", "--duration", "2",
+                     "--event-rate", "300", "--repeat", "1", "--no-alone", "--json"])
+    assert code == 0
+    (res,) = json.loads(capsys.readouterr().out)["results"]
+    assert res["config"] == "config.toml" and list(res["strategies"]) == ["mm_btc"]
 
 
 def test_bench_strategies_prints_each_strategys_kernel_figures(capsys):
