@@ -21,7 +21,7 @@ import traceback
 
 import numpy as np
 
-from common.tsc import rdtsc, read_tsc  # noqa: F401  (rdtsc: for the timing loops)
+from common.tsc import TscSpan, rdtsc, read_tsc  # noqa: F401  (rdtsc: the timing loops)
 
 _CTX = mp.get_context("fork")
 _PR_SET_PDEATHSIG = 1
@@ -29,15 +29,14 @@ _PR_SET_PDEATHSIG = 1
 
 # -- clock ----------------------------------------------------------------------------------
 def tsc_ns_per_tick(window_s: float = 0.05) -> float:
-    """TSC rate against CLOCK_MONOTONIC, measured over ``window_s`` (twice; the smaller error)."""
-    read_tsc()
-    best = []
+    """TSC rate against CLOCK_MONOTONIC, measured over ``window_s`` (twice; the median)."""
+    read_tsc()   # compiled or loaded before the first window
+    rates = []
     for _ in range(2):
-        t0, c0 = time.perf_counter_ns(), read_tsc()
+        span = TscSpan().start()
         time.sleep(window_s)
-        t1, c1 = time.perf_counter_ns(), read_tsc()
-        best.append((t1 - t0) / (c1 - c0))
-    return float(np.median(best))
+        rates.append(span.ns_per_tick())
+    return float(np.median(rates))
 
 
 # -- cores ----------------------------------------------------------------------------------

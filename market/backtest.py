@@ -178,7 +178,6 @@ BacktestArrays = namedtuple("BacktestArrays", [
     "mko_sum",    # float64[N, 2, 2, n_h, MO_SUMS]: count, sum of ticks, of quote value, of
                   # ticks^2, of the mid's drift since the fill and its squares, per strategy,
                   # side, liquidity (maker / taker) and horizon
-    "sg",         # SIGNAL_DTYPE[1]: unused (kept for the layout's order)
     "hold_t",     # int64[N, n_inst + 1]: when strategy k's position in i last changed (ns)
     "hold",       # float64[N, 2]: HOLD_AREA (sum of |position| x time, lot-seconds) and
                   # HOLD_OPENED (lots opened) per strategy: mean holding time by Little's law
@@ -278,7 +277,7 @@ def make_backtest_arrays(strategy_ids, instruments, limits, hctls, *, n_samples:
         np.array(MARKOUT_HORIZONS_NS, np.int64), np.zeros(markout_capacity, dtype=MARKOUT_DTYPE),
         np.zeros(len(MARKOUT_HORIZONS_NS), np.int64), _markout_ctl(),
         np.zeros((n, len(MARKOUT_HORIZONS_NS)), np.int64),
-        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)), np.zeros(1, SIGNAL_DTYPE),
+        np.zeros((n, 2, 2, len(MARKOUT_HORIZONS_NS), MO_SUMS)),
         np.zeros((n, n_inst + 1), np.int64), np.zeros((n, 2)),
         np.zeros((n, KT_KINDS, kernel_timing), np.int64), np.zeros((n, KT_KINDS, 3), np.int64),
         np.zeros((n, max(1, int(signal_capacity))), dtype=SIGNAL_DTYPE), np.zeros(n, np.int64))
